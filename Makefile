@@ -1,0 +1,36 @@
+# The two set-up commands of a fresh machine: `make demo` and `make test`.
+# Each creates .venv and installs the pinned packages itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast slurm-up slurm-down bench clean-demo
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m camvis.demo
+
+# The full suite, SLURM integration tests included: the local cluster is
+# installed and started first (slurm/cluster.sh, needs root and apt).
+test: $(STAMP)
+	bash slurm/cluster.sh start
+	CAMVIS_SLURM=1 $(BIN)/python -m pytest
+
+# The fast suite: no cluster, SLURM tests skip with the reason.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slurm"
+
+slurm-up:
+	bash slurm/cluster.sh start
+
+slurm-down:
+	bash slurm/cluster.sh stop

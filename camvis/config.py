@@ -1,0 +1,338 @@
+"""Typed, frozen job configs; YAML loading; dotted `key=value` overrides; validation.
+
+A job config has four sections (data, model, train, eval) plus the job's identity
+(experiment, name, group). Every problem found is collected and raised as one
+ConfigError naming the source file, the dotted key and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from camvis.errors import ConfigError
+
+SELECTION_METRICS = ("acc", "f1", "loss")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    store: str = "data/processed/demo.zarr"
+    """Path of the Zarr patch store (built by `camvis-data build`)."""
+    fold: int = 1
+    """Held-out view, 1-based over the store's views in sorted order (camvis2's folds)."""
+    factors: tuple[int, ...] = (2, 4, 8, 16, 32)
+    """Demagnification factors used as levels; each must be a level of the store."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    size_hidden: int = 128
+    """Channels of every encoder block (and the MLP's hidden layer)."""
+    share_weights: bool = True
+    """One encoder for every level instead of one per level."""
+    use_mlp: bool = True
+    """MLP classifier (Linear-LeakyReLU-BatchNorm-Dropout-Linear) instead of a 1x1 conv."""
+    align_features: bool = False
+    """Feed each level's encoding into the next level (needs factors that double)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    batch_size: int = 64
+    """Patches per optimizer step per rank."""
+    lr: float = 1e-3
+    """Initial Adam learning rate."""
+    min_lr: float = 1e-6
+    """Training stops once ReduceLROnPlateau takes the learning rate below this."""
+    max_epochs: int = 100
+    """Upper bound on epochs."""
+    selection_metric: Literal["acc", "f1", "loss"] = "acc"
+    """Validation metric for ReduceLROnPlateau and the best checkpoint."""
+    plateau_patience: int = 10
+    """Epochs without improvement before the learning rate is divided by 10."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    seed: int = 42
+    """Seeds weights, rebalancing and shuffling."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available, else CPU."""
+    epoch_patches: int | None = None
+    """Cap on training patches per epoch (after rebalancing); None: all of them."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    bootstrap: int = 1000
+    """Bootstrap resamples of the held-out predictions."""
+    confidence: float = 0.95
+    """Level of the bootstrap confidence intervals."""
+    batch_size: int = 1024
+    """Patches per forward pass when predicting."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    figures: bool = True
+    """Write the per-image figures (truth/prediction maps, prediction vs distance)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    experiment: str = "default"
+    """Experiment name: outputs go to outputs/<experiment>/<name>/."""
+    name: str = "job"
+    """Job name within the experiment (e.g. cat_fold3)."""
+    group: str = "default"
+    """Grid group the job belongs to (e.g. cat, align)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load_job_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """A job config from a YAML file (or the defaults) with `key=value` overrides applied."""
+    raw = load_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "<defaults>"
+    raw = apply_overrides(raw, overrides)
+    return job_config_from_dict(raw, source)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=1e-4` -> ("train.lr", 0.0001); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+    return key, parsed
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A deep copy of `raw` with each dotted `key=value` set (validation happens later)."""
+    result = json.loads(json.dumps(raw, default=list))
+    for text in overrides:
+        key, value = parse_override(text)
+        set_dotted(result, key, value)
+    return result
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {part!r} is not a section")
+        node = child
+    node[leaf] = value
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def job_config_from_dict(raw: Mapping[str, Any], source: str) -> JobConfig:
+    """Build and validate a JobConfig; every problem is collected into one ConfigError."""
+    errors: list[str] = []
+    sections: dict[str, Any] = {}
+    top_fields = {f.name: f for f in dataclasses.fields(JobConfig)}
+    for key, value in raw.items():
+        if key not in top_fields:
+            errors.append(unknown_key_message(key, top_fields))
+        elif key in SECTIONS:
+            sections[key] = _section_from_dict(SECTIONS[key], key, value, errors)
+        else:
+            sections[key] = _check_type(key, value, str, errors)
+    for name, cls in SECTIONS.items():
+        sections.setdefault(name, cls())
+    if not errors:
+        cfg = JobConfig(**sections)
+        errors.extend(validate_values(cfg))
+        if not errors:
+            return cfg
+    raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(errors))
+
+
+def unknown_key_message(key: str, known: Mapping[str, Any] | list[str], prefix: str = "") -> str:
+    names = sorted(known)
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return f"{prefix}{key}: unknown key{hint}; known keys: {', '.join(names)}"
+
+
+def _section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
+    if value is None:
+        return cls()
+    if not isinstance(value, Mapping):
+        errors.append(f"{section}: expected a mapping, got {type(value).__name__} {value!r}")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, item in value.items():
+        if key not in hints:
+            errors.append(unknown_key_message(key, hints, prefix=f"{section}."))
+            continue
+        kwargs[key] = _check_type(f"{section}.{key}", item, hints[key], errors)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # only reachable through a type error already reported
+        errors.append(f"{section}: {e}")
+        return cls()
+
+
+def _check_type(key: str, value: Any, expected: Any, errors: list[str]) -> Any:
+    """Return `value` coerced to `expected` (int -> float, list -> tuple) or record an error."""
+    ok, coerced = _coerce(value, expected)
+    if not ok:
+        errors.append(f"{key}: expected {_type_name(expected)}, got {type(value).__name__} {value!r}")
+    return coerced
+
+
+def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(expected)
+    if origin is Literal:
+        return value in typing.get_args(expected), value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(expected):
+            ok, coerced = _coerce(value, option)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(expected)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        items = [_coerce(v, item_type) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if expected is type(None):
+        return value is None, value
+    if expected is bool:
+        return isinstance(value, bool), value
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if expected is float:
+        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else value
+    if expected is str:
+        return isinstance(value, str), value
+    return isinstance(value, expected), value
+
+
+def _type_name(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(expected))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(expected))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(expected)[0])}"
+    if expected is type(None):
+        return "null"
+    return getattr(expected, "__name__", str(expected))
+
+
+def validate_values(cfg: JobConfig) -> list[str]:
+    """Checks beyond types: ranges and cross-field rules."""
+    errors = []
+    d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
+    if d.fold < 1:
+        errors.append(f"data.fold must be >= 1 (folds are 1-based), got {d.fold}")
+    if not d.factors:
+        errors.append("data.factors must name at least one level, got []")
+    if any(f < 1 for f in d.factors):
+        errors.append(f"data.factors must be positive integers, got {list(d.factors)}")
+    if len(set(d.factors)) != len(d.factors):
+        errors.append(f"data.factors must not repeat a factor, got {list(d.factors)}")
+    if m.align_features and not factors_double(d.factors):
+        errors.append(
+            f"model.align_features needs data.factors that are consecutive powers of 2 "
+            f"(e.g. [2, 4, 8, 16, 32]), got {list(d.factors)}"
+        )
+    if m.size_hidden < 1:
+        errors.append(f"model.size_hidden must be >= 1, got {m.size_hidden}")
+    for key, value in (("train.batch_size", t.batch_size), ("train.max_epochs", t.max_epochs),
+                       ("eval.batch_size", e.batch_size)):
+        if value < 1:
+            errors.append(f"{key} must be >= 1, got {value}")
+    if t.lr <= 0:
+        errors.append(f"train.lr must be > 0, got {t.lr}")
+    if not 0 <= t.min_lr < t.lr:
+        errors.append(f"train.min_lr must be in [0, train.lr={t.lr}), got {t.min_lr}")
+    if t.plateau_patience < 0:
+        errors.append(f"train.plateau_patience must be >= 0, got {t.plateau_patience}")
+    if t.epoch_patches is not None and t.epoch_patches < 1:
+        errors.append(f"train.epoch_patches must be >= 1 or null, got {t.epoch_patches}")
+    if e.bootstrap < 0:
+        errors.append(f"eval.bootstrap must be >= 0, got {e.bootstrap}")
+    if not 0 < e.confidence < 1:
+        errors.append(f"eval.confidence must be in (0, 1), got {e.confidence}")
+    return errors
+
+
+def factors_double(factors: tuple[int, ...]) -> bool:
+    """True for consecutive powers of 2 in increasing order, e.g. (2, 4, 8)."""
+    first = factors[0] if factors else 0
+    return first >= 1 and first & (first - 1) == 0 and all(b == 2 * a for a, b in zip(factors, factors[1:]))
+
+
+# --------------------------------------------------------------------------- output
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), ready for YAML/JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def config_hash(cfg: JobConfig) -> str:
+    """Hash of what determines a job's result (data, model, train, eval), not of its name."""
+    payload = {name: to_dict(getattr(cfg, name)) for name in SECTIONS}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def job_dir(cfg: JobConfig, outputs: str | Path = "outputs") -> Path:
+    """Where a job writes everything: outputs/<experiment>/<name>/."""
+    return Path(outputs) / cfg.experiment / cfg.name

@@ -1,0 +1,1 @@
+"""Every figure camvis draws (matplotlib only, Agg backend, PNG written atomically)."""
