@@ -1,0 +1,104 @@
+"""Store build time, size and peak memory: the demo data set and paper-size images.
+
+    .venv/bin/python benchmarks/bench_build.py            # demo (4 x 6) + paper size (1 x 2)
+    .venv/bin/python benchmarks/bench_build.py --quick    # demo (4 x 6) + paper size (1 x 1)
+
+Raw data is synthesized first (camvis.synth, timed apart); every build runs in a fresh
+child process so its peak resident memory is its own. Builds use the defaults
+(factors 2..32, patch size 128, 500 patches per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _child_build(raw_dir: str, out: str) -> None:
+    """Runs in the child: build, print seconds and peak RSS as JSON."""
+    from camvis import store
+
+    start = time.perf_counter()
+    s = store.build(raw_dir, out, progress=False, figure=False)
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"build_s": seconds, "peak_mib": peak_mib, "patches": s.n_patches}))
+
+
+def _case(name: str, work: Path, views: int, images_per_view: int,
+          size: tuple[int, int] | None = None) -> dict[str, object]:
+    """size None: camvis.synth's default size."""
+    from camvis import synth
+
+    raw_dir, out = work / f"{name}-raw", work / f"{name}.zarr"
+    extra = {"size": size} if size else {}
+    start = time.perf_counter()
+    synth.synthesize(raw_dir, views=views, images_per_view=images_per_view, progress=False,
+                     force=True, **extra)
+    synth_s = time.perf_counter() - start
+    child = subprocess.run([sys.executable, __file__, "--child", str(raw_dir), str(out)],
+                           check=True, capture_output=True, text=True)
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    n_images = views * images_per_view
+    height, width = json.loads((raw_dir / "synth.json").read_text())["size"]
+    return {"case": name, "images": n_images, "size": f"{height}x{width}",
+            "synth_s": synth_s, "build_s": result["build_s"],
+            "per_image_s": result["build_s"] / n_images, "peak_mib": result["peak_mib"],
+            "patches": result["patches"], "raw_mib": _size(raw_dir) / 2**20,
+            "store_mib": _size(out) / 2**20}
+
+
+def _table(rows: list[dict[str, object]]) -> str:
+    head = ("case", "images", "size", "synth s", "build s", "s/image", "peak MiB",
+            "patches", "raw MiB", "store MiB")
+    keys = ("case", "images", "size", "synth_s", "build_s", "per_image_s", "peak_mib",
+            "patches", "raw_mib", "store_mib")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{row[k]:.2f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one paper-size image, not two")
+    parser.add_argument("--no-paper", action="store_true", help="demo data set only")
+    parser.add_argument("--workdir", help="where raw data and stores go (default: a temp dir)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child_build(*args.child)
+        return 0
+    from camvis import synth
+    from camvis.io import write_json
+
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        rows = [_case("demo", work, 4, 6)]
+        if not args.no_paper:
+            rows.append(_case("paper", work, 1, 1 if args.quick else 2, synth.PAPER_SIZE))
+    print(f"# store build on {platform.node()} ({os.cpu_count()} CPUs), "
+          f"python {platform.python_version()}")
+    print(_table(rows))
+    if args.json:
+        write_json(args.json, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

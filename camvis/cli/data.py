@@ -1,0 +1,169 @@
+"""camvis-data: make, check and package the data (synth, check, build, info)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from camvis.errors import CamvisError, ConfigError
+
+SYNTH_EXAMPLES = """\
+examples:
+  camvis-data synth data/raw                                  # 4 views x 6 images, 192 x 288
+  camvis-data synth data/raw --views 9 --images-per-view 13 --size 384x576
+  camvis-data synth data/raw --size paper --format jp2        # camvis2's 4140 x 6198 images
+  camvis-data synth /tmp/thick --vis-range 50 2000 --seed 3   # thick fog only
+"""
+CHECK_EXAMPLES = """\
+examples:
+  camvis-data check data/raw      # every problem listed at once (exit 2), else a table per image
+"""
+BUILD_EXAMPLES = """\
+examples:
+  camvis-data build data/raw data/processed/demo.zarr --factors 2 4 8 --patch-size 32
+  camvis-data build data/raw data/processed/paper.zarr          # camvis2's defaults
+  camvis-data build data/raw data/processed/demo.zarr --force   # rebuild with new parameters
+"""
+INFO_EXAMPLES = """\
+examples:
+  camvis-data info data/processed/demo.zarr
+  camvis-data info data/processed/demo.zarr --plot 1148_1_2018-01-30_1630 --out sampling.png
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CamvisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camvis-data", description="Make, check and package camvis data.",
+        epilog="run `camvis-data COMMAND --help` for each command's options and examples")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_synth(sub)
+    _add_check(sub)
+    _add_build(sub)
+    _add_info(sub)
+    return parser
+
+
+def _sub(sub: argparse._SubParsersAction, name: str, text: str, examples: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text, epilog=examples,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "synth", "Write a synthetic fog data set in camvis2's raw layout (images, masks, "
+             "depth maps, visibility.csv).", SYNTH_EXAMPLES)
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument("--views", type=int, default=4, help="number of camera views (folds) (default: 4)")
+    p.add_argument("--images-per-view", type=int, default=6, help="(default: 6)")
+    p.add_argument("--size", type=_size, default=(192, 288),
+                   help="HxW in pixels, or 'paper' for 4140x6198 (default: 192x288)")
+    p.add_argument("--vis-range", type=float, nargs=2, default=(100.0, 50000.0), metavar=("MIN", "MAX"),
+                   help="visibility range in metres, drawn log-uniform (default: 100 50000)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
+    p.add_argument("--format", choices=("png", "jpg", "jp2"), default="png", help="image format (default: png)")
+    p.add_argument("--force", action="store_true", help="replace a data set already in OUT_DIR")
+    p.set_defaults(func=_synth)
+
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "check", "Check a raw data dir: masks, depth maps, shapes, overlaps, labels.", CHECK_EXAMPLES)
+    p.add_argument("raw_dir", metavar="RAW_DIR")
+    p.set_defaults(func=_check)
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "build", "Build the Zarr patch store from a raw data dir (checks it first).", BUILD_EXAMPLES)
+    p.add_argument("raw_dir", metavar="RAW_DIR")
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16, 32],
+                   help="demagnification factors, one pyramid level each (default: 2 4 8 16 32)")
+    p.add_argument("--patch-size", type=int, default=128, help="(default: 128)")
+    p.add_argument("--patches-per-image", type=int, default=500, help="(default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="patch sampling seed (default: 0)")
+    p.add_argument("--force", action="store_true", help="replace an existing store built otherwise")
+    p.add_argument("--figure", metavar="IMAGE_NAME", help="image of the sampling figure (default: the first)")
+    p.set_defaults(func=_build)
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "info", "Summarize a patch store; optionally plot one image's patch sampling.", INFO_EXAMPLES)
+    p.add_argument("store", metavar="STORE")
+    p.add_argument("--plot", metavar="IMAGE_NAME", help="draw camvis2's sampling figure for this image")
+    p.add_argument("--out", metavar="PNG", help="where --plot writes (default: STORE.sampling.png)")
+    p.set_defaults(func=_info)
+
+
+def _size(text: str) -> tuple[int, int]:
+    if text == "paper":
+        from camvis.synth import PAPER_SIZE
+
+        return PAPER_SIZE
+    m = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 192x288) or 'paper', got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from camvis.synth import synthesize
+
+    out = synthesize(args.out_dir, views=args.views, images_per_view=args.images_per_view, size=args.size,
+                     vis_range=tuple(args.vis_range), seed=args.seed, image_format=args.format,
+                     progress=sys.stderr.isatty(), force=args.force)
+    print(f"wrote {args.views} views x {args.images_per_view} images of {args.size[0]} x {args.size[1]} "
+          f"to {out} (true visibilities in {out / 'visibility.csv'})")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from camvis.raw import check
+
+    report = check(args.raw_dir, progress=sys.stderr.isatty())
+    console = Console()
+    if not console.is_terminal:  # piped or captured: wide enough for the whole table
+        console = Console(width=max(console.width, 110))
+    console.print(report.table())
+    for warning in report.warnings:
+        console.print(f"warning: {warning}", markup=False, highlight=False)
+    console.print(f"ok: {len(report.rows)} images, {len(report.views)} views", highlight=False)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> int:
+    from camvis import store
+
+    built = store.build(args.raw_dir, args.store, factors=tuple(args.factors), patch_size=args.patch_size,
+                        patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
+                        progress=sys.stderr.isatty(), figure_image=args.figure)
+    print(store.format_summary(built))
+    figure = built.path.with_name(built.path.name + ".sampling.png") if built.path else None
+    if figure is not None and figure.exists():
+        print(f"sampling figure: {figure}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from camvis import store
+
+    if args.out and not args.plot:
+        raise ConfigError("--out needs --plot IMAGE_NAME")
+    opened = store.open_store(args.store)
+    print(store.format_summary(opened))
+    if args.plot:
+        print(f"wrote {store.sampling_figure(opened, args.plot, args.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""Shared fixtures: one tiny synthetic raw data set per session (and a store built from it)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from camvis.synth import synthesize
+
+SYNTH_RAW = {"views": 3, "images_per_view": 4, "size": (96, 144), "seed": 0}
+"""What `synth_raw` holds: 3 views (1148_1, 1148_2, 1148_3) x 4 images of 96 x 144, png."""
+SYNTH_STORE = {"factors": (2, 4, 8), "patch_size": 16, "patches_per_image": 64, "seed": 0}
+"""How `synth_store` is built from `synth_raw`."""
+
+
+@pytest.fixture(scope="session")
+def synth_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A raw data dir in camvis2's layout (see SYNTH_RAW). Shared by the whole session: read it,
+    never change it; tests that break files use `raw_copy`."""
+    return synthesize(tmp_path_factory.mktemp("synth") / "raw", progress=False, **SYNTH_RAW)
+
+
+@pytest.fixture
+def raw_copy(synth_raw: Path, tmp_path: Path) -> Path:
+    """A private copy of `synth_raw` that a test may change."""
+    return Path(shutil.copytree(synth_raw, tmp_path / "raw"))
+
+
+@pytest.fixture(scope="session")
+def synth_store(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """camvis.store.PatchStore built from `synth_raw` (see SYNTH_STORE); shared, read-only."""
+    from camvis import store
+
+    return store.build(synth_raw, tmp_path_factory.mktemp("store") / "synth.zarr", progress=False, figure=False,
+                       **SYNTH_STORE)
