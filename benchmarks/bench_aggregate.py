@@ -1,0 +1,124 @@
+"""camvis-aggregate on 72 fabricated jobs (8 groups x 9 folds, 1000 bootstrap resamples each).
+
+    .venv/bin/python benchmarks/bench_aggregate.py               # 3 repeats, target <= 5 s
+    .venv/bin/python benchmarks/bench_aggregate.py --repeats 5 --groups 8 --folds 9 --resamples 1000
+
+Job outputs are written per the contract (scores.json, bootstrap.csv, progress.json,
+jobs/<exp>/manifest.json) into a temporary folder. Two timings:
+- cli: `camvis-aggregate EXP` as a fresh process (what a user or the aggregate job waits for:
+  imports included), wall clock;
+- call: `camvis.aggregate.aggregate()` in a warm process, split into reading + statistics +
+  tables (no figures) and the whole call with figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+EXP = "bench"
+TARGET_S = 5.0
+
+
+def fabricate(root: Path, groups: int, folds: int, resamples: int, seed: int = 0) -> int:
+    """Finished jobs per the contract; the groups of a fold share their resample noise (paired)."""
+    rng = np.random.default_rng(seed)
+    jobs = {}
+    for fold in range(1, folds + 1):
+        noise = rng.normal(0.0, 0.01, size=(resamples, 3))
+        for g in range(1, groups + 1):
+            group, name = f"type_{g}", f"type_{g}_fold{fold}"
+            acc = 0.7 + 0.02 * g + rng.normal(0, 0.02)
+            points = np.array([0.6 - acc / 2, acc, acc - 0.03])
+            folder = root / "outputs" / EXP / name
+            folder.mkdir(parents=True)
+            boot = points + noise
+            pd.DataFrame({"resample": np.arange(resamples), "loss": boot[:, 0], "acc": boot[:, 1],
+                          "f1": boot[:, 2]}).to_csv(folder / "bootstrap.csv", index=False)  # fmt: skip
+            q = np.quantile(boot, [0.025, 0.975], axis=0)
+            scores = {"experiment": EXP, "job": name, "group": group, "fold": fold, "view": f"cam{fold}_1",
+                      "config_hash": "h", "model_name": group, "metrics": dict(zip(("loss", "acc", "f1"), points)),
+                      "ci": {m: list(q[:, k]) for k, m in enumerate(("loss", "acc", "f1"))},
+                      "bootstrap": {"n": resamples, "seed": 0, "file": "bootstrap.csv"},
+                      "visibility": {"median_abs_log10_error": None, "n_images": 6}, "epochs": 10,
+                      "finished": "2026-01-01T00:00:00", "n_val": 3000, "n_train": 24000}  # fmt: skip
+            (folder / "progress.json").write_text(json.dumps({"state": "done", "epoch": 10, "max_epochs": 10}))
+            (folder / "scores.json").write_text(json.dumps(scores))
+            jobs[name] = {"group": group, "fold": fold, "view": f"cam{fold}_1", "axes": {}, "hash": "h",
+                          "config": {}, "mode": "local", "job_id": None, "array_id": None, "task": len(jobs),
+                          "submitted": "2026-01-01T00:00:00", "stdout": None, "stderr": None}  # fmt: skip
+    manifest = {"experiment": EXP, "grid": "bench.yaml", "outputs": "outputs", "updated": "2026-01-01T00:00:00",
+                "launches": [], "jobs": jobs}  # fmt: skip
+    (root / "jobs" / EXP).mkdir(parents=True)
+    (root / "jobs" / EXP / "manifest.json").write_text(json.dumps(manifest))
+    return len(jobs)
+
+
+def time_cli(root: Path) -> tuple[float, float]:
+    """(wall s, CPU s of the child): CPU time stays meaningful on a loaded machine."""
+    exe = Path(sys.executable).with_name("camvis-aggregate")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "camvis.cli.aggregate"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run([*cmd, EXP, "--outputs", str(root / "outputs"), "--jobs-dir", str(root / "jobs")],
+                   check=True, capture_output=True, env={**os.environ, "COLUMNS": "160"})  # fmt: skip
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def time_call(root: Path, figures: bool) -> float:
+    from rich.console import Console
+
+    from camvis.aggregate import aggregate
+
+    start = time.perf_counter()
+    aggregate(EXP, root / "outputs", root / "jobs", figures=figures, console=Console(file=open(os.devnull, "w")))
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--groups", type=int, default=8)
+    p.add_argument("--folds", type=int, default=9)
+    p.add_argument("--resamples", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        n_jobs = fabricate(root, args.groups, args.folds, args.resamples)
+        cli_runs = [time_cli(root) for _ in range(args.repeats)]
+        cli, cli_cpu = [w for w, _ in cli_runs], [c for _, c in cli_runs]
+        time_call(root, figures=True)  # warm imports (matplotlib, pandas) for the in-process timings
+        no_fig = [time_call(root, figures=False) for _ in range(args.repeats)]
+        full = [time_call(root, figures=True) for _ in range(args.repeats)]
+        rows = len(pd.read_csv(root / "outputs" / EXP / "scores_per_fold.csv"))
+    result = {
+        "jobs": n_jobs, "resamples": args.resamples, "camvis2_rows": rows,
+        "cli_median_s": statistics.median(cli), "cli_all_s": [round(x, 3) for x in cli],
+        "cli_cpu_median_s": statistics.median(cli_cpu),
+        "call_no_figures_median_s": statistics.median(no_fig), "call_with_figures_median_s": statistics.median(full),
+        "target_s": TARGET_S, "machine": f"{platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}",
+    }  # fmt: skip
+    print(json.dumps(result, indent=2))
+    verdict = "meets" if result["cli_median_s"] <= TARGET_S else "MISSES"
+    print(f"camvis-aggregate on {n_jobs} jobs x {args.resamples} resamples: {result['cli_median_s']:.2f} s wall, "
+          f"{result['cli_cpu_median_s']:.2f} s CPU (median of {args.repeats}, cold process, load "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus) {verdict} the {TARGET_S:.0f} s target")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

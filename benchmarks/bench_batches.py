@@ -1,0 +1,174 @@
+"""Throughput of BatchSource.batch against a per-sample crop-and-stack reference.
+
+The reference is what camvis2's Dataset.__getitem__ plus the default collate do, in numpy:
+one Python iteration per sample, crop every level with clamped bounds, pad (0 RGB, -1
+depth), concatenate, normalize, then torch.stack the batch. Both run on a synthetic
+in-memory store with paper-sized levels (4140 x 6198 downscaled; random pixels, since
+content does not change the cost).
+
+    .venv/bin/python benchmarks/bench_batches.py                 # paper settings, CPU
+    .venv/bin/python benchmarks/bench_batches.py --device cuda   # batched path on the GPU
+    .venv/bin/python benchmarks/bench_batches.py --json benchmarks/results/batches_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from camvis.batches import BatchSource
+from camvis.io import write_json
+from camvis.store import PatchStore
+
+
+def synthetic_store(n_images: int, n_views: int, shape: tuple[int, int], factors: Sequence[int],
+                    patch_size: int, n_patches: int, seed: int = 0) -> PatchStore:
+    """An in-memory store with the level shapes of `shape`; centres avoid a half-patch border."""
+    rng = np.random.default_rng(seed)
+    height, width = shape
+    levels = {}
+    for f in factors:
+        images = rng.integers(0, 256, (n_images, 3, height // f, width // f), dtype=np.uint8)
+        depth = rng.uniform(0.5, 5.0, (n_views, 1, height // f, width // f)).astype(np.float32)
+        levels[f] = (images, depth)
+    image_view = (np.arange(n_images) % n_views).astype(np.int32)
+    image = rng.integers(0, n_images, n_patches).astype(np.int32)
+    half = patch_size // 2
+    table = {
+        "center_h": rng.integers(half, height - half, n_patches).astype(np.int32),
+        "center_w": rng.integers(half, width - half, n_patches).astype(np.int32),
+        "label": rng.integers(0, 2, n_patches).astype(np.uint8),
+        "depth": rng.uniform(10, 1e5, n_patches).astype(np.float32),
+        "image": image, "view": image_view[image],
+    }
+    return PatchStore(
+        path=None, factors=tuple(factors), patch_size=patch_size, image_shape=shape,
+        views=tuple(f"cam{v}_1" for v in range(n_views)), images=tuple(f"img{i}" for i in range(n_images)),
+        image_view=image_view, table=table,
+        norm_mean=rng.uniform(50, 150, (len(factors), 4)).astype(np.float32),
+        norm_std=rng.uniform(10, 60, (len(factors), 4)).astype(np.float32),
+        levels=levels, attrs={},
+    )
+
+
+class PerSampleReference:
+    """camvis2-style loading: crop one sample at a time, then collate with torch.stack."""
+
+    def __init__(self, store: PatchStore, factors: Sequence[int]) -> None:
+        self.store, self.factors, self.p = store, tuple(factors), store.patch_size
+        rows = [store.factors.index(f) for f in factors]
+        self.mean = store.norm_mean[rows].reshape(-1, 1, 1)
+        self.std = store.norm_std[rows].reshape(-1, 1, 1)
+
+    def item(self, j: int) -> tuple[np.ndarray, float, float]:
+        t, p = self.store.table, self.p
+        img = int(t["image"][j])
+        parts = []
+        for f in self.factors:
+            images, depth = self.store.levels[f]
+            hf, wf = images.shape[2:]
+            h, w = int(t["center_h"][j]) // f, int(t["center_w"][j]) // f
+            h0, h1, w0, w1 = max(h - p // 2, 0), min(h - p // 2 + p, hf), max(w - p // 2, 0), min(w - p // 2 + p, wf)
+            pad = ((h0 - (h - p // 2), (h - p // 2 + p) - h1), (w0 - (w - p // 2), (w - p // 2 + p) - w1))
+            rgb = images[img, :, h0:h1, w0:w1].astype(np.float32)
+            dep = depth[self.store.image_view[img], :, h0:h1, w0:w1]
+            parts.append(np.pad(rgb, ((0, 0), *pad), constant_values=0.0))
+            parts.append(np.pad(dep, ((0, 0), *pad), constant_values=-1.0))
+        x = (np.concatenate(parts) - self.mean) / self.std
+        return x, float(t["label"][j]), float(t["depth"][j])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        items = [self.item(j) for j in idx.tolist()]
+        x = torch.stack([torch.from_numpy(x) for x, _, _ in items])  # default_collate
+        return x, torch.tensor([i[1] for i in items]), torch.tensor([i[2] for i in items])
+
+
+def time_batches(fn: Callable[[torch.Tensor], object], batches: list[torch.Tensor],
+                 sync: Callable[[], None]) -> tuple[float, float]:
+    """(wall, process CPU) seconds per batch over `batches`, after one warm-up call.
+
+    CPU time (all threads) is the steadier figure on a shared machine; wall time is what a
+    training loop sees.
+    """
+    fn(batches[0])
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for idx in batches:
+        fn(idx)
+    sync()
+    return (time.perf_counter() - wall) / len(batches), (time.process_time() - cpu) / len(batches)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20, help="images in the store (RAM: ~26 MB each at paper size)")
+    parser.add_argument("--views", type=int, default=4)
+    parser.add_argument("--shape", type=int, nargs=2, default=(4140, 6198), metavar=("H", "W"))
+    parser.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16, 32])
+    parser.add_argument("--patch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batches", type=int, default=10, help="timed batches of the batched path")
+    parser.add_argument("--ref-batches", type=int, default=3, help="timed batches of the reference")
+    parser.add_argument("--device", default="cpu", help="device of BatchSource (the reference runs on the CPU)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    store = synthetic_store(args.images, args.views, tuple(args.shape), args.factors, args.patch_size, 50_000)
+    t1 = time.perf_counter()
+    source = BatchSource(store, args.factors, device)
+    t2 = time.perf_counter()
+    reference = PerSampleReference(store, args.factors)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, store.n_patches, (args.batch_size,), generator=gen) for _ in range(args.batches + 1)]
+
+    x, _, _ = source.batch(batches[0].to(device))  # same numbers as the reference
+    torch.testing.assert_close(x.cpu(), reference.batch(batches[0])[0])
+    del x
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    timings = {"per_sample_reference": time_batches(reference.batch, batches[1:args.ref_batches + 1], lambda: None)}
+    timings["batch_source"] = time_batches(lambda i: source.batch(i.to(device, non_blocking=True)), batches[1:], sync)
+    buffer = source.batch(batches[0].to(device))[0]
+    timings["batch_source_out"] = time_batches(
+        lambda i: source.batch(i.to(device, non_blocking=True), out=buffer), batches[1:], sync)
+
+    names = {"per_sample_reference": "per-sample reference (cpu)",
+             "batch_source": f"BatchSource.batch ({device.type})",
+             "batch_source_out": f"BatchSource.batch, out= ({device.type})"}
+    ref_wall, ref_cpu = timings["per_sample_reference"]
+    print(f"store: {args.images} images, {args.views} views, {args.shape[0]}x{args.shape[1]}, factors {args.factors}, "
+          f"P={args.patch_size}, batch {args.batch_size}; made in {t1 - t0:.1f} s, to {device} in {t2 - t1:.1f} s "
+          f"({source.nbytes / 2**30:.2f} GiB padded pyramid); torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'path':<34}{'wall ms/batch':>14}{'samples/s':>11}{'speedup':>9}{'cpu ms/batch':>14}{'cpu speedup':>13}")
+    for key, (wall, cpu) in timings.items():
+        print(f"{names[key]:<34}{wall * 1e3:>14.1f}{args.batch_size / wall:>11.0f}{ref_wall / wall:>8.1f}x"
+              f"{cpu * 1e3:>14.1f}{ref_cpu / cpu:>12.1f}x")
+    if args.json:
+        write_json(args.json, {
+            "command": " ".join(["benchmarks/bench_batches.py", *(argv if argv is not None else sys.argv[1:])]),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "host": platform.node(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "load_average": list(os.getloadavg()),
+            "wall_ms_per_batch": {k: w * 1e3 for k, (w, _) in timings.items()},
+            "cpu_ms_per_batch": {k: c * 1e3 for k, (_, c) in timings.items()},
+            "samples_per_s": {k: args.batch_size / w for k, (w, _) in timings.items()},
+            "speedup_wall": {k: ref_wall / w for k, (w, _) in timings.items()},
+        })
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

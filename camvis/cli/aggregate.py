@@ -1,0 +1,50 @@
+"""camvis-aggregate: every finished job's bootstrapped scores -> summary tables, comparisons, figures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from camvis.errors import CamvisError
+
+EPILOG = """examples:
+  camvis-aggregate cat_vs_align                    writes outputs/cat_vs_align/summary.md, *.csv, *.png
+  camvis-aggregate cat_vs_align --confidence 0.9   90% bootstrap intervals
+
+writes under outputs/<experiment>/: summary.md (all tables), summary.csv (per group: per-fold scores,
+mean, bootstrap CI), comparisons.csv (paired per-fold differences, corrected resampled t-test),
+point_estimates.csv (one row per job), scores_per_fold.csv (camvis2's format: one row per bootstrap
+resample), loss.png, acc.png, f1.png. Missing or failed jobs are listed, not fatal.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="camvis-aggregate", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("experiment", help="experiment name (outputs/<experiment>/, jobs/<experiment>/manifest.json)")
+    p.add_argument("--outputs", default="outputs", help="where the jobs wrote (default: outputs)")
+    p.add_argument("--jobs-dir", default="jobs", help="where the manifests live (default: jobs)")
+    p.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals (default 0.95)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds each fold's order of resamples, decoupling folds; pairs are unaffected (default 0)")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from camvis.aggregate import aggregate  # after parsing: --help stays fast
+
+    try:
+        aggregate(args.experiment, args.outputs, args.jobs_dir, confidence=args.confidence, seed=args.seed,
+                  figures=not args.no_figures)  # fmt: skip
+    except CamvisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

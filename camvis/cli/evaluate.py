@@ -1,0 +1,78 @@
+"""camvis-eval: evaluate a trained checkpoint on its held-out view (no training)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from camvis.errors import CamvisError
+
+EPILOG = """examples:
+  camvis-eval configs/job.yaml                         # outputs/<experiment>/<name>/best.pt
+  camvis-eval configs/job.yaml data.fold=3 eval.bootstrap=2000
+  camvis-eval configs/job.yaml --checkpoint old/best.pt --job-dir outputs/rerun/fold3
+  camvis-eval configs/job.yaml --checkpoint camvis2_model.pt   # a bare camvis2 state_dict
+
+Writes predictions.csv, confusion.csv/.png, bootstrap.csv, visibility.csv, figures/ and,
+last, scores.json into the job directory.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="camvis-eval", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", nargs="?", help="job config YAML (the one the job was trained with)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. eval.bootstrap=2000")
+    parser.add_argument("--outputs", default="outputs", help="root of the job outputs (default: outputs)")
+    parser.add_argument("--job-dir", help="where to read best.pt and write the outputs "
+                        "(default: OUTPUTS/<experiment>/<name>)")
+    parser.add_argument("--checkpoint", help="weights to evaluate (default: JOB_DIR/best.pt)")
+    args = parser.parse_args(argv)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # only overrides were given
+        config, overrides = None, [config, *overrides]
+    try:
+        scores = _run(config, overrides, args)
+    except CamvisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if scores:
+        _report(scores)
+    return 0
+
+
+def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> dict:
+    from pathlib import Path
+
+    from camvis import distributed
+    from camvis.config import job_dir, load_job_config
+    from camvis.evaluate import evaluate_job
+
+    cfg = load_job_config(config, overrides)
+    directory = Path(args.job_dir) if args.job_dir else job_dir(cfg, args.outputs)
+    env = distributed.setup(cfg.train.device)
+    try:
+        scores = evaluate_job(cfg, directory, device=env.device, checkpoint=args.checkpoint)
+    finally:
+        distributed.teardown()
+    if env.is_main:
+        print(f"wrote {directory}/scores.json")
+        return scores
+    return {}
+
+
+def _report(scores: dict) -> None:
+    parts = []
+    for name, value in scores["metrics"].items():
+        lo, hi = scores["ci"][name]
+        ci = f" [{lo:.4f}, {hi:.4f}]" if lo is not None and hi is not None else ""
+        parts.append(f"{name} {value:.4f}{ci}")
+    print(f"held-out view {scores['view']} ({scores['n_val']} patches): " + ", ".join(parts))
+    vis = scores["visibility"]
+    if vis["median_abs_log10_error"] is not None:
+        print(f"visibility: median |log10 error| {vis['median_abs_log10_error']:.3f} over {vis['n_scored']} images")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

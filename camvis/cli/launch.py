@@ -1,0 +1,69 @@
+"""camvis-launch: expand a grid, skip finished jobs, submit the rest (SLURM array + aggregate job)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from camvis.errors import CamvisError
+
+EPILOG = """examples:
+  camvis-launch configs/cat_vs_align.yaml                  one SLURM array (throttled) + a dependent aggregate job
+  camvis-launch configs/cat_vs_align.yaml --dry-run        job table and the sbatch scripts; submits nothing
+  camvis-launch configs/cat_vs_align.yaml train.lr=1e-4 slurm.time=240 slurm.partition=gpu
+                                                           overrides: base config keys, slurm.* for resources
+  camvis-launch configs/cat_vs_align.yaml --only group=cat --only fold=1,3
+  camvis-launch configs/cat_vs_align.yaml --local          the same jobs on this machine (array_parallelism at once)
+  camvis-launch configs/demo.yaml --debug                  first job to run, in this process (pdb on errors)
+
+Finished jobs (outputs/<exp>/<job>/scores.json with the same config hash) are skipped unless
+--force; jobs still queued or running from an earlier launch are never submitted twice.
+A site profile (--profile FILE or $CAMVIS_PROFILE: a YAML file with a `slurm:` section, e.g.
+slurm/profiles/example-site.yaml) supplies defaults such as partition and account.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camvis-launch", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid", help="grid YAML, e.g. configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override a base config key (train.lr=1e-4) or a SLURM setting (slurm.time=60)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--local", action="store_true", help="run on this machine through submitit's local executor")
+    mode.add_argument("--debug", action="store_true", help="run the first job to run in this process (pdb-able)")
+    p.add_argument("--dry-run", action="store_true", help="print the job table and sbatch scripts; submit nothing")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
+                   help="select jobs by name, group, fold, view or axis key (repeatable; fold=1,3 means either)")
+    p.add_argument("--force", action="store_true", help="resubmit finished jobs too")
+    p.add_argument("--outputs", default="outputs", help="where jobs write (default: outputs)")
+    p.add_argument("--jobs-dir", default="jobs", help="where manifests and SLURM logs go (default: jobs)")
+    p.add_argument("--profile", default=os.environ.get("CAMVIS_PROFILE"),
+                   help="site profile YAML with slurm defaults (default: $CAMVIS_PROFILE)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)  # options and key=value in any order
+    from rich.console import Console
+
+    from camvis import launch
+
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: keep table rows whole
+        console = Console(width=160)
+    mode = "local" if args.local else "debug" if args.debug else "slurm"
+    try:
+        result = launch.launch(args.grid, args.overrides, mode=mode, dry_run=args.dry_run, only=args.only,
+                               force=args.force, outputs=args.outputs, jobs_dir=args.jobs_dir,
+                               profile=args.profile, console=console)
+    except CamvisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    launch.print_report(result, console)
+    return 1 if result.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

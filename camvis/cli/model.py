@@ -1,0 +1,96 @@
+"""`camvis-model`: inspect MultiMagnificationNet variants.
+
+    camvis-model summary                                  # the default config (5 levels, hidden 128)
+    camvis-model summary configs/demo.yaml --patch-size 32
+    camvis-model summary model.size_hidden=64 data.factors=[2,4,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from camvis.errors import CamvisError, ConfigError
+
+DEFAULT_PATCH_SIZE = 128
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camvis-model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    summary = commands.add_parser(
+        "summary", help="parameters and training GFLOPs of the 8 variants for a config",
+        description="For the config's level count and hidden size: each of camvis2's 8 variants "
+                    "(type_1..type_8) with its flags, parameter count and forward+backward GFLOPs "
+                    "of one training sample. The config's own variant is marked with *.",
+    )
+    summary.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
+                         help="a job config YAML (optional, first) and dotted overrides")
+    summary.add_argument("--patch-size", type=int, default=DEFAULT_PATCH_SIZE,
+                         help=f"patch size in pixels, a power of 2 >= 4 (default {DEFAULT_PATCH_SIZE})")
+    return parser
+
+
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG] [key=value ...]: the first argument is the config unless it is an override."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def summary_table(config: str | None, overrides: list[str], patch_size: int) -> Table:
+    # torch is imported here, not at module level: `camvis-model --help` stays instant.
+    from camvis.config import load_job_config
+    from camvis.model import (ARCHITECTURES, MultiMagnificationNet, count_parameters, find_architecture,
+                              num_blocks_for, training_flops)
+
+    cfg = load_job_config(config, overrides)
+    try:
+        num_blocks_for(patch_size)
+    except ValueError as e:
+        raise ConfigError(f"--patch-size: {e}") from e
+    m = cfg.model
+    selected = find_architecture(m.share_weights, m.use_mlp, m.align_features).name
+    levels, hidden = len(cfg.data.factors), cfg.model.size_hidden
+    table = Table(title=f"MultiMagnificationNet: {levels} levels (factors {list(cfg.data.factors)}), "
+                        f"hidden {hidden}, patch {patch_size}")
+    for column in ("", "name", "alias", "mlp", "share", "align"):
+        table.add_column(column)
+    for column in ("parameters", "GFLOP fwd", "GFLOP train"):
+        table.add_column(column, justify="right")
+    for arch in ARCHITECTURES.values():
+        model = MultiMagnificationNet(levels, size_hidden=hidden, patch_size=patch_size, **arch.flags())
+        forward, backward = training_flops(model)
+        table.add_row("*" if arch.name == selected else "", arch.name, arch.alias, _yes(arch.use_mlp),
+                      _yes(arch.share_weights), _yes(arch.align_features), f"{count_parameters(model):,}",
+                      _gflop(forward), _gflop(forward + backward))
+    table.caption = "GFLOP: per sample, convs and matmuls (2 per multiply-add); train = forward + backward"
+    return table
+
+
+def _gflop(flops: int) -> str:
+    return f"{flops / 1e9:.4g}"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, overrides = split_config_args(args.args)
+        table = summary_table(config, overrides, args.patch_size)
+    except CamvisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    Console(width=120).print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

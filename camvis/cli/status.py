@@ -1,0 +1,65 @@
+"""camvis-status: the state of an experiment's jobs (SLURM + progress.json), once or live."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from camvis import monitor
+from camvis.errors import CamvisError
+
+_WHOLE_EXPERIMENT = "\0all"
+
+EPILOG = """examples:
+  camvis-status                          one row per experiment under jobs/
+  camvis-status cat_vs_align             table by grid point: state, node, epoch, best, samples/s, ETA
+  camvis-status cat_vs_align --watch 30  refresh every 30 s until every job has ended (Ctrl-C stops)
+  camvis-status cat_vs_align --logs cat_fold3      stdout/stderr tails (name or SLURM id like 123_4)
+  camvis-status cat_vs_align --cancel 123_4        scancel one task
+  camvis-status cat_vs_align --cancel              scancel the whole experiment (arrays + aggregate job)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="camvis-status", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("experiment", nargs="?", help="experiment name (default: a summary of every experiment)")
+    actions = p.add_mutually_exclusive_group()
+    actions.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+                         help="refresh live every SECONDS (default 10) until every job has ended")  # fmt: skip
+    actions.add_argument("--logs", metavar="JOB", help="print the stdout/stderr tails of JOB (name or SLURM id)")
+    actions.add_argument("--cancel", nargs="?", const=_WHOLE_EXPERIMENT, metavar="JOB",
+                         help="scancel JOB, or without JOB the whole experiment (no confirmation)")  # fmt: skip
+    p.add_argument("--lines", type=int, default=40, help="lines per log tail for --logs (default 40)")
+    p.add_argument("--jobs-dir", default="jobs", help="where the manifests live (default: jobs)")
+    p.add_argument("--outputs", default="outputs", help="where the jobs write (default: outputs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.logs or args.cancel) and not args.experiment:
+        parser.error("--logs and --cancel need an EXPERIMENT")
+    if args.watch is not None and args.watch <= 0:
+        parser.error(f"--watch needs a positive number of seconds, got {args.watch}")
+    console = monitor.default_console()
+    try:
+        if args.logs:
+            logs = monitor.job_logs(args.experiment, args.logs, args.jobs_dir, args.outputs, args.lines)
+            monitor.print_logs(logs, console)
+        elif args.cancel:
+            job = None if args.cancel == _WHOLE_EXPERIMENT else args.cancel
+            for line in monitor.cancel(args.experiment, job, args.jobs_dir, args.outputs):
+                console.print(line)
+        else:
+            monitor.show(args.experiment, args.jobs_dir, args.outputs, console=console, watch=args.watch)
+    except CamvisError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""`camvis-launch`: expand a grid, skip finished jobs, submit the rest, record what was done.
+
+Modes:
+- slurm (default): ONE job array through submitit (sbatch --array=0-N%K, K = the grid's
+  array_parallelism) and ONE dependent CPU job that aggregates the experiment once every task
+  has ended (afterany); then it returns, it never waits.
+- local: the same jobs through submitit's LocalExecutor on this machine, at most K at a time,
+  then the aggregate in this process.
+- debug: the first job to run, in this process (submitit's debug executor: pdb on errors).
+- dry run: the job table and the exact sbatch scripts, nothing submitted or written.
+
+Every launch merges itself into jobs/<experiment>/manifest.json (see contracts: "Grid,
+manifest"). No torch here, and camvis.job is imported only when jobs are really submitted:
+this runs on login nodes and must start fast.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from camvis import __version__
+from camvis.config import to_dict
+from camvis.errors import SubmissionError
+from camvis.grid import Decision, Grid, JobSpec, SlurmSettings, load_grid, plan, select
+from camvis.io import write_json
+
+MODES = ("slurm", "local", "debug")
+# SLURM states in which a job will still run (or run again) by itself.
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+                           "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"})
+LOCAL_POLL_S = 1.0
+
+
+@dataclass
+class LaunchResult:
+    """What a launch did; the CLI prints it, tests assert on it."""
+
+    grid: Grid
+    mode: str
+    dry_run: bool
+    decisions: list[Decision]
+    job_ids: dict[str, str] = field(default_factory=dict)
+    array_id: str | None = None
+    aggregate_id: str | None = None
+    sbatch_calls: int = 0
+    manifest: Path | None = None
+    scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
+    failed: dict[str, str] = field(default_factory=dict)    # local/debug: name -> error
+    aggregated: bool = False
+
+    @property
+    def submitted(self) -> list[str]:
+        return [d.job.name for d in self.decisions if d.submit]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {d.job.name: d.reason for d in self.decisions if not d.submit}
+
+
+def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
+           only: Sequence[str] = (), force: bool = False, outputs: str | Path = "outputs",
+           jobs_dir: str | Path = "jobs", profile: str | Path | None = None, console: Any = None) -> LaunchResult:
+    """Expand `grid_path` (with `key=value` overrides), decide what to run and run it in `mode`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    grid = load_grid(grid_path, overrides, profile)
+    jobs = select(grid.jobs, only)
+    if not jobs:
+        raise SubmissionError(f"no job of {grid.path} matches --only {' '.join(only)} (jobs: {', '.join(grid.names)})")
+    if mode == "slurm" and not dry_run:
+        check_slurm()
+    exp_dir = Path(jobs_dir) / grid.experiment
+    active = {} if dry_run else active_jobs(exp_dir / "manifest.json")
+    decisions = plan(jobs, outputs, force=force, active=active)
+    if mode == "debug":  # one job only: the first one that would run
+        decisions = _first_to_run(decisions)
+    result = LaunchResult(grid, mode, dry_run, decisions)
+    todo = [d.job for d in decisions if d.submit]
+    if dry_run:
+        if todo and mode == "slurm":
+            result.scripts = dry_run_scripts(grid, todo, exp_dir, outputs, jobs_dir)
+        return result
+    if not todo:  # nothing to run: record the look, submit nothing
+        result.manifest = record(exp_dir, grid, result, outputs, {})
+        return result
+    if mode == "slurm":
+        submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, result)
+    elif mode == "local":
+        run_local(grid, todo, exp_dir, outputs, jobs_dir, result, console)
+    else:
+        run_debug(grid, todo[0], exp_dir, outputs, result)
+    return result
+
+
+def _first_to_run(decisions: list[Decision]) -> list[Decision]:
+    first = next((d for d in decisions if d.submit), None)
+    return [first] if first else decisions[:1]
+
+
+# --------------------------------------------------------------------------- SLURM
+
+
+def check_slurm() -> None:
+    """SubmissionError unless sbatch is on PATH and the controller answers."""
+    hint = "run the grid on this machine with --local, or start the local cluster: bash slurm/cluster.sh start"
+    if shutil.which("sbatch") is None:
+        raise SubmissionError(f"SLURM is not available here (no sbatch on PATH); {hint}")
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SubmissionError(f"SLURM is not available here (sinfo: {e}); {hint}") from e
+    if proc.returncode != 0:
+        reason = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SubmissionError(f"SLURM is not available here (sinfo: {reason[-1] if reason else 'failed'}); {hint}")
+
+
+def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
+    """AutoExecutor.update_parameters() arguments of the job array."""
+    s = grid.slurm
+    params: dict[str, Any] = {
+        "name": f"camvis-{grid.experiment}",
+        "timeout_min": s.time,
+        "nodes": s.nodes,
+        "tasks_per_node": s.ntasks,  # one task (DDP rank) per GPU
+        "cpus_per_task": s.cpus_per_task,
+        "slurm_array_parallelism": min(s.array_parallelism, max(n_jobs, 1)),
+        "slurm_signal_delay_s": s.signal_delay_s,
+    }
+    if s.gpus_per_node:
+        params["gpus_per_node"] = s.gpus_per_node
+    if s.mem_gb is not None:
+        params["mem_gb"] = float(s.mem_gb)
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(s, key) is not None:
+            params[f"slurm_{key}"] = getattr(s, key)
+    if s.additional:
+        params["slurm_additional_parameters"] = dict(s.additional)
+    return params
+
+
+def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
+    """The dependent aggregate job: one CPU task after every task of the array has ended."""
+    s = grid.slurm
+    params: dict[str, Any] = {
+        "name": f"camvis-{grid.experiment}-aggregate",
+        "timeout_min": s.aggregate_time,
+        "nodes": 1,
+        "tasks_per_node": 1,
+        "cpus_per_task": 1,
+        "slurm_additional_parameters": {"dependency": f"afterany:{array_id}"},
+    }
+    partition = s.aggregate_partition or s.partition
+    if partition is not None:
+        params["slurm_partition"] = partition
+    for key in ("account", "qos"):
+        if getattr(s, key) is not None:
+            params[f"slurm_{key}"] = getattr(s, key)
+    return params
+
+
+def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
+    import submitit  # ~60 ms; only when something is submitted
+
+    # The cluster is named explicitly: AutoExecutor picks slurm whenever srun is on PATH.
+    extra = {} if cluster == "debug" else {f"{cluster}_max_num_timeout": max_requeues}
+    return submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
+
+
+def _folder(exp_dir: Path) -> Path:
+    return exp_dir / "%j"  # one folder per job: jobs/<exp>/<array>_<task>/ (submitit writes %A_%a)
+
+
+def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
+                 result: LaunchResult) -> None:
+    """One sbatch for the array, one for the aggregate; the manifest is written after each."""
+    from submitit.core.utils import FailedJobError
+
+    from camvis.job import TrainEvalTask
+
+    executor = _executor(_folder(exp_dir), "slurm", grid.slurm.max_requeues)
+    executor.update_parameters(**executor_parameters(grid, len(todo)))
+    try:
+        jobs = executor.map_array(TrainEvalTask(), [j.config for j in todo], [str(outputs)] * len(todo))
+    except FailedJobError as e:
+        raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
+    result.sbatch_calls = 1
+    result.array_id = str(jobs[0].job_id).split("_")[0]
+    entries = {spec.name: _job_entry(spec, "slurm", job, result.array_id, i) for i, (spec, job) in
+               enumerate(zip(todo, jobs))}
+    result.job_ids = {name: e["job_id"] for name, e in entries.items()}
+    result.manifest = record(exp_dir, grid, result, outputs, entries)
+    agg = _executor(_folder(exp_dir), "slurm", 0)
+    agg.update_parameters(**aggregate_parameters(grid, result.array_id))
+    try:
+        agg_job = agg.submit(run_aggregate, grid.experiment, str(outputs), str(jobs_dir))
+    except FailedJobError as e:
+        raise SubmissionError(f"the jobs were submitted as array {result.array_id}, but sbatch refused the "
+                              f"aggregate job: {_last_line(e)}; run camvis-aggregate {grid.experiment} "
+                              f"once they are done") from e
+    result.sbatch_calls = 2
+    result.aggregate_id = str(agg_job.job_id)
+    record(exp_dir, grid, result, outputs, {}, update_last=True)
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def run_aggregate(experiment: str, outputs: str = "outputs", jobs: str = "jobs") -> Any:
+    """What the dependent aggregate job runs (camvis.aggregate is imported only there)."""
+    from camvis.aggregate import aggregate
+
+    return aggregate(experiment, outputs=outputs, jobs=jobs)
+
+
+def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path,
+                    jobs_dir: str | Path) -> dict[str, str]:
+    """The sbatch scripts submitit would write for the array and the aggregate job."""
+    folder = _folder(exp_dir)
+    return {
+        "array": render_sbatch(executor_parameters(grid, len(todo)), folder, len(todo)),
+        "aggregate": render_sbatch(aggregate_parameters(grid, "<array id>"), folder, None),
+    }
+
+
+def render_sbatch(params: dict[str, Any], folder: Path, map_count: int | None) -> str:
+    """submitit's own sbatch text for AutoExecutor `params`, without needing SLURM here."""
+    from submitit.slurm import slurm as sl
+
+    names = sl.SlurmExecutor._equivalence_dict()
+    args: dict[str, Any] = {}
+    for key, value in params.items():
+        if key.startswith("slurm_"):
+            args[key[len("slurm_"):]] = value
+        else:
+            args[names[key]] = sl._convert_mem(value) if key == "mem_gb" else value
+    if map_count is not None and map_count > 1:
+        args["map_count"] = map_count
+    folder = folder.expanduser().absolute()  # as submitit's executors hold it
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    return sl._make_sbatch_string(command=command, folder=folder, **args)
+
+
+def active_jobs(manifest_path: Path) -> dict[str, str]:
+    """Jobs of an earlier SLURM launch that SLURM still queues or runs: name -> "123_4 RUNNING".
+    One batched sacct/squeue call; an unreachable SLURM counts as nothing active."""
+    manifest = read_manifest(manifest_path)
+    ids = {name: e.get("job_id") for name, e in manifest.get("jobs", {}).items()
+           if e.get("mode") == "slurm" and e.get("job_id")}
+    if not ids:
+        return {}
+    from camvis import slurm_query
+
+    rows = slurm_query.query(list(ids.values())).rows
+    return {name: f"{job_id} {rows[job_id].state}" for name, job_id in ids.items()
+            if job_id in rows and rows[job_id].state in ACTIVE_STATES}
+
+
+# --------------------------------------------------------------------------- local and debug
+
+
+def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
+              result: LaunchResult, console: Any = None) -> None:
+    """Every job through submitit's LocalExecutor, at most array_parallelism at once (waits)."""
+    from camvis.job import TrainEvalTask
+
+    s = grid.slurm
+    # share this machine's cores between the jobs running at once (read by camvis.job)
+    os.environ.setdefault("CAMVIS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // s.array_parallelism)))
+    executor = _executor(_folder(exp_dir), "local", s.max_requeues)
+    executor.update_parameters(timeout_min=s.time, tasks_per_node=s.ntasks,
+                               **({"gpus_per_node": s.gpus_per_node} if s.gpus_per_node else {}))
+    queue = list(enumerate(todo))
+    running: dict[str, Any] = {}
+    with _progress(console, len(todo)) as advance:
+        try:
+            while queue or running:
+                while queue and len(running) < s.array_parallelism:  # the throttle, as on SLURM
+                    i, spec = queue.pop(0)
+                    running[spec.name] = job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
+                    result.job_ids[spec.name] = str(job.job_id)
+                    result.manifest = record(exp_dir, grid, result, outputs,
+                                             {spec.name: _job_entry(spec, "local", job, None, i)},
+                                             update_last=result.manifest is not None)
+                for name in [n for n, job in running.items() if job.done()]:
+                    error = running.pop(name).exception()
+                    if error is not None:
+                        result.failed[name] = _last_line(error)
+                    advance(name, error is None)
+                time.sleep(LOCAL_POLL_S if running else 0)
+        except KeyboardInterrupt:
+            for job in running.values():
+                job.cancel(check=False)
+            raise
+    if len(result.failed) < len(todo):
+        _aggregate_here(grid, outputs, jobs_dir, result)
+
+
+def _aggregate_here(grid: Grid, outputs: str | Path, jobs_dir: str | Path, result: LaunchResult) -> None:
+    try:
+        run_aggregate(grid.experiment, str(outputs), str(jobs_dir))
+        result.aggregated = True
+    except Exception as e:  # the jobs' results stand; say why the summary is missing
+        result.failed["aggregate"] = f"{type(e).__name__}: {_last_line(e)}"
+
+
+def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, result: LaunchResult) -> None:
+    """One job in this process (submitit's debug executor drops into pdb on an exception)."""
+    from camvis.job import TrainEvalTask
+
+    executor = _executor(_folder(exp_dir), "debug", 0)
+    job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
+    result.job_ids[spec.name] = str(job.job_id)
+    result.manifest = record(exp_dir, grid, result, outputs, {spec.name: _job_entry(spec, "debug", job, None, 0)})
+    job.result()
+
+
+@contextmanager
+def _progress(console: Any, total: int) -> Iterator[Any]:
+    """advance(name, ok) per finished job; a rich progress bar on a terminal, else a line each."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda name, ok: console.print(f"local: {name} {'done' if ok else 'FAILED'}")
+        return
+    with Progress(TextColumn("local jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("jobs", total=total)
+        yield lambda name, ok: bar.advance(task)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def _job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int) -> dict[str, Any]:
+    paths = getattr(job, "paths", None)
+    return {
+        "group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
+        "config": to_dict(spec.config), "mode": mode, "job_id": str(job.job_id), "array_id": array_id,
+        "task": task, "submitted": _now(),
+        "stdout": str(paths.stdout) if paths is not None else None,
+        "stderr": str(paths.stderr) if paths is not None else None,
+    }
+
+
+def _skipped_entry(spec: JobSpec) -> dict[str, Any]:
+    return {"group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
+            "config": to_dict(spec.config), "mode": None, "job_id": None, "array_id": None, "task": None,
+            "submitted": None, "stdout": None, "stderr": None}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise SubmissionError(f"{path}: unreadable manifest ({e}); move it away to start afresh") from e
+
+
+@contextmanager
+def _locked(exp_dir: Path) -> Iterator[None]:
+    """Two launches of one experiment must not lose each other's manifest entries."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    with open(exp_dir / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
+           entries: dict[str, dict[str, Any]], update_last: bool = False) -> Path:
+    """Merge this launch into jobs/<exp>/manifest.json (atomically, under a lock).
+    `update_last` rewrites this launch's record instead of appending a new one."""
+    path = exp_dir / "manifest.json"
+    with _locked(exp_dir):
+        manifest = read_manifest(path)
+        jobs = manifest.get("jobs", {})
+        for decision in result.decisions:  # skipped jobs keep their earlier entry
+            jobs.setdefault(decision.job.name, _skipped_entry(decision.job))
+        jobs.update(entries)
+        launches = manifest.get("launches", [])
+        entry = _launch_entry(result)
+        if update_last and launches:
+            entry["time"] = launches[-1]["time"]
+            launches[-1] = entry
+        else:
+            launches.append(entry)
+        write_json(path, {"experiment": grid.experiment, "grid": str(grid.path), "outputs": str(outputs),
+                          "updated": _now(), "launches": launches, "jobs": jobs})
+    return path
+
+
+def _launch_entry(result: LaunchResult) -> dict[str, Any]:
+    submitted = [n for n in result.submitted if n in result.job_ids]
+    return {"time": _now(), "mode": result.mode, "array_id": result.array_id, "aggregate_id": result.aggregate_id,
+            "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
+            "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
+
+
+def code_version() -> str:
+    """camvis's version plus the git commit of the working tree when there is one."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    sha = proc.stdout.strip()
+    return f"{__version__}+g{sha}" if proc.returncode == 0 and sha else __version__
+
+
+__all__ = ["LaunchResult", "launch", "check_slurm", "executor_parameters", "aggregate_parameters",
+           "render_sbatch", "active_jobs", "read_manifest", "run_aggregate", "SlurmSettings"]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_report(result: LaunchResult, console: Any) -> None:
+    """The job table (submit/skip with reasons), what was submitted, and the next commands."""
+    from rich.table import Table
+
+    grid, exp = result.grid, result.grid.experiment
+    title = f"{exp}: {len(result.submitted)} to run, {len(result.skipped)} skipped ({result.mode}" + \
+        (", dry run)" if result.dry_run else ")")
+    table = Table(title=title, title_justify="left")
+    for column in ("job", "group", "fold", "view", "hash", "action", "reason", "job id"):
+        table.add_column(column, no_wrap=column not in ("reason", "view"))
+    for d in result.decisions:
+        action = ("submit" if not result.dry_run else "would submit") if d.submit else "skip"
+        job_id = result.job_ids.get(d.job.name, "")
+        if d.job.axes:
+            axes = " ".join(f"{k}={v}" for k, v in d.job.axes.items())
+            reason = f"{d.reason} ({axes})"
+        else:
+            reason = d.reason
+        style = "green" if d.submit else "dim"
+        table.add_row(d.job.name, d.job.group, str(d.job.fold), d.job.view or "-", d.job.hash,
+                      f"[{style}]{action}[/]", reason, job_id)
+    console.print(table)
+    for name, text in result.scripts.items():
+        console.rule(f"sbatch script: {name}" + (" (submitted after the array ends: afterany)" if name == "aggregate" else ""))
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    _print_outcome(result, console)
+
+
+def _print_outcome(result: LaunchResult, console: Any) -> None:
+    exp = result.grid.experiment
+    s = result.grid.slurm
+    if result.dry_run:
+        console.print("dry run: nothing submitted, nothing written")
+        return
+    if not result.submitted:
+        console.print(f"nothing to run: every selected job is finished or still queued (--force resubmits finished ones)")
+    elif result.mode == "slurm":
+        console.print(f"submitted {len(result.submitted)} jobs as array {result.array_id} "
+                      f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "
+                      f"{result.aggregate_id} after it; {result.sbatch_calls} sbatch calls")
+    else:
+        ok = [n for n in result.submitted if n in result.job_ids and n not in result.failed]
+        console.print(f"{result.mode}: {len(ok)} job(s) finished" +
+                      (f", {len(result.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in result.failed.items())
+                       if result.failed else ""))
+    if result.manifest:
+        console.print(f"manifest: {result.manifest}")
+    console.print(f"next: camvis-status {exp}" + (" --watch" if result.mode == "slurm" and result.submitted else "") +
+                  f"   |   camvis-aggregate {exp}")

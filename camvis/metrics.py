@@ -1,0 +1,126 @@
+"""Binary classification metrics of a job and their bootstrap, in numpy.
+
+The three scores camvis2 reports for a held-out view:
+- loss: mean binary cross-entropy of the predicted probabilities (clipped to [EPS, 1 - EPS]);
+- acc: camvis2's "macro accuracy", taken here as the balanced accuracy, i.e. the mean over the
+  two classes of the per-class recall (TP / (TP + FN) for class 1, TN / (TN + FP) for class 0);
+- f1: macro F1, the mean of the F1 score of class 1 and of class 0.
+A class absent from the truth has no recall and is left out of the mean (the mean is then the
+other class's recall); likewise a class with no true and no predicted sample has no F1.
+Predictions are `score >= THRESHOLD` on the probability. Every score is computed from the four
+confusion counts, so the single value and each bootstrap resample use the same formulas.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+EPS = 1e-7
+THRESHOLD = 0.5
+METRICS = ("loss", "acc", "f1")
+# elements of one chunk of the (resamples, N) index matrix: 8M int32 = 32 MB (+ gathers)
+CHUNK_ELEMENTS = 8_000_000
+
+
+def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores and labels differ in length: {scores.shape[0]} vs {labels.shape[0]}")
+    if scores.size == 0:
+        raise ValueError("no predictions to score (empty arrays)")
+    return scores, labels.astype(bool)
+
+
+def per_sample_bce(scores: np.ndarray, labels: np.ndarray, *, logits: bool = False) -> np.ndarray:
+    """Per-sample BCE (float64) from probabilities (clipped) or, with logits=True, from logits."""
+    x, y = _check(scores, labels)
+    if logits:  # stable form of BCE-with-logits: max(x, 0) - x y + log(1 + exp(-|x|))
+        return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    p = np.clip(x, EPS, 1 - EPS)
+    return -np.where(y, np.log(p), np.log1p(-p))
+
+
+def bce_loss(scores: np.ndarray, labels: np.ndarray, *, logits: bool = False) -> float:
+    """Mean binary cross-entropy; see per_sample_bce."""
+    return float(per_sample_bce(scores, labels, logits=logits).mean())
+
+
+def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+    """2x2 int64 confusion matrix: rows the truth (0, 1), columns the prediction (score >= threshold)."""
+    p, y = _check(scores, labels)
+    code = 2 * y.astype(np.int64) + (p >= threshold)
+    return np.bincount(code, minlength=4).reshape(2, 2)
+
+
+def _from_counts(tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(balanced accuracy, macro F1) from confusion counts, elementwise over resamples."""
+    tn, fp, fn, tp = (np.asarray(c, dtype=np.float64) for c in (tn, fp, fn, tp))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.stack([tn / (tn + fp), tp / (tp + fn)])  # class 0, class 1; NaN when absent
+        f1 = np.stack([2 * tn / (2 * tn + fn + fp), 2 * tp / (2 * tp + fp + fn)])
+    return _nanmean2(recall), _nanmean2(f1)
+
+
+def _nanmean2(values: np.ndarray) -> np.ndarray:
+    """Mean over axis 0 ignoring NaN (both NaN cannot happen with at least one sample)."""
+    ok = ~np.isnan(values)
+    return np.where(ok, values, 0).sum(axis=0) / ok.sum(axis=0)
+
+
+def balanced_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """camvis2's macro accuracy: mean of the per-class recall of the two classes."""
+    (tn, fp), (fn, tp) = confusion(scores, labels)
+    return float(_from_counts(tn, fp, fn, tp)[0])
+
+
+def macro_f1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the F1 of class 1 and the F1 of class 0."""
+    (tn, fp), (fn, tp) = confusion(scores, labels)
+    return float(_from_counts(tn, fp, fn, tp)[1])
+
+
+def scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """{"loss", "acc", "f1"} of probabilities `scores` against 0/1 `labels`."""
+    (tn, fp), (fn, tp) = confusion(scores, labels)
+    acc, f1 = _from_counts(tn, fp, fn, tp)
+    return {"loss": bce_loss(scores, labels), "acc": float(acc), "f1": float(f1)}
+
+
+def bootstrap(
+    scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0, *, chunk_elements: int = CHUNK_ELEMENTS
+) -> dict[str, np.ndarray]:
+    """Every one of `n` seeded resamples (with replacement, size N) scored: {"loss", "acc", "f1"} -> (n,).
+
+    The (n, N) index matrix is drawn in row chunks of at most `chunk_elements` entries to bound
+    memory; the generator's stream is consumed row after row, so the result does not depend on the
+    chunk size. Counts per resample are sums of boolean arrays along axis 1.
+    """
+    p, y = _check(scores, labels)
+    losses = per_sample_bce(p, y)
+    code = (2 * y.astype(np.uint8) + (p >= THRESHOLD)).astype(np.uint8)  # 0 tn, 1 fp, 2 fn, 3 tp
+    size = p.size
+    rng = np.random.default_rng(seed)
+    dtype = np.int32 if size < 2**31 else np.int64
+    rows = max(1, chunk_elements // size)
+    out = {name: np.empty(n, dtype=np.float64) for name in METRICS}
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        idx = rng.integers(0, size, size=(stop - start, size), dtype=dtype)
+        drawn = code[idx]
+        tn, fp, fn, tp = ((drawn == k).sum(axis=1) for k in range(4))
+        out["acc"][start:stop], out["f1"][start:stop] = _from_counts(tn, fp, fn, tp)
+        out["loss"][start:stop] = losses[idx].mean(axis=1)
+    return out
+
+
+def percentile_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """Equal-tailed percentile interval of bootstrap values; (nan, nan) when there are none."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    tail = (1 - confidence) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)

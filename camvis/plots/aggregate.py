@@ -1,0 +1,104 @@
+"""camvis-aggregate's figures: per-fold scores per group, coloured by fold, with the group mean and CI.
+
+Readable for 8+ groups: the figure grows with the group count, long or many labels are rotated,
+the legend sits outside the axes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from camvis.io import atomic_path  # noqa: E402
+
+METRIC_LABELS = {"acc": "macro accuracy", "f1": "macro F1", "loss": "BCE loss"}
+
+
+def _fold_colors(folds: list[int]) -> dict[int, tuple[float, ...]]:
+    cmap = matplotlib.colormaps["tab10" if len(folds) <= 10 else "tab20"]
+    return {f: cmap(i % cmap.N) for i, f in enumerate(folds)}
+
+
+def _fold_label(per_fold: pd.DataFrame, fold: int) -> str:
+    views = per_fold.loc[per_fold["fold"] == fold, "view"].dropna().astype(str)
+    view = next((v for v in views if v), "")
+    return f"fold {fold} ({view})" if view else f"fold {fold}"
+
+
+LEGEND_IN = 2.0  # inches kept right of the axes for the legend
+
+
+def metric_figure(
+    per_fold: pd.DataFrame, summary: pd.DataFrame, metric: str, path: str | Path, experiment: str | None = None
+) -> Path:
+    """Draw one metric: a box per group over its per-fold scores, each fold a coloured point (with
+    its own bootstrap CI when known), and the group mean with its CI in black. Written atomically."""
+    groups = sorted(per_fold["group"].unique())
+    folds = sorted(int(f) for f in per_fold["fold"].unique())
+    colors = _fold_colors(folds)
+    longest = max((len(g) for g in groups), default=0)
+    rotate = len(groups) > 4 or longest > 10
+    width = max(6.0, 0.9 * len(groups) + 2.0) + LEGEND_IN
+    bottom_in = 0.5 + (0.075 * longest if rotate else 0.0)  # rotated labels need room below
+    height = 4.2 + bottom_in
+    fig = Figure(figsize=(width, height))
+    # fixed margins in inches instead of a layout engine: one draw per figure instead of two
+    fig.subplots_adjust(left=0.8 / width, right=1 - LEGEND_IN / width, bottom=bottom_in / height, top=1 - 0.4 / height)
+    ax = fig.subplots()
+    data = [per_fold.loc[per_fold["group"] == g, metric].to_numpy(dtype=float) for g in groups]
+    grey = {"color": "0.6"}
+    ax.boxplot(data, positions=range(len(groups)), widths=0.55, showfliers=False, patch_artist=True, zorder=1,
+               boxprops={"facecolor": "0.93", "edgecolor": "0.6"}, medianprops={"color": "0.35"},
+               whiskerprops=grey, capprops=grey)  # fmt: skip
+    offsets = dict(zip(folds, np.linspace(-0.2, 0.2, len(folds)) if len(folds) > 1 else [0.0]))
+    _draw_folds(ax, per_fold, groups, metric, colors, offsets)
+    _draw_means(ax, summary, groups, metric)
+    ax.set_xticks(range(len(groups)), groups, rotation=35 if rotate else 0, ha="right" if rotate else "center",
+                  rotation_mode="anchor")  # fmt: skip
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    label = f"{METRIC_LABELS.get(metric, metric)} per fold"
+    ax.set_title(f"{experiment}: {label}" if experiment else label)
+    ax.grid(axis="y", alpha=0.4)
+    handles = [Line2D([], [], marker="o", ls="", color=colors[f], label=_fold_label(per_fold, f)) for f in folds]
+    handles.append(Line2D([], [], marker="D", ls="", color="black", label="mean over folds, CI"))
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - (LEGEND_IN - 0.1) / width, 1 - 0.4 / height),
+               frameon=False, fontsize="small")  # fmt: skip
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return path
+
+
+def _draw_folds(
+    ax: Axes, per_fold: pd.DataFrame, groups: list[str], metric: str,
+    colors: dict[int, tuple[float, ...]], offsets: dict[int, float],
+) -> None:  # fmt: skip
+    """Every fold's point (and its own CI as a thin line) in two artists: one collection each."""
+    x = per_fold["group"].map({g: i for i, g in enumerate(groups)}).to_numpy(float)
+    x = x + per_fold["fold"].map(offsets).to_numpy(float)
+    y = per_fold[metric].to_numpy(float)
+    rgba = [colors[int(f)] for f in per_fold["fold"]]
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    if low in per_fold and high in per_fold:
+        known = per_fold[[low, high]].notna().all(axis=1).to_numpy()
+        ax.vlines(x[known], per_fold[low].to_numpy(float)[known], per_fold[high].to_numpy(float)[known],
+                  colors=[c for c, k in zip(rgba, known) if k], linewidths=0.8, alpha=0.7, zorder=2)  # fmt: skip
+    ax.scatter(x, y, c=rgba, s=28, edgecolors="white", linewidths=0.5, zorder=3)
+
+
+def _draw_means(ax: Axes, summary: pd.DataFrame, groups: list[str], metric: str) -> None:
+    rows = summary[summary["metric"] == metric].set_index("group").reindex(groups)
+    x = np.arange(len(groups)) + 0.34
+    mean = rows["mean"].to_numpy(float)
+    err = np.vstack([mean - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - mean]).clip(min=0)
+    ax.errorbar(x, mean, yerr=err, fmt="D", color="black", markersize=5, capsize=3, zorder=4)

@@ -1,0 +1,109 @@
+"""Figures of a job's evaluation: confusion matrix, per-image maps, prediction vs distance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from camvis.io import atomic_path  # noqa: E402
+
+CLASS_NAMES = ("non-visible", "visible")
+# camvis2's annotation colours: green in front of the visibility limit, magenta behind it
+LABEL_COLOURS = np.array([[0.85, 0.0, 0.85], [0.0, 0.8, 0.0]])
+
+
+def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write `fig` as a PNG atomically, then close it."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_confusion(matrix: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Counts and row-normalized rates (recall per true class) of a 2x2 confusion matrix."""
+    matrix = np.asarray(matrix)
+    rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.4, 3.8))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), count in np.ndenumerate(matrix):
+        colour = "white" if rates[i, j] > 0.5 else "black"
+        ax.text(j, i, f"{count}\n{rates[i, j]:.1%}", ha="center", va="center", color=colour)
+    ax.set_xticks([0, 1], CLASS_NAMES)
+    ax.set_yticks([0, 1], CLASS_NAMES)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    return save_png(fig, path)
+
+
+def plot_image_map(
+    image: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Truth (left) and predicted probability of "visible" (right) at the patch centres over the image.
+
+    `image` is (h, w, 3) uint8; `rows`/`cols` are centres already scaled to it.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for ax in axes:
+        ax.imshow(image)
+        ax.set_axis_off()
+    marker = {"s": 10, "edgecolors": "white", "linewidths": 0.3}  # a white rim shows on any terrain
+    axes[0].scatter(cols, rows, c=LABEL_COLOURS[np.asarray(labels, dtype=int)], **marker)
+    axes[0].set_title("truth (green visible, magenta non-visible)", fontsize=9)
+    points = axes[1].scatter(cols, rows, c=scores, cmap="PiYG", vmin=0, vmax=1, **marker)
+    axes[1].set_title("prediction: p(visible)", fontsize=9)
+    fig.colorbar(points, ax=axes[1], fraction=0.03)
+    fig.suptitle(title, fontsize=10)
+    return save_png(fig, path)
+
+
+def plot_distance(
+    depth: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    *,
+    fit_a: float | None = None,
+    fit_b: float | None = None,
+    predicted_m: float | None = None,
+    true_m: float | None = None,
+    title: str = "",
+) -> Path:
+    """Scores vs distance (log axis) coloured by truth, the fitted logistic, true and predicted V."""
+    depth = np.asarray(depth, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.scatter(depth, scores, c=LABEL_COLOURS[np.asarray(labels, dtype=int)], s=8, alpha=0.6, edgecolors="none")
+    if fit_a is not None and fit_b is not None and depth.size:
+        grid = np.logspace(np.log10(depth.min()), np.log10(depth.max()), 200)
+        curve = 0.5 * (1 + np.tanh(0.5 * (fit_a - fit_b * np.log10(grid))))
+        ax.plot(grid, curve, color="black", lw=1.5, label="logistic fit")
+    if true_m is not None and np.isfinite(true_m):
+        ax.axvline(true_m, color="tab:blue", lw=1.5, label=f"true V {true_m:,.0f} m")
+    if predicted_m is not None and np.isfinite(predicted_m):
+        ax.axvline(predicted_m, color="tab:red", lw=1.2, ls="--", label=f"predicted V {predicted_m:,.0f} m")
+    ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("distance (m)")
+    ax.set_ylabel("p(visible)")
+    ax.set_title(title, fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    return save_png(fig, path)

@@ -1,0 +1,185 @@
+"""Batched, read-mostly SLURM queries shared by `camvis-status` and `camvis-aggregate`.
+
+One `sacct` call for every job of an experiment (accounting on), else one `squeue -t all`
+call (which forgets finished jobs after MinJobAge). Parsing is kept apart from the
+subprocess calls so that it can be tested on captured output. No torch here: this runs on
+a login node.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from camvis.errors import SubmissionError
+
+Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
+
+SACCT_FIELDS = "JobID,State,NodeList,Elapsed,ExitCode"
+SQUEUE_FORMAT = "%i|%T|%N|%M"
+QUERY_TIMEOUT_S = 30.0
+
+# States after which a job will not run again by itself.
+DONE_STATES = frozenset({"COMPLETED"})
+FAILED_STATES = frozenset(
+    {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+)
+TERMINAL_STATES = DONE_STATES | FAILED_STATES
+
+# "123_[4-7%2]", "123_[4,6-9]": the pending remainder of an array, one record for many tasks.
+_PENDING_RANGE = re.compile(r"^(?P<array>\d+)_\[(?P<ranges>[\d,\-]+)(?:%\d+)?\]$")
+
+
+@dataclass(frozen=True)
+class SlurmRow:
+    """SLURM's view of one job or array task."""
+
+    job_id: str  # "123" or "123_4"
+    state: str  # normalized: first word, upper case ("CANCELLED by 0" -> "CANCELLED")
+    raw_state: str
+    node: str = ""
+    elapsed: str = ""
+    exit_code: str = ""
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What one batched query found; `source` None means SLURM was not asked or did not answer."""
+
+    rows: dict[str, SlurmRow]
+    source: str | None  # "sacct" | "squeue" | None
+    note: str = ""  # why SLURM's view is partial or missing, for the user
+
+    @property
+    def reachable(self) -> bool:
+        return self.source is not None
+
+
+def normalize_state(raw: str) -> str:
+    """'CANCELLED by 0' -> 'CANCELLED', 'RUNNING' -> 'RUNNING', '' -> 'UNKNOWN'."""
+    words = raw.strip().split()
+    return words[0].rstrip("+").upper() if words else "UNKNOWN"
+
+
+def expand_job_id(job_id: str) -> list[str]:
+    """'123_[4-6%2]' -> ['123_4', '123_5', '123_6']; plain ids are returned as they are."""
+    match = _PENDING_RANGE.match(job_id)
+    if match is None:
+        return [job_id]
+    out: list[str] = []
+    for part in match["ranges"].split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        out.extend(f"{match['array']}_{i}" for i in range(int(low), int(high or low) + 1))
+    return out
+
+
+def parse_rows(text: str, fields: Sequence[str]) -> dict[str, SlurmRow]:
+    """Parse '|'-separated sacct/squeue lines; job steps are skipped, the last row of an id wins
+    (a requeued task shows one row per attempt, the latest last), pending ranges are expanded."""
+    rows: dict[str, SlurmRow] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        values = dict(zip(fields, (v.strip() for v in line.split("|"))))
+        job_id = values.get("JobID", "")
+        if not job_id or "." in job_id:  # "123_4.batch", "123_4.0": steps, not jobs
+            continue
+        raw = values.get("State", "")
+        for one in expand_job_id(job_id):
+            rows[one] = SlurmRow(
+                job_id=one,
+                state=normalize_state(raw),
+                raw_state=raw,
+                node=_none_to_empty(values.get("NodeList", "")),
+                elapsed=values.get("Elapsed", ""),
+                exit_code=values.get("ExitCode", ""),
+            )
+    return rows
+
+
+def parse_sacct(text: str) -> dict[str, SlurmRow]:
+    return parse_rows(text, SACCT_FIELDS.split(","))
+
+
+def parse_squeue(text: str) -> dict[str, SlurmRow]:
+    return parse_rows(text, ["JobID", "State", "NodeList", "Elapsed"])
+
+
+def _none_to_empty(node: str) -> str:
+    # sacct writes "None assigned" for pending jobs, squeue an empty field or "(null)".
+    return "" if node.lower().startswith(("none", "(null)")) else node
+
+
+def query_ids(job_ids: Iterable[str | None]) -> list[str]:
+    """The ids to ask for: one per array (asking for the array returns all its tasks, the
+    pending remainder included) and every plain job id; sorted, no duplicates."""
+    ids = {str(j).split("_", 1)[0] for j in job_ids if j and str(j).split("_", 1)[0].isdigit()}
+    return sorted(ids, key=int)
+
+
+def tool_on_path(name: str) -> bool:
+    return shutil.which(name) is not None
+
+
+def slurm_on_path() -> bool:
+    return tool_on_path("sacct") or tool_on_path("squeue")
+
+
+def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(list(cmd), capture_output=True, text=True, timeout=QUERY_TIMEOUT_S, check=False)
+
+
+def sacct_command(ids: Sequence[str]) -> list[str]:
+    return ["sacct", "-X", "-j", ",".join(ids), "-P", "-n", "-o", SACCT_FIELDS]
+
+
+def squeue_command(ids: Sequence[str]) -> list[str]:
+    return ["squeue", "-h", "-t", "all", "-j", ",".join(ids), "-o", SQUEUE_FORMAT]
+
+
+def query(job_ids: Iterable[str | None], runner: Runner | None = None) -> QueryResult:
+    """SLURM's view of `job_ids` (task ids like "123_4" or plain ids) in ONE batched call:
+    sacct when accounting works, else squeue -t all. Never raises for an absent SLURM."""
+    ids = query_ids(job_ids)
+    if not ids:
+        return QueryResult({}, None, "no SLURM job ids")
+    if runner is None:
+        if not slurm_on_path():
+            return QueryResult({}, None, "SLURM is not reachable (no sacct/squeue on PATH)")
+        runner = _run
+    sacct = _call(runner, sacct_command(ids))
+    if sacct is not None and sacct.returncode == 0:
+        return QueryResult(parse_sacct(sacct.stdout), "sacct")
+    squeue = _call(runner, squeue_command(ids))
+    if squeue is None:
+        return QueryResult({}, None, "SLURM is not reachable (sacct and squeue could not run)")
+    if squeue.returncode == 0:
+        return QueryResult(parse_squeue(squeue.stdout), "squeue", "accounting off: squeue forgets finished jobs")
+    if "invalid job id" in (squeue.stderr or "").lower():  # every id already forgotten
+        return QueryResult({}, "squeue", "accounting off and squeue no longer knows these jobs")
+    message = (squeue.stderr or squeue.stdout or "").strip().splitlines()
+    return QueryResult({}, None, f"SLURM is not reachable: {message[-1] if message else 'squeue failed'}")
+
+
+def _call(runner: Runner, cmd: list[str]) -> subprocess.CompletedProcess | None:
+    try:
+        return runner(cmd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cancel(job_ids: Sequence[str], runner: Runner | None = None) -> subprocess.CompletedProcess:
+    """scancel every id in one call ("123" cancels a whole array, "123_4" one task)."""
+    if runner is None:
+        if not tool_on_path("scancel"):
+            raise SubmissionError("cannot cancel: scancel is not on PATH (SLURM is not reachable)")
+        runner = _run
+    try:
+        return runner(["scancel", *job_ids])
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SubmissionError(f"scancel {' '.join(job_ids)} failed: {e}") from e

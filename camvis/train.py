@@ -1,0 +1,336 @@
+"""Training one grid point: DDP over every rank of the job, resumable from its last epoch.
+
+Adam + BCE with logits, ReduceLROnPlateau on the selection metric, stop at min_lr or
+max_epochs, best checkpoint by the selection metric. Every epoch ends with a full
+checkpoint (model, optimizer, scheduler, RNG states, epoch, best score) written
+atomically, so a requeued job resumes where it stopped and ends with the same result as
+an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restored).
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from camvis import metrics
+from camvis.batches import BatchSource, EpochSampler, fold_split
+from camvis.config import JobConfig, to_dict
+from camvis.distributed import DistEnv
+from camvis.errors import ConfigError
+from camvis.evaluate import predict
+from camvis.io import atomic_path, write_json
+from camvis.model import build_model
+from camvis.store import PatchStore, open_store
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+PROGRESS = "progress.json"
+
+
+@dataclass
+class TrainState:
+    """What survives a requeue besides the weights and optimizer."""
+
+    epoch: int = 0  # next epoch to run
+    best_value: float | None = None
+    best_epoch: int | None = None
+    finished: bool = False
+    restarts: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrainInputs:
+    store: PatchStore
+    source: BatchSource
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    view: str
+
+
+def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None = None) -> TrainInputs:
+    """Open the store, check the config against it, and move the pyramid to the device once."""
+    store = store if store is not None else open_store(cfg.data.store)
+    missing = [f for f in cfg.data.factors if f not in store.factors]
+    if missing:
+        raise ConfigError(
+            f"data.factors: {missing} not in the store {cfg.data.store} (it has levels {list(store.factors)})"
+        )
+    train_idx, val_idx, view = fold_split(store, cfg.data.fold)
+    source = BatchSource(store, cfg.data.factors, device)
+    return TrainInputs(store, source, train_idx, val_idx, view)
+
+
+def improved(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt,
+        mode="min" if cfg.train.selection_metric == "loss" else "max",
+        factor=0.1,
+        patience=cfg.train.plateau_patience,
+        threshold=1e-4,
+    )
+    return opt, sched
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: TrainState, cfg: JobConfig) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "state": asdict(state),
+        "config": to_dict(cfg),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched) -> TrainState:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(payload["model"])
+    opt.load_state_dict(payload["optimizer"])
+    sched.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["rng_cpu"])
+    if payload["rng_cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["rng_cuda"])
+    return TrainState(**payload["state"])
+
+
+def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobConfig) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "epoch": state.best_epoch,
+        "metric": cfg.train.selection_metric,
+        "value": state.best_value,
+        "config": to_dict(cfg),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], env: DistEnv, bar=None) -> float:
+    """One pass over this rank's batches; returns the mean training loss over all ranks."""
+    model.train()
+    use_bf16 = env.device.type == "cuda"
+    total = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, samples
+    for idx in batches:
+        x, y, _ = source.batch(idx.to(env.device, non_blocking=True))
+        if use_bf16:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total[0] += loss.detach().double() * len(idx)
+        total[1] += len(idx)
+        if bar is not None:
+            bar.advance(len(idx))
+    if env.distributed:
+        dist.all_reduce(total)
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[str, float]:
+    """Loss, macro accuracy and macro F1 on the held-out view, every patch counted once over the ranks."""
+    preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
+    return metrics.scores(preds["score"], preds["label"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: JobConfig, job_dir: Path, env: DistEnv, store: PatchStore | None = None) -> TrainState:
+    """Train (or resume training) one job; returns the final state. Only rank 0 writes."""
+    job_dir = Path(job_dir)
+    inputs = open_inputs(cfg, env.device, store)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, inputs.store.patch_size).to(env.device)
+    if env.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(cfg, model)
+    state = TrainState()
+    ckpt = job_dir / CHECKPOINT
+    if ckpt.exists():
+        state = load_checkpoint(ckpt, model, opt, sched)
+        state.restarts += 1
+        state.finished = is_finished(cfg, state, opt.param_groups[0]["lr"])
+        log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
+    if state.finished:
+        return state
+
+    net = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) if env.distributed else model
+    sampler = EpochSampler(
+        inputs.train_idx,
+        inputs.store.table["label"],
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        epoch_patches=cfg.train.epoch_patches,
+    )
+    writer = _tensorboard(job_dir, env, state.epoch)
+    epoch_times: list[float] = []
+    try:
+        while not state.finished:
+            start = time.perf_counter()
+            batches = sampler.batches(state.epoch)
+            n_local = sum(len(b) for b in batches)
+            with _progress_bar(env, f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_local) as bar:
+                train_loss = train_epoch(net, opt, inputs.source, batches, env, bar)
+            train_time = time.perf_counter() - start
+            val = validate(model, inputs, cfg, env)
+            value = val[cfg.train.selection_metric]
+            sched.step(value)
+            lr = opt.param_groups[0]["lr"]
+            if improved(cfg.train.selection_metric, value, state.best_value):
+                state.best_value, state.best_epoch = value, state.epoch
+                if env.is_main:
+                    save_best(job_dir / BEST, model, state, cfg)
+            samples_per_s = n_local * env.world_size / max(train_time, 1e-9)
+            record = {"train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
+                      "val_f1": val["f1"], "lr": lr, "samples_per_s": samples_per_s}
+            state.history.append(record)
+            state.epoch += 1
+            state.finished = is_finished(cfg, state, lr)
+            epoch_times.append(time.perf_counter() - start)
+            if env.is_main:
+                save_checkpoint(ckpt, model, opt, sched, state, cfg)
+                _log_epoch(writer, state, record, epoch_times[-1])
+                write_progress(job_dir, cfg, state, record, eta_s=_eta(cfg, state, epoch_times))
+                log(env, _epoch_line(cfg, state, record))
+    finally:
+        if writer is not None:
+            writer.close()
+    return state
+
+
+def is_finished(cfg: JobConfig, state: TrainState, lr: float) -> bool:
+    """Stop at max_epochs or once the plateau schedule has taken the rate down to min_lr."""
+    return state.epoch >= cfg.train.max_epochs or lr <= cfg.train.min_lr * (1 + 1e-6)
+
+
+def _eta(cfg: JobConfig, state: TrainState, epoch_times: list[float]) -> float | None:
+    if state.finished:
+        return 0.0
+    return float(np.mean(epoch_times)) * (cfg.train.max_epochs - state.epoch) if epoch_times else None
+
+
+def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dict | None,
+                   *, phase: str | None = None, eta_s: float | None = None) -> None:
+    """progress.json for camvis-status: where the job is, in one small atomic file."""
+    phase = phase or ("evaluating" if state.finished else "training")
+    write_json(
+        Path(job_dir) / PROGRESS,
+        {
+            "state": phase,
+            "epoch": state.epoch,
+            "max_epochs": cfg.train.max_epochs,
+            "metrics": {k: v for k, v in (record or {}).items() if k != "samples_per_s"},
+            "best": {"metric": cfg.train.selection_metric, "value": state.best_value, "epoch": state.best_epoch},
+            "samples_per_s": (record or {}).get("samples_per_s"),
+            "eta_s": eta_s,
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": socket.gethostname(),
+            "restarts": state.restarts,
+        },
+    )
+
+
+def _tensorboard(job_dir: Path, env: DistEnv, start_epoch: int):
+    if not env.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops events a killed run logged past its last checkpoint
+    return SummaryWriter(log_dir=str(job_dir / "tensorboard"), purge_step=start_epoch)
+
+
+def _log_epoch(writer, state: TrainState, record: dict, epoch_time: float) -> None:
+    step = state.epoch - 1
+    writer.add_scalars("Loss", {"train": record["train_loss"], "val": record["val_loss"]}, step)
+    writer.add_scalar("Accuracy/val", record["val_acc"], step)
+    writer.add_scalar("F1/val", record["val_f1"], step)
+    writer.add_scalar("LearningRate", record["lr"], step)
+    writer.add_scalar("Time/epoch_s", epoch_time, step)
+    writer.add_scalar("Throughput/samples_per_s", record["samples_per_s"], step)
+    writer.flush()
+
+
+def _epoch_line(cfg: JobConfig, state: TrainState, record: dict) -> str:
+    return (
+        f"[{cfg.name}] epoch {state.epoch}/{cfg.train.max_epochs} "
+        f"train_loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} "
+        f"val_acc {record['val_acc']:.4f} val_f1 {record['val_f1']:.4f} lr {record['lr']:.1e} "
+        f"{record['samples_per_s']:.0f} samples/s best {cfg.train.selection_metric} "
+        f"{state.best_value:.4f} (epoch {state.best_epoch + 1})"
+    )
+
+
+def log(env: DistEnv, message: str) -> None:
+    if env.is_main:
+        print(message, flush=True)
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress_bar(env: DistEnv, description: str, total: int):
+    """A rich bar on a terminal (rank 0); plain epoch log lines otherwise."""
+    if not (env.is_main and sys.stderr.isatty()):
+        return _NoBar()
+    return _Bar(description, total)
+
+
+class _Bar:
+    def __init__(self, description: str, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), transient=True)
+        self.task = self.progress.add_task(description, total=total)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,179 @@
+"""Visibility in metres from patch predictions: one logistic fit per image.
+
+Per image, the predicted probability of "visible" is modelled as a function of distance,
+p(d) = sigmoid(a - b log10 d), fitted to the patch scores (soft targets) by Newton steps on the
+mean cross-entropy. The predicted visibility is the distance where p falls to 0.5:
+V = 10 ** (a / b), clipped to the depth range of the image's patches.
+
+A fit is flagged (`VisibilityFit.flag`):
+- "ok": the crossing lies inside the depth range;
+- "beyond_max": every patch is predicted visible, or the crossing lies past the farthest patch:
+  V is reported as the farthest patch depth (a lower bound of the true estimate);
+- "below_min": every patch is predicted non-visible, or the crossing lies before the nearest
+  patch: V is the nearest patch depth (an upper bound);
+- "inverted": the fitted probability rises with distance (b <= 0): no estimate, V is NaN.
+A small ridge penalty on the slope keeps it finite when the scores separate perfectly in
+distance (the expected case for a good model), so the crossing stays in the gap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+RIDGE = 1e-5  # on the slope b (per log10 metre), relative to the mean cross-entropy
+RIDGE_INTERCEPT = 1e-8  # keeps the intercept finite when every score is 0 or 1
+MAX_ITER = 50
+TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class VisibilityFit:
+    a: float
+    b: float
+    visibility_m: float
+    flag: str
+    depth_min: float
+    depth_max: float
+    n: int
+
+    def probability(self, depth: np.ndarray) -> np.ndarray:
+        """The fitted p(d) at `depth` metres."""
+        return _sigmoid(self.a - self.b * np.log10(depth))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * z))  # stable for large |z|
+
+
+def _objective(c: float, b: float, xc: np.ndarray, s: np.ndarray) -> float:
+    z = c - b * xc
+    # mean cross-entropy with soft targets s: softplus(z) - s z
+    ce = np.logaddexp(0, z) - s * z
+    return float(ce.mean() + 0.5 * RIDGE * b * b + 0.5 * RIDGE_INTERCEPT * c * c)
+
+
+def fit_logistic(log10_depth: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(a, b) of p = sigmoid(a - b log10 d) fitted to `scores` by damped Newton steps."""
+    x = np.asarray(log10_depth, dtype=np.float64)
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0, 1)
+    centre = float(x.mean())
+    xc = x - centre  # centred so the intercept and slope decouple
+    theta = np.zeros(2)  # (c, b) with z = c - b xc
+    design = np.stack([np.ones_like(xc), -xc], axis=1)
+    ridge = np.diag([RIDGE_INTERCEPT, RIDGE])
+    value = _objective(*theta, xc, s)
+    for _ in range(MAX_ITER):
+        p = _sigmoid(design @ theta)
+        grad = design.T @ (p - s) / x.size + ridge @ theta
+        hess = (design * (p * (1 - p))[:, None]).T @ design / x.size + ridge
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while t > 1e-6:  # backtracking: Newton may overshoot on nearly separable data
+            trial = theta - t * step
+            trial_value = _objective(*trial, xc, s)
+            if trial_value <= value:
+                break
+            t /= 2
+        else:
+            break
+        converged = value - trial_value < TOL
+        theta, value = trial, trial_value
+        if converged:
+            break
+    c, b = theta
+    return float(c + b * centre), float(b)
+
+
+def estimate(depth: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> VisibilityFit:
+    """The visibility of one image from its patches' depths (metres) and scores."""
+    depth = np.asarray(depth, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if depth.size == 0:
+        raise ValueError("no patches to estimate a visibility from")
+    lo, hi = float(depth.min()), float(depth.max())
+    a, b = fit_logistic(np.log10(depth), scores)
+    visible = scores >= threshold
+    if visible.all():
+        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size)
+    if not visible.any():
+        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size)
+    if b <= 0:
+        return VisibilityFit(a, b, math.nan, "inverted", lo, hi, depth.size)
+    log_v = a / b
+    if log_v >= math.log10(hi):
+        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size)
+    if log_v <= math.log10(lo):
+        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size)
+    return VisibilityFit(a, b, 10**log_v, "ok", lo, hi, depth.size)
+
+
+def estimate_images(image: np.ndarray, depth: np.ndarray, scores: np.ndarray) -> dict[int, VisibilityFit]:
+    """One fit per image index present in `image` (images are few: a loop is fine)."""
+    image = np.asarray(image)
+    order = np.argsort(image, kind="stable")
+    ids, starts = np.unique(image[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    return {int(i): estimate(depth[g], scores[g]) for i, g in zip(ids, groups)}
+
+
+def abs_log10_error(predicted: float, true: float | None) -> float:
+    """|log10 V_pred - log10 V_true|; NaN when either is unknown."""
+    if true is None or not (predicted > 0 and true > 0):
+        return math.nan
+    return abs(math.log10(predicted) - math.log10(true))
+
+
+def visibility_table(
+    fits: Mapping[int, VisibilityFit],
+    image_names: tuple[str, ...] | list[str],
+    image_views: Mapping[int, str],
+    true_visibility: Mapping[str, float] | None,
+) -> list[dict[str, Any]]:
+    """Rows of visibility.csv: image, view, predicted_visibility_m, true_visibility_m,
+    abs_log10_error, flag, n_patches (NaN where unknown)."""
+    rows = []
+    for i, fit in sorted(fits.items()):
+        name = image_names[i]
+        true = (true_visibility or {}).get(name)
+        rows.append({
+            "image": name,
+            "view": image_views[i],
+            "predicted_visibility_m": fit.visibility_m,
+            "true_visibility_m": math.nan if true is None else float(true),
+            "abs_log10_error": abs_log10_error(fit.visibility_m, true),
+            "flag": fit.flag,
+            "n_patches": fit.n,
+        })
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """scores.json's "visibility": median |log10 error| over images with a truth and an estimate."""
+    errors = np.array([r["abs_log10_error"] for r in rows], dtype=np.float64)
+    errors = errors[np.isfinite(errors)]
+    return {
+        "median_abs_log10_error": float(np.median(errors)) if errors.size else None,
+        "n_images": len(rows),
+        "n_scored": int(errors.size),
+        "flagged": sum(r["flag"] != "ok" for r in rows),
+    }
+
+
+def true_visibility(images: tuple[str, ...] | list[str], attrs: Mapping[str, Any]) -> dict[str, float] | None:
+    """True V (metres) per image stem: the store's `visibility_m` attribute (aligned with its
+    images, recorded at build time), else the raw dir's visibility.csv named in the provenance;
+    None when neither is available."""
+    recorded = attrs.get("visibility_m")
+    if recorded is not None and any(v is not None for v in recorded):
+        return {name: float(v) for name, v in zip(images, recorded) if v is not None}
+    raw_dir = (attrs.get("provenance") or {}).get("raw_dir")
+    if not raw_dir or not Path(raw_dir).is_dir():
+        return None
+    from camvis.raw import read_visibility  # only when needed: raw reading is upstream
+
+    return read_visibility(raw_dir)

@@ -1,0 +1,232 @@
+"""The launcher without a cluster: dry runs, the manifest (through stand-in sbatch/sacct
+commands on PATH that record what they get), the no-SLURM error, local and debug modes with
+real tiny jobs, and the no-torch-at-import rule."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from camvis import launch as launch_mod
+from camvis.cli import launch as cli
+from camvis.errors import SubmissionError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+MANIFEST_KEYS = {"experiment", "grid", "outputs", "updated", "launches", "jobs"}
+LAUNCH_KEYS = {"time", "mode", "array_id", "aggregate_id", "submitted", "skipped", "code_version", "sbatch_calls"}
+JOB_KEYS = {"group", "fold", "view", "axes", "hash", "config", "mode", "job_id", "array_id", "task", "submitted",
+            "stdout", "stderr"}
+SHIMS = {
+    # sbatch: a new id per call (from 100), keeps every script it was given
+    "sbatch": 'n=$(( $(cat "$SHIM/count" 2>/dev/null || echo 99) + 1 )); echo $n > "$SHIM/count"\n'
+              'cp "$1" "$SHIM/script_$n.sh"; echo "Submitted batch job $n"',
+    "srun": "exit 0",
+    "sinfo": "echo debug",
+    "sacct": 'cat "$SHIM/sacct.txt" 2>/dev/null; exit 0',
+    "squeue": "exit 0",
+}
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Stand-in SLURM commands first on PATH; returns their folder (scripts, count, sacct.txt)."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    for name, body in SHIMS.items():
+        (shim / name).write_text(f"#!/bin/sh\n{body}\n")
+        (shim / name).chmod(0o755)
+    monkeypatch.setenv("SHIM", str(shim))
+    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
+    return shim
+
+
+def demo_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [str(DEMO), *extra, "--outputs", str(tmp_path / "outputs"), "--jobs-dir", str(tmp_path / "jobs")]
+
+
+def test_launcher_imports_no_torch() -> None:
+    code = ("import sys, camvis.launch, camvis.grid, camvis.cli.launch; "
+            "bad = [m for m in ('torch', 'camvis.job', 'zarr') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_prints_table_and_sbatch_scripts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(demo_args(tmp_path, "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --array=0-7%2" in out  # 8 demo jobs, 2 at a time
+    assert "cat_fold1" in out and "align_fold4" in out and "would submit" in out
+    assert "#SBATCH --dependency=afterany:" in out.replace("'", "")
+    assert "#SBATCH --time=10" in out and "#SBATCH --mem=2GB" in out
+    assert "nothing submitted" in out
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_cli_takes_options_and_overrides_in_any_order(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main([str(DEMO), "--dry-run", "slurm.time=3", "--only", "fold=1", "train.lr=1e-4",
+                     "--jobs-dir", str(tmp_path / "j")]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --time=3\n" in out and "#SBATCH --array=0-1%2\n" in out
+
+
+def test_dry_run_resources_from_overrides(tmp_path: Path) -> None:
+    result = launch_mod.launch(DEMO, ["slurm.partition=gpu", "slurm.gpus_per_node=2", "slurm.account=lab",
+                                      "slurm.array_parallelism=3", "slurm.additional.reservation=r1",
+                                      "slurm.aggregate_partition=cpu"],
+                               dry_run=True, only=["group=cat"], outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+    array, aggregate = result.scripts["array"], result.scripts["aggregate"]
+    for line in ("--array=0-3%3", "--partition=gpu", "--gpus-per-node=2", "--ntasks-per-node=2",
+                 "--account=lab", "--reservation=r1"):
+        assert f"#SBATCH {line}\n" in array, line
+    assert "--partition=cpu" in aggregate and "--gpus-per-node" not in aggregate and "reservation" not in aggregate
+    assert result.submitted == ["cat_fold1", "cat_fold2", "cat_fold3", "cat_fold4"]
+
+
+def test_cpu_ranks_from_tasks_per_node(tmp_path: Path) -> None:
+    result = launch_mod.launch(DEMO, ["slurm.tasks_per_node=2"], dry_run=True, outputs=tmp_path / "o",
+                               jobs_dir=tmp_path / "j")
+    assert "#SBATCH --ntasks-per-node=2\n" in result.scripts["array"]
+    assert "--gpus-per-node" not in result.scripts["array"]
+
+
+def test_throttle_never_exceeds_the_jobs(tmp_path: Path) -> None:
+    result = launch_mod.launch(DEMO, ["slurm.array_parallelism=50"], dry_run=True, outputs=tmp_path / "o",
+                               jobs_dir=tmp_path / "j")
+    assert "#SBATCH --array=0-7%8\n" in result.scripts["array"]
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(demo_args(tmp_path, "train.lrr=1", "--dry-run")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: override 'train.lrr=1': train.lrr: unknown key (did you mean train.lr?)")
+    assert cli.main(demo_args(tmp_path, "--dry-run", "--only", "group=nope")) == 2
+    assert "no job of" in capsys.readouterr().err
+
+
+def test_without_slurm_launch_suggests_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    with pytest.raises(SubmissionError, match="no sbatch on PATH.*--local"):
+        launch_mod.launch(DEMO, outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+    assert cli.main(demo_args(tmp_path)) == 2
+    assert "--local" in capsys.readouterr().err
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_sinfo_failure_is_no_slurm(fake_slurm: Path, tmp_path: Path) -> None:
+    (fake_slurm / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller' >&2\nexit 1\n")
+    with pytest.raises(SubmissionError, match="Unable to contact slurm controller.*--local"):
+        launch_mod.launch(DEMO, outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+
+
+# --------------------------------------------------------------------------- SLURM mode against stand-ins
+
+
+def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(demo_args(tmp_path, "--only", "fold=1,2")) == 0
+    out = capsys.readouterr().out
+    assert "array 100" in out and "aggregate job 101" in out and "camvis-status demo" in out
+    assert (fake_slurm / "count").read_text().strip() == "101"  # exactly two sbatch calls
+    array = (fake_slurm / "script_100.sh").read_text()
+    assert "#SBATCH --array=0-3%2\n" in array
+    assert "#SBATCH --dependency=afterany:100\n" in (fake_slurm / "script_101.sh").read_text()
+
+    manifest = json.loads((tmp_path / "jobs" / "demo" / "manifest.json").read_text())
+    assert set(manifest) == MANIFEST_KEYS and manifest["experiment"] == "demo"
+    assert manifest["outputs"] == str(tmp_path / "outputs")
+    (launch,) = manifest["launches"]
+    assert LAUNCH_KEYS <= set(launch)
+    assert (launch["mode"], launch["array_id"], launch["aggregate_id"], launch["sbatch_calls"]) == \
+        ("slurm", "100", "101", 2)
+    assert launch["submitted"] == ["cat_fold1", "cat_fold2", "align_fold1", "align_fold2"]
+    jobs = manifest["jobs"]
+    assert set(jobs) == set(launch["submitted"])
+    entry = jobs["align_fold2"]
+    assert set(entry) == JOB_KEYS
+    assert (entry["job_id"], entry["array_id"], entry["task"], entry["mode"]) == ("100_3", "100", 3, "slurm")
+    assert entry["config"]["model"]["align_features"] is True and entry["config"]["name"] == "align_fold2"
+    assert entry["stdout"].endswith("100_3/100_3_0_log.out")
+
+
+def test_dry_run_script_is_what_submitit_submits(fake_slurm: Path, tmp_path: Path) -> None:
+    kwargs = dict(only=["group=cat"], outputs=str(tmp_path / "o"), jobs_dir=str(tmp_path / "j"))
+    dry = launch_mod.launch(DEMO, dry_run=True, **kwargs)
+    launch_mod.launch(DEMO, **kwargs)
+    assert (fake_slurm / "script_100.sh").read_text() == dry.scripts["array"]
+
+
+def test_relaunch_skips_finished_and_queued_and_merges(fake_slurm: Path, tmp_path: Path) -> None:
+    kwargs = dict(only=["fold=1"], outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    first = launch_mod.launch(DEMO, **kwargs)
+    assert first.job_ids == {"cat_fold1": "100_0", "align_fold1": "100_1"}
+    # cat_fold1 finished with this config; align_fold1 still runs according to SLURM
+    cat = next(d.job for d in first.decisions if d.job.name == "cat_fold1")
+    done = tmp_path / "outputs" / "demo" / "cat_fold1"
+    done.mkdir(parents=True)
+    (done / "scores.json").write_text(json.dumps({"config_hash": cat.hash}))
+    (fake_slurm / "sacct.txt").write_text("100_0|COMPLETED|vm|00:01:00|0:0\n100_1|RUNNING|vm|00:01:00|0:0\n")
+    second = launch_mod.launch(DEMO, **kwargs)
+    assert second.submitted == [] and second.sbatch_calls == 0
+    assert "finished" in second.skipped["cat_fold1"] and "100_1 RUNNING" in second.skipped["align_fold1"]
+    assert (fake_slurm / "count").read_text().strip() == "101"  # nothing new
+    # a third launch with fold 2 added merges into the same manifest
+    (fake_slurm / "sacct.txt").write_text("100_1|CANCELLED by 0|vm|00:01:00|0:0\n")
+    third = launch_mod.launch(DEMO, only=["fold=1,2"], outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    assert third.submitted == ["cat_fold2", "align_fold1", "align_fold2"]
+    manifest = json.loads((tmp_path / "jobs" / "demo" / "manifest.json").read_text())
+    assert [launch["sbatch_calls"] for launch in manifest["launches"]] == [2, 0, 2]
+    assert manifest["launches"][1]["skipped"]["align_fold1"].startswith("still queued/running")
+    assert manifest["jobs"]["cat_fold1"]["job_id"] == "100_0"  # skipped: earlier entry kept
+    assert manifest["jobs"]["align_fold1"]["job_id"] == "102_1"
+    assert set(manifest["jobs"]) == {"cat_fold1", "cat_fold2", "align_fold1", "align_fold2"}
+
+
+def test_refused_array_is_a_submission_error(fake_slurm: Path, tmp_path: Path) -> None:
+    (fake_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
+    with pytest.raises(SubmissionError, match="invalid partition specified: gpu"):
+        launch_mod.launch(DEMO, ["slurm.partition=gpu"], outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+
+
+# --------------------------------------------------------------------------- local and debug (real jobs)
+
+TINY = ["data.factors=[2,4,8]", "folds=3", "model.size_hidden=4", "train.max_epochs=1", "train.epoch_patches=32",
+        "train.batch_size=16", "eval.bootstrap=10", "eval.figures=false"]
+
+
+@pytest.mark.slow
+def test_local_runs_throttled_then_aggregates(synth_store, tmp_path: Path) -> None:
+    outputs, jobs = tmp_path / "outputs", tmp_path / "jobs"
+    result = launch_mod.launch(DEMO, [f"data.store={synth_store.path}", *TINY, "slurm.array_parallelism=1"],
+                               mode="local", only=["group=cat", "fold=1,2"], outputs=outputs, jobs_dir=jobs)
+    assert result.failed == {} and result.aggregated
+    scores = [json.loads((outputs / "demo" / n / "scores.json").read_text()) for n in ("cat_fold1", "cat_fold2")]
+    assert [s["job"] for s in scores] == ["cat_fold1", "cat_fold2"]
+    # parallelism 1: the second job was started only after the first had finished
+    manifest = json.loads((jobs / "demo" / "manifest.json").read_text())
+    second_started = manifest["jobs"]["cat_fold2"]["submitted"]
+    assert scores[0]["finished"] <= second_started
+    assert manifest["launches"][-1]["mode"] == "local" and manifest["jobs"]["cat_fold1"]["mode"] == "local"
+    assert any((outputs / "demo").glob("summary.*"))
+    again = launch_mod.launch(DEMO, [f"data.store={synth_store.path}", *TINY, "slurm.array_parallelism=1"],
+                              mode="local", only=["group=cat", "fold=1,2"], outputs=outputs, jobs_dir=jobs)
+    assert again.submitted == []
+
+
+@pytest.mark.slow
+def test_debug_runs_first_job_in_process(synth_store, tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    result = launch_mod.launch(DEMO, [f"data.store={synth_store.path}", *TINY], mode="debug",
+                               only=["group=align"], outputs=outputs, jobs_dir=tmp_path / "jobs")
+    assert result.submitted == ["align_fold1"]
+    assert json.loads((outputs / "demo" / "align_fold1" / "scores.json").read_text())["job"] == "align_fold1"
+    assert not (outputs / "demo" / "align_fold2").exists()

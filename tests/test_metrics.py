@@ -1,0 +1,171 @@
+"""Metrics against hand-worked cases, the bootstrap against a per-resample loop, the visibility fit."""
+
+import math
+
+import numpy as np
+import pytest
+
+from camvis import metrics, visibility
+
+# labels [1, 1, 1, 0], predictions [1, 0, 1, 0]: tn 1, fp 0, fn 1, tp 2
+LABELS = np.array([1, 1, 1, 0])
+SCORES = np.array([0.9, 0.2, 0.7, 0.1])
+
+
+def test_confusion_rows_are_truth_columns_prediction():
+    assert metrics.confusion(SCORES, LABELS).tolist() == [[1, 0], [1, 2]]
+
+
+def test_threshold_half_counts_as_visible():
+    assert metrics.confusion(np.array([0.5, 0.4999]), np.array([1, 1])).tolist() == [[0, 0], [1, 1]]
+
+
+def test_balanced_accuracy_is_mean_per_class_recall():
+    assert metrics.balanced_accuracy(SCORES, LABELS) == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_macro_f1_is_mean_of_both_class_f1():
+    f1_visible = 2 * 2 / (2 * 2 + 0 + 1)  # 2 tp / (2 tp + fp + fn)
+    f1_nonvisible = 2 * 1 / (2 * 1 + 1 + 0)  # class 0: tp = tn = 1, fp = fn = 1, fn = fp = 0
+    assert metrics.macro_f1(SCORES, LABELS) == pytest.approx((f1_visible + f1_nonvisible) / 2)
+
+
+def test_loss_is_mean_binary_cross_entropy():
+    expected = -np.mean([math.log(0.9), math.log(0.2), math.log(0.7), math.log(0.9)])
+    assert metrics.bce_loss(SCORES, LABELS) == pytest.approx(expected)
+    got = metrics.scores(SCORES, LABELS)
+    assert got == pytest.approx({"loss": expected, "acc": 5 / 6, "f1": (0.8 + 2 / 3) / 2})
+
+
+def test_loss_clips_certain_wrong_predictions():
+    assert metrics.bce_loss(np.array([0.0, 1.0]), np.array([1, 0])) == pytest.approx(-math.log(metrics.EPS))
+
+
+def test_loss_from_logits_matches_direct_formula_and_stays_finite():
+    x = np.array([-3.0, -0.5, 0.0, 2.0, 4.0])
+    y = np.array([0, 1, 1, 0, 1])
+    p = 1 / (1 + np.exp(-x))
+    direct = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    np.testing.assert_allclose(metrics.per_sample_bce(x, y, logits=True), direct, rtol=1e-12)
+    assert metrics.bce_loss(np.array([100.0, -100.0]), np.array([0, 1]), logits=True) == pytest.approx(100.0)
+
+
+def test_absent_class_is_left_out_of_the_means():
+    # only visible patches, one predicted non-visible: recall of class 1 = 1/2, class 0 has none;
+    # F1 of class 0 is 0 (a false prediction of it), F1 of class 1 = 2/3
+    assert metrics.scores(np.array([0.9, 0.1]), np.array([1, 1]))["acc"] == pytest.approx(0.5)
+    assert metrics.macro_f1(np.array([0.9, 0.1]), np.array([1, 1])) == pytest.approx(1 / 3)
+    # all right and one class only: class 0 has no F1 at all, so macro F1 is class 1's
+    assert metrics.macro_f1(np.array([0.9, 0.8]), np.array([1, 1])) == 1.0
+
+
+def test_mismatched_or_empty_inputs_are_rejected():
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.scores(np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="empty"):
+        metrics.scores(np.zeros(0), np.zeros(0))
+
+
+def _random_case(n: int = 37, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.6).astype(np.uint8)
+    scores = np.clip(labels * 0.3 + rng.random(n) * 0.7, 0, 1).astype(np.float32)
+    return scores, labels
+
+
+def test_bootstrap_equals_a_per_resample_loop():
+    scores, labels = _random_case()
+    n = 50
+    got = metrics.bootstrap(scores, labels, n=n, seed=7)
+    idx = np.random.default_rng(7).integers(0, len(scores), size=(n, len(scores)), dtype=np.int32)
+    for r in range(n):
+        ref = metrics.scores(scores[idx[r]], labels[idx[r]])
+        for name in metrics.METRICS:
+            assert got[name][r] == pytest.approx(ref[name], rel=1e-12), (name, r)
+    assert all(got[name].shape == (n,) for name in metrics.METRICS)
+
+
+def test_bootstrap_is_seeded_and_independent_of_chunking():
+    scores, labels = _random_case(200)
+    a = metrics.bootstrap(scores, labels, n=64, seed=1)
+    b = metrics.bootstrap(scores, labels, n=64, seed=1, chunk_elements=450)  # 2 rows per chunk
+    c = metrics.bootstrap(scores, labels, n=64, seed=2)
+    for name in metrics.METRICS:
+        np.testing.assert_array_equal(a[name], b[name])
+        assert not np.array_equal(a[name], c[name])
+        assert np.unique(a[name]).size > 1  # resamples really differ
+
+
+def test_bootstrap_of_zero_resamples_is_empty_and_has_no_interval():
+    scores, labels = _random_case()
+    boot = metrics.bootstrap(scores, labels, n=0)
+    assert boot["acc"].shape == (0,)
+    assert all(math.isnan(v) for v in metrics.percentile_ci(boot["acc"], 0.95))
+
+
+def test_percentile_ci_is_equal_tailed():
+    assert metrics.percentile_ci(np.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
+    with pytest.raises(ValueError):
+        metrics.percentile_ci(np.arange(3.0), 1.5)
+
+
+# --------------------------------------------------------------------------- visibility
+
+
+def _logistic_scores(depth: np.ndarray, v: float, slope: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-slope * (math.log10(v) - np.log10(depth))))
+
+
+@pytest.mark.parametrize("true_v, slope", [(300.0, 6.0), (3000.0, 3.0), (20000.0, 2.0)])
+def test_fit_recovers_a_known_visibility(true_v, slope):
+    rng = np.random.default_rng(0)
+    depth = 10 ** rng.uniform(1, 5, 400)
+    fit = visibility.estimate(depth, _logistic_scores(depth, true_v, slope))
+    assert fit.flag == "ok"
+    assert abs(math.log10(fit.visibility_m / true_v)) < 0.01
+    assert fit.b == pytest.approx(slope, rel=0.1)
+    noisy = np.clip(_logistic_scores(depth, true_v, slope) + rng.normal(0, 0.1, depth.size), 0, 1)
+    assert abs(math.log10(visibility.estimate(depth, noisy).visibility_m / true_v)) < 0.1
+
+
+def test_fit_of_perfectly_separated_scores_lands_in_the_gap():
+    depth = np.concatenate([np.linspace(10, 900, 50), np.linspace(1100, 90000, 50)])
+    fit = visibility.estimate(depth, (depth < 1000).astype(float))
+    assert fit.flag == "ok" and 900 < fit.visibility_m < 1100 and math.isfinite(fit.b)
+
+
+def test_degenerate_fits_report_the_bound_and_a_flag():
+    depth = np.array([20.0, 200.0, 2000.0])
+    all_visible = visibility.estimate(depth, np.array([0.9, 0.8, 0.6]))
+    assert (all_visible.flag, all_visible.visibility_m) == ("beyond_max", 2000.0)
+    none_visible = visibility.estimate(depth, np.array([0.4, 0.2, 0.1]))
+    assert (none_visible.flag, none_visible.visibility_m) == ("below_min", 20.0)
+    inverted = visibility.estimate(depth, np.array([0.1, 0.5, 0.9]))
+    assert inverted.flag == "inverted" and math.isnan(inverted.visibility_m)
+
+
+def test_images_are_fitted_separately_and_errors_summarized():
+    rng = np.random.default_rng(1)
+    depth = 10 ** rng.uniform(1, 5, 600)
+    image = np.repeat([4, 1, 2], 200)
+    truth = {1: 100.0, 2: 1000.0, 4: 10000.0}
+    scores = np.concatenate([_logistic_scores(depth[image == i], truth[i], 4.0) for i in (4, 1, 2)])
+    fits = visibility.estimate_images(image, depth, scores)
+    assert sorted(fits) == [1, 2, 4]
+    for i, v in truth.items():
+        assert abs(math.log10(fits[i].visibility_m / v)) < 0.02
+    names = [f"img{i}" for i in range(5)]
+    rows = visibility.visibility_table(fits, names, {1: "a", 2: "a", 4: "b"}, {"img1": 100.0, "img4": 20000.0})
+    assert [r["image"] for r in rows] == ["img1", "img2", "img4"]
+    assert math.isnan(rows[1]["true_visibility_m"]) and math.isnan(rows[1]["abs_log10_error"])
+    assert rows[2]["abs_log10_error"] == pytest.approx(math.log10(2), abs=0.02)
+    summary = visibility.summary(rows)
+    assert summary["n_images"] == 3 and summary["n_scored"] == 2
+    assert summary["median_abs_log10_error"] == pytest.approx(np.median([rows[0]["abs_log10_error"],
+                                                                         rows[2]["abs_log10_error"]]))
+
+
+def test_true_visibility_prefers_the_store_attribute():
+    attrs = {"visibility_m": [150.0, None], "provenance": {"raw_dir": "/nonexistent"}}
+    assert visibility.true_visibility(("a", "b"), attrs) == {"a": 150.0}
+    assert visibility.true_visibility(("a", "b"), {"visibility_m": [None, None]}) is None

@@ -1,0 +1,133 @@
+"""The training job: it learns, it resumes bit for bit after a kill, and bad inputs are clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from camvis import distributed
+from camvis.config import load_job_config, to_dict
+from camvis.errors import ConfigError, StoreError
+from camvis.job import run_job
+from camvis.train import CHECKPOINT, PROGRESS, train
+
+TINY = [
+    "data.factors=[2,4,8]",
+    "model.size_hidden=8",
+    "train.batch_size=32",
+    "train.epoch_patches=128",
+    "eval.bootstrap=50",
+    "eval.figures=false",
+]
+
+
+def _cfg(store, *extra):
+    return load_job_config(None, [f"data.store={store.path}", *TINY, *extra])
+
+
+def _env():
+    return distributed.setup("cpu")
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    cfg = load_job_config(None, [f"data.store={tmp_path / 'nope.zarr'}", *TINY])
+    with pytest.raises(StoreError, match="nope.zarr"):
+        train(cfg, tmp_path / "job", _env())
+
+
+def test_fold_the_store_lacks_is_a_clear_error(synth_store, tmp_path):
+    with pytest.raises(ConfigError, match=r"data.fold.*7"):
+        train(_cfg(synth_store, "data.fold=7"), tmp_path / "job", _env())
+
+
+def test_factors_the_store_lacks_are_a_clear_error(synth_store, tmp_path):
+    with pytest.raises(ConfigError, match=r"data.factors: \[16\] not in the store"):
+        train(_cfg(synth_store, "data.factors=[8,16]"), tmp_path / "job", _env())
+
+
+def test_job_writes_checkpoints_progress_and_scores(synth_store, tmp_path):
+    cfg = _cfg(synth_store, "train.max_epochs=2", "name=j", "experiment=e")
+    scores = run_job(cfg, tmp_path)
+    job = tmp_path / "e" / "j"
+    for name in ("checkpoint.pt", "best.pt", "progress.json", "scores.json", "config.yaml", "bootstrap.csv"):
+        assert (job / name).stat().st_size > 0, name
+    progress = json.loads((job / PROGRESS).read_text())
+    assert progress["state"] == "done" and progress["epoch"] == 2 and progress["samples_per_s"] > 0
+    assert set(progress["metrics"]) >= {"train_loss", "val_loss", "val_acc", "val_f1", "lr"}
+    assert scores == json.loads((job / "scores.json").read_text())
+    assert list((job / "tensorboard").glob("events.out.tfevents.*"))
+    assert not list(job.glob(".*.tmp")), "no temporary file may be left behind"
+    # the saved config reproduces the job
+    assert load_job_config(job / "config.yaml") == cfg
+
+
+def _run_cli(config: Path, outputs: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "camvis.cli.train", str(config), "--outputs", str(outputs)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_to_the_identical_result(synth_store, tmp_path):
+    cfg = load_job_config(None, [f"data.store={synth_store.path}", *TINY, "train.max_epochs=6",
+                                 "experiment=e", "name=j"])
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg)))
+
+    straight = _run_cli(config, tmp_path / "straight")
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+
+    killed = _run_cli(config, tmp_path / "killed")
+    progress = tmp_path / "killed" / "e" / "j" / PROGRESS
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if progress.exists() and json.loads(progress.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    interrupted_at = json.loads(progress.read_text())["epoch"]
+    assert 2 <= interrupted_at < 6, "the kill must land mid-training"
+
+    resumed = _run_cli(config, tmp_path / "killed")
+    out = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, out
+    assert "resuming" in out
+
+    a = torch.load(tmp_path / "straight/e/j" / CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "killed/e/j" / CHECKPOINT, weights_only=False)
+    assert a["state"]["epoch"] == b["state"]["epoch"] == 6
+    assert b["state"]["restarts"] == 1
+    def learning(history):  # everything but the timing
+        return [{k: v for k, v in h.items() if k != "samples_per_s"} for h in history]
+
+    assert learning(a["state"]["history"]) == learning(b["state"]["history"])
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    scores_a = json.loads((tmp_path / "straight/e/j/scores.json").read_text())
+    scores_b = json.loads((tmp_path / "killed/e/j/scores.json").read_text())
+    assert scores_a["metrics"] == scores_b["metrics"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "straight/e/j/bootstrap.csv"),
+                                  pd.read_csv(tmp_path / "killed/e/j/bootstrap.csv"))
+
+
+@pytest.mark.slow
+def test_small_demo_learns(synth_store, tmp_path):
+    """A smaller version of the demo's promise: the held-out view is classified well."""
+    torch.set_num_threads(2)
+    cfg = _cfg(synth_store, "train.max_epochs=15", "train.epoch_patches=512", "model.size_hidden=16",
+               "train.lr=3e-3", "data.fold=2", "experiment=e", "name=learn")
+    scores = run_job(cfg, tmp_path)
+    assert scores["metrics"]["acc"] >= 0.75, scores["metrics"]
