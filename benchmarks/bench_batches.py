@@ -7,8 +7,14 @@ in-memory store with paper-sized levels (4140 x 6198 downscaled; random pixels, 
 content does not change the cost).
 
     .venv/bin/python benchmarks/bench_batches.py                 # paper settings, CPU
+    .venv/bin/python benchmarks/bench_batches.py --threads 1     # one core for every path
+    .venv/bin/python benchmarks/bench_batches.py --camvis2       # also camvis2's code as written
     .venv/bin/python benchmarks/bench_batches.py --device cuda   # batched path on the GPU
     .venv/bin/python benchmarks/bench_batches.py --json benchmarks/results/batches_cpu.json
+
+"out=" rows reuse one output buffer (BatchSource.batch(idx, out=x)): on the CPU the page
+faults of a fresh 335 MB batch are a large share of its cost. Timings on a shared machine
+swing with its load (printed); CPU time per batch is the steadier figure.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from camvis.batches import BatchSource
 from camvis.io import write_json
@@ -91,6 +98,48 @@ class PerSampleReference:
         return x, torch.tensor([i[1] for i in items]), torch.tensor([i[2] for i in items])
 
 
+class Camvis2AsWritten:
+    """camvis2's MultiMagnificationPatches.__getitem__ as written (pandas row lookup, float
+    levels scaled to 0..1, torch.cat per level, F.pad, Normalize), with the default collate.
+    camvis2 rounds h / f; this port floors like camvis, which does not change the cost."""
+
+    def __init__(self, store: PatchStore, factors: Sequence[int]) -> None:
+        import pandas as pd
+
+        self.factors, self.p = tuple(factors), store.patch_size
+        t = store.table
+        self.metadata = pd.DataFrame({"h_canvas": t["center_h"], "w_canvas": t["center_w"], "label": t["label"],
+                                      "depth": t["depth"], "image_index": t["image"],
+                                      "depth_index": store.image_view[t["image"]]})
+        self.data = {f: (torch.from_numpy(store.levels[f][0]).float() / 255, torch.from_numpy(store.levels[f][1]))
+                     for f in self.factors}
+        rows = [store.factors.index(f) for f in factors]
+        scale = np.array([255, 255, 255, 1], np.float32)
+        self.mean = torch.from_numpy((store.norm_mean[rows] / scale).reshape(-1))[:, None, None]
+        self.std = torch.from_numpy((store.norm_std[rows] / scale).reshape(-1))[:, None, None]
+
+    def item(self, idx: int) -> tuple[torch.Tensor, int, float]:
+        entry, p = self.metadata.iloc[idx], self.p
+        patch = torch.empty((0, p, p))
+        for f in self.factors:
+            images, depths = self.data[f]
+            h, w = int(entry["h_canvas"]) // f, int(entry["w_canvas"]) // f
+            h_from, h_to = max(h - p // 2, 0), min(h + p // 2, images.size(2))
+            w_from, w_to = max(w - p // 2, 0), min(w + p // 2, images.size(3))
+            sub = torch.cat([images[int(entry["image_index"]), :, h_from:h_to, w_from:w_to],
+                             depths[int(entry["depth_index"]), :, h_from:h_to, w_from:w_to]])
+            pad = (-min(w - p // 2, 0), max(w + p // 2 - images.size(3), 0),
+                   -min(h - p // 2, 0), max(h + p // 2 - images.size(2), 0))
+            sub = torch.cat([F.pad(sub[:3], pad, value=0), F.pad(sub[3], pad, value=-1).unsqueeze(0)])
+            patch = torch.cat([patch, sub])
+        return (patch - self.mean) / self.std, int(entry["label"]), float(entry["depth"])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        items = [self.item(j) for j in idx.tolist()]
+        return (torch.stack([i[0] for i in items]), torch.tensor([i[1] for i in items]),
+                torch.tensor([i[2] for i in items]))
+
+
 def time_batches(fn: Callable[[torch.Tensor], object], batches: list[torch.Tensor],
                  sync: Callable[[], None]) -> tuple[float, float]:
     """(wall, process CPU) seconds per batch over `batches`, after one warm-up call.
@@ -118,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=10, help="timed batches of the batched path")
     parser.add_argument("--ref-batches", type=int, default=3, help="timed batches of the reference")
     parser.add_argument("--device", default="cpu", help="device of BatchSource (the reference runs on the CPU)")
+    parser.add_argument("--camvis2", action="store_true",
+                        help="also time camvis2's __getitem__ as written (float levels: 4x the RAM)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
     args = parser.parse_args(argv)
@@ -134,17 +185,21 @@ def main(argv: list[str] | None = None) -> int:
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, store.n_patches, (args.batch_size,), generator=gen) for _ in range(args.batches + 1)]
 
-    x, _, _ = source.batch(batches[0].to(device))  # same numbers as the reference
-    torch.testing.assert_close(x.cpu(), reference.batch(batches[0])[0])
-    del x
+    x_ref = reference.batch(batches[0])[0]  # every path computes the same numbers
+    torch.testing.assert_close(source.batch(batches[0].to(device))[0].cpu(), x_ref)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     timings = {"per_sample_reference": time_batches(reference.batch, batches[1:args.ref_batches + 1], lambda: None)}
+    if args.camvis2:
+        camvis2 = Camvis2AsWritten(store, args.factors)
+        torch.testing.assert_close(camvis2.batch(batches[0])[0], x_ref, rtol=1e-4, atol=1e-4)
+        timings["camvis2_as_written"] = time_batches(camvis2.batch, batches[1:args.ref_batches + 1], lambda: None)
+        del camvis2
     timings["batch_source"] = time_batches(lambda i: source.batch(i.to(device, non_blocking=True)), batches[1:], sync)
     buffer = source.batch(batches[0].to(device))[0]
     timings["batch_source_out"] = time_batches(
         lambda i: source.batch(i.to(device, non_blocking=True), out=buffer), batches[1:], sync)
 
-    names = {"per_sample_reference": "per-sample reference (cpu)",
+    names = {"per_sample_reference": "per-sample reference (cpu)", "camvis2_as_written": "camvis2 __getitem__ (cpu)",
              "batch_source": f"BatchSource.batch ({device.type})",
              "batch_source_out": f"BatchSource.batch, out= ({device.type})"}
     ref_wall, ref_cpu = timings["per_sample_reference"]

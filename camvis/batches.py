@@ -34,7 +34,7 @@ class _Level:
 
     `rgb_rows[k]` / `depth_rows[k]` is the P-element run starting at flat offset k of the
     padded level (a strided view, no copy), so a (B, P, P) crop is one `index_select` of
-    B * P runs. Padding: P // 2 before, `pad_after` after, on both axes.
+    B * P runs. Padding on both axes: P // 2 before, as much as the last window needs after.
     """
 
     factor: int
