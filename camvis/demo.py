@@ -1,4 +1,4 @@
-"""`make demo`: the whole path on the embedded default, on this machine.
+"""`make demo`: the whole path on the embedded default, on this machine (paths relative to the cwd).
 
 synthesize fog scenes -> check them -> build the Zarr store -> launch configs/demo.yaml
 locally (train + evaluate every job) -> aggregate -> say where the tables and figures are.
@@ -16,7 +16,7 @@ from camvis.errors import CamvisError
 
 RAW = Path("data/raw/demo")
 STORE = Path("data/processed/demo.zarr")
-GRID = Path("configs/demo.yaml")
+GRID = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"  # the checkout's grid
 SYNTH = {"views": 4, "images_per_view": 6, "size": (192, 288), "seed": 0}
 BUILD = {"factors": (1, 2, 4), "patch_size": 32, "patches_per_image": 400, "seed": 0}
 

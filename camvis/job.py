@@ -26,7 +26,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
 
     from camvis import distributed
     from camvis.evaluate import evaluate_job
-    from camvis.train import TrainState, open_inputs, train, write_progress
+    from camvis.train import train, write_progress
 
     directory = job_dir(cfg, outputs)
     _limit_threads()
@@ -37,11 +37,12 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
             write_text(directory / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
         distributed.barrier()
         state = train(cfg, directory, env)
+        last = state.history[-1] if state.history else None
         if env.is_main:
-            write_progress(directory, cfg, state, state.history[-1] if state.history else None, phase="evaluating")
+            write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
         scores = evaluate_job(cfg, directory, device=env.device, epochs=state.epoch)
         if env.is_main:
-            write_progress(directory, cfg, state, state.history[-1] if state.history else None, phase="done")
+            write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores
     except Exception:
         if env.is_main:

@@ -225,7 +225,8 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, store: PatchStore | None 
             if env.is_main:
                 save_checkpoint(ckpt, model, opt, sched, state, cfg)
                 _log_epoch(writer, state, record, epoch_times[-1])
-                write_progress(job_dir, cfg, state, record, eta_s=_eta(cfg, state, epoch_times))
+                write_progress(job_dir, cfg, state, record, eta_s=_eta(cfg, state, epoch_times),
+                               world_size=env.world_size)
                 log(env, _epoch_line(cfg, state, record))
     finally:
         if writer is not None:
@@ -245,7 +246,7 @@ def _eta(cfg: JobConfig, state: TrainState, epoch_times: list[float]) -> float |
 
 
 def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dict | None,
-                   *, phase: str | None = None, eta_s: float | None = None) -> None:
+                   *, phase: str | None = None, eta_s: float | None = None, world_size: int = 1) -> None:
     """progress.json for camvis-status: where the job is, in one small atomic file."""
     phase = phase or ("evaluating" if state.finished else "training")
     write_json(
@@ -261,6 +262,7 @@ def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dic
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "host": socket.gethostname(),
             "restarts": state.restarts,
+            "world_size": world_size,
         },
     )
 

@@ -230,3 +230,19 @@ def test_debug_runs_first_job_in_process(synth_store, tmp_path: Path) -> None:
     assert result.submitted == ["align_fold1"]
     assert json.loads((outputs / "demo" / "align_fold1" / "scores.json").read_text())["job"] == "align_fold1"
     assert not (outputs / "demo" / "align_fold2").exists()
+
+
+@pytest.mark.slow
+def test_local_job_trains_with_two_ddp_ranks(synth_store, tmp_path: Path) -> None:
+    """tasks_per_node=2: submitit starts 2 local processes that form one gloo process group."""
+    outputs = tmp_path / "outputs"
+    result = launch_mod.launch(DEMO, [f"data.store={synth_store.path}", *TINY, "slurm.tasks_per_node=2"],
+                               mode="local", only=["group=cat", "fold=1"], outputs=outputs, jobs_dir=tmp_path / "jobs")
+    assert result.failed == {}
+    job = outputs / "demo" / "cat_fold1"
+    progress = json.loads((job / "progress.json").read_text())
+    assert progress["world_size"] == 2 and progress["state"] == "done"
+    scores = json.loads((job / "scores.json").read_text())
+    # validation and evaluation were sharded over 2 ranks and gathered: every held-out patch once
+    predictions = (job / "predictions.csv").read_text().splitlines()[1:]
+    assert len(predictions) == scores["n_val"] == len({line.split(",")[0] for line in predictions})
