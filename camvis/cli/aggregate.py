@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from camvis.cli import fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -41,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         aggregate(args.experiment, args.outputs, args.jobs_dir, confidence=args.confidence, seed=args.seed,
                   figures=not args.no_figures)  # fmt: skip
     except CamvisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

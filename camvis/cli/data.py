@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 
+from camvis.cli import fail
 from camvis.errors import CamvisError, ConfigError
 
 SYNTH_EXAMPLES = """\
@@ -37,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except CamvisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
 
 
 def _parser() -> argparse.ArgumentParser:

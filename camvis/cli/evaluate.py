@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from camvis.cli import config_and_overrides, fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -29,14 +30,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: OUTPUTS/<experiment>/<name>)")
     parser.add_argument("--checkpoint", help="weights to evaluate (default: JOB_DIR/best.pt)")
     args = parser.parse_args(argv)
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # only overrides were given
-        config, overrides = None, [config, *overrides]
+    config, overrides = config_and_overrides(args.config, args.overrides)
     try:
         scores = _run(config, overrides, args)
     except CamvisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     if scores:
         _report(scores)
     return 0

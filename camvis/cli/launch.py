@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from camvis.cli import fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                                force=args.force, outputs=args.outputs, jobs_dir=args.jobs_dir,
                                profile=args.profile, console=console)
     except CamvisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     launch.print_report(result, console)
     return 1 if result.failed else 0
 

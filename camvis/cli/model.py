@@ -13,6 +13,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from camvis.cli import fail
 from camvis.errors import CamvisError, ConfigError
 
 DEFAULT_PATCH_SIZE = 128
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         config, overrides = split_config_args(args.args)
         table = summary_table(config, overrides, args.patch_size)
     except CamvisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     Console(width=120).print(table)
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from camvis import monitor
+from camvis.cli import fail
 from camvis.errors import CamvisError
 
 _WHOLE_EXPERIMENT = "\0all"
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             monitor.show(args.experiment, args.jobs_dir, args.outputs, console=console, watch=args.watch)
     except CamvisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from camvis.cli import config_and_overrides, fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -25,9 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
     parser.add_argument("--outputs", default="outputs", help="root of the job outputs (default: outputs)")
     args = parser.parse_args(argv)
-    config, overrides = args.config, list(args.overrides)
-    if config is not None and "=" in config:  # only overrides were given
-        config, overrides = None, [config, *overrides]
+    config, overrides = config_and_overrides(args.config, args.overrides)
     try:
         from camvis.config import load_job_config
         from camvis.job import run_job
@@ -35,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_job_config(config, overrides)
         scores = run_job(cfg, args.outputs)
     except CamvisError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(e)
     metrics = scores.get("metrics", {})
     print("held-out " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return 0
