@@ -9,7 +9,6 @@ an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restor
 
 from __future__ import annotations
 
-import math
 import socket
 import sys
 import time
@@ -177,53 +176,28 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, store: PatchStore | None 
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(cfg, model)
-    state = TrainState()
-    ckpt = job_dir / CHECKPOINT
-    if ckpt.exists():
-        state = load_checkpoint(ckpt, model, opt, sched)
-        state.restarts += 1
-        state.finished = is_finished(cfg, state, opt.param_groups[0]["lr"])
-        log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
+    state = _resume(cfg, job_dir / CHECKPOINT, model, opt, sched, env)
     if state.finished:
         return state
-
-    net = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None) if env.distributed else model
-    sampler = EpochSampler(
-        inputs.train_idx,
-        inputs.store.table["label"],
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        rank=env.rank,
-        world_size=env.world_size,
-        epoch_patches=cfg.train.epoch_patches,
-    )
+    net = _wrap_ddp(model, env)
+    sampler = EpochSampler(inputs.train_idx, inputs.store.table["label"], batch_size=cfg.train.batch_size,
+                           seed=cfg.train.seed, rank=env.rank, world_size=env.world_size,
+                           epoch_patches=cfg.train.epoch_patches)
     writer = _tensorboard(job_dir, env, state.epoch)
     epoch_times: list[float] = []
     try:
         while not state.finished:
             start = time.perf_counter()
             batches = sampler.batches(state.epoch)
-            n_local = sum(len(b) for b in batches)
-            with _progress_bar(env, f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_local) as bar:
+            n_samples = sum(len(b) for b in batches)
+            with _progress_bar(env, f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples) as bar:
                 train_loss = train_epoch(net, opt, inputs.source, batches, env, bar)
-            train_time = time.perf_counter() - start
-            val = validate(model, inputs, cfg, env)
-            value = val[cfg.train.selection_metric]
-            sched.step(value)
-            lr = opt.param_groups[0]["lr"]
-            if improved(cfg.train.selection_metric, value, state.best_value):
-                state.best_value, state.best_epoch = value, state.epoch
-                if env.is_main:
-                    save_best(job_dir / BEST, model, state, cfg)
-            samples_per_s = n_local * env.world_size / max(train_time, 1e-9)
-            record = {"train_loss": train_loss, "val_loss": val["loss"], "val_acc": val["acc"],
-                      "val_f1": val["f1"], "lr": lr, "samples_per_s": samples_per_s}
-            state.history.append(record)
-            state.epoch += 1
-            state.finished = is_finished(cfg, state, lr)
+            samples_per_s = n_samples * env.world_size / max(time.perf_counter() - start, 1e-9)
+            record = {"train_loss": train_loss, **_validate_and_step(model, inputs, cfg, env, sched, state, job_dir),
+                      "samples_per_s": samples_per_s}
+            _finish_epoch(cfg, job_dir, env, model, opt, sched, state, record)
             epoch_times.append(time.perf_counter() - start)
             if env.is_main:
-                save_checkpoint(ckpt, model, opt, sched, state, cfg)
                 _log_epoch(writer, state, record, epoch_times[-1])
                 write_progress(job_dir, cfg, state, record, eta_s=_eta(cfg, state, epoch_times),
                                world_size=env.world_size)
@@ -232,6 +206,47 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, store: PatchStore | None 
         if writer is not None:
             writer.close()
     return state
+
+
+def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv) -> TrainState:
+    """The state of the last finished epoch if a checkpoint exists (weights, optimizer, RNG restored)."""
+    if not ckpt.exists():
+        return TrainState()
+    state = load_checkpoint(ckpt, model, opt, sched)
+    state.restarts += 1
+    state.finished = is_finished(cfg, state, opt.param_groups[0]["lr"])
+    log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
+    return state
+
+
+def _wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    if not env.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
+
+
+def _validate_and_step(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv, sched, state: TrainState,
+                       job_dir: Path) -> dict[str, float]:
+    """Validate, step the plateau schedule on the selection metric, keep the best weights."""
+    val = validate(model, inputs, cfg, env)
+    value = val[cfg.train.selection_metric]
+    sched.step(value)
+    if improved(cfg.train.selection_metric, value, state.best_value):
+        state.best_value, state.best_epoch = value, state.epoch
+        if env.is_main:
+            save_best(job_dir / BEST, model, state, cfg)
+    lr = sched.optimizer.param_groups[0]["lr"]
+    return {"val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"], "lr": lr}
+
+
+def _finish_epoch(cfg: JobConfig, job_dir: Path, env: DistEnv, model, opt, sched, state: TrainState,
+                  record: dict[str, float]) -> None:
+    """Close the epoch in the state and make it durable: a requeue resumes after it."""
+    state.history.append(record)
+    state.epoch += 1
+    state.finished = is_finished(cfg, state, record["lr"])
+    if env.is_main:
+        save_checkpoint(job_dir / CHECKPOINT, model, opt, sched, state, cfg)
 
 
 def is_finished(cfg: JobConfig, state: TrainState, lr: float) -> bool:
@@ -334,7 +349,3 @@ class _Bar:
 
     def advance(self, n: int) -> None:
         self.progress.advance(self.task, n)
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
