@@ -131,3 +131,15 @@ def test_small_demo_learns(synth_store, tmp_path):
                "train.lr=3e-3", "data.fold=2", "experiment=e", "name=learn")
     scores = run_job(cfg, tmp_path)
     assert scores["metrics"]["acc"] >= 0.75, scores["metrics"]
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_and_evaluation(synth_store, tmp_path):
+    """On a GPU machine: bf16 autocast + channels_last train and evaluate end to end."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (run on a lent GPU machine: pytest -m gpu)")
+    cfg = _cfg(synth_store, "train.max_epochs=2", "train.device=cuda", "experiment=e", "name=gpu")
+    scores = run_job(cfg, tmp_path)
+    progress = json.loads((tmp_path / "e" / "gpu" / PROGRESS).read_text())
+    assert progress["state"] == "done" and progress["samples_per_s"] > 0
+    assert 0.0 <= scores["metrics"]["acc"] <= 1.0
