@@ -4,8 +4,9 @@ A store is one Zarr v3 directory holding, per demagnification factor f, the whol
 (`levels/{f}/images`, uint8 (n_images, 3, H//f, W//f)) and log-depth maps
 (`levels/{f}/depth`, float32 (n_views, 1, H//f, W//f), log10 metres, NaN -> -1), one chunk
 per image; the patch table (`patches/*`, full-resolution centres drawn with camvis2's
-depth-balanced sampling); per-image candidate depth histograms (`sampling/*`, kept for the
-sampling figure); and root attributes (shapes, views, normalization statistics, provenance).
+depth-balanced sampling, camvis.sampling); per-image candidate depth histograms
+(`sampling/*`, kept for the sampling figure); and root attributes (shapes, views,
+normalization statistics from camvis.norm_stats, provenance).
 
 Level pixel j stands for full-resolution pixels [j f, (j + 1) f): images are block means
 (PIL BOX over the largest multiple of f), depth is the block's centre pixel. So a patch
@@ -29,10 +30,11 @@ from PIL import Image
 
 from camvis import __version__, raw
 from camvis.errors import RawDataError, StoreError
+from camvis.norm_stats import NormStats
+from camvis.sampling import N_DEPTH_BINS, sample_centres_with_histogram
 
 FORMAT_NAME = "camvis-patch-store"
 FORMAT_VERSION = 1
-N_DEPTH_BINS = 50
 TABLE_COLUMNS = {"center_h": "int32", "center_w": "int32", "label": "uint8",
                  "depth": "float32", "image": "int32", "view": "int32"}
 # Build parameters that decide whether an existing store can be kept as it is.
@@ -59,58 +61,6 @@ class PatchStore:
     @property
     def n_patches(self) -> int:
         return int(len(self.table["label"]))
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def sample_centres(labels: np.ndarray, depth: np.ndarray, n: int, patch_size: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """camvis2's depth-balanced patch centres of one full-resolution image.
-
-    Candidates are labelled pixels (0 or 1) with finite, positive depth whose row lies in
-    [P//2, H - P//2) and column in [P//2, W - P//2). Each gets weight 1 / (candidates in its
-    log10-depth bin; N_DEPTH_BINS bins over the candidates' range), so every occupied bin
-    carries the same mass. n are drawn without replacement (all when there are fewer).
-    Returns (h, w) int32 and each chosen centre's weight (float64), in raster order.
-    """
-    h, w, weights, _, _ = _sample(labels, depth, n, patch_size, rng)
-    return h, w, weights
-
-
-def _sample(labels: np.ndarray, depth: np.ndarray, n: int, patch_size: int,
-            rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """sample_centres plus the candidates' histogram (counts, log10 edges) for the figure."""
-    flat = np.flatnonzero(_candidate_mask(labels, depth, patch_size))
-    log_depth = np.log10(depth.ravel()[flat], dtype=np.float32)
-    edges = np.histogram_bin_edges(log_depth, bins=N_DEPTH_BINS)
-    # Bin indices from the edges themselves, so counts and weights agree exactly.
-    bins = np.clip(np.searchsorted(edges, log_depth, side="right") - 1, 0, N_DEPTH_BINS - 1)
-    del log_depth  # paper-size images have ~2e7 candidates: keep few such arrays alive
-    counts = np.bincount(bins, minlength=N_DEPTH_BINS)
-    if flat.size <= n:
-        chosen = np.arange(flat.size)
-    else:
-        p = 1.0 / counts[bins]
-        p /= p.sum()
-        chosen = np.sort(rng.choice(flat.size, size=n, replace=False, p=p))
-    hh, ww = np.divmod(flat[chosen], labels.shape[1])
-    weights = 1.0 / counts[bins[chosen]]
-    return hh.astype(np.int32), ww.astype(np.int32), weights, counts, edges
-
-
-def _candidate_mask(labels: np.ndarray, depth: np.ndarray, patch_size: int) -> np.ndarray:
-    if labels.shape != depth.shape:
-        raise RawDataError(f"labels {labels.shape} and depth {depth.shape} differ in shape")
-    with np.errstate(invalid="ignore"):
-        mask = (labels < raw.LABEL_UNLABELLED) & np.isfinite(depth) & (depth > 0)
-    half = patch_size // 2
-    height, width = labels.shape
-    mask[:half] = False
-    mask[max(height - half, 0):] = False
-    mask[:, :half] = False
-    mask[:, max(width - half, 0):] = False
-    return mask
 
 
 # --------------------------------------------------------------------------- building
@@ -261,7 +211,7 @@ def _write_store(tmp: Path, ds: raw.RawDataset, factors: tuple[int, ...], patch_
                          "the border)")
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     levels = {f: _create_level(root, f, shape, len(ds.images), len(ds.views)) for f in factors}
-    stats = _Stats(factors)
+    stats = NormStats(factors)
     rows: list[dict[str, np.ndarray]] = []
     counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
     edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
@@ -274,7 +224,8 @@ def _write_store(tmp: Path, ds: raw.RawDataset, factors: tuple[int, ...], patch_
                 _write_image(levels, stats, i, _load_rgb(img, shape))
                 labels = raw.load_labels(img)
                 rng = np.random.default_rng([seed, i])  # per image: order-independent
-                h, w, _, counts[i], edges[i] = _sample(labels, depth, per_image, patch_size, rng)
+                h, w, _, counts[i], edges[i] = sample_centres_with_histogram(
+                    labels, depth, per_image, patch_size, rng)
                 rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
                 advance()
     _write_table(root, rows, ds)
@@ -303,7 +254,7 @@ def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,
     return images, depth
 
 
-def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: "_Stats", i: int,
+def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, i: int,
                  rgb: np.ndarray) -> None:
     pil = Image.fromarray(rgb)
     for f, (images, _) in levels.items():
@@ -314,7 +265,7 @@ def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: "_Stat
         stats.add_rgb(f, level)
 
 
-def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: "_Stats", v: int,
+def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, v: int,
                  depth: np.ndarray) -> None:
     for f, (_, depth_arr) in levels.items():
         hf, wf = depth.shape[0] // f, depth.shape[1] // f
@@ -330,48 +281,6 @@ def log_depth(depth: np.ndarray) -> np.ndarray:
         out = np.log10(depth.astype(np.float32))
     out[~np.isfinite(out) | ~(depth > 0)] = -1.0
     return out
-
-
-class _Stats:
-    """Per-level running sums: exact integer histograms for RGB, float64 sums for log-depth."""
-
-    def __init__(self, factors: tuple[int, ...]) -> None:
-        self.factors = factors
-        self.rgb = {f: np.zeros((3, 256), np.int64) for f in factors}
-        self.depth = {f: [0, 0.0, 0.0] for f in factors}   # n, sum, sum of squares
-
-    def add_rgb(self, f: int, level: np.ndarray) -> None:
-        for c in range(3):
-            self.rgb[f][c] += np.bincount(level[..., c].ravel(), minlength=256)
-
-    def add_depth(self, f: int, level: np.ndarray) -> None:
-        valid = level[level != -1.0].astype(np.float64)
-        acc = self.depth[f]
-        acc[0] += valid.size
-        acc[1] += float(valid.sum())
-        acc[2] += float(np.square(valid).sum())
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        mean = np.zeros((len(self.factors), 4), np.float64)
-        std = np.ones((len(self.factors), 4), np.float64)
-        values = np.arange(256, dtype=np.int64)
-        for k, f in enumerate(self.factors):
-            for c in range(3):
-                hist = self.rgb[f][c]
-                # Python ints: the squared sums overflow int64 on paper-size data.
-                n, s1, s2 = int(hist.sum()), int(hist @ values), int(hist @ values**2)
-                mean[k, c], std[k, c] = _mean_std(n, s1, s2)
-            mean[k, 3], std[k, 3] = _mean_std(*self.depth[f])
-        return mean.astype(np.float32), std.astype(np.float32)
-
-
-def _mean_std(n: int | float, s1: float, s2: float) -> tuple[float, float]:
-    """Population mean and std from sums; (0, 1) without data, std 1 for a constant channel."""
-    if n == 0:
-        return 0.0, 1.0
-    mean = s1 / n
-    std = float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
-    return mean, std if std > 0 else 1.0
 
 
 def _table_rows(h: np.ndarray, w: np.ndarray, label: np.ndarray, depth: np.ndarray, i: int,
