@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from camvis import monitor
+from camvis import jobfiles, monitor
 from camvis.errors import CamvisError
 from camvis.io import atomic_path, write_text
 
@@ -138,16 +138,16 @@ def read_bootstrap(path: Path) -> np.ndarray:
     return values
 
 
-def load_job(info: monitor.JobInfo, folder: Path) -> FinishedJob:
+def load_job(info: jobfiles.JobInfo, folder: Path) -> FinishedJob:
     """A finished job's scores.json + bootstrap.csv; ValueError naming the file if unusable."""
-    scores = monitor.read_json(folder / "scores.json")
+    scores = jobfiles.read_json(folder / "scores.json")
     if scores is None:
         raise ValueError(f"{folder / 'scores.json'}: unreadable")
     try:
         metrics = {m: float(scores["metrics"][m]) for m in METRICS}
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{folder / 'scores.json'}: metrics.loss/acc/f1 missing or not numbers") from e
-    fold = monitor.as_int(scores.get("fold"))
+    fold = jobfiles.as_int(scores.get("fold"))
     fold = fold if fold is not None else info.fold
     if fold is None:
         raise ValueError(f"{folder / 'scores.json'}: no fold")
@@ -155,7 +155,7 @@ def load_job(info: monitor.JobInfo, folder: Path) -> FinishedJob:
     ci = scores.get("ci") or {}
     return FinishedJob(
         name=info.name,
-        group=monitor.variant_label(info.name, str(scores.get("group") or info.group)),
+        group=jobfiles.variant_label(info.name, str(scores.get("group") or info.group)),
         fold=fold,
         view=str(scores.get("view") or info.view or ""),
         model_name=str(scores.get("model_name") or info.name),

@@ -1,4 +1,5 @@
-"""`camvis-status`: join an experiment's manifest, SLURM's view and each job's progress.json.
+"""`camvis-status`: join what an experiment's files say about its jobs (camvis.jobfiles) with
+SLURM's view (camvis.slurm_query: one batched query), render it as rich tables, refresh it, cancel.
 
 Reading (manifest, job files, one batched SLURM query) is kept apart from rendering (rich
 tables) so that both can be tested without a cluster. No torch here: this runs on a login node.
@@ -6,9 +7,7 @@ tables) so that both can be tested without a cluster. No torch here: this runs o
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,145 +21,26 @@ from rich.text import Text
 
 from camvis import slurm_query
 from camvis.errors import ConfigError, SubmissionError
+from camvis.jobfiles import (
+    JobInfo,
+    aggregate_ids,
+    array_ids,
+    as_int,
+    expected_jobs,
+    find_job,
+    is_finished,
+    job_ended_without_scores,
+    last_error_line,
+    list_experiments,
+    read_json,
+    read_manifest,
+    state_from_files,
+    tail,
+)
 from camvis.slurm_query import FAILED_STATES, TERMINAL_STATES, QueryResult, SlurmRow
 
-JOB_FILES = ("scores.json", "progress.json", "checkpoint.pt", "best.pt")
 STATE_ORDER = ("COMPLETED", "RUNNING", "PENDING", "REQUEUED", "FAILED", "TIMEOUT", "CANCELLED", "UNKNOWN")
 STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "REQUEUED": "yellow", "UNKNOWN": "dim"}
-_FOLD = re.compile(r"_fold(\d+)")
-
-
-# --------------------------------------------------------------------------- what is expected
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """One expected job: from the manifest, or guessed from its folder under outputs/."""
-
-    name: str
-    group: str
-    fold: int | None
-    view: str | None = None
-    mode: str = "unknown"  # slurm | local | debug | unknown
-    job_id: str | None = None  # "123_4" for SLURM array tasks
-    config_hash: str | None = None
-    stdout: str | None = None
-    stderr: str | None = None
-    submitted: str | None = None
-
-    @property
-    def variant(self) -> str:
-        return variant_label(self.name, self.group)
-
-
-def variant_label(name: str, group: str) -> str:
-    """The grid point without its fold: "cat_fold3" -> "cat", "cat_fold3_lr0.001" -> "cat_lr0.001"."""
-    label, n = _FOLD.subn("", name, count=1)
-    return label if n and label else group
-
-
-def fold_from_name(name: str) -> int | None:
-    match = _FOLD.search(name)
-    return int(match.group(1)) if match else None
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object, or None when missing or unreadable (a monitor must not crash on one bad file)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_manifest(jobs: str | Path, experiment: str) -> dict[str, Any] | None:
-    """jobs/<experiment>/manifest.json, or None when the experiment was never launched."""
-    path = Path(jobs) / experiment / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the manifest: {e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("jobs", {}), dict):
-        raise ConfigError(f"{path}: expected an object with a 'jobs' mapping (name -> job)")
-    return data
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None or value == "" else str(value)
-
-
-def as_int(value: Any) -> int | None:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _info_from_manifest(name: str, entry: dict[str, Any]) -> JobInfo:
-    fold = as_int(entry.get("fold"))
-    return JobInfo(
-        name=name,
-        group=str(entry.get("group") or variant_label(name, name)),
-        fold=fold if fold is not None else fold_from_name(name),
-        view=_opt_str(entry.get("view")),
-        mode=str(entry.get("mode") or "unknown"),
-        job_id=_opt_str(entry.get("job_id")),
-        config_hash=_opt_str(entry.get("hash")),
-        stdout=_opt_str(entry.get("stdout")),
-        stderr=_opt_str(entry.get("stderr")),
-        submitted=_opt_str(entry.get("submitted")),
-    )
-
-
-def _info_from_dir(path: Path) -> JobInfo:
-    scores = read_json(path / "scores.json") or {}
-    fold = as_int(scores.get("fold"))
-    return JobInfo(
-        name=path.name,
-        group=str(scores.get("group") or variant_label(path.name, path.name)),
-        fold=fold if fold is not None else fold_from_name(path.name),
-        view=_opt_str(scores.get("view")),
-        mode="unknown",
-    )
-
-
-def job_dirs(outputs: str | Path, experiment: str) -> list[Path]:
-    """Folders under outputs/<experiment>/ that a job wrote (not aggregate's figures/)."""
-    base = Path(outputs) / experiment
-    if not base.is_dir():
-        return []
-    return sorted(d for d in base.iterdir() if d.is_dir() and any((d / f).exists() for f in JOB_FILES))
-
-
-def expected_jobs(
-    experiment: str, jobs: str | Path = "jobs", outputs: str | Path = "outputs", manifest: dict[str, Any] | None = None
-) -> list[JobInfo]:
-    """The manifest's jobs when there is a manifest, else every job folder; sorted by grid point."""
-    if manifest is None:
-        manifest = read_manifest(jobs, experiment)
-    if manifest is not None:
-        infos = [_info_from_manifest(n, e if isinstance(e, dict) else {}) for n, e in manifest["jobs"].items()]
-    else:
-        infos = [_info_from_dir(d) for d in job_dirs(outputs, experiment)]
-    return sorted(infos, key=lambda i: (i.group, i.variant, i.fold if i.fold is not None else -1, i.name))
-
-
-def list_experiments(jobs: str | Path = "jobs") -> list[str]:
-    base = Path(jobs)
-    return sorted(d.name for d in base.iterdir() if (d / "manifest.json").is_file()) if base.is_dir() else []
-
-
-def aggregate_ids(manifest: dict[str, Any] | None) -> list[str]:
-    """SLURM ids of the dependent aggregate jobs of every launch."""
-    launches = (manifest or {}).get("launches") or []
-    return [str(x["aggregate_id"]) for x in launches if isinstance(x, dict) and x.get("aggregate_id")]
-
-
-def array_ids(manifest: dict[str, Any] | None) -> list[str]:
-    launches = (manifest or {}).get("launches") or []
-    return [str(x["array_id"]) for x in launches if isinstance(x, dict) and x.get("array_id")]
 
 
 # --------------------------------------------------------------------------- state of each job
@@ -176,60 +56,6 @@ class JobStatus:
     finished: bool = False  # scores.json present with the expected config hash
     error: str | None = None  # last line of the job's error.txt (its traceback), if it failed in Python
     folder: Path | None = None  # outputs/<experiment>/<job>/
-
-
-def is_finished(scores: dict[str, Any] | None, config_hash: str | None) -> bool:
-    """Finished = scores.json exists and was written for the same config (contract)."""
-    if scores is None:
-        return False
-    return config_hash is None or scores.get("config_hash") in (None, config_hash)
-
-
-def state_from_files(
-    info: JobInfo, progress: dict[str, Any] | None, finished: bool, slurm_known: bool, ended: bool = False
-) -> str:
-    """A job's state when SLURM has no row for it: local runs, forgotten or unreachable SLURM jobs.
-    `ended`: the job left a newer error.txt, or submitit's result file, without scores."""
-    if finished:
-        return "COMPLETED"
-    phase = str((progress or {}).get("state", ""))
-    if phase == "failed" or ended:
-        return "FAILED"
-    if phase == "done":
-        return "COMPLETED"
-    if phase in ("starting", "training", "evaluating"):
-        # A SLURM job that SLURM no longer knows is not running, whatever its last progress said.
-        return "UNKNOWN" if slurm_known and info.mode == "slurm" else "RUNNING"
-    if info.mode == "slurm" and slurm_known:
-        return "UNKNOWN"
-    return "PENDING" if info.submitted or info.job_id else "UNKNOWN"
-
-
-def submitit_result_path(info: JobInfo) -> Path | None:
-    """submitit writes <folder>/<id>_<task>_result.pkl beside <id>_<task>_log.out when a job ends."""
-    if not info.stdout or not info.stdout.endswith("_log.out"):
-        return None
-    return Path(info.stdout[: -len("_log.out")] + "_result.pkl")
-
-
-def _mtime(path: Path | None) -> float | None:
-    try:
-        return path.stat().st_mtime if path is not None else None
-    except OSError:
-        return None
-
-
-def job_ended_without_scores(info: JobInfo, folder: Path) -> bool:
-    """error.txt newer than progress.json (not an earlier attempt), or submitit's result file."""
-    error_t, progress_t = _mtime(folder / "error.txt"), _mtime(folder / "progress.json")
-    if error_t is not None and (progress_t is None or error_t >= progress_t):
-        return True
-    return _mtime(submitit_result_path(info)) is not None
-
-
-def last_error_line(folder: Path) -> str | None:
-    lines = [ln for ln in tail(folder / "error.txt", 5) or [] if ln.strip()]
-    return lines[-1].strip() if lines else None
 
 
 def job_status(info: JobInfo, slurm: QueryResult, outputs: str | Path, experiment: str) -> JobStatus:
@@ -395,22 +221,6 @@ def slurm_line(status: ExperimentStatus) -> Text:
     return Text(f"SLURM view: {s.source}{note}", style="dim")
 
 
-def tail(path: str | Path | None, lines: int = 20, max_bytes: int = 65536) -> list[str] | None:
-    """The last `lines` lines of a text file (reads at most `max_bytes` from its end); None if absent."""
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return None
-    text = data.decode("utf-8", errors="replace").replace("\r", "\n")
-    return text.splitlines()[-lines:] if lines > 0 else []
-
-
 def failure_tails(status: ExperimentStatus, lines: int = 10) -> list[RenderableType]:
     """For each failed job: a header line and the last lines of its stderr (else of its error.txt);
     a tail already shown for another job is named, not repeated."""
@@ -497,29 +307,6 @@ def show(
         pass
     if not console.is_terminal:  # Live leaves the last line open when not on a terminal
         console.line()
-
-
-def find_job(experiment: str, job: str, jobs: str | Path = "jobs", outputs: str | Path = "outputs") -> JobInfo:
-    """A job by name ("cat_fold3") or by SLURM id ("123_4")."""
-    infos = expected_jobs(experiment, jobs, outputs)
-    for info in infos:
-        if job in (info.name, info.job_id):
-            return info
-    known = ", ".join(i.name for i in infos[:12]) + (" ..." if len(infos) > 12 else "")
-    raise ConfigError(f"experiment {experiment!r} has no job {job!r} (name or SLURM id); known: {known or 'none'}")
-
-
-def job_logs(
-    experiment: str, job: str, jobs: str | Path = "jobs", outputs: str | Path = "outputs", lines: int = 40
-) -> list[tuple[str, str | None, list[str] | None]]:
-    """[(stream, path, last lines or None if the file is absent)]: stdout, stderr, and the job's
-    error.txt when it left one."""
-    info = find_job(experiment, job, jobs, outputs)
-    logs = [("stdout", info.stdout, tail(info.stdout, lines)), ("stderr", info.stderr, tail(info.stderr, lines))]
-    error = Path(outputs) / experiment / info.name / "error.txt"
-    if error.exists():
-        logs.append(("error.txt", str(error), tail(error, lines)))
-    return logs
 
 
 def print_logs(logs: list[tuple[str, str | None, list[str] | None]], console: Console) -> None:

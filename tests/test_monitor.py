@@ -13,7 +13,7 @@ from typing import Sequence
 import pytest
 from rich.console import Console
 
-from camvis import monitor, slurm_query
+from camvis import jobfiles, monitor, slurm_query
 from camvis.cli import status as cli
 from camvis.errors import ConfigError, SubmissionError
 
@@ -272,7 +272,7 @@ def test_error_txt_and_submitit_result_mark_local_jobs_failed(tmp_path: Path) ->
     (out / "align_fold3" / "error.txt").write_text("Traceback (most recent call last):\nIndexError: index 95\n")
     text = render(monitor.status_renderable(collect(tmp_path)))
     assert text.count("IndexError: index 95") == 1 and "(same last lines as align_fold1)" in text
-    streams = [s for s, _, _ in monitor.job_logs(EXP, "align_fold1", tmp_path / "jobs", tmp_path / "outputs")]
+    streams = [s for s, _, _ in jobfiles.job_logs(EXP, "align_fold1", tmp_path / "jobs", tmp_path / "outputs")]
     assert streams == ["stdout", "stderr", "error.txt"]
 
 
@@ -335,21 +335,13 @@ def test_fmt_duration() -> None:
 # --------------------------------------------------------------------------- logs and cancel
 
 
-def test_tail(tmp_path: Path) -> None:
-    path = tmp_path / "log"
-    path.write_text("".join(f"line {i}\n" for i in range(100)))
-    assert monitor.tail(path, 3) == ["line 97", "line 98", "line 99"]
-    assert monitor.tail(path, 3, max_bytes=20)[-1] == "line 99"
-    assert monitor.tail(tmp_path / "absent", 3) is None and monitor.tail(None) is None
-
-
 def test_logs_by_name_or_slurm_id(tmp_path: Path) -> None:
     make_experiment(tmp_path)
     for job in ("cat_fold4", "123_3"):
-        logs = dict((s, body) for s, _, body in monitor.job_logs(EXP, job, tmp_path / "jobs", tmp_path / "outputs", 2))
+        logs = dict((s, body) for s, _, body in jobfiles.job_logs(EXP, job, tmp_path / "jobs", tmp_path / "outputs", 2))
         assert logs == {"stdout": ["epoch 1", "epoch 2"], "stderr": ["Traceback (most recent call last):", "RuntimeError: boom"]}
     with pytest.raises(ConfigError, match="no job 'cat_fold9'"):
-        monitor.job_logs(EXP, "cat_fold9", tmp_path / "jobs", tmp_path / "outputs")
+        jobfiles.job_logs(EXP, "cat_fold9", tmp_path / "jobs", tmp_path / "outputs")
 
 
 def test_cancel_one_task(tmp_path: Path) -> None:
@@ -462,7 +454,7 @@ def test_batched_query_against_the_real_cluster(tmp_path: Path) -> None:
 
 
 def test_status_and_aggregate_never_import_torch() -> None:
-    code = ("import sys, camvis.monitor, camvis.aggregate, camvis.slurm_query, camvis.plots.aggregate, "
-            "camvis.cli.status, camvis.cli.aggregate; print('torch' in sys.modules)")  # fmt: skip
+    code = ("import sys, camvis.jobfiles, camvis.monitor, camvis.aggregate, camvis.slurm_query, "
+            "camvis.plots.aggregate, camvis.cli.status, camvis.cli.aggregate; print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis import monitor
+from camvis import jobfiles, monitor
 from camvis.cli import fail
 from camvis.errors import CamvisError
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     console = monitor.default_console()
     try:
         if args.logs:
-            logs = monitor.job_logs(args.experiment, args.logs, args.jobs_dir, args.outputs, args.lines)
+            logs = jobfiles.job_logs(args.experiment, args.logs, args.jobs_dir, args.outputs, args.lines)
             monitor.print_logs(logs, console)
         elif args.cancel:
             job = None if args.cancel == _WHOLE_EXPERIMENT else args.cancel
