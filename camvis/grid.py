@@ -21,6 +21,9 @@ Without a group axis the group is "default"; without a fold axis the base's data
 Jobs are named "{group}_fold{k}" plus "_{key}{value}" per plain axis ("cat_fold3_lr0.001").
 Every problem is collected into one ConfigError naming the grid file and the key. No torch
 here: the launcher runs on login nodes.
+
+Elsewhere: the `slurm:` section's settings in camvis.slurm_settings, the store's views and
+levels in camvis.store_info, which jobs to run (skip finished, resubmit the rest) in camvis.plan.
 """
 
 from __future__ import annotations
@@ -29,59 +32,20 @@ import dataclasses
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from camvis import config as cfgmod
 from camvis.config import JobConfig, config_hash, set_dotted, unknown_key_message
 from camvis.errors import ConfigError
+from camvis.slurm_settings import SlurmSettings, parse_slurm_settings
+from camvis.store_info import StoreInfo
 
 GRID_KEYS = ("experiment", "description", "folds", "base", "axes", "slurm")
 IDENTITY_KEYS = ("experiment", "name", "group")
 DEFAULT_GROUP = "default"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-system-safe
-SCORES_FILE = "scores.json"
-
-
-@dataclass(frozen=True, kw_only=True)
-class SlurmSettings:
-    """The grid's `slurm:` section: resources of every job of the array (one job = one grid point)."""
-
-    partition: str | None = None
-    """Partition (None: the cluster's default)."""
-    account: str | None = None
-    qos: str | None = None
-    time: int = 60
-    """Time limit per job in minutes; a job past it checkpoints and is requeued."""
-    nodes: int = 1
-    gpus_per_node: int = 0
-    """GPUs per node; one task (DDP rank) per GPU. 0: CPU only."""
-    tasks_per_node: int | None = None
-    """Ranks per node on CPU-only jobs (None: gpus_per_node, or 1 without GPUs)."""
-    cpus_per_task: int = 1
-    mem_gb: float | None = None
-    """Memory per node in GB (None: the cluster's DefMemPerCPU x CPUs)."""
-    array_parallelism: int = 16
-    """Jobs of the array that may run at once (sbatch --array=0-N%K)."""
-    constraint: str | None = None
-    max_requeues: int = 3
-    """Time-limit requeues before a job is given up (submitit's max_num_timeout)."""
-    signal_delay_s: int = 90
-    """Seconds before the time limit at which the job is told to checkpoint (USR2)."""
-    aggregate_time: int = 30
-    """Time limit in minutes of the dependent aggregate job."""
-    aggregate_partition: str | None = None
-    """Partition of the aggregate job (None: the same as the jobs)."""
-    additional: dict[str, Any] = field(default_factory=dict)
-    """Extra sbatch options, e.g. {reservation: x, mail-type: END}."""
-
-    @property
-    def ntasks(self) -> int:
-        """Tasks per node: one per GPU, else tasks_per_node (default 1)."""
-        if self.gpus_per_node:
-            return self.gpus_per_node
-        return self.tasks_per_node or 1
 
 
 @dataclass(frozen=True)
@@ -191,7 +155,7 @@ def _axis_keys(axes: Any) -> dict[str, str]:
 def expand(raw: Mapping[str, Any], path: Path, overrides: tuple[str, ...] = ()) -> Grid:
     errors: list[str] = []
     _check_top(raw, errors)
-    slurm = _slurm_settings(raw.get("slurm"), errors)
+    slurm = parse_slurm_settings(raw.get("slurm"), errors)
     base = _base(raw.get("base"), errors)
     axes = raw.get("axes")
     if axes is not None and not isinstance(axes, dict):
@@ -445,106 +409,7 @@ def _value_text(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "-", text)
 
 
-# --------------------------------------------------------------------------- store and slurm
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    """What the launcher needs of a built store: its views (= folds) and levels."""
-
-    path: str
-    views: tuple[str, ...]
-    factors: tuple[int, ...]
-
-    @staticmethod
-    def read(store: str) -> StoreInfo | None:
-        """From the store's root attributes; None while it does not exist. Reads the Zarr v3
-        root metadata document (zarr.json) directly: importing zarr costs more than a launch."""
-        path = Path(store)
-        if not path.exists():
-            return None
-        try:
-            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
-        except (OSError, ValueError, AttributeError) as e:
-            raise ConfigError(f"data.store: {store} is not a Zarr v3 store ({e}); rebuild it with camvis-data build")
-        views, factors = attrs.get("views"), attrs.get("factors")
-        if attrs.get("format") != "camvis-patch-store" or not isinstance(views, list) or not isinstance(factors, list):
-            raise ConfigError(f"data.store: {store} has no camvis-patch-store attributes (format, views, factors); "
-                              f"rebuild it with camvis-data build")
-        return StoreInfo(store, tuple(map(str, views)), tuple(int(f) for f in factors))
-
-    @staticmethod
-    def cache() -> Callable[..., StoreInfo | None]:
-        """A reader that opens each store once and records its problems in `errors`."""
-        seen: dict[str, StoreInfo | None] = {}
-
-        def get(store: str, errors: list[str]) -> StoreInfo | None:
-            if store not in seen:
-                try:
-                    seen[store] = StoreInfo.read(store)
-                except ConfigError as e:
-                    errors.append(str(e))
-                    seen[store] = None
-            return seen[store]
-        return get
-
-    def check(self, cfg: JobConfig, where: str, errors: list[str]) -> str | None:
-        """The job's held-out view; records a fold or factor the store does not have."""
-        missing = [f for f in cfg.data.factors if f not in self.factors]
-        if missing:
-            errors.append(f"{where}: data.factors {list(cfg.data.factors)}: {missing} not levels of store "
-                          f"{self.path} (it has {list(self.factors)})")
-        if not 1 <= cfg.data.fold <= len(self.views):
-            errors.append(f"{where}: data.fold {cfg.data.fold} out of range; store {self.path} has "
-                          f"{len(self.views)} views")
-            return None
-        return self.views[cfg.data.fold - 1]
-
-
-_SLURM_TYPES: dict[str, tuple[type, ...]] = {
-    "partition": (str, type(None)), "account": (str, type(None)), "qos": (str, type(None)),
-    "time": (int,), "nodes": (int,), "gpus_per_node": (int,), "tasks_per_node": (int, type(None)),
-    "cpus_per_task": (int,), "mem_gb": (int, float, type(None)), "array_parallelism": (int,),
-    "constraint": (str, type(None)), "max_requeues": (int,), "signal_delay_s": (int,),
-    "aggregate_time": (int,), "aggregate_partition": (str, type(None)), "additional": (dict,),
-}
-_SLURM_MINIMUM = {"time": 1, "nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task": 1,
-                  "mem_gb": 0.001, "array_parallelism": 1, "max_requeues": 0, "signal_delay_s": 0,
-                  "aggregate_time": 1}
-
-
-def _slurm_settings(raw: Any, errors: list[str]) -> SlurmSettings:
-    if raw is None:
-        return SlurmSettings()
-    if not isinstance(raw, dict):
-        errors.append(f"slurm: expected a mapping, got {type(raw).__name__} {raw!r}")
-        return SlurmSettings()
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _SLURM_TYPES:
-            errors.append(unknown_key_message(str(key), list(_SLURM_TYPES), prefix="slurm."))
-            continue
-        types_ = _SLURM_TYPES[key]
-        if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types_)
-            errors.append(f"slurm.{key}: expected {names}, got {type(value).__name__} {value!r}")
-            continue
-        minimum = _SLURM_MINIMUM.get(key)
-        if minimum is not None and value is not None and value < minimum:
-            errors.append(f"slurm.{key}: must be >= {minimum}, got {value}")
-            continue
-        kwargs[key] = value
-    settings = SlurmSettings(**kwargs)
-    if settings.gpus_per_node and settings.tasks_per_node not in (None, settings.gpus_per_node):
-        errors.append(f"slurm.tasks_per_node: jobs run one task per GPU, so it must equal gpus_per_node "
-                      f"({settings.gpus_per_node}) or be left out, got {settings.tasks_per_node}")
-    for key, value in settings.additional.items():
-        if not isinstance(value, (str, int, float, bool)):
-            errors.append(f"slurm.additional.{key}: expected a scalar sbatch option value, got {value!r}")
-    return settings
-
-
-# --------------------------------------------------------------------------- selection and skipping
+# --------------------------------------------------------------------------- selection
 
 
 def select(jobs: Iterable[JobSpec], only: Sequence[str] = ()) -> list[JobSpec]:
@@ -573,49 +438,3 @@ def _job_value(job: JobSpec, key: str) -> str:
         if key in (axis, axis.rsplit(".", 1)[-1]):
             return str(value)
     return ""
-
-
-@dataclass(frozen=True)
-class Decision:
-    job: JobSpec
-    submit: bool
-    reason: str
-    status: str  # finished | stale | failed | incomplete | new | active | forced
-
-
-def job_status(job: JobSpec, outputs: str | Path) -> tuple[str, str]:
-    """(status, reason) of a job from its output directory alone."""
-    directory = Path(outputs) / job.config.experiment / job.name
-    scores_path = directory / SCORES_FILE
-    if scores_path.exists():
-        try:
-            scores = json.loads(scores_path.read_text())
-            found = scores.get("config_hash")
-        except (OSError, ValueError, AttributeError):
-            return "stale", f"unreadable {SCORES_FILE}: resubmit"
-        if found == job.hash:
-            return "finished", f"finished ({SCORES_FILE}, hash {job.hash})"
-        return "stale", f"config changed since it finished (hash {found} -> {job.hash}): resubmit"
-    if (directory / "error.txt").exists():
-        return "failed", "failed earlier (error.txt): resubmit"
-    if (directory / "checkpoint.pt").exists():
-        return "incomplete", "unfinished: resumes from checkpoint.pt"
-    if directory.exists():
-        return "incomplete", "started, no checkpoint: resubmit"
-    return "new", "new"
-
-
-def plan(jobs: Iterable[JobSpec], outputs: str | Path, *, force: bool = False,
-         active: Mapping[str, str] | None = None) -> list[Decision]:
-    """Which jobs to submit. Finished ones are skipped (unless force); jobs that SLURM still
-    runs or queues (`active`: name -> "123_4 RUNNING") are never submitted twice."""
-    decisions = []
-    for job in jobs:
-        status, reason = job_status(job, outputs)
-        if active and job.name in active:
-            decisions.append(Decision(job, False, f"still queued/running as {active[job.name]}", "active"))
-        elif status == "finished" and force:
-            decisions.append(Decision(job, True, f"--force: {reason}", "forced"))
-        else:
-            decisions.append(Decision(job, status != "finished", reason, status))
-    return decisions

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from camvis import manifest
 from camvis.errors import ConfigError
 
 JOB_FILES = ("scores.json", "progress.json", "checkpoint.pt", "best.pt")
@@ -66,16 +67,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def read_manifest(jobs: str | Path, experiment: str) -> dict[str, Any] | None:
     """jobs/<experiment>/manifest.json, or None when the experiment was never launched."""
-    path = Path(jobs) / experiment / "manifest.json"
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the manifest: {e}") from e
-    if not isinstance(data, dict) or not isinstance(data.get("jobs", {}), dict):
-        raise ConfigError(f"{path}: expected an object with a 'jobs' mapping (name -> job)")
-    return data
+    return manifest.read_manifest(Path(jobs) / experiment / "manifest.json") or None
 
 
 def _opt_str(value: Any) -> str | None:

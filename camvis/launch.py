@@ -9,32 +9,29 @@ Modes:
 - debug: the first job to run, in this process (submitit's debug executor: pdb on errors).
 - dry run: the job table and the exact sbatch scripts, nothing submitted or written.
 
-Every launch merges itself into jobs/<experiment>/manifest.json (see contracts: "Grid,
-manifest"). No torch here, and camvis.job is imported only when jobs are really submitted:
-this runs on login nodes and must start fast.
+Every launch merges itself into jobs/<experiment>/manifest.json (camvis.manifest; see
+contracts: "Grid, manifest"); the sbatch parameters and scripts come from camvis.sbatch. No
+torch here, and camvis.job is imported only when jobs are really submitted: this runs on login
+nodes and must start fast.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import fcntl
-import json
 import os
-import shlex
 import shutil
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from camvis import __version__
-from camvis.config import to_dict
 from camvis.errors import SubmissionError
-from camvis.grid import Decision, Grid, JobSpec, SlurmSettings, load_grid, plan, select
-from camvis.io import write_json
+from camvis.grid import Grid, JobSpec, load_grid, select
+from camvis.manifest import job_entry, read_manifest, record
+from camvis.plan import Decision, plan
+from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder, render_sbatch
+from camvis.slurm_settings import SlurmSettings
 
 MODES = ("slurm", "local", "debug")
 # SLURM states in which a job will still run (or run again) by itself.
@@ -126,60 +123,12 @@ def check_slurm() -> None:
         raise SubmissionError(f"SLURM is not available here (sinfo: {reason[-1] if reason else 'failed'}); {hint}")
 
 
-def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
-    """AutoExecutor.update_parameters() arguments of the job array."""
-    s = grid.slurm
-    params: dict[str, Any] = {
-        "name": f"camvis-{grid.experiment}",
-        "timeout_min": s.time,
-        "nodes": s.nodes,
-        "tasks_per_node": s.ntasks,  # one task (DDP rank) per GPU
-        "cpus_per_task": s.cpus_per_task,
-        "slurm_array_parallelism": min(s.array_parallelism, max(n_jobs, 1)),
-        "slurm_signal_delay_s": s.signal_delay_s,
-    }
-    if s.gpus_per_node:
-        params["gpus_per_node"] = s.gpus_per_node
-    if s.mem_gb is not None:
-        params["mem_gb"] = float(s.mem_gb)
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(s, key) is not None:
-            params[f"slurm_{key}"] = getattr(s, key)
-    if s.additional:
-        params["slurm_additional_parameters"] = dict(s.additional)
-    return params
-
-
-def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
-    """The dependent aggregate job: one CPU task after every task of the array has ended."""
-    s = grid.slurm
-    params: dict[str, Any] = {
-        "name": f"camvis-{grid.experiment}-aggregate",
-        "timeout_min": s.aggregate_time,
-        "nodes": 1,
-        "tasks_per_node": 1,
-        "cpus_per_task": 1,
-        "slurm_additional_parameters": {"dependency": f"afterany:{array_id}"},
-    }
-    partition = s.aggregate_partition or s.partition
-    if partition is not None:
-        params["slurm_partition"] = partition
-    for key in ("account", "qos"):
-        if getattr(s, key) is not None:
-            params[f"slurm_{key}"] = getattr(s, key)
-    return params
-
-
 def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
     import submitit  # ~60 ms; only when something is submitted
 
     # The cluster is named explicitly: AutoExecutor picks slurm whenever srun is on PATH.
     extra = {} if cluster == "debug" else {f"{cluster}_max_num_timeout": max_requeues}
     return submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
-
-
-def _folder(exp_dir: Path) -> Path:
-    return exp_dir / "%j"  # one folder per job: jobs/<exp>/<array>_<task>/ (submitit writes %A_%a)
 
 
 def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
@@ -189,7 +138,7 @@ def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | 
 
     from camvis.job import TrainEvalTask
 
-    executor = _executor(_folder(exp_dir), "slurm", grid.slurm.max_requeues)
+    executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
     executor.update_parameters(**executor_parameters(grid, len(todo)))
     try:
         jobs = executor.map_array(TrainEvalTask(), [j.config for j in todo], [str(outputs)] * len(todo))
@@ -197,11 +146,11 @@ def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | 
         raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
     result.sbatch_calls = 1
     result.array_id = str(jobs[0].job_id).split("_")[0]
-    entries = {spec.name: _job_entry(spec, "slurm", job, result.array_id, i) for i, (spec, job) in
+    entries = {spec.name: job_entry(spec, "slurm", job, result.array_id, i) for i, (spec, job) in
                enumerate(zip(todo, jobs))}
     result.job_ids = {name: e["job_id"] for name, e in entries.items()}
     result.manifest = record(exp_dir, grid, result, outputs, entries)
-    agg = _executor(_folder(exp_dir), "slurm", 0)
+    agg = _executor(job_folder(exp_dir), "slurm", 0)
     agg.update_parameters(**aggregate_parameters(grid, result.array_id))
     try:
         agg_job = agg.submit(run_aggregate, grid.experiment, str(outputs), str(jobs_dir))
@@ -224,34 +173,6 @@ def run_aggregate(experiment: str, outputs: str = "outputs", jobs: str = "jobs")
     from camvis.aggregate import aggregate
 
     return aggregate(experiment, outputs=outputs, jobs=jobs)
-
-
-def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path,
-                    jobs_dir: str | Path) -> dict[str, str]:
-    """The sbatch scripts submitit would write for the array and the aggregate job."""
-    folder = _folder(exp_dir)
-    return {
-        "array": render_sbatch(executor_parameters(grid, len(todo)), folder, len(todo)),
-        "aggregate": render_sbatch(aggregate_parameters(grid, "<array id>"), folder, None),
-    }
-
-
-def render_sbatch(params: dict[str, Any], folder: Path, map_count: int | None) -> str:
-    """submitit's own sbatch text for AutoExecutor `params`, without needing SLURM here."""
-    from submitit.slurm import slurm as sl
-
-    names = sl.SlurmExecutor._equivalence_dict()
-    args: dict[str, Any] = {}
-    for key, value in params.items():
-        if key.startswith("slurm_"):
-            args[key[len("slurm_"):]] = value
-        else:
-            args[names[key]] = sl._convert_mem(value) if key == "mem_gb" else value
-    if map_count is not None and map_count > 1:
-        args["map_count"] = map_count
-    folder = folder.expanduser().absolute()  # as submitit's executors hold it
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return sl._make_sbatch_string(command=command, folder=folder, **args)
 
 
 def active_jobs(manifest_path: Path) -> dict[str, str]:
@@ -280,7 +201,7 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
     s = grid.slurm
     # share this machine's cores between the jobs running at once (read by camvis.job)
     os.environ.setdefault("CAMVIS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // s.array_parallelism)))
-    executor = _executor(_folder(exp_dir), "local", s.max_requeues)
+    executor = _executor(job_folder(exp_dir), "local", s.max_requeues)
     executor.update_parameters(timeout_min=s.time, tasks_per_node=s.ntasks,
                                **({"gpus_per_node": s.gpus_per_node} if s.gpus_per_node else {}))
     queue = list(enumerate(todo))
@@ -293,7 +214,7 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
                     running[spec.name] = job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
                     result.job_ids[spec.name] = str(job.job_id)
                     result.manifest = record(exp_dir, grid, result, outputs,
-                                             {spec.name: _job_entry(spec, "local", job, None, i)},
+                                             {spec.name: job_entry(spec, "local", job, None, i)},
                                              update_last=result.manifest is not None)
                 for name in [n for n, job in running.items() if job.done()]:
                     error = running.pop(name).exception()
@@ -321,10 +242,10 @@ def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, res
     """One job in this process (submitit's debug executor drops into pdb on an exception)."""
     from camvis.job import TrainEvalTask
 
-    executor = _executor(_folder(exp_dir), "debug", 0)
+    executor = _executor(job_folder(exp_dir), "debug", 0)
     job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
     result.job_ids[spec.name] = str(job.job_id)
-    result.manifest = record(exp_dir, grid, result, outputs, {spec.name: _job_entry(spec, "debug", job, None, 0)})
+    result.manifest = record(exp_dir, grid, result, outputs, {spec.name: job_entry(spec, "debug", job, None, 0)})
     job.result()
 
 
@@ -342,89 +263,6 @@ def _progress(console: Any, total: int) -> Iterator[Any]:
                   console=console, transient=True) as bar:
         task = bar.add_task("jobs", total=total)
         yield lambda name, ok: bar.advance(task)
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
-
-
-def _job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int) -> dict[str, Any]:
-    paths = getattr(job, "paths", None)
-    return {
-        "group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
-        "config": to_dict(spec.config), "mode": mode, "job_id": str(job.job_id), "array_id": array_id,
-        "task": task, "submitted": _now(),
-        "stdout": str(paths.stdout) if paths is not None else None,
-        "stderr": str(paths.stderr) if paths is not None else None,
-    }
-
-
-def _skipped_entry(spec: JobSpec) -> dict[str, Any]:
-    return {"group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
-            "config": to_dict(spec.config), "mode": None, "job_id": None, "array_id": None, "task": None,
-            "submitted": None, "stdout": None, "stderr": None}
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise SubmissionError(f"{path}: unreadable manifest ({e}); move it away to start afresh") from e
-
-
-@contextmanager
-def _locked(exp_dir: Path) -> Iterator[None]:
-    """Two launches of one experiment must not lose each other's manifest entries."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    with open(exp_dir / ".manifest.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
-           entries: dict[str, dict[str, Any]], update_last: bool = False) -> Path:
-    """Merge this launch into jobs/<exp>/manifest.json (atomically, under a lock).
-    `update_last` rewrites this launch's record instead of appending a new one."""
-    path = exp_dir / "manifest.json"
-    with _locked(exp_dir):
-        manifest = read_manifest(path)
-        jobs = manifest.get("jobs", {})
-        for decision in result.decisions:  # skipped jobs keep their earlier entry
-            jobs.setdefault(decision.job.name, _skipped_entry(decision.job))
-        jobs.update(entries)
-        launches = manifest.get("launches", [])
-        entry = _launch_entry(result)
-        if update_last and launches:
-            entry["time"] = launches[-1]["time"]
-            launches[-1] = entry
-        else:
-            launches.append(entry)
-        write_json(path, {"experiment": grid.experiment, "grid": str(grid.path), "outputs": str(outputs),
-                          "updated": _now(), "launches": launches, "jobs": jobs})
-    return path
-
-
-def _launch_entry(result: LaunchResult) -> dict[str, Any]:
-    submitted = [n for n in result.submitted if n in result.job_ids]
-    return {"time": _now(), "mode": result.mode, "array_id": result.array_id, "aggregate_id": result.aggregate_id,
-            "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
-            "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
-
-
-def code_version() -> str:
-    """camvis's version plus the git commit of the working tree when there is one."""
-    try:
-        proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                              timeout=10, cwd=Path(__file__).resolve().parent)
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    sha = proc.stdout.strip()
-    return f"{__version__}+g{sha}" if proc.returncode == 0 and sha else __version__
 
 
 __all__ = ["LaunchResult", "launch", "check_slurm", "executor_parameters", "aggregate_parameters",

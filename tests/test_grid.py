@@ -11,7 +11,8 @@ import zarr
 
 from camvis.config import config_hash
 from camvis.errors import ConfigError
-from camvis.grid import job_name, job_status, load_grid, plan, select
+from camvis.grid import job_name, load_grid, select
+from camvis.plan import job_status, plan
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = {"demo.yaml": 8, "mymodel.yaml": 9, "cat_vs_align.yaml": 18, "all_architectures.yaml": 72}

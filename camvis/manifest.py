@@ -1,0 +1,109 @@
+"""What was launched: jobs/<experiment>/manifest.json, merged by every launch under a lock.
+
+One entry per job (its grid point, config, hash and SLURM/local ids; skipped jobs keep their
+earlier entry) and one per launch (mode, ids, submitted/skipped, code version); see contracts:
+"Grid, manifest". No torch here: the launcher runs on login nodes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from camvis import __version__
+from camvis.config import to_dict
+from camvis.errors import ConfigError
+from camvis.io import write_json
+
+if TYPE_CHECKING:
+    from camvis.grid import Grid, JobSpec
+    from camvis.launch import LaunchResult
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int) -> dict[str, Any]:
+    paths = getattr(job, "paths", None)
+    return {
+        "group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
+        "config": to_dict(spec.config), "mode": mode, "job_id": str(job.job_id), "array_id": array_id,
+        "task": task, "submitted": _now(),
+        "stdout": str(paths.stdout) if paths is not None else None,
+        "stderr": str(paths.stderr) if paths is not None else None,
+    }
+
+
+def _skipped_entry(spec: JobSpec) -> dict[str, Any]:
+    return {"group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
+            "config": to_dict(spec.config), "mode": None, "job_id": None, "array_id": None, "task": None,
+            "submitted": None, "stdout": None, "stderr": None}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """jobs/<experiment>/manifest.json ({} when the experiment was never launched): the one reader."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable manifest ({e}); move it away to start afresh") from e
+    if not isinstance(data, dict) or not isinstance(data.get("jobs", {}), dict):
+        raise ConfigError(f"{path}: expected an object with a 'jobs' mapping (name -> job)")
+    return data
+
+
+@contextmanager
+def _locked(exp_dir: Path) -> Iterator[None]:
+    """Two launches of one experiment must not lose each other's manifest entries."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    with open(exp_dir / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
+           entries: dict[str, dict[str, Any]], update_last: bool = False) -> Path:
+    """Merge this launch into jobs/<exp>/manifest.json (atomically, under a lock).
+    `update_last` rewrites this launch's record instead of appending a new one."""
+    path = exp_dir / "manifest.json"
+    with _locked(exp_dir):
+        manifest = read_manifest(path)
+        jobs = manifest.get("jobs", {})
+        for decision in result.decisions:  # skipped jobs keep their earlier entry
+            jobs.setdefault(decision.job.name, _skipped_entry(decision.job))
+        jobs.update(entries)
+        launches = manifest.get("launches", [])
+        entry = _launch_entry(result)
+        if update_last and launches:
+            entry["time"] = launches[-1]["time"]
+            launches[-1] = entry
+        else:
+            launches.append(entry)
+        write_json(path, {"experiment": grid.experiment, "grid": str(grid.path), "outputs": str(outputs),
+                          "updated": _now(), "launches": launches, "jobs": jobs})
+    return path
+
+
+def _launch_entry(result: LaunchResult) -> dict[str, Any]:
+    submitted = [n for n in result.submitted if n in result.job_ids]
+    return {"time": _now(), "mode": result.mode, "array_id": result.array_id, "aggregate_id": result.aggregate_id,
+            "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
+            "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
+
+
+def code_version() -> str:
+    """camvis's version plus the git commit of the working tree when there is one."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    sha = proc.stdout.strip()
+    return f"{__version__}+g{sha}" if proc.returncode == 0 and sha else __version__

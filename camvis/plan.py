@@ -1,0 +1,63 @@
+"""Deciding what to run: skip jobs finished with the same config hash, resubmit failed,
+missing or stale ones, and never submit twice a job that SLURM still queues or runs.
+
+A job's status comes from its output directory alone (outputs/<experiment>/<job>/). No torch
+here: the launcher runs on login nodes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from camvis.grid import JobSpec
+
+SCORES_FILE = "scores.json"
+
+
+@dataclass(frozen=True)
+class Decision:
+    job: JobSpec
+    submit: bool
+    reason: str
+    status: str  # finished | stale | failed | incomplete | new | active | forced
+
+
+def job_status(job: JobSpec, outputs: str | Path) -> tuple[str, str]:
+    """(status, reason) of a job from its output directory alone."""
+    directory = Path(outputs) / job.config.experiment / job.name
+    scores_path = directory / SCORES_FILE
+    if scores_path.exists():
+        try:
+            scores = json.loads(scores_path.read_text())
+            found = scores.get("config_hash")
+        except (OSError, ValueError, AttributeError):
+            return "stale", f"unreadable {SCORES_FILE}: resubmit"
+        if found == job.hash:
+            return "finished", f"finished ({SCORES_FILE}, hash {job.hash})"
+        return "stale", f"config changed since it finished (hash {found} -> {job.hash}): resubmit"
+    if (directory / "error.txt").exists():
+        return "failed", "failed earlier (error.txt): resubmit"
+    if (directory / "checkpoint.pt").exists():
+        return "incomplete", "unfinished: resumes from checkpoint.pt"
+    if directory.exists():
+        return "incomplete", "started, no checkpoint: resubmit"
+    return "new", "new"
+
+
+def plan(jobs: Iterable[JobSpec], outputs: str | Path, *, force: bool = False,
+         active: Mapping[str, str] | None = None) -> list[Decision]:
+    """Which jobs to submit. Finished ones are skipped (unless force); jobs that SLURM still
+    runs or queues (`active`: name -> "123_4 RUNNING") are never submitted twice."""
+    decisions = []
+    for job in jobs:
+        status, reason = job_status(job, outputs)
+        if active and job.name in active:
+            decisions.append(Decision(job, False, f"still queued/running as {active[job.name]}", "active"))
+        elif status == "finished" and force:
+            decisions.append(Decision(job, True, f"--force: {reason}", "forced"))
+        else:
+            decisions.append(Decision(job, status != "finished", reason, status))
+    return decisions

@@ -1,0 +1,96 @@
+"""The grid's `slurm:` section: typed SLURM resources of every job, parsed and validated.
+
+Every problem is recorded in the caller's `errors` list (the grid collects them into one
+ConfigError naming the grid file). No torch here: the launcher runs on login nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from camvis.config import unknown_key_message
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmSettings:
+    """The grid's `slurm:` section: resources of every job of the array (one job = one grid point)."""
+
+    partition: str | None = None
+    """Partition (None: the cluster's default)."""
+    account: str | None = None
+    qos: str | None = None
+    time: int = 60
+    """Time limit per job in minutes; a job past it checkpoints and is requeued."""
+    nodes: int = 1
+    gpus_per_node: int = 0
+    """GPUs per node; one task (DDP rank) per GPU. 0: CPU only."""
+    tasks_per_node: int | None = None
+    """Ranks per node on CPU-only jobs (None: gpus_per_node, or 1 without GPUs)."""
+    cpus_per_task: int = 1
+    mem_gb: float | None = None
+    """Memory per node in GB (None: the cluster's DefMemPerCPU x CPUs)."""
+    array_parallelism: int = 16
+    """Jobs of the array that may run at once (sbatch --array=0-N%K)."""
+    constraint: str | None = None
+    max_requeues: int = 3
+    """Time-limit requeues before a job is given up (submitit's max_num_timeout)."""
+    signal_delay_s: int = 90
+    """Seconds before the time limit at which the job is told to checkpoint (USR2)."""
+    aggregate_time: int = 30
+    """Time limit in minutes of the dependent aggregate job."""
+    aggregate_partition: str | None = None
+    """Partition of the aggregate job (None: the same as the jobs)."""
+    additional: dict[str, Any] = field(default_factory=dict)
+    """Extra sbatch options, e.g. {reservation: x, mail-type: END}."""
+
+    @property
+    def ntasks(self) -> int:
+        """Tasks per node: one per GPU, else tasks_per_node (default 1)."""
+        if self.gpus_per_node:
+            return self.gpus_per_node
+        return self.tasks_per_node or 1
+
+
+
+_SLURM_TYPES: dict[str, tuple[type, ...]] = {
+    "partition": (str, type(None)), "account": (str, type(None)), "qos": (str, type(None)),
+    "time": (int,), "nodes": (int,), "gpus_per_node": (int,), "tasks_per_node": (int, type(None)),
+    "cpus_per_task": (int,), "mem_gb": (int, float, type(None)), "array_parallelism": (int,),
+    "constraint": (str, type(None)), "max_requeues": (int,), "signal_delay_s": (int,),
+    "aggregate_time": (int,), "aggregate_partition": (str, type(None)), "additional": (dict,),
+}
+_SLURM_MINIMUM = {"time": 1, "nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task": 1,
+                  "mem_gb": 0.001, "array_parallelism": 1, "max_requeues": 0, "signal_delay_s": 0,
+                  "aggregate_time": 1}
+
+
+def parse_slurm_settings(raw: Any, errors: list[str]) -> SlurmSettings:
+    if raw is None:
+        return SlurmSettings()
+    if not isinstance(raw, dict):
+        errors.append(f"slurm: expected a mapping, got {type(raw).__name__} {raw!r}")
+        return SlurmSettings()
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _SLURM_TYPES:
+            errors.append(unknown_key_message(str(key), list(_SLURM_TYPES), prefix="slurm."))
+            continue
+        types_ = _SLURM_TYPES[key]
+        if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types_)
+            errors.append(f"slurm.{key}: expected {names}, got {type(value).__name__} {value!r}")
+            continue
+        minimum = _SLURM_MINIMUM.get(key)
+        if minimum is not None and value is not None and value < minimum:
+            errors.append(f"slurm.{key}: must be >= {minimum}, got {value}")
+            continue
+        kwargs[key] = value
+    settings = SlurmSettings(**kwargs)
+    if settings.gpus_per_node and settings.tasks_per_node not in (None, settings.gpus_per_node):
+        errors.append(f"slurm.tasks_per_node: jobs run one task per GPU, so it must equal gpus_per_node "
+                      f"({settings.gpus_per_node}) or be left out, got {settings.tasks_per_node}")
+    for key, value in settings.additional.items():
+        if not isinstance(value, (str, int, float, bool)):
+            errors.append(f"slurm.additional.{key}: expected a scalar sbatch option value, got {value!r}")
+    return settings

@@ -1,0 +1,65 @@
+"""What the launcher needs of a built store (its views = folds, and its levels), read from
+the store's root metadata without importing zarr, and checked against each job's config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from camvis.config import JobConfig
+from camvis.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What the launcher needs of a built store: its views (= folds) and levels."""
+
+    path: str
+    views: tuple[str, ...]
+    factors: tuple[int, ...]
+
+    @staticmethod
+    def read(store: str) -> StoreInfo | None:
+        """From the store's root attributes; None while it does not exist. Reads the Zarr v3
+        root metadata document (zarr.json) directly: importing zarr costs more than a launch."""
+        path = Path(store)
+        if not path.exists():
+            return None
+        try:
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigError(f"data.store: {store} is not a Zarr v3 store ({e}); rebuild it with camvis-data build")
+        views, factors = attrs.get("views"), attrs.get("factors")
+        if attrs.get("format") != "camvis-patch-store" or not isinstance(views, list) or not isinstance(factors, list):
+            raise ConfigError(f"data.store: {store} has no camvis-patch-store attributes (format, views, factors); "
+                              f"rebuild it with camvis-data build")
+        return StoreInfo(store, tuple(map(str, views)), tuple(int(f) for f in factors))
+
+    @staticmethod
+    def cache() -> Callable[..., StoreInfo | None]:
+        """A reader that opens each store once and records its problems in `errors`."""
+        seen: dict[str, StoreInfo | None] = {}
+
+        def get(store: str, errors: list[str]) -> StoreInfo | None:
+            if store not in seen:
+                try:
+                    seen[store] = StoreInfo.read(store)
+                except ConfigError as e:
+                    errors.append(str(e))
+                    seen[store] = None
+            return seen[store]
+        return get
+
+    def check(self, cfg: JobConfig, where: str, errors: list[str]) -> str | None:
+        """The job's held-out view; records a fold or factor the store does not have."""
+        missing = [f for f in cfg.data.factors if f not in self.factors]
+        if missing:
+            errors.append(f"{where}: data.factors {list(cfg.data.factors)}: {missing} not levels of store "
+                          f"{self.path} (it has {list(self.factors)})")
+        if not 1 <= cfg.data.fold <= len(self.views):
+            errors.append(f"{where}: data.fold {cfg.data.fold} out of range; store {self.path} has "
+                          f"{len(self.views)} views")
+            return None
+        return self.views[cfg.data.fold - 1]
