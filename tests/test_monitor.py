@@ -453,6 +453,33 @@ def test_batched_query_against_the_real_cluster(tmp_path: Path) -> None:
         pytest.fail(f"array {array} not cancelled: {rows}")
 
 
+
+@pytest.mark.slurm
+@pytest.mark.skipif(os.environ.get("CAMVIS_SLURM") != "1", reason="set CAMVIS_SLURM=1 with the local cluster up (slurm/)")
+def test_query_without_accounting_falls_back_on_the_real_squeue(tmp_path: Path) -> None:
+    """A cluster without slurmdbd: sacct fails as it does there, the real squeue answers instead."""
+    def no_accounting(cmd):
+        if cmd[0] == "sacct":
+            return subprocess.CompletedProcess(cmd, 1, "", "sacct: error: Slurm accounting storage is disabled\n")
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    out = subprocess.run(["sbatch", "--parsable", "--time=2", "--mem=100M", f"--output={tmp_path}/%j.out",
+                          "--array=0-1%1", "--wrap", "sleep 20"], check=True, capture_output=True, text=True).stdout
+    array = out.strip().split(";")[0]
+    try:
+        ids = [f"{array}_0", f"{array}_1"]
+        deadline = time.time() + 60
+        while True:
+            result = slurm_query.query(ids, runner=no_accounting)
+            assert result.source == "squeue"
+            if all(i in result.rows for i in ids):
+                break
+            assert time.time() < deadline, f"tasks not visible through squeue: {sorted(result.rows)}"
+            time.sleep(1)
+        assert {result.rows[i].state for i in ids} <= {"PENDING", "RUNNING"}
+    finally:
+        slurm_query.cancel([array])
+
 def test_status_and_aggregate_never_import_torch() -> None:
     code = ("import sys, camvis.jobfiles, camvis.monitor, camvis.aggregate, camvis.slurm_query, "
             "camvis.plots.aggregate, camvis.cli.status, camvis.cli.aggregate; print('torch' in sys.modules)")  # fmt: skip
