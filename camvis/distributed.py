@@ -80,11 +80,3 @@ def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
-
-def broadcast_object(obj: object, src: int = 0) -> object:
-    """Rank `src`'s value on every rank (identity when not distributed)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -9,9 +9,9 @@ and last scores.json, whose presence means the job is finished.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
+import pickle
 import os
 import sys
 from pathlib import Path
@@ -26,8 +26,8 @@ from torch.nn.parallel import DistributedDataParallel
 from camvis import metrics, visibility
 from camvis.batches import BatchSource, fold_split, shard_batches
 from camvis.config import JobConfig, config_hash
-from camvis.errors import CamvisError, ConfigError
-from camvis.io import atomic_path, write_json
+from camvis.errors import CamvisError
+from camvis.io import now_iso, write_csv, write_json
 from camvis.store import PatchStore, open_store
 
 BEST = "best.pt"
@@ -171,7 +171,10 @@ def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CamvisError(f"{checkpoint}: no checkpoint to evaluate (train the job first, or pass --checkpoint)")
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CamvisError(f"{checkpoint}: not a readable torch checkpoint ({e})") from e
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CamvisError(f"{checkpoint}: expected a state_dict or a dict with key 'model' holding one")
@@ -217,7 +220,6 @@ def evaluate_job(
     device = torch.device(device)
     if store is None:
         store = source.store if source is not None else open_store(cfg.data.store)
-    _check_factors(cfg, store)
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
     if len(val_idx) == 0:
         raise CamvisError(f"{store.path}: fold {cfg.data.fold} (view {view}) has no patches to evaluate")
@@ -244,13 +246,6 @@ def _default_device(cfg: JobConfig) -> torch.device:
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     return pick_device(cfg.train.device, local_rank)
-
-
-def _check_factors(cfg: JobConfig, store: PatchStore) -> None:
-    missing = [f for f in cfg.data.factors if f not in store.factors]
-    if missing:
-        raise ConfigError(f"data.factors: {missing} not in the store {cfg.data.store} "
-                          f"(it has levels {list(store.factors)})")
 
 
 def _epochs_run(job_dir: Path) -> int:
@@ -303,7 +298,7 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
         "n_val": int(n_val),
         "n_train": int(n_train),
         "epochs": int(epochs),
-        "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": now_iso(),
     }
 
 
@@ -339,8 +334,7 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.9g", na_rep="")
+    write_csv(frame, path, float_format="%.9g", na_rep="")
 
 
 def write_figures(directory: Path, store: PatchStore, preds: Mapping[str, np.ndarray],

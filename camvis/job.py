@@ -7,6 +7,7 @@ the job's checkpoint.pt and carries on from the last finished epoch.
 
 from __future__ import annotations
 
+import json
 import os
 import traceback
 from pathlib import Path
@@ -15,41 +16,66 @@ from typing import Any
 import submitit
 
 from camvis.config import JobConfig, job_dir, to_dict
-from camvis.io import write_json, write_text
+from camvis.io import now_iso, write_json, write_text
 
-SCORES = "scores.json"
+ERROR = "error.txt"
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
     """Train then evaluate `cfg` under outputs/<experiment>/<name>/; returns the scores dict."""
-    import yaml
-
     from camvis import distributed
     from camvis.evaluate import evaluate_job
-    from camvis.train import train, write_progress
+    from camvis.train import open_inputs, train, write_progress
 
     directory = job_dir(cfg, outputs)
     _limit_threads()
     env = distributed.setup(cfg.train.device)
     try:
         if env.is_main:
-            directory.mkdir(parents=True, exist_ok=True)
-            write_text(directory / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            _start(directory, cfg, env.world_size)
         distributed.barrier()
-        state = train(cfg, directory, env)
+        inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
+        state = train(cfg, directory, env, inputs)
         last = state.history[-1] if state.history else None
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
-        scores = evaluate_job(cfg, directory, device=env.device, epochs=state.epoch)
+        scores = evaluate_job(cfg, directory, device=env.device, source=inputs.source, epochs=state.epoch)
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores
     except Exception:
         if env.is_main:
-            _mark_failed(directory, traceback.format_exc())
+            _mark_failed(directory, cfg, traceback.format_exc(), env.world_size)
         raise
     finally:
         distributed.teardown()
+
+
+def _start(directory: Path, cfg: JobConfig, world_size: int) -> None:
+    """A (re)started job is running, not failed: drop the last run's error and say so at once."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ERROR).unlink(missing_ok=True)
+    write_text(directory / "config.yaml", yaml_dump(to_dict(cfg)))
+    _set_phase(directory, cfg, "starting", world_size)
+
+
+def _set_phase(directory: Path, cfg: JobConfig, phase: str, world_size: int) -> None:
+    """Change the phase in progress.json, keeping the epochs and scores a requeued run already has."""
+    from camvis.train import PROGRESS, TrainState, write_progress
+
+    try:
+        progress = json.loads((directory / PROGRESS).read_text())
+    except (OSError, ValueError):
+        write_progress(directory, cfg, TrainState(), None, phase=phase, world_size=world_size)
+        return
+    progress.update(state=phase, updated=now_iso(), world_size=world_size)
+    write_json(directory / PROGRESS, progress)
+
+
+def yaml_dump(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def _limit_threads() -> None:
@@ -61,11 +87,12 @@ def _limit_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _mark_failed(directory: Path, trace: str) -> None:
+def _mark_failed(directory: Path, cfg: JobConfig, trace: str, world_size: int) -> None:
     """Leave the error beside the outputs so `camvis-status` can show it without SLURM logs."""
     try:
-        write_text(directory / "error.txt", trace)
-    except OSError:
+        write_text(directory / ERROR, trace)
+        _set_phase(directory, cfg, "failed", world_size)
+    except OSError:  # never hide the job's own exception behind a file-system one
         pass
 
 

@@ -26,9 +26,8 @@ from camvis import metrics
 from camvis.batches import BatchSource, EpochSampler, fold_split
 from camvis.config import JobConfig, to_dict
 from camvis.distributed import DistEnv
-from camvis.errors import ConfigError
 from camvis.evaluate import predict
-from camvis.io import atomic_path, write_json
+from camvis.io import atomic_path, now_iso, write_json
 from camvis.model import build_model
 from camvis.store import PatchStore, open_store
 
@@ -59,13 +58,11 @@ class TrainInputs:
 
 
 def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None = None) -> TrainInputs:
-    """Open the store, check the config against it, and move the pyramid to the device once."""
+    """Open the store and move the pyramid to the device once, for training and evaluation alike.
+
+    BatchSource checks data.factors against the store's levels, fold_split data.fold against its views.
+    """
     store = store if store is not None else open_store(cfg.data.store)
-    missing = [f for f in cfg.data.factors if f not in store.factors]
-    if missing:
-        raise ConfigError(
-            f"data.factors: {missing} not in the store {cfg.data.store} (it has levels {list(store.factors)})"
-        )
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
     source = BatchSource(store, cfg.data.factors, device)
     return TrainInputs(store, source, train_idx, val_idx, view)
@@ -167,10 +164,14 @@ def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[s
 # --------------------------------------------------------------------------- the loop
 
 
-def train(cfg: JobConfig, job_dir: Path, env: DistEnv, store: PatchStore | None = None) -> TrainState:
-    """Train (or resume training) one job; returns the final state. Only rank 0 writes."""
+def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | None = None) -> TrainState:
+    """Train (or resume training) one job; returns the final state. Only rank 0 writes.
+
+    `inputs`: the job's open store and device pyramid (opened here if None), which the
+    caller can hand on to the evaluation instead of loading the pyramid a second time.
+    """
     job_dir = Path(job_dir)
-    inputs = open_inputs(cfg, env.device, store)
+    inputs = inputs if inputs is not None else open_inputs(cfg, env.device)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, inputs.store.patch_size).to(env.device)
     if env.device.type == "cuda":
@@ -274,7 +275,7 @@ def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dic
             "best": {"metric": cfg.train.selection_metric, "value": state.best_value, "epoch": state.best_epoch},
             "samples_per_s": (record or {}).get("samples_per_s"),
             "eta_s": eta_s,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "updated": now_iso(),
             "host": socket.gethostname(),
             "restarts": state.restarts,
             "world_size": world_size,

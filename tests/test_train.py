@@ -51,7 +51,7 @@ def test_fold_the_store_lacks_is_a_clear_error(synth_store, tmp_path):
 
 
 def test_factors_the_store_lacks_are_a_clear_error(synth_store, tmp_path):
-    with pytest.raises(ConfigError, match=r"data.factors: \[16\] not in the store"):
+    with pytest.raises(ConfigError, match=r"data.factors \[8, 16\]: \[16\] not among the levels"):
         train(_cfg(synth_store, "data.factors=[8,16]"), tmp_path / "job", _env())
 
 
@@ -143,3 +143,27 @@ def test_cuda_bf16_training_and_evaluation(synth_store, tmp_path):
     progress = json.loads((tmp_path / "e" / "gpu" / PROGRESS).read_text())
     assert progress["state"] == "done" and progress["samples_per_s"] > 0
     assert 0.0 <= scores["metrics"]["acc"] <= 1.0
+
+
+def test_failed_job_says_so_and_a_restart_clears_it(synth_store, tmp_path):
+    job = tmp_path / "e" / "j"
+    with pytest.raises(ConfigError):
+        run_job(_cfg(synth_store, "data.fold=7", "experiment=e", "name=j"), tmp_path)
+    assert "data.fold" in (job / "error.txt").read_text()
+    assert json.loads((job / PROGRESS).read_text())["state"] == "failed"
+    run_job(_cfg(synth_store, "train.max_epochs=1", "experiment=e", "name=j"), tmp_path)
+    assert not (job / "error.txt").exists(), "a run that succeeds leaves no stale error behind"
+    assert json.loads((job / PROGRESS).read_text())["state"] == "done"
+
+
+def test_eval_of_an_unreadable_checkpoint_is_one_line(synth_store, tmp_path, capsys):
+    from camvis.cli.evaluate import main
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    code = main([f"data.store={synth_store.path}", *TINY, "--job-dir", str(tmp_path / "j"),
+                 "--checkpoint", str(garbage)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "garbage.pt: not a readable torch checkpoint" in err
+    assert "Traceback" not in err
