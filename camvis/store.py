@@ -19,7 +19,9 @@ import datetime as _dt
 import io
 import json
 import os
+import re
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -32,9 +34,9 @@ from camvis import __version__, raw
 from camvis.errors import RawDataError, StoreError
 from camvis.norm_stats import NormStats
 from camvis.sampling import N_DEPTH_BINS, sample_centres_with_histogram
+# Defined beside the launcher's zarr-free reader; re-exported as store.FORMAT_NAME / FORMAT_VERSION.
+from camvis.store_info import FORMAT_NAME as FORMAT_NAME, FORMAT_VERSION as FORMAT_VERSION
 
-FORMAT_NAME = "camvis-patch-store"
-FORMAT_VERSION = 1
 TABLE_COLUMNS = {"center_h": "int32", "center_w": "int32", "label": "uint8",
                  "depth": "float32", "image": "int32", "view": "int32"}
 # Build parameters that decide whether an existing store can be kept as it is.
@@ -75,9 +77,9 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     An existing store built with the same parameters (raw dir, factors, patch size,
     patches per image, seed; raw file contents are not compared) is kept and returned;
     one built otherwise is a StoreError unless force=True, which replaces it once the new
-    one is complete. The store is written under `.NAME.tmp-<pid>` beside it and renamed
-    at the end, so a failed build leaves nothing under the final name. Memory holds about
-    one full-size image, its labels and its view's depth at a time.
+    one is complete. The store is written under `.NAME.tmp-<host>-<pid>` beside it and
+    renamed at the end, so a failed build leaves nothing under the final name. Memory holds
+    about one full-size image, its labels and its view's depth at a time.
     The sampling figure of `figure_image` (default: the first image) goes to
     `figure` (True: `STORE.sampling.png` beside the store, False: none, or a path).
     """
@@ -95,7 +97,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     if figure is not False and figure_image is not None and figure_image not in {
             img.name for img in ds.images}:
         raise StoreError(f"figure_image {figure_image!r} is not an image of {raw_dir}")
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = _scratch(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         _write_store(tmp, ds, factors, patch_size, patches_per_image, seed, params, progress)
@@ -148,15 +150,28 @@ def _check_replaceable(final: Path) -> None:
                          f"{FORMAT_NAME!r}); refusing to replace it")
 
 
+def _host() -> str:
+    """This machine's name, safe in a file name (pid is parsed after its last '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
+
+
+def _scratch(final: Path, kind: str) -> Path:
+    """`.NAME.tmp-<host>-<pid>` / `.NAME.old-<host>-<pid>` beside the store: the host is in the
+    name because a pid only means something on its own host (stores live on shared file systems)."""
+    return final.with_name(f".{final.name}.{kind}-{_host()}-{os.getpid()}")
+
+
 def _remove_stale(final: Path) -> None:
-    """Temp dirs of builds whose process is gone (killed mid-build).
+    """Temp dirs of builds on this host whose process is gone (killed mid-build).
 
     A `.old-` store whose build died between its two renames is the last good store:
-    it is put back when nothing took its place, not deleted."""
+    it is put back when nothing took its place, not deleted. Entries of other hosts are
+    left alone: whether their build still runs cannot be told from here."""
+    host = _host()
     for prefix in (f".{final.name}.tmp-", f".{final.name}.old-"):
         for path in final.parent.glob(prefix + "*"):
-            pid = path.name[len(prefix):]
-            if not pid.isdigit() or _alive(int(pid)):
+            owner, _, pid = path.name[len(prefix):].rpartition("-")
+            if owner != host or not pid.isdigit() or _alive(int(pid)):
                 continue
             if prefix.endswith(".old-") and not final.exists():
                 os.replace(path, final)
@@ -179,7 +194,7 @@ def _swap_in(tmp: Path, final: Path) -> None:
     if not final.exists():
         os.replace(tmp, final)
         return
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = _scratch(final, "old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(final, old)
     try:

@@ -11,6 +11,11 @@ from typing import Callable
 from camvis.config import JobConfig
 from camvis.errors import ConfigError
 
+FORMAT_NAME = "camvis-patch-store"
+"""The `format` root attribute of a store (camvis.store writes it, both readers check it)."""
+FORMAT_VERSION = 1
+"""The store layout version this camvis writes and reads (root attribute `format_version`)."""
+
 
 @dataclass(frozen=True)
 class StoreInfo:
@@ -32,9 +37,14 @@ class StoreInfo:
         except (OSError, ValueError, AttributeError) as e:
             raise ConfigError(f"data.store: {store} is not a Zarr v3 store ({e}); rebuild it with camvis-data build")
         views, factors = attrs.get("views"), attrs.get("factors")
-        if attrs.get("format") != "camvis-patch-store" or not isinstance(views, list) or not isinstance(factors, list):
-            raise ConfigError(f"data.store: {store} has no camvis-patch-store attributes (format, views, factors); "
+        if attrs.get("format") != FORMAT_NAME or not isinstance(views, list) or not isinstance(factors, list):
+            raise ConfigError(f"data.store: {store} has no {FORMAT_NAME} attributes (format, views, factors); "
                               f"rebuild it with camvis-data build")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            found = attrs.get("format_version")
+            raise ConfigError(f"data.store: {store} has store format version {found!r}, "
+                              f"this camvis reads version {FORMAT_VERSION}; rebuild it with "
+                              f"camvis-data build RAW_DIR {store} --force")
         return StoreInfo(store, tuple(map(str, views)), tuple(int(f) for f in factors))
 
     @staticmethod

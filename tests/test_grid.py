@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from camvis.config import config_hash
 from camvis.errors import ConfigError
 from camvis.grid import job_name, load_grid, select
 from camvis.plan import job_status, plan
+from camvis.store_info import FORMAT_NAME, FORMAT_VERSION
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = {"demo.yaml": 8, "mymodel.yaml": 9, "cat_vs_align.yaml": 18, "all_architectures.yaml": 72}
@@ -26,7 +28,7 @@ def write(path: Path, grid: dict) -> Path:
 def fake_store(path: Path, views: list[str], factors: list[int] = [2, 4, 8]) -> str:
     """A real Zarr v3 group with the root attributes the launcher reads (no arrays needed)."""
     zarr.open_group(str(path), mode="w", attributes={
-        "format": "camvis-patch-store", "format_version": 1, "views": views, "factors": factors})
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "views": views, "factors": factors})
     return str(path)
 
 
@@ -174,6 +176,18 @@ def test_not_a_store(tmp_path: Path) -> None:
     grid_dict = small(tmp_path)
     grid_dict["base"]["data"]["store"] = str(tmp_path / "junk.zarr")
     assert "is not a Zarr v3 store" in error_of(write(tmp_path / "g.yaml", grid_dict))
+
+
+def test_store_of_another_format_version(tmp_path: Path, synth_store) -> None:
+    path = Path(shutil.copytree(synth_store.path, tmp_path / "old.zarr"))
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = 99
+    (path / "zarr.json").write_text(json.dumps(meta))
+    grid_dict = small(tmp_path)
+    grid_dict["base"]["data"]["store"] = str(path)
+    message = error_of(write(tmp_path / "g.yaml", grid_dict))
+    assert f"{path} has store format version 99, this camvis reads version {FORMAT_VERSION}" in message
+    assert "camvis-data build" in message and "--force" in message
 
 
 # --------------------------------------------------------------------------- validation

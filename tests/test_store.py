@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -225,8 +226,31 @@ def test_leftovers_of_a_killed_build_are_cleaned_or_restored(synth_raw: Path,
     path = tmp_path / "s.zarr"
     store.build(synth_raw, path, **BUILD, figure=False)
     before = _identity(path)
-    (tmp_path / f".s.zarr.tmp-{dead}" / "levels").mkdir(parents=True)   # died while writing
-    path.rename(tmp_path / f".s.zarr.old-{dead}")                        # died between renames
+    host = store._host()
+    (tmp_path / f".s.zarr.tmp-{host}-{dead}" / "levels").mkdir(parents=True)   # died while writing
+    path.rename(tmp_path / f".s.zarr.old-{host}-{dead}")                        # died between renames
     store.build(synth_raw, path, **BUILD, figure=False)
     assert _identity(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_leftovers_of_other_hosts_are_left_alone(synth_raw: Path, tmp_path: Path) -> None:
+    """On a shared file system a pid says nothing about another node's build: only this
+    host's dead builds are reaped."""
+    dead = 999_999_999
+    path = tmp_path / "s.zarr"
+    store.build(synth_raw, path, **BUILD, figure=False)
+    other, mine = f"not-{store._host()}", store._host()
+    theirs = [tmp_path / f".s.zarr.tmp-{other}-{dead}", tmp_path / f".s.zarr.old-{other}-{dead}"]
+    for leftover in theirs + [tmp_path / f".s.zarr.tmp-{mine}-{dead}"]:
+        (leftover / "levels").mkdir(parents=True)
+    store.build(synth_raw, path, **BUILD, figure=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.zarr"] + [p.name for p in theirs])
+    assert all((p / "levels").is_dir() for p in theirs)
+
+
+def test_scratch_names_carry_a_file_name_safe_host(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setattr(store.socket, "gethostname", lambda: "node-7.cluster/a b")
+    name = store._scratch(tmp_path / "s.zarr", "tmp").name
+    assert name == f".s.zarr.tmp-node-7.cluster_a_b-{os.getpid()}"
