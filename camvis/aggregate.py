@@ -26,10 +26,11 @@ from rich.progress import track
 from rich.table import Table
 
 from camvis import jobfiles, monitor
+from camvis.console import default_console
 from camvis.errors import CamvisError
-from camvis.io import atomic_path, write_text
+from camvis.io import write_csv, write_text
+from camvis.metrics import METRICS, percentile_ci
 
-METRICS = ("loss", "acc", "f1")
 CAMVIS2_COLUMNS = ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
 
 
@@ -98,13 +99,6 @@ def corrected_t_test(diffs: np.ndarray, test_train_ratio: float) -> tuple[float,
     else:
         t = mean / scale
     return t, t_two_sided_p(t, k - 1), k - 1
-
-
-def percentile_ci(samples: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval along axis 0."""
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(samples, [alpha, 1.0 - alpha], axis=0)
-    return low, high
 
 
 # --------------------------------------------------------------------------- loading
@@ -250,7 +244,7 @@ def summarize(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float)
     for group in sorted({j.group for j in jobs}):
         idx = [i for i, j in enumerate(jobs) if j.group == group]
         means = boots[idx].mean(axis=0)  # (R, metrics): resample r of the mean over folds
-        low, high = percentile_ci(means, confidence)
+        low, high = percentile_ci(means, confidence, axis=0)
         for k, metric in enumerate(METRICS):
             points = {jobs[i].fold: jobs[i].metrics[metric] for i in idx}
             values = np.array(list(points.values()))
@@ -289,7 +283,7 @@ def compare(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float) -
             ia, ib = [index[a, f] for f in folds], [index[b, f] for f in folds]
             ratio = _ratio([jobs[i] for i in ia], [jobs[i] for i in ib], default)
             diff_boot = (boots[ia] - boots[ib]).mean(axis=0)  # (R, metrics), paired
-            low, high = percentile_ci(diff_boot, confidence)
+            low, high = percentile_ci(diff_boot, confidence, axis=0)
             for k, metric in enumerate(METRICS):
                 pa = np.array([jobs[i].metrics[metric] for i in ia])
                 pb = np.array([jobs[i].metrics[metric] for i in ib])
@@ -391,11 +385,6 @@ def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_csv(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False)
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -438,7 +427,7 @@ def aggregate(
     outputs/<experiment>/ (atomically); list missing or failed jobs without failing."""
     if not 0.0 < confidence < 1.0:
         raise CamvisError(f"confidence must be in (0, 1), got {confidence}")
-    console = console or monitor.default_console()
+    console = console or default_console()
     status = monitor.collect(experiment, jobs, outputs)
     finished, missing = load_finished(status, outputs, show_progress=console.is_terminal)
     if not finished:

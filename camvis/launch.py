@@ -30,13 +30,9 @@ from camvis.errors import SubmissionError
 from camvis.grid import Grid, JobSpec, load_grid, select
 from camvis.manifest import job_entry, read_manifest, record
 from camvis.plan import Decision, plan
-from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder, render_sbatch
-from camvis.slurm_settings import SlurmSettings
+from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
 
 MODES = ("slurm", "local", "debug")
-# SLURM states in which a job will still run (or run again) by itself.
-ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                           "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"})
 LOCAL_POLL_S = 1.0
 
 
@@ -176,8 +172,8 @@ def run_aggregate(experiment: str, outputs: str = "outputs", jobs: str = "jobs")
 
 
 def active_jobs(manifest_path: Path) -> dict[str, str]:
-    """Jobs of an earlier SLURM launch that SLURM still queues or runs: name -> "123_4 RUNNING".
-    One batched sacct/squeue call; an unreachable SLURM counts as nothing active."""
+    """Jobs of an earlier SLURM launch that SLURM still queues or runs (slurm_query.is_active):
+    name -> "123_4 RUNNING". One batched sacct/squeue call; an unreachable SLURM counts as nothing active."""
     manifest = read_manifest(manifest_path)
     ids = {name: e.get("job_id") for name, e in manifest.get("jobs", {}).items()
            if e.get("mode") == "slurm" and e.get("job_id")}
@@ -187,7 +183,7 @@ def active_jobs(manifest_path: Path) -> dict[str, str]:
 
     rows = slurm_query.query(list(ids.values())).rows
     return {name: f"{job_id} {rows[job_id].state}" for name, job_id in ids.items()
-            if job_id in rows and rows[job_id].state in ACTIVE_STATES}
+            if job_id in rows and slurm_query.is_active(rows[job_id].state)}
 
 
 # --------------------------------------------------------------------------- local and debug
@@ -263,10 +259,6 @@ def _progress(console: Any, total: int) -> Iterator[Any]:
                   console=console, transient=True) as bar:
         task = bar.add_task("jobs", total=total)
         yield lambda name, ok: bar.advance(task)
-
-
-__all__ = ["LaunchResult", "launch", "check_slurm", "executor_parameters", "aggregate_parameters",
-           "render_sbatch", "active_jobs", "read_manifest", "run_aggregate", "SlurmSettings"]
 
 
 # --------------------------------------------------------------------------- report

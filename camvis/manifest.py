@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import functools
 import json
 import subprocess
 from contextlib import contextmanager
@@ -98,8 +99,10 @@ def _launch_entry(result: LaunchResult) -> dict[str, Any]:
             "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
 
 
+@functools.cache
 def code_version() -> str:
-    """camvis's version plus the git commit of the working tree when there is one."""
+    """camvis's version plus the git commit of the working tree when there is one; asked of git once
+    per process (a local launch records the manifest once per job)."""
     try:
         proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
                               timeout=10, cwd=Path(__file__).resolve().parent)

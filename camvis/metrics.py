@@ -13,6 +13,8 @@ confusion counts, so the single value and each bootstrap resample use the same f
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 EPS = 1e-7
@@ -114,13 +116,24 @@ def bootstrap(
     return out
 
 
-def percentile_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-    """Equal-tailed percentile interval of bootstrap values; (nan, nan) when there are none."""
+def percentile_ci(values: np.ndarray, confidence: float = 0.95, axis: int | None = None) -> tuple[Any, Any]:
+    """Equal-tailed percentile interval of bootstrap values.
+
+    axis None: over every value, as two floats; (nan, nan) when there are none.
+    axis k: along axis k (e.g. 0 for (resamples, metrics)), as two float64 arrays without that
+    axis; NaN where there are no values along it.
+    """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return float("nan"), float("nan")
     tail = (1 - confidence) / 2 * 100
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
+    if axis is None:
+        if values.size == 0:
+            return float("nan"), float("nan")
+        lo, hi = np.percentile(values, [tail, 100 - tail])
+        return float(lo), float(hi)
+    if values.shape[axis] == 0:
+        empty = np.full(np.delete(values.shape, axis), np.nan)
+        return empty, empty.copy()
+    lo, hi = np.percentile(values, [tail, 100 - tail], axis=axis)
+    return lo, hi

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from camvis import slurm_query
+from camvis.console import default_console
 from camvis.errors import ConfigError, SubmissionError
 from camvis.jobfiles import (
     JobInfo,
@@ -37,7 +38,7 @@ from camvis.jobfiles import (
     state_from_files,
     tail,
 )
-from camvis.slurm_query import FAILED_STATES, TERMINAL_STATES, QueryResult, SlurmRow
+from camvis.slurm_query import FAILED_STATES, QueryResult, SlurmRow, is_active
 
 STATE_ORDER = ("COMPLETED", "RUNNING", "PENDING", "REQUEUED", "FAILED", "TIMEOUT", "CANCELLED", "UNKNOWN")
 STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "REQUEUED": "yellow", "UNKNOWN": "dim"}
@@ -85,9 +86,9 @@ class ExperimentStatus:
 
     @property
     def active(self) -> bool:
-        """Something may still change: a job or aggregate job neither terminal nor UNKNOWN."""
+        """Something may still change: a job or aggregate job is active (slurm_query.is_active)."""
         states = [j.state for j in self.jobs] + [s for _, s in self.aggregate]
-        return any(s not in TERMINAL_STATES and s != "UNKNOWN" for s in states)
+        return any(is_active(s) for s in states)
 
 
 def state_counts(states: Iterable[str]) -> dict[str, int]:
@@ -141,12 +142,6 @@ def collect_all(
 # --------------------------------------------------------------------------- formatting
 
 
-def default_console() -> Console:
-    """The terminal's console; piped, redirected or in a batch job, a wide one rather than wrapped cells."""
-    console = Console()
-    return console if console.is_terminal else Console(width=max(console.width, 160))
-
-
 def fmt_duration(seconds: float | None) -> str:
     """1:02:03, 2d 03:04:05; '-' when unknown."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
@@ -176,7 +171,7 @@ def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
     best_cell = "-" if value is None else f"{best.get('metric', '')} {value:.4f}".strip()
     rate = _num(p.get("samples_per_s"))
     rate_cell = "-" if rate is None else f"{rate:,.0f}"
-    eta = _num(p.get("eta_s")) if status.state not in TERMINAL_STATES else None
+    eta = _num(p.get("eta_s")) if is_active(status.state) else None
     return epoch_cell, best_cell, rate_cell, fmt_duration(eta)
 
 
@@ -355,9 +350,7 @@ def _still_active(ids: list[str], runner: slurm_query.Runner | None) -> list[str
 
 
 def _any_active(array_or_job: str, rows: dict[str, SlurmRow]) -> bool:
-    return any(
-        r.state not in TERMINAL_STATES for k, r in rows.items() if k == array_or_job or k.startswith(f"{array_or_job}_")
-    )
+    return any(is_active(r.state) for k, r in rows.items() if k == array_or_job or k.startswith(f"{array_or_job}_"))
 
 
 def _scancel(ids: list[str], runner: slurm_query.Runner | None) -> None:

@@ -27,7 +27,9 @@ DONE_STATES = frozenset({"COMPLETED"})
 FAILED_STATES = frozenset(
     {"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
 )
-TERMINAL_STATES = DONE_STATES | FAILED_STATES
+# REVOKED: a federated sibling job removed because another cluster started it; it never runs here.
+TERMINAL_STATES = DONE_STATES | FAILED_STATES | {"REVOKED"}
+UNKNOWN = "UNKNOWN"  # no state at all (normalize_state of an empty field; jobfiles when files cannot tell)
 
 # "123_[4-7%2]", "123_[4,6-9]": the pending remainder of an array, one record for many tasks.
 _PENDING_RANGE = re.compile(r"^(?P<array>\d+)_\[(?P<ranges>[\d,\-]+)(?:%\d+)?\]$")
@@ -61,7 +63,22 @@ class QueryResult:
 def normalize_state(raw: str) -> str:
     """'CANCELLED by 0' -> 'CANCELLED', 'RUNNING' -> 'RUNNING', '' -> 'UNKNOWN'."""
     words = raw.strip().split()
-    return words[0].rstrip("+").upper() if words else "UNKNOWN"
+    return words[0].rstrip("+").upper() if words else UNKNOWN
+
+
+def is_active(state: str) -> bool:
+    """Whether a job in `state` may still run, or run again, by itself: the one definition of
+    "active" (the launcher does not resubmit active jobs, camvis-status --watch waits for them,
+    --cancel scancels them).
+
+    Active = not terminal, so every state SLURM may add or that is not listed here (PENDING,
+    RUNNING, REQUEUED, REQUEUE_HOLD, SPECIAL_EXIT, SUSPENDED, STOPPED, ...) keeps the job SLURM's.
+    UNKNOWN is not active: it is not a state SLURM reports for a job it knows, but the absence of
+    one (an empty state field, or a job SLURM has forgotten and whose files cannot tell); nothing
+    will change it, so --watch must not wait on it and the launcher may submit the job again.
+    """
+    state = normalize_state(state)
+    return state not in TERMINAL_STATES and state != UNKNOWN
 
 
 def expand_job_id(job_id: str) -> list[str]:

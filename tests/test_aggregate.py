@@ -268,6 +268,26 @@ def test_figures_are_png_and_grow_with_group_count(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave no temporaries behind
 
 
+def test_save_png_closes_the_figure_even_when_savefig_fails(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from camvis.plots import save_png
+
+    fig = plt.figure()
+    assert save_png(fig, tmp_path / "ok.png").read_bytes()[:4] == b"\x89PNG"
+    assert not plt.fignum_exists(fig.number)
+    fig = plt.figure()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    fig.savefig = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        save_png(fig, tmp_path / "broken.png")
+    assert not plt.fignum_exists(fig.number)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.png"]  # no half-written file, no temporary
+
+
 def test_markdown_report_has_tables(tmp_path: Path) -> None:
     fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3)
     text = run(tmp_path).markdown.read_text()

@@ -192,6 +192,42 @@ def test_relaunch_skips_finished_and_queued_and_merges(fake_slurm: Path, tmp_pat
     assert set(manifest["jobs"]) == {"cat_fold1", "cat_fold2", "align_fold1", "align_fold2"}
 
 
+def test_active_jobs_are_slurm_querys_active_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher and camvis-status agree (slurm_query.is_active): a held SPECIAL_EXIT task is not
+    submitted twice; REVOKED and UNKNOWN ones may be."""
+    from camvis import slurm_query
+
+    states = {"a": "RUNNING", "b": "SPECIAL_EXIT", "c": "REVOKED", "d": "UNKNOWN", "e": "COMPLETED", "f": "PENDING"}
+    jobs = {name: {"mode": "slurm", "job_id": f"7_{i}"} for i, name in enumerate(states)}
+    jobs["local"] = {"mode": "local", "job_id": "99"}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"jobs": jobs}))
+    rows = {f"7_{i}": slurm_query.SlurmRow(f"7_{i}", state, state) for i, state in enumerate(states.values())}
+    asked: list[list[str]] = []
+    monkeypatch.setattr(slurm_query, "query",
+                        lambda ids: asked.append(list(ids)) or slurm_query.QueryResult(rows, "sacct"))
+    assert launch_mod.active_jobs(manifest) == {"a": "7_0 RUNNING", "b": "7_1 SPECIAL_EXIT", "f": "7_5 PENDING"}
+    assert asked == [[f"7_{i}" for i in range(6)]]  # one batched query, SLURM jobs only
+
+
+def test_code_version_asks_git_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from camvis import manifest
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "abc1234\n", "")
+
+    manifest.code_version.cache_clear()
+    monkeypatch.setattr(manifest.subprocess, "run", fake_run)
+    try:
+        assert manifest.code_version() == manifest.code_version() == f"{manifest.__version__}+gabc1234"
+        assert len(calls) == 1
+    finally:
+        manifest.code_version.cache_clear()  # later tests ask the real git again
+
+
 def test_refused_array_is_a_submission_error(fake_slurm: Path, tmp_path: Path) -> None:
     (fake_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
     with pytest.raises(SubmissionError, match="invalid partition specified: gpu"):

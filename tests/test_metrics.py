@@ -105,8 +105,26 @@ def test_bootstrap_of_zero_resamples_is_empty_and_has_no_interval():
 
 def test_percentile_ci_is_equal_tailed():
     assert metrics.percentile_ci(np.arange(101.0), 0.9) == pytest.approx((5.0, 95.0))
+    lo, hi = metrics.percentile_ci(np.arange(101.0), 0.9)
+    assert type(lo) is float and type(hi) is float  # 1-D, no axis: two floats (scores.json)
     with pytest.raises(ValueError):
         metrics.percentile_ci(np.arange(3.0), 1.5)
+    with pytest.raises(ValueError):
+        metrics.percentile_ci(np.ones((3, 2)), 0.0, axis=0)
+
+
+def test_percentile_ci_along_an_axis_is_per_column():
+    boots = np.random.default_rng(3).normal(size=(500, 3))  # (resamples, metrics), as camvis-aggregate
+    lo, hi = metrics.percentile_ci(boots, 0.9, axis=0)
+    assert lo.shape == hi.shape == (3,)
+    for k in range(3):
+        assert (lo[k], hi[k]) == metrics.percentile_ci(boots[:, k], 0.9)
+        alpha = (1 - 0.9) / 2  # camvis-aggregate's former own interval: the same values
+        assert (lo[k], hi[k]) == tuple(np.quantile(boots[:, k], [alpha, 1 - alpha]))
+    lo_t, hi_t = metrics.percentile_ci(boots.T, 0.9, axis=1)
+    assert np.array_equal(lo_t, lo) and np.array_equal(hi_t, hi)
+    empty_lo, empty_hi = metrics.percentile_ci(np.empty((0, 3)), 0.9, axis=0)
+    assert empty_lo.shape == empty_hi.shape == (3,) and np.isnan(empty_lo).all() and np.isnan(empty_hi).all()
 
 
 # --------------------------------------------------------------------------- visibility

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -157,6 +158,33 @@ def test_expand_job_id(job_id: str, expected: list[str]) -> None:
                                             ("completed", "COMPLETED"), ("", "UNKNOWN"), ("FAILED+", "FAILED")])  # fmt: skip
 def test_normalize_state(raw: str, state: str) -> None:
     assert slurm_query.normalize_state(raw) == state
+
+
+@pytest.mark.parametrize(("state", "active"), [
+    ("PENDING", True), ("RUNNING", True), ("REQUEUED", True), ("REQUEUE_HOLD", True), ("SUSPENDED", True),
+    ("COMPLETING", True), ("SPECIAL_EXIT", True),  # held after a special exit: SLURM's until released or cancelled
+    ("SOME_NEW_STATE", True),  # not known to end a job: still SLURM's
+    ("COMPLETED", False), ("FAILED", False), ("CANCELLED by 0", False), ("TIMEOUT", False), ("NODE_FAIL", False),
+    ("OUT_OF_MEMORY", False), ("PREEMPTED", False), ("REVOKED", False),
+    ("UNKNOWN", False), ("", False),  # no state: nothing will change it, --watch must not wait for it
+])  # fmt: skip
+def test_is_active_is_not_terminal(state: str, active: bool) -> None:
+    assert slurm_query.is_active(state) is active
+
+
+def test_every_active_check_uses_is_active(tmp_path: Path) -> None:
+    """SPECIAL_EXIT (in no list) and REVOKED (terminal) read alike for status, cancel and the launcher."""
+    make_experiment(tmp_path)
+    held = "\n".join(f"123_{i}|COMPLETED|n|00:01:00|0:0" for i in range(8)) + "\n124|SPECIAL_EXIT|n|0|0:0\n"
+    status = monitor.collect(EXP, tmp_path / "jobs", tmp_path / "outputs", runner=FakeSlurm(sacct=held))
+    assert status.aggregate == [("124", "SPECIAL_EXIT")] and status.active
+    fake = FakeSlurm(sacct=held)
+    assert monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", fake) == ["cancelled aggregate job 124"]
+    revoked = held.replace("SPECIAL_EXIT", "REVOKED")
+    status = monitor.collect(EXP, tmp_path / "jobs", tmp_path / "outputs", runner=FakeSlurm(sacct=revoked))
+    assert not status.active
+    assert monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm(sacct=revoked)) == [
+        "nothing to cancel: every SLURM job has ended"]
 
 
 # --------------------------------------------------------------------------- one batched query
@@ -401,6 +429,21 @@ def test_watch_ends_when_nothing_is_active_or_on_ctrl_c(tmp_path: Path, monkeypa
         write_json(tmp_path / "outputs" / EXP / job / "scores.json", {"config_hash": "h1"})
     monitor.show(EXP, tmp_path / "jobs", tmp_path / "outputs", console=out, watch=7)  # nothing active: no wait
     assert sleeps == [7] and "COMPLETED 7" in out.export_text()
+
+
+def test_default_console_is_wide_when_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from camvis.console import NON_TERMINAL_WIDTH, default_console
+
+    for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # piped: not a terminal
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    console = default_console()
+    assert not console.is_terminal and console.width == NON_TERMINAL_WIDTH == 160
+    assert default_console(100).width == 100 and default_console(stderr=True).stderr
+    monkeypatch.setenv("COLUMNS", "250")
+    assert default_console().width == 250  # a wider $COLUMNS wins
+    assert monitor.default_console is default_console  # the status command's console
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

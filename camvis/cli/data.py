@@ -125,14 +125,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
+    from camvis.console import default_console
     from camvis.raw import check
 
     report = check(args.raw_dir, progress=sys.stderr.isatty())
-    console = Console()
-    if not console.is_terminal:  # piped or captured: wide enough for the whole table
-        console = Console(width=max(console.width, 110))
+    console = default_console()
     console.print(report.table())
     for warning in report.warnings:
         console.print(f"warning: {warning}", markup=False, highlight=False)

@@ -47,13 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # options and key=value in any order
-    from rich.console import Console
-
     from camvis import launch
+    from camvis.console import default_console
 
-    console = Console()
-    if not console.is_terminal:  # logs and pipes: keep table rows whole
-        console = Console(width=160)
+    console = default_console()
     mode = "local" if args.local else "debug" if args.debug else "slurm"
     try:
         result = launch.launch(args.grid, args.overrides, mode=mode, dry_run=args.dry_run, only=args.only,

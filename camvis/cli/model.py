@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rich.console import Console
 from rich.table import Table
 
-from camvis.cli import fail
+from camvis.cli import config_and_overrides, fail
+from camvis.console import default_console
 from camvis.errors import CamvisError, ConfigError
 
 DEFAULT_PATCH_SIZE = 128
@@ -34,13 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--patch-size", type=int, default=DEFAULT_PATCH_SIZE,
                          help=f"patch size in pixels, a power of 2 >= 4 (default {DEFAULT_PATCH_SIZE})")
     return parser
-
-
-def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
-    """[CONFIG] [key=value ...]: the first argument is the config unless it is an override."""
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
 
 
 def summary_table(config: str | None, overrides: list[str], patch_size: int) -> Table:
@@ -84,11 +77,11 @@ def _yes(flag: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config, overrides = split_config_args(args.args)
+        config, overrides = config_and_overrides(args.args[0] if args.args else None, args.args[1:])
         table = summary_table(config, overrides, args.patch_size)
     except CamvisError as e:
         return fail(e)
-    Console(width=120).print(table)
+    default_console().print(table)
     return 0
 
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from camvis.io import atomic_path  # noqa: E402
+from camvis.plots import save_png
 
 METRIC_LABELS = {"acc": "macro accuracy", "f1": "macro F1", "loss": "BCE loss"}
 
@@ -73,10 +70,7 @@ def metric_figure(
     handles.append(Line2D([], [], marker="D", ls="", color="black", label="mean over folds, CI"))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - (LEGEND_IN - 0.1) / width, 1 - 0.4 / height),
                frameon=False, fontsize="small")  # fmt: skip
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path
+    return save_png(fig, path, dpi=100, bbox_inches=None)
 
 
 def _draw_folds(

@@ -4,30 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from camvis.io import atomic_path  # noqa: E402
+from camvis.plots import LABEL_COLOURS, save_png
 
 CLASS_NAMES = ("non-visible", "visible")
-# camvis2's annotation colours: green in front of the visibility limit, magenta behind it
-LABEL_COLOURS = np.array([[0.85, 0.0, 0.85], [0.0, 0.8, 0.0]])
-
-
-def save_png(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write `fig` as a PNG atomically, then close it."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return path
 
 
 def plot_confusion(matrix: np.ndarray, path: str | Path, title: str = "") -> Path:

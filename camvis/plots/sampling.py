@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from camvis.io import atomic_path  # noqa: E402
-
-# camvis2's annotation colours: green in front of the visibility limit, magenta behind it.
-VISIBLE_COLOUR, NONVISIBLE_COLOUR = "#2ca02c", "#d62ad6"
+from camvis.plots import LABEL_COLOURS, NONVISIBLE_COLOUR, VISIBLE_COLOUR, save_png
 
 
 def plot_sampling(out_png: str | Path, *, image: np.ndarray, factor: int, counts: np.ndarray,
@@ -34,11 +28,7 @@ def plot_sampling(out_png: str | Path, *, image: np.ndarray, factor: int, counts
     _centres(axes[1, 1], image, factor, centre_h, centre_w, label)
     fig.suptitle(f"Depth-balanced patch sampling: {title}" if title else "Depth-balanced sampling")
     fig.tight_layout()
-    out = Path(out_png)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out
+    return save_png(fig, out_png, dpi=100, bbox_inches=None)
 
 
 def _candidates(ax: plt.Axes, counts: np.ndarray, edges_m: np.ndarray) -> None:
@@ -67,7 +57,7 @@ def _sampled(ax: plt.Axes, depth: np.ndarray, label: np.ndarray, edges_m: np.nda
 def _centres(ax: plt.Axes, image: np.ndarray, factor: int, centre_h: np.ndarray,
              centre_w: np.ndarray, label: np.ndarray) -> None:
     ax.imshow(image)
-    colours = np.where(label == 1, VISIBLE_COLOUR, NONVISIBLE_COLOUR)
+    colours = LABEL_COLOURS[(np.asarray(label) == 1).astype(int)]
     ax.scatter(centre_w / factor, centre_h / factor, c=colours, s=6, linewidths=0)
     ax.set_title(f"Sampled centres (image at 1/{factor})")
     ax.set_axis_off()

@@ -1,0 +1,22 @@
+"""The one rich Console factory of camvis's commands and reports (camvis-status, -aggregate,
+-launch, -data, -model). Only rich here, no torch: the library (monitor, aggregate) and the
+CLI both import it, on login nodes too.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+# Columns when the output is not a terminal (piped, redirected, a batch job's log), where rich
+# would otherwise fall back on 80 and wrap table cells: wide enough for every camvis table.
+NON_TERMINAL_WIDTH = 160
+
+
+def default_console(width: int | None = None, *, stderr: bool = False) -> Console:
+    """On a terminal, the terminal's own console (its width). Piped, redirected or in a batch job,
+    a console `width` columns wide (default NON_TERMINAL_WIDTH), or $COLUMNS when that is wider,
+    rather than one that wraps table cells at 80."""
+    console = Console(stderr=stderr)
+    if console.is_terminal:
+        return console
+    return Console(stderr=stderr, width=max(console.width, width or NON_TERMINAL_WIDTH))
