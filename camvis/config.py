@@ -127,10 +127,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def load_job_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """A job config from a YAML file (or the defaults) with `key=value` overrides applied."""
+def load_job_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                    *, grid_base: bool = False) -> JobConfig:
+    """A job config from a YAML file (or the defaults) with `key=value` overrides applied.
+
+    A grid file (it has `base:`) is an error that points to camvis-launch, unless
+    `grid_base`: then its base config is read (e.g. to summarize the grid's models).
+    """
     raw = load_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "<defaults>"
+    if "base" in raw:
+        if not grid_base:
+            raise ConfigError(f"{path}: is an experiment grid (it has base:), not a job config; run it with "
+                              f"camvis-launch {path} (--debug runs its first job in this process)")
+        raw = raw["base"] if isinstance(raw["base"], dict) else {}
     raw = apply_overrides(raw, overrides)
     return job_config_from_dict(raw, source)
 

@@ -95,3 +95,11 @@ def test_round_trip_through_dict():
     cfg = load_job_config(None, ["data.factors=[1,2,4]", "train.epoch_patches=100"])
     assert job_config_from_dict(to_dict(cfg), "dict") == cfg
     assert apply_overrides({"a": {"b": 1}}, ["a.c=2"]) == {"a": {"b": 1, "c": 2}}
+
+
+def test_a_grid_is_not_a_job_config_but_its_base_can_be_read(tmp_path):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("experiment: x\nbase: {model: {size_hidden: 8}}\naxes: {fold: [1]}\n")
+    with pytest.raises(ConfigError, match=r"grid.yaml: is an experiment grid .* camvis-launch"):
+        load_job_config(grid)
+    assert load_job_config(grid, ["train.lr=0.01"], grid_base=True).model.size_hidden == 8

@@ -42,7 +42,7 @@ def summary_table(config: str | None, overrides: list[str], patch_size: int) -> 
     from camvis.model import (ARCHITECTURES, MultiMagnificationNet, count_parameters, find_architecture,
                               num_blocks_for, training_flops)
 
-    cfg = load_job_config(config, overrides)
+    cfg = load_job_config(config, overrides, grid_base=True)  # a grid: summarize its base models
     try:
         num_blocks_for(patch_size)
     except ValueError as e:
