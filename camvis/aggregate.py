@@ -8,6 +8,9 @@ Statistics (all vectorized over bootstrap resamples):
   interval from the paired resamples (same fold = same held-out patches and same bootstrap seed,
   so row r of both jobs resampled the same patches), and the corrected resampled t-test of
   Nadeau & Bengio (2003), Student's t with k-1 degrees of freedom (no scipy: incomplete beta).
+The statistics themselves (Student's t, the corrected t-test, the bootstrap intervals of a mean
+over folds and of a paired difference) live in camvis.stats; this module reads the jobs, builds
+the tables and writes the files.
 
 No torch here: this also runs as the dependent aggregate job and on login nodes.
 """
@@ -29,76 +32,10 @@ from camvis import jobfiles, monitor
 from camvis.console import default_console
 from camvis.errors import CamvisError
 from camvis.io import write_csv, write_text
-from camvis.metrics import METRICS, percentile_ci
+from camvis.metrics import METRICS
+from camvis.stats import corrected_t_test, fold_mean_ci, paired_difference_ci
 
 CAMVIS2_COLUMNS = ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
-
-
-# --------------------------------------------------------------------------- Student's t without scipy
-
-
-def _betacf(a: float, b: float, x: float, max_iter: int = 500, eps: float = 1e-15) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, max_iter + 1):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b) for a, b > 0 and 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):  # the continued fraction converges fast on this side
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, dof: float) -> float:
-    """P(|T| >= |t|) for Student's T with `dof` degrees of freedom."""
-    if math.isnan(t) or dof <= 0:
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    return betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-
-
-def t_cdf(t: float, dof: float) -> float:
-    """P(T <= t) for Student's T."""
-    half = t_two_sided_p(t, dof) / 2.0
-    return 1.0 - half if t > 0 else half
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def corrected_t_test(diffs: np.ndarray, test_train_ratio: float) -> tuple[float, float, int]:
-    """Nadeau & Bengio (2003): t = mean(d) / sqrt((1/k + n_test/n_train) var(d)), k-1 dof.
-    Returns (t, two-sided p, dof); NaN when fewer than 2 folds."""
-    k = len(diffs)
-    if k < 2:
-        return math.nan, math.nan, max(k - 1, 0)
-    mean, var = float(np.mean(diffs)), float(np.var(diffs, ddof=1))
-    scale = math.sqrt((1.0 / k + test_train_ratio) * var)
-    if np.all(diffs == diffs[0]):  # no spread (float var may still be ~1e-35)
-        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-    else:
-        t = mean / scale
-    return t, t_two_sided_p(t, k - 1), k - 1
 
 
 # --------------------------------------------------------------------------- loading
@@ -243,8 +180,7 @@ def summarize(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float)
     rows = []
     for group in sorted({j.group for j in jobs}):
         idx = [i for i, j in enumerate(jobs) if j.group == group]
-        means = boots[idx].mean(axis=0)  # (R, metrics): resample r of the mean over folds
-        low, high = percentile_ci(means, confidence, axis=0)
+        low, high = fold_mean_ci(boots[idx], confidence)
         for k, metric in enumerate(METRICS):
             points = {jobs[i].fold: jobs[i].metrics[metric] for i in idx}
             values = np.array(list(points.values()))
@@ -282,8 +218,7 @@ def compare(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float) -
                 continue
             ia, ib = [index[a, f] for f in folds], [index[b, f] for f in folds]
             ratio = _ratio([jobs[i] for i in ia], [jobs[i] for i in ib], default)
-            diff_boot = (boots[ia] - boots[ib]).mean(axis=0)  # (R, metrics), paired
-            low, high = percentile_ci(diff_boot, confidence, axis=0)
+            low, high = paired_difference_ci(boots[ia], boots[ib], confidence)
             for k, metric in enumerate(METRICS):
                 pa = np.array([jobs[i].metrics[metric] for i in ia])
                 pb = np.array([jobs[i].metrics[metric] for i in ib])

@@ -524,7 +524,7 @@ def test_query_without_accounting_falls_back_on_the_real_squeue(tmp_path: Path) 
         slurm_query.cancel([array])
 
 def test_status_and_aggregate_never_import_torch() -> None:
-    code = ("import sys, camvis.jobfiles, camvis.monitor, camvis.aggregate, camvis.slurm_query, "
+    code = ("import sys, camvis.jobfiles, camvis.monitor, camvis.aggregate, camvis.stats, camvis.slurm_query, "
             "camvis.plots.aggregate, camvis.cli.status, camvis.cli.aggregate; print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

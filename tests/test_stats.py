@@ -1,0 +1,69 @@
+"""camvis.stats: Student's t without scipy, the corrected resampled t-test, bootstrap intervals of fold means."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from camvis import stats
+from camvis.metrics import percentile_ci
+
+# --------------------------------------------------------------------------- Student's t
+
+
+@pytest.mark.parametrize(("t", "dof", "p"), [(2.262, 9, 0.05), (2.228, 10, 0.05), (12.706, 1, 0.05),
+                                              (3.169, 10, 0.01), (1.96, 1e6, 0.05), (2.576, 1e6, 0.01)])  # fmt: skip
+def test_t_two_sided_p_matches_table_quantiles(t: float, dof: float, p: float) -> None:
+    assert stats.t_two_sided_p(t, dof) == pytest.approx(p, abs=2e-4)
+    assert stats.t_cdf(t, dof) == pytest.approx(1 - p / 2, abs=1e-4)
+    assert stats.t_cdf(-t, dof) == pytest.approx(p / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 1.0, 2.5, 7.0, 40.0])
+def test_t_cdf_matches_closed_forms(t: float) -> None:
+    assert stats.t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-10, abs=1e-13)  # Cauchy
+    assert stats.t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10, abs=1e-13)
+    assert stats.t_cdf(-t, 5) + stats.t_cdf(t, 5) == pytest.approx(1.0)
+
+
+def test_betainc_known_values() -> None:
+    assert stats.betainc(1, 1, 0.3) == pytest.approx(0.3)
+    assert stats.betainc(2, 3, 0.4) == pytest.approx(0.5248)  # sum_j=2..4 C(4,j) .4^j .6^(4-j)
+    assert stats.betainc(2.5, 0.5, 0.7) == pytest.approx(1 - stats.betainc(0.5, 2.5, 0.3))
+    assert stats.betainc(3, 4, 0.0) == 0.0 and stats.betainc(3, 4, 1.0) == 1.0
+    assert stats.t_two_sided_p(math.inf, 3) == 0.0 and math.isnan(stats.t_two_sided_p(math.nan, 3))
+
+
+# --------------------------------------------------------------------------- tests and intervals
+
+
+def test_corrected_t_test_edge_cases() -> None:
+    assert math.isnan(stats.corrected_t_test(np.array([0.1]), 0.1)[0])
+    assert stats.corrected_t_test(np.array([0.1, 0.1, 0.1]), 0.1)[:2] == (math.inf, 0.0)
+    assert stats.corrected_t_test(np.zeros(4), 0.1)[:2] == (0.0, 1.0)
+
+
+def test_fold_mean_and_paired_difference_intervals_are_over_resamples_of_the_mean() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 500, 3)), rng.normal(size=(4, 500, 3))  # (folds, resamples, metrics)
+    low, high = stats.fold_mean_ci(a, 0.9)
+    expected = percentile_ci(a.mean(axis=0), 0.9, axis=0)
+    assert low.shape == high.shape == (3,) and (low < high).all()
+    np.testing.assert_array_equal(low, expected[0])
+    np.testing.assert_array_equal(high, expected[1])
+    dlow, dhigh = stats.paired_difference_ci(a, b, 0.9)
+    np.testing.assert_array_equal(dlow, percentile_ci((a - b).mean(axis=0), 0.9, axis=0)[0])
+    np.testing.assert_array_equal(dhigh, percentile_ci((a - b).mean(axis=0), 0.9, axis=0)[1])
+    same = stats.paired_difference_ci(a, a, 0.9)  # identical resamples: a zero-width interval at 0
+    assert (same[0] == 0).all() and (same[1] == 0).all()
+
+
+def test_stats_needs_neither_pandas_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, camvis.stats; print('pandas' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
