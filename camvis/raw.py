@@ -209,10 +209,7 @@ def load_labels(img: RawImage) -> np.ndarray:
     if overlap:
         raise RawDataError(f"{img.path}: {overlap} pixels are in both masks "
                            f"({img.visible_mask.name}, {img.nonvisible_mask.name})")
-    labels = np.full(visible.shape, LABEL_UNLABELLED, np.uint8)
-    labels[visible] = LABEL_VISIBLE
-    labels[nonvisible] = LABEL_NONVISIBLE
-    return labels
+    return _labels(visible, nonvisible)
 
 
 def load_depth(ds: RawDataset, view: str) -> np.ndarray:
@@ -257,53 +254,110 @@ def read_visibility(raw_dir: str | os.PathLike) -> dict[str, float] | None:
 
 def check(raw_dir: str | os.PathLike, progress: bool = True) -> CheckReport:
     """Read every file; raise one RawDataError listing every problem (file + what), else a report."""
-    ds, problems, warnings = _scan(Path(raw_dir))
-    rows = []
-    depth_nan: dict[str, float] = {}
-    for view, depth in _views_depth(ds, problems):
-        depth_nan[view] = float(np.isnan(depth).mean()) * 100 if depth is not None else math.nan
-        for img in _progress([i for i in ds.images if i.view == view], progress, view):
-            row = _check_image(img, depth, depth_nan[view], problems, warnings)
-            if row is not None:
-                rows.append(row)
-    _check_visibility_csv(ds, problems, warnings)
-    if problems:
-        raise RawDataError(_problems_message(ds.root, problems))
-    return CheckReport(root=ds.root, rows=tuple(sorted(rows, key=lambda r: r.name)), views=ds.views,
-                       warnings=tuple(warnings), visibility_csv=(ds.root / "visibility.csv").is_file())
+    reader = RawReader(raw_dir)
+    reader.read_all(progress)
+    return reader.report()
 
 
-def _views_depth(ds: RawDataset, problems: list[str]) -> Iterator[tuple[str, np.ndarray | None]]:
-    """Each view with its depth (None if missing or broken): one depth map in memory at a time."""
+class RawReader:
+    """One pass over a raw dir that decodes each file once, collecting problems as it goes.
+
+    `images()` yields each image whose files are all fine, as (RawImage, rgb uint8 (H, W, 3),
+    labels uint8 (H, W), its view's depth float32 (H, W)), view by view (`dataset.views`
+    order, a view's images by name); a view's depth map is loaded once for all its images,
+    so memory holds one image, its masks and one depth map at a time. Problems (the layout's,
+    found at construction, then every file's) are collected, not raised: `raise_problems()`
+    raises them as one RawDataError, `report()` gives check()'s report. A RawDataError is
+    raised at once only if `raw_dir` is no raw dir at all.
+    """
+
+    def __init__(self, raw_dir: str | os.PathLike) -> None:
+        self.dataset, self.problems, self.warnings = _scan(Path(raw_dir))
+        self.rows: list[CheckRow] = []
+        self._started = self._done = False
+
+    def images(self, progress: bool = False
+               ) -> Iterator[tuple[RawImage, np.ndarray, np.ndarray, np.ndarray]]:
+        if self._started:
+            raise RuntimeError("RawReader.images() reads the raw dir once; it was already called")
+        self._started = True
+        ds = self.dataset
+        for view, depth, depth_ok in _views_depth(ds, self.problems):
+            nan_pct = float(np.isnan(depth).mean()) * 100 if depth is not None else math.nan
+            for img in _progress([i for i in ds.images if i.view == view], progress, view):
+                read = _read_image(img, depth, nan_pct, self.problems, self.warnings)
+                if read is None:
+                    continue
+                rgb, labels, row = read
+                del read
+                self.rows.append(row)
+                if depth_ok and depth is not None:  # else checked, not yielded
+                    yield img, rgb, labels, depth
+                del rgb, labels  # one image in memory: none held while the next is decoded
+            del depth  # one depth map: none held while the next view's is loaded
+        _check_visibility_csv(ds, self.problems, self.warnings)
+        self._done = True
+
+    def read_all(self, progress: bool = False) -> None:
+        """Read (check) whatever images() has not read yet."""
+        if not self._started:
+            for _ in self.images(progress):
+                pass
+        elif not self._done:
+            raise RuntimeError("RawReader.read_all() after a partial images() pass")
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise RawDataError(_problems_message(self.dataset.root, self.problems))
+
+    def report(self) -> CheckReport:
+        """check()'s report once every file was read; RawDataError listing every problem."""
+        self.raise_problems()
+        if not self._done:
+            raise RuntimeError("RawReader.report() before every file was read")
+        ds = self.dataset
+        return CheckReport(root=ds.root, rows=tuple(sorted(self.rows, key=lambda r: r.name)),
+                           views=ds.views, warnings=tuple(self.warnings),
+                           visibility_csv=(ds.root / "visibility.csv").is_file())
+
+
+def _views_depth(ds: RawDataset, problems: list[str]
+                 ) -> Iterator[tuple[str, np.ndarray | None, bool]]:
+    """Each view with its depth (None if missing or broken) and whether that depth is fine:
+    one depth map in memory at a time."""
     for view in ds.views:
         path = ds.depth_path(view)
         if not path.is_file():  # already reported by _scan
-            yield view, None
+            yield view, None, False
             continue
         try:
             depth = load_depth(ds, view)
         except RawDataError as e:
             problems.append(str(e))
-            yield view, None
+            yield view, None, False
             continue
+        n_before = len(problems)
         bad = int(np.count_nonzero(~np.isnan(depth) & ~(np.isfinite(depth) & (depth > 0))))
         if bad:
             problems.append(f"{path}: {bad} depth values are not positive finite metres (use NaN for no terrain)")
         if np.isnan(depth).all():
             problems.append(f"{path}: depth is NaN everywhere (no terrain)")
-        yield view, depth
+        yield view, depth, len(problems) == n_before
+        del depth
 
 
-def _check_image(img: RawImage, depth: np.ndarray | None, nan_pct: float,
-                 problems: list[str], warnings: list[str]) -> CheckRow | None:
+def _read_image(img: RawImage, depth: np.ndarray | None, nan_pct: float, problems: list[str],
+                warnings: list[str]) -> tuple[np.ndarray, np.ndarray, CheckRow] | None:
+    """(rgb, labels, check row) of an image whose files are fine, else None (problems noted)."""
     n_before = len(problems)
     try:
         with Image.open(img.path) as im:
             im.load()  # decode: a truncated file fails here, not in the middle of a build
-            shape = (im.height, im.width)
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except (OSError, UnidentifiedImageError) as e:
         problems.append(f"{img.path}: cannot read the image ({e})")
         return None
+    shape = rgb.shape[:2]
     masks = {}
     for path in (img.visible_mask, img.nonvisible_mask):
         try:
@@ -318,7 +372,17 @@ def _check_image(img: RawImage, depth: np.ndarray | None, nan_pct: float,
     if len(problems) > n_before:
         return None
     visible, nonvisible = masks[img.visible_mask], masks[img.nonvisible_mask]
-    return _label_stats(img, visible, nonvisible, depth, nan_pct, problems, warnings)
+    row = _label_stats(img, visible, nonvisible, depth, nan_pct, problems, warnings)
+    if row is None:
+        return None
+    return rgb, _labels(visible, nonvisible), row
+
+
+def _labels(visible: np.ndarray, nonvisible: np.ndarray) -> np.ndarray:
+    labels = np.full(visible.shape, LABEL_UNLABELLED, np.uint8)
+    labels[visible] = LABEL_VISIBLE
+    labels[nonvisible] = LABEL_NONVISIBLE
+    return labels
 
 
 def _label_stats(img: RawImage, visible: np.ndarray, nonvisible: np.ndarray, depth: np.ndarray | None,

@@ -92,15 +92,22 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
         return _keep_existing(final, params)
     if final.exists():
         _check_replaceable(final)
-    raw.check(raw_dir, progress=progress)
-    ds = raw.scan(raw_dir)
-    if figure is not False and figure_image is not None and figure_image not in {
-            img.name for img in ds.images}:
-        raise StoreError(f"figure_image {figure_image!r} is not an image of {raw_dir}")
+    # One pass over the raw data: each file is decoded once, checked (as raw.check) and
+    # written; its problems are raised before the rename, so a bad raw dir leaves nothing.
+    reader = raw.RawReader(raw_dir)
+    try:
+        if reader.problems:  # broken layout: nothing to build; raise every problem, as raw.check
+            raise RawDataError("raw layout problems")
+        shape = _prepare(reader.dataset, factors, patch_size, figure, figure_image)
+    except (RawDataError, StoreError, OSError, ValueError):
+        reader.read_all(progress)  # raw problems first (all of them), as when check ran first
+        reader.raise_problems()
+        raise
     tmp = _scratch(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_store(tmp, ds, factors, patch_size, patches_per_image, seed, params, progress)
+        _write_store(tmp, reader, shape, factors, patch_size, patches_per_image, seed, params,
+                     progress)
         _swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -214,8 +221,12 @@ def _image_shape(ds: raw.RawDataset) -> tuple[int, int]:
     return next(iter(shapes.values()))  # type: ignore[return-value]
 
 
-def _write_store(tmp: Path, ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
-                 per_image: int, seed: int, params: dict[str, Any], progress: bool) -> None:
+def _prepare(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
+             figure: bool | str | os.PathLike, figure_image: str | None) -> tuple[int, int]:
+    """The store's image shape, once the arguments are known to fit the raw data."""
+    if figure is not False and figure_image is not None and figure_image not in {
+            img.name for img in ds.images}:
+        raise StoreError(f"figure_image {figure_image!r} is not an image of {ds.root}")
     shape = _image_shape(ds)
     if any(shape[0] // f < 1 or shape[1] // f < 1 for f in factors):
         raise StoreError(f"{ds.root}: factors {list(factors)} too large for images of "
@@ -224,39 +235,45 @@ def _write_store(tmp: Path, ds: raw.RawDataset, factors: tuple[int, ...], patch_
         raise StoreError(f"{ds.root}: patch_size {patch_size} leaves no patch centre in "
                          f"{shape[0]} x {shape[1]} images (centres stay half a patch from "
                          "the border)")
+    return shape
+
+
+def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
+                 factors: tuple[int, ...], patch_size: int, per_image: int, seed: int,
+                 params: dict[str, Any], progress: bool) -> None:
+    """Write while `reader` decodes and checks each file once; its problems are raised
+    before anything marks the directory as a store."""
+    ds = reader.dataset
+    index = {img.name: i for i, img in enumerate(ds.images)}
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     levels = {f: _create_level(root, f, shape, len(ds.images), len(ds.views)) for f in factors}
     stats = NormStats(factors)
     rows: list[dict[str, np.ndarray]] = []
     counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
     edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
+    written: set[str] = set()
     with _progress(progress, len(ds.images)) as advance:
-        for v, view in enumerate(ds.views):
-            depth = raw.load_depth(ds, view)  # one view's depth in memory at a time
-            _write_depth(levels, stats, v, depth)
-            for i in (i for i, img in enumerate(ds.images) if img.view == view):
-                img = ds.images[i]
-                _write_image(levels, stats, i, _load_rgb(img, shape))
-                labels = raw.load_labels(img)
-                rng = np.random.default_rng([seed, i])  # per image: order-independent
-                h, w, _, counts[i], edges[i] = sample_centres_with_histogram(
-                    labels, depth, per_image, patch_size, rng)
-                rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
-                advance()
+        # Views in order, each view's images by name: the depth map is loaded once per view,
+        # and the statistics accumulate in a fixed order (same seed -> same store).
+        for img, rgb, labels, depth in reader.images():
+            i, v = index[img.name], ds.views.index(img.view)
+            if img.view not in written:
+                _write_depth(levels, stats, v, depth)
+                written.add(img.view)
+            _write_image(levels, stats, i, rgb)
+            rng = np.random.default_rng([seed, i])  # per image: order-independent
+            h, w, _, counts[i], edges[i] = sample_centres_with_histogram(
+                labels, depth, per_image, patch_size, rng)
+            rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
+            del rgb, labels, depth  # none held while the next image is decoded
+            advance()
+    reader.raise_problems()  # every problem of the raw data, as raw.check lists them
     _write_table(root, rows, ds)
     root.create_array("sampling/counts", data=counts)
     root.create_array("sampling/edges", data=edges)
     mean, std = stats.result()
     # The format attribute is written last: without it nothing counts as a store.
     root.attrs.update(_root_attrs(ds, factors, patch_size, shape, mean, std, params))
-
-
-def _load_rgb(img: raw.RawImage, shape: tuple[int, int]) -> np.ndarray:
-    rgb = raw.load_image(img)
-    if rgb.shape[:2] != shape:
-        raise RawDataError(f"{img.path}: image is {rgb.shape[0]} x {rgb.shape[1]}, the depth map "
-                           f"of view {img.view} is {shape[0]} x {shape[1]}")
-    return rgb
 
 
 def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,
