@@ -71,7 +71,7 @@ def read_bootstrap(path: Path) -> np.ndarray:
 
 def load_job(info: jobfiles.JobInfo, folder: Path) -> FinishedJob:
     """A finished job's scores.json + bootstrap.csv; ValueError naming the file if unusable."""
-    scores = jobfiles.read_json(folder / "scores.json")
+    scores = jobfiles.read_json(folder / jobfiles.SCORES)
     if scores is None:
         raise ValueError(f"{folder / 'scores.json'}: unreadable")
     try:
@@ -127,7 +127,7 @@ def load_finished(
     for job in track(status.jobs, description="reading scores", disable=not show_progress, transient=True):
         name = job.info.name
         if not job.finished:
-            stale = (base / name / "scores.json").exists()
+            stale = (base / name / jobfiles.SCORES).exists()
             problems[name] = "stale scores.json (written for another config hash)" if stale else _unfinished_reason(job)
             continue
         try:

@@ -28,11 +28,9 @@ from camvis.batches import BatchSource, fold_split, shard_batches
 from camvis.config import JobConfig, config_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, write_csv, write_json
+from camvis.jobfiles import BEST, PROGRESS, SCORES
 from camvis.store import PatchStore, open_store
 
-BEST = "best.pt"
-SCORES = "scores.json"
-PROGRESS = "progress.json"
 FIGURES = "figures"
 
 

@@ -17,8 +17,8 @@ import submitit
 
 from camvis.config import JobConfig, job_dir, to_dict
 from camvis.io import now_iso, write_json, write_text
+from camvis.jobfiles import ERROR, PROGRESS
 
-ERROR = "error.txt"
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
@@ -61,7 +61,7 @@ def _start(directory: Path, cfg: JobConfig, world_size: int) -> None:
 
 def _set_phase(directory: Path, cfg: JobConfig, phase: str, world_size: int) -> None:
     """Change the phase in progress.json, keeping the epochs and scores a requeued run already has."""
-    from camvis.train import PROGRESS, TrainState, write_progress
+    from camvis.train import TrainState, write_progress
 
     try:
         progress = json.loads((directory / PROGRESS).read_text())

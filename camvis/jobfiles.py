@@ -18,7 +18,9 @@ from typing import Any
 from camvis import manifest
 from camvis.errors import ConfigError
 
-JOB_FILES = ("scores.json", "progress.json", "checkpoint.pt", "best.pt")
+# The files of a job directory, named once for the job that writes them and every reader.
+SCORES, PROGRESS, CHECKPOINT, BEST, ERROR = "scores.json", "progress.json", "checkpoint.pt", "best.pt", "error.txt"
+JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
 _FOLD = re.compile(r"_fold(\d+)")
 
 
@@ -98,7 +100,7 @@ def _info_from_manifest(name: str, entry: dict[str, Any]) -> JobInfo:
 
 
 def _info_from_dir(path: Path) -> JobInfo:
-    scores = read_json(path / "scores.json") or {}
+    scores = read_json(path / SCORES) or {}
     fold = as_int(scores.get("fold"))
     return JobInfo(
         name=path.name,
@@ -192,14 +194,14 @@ def _mtime(path: Path | None) -> float | None:
 
 def job_ended_without_scores(info: JobInfo, folder: Path) -> bool:
     """error.txt newer than progress.json (not an earlier attempt), or submitit's result file."""
-    error_t, progress_t = _mtime(folder / "error.txt"), _mtime(folder / "progress.json")
+    error_t, progress_t = _mtime(folder / ERROR), _mtime(folder / PROGRESS)
     if error_t is not None and (progress_t is None or error_t >= progress_t):
         return True
     return _mtime(submitit_result_path(info)) is not None
 
 
 def last_error_line(folder: Path) -> str | None:
-    lines = [ln for ln in tail(folder / "error.txt", 5) or [] if ln.strip()]
+    lines = [ln for ln in tail(folder / ERROR, 5) or [] if ln.strip()]
     return lines[-1].strip() if lines else None
 
 
@@ -239,7 +241,7 @@ def job_logs(
     error.txt when it left one."""
     info = find_job(experiment, job, jobs, outputs)
     logs = [("stdout", info.stdout, tail(info.stdout, lines)), ("stderr", info.stderr, tail(info.stderr, lines))]
-    error = Path(outputs) / experiment / info.name / "error.txt"
+    error = Path(outputs) / experiment / info.name / ERROR
     if error.exists():
-        logs.append(("error.txt", str(error), tail(error, lines)))
+        logs.append((ERROR, str(error), tail(error, lines)))
     return logs

@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from camvis import slurm_query
+from camvis import jobfiles, slurm_query
 from camvis.console import default_console
 from camvis.errors import ConfigError, SubmissionError
 from camvis.jobfiles import (
@@ -61,8 +61,8 @@ class JobStatus:
 
 def job_status(info: JobInfo, slurm: QueryResult, outputs: str | Path, experiment: str) -> JobStatus:
     folder = Path(outputs) / experiment / info.name
-    progress = read_json(folder / "progress.json")
-    finished = is_finished(read_json(folder / "scores.json"), info.config_hash)
+    progress = read_json(folder / jobfiles.PROGRESS)
+    finished = is_finished(read_json(folder / jobfiles.SCORES), info.config_hash)
     error = None if finished else last_error_line(folder)
     row = slurm.rows.get(info.job_id) if info.mode == "slurm" and info.job_id else None
     if row is not None:
@@ -226,7 +226,7 @@ def failure_tails(status: ExperimentStatus, lines: int = 10) -> list[RenderableT
             continue
         path: str | Path | None = job.info.stderr
         body = tail(path, lines)
-        if not body and job.folder is not None and (job.folder / "error.txt").exists():
+        if not body and job.folder is not None and (job.folder / jobfiles.ERROR).exists():
             path = job.folder / "error.txt"  # the job's own traceback when there is no log
             body = tail(path, lines)
         exit_code = f", exit {job.slurm.exit_code}" if job.slurm and job.slurm.exit_code else ""

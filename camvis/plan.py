@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from camvis.config import job_dir
 from camvis.grid import JobSpec
+from camvis.jobfiles import CHECKPOINT, ERROR, SCORES
 
-SCORES_FILE = "scores.json"
 
 
 @dataclass(frozen=True)
@@ -27,21 +28,21 @@ class Decision:
 
 def job_status(job: JobSpec, outputs: str | Path) -> tuple[str, str]:
     """(status, reason) of a job from its output directory alone."""
-    directory = Path(outputs) / job.config.experiment / job.name
-    scores_path = directory / SCORES_FILE
+    directory = job_dir(job.config, outputs)
+    scores_path = directory / SCORES
     if scores_path.exists():
         try:
             scores = json.loads(scores_path.read_text())
             found = scores.get("config_hash")
         except (OSError, ValueError, AttributeError):
-            return "stale", f"unreadable {SCORES_FILE}: resubmit"
+            return "stale", f"unreadable {SCORES}: resubmit"
         if found == job.hash:
-            return "finished", f"finished ({SCORES_FILE}, hash {job.hash})"
+            return "finished", f"finished ({SCORES}, hash {job.hash})"
         return "stale", f"config changed since it finished (hash {found} -> {job.hash}): resubmit"
-    if (directory / "error.txt").exists():
-        return "failed", "failed earlier (error.txt): resubmit"
-    if (directory / "checkpoint.pt").exists():
-        return "incomplete", "unfinished: resumes from checkpoint.pt"
+    if (directory / ERROR).exists():
+        return "failed", f"failed earlier ({ERROR}): resubmit"
+    if (directory / CHECKPOINT).exists():
+        return "incomplete", f"unfinished: resumes from {CHECKPOINT}"
     if directory.exists():
         return "incomplete", "started, no checkpoint: resubmit"
     return "new", "new"

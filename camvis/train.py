@@ -28,12 +28,10 @@ from camvis.config import JobConfig, to_dict
 from camvis.distributed import DistEnv
 from camvis.evaluate import predict
 from camvis.io import atomic_path, now_iso, write_json
+from camvis.jobfiles import BEST, CHECKPOINT, PROGRESS
 from camvis.model import build_model
 from camvis.store import PatchStore, open_store
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-PROGRESS = "progress.json"
 
 
 @dataclass
