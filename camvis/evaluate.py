@@ -13,7 +13,6 @@ import json
 import math
 import pickle
 import os
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,6 +28,7 @@ from camvis.config import JobConfig, config_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, write_csv, write_json
 from camvis.jobfiles import BEST, PROGRESS, SCORES
+from camvis.progress import progress_bar
 from camvis.store import PatchStore, open_store
 
 FIGURES = "figures"
@@ -69,8 +69,11 @@ def predict(
     net.eval()
     use_bf16 = device.type == "cuda"
     parts: dict[str, list[torch.Tensor]] = {"patch": [], "score": [], "label": [], "depth": []}
+    # rank 0 only; progress=None: a bar when stderr is a terminal
+    bar = progress_bar("predicting", sum(len(b) for b in batches), enabled=progress if rank == 0 else False,
+                       transient=True)
     try:
-        with torch.inference_mode(), _bar(progress, rank, sum(len(b) for b in batches)) as advance:
+        with torch.inference_mode(), bar as advance:
             for batch in batches:
                 if len(batch) == 0:  # shard_batches may hand out empty batches for tiny N
                     continue
@@ -134,28 +137,6 @@ def _all_gather_rows(packed: torch.Tensor) -> torch.Tensor:
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
-
-
-class _bar:
-    """A transient rich progress bar over patches on a terminal; a no-op otherwise."""
-
-    def __init__(self, enabled: bool | None, rank: int, total: int) -> None:
-        self.enabled = (sys.stderr.isatty() if enabled is None else enabled) and rank == 0
-        self.total = total
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import Progress
-
-        self.progress = Progress(transient=True)
-        self.progress.start()
-        task = self.progress.add_task("predicting", total=self.total)
-        return lambda n: self.progress.advance(task, n)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.stop()
 
 
 # --------------------------------------------------------------------------- the model

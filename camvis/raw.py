@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from camvis.errors import RawDataError
+from camvis.progress import track
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -284,7 +285,8 @@ class RawReader:
         ds = self.dataset
         for view, depth, depth_ok in _views_depth(ds, self.problems):
             nan_pct = float(np.isnan(depth).mean()) * 100 if depth is not None else math.nan
-            for img in _progress([i for i in ds.images if i.view == view], progress, view):
+            for img in track([i for i in ds.images if i.view == view], f"checking {view}",
+                             enabled=progress, transient=True):
                 read = _read_image(img, depth, nan_pct, self.problems, self.warnings)
                 if read is None:
                     continue
@@ -421,16 +423,6 @@ def _check_visibility_csv(ds: RawDataset, problems: list[str], warnings: list[st
     if missing:
         warnings.append(f"{ds.root / 'visibility.csv'}: no visibility for {len(missing)} images "
                         f"(e.g. {missing[0]})")
-
-
-def _progress(items: list[RawImage], enabled: bool, view: str) -> Iterator[RawImage]:
-    if not enabled or not items:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import track
-
-    yield from track(items, description=f"checking {view}", console=Console(stderr=True), transient=True)
 
 
 def _problems_message(root: Path, problems: list[str]) -> str:

@@ -33,6 +33,7 @@ from PIL import Image
 from camvis import __version__, raw
 from camvis.errors import RawDataError, StoreError
 from camvis.norm_stats import NormStats
+from camvis.progress import progress_bar
 from camvis.sampling import N_DEPTH_BINS, sample_centres_with_histogram
 # Defined beside the launcher's zarr-free reader; re-exported as store.FORMAT_NAME / FORMAT_VERSION.
 from camvis.store_info import FORMAT_NAME as FORMAT_NAME, FORMAT_VERSION as FORMAT_VERSION
@@ -252,7 +253,7 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
     edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
     written: set[str] = set()
-    with _progress(progress, len(ds.images)) as advance:
+    with progress_bar("building store", len(ds.images), enabled=progress) as advance:
         # Views in order, each view's images by name: the depth map is loaded once per view,
         # and the statistics accumulate in a fixed order (same seed -> same store).
         for img, rgb, labels, depth in reader.images():
@@ -354,27 +355,6 @@ def _root_attrs(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
                        "camvis_version": __version__},
         "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
     }
-
-
-class _progress:
-    """A rich progress bar over the images (a no-op when progress is off)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import Progress
-        self.bar = Progress(console=Console(stderr=True))  # stderr, as raw.check's bars
-        self.bar.start()
-        task = self.bar.add_task("building store", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 # --------------------------------------------------------------------------- opening

@@ -22,13 +22,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
 from camvis import __version__
 from camvis.errors import ConfigError
+from camvis.progress import progress_bar
 
 PAPER_SIZE = (4140, 6198)
 CONTRAST_THRESHOLD = 0.05
@@ -348,7 +349,8 @@ def _write_all(root: Path, views: int, images_per_view: int, size: tuple[int, in
     (root / "images").mkdir()
     (root / "depth_maps").mkdir()
     rows: list[tuple[str, str, float]] = []
-    with _progress(progress, views * (1 + images_per_view)) as advance:
+    with progress_bar("synthesizing views and images", views * (1 + images_per_view),
+                      enabled=progress) as advance:
         for i, view in enumerate(view_names(views)):
             rng = np.random.default_rng([seed, i])
             scene = make_scene(view, size, rng)
@@ -420,25 +422,3 @@ def _save_mask(region: np.ndarray, colour: tuple[int, int, int], path: Path) -> 
 def _write_csv(path: Path, rows: list[tuple[str, str, float]]) -> None:
     lines = ["image,view,visibility_m"] + [f"{n},{v},{vis:.6g}" for n, v, vis in sorted(rows)]
     path.write_text("\n".join(lines) + "\n")
-
-
-class _progress:
-    """A rich progress bar on stderr, or nothing; yields a function advancing it by one."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import Progress
-
-        self.bar = Progress(console=Console(stderr=True))
-        self.bar.__enter__()
-        task = self.bar.add_task("synthesizing views and images", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(None, None, None)

@@ -10,7 +10,6 @@ an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restor
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from camvis.evaluate import predict
 from camvis.io import atomic_path, now_iso, write_json
 from camvis.jobfiles import BEST, CHECKPOINT, PROGRESS
 from camvis.model import build_model
+from camvis.progress import Advance, progress_bar
 from camvis.store import PatchStore, open_store
 
 
@@ -127,7 +127,8 @@ def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobCon
 # --------------------------------------------------------------------------- one epoch
 
 
-def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], env: DistEnv, bar=None) -> float:
+def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], env: DistEnv,
+                advance: Advance | None = None) -> float:
     """One pass over this rank's batches; returns the mean training loss over all ranks."""
     model.train()
     use_bf16 = env.device.type == "cuda"
@@ -146,8 +147,8 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
         opt.step()
         total[0] += loss.detach().double() * len(idx)
         total[1] += len(idx)
-        if bar is not None:
-            bar.advance(len(idx))
+        if advance is not None:
+            advance(len(idx))
     if env.distributed:
         dist.all_reduce(total)
     return float(total[0] / total[1].clamp(min=1))
@@ -189,8 +190,10 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
             start = time.perf_counter()
             batches = sampler.batches(state.epoch)
             n_samples = sum(len(b) for b in batches)
-            with _progress_bar(env, f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples) as bar:
-                train_loss = train_epoch(net, opt, inputs.source, batches, env, bar)
+            # A bar on rank 0 on a terminal only; the epoch's log line below is printed either way.
+            with progress_bar(f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples,
+                              enabled=None if env.is_main else False, transient=True) as advance:
+                train_loss = train_epoch(net, opt, inputs.source, batches, env, advance)
             samples_per_s = n_samples * env.world_size / max(time.perf_counter() - start, 1e-9)
             record = {"train_loss": train_loss, **_validate_and_step(model, inputs, cfg, env, sched, state, job_dir),
                       "samples_per_s": samples_per_s}
@@ -314,37 +317,3 @@ def _epoch_line(cfg: JobConfig, state: TrainState, record: dict) -> str:
 def log(env: DistEnv, message: str) -> None:
     if env.is_main:
         print(message, flush=True)
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _progress_bar(env: DistEnv, description: str, total: int):
-    """A rich bar on a terminal (rank 0); plain epoch log lines otherwise."""
-    if not (env.is_main and sys.stderr.isatty()):
-        return _NoBar()
-    return _Bar(description, total)
-
-
-class _Bar:
-    def __init__(self, description: str, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), transient=True)
-        self.task = self.progress.add_task(description, total=total)
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def advance(self, n: int) -> None:
-        self.progress.advance(self.task, n)
