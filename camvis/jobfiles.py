@@ -152,10 +152,14 @@ def array_ids(manifest: dict[str, Any] | None) -> list[str]:
 
 
 def is_finished(scores: dict[str, Any] | None, config_hash: str | None) -> bool:
-    """Finished = scores.json exists and was written for the same config (contract)."""
+    """Finished = scores.json exists and was written for the same config (contract).
+
+    The same rule as camvis.plan's: scores without a config_hash do not count when the job's
+    hash is known. `config_hash` None (a job folder with no manifest entry): nothing to compare.
+    """
     if scores is None:
         return False
-    return config_hash is None or scores.get("config_hash") in (None, config_hash)
+    return config_hash is None or scores.get("config_hash") == config_hash
 
 
 def state_from_files(

@@ -13,6 +13,7 @@ import zarr
 from camvis.config import config_hash
 from camvis.errors import ConfigError
 from camvis.grid import job_name, load_grid, select
+from camvis.jobfiles import is_finished
 from camvis.plan import job_status, plan
 from camvis.store_info import FORMAT_NAME, FORMAT_VERSION
 
@@ -352,6 +353,16 @@ def test_force_resubmits_finished_but_never_active(tmp_path: Path) -> None:
         finish(outputs, job, job.hash)
     decisions = plan(jobs, outputs, force=True, active={jobs[1].name: "3_1 PENDING"})
     assert [(d.submit, d.status) for d in decisions] == [(True, "forced"), (False, "active")]
+
+
+def test_scores_without_hash_is_resubmitted(tmp_path: Path) -> None:
+    # The same rule as camvis-status (jobfiles.is_finished): no hash, not this config's scores.
+    outputs = tmp_path / "outputs"
+    job = load_grid(write(tmp_path / "g.yaml", small(tmp_path))).jobs[0]
+    (outputs / "exp" / job.name).mkdir(parents=True)
+    (outputs / "exp" / job.name / "scores.json").write_text(json.dumps({"metrics": {"acc": 0.9}}))
+    assert job_status(job, outputs)[0] == "stale"
+    assert not is_finished(json.loads((outputs / "exp" / job.name / "scores.json").read_text()), job.hash)
 
 
 def test_unreadable_scores_is_resubmitted(tmp_path: Path) -> None:

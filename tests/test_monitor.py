@@ -304,9 +304,11 @@ def test_error_txt_and_submitit_result_mark_local_jobs_failed(tmp_path: Path) ->
     assert streams == ["stdout", "stderr", "error.txt"]
 
 
-def test_scores_of_another_config_do_not_count_as_completed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("scores", [{"config_hash": "old"}, {"metrics": {"acc": 0.9}}])
+def test_scores_of_another_config_do_not_count_as_completed(tmp_path: Path, scores: dict) -> None:
+    # The launcher resubmits such a job (camvis.plan), so status must not call it COMPLETED.
     make_experiment(tmp_path, mode="local")
-    write_json(tmp_path / "outputs" / EXP / "cat_fold2" / "scores.json", {"config_hash": "old"})
+    write_json(tmp_path / "outputs" / EXP / "cat_fold2" / "scores.json", scores)
     job = next(j for j in collect(tmp_path).jobs if j.info.name == "cat_fold2")
     assert job.state == "PENDING" and not job.finished
 
