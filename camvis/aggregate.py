@@ -7,10 +7,11 @@ Statistics (all vectorized over bootstrap resamples):
 - per pair of groups: paired per-fold differences over the folds both finished, a bootstrap
   interval from the paired resamples (same fold = same held-out patches and same bootstrap seed,
   so row r of both jobs resampled the same patches), and the corrected resampled t-test of
-  Nadeau & Bengio (2003), Student's t with k-1 degrees of freedom (no scipy: incomplete beta).
+  Nadeau & Bengio (2003), Student's t with k-1 degrees of freedom (no scipy: incomplete beta), and
+  Holm's adjusted p-value over the pairs of each metric (camvis.compare builds this table).
 The statistics themselves (Student's t, the corrected t-test, the bootstrap intervals of a mean
-over folds and of a paired difference) live in camvis.stats; this module reads the jobs, builds
-the tables and writes the files.
+over folds and of a paired difference, Holm) live in camvis.stats; this module reads the jobs,
+builds the other tables and writes the files.
 
 No torch here: this also runs as the dependent aggregate job and on login nodes.
 """
@@ -29,11 +30,12 @@ from rich.progress import track
 from rich.table import Table
 
 from camvis import jobfiles, monitor
+from camvis.compare import compare
 from camvis.console import default_console
 from camvis.errors import CamvisError
 from camvis.io import write_csv, write_text
 from camvis.metrics import METRICS
-from camvis.stats import corrected_t_test, fold_mean_ci, paired_difference_ci
+from camvis.stats import fold_mean_ci
 
 CAMVIS2_COLUMNS = ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
 
@@ -192,48 +194,6 @@ def summarize(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float)
     return pd.DataFrame(rows)
 
 
-def default_test_train_ratio(jobs: Sequence[FinishedJob]) -> float:
-    """1/(K-1) for K leave-one-view-out folds; K is at least the number of folds seen and the largest fold."""
-    k = max(len({j.fold for j in jobs}), max(j.fold for j in jobs))
-    return 1.0 / (k - 1) if k > 1 else 1.0
-
-
-def _ratio(a: list[FinishedJob], b: list[FinishedJob], default: float) -> float:
-    pairs = [(j.n_val, j.n_train) for j in a + b]
-    if all(v is not None and t is not None for v, t in pairs):
-        return float(np.mean([v / t for v, t in pairs]))  # type: ignore[operator]
-    return default
-
-
-def compare(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float) -> pd.DataFrame:
-    """Every pair of groups, per metric: paired per-fold difference (a - b) over common folds."""
-    groups = sorted({j.group for j in jobs})
-    index = {(j.group, j.fold): i for i, j in enumerate(jobs)}
-    default = default_test_train_ratio(jobs)
-    rows = []
-    for ai, a in enumerate(groups):
-        for b in groups[ai + 1 :]:
-            folds = sorted(f for g, f in index if g == a and (b, f) in index)
-            if not folds:
-                continue
-            ia, ib = [index[a, f] for f in folds], [index[b, f] for f in folds]
-            ratio = _ratio([jobs[i] for i in ia], [jobs[i] for i in ib], default)
-            low, high = paired_difference_ci(boots[ia], boots[ib], confidence)
-            for k, metric in enumerate(METRICS):
-                pa = np.array([jobs[i].metrics[metric] for i in ia])
-                pb = np.array([jobs[i].metrics[metric] for i in ib])
-                t, p, dof = corrected_t_test(pa - pb, ratio)
-                rows.append({
-                    "metric": metric, "group_a": a, "group_b": b, "n_folds": len(folds),
-                    "folds": " ".join(map(str, folds)), "mean_a": pa.mean(), "mean_b": pb.mean(),
-                    "mean_diff": (pa - pb).mean(), "ci_low": low[k], "ci_high": high[k],
-                    "t": t, "dof": dof, "p_value": p, "test_train_ratio": ratio,
-                })  # fmt: skip
-    columns = ["metric", "group_a", "group_b", "n_folds", "folds", "mean_a", "mean_b", "mean_diff",
-               "ci_low", "ci_high", "t", "dof", "p_value", "test_train_ratio"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
-
-
 def _csv_field(value: object) -> str:
     """One CSV field, quoted when needed, with '%' escaped for the row format below."""
     text = str(value)
@@ -288,7 +248,7 @@ def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
         "mean a": c["mean_a"], "mean b": c["mean_b"],
         f"difference ({confidence:.0%} CI)": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
                                               for d, lo, hi in zip(c["mean_diff"], c["ci_low"], c["ci_high"])],
-        "t": c["t"], "p": c["p_value"],
+        "t": c["t"], "p": c["p_value"], "p (Holm)": c["p_holm"],
     })  # fmt: skip
     return markdown_table(compact)
 
@@ -308,7 +268,8 @@ def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
               "Interval: paired bootstrap of the mean difference (test-set resampling only, given the trained "
               "models). t and p: corrected resampled t-test (Nadeau & Bengio 2003) over the per-fold "
               "differences d, t = mean(d) / sqrt((1/k + n_test/n_train) var(d)), k-1 dof: it also counts "
-              "fold-to-fold variation. All columns in comparisons.csv.", ""]  # fmt: skip
+              "fold-to-fold variation. p (Holm): Holm-adjusted over all pairs of the same metric, for "
+              "judging many pairs at once (family-wise error). All columns in comparisons.csv.", ""]  # fmt: skip
     lines += [comparisons_markdown(result.comparisons, conf) if len(result.comparisons)
               else "(no two groups share a fold)", ""]  # fmt: skip
     if result.figures:

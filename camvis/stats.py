@@ -7,9 +7,10 @@ Owns:
   (`corrected_t_test`);
 - percentile bootstrap intervals of a mean over folds (`fold_mean_ci`) and of a paired mean
   difference (`paired_difference_ci`), vectorized over the resamples: resample r of the mean is
-  the mean over folds of each fold's r-th bootstrap value.
+  the mean over folds of each fold's r-th bootstrap value;
+- Holm's (1979) step-down adjustment of a family of p-values (`holm_adjust`).
 
-Reading jobs, building tables and writing files stay in camvis.aggregate.
+Reading jobs, building tables and writing files stay in camvis.aggregate and camvis.compare.
 """
 
 from __future__ import annotations
@@ -97,3 +98,26 @@ def paired_difference_ci(boots_a: np.ndarray, boots_b: np.ndarray, confidence: f
     """Percentile bootstrap interval of the mean over folds of a - b, paired resample by resample
     (fold i of a with fold i of b; resample r of both drew the same held-out patches)."""
     return fold_mean_ci(boots_a - boots_b, confidence)
+
+
+# --------------------------------------------------------------------------- multiple comparisons
+
+
+def holm_adjust(p_values: np.ndarray) -> np.ndarray:
+    """Holm (1979) adjusted p-values of one family, in the input order: with p sorted ascending,
+    p_adj_(i) = max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where p_adj <= alpha keeps the
+    family-wise error rate at alpha. NaN (no test, e.g. a single fold) stays NaN and is not counted in m."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"holm_adjust: expected a 1-D array of p-values, got shape {p.shape}")
+    valid = ~np.isnan(p)
+    if ((p[valid] < 0.0) | (p[valid] > 1.0)).any():
+        raise ValueError(f"holm_adjust: p-values must be in [0, 1] or NaN, got {p[valid].min()} .. {p[valid].max()}")
+    order = np.argsort(p[valid], kind="stable")
+    m = len(order)
+    steps = np.minimum(1.0, (m - np.arange(m)) * p[valid][order])  # (m - j + 1) p_(j), j 1-based
+    adjusted = np.empty(m)
+    adjusted[order] = np.maximum.accumulate(steps)  # the running max keeps the adjusted values monotone
+    out = np.full(p.shape, np.nan)
+    out[valid] = adjusted
+    return out

@@ -13,7 +13,7 @@ from PIL import Image
 from rich.console import Console
 
 from camvis import aggregate as agg
-from camvis import slurm_query
+from camvis import slurm_query, stats
 from camvis.cli import aggregate as cli
 from camvis.errors import CamvisError
 
@@ -159,6 +159,8 @@ def test_paired_comparison_on_a_hand_worked_case(tmp_path: Path) -> None:
         assert row.dof == 2 and row.test_train_ratio == pytest.approx(0.25)
         assert row.p_value == pytest.approx(1 - (22 / 7) / math.sqrt(2 + (22 / 7) ** 2))
         assert row.p_value == pytest.approx(0.08807, abs=1e-5)
+        # one pair: a family of one per metric, unadjusted (one family of all 3 metrics would give 3p)
+        assert (comp.p_holm == comp.p_value).all()
         # paired resamples: every resample's mean difference is exactly mean(d); an unpaired one would not be
         assert row.ci_low == pytest.approx(0.11 / 3) and row.ci_high == pytest.approx(0.11 / 3)
         assert comp.loc["loss"].mean_diff == pytest.approx(0.0) and comp.loc["loss"].p_value == pytest.approx(1.0)
@@ -178,6 +180,29 @@ def test_nadeau_bengio_default_ratio_against_hand_computation(tmp_path: Path) ->
     p = 2 * (1 - (0.5 + 3 / 8 * u * (1 - u * u / 12)))
     assert (row.group_a, row.group_b, row.test_train_ratio) == ("align", "cat", pytest.approx(0.25))
     assert row.t == pytest.approx(t) and row.dof == 4 and row.p_value == pytest.approx(p)
+
+
+def test_holm_adjusts_over_the_pairs_of_each_metric(tmp_path: Path) -> None:
+    fabricate_grid(tmp_path, {"a": 0.80, "b": 0.79, "c": 0.70, "d": 0.65}, folds=4)  # 6 pairs per metric
+    result = run(tmp_path)
+    written = pd.read_csv(result.comparisons_csv)
+    columns = list(written.columns)
+    assert columns[columns.index("p_value") + 1] == "p_holm"
+    assert (written.p_holm >= written.p_value).all() and (written.p_holm <= 1).all()
+    assert (written.p_holm > written.p_value).any()
+    for metric, family in written.groupby("metric"):
+        assert len(family) == 6
+        smallest = family.p_value.idxmin()  # Holm's first step: m p_(1), m = the metric's 6 pairs
+        assert family.p_holm[smallest] == pytest.approx(min(1.0, 6 * family.p_value[smallest]), rel=1e-12)
+        np.testing.assert_allclose(family.p_holm, stats.holm_adjust(family.p_value.to_numpy()), rtol=1e-12)
+    pd.testing.assert_series_equal(written.p_holm, result.comparisons.p_holm, rtol=1e-12)
+    assert "| t | p | p (Holm) |" in result.markdown.read_text()
+
+
+def test_single_fold_p_values_stay_nan_after_holm(tmp_path: Path) -> None:
+    fabricate_grid(tmp_path, {"a": 0.8, "b": 0.7, "c": 0.6}, folds=1)
+    comp = run(tmp_path).comparisons
+    assert len(comp) == 9 and comp.p_value.isna().all() and comp.p_holm.isna().all()
 
 
 # --------------------------------------------------------------------------- files written

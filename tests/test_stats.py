@@ -1,4 +1,5 @@
-"""camvis.stats: Student's t without scipy, the corrected resampled t-test, bootstrap intervals of fold means."""
+"""camvis.stats: Student's t without scipy, the corrected resampled t-test, bootstrap intervals of fold means,
+Holm's adjusted p-values."""
 
 from __future__ import annotations
 
@@ -58,6 +59,64 @@ def test_fold_mean_and_paired_difference_intervals_are_over_resamples_of_the_mea
     np.testing.assert_array_equal(dhigh, percentile_ci((a - b).mean(axis=0), 0.9, axis=0)[1])
     same = stats.paired_difference_ci(a, a, 0.9)  # identical resamples: a zero-width interval at 0
     assert (same[0] == 0).all() and (same[1] == 0).all()
+
+
+# --------------------------------------------------------------------------- Holm
+
+
+def holm_by_definition(p: list[float]) -> list[float]:
+    """Brute force from Holm (1979), one value at a time: p_adj of the i-th smallest (1-based) is
+    max over j <= i of min(1, (m - j + 1) p_(j)), m counting the non-NaN values."""
+    valid = sorted((v, i) for i, v in enumerate(p) if not math.isnan(v))
+    m = len(valid)
+    out = [math.nan] * len(p)
+    for rank, (_, i) in enumerate(valid, start=1):
+        out[i] = max(min(1.0, (m - j + 1) * valid[j - 1][0]) for j in range(1, rank + 1))
+    return out
+
+
+@pytest.mark.parametrize(("p", "expected"), [
+    ([0.01, 0.04, 0.03, 0.005], [0.03, 0.06, 0.06, 0.02]),  # 4x.005, 3x.01, 2x.03, max(1x.04, .06): input order kept
+    ([0.02, 0.5, 0.02], [0.06, 0.5, 0.06]),  # ties: both 3x.02 = .06 (the second's 2x.02 is raised by the max)
+    ([math.nan, 0.02, 0.02, 0.5, math.nan], [math.nan, 0.06, 0.06, 0.5, math.nan]),  # NaN stays NaN, m = 3
+    ([0.3], [0.3]), ([0.0], [0.0]), ([1.0], [1.0]),  # m = 1: unchanged
+    ([0.45, 0.6, 0.7], [1.0, 1.0, 1.0]),  # 3x.45 and 2x.6 capped at 1; .7 raised to 1 by monotonicity
+    ([0.4, 0.6, 0.2], [0.8, 0.8, 0.6]),  # .6 (1x.6) raised to .8 (2x.4)
+    ([math.nan, math.nan], [math.nan, math.nan]), ([], []),
+])  # fmt: skip
+def test_holm_adjust_hand_computed(p: list[float], expected: list[float]) -> None:
+    got = stats.holm_adjust(np.array(p))
+    assert got.dtype == np.float64 and got.shape == (len(p),)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0)  # NaN positions must match too
+
+
+def test_holm_adjust_matches_the_definition_and_the_step_down_procedure() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        m = int(rng.integers(1, 30))
+        p = np.round(rng.uniform(0, 1, m) ** 3, int(rng.integers(2, 6)))  # small values reject; few digits tie
+        p[rng.uniform(size=m) < 0.2] = np.nan
+        got = stats.holm_adjust(p)
+        np.testing.assert_allclose(got, holm_by_definition(p.tolist()), rtol=1e-12, atol=0)
+        valid = ~np.isnan(p)
+        assert (np.isnan(got) == ~valid).all()
+        pv, gv = p[valid], got[valid]
+        assert (gv >= pv).all() and (gv <= 1).all()
+        assert (gv[:, None] <= gv[None, :])[pv[:, None] <= pv[None, :]].all()  # monotone in p
+        # Holm's step-down test: walk up the sorted p, reject while p_(i) <= alpha / (m - i + 1)
+        alpha, ordered = 0.05 * math.pi / 3, np.sort(pv)  # never k * a rounded p
+        passed = ordered <= alpha / (len(pv) - np.arange(len(pv)))
+        n_rejected = len(pv) if passed.all() else int(np.argmin(passed))
+        assert int((gv <= alpha).sum()) == n_rejected
+
+
+def test_holm_adjust_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="1-D"):
+        stats.holm_adjust(np.full((2, 2), 0.1))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.holm_adjust(np.array([0.1, 1.5]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        stats.holm_adjust(np.array([-0.1, math.nan]))
 
 
 def test_stats_needs_neither_pandas_nor_torch() -> None:

@@ -13,7 +13,7 @@ EPILOG = """examples:
   camvis-aggregate cat_vs_align --confidence 0.9   90% bootstrap intervals
 
 writes under outputs/<experiment>/: summary.md (all tables), summary.csv (per group: per-fold scores,
-mean, bootstrap CI), comparisons.csv (paired per-fold differences, corrected resampled t-test),
+mean, bootstrap CI), comparisons.csv (paired per-fold differences, corrected resampled t-test, Holm-adjusted p),
 point_estimates.csv (one row per job), scores_per_fold.csv (camvis2's format: one row per bootstrap
 resample), loss.png, acc.png, f1.png. Missing or failed jobs are listed, not fatal.
 """
