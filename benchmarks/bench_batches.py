@@ -12,9 +12,11 @@ content does not change the cost).
     .venv/bin/python benchmarks/bench_batches.py --device cuda   # batched path on the GPU
     .venv/bin/python benchmarks/bench_batches.py --json benchmarks/results/batches_cpu.json
 
-"out=" rows reuse one output buffer (BatchSource.batch(idx, out=x)): on the CPU the page
-faults of a fresh 335 MB batch are a large share of its cost. Timings on a shared machine
-swing with its load (printed); CPU time per batch is the steadier figure.
+The iter_batches row reuses one output buffer (BatchSource.batch(idx, out=x)), as the
+training and prediction loops do (BatchSource.iter_batches): on the CPU the page faults of a fresh 335 MB batch are a large share of its cost.
+The two "floor" rows bound this design from below on this machine: writing a batch-sized
+buffer once, and the row gathers of a batch alone. Timings on a shared machine swing with
+its load (printed); CPU time per batch is the steadier figure.
 """
 
 from __future__ import annotations
@@ -140,6 +142,19 @@ class Camvis2AsWritten:
                 torch.tensor([i[2] for i in items]))
 
 
+def gather_only(source: BatchSource, idx: torch.Tensor) -> None:
+    """The row gathers of BatchSource.batch alone, chunk by chunk as it does them, into two
+    small reused buffers (no widening, normalizing or writing of the batch)."""
+    rgb_runs, depth_runs = source._window_runs(idx)
+    chunk, lv = source._chunk or idx.numel(), source._levels
+    rgb = torch.empty((rgb_runs[:chunk].numel(), source.patch_size), dtype=torch.uint8, device=idx.device)
+    depth = torch.empty((depth_runs[:chunk].numel(), source.patch_size), device=idx.device)
+    for start in range(0, idx.numel(), chunk):
+        part = slice(start, start + chunk)
+        torch.index_select(lv.rgb_rows, 0, rgb_runs[part].reshape(-1), out=rgb[:rgb_runs[part].numel()])
+        torch.index_select(lv.depth_rows, 0, depth_runs[part].reshape(-1), out=depth[:depth_runs[part].numel()])
+
+
 def time_batches(fn: Callable[[torch.Tensor], object], batches: list[torch.Tensor],
                  sync: Callable[[], None]) -> tuple[float, float]:
     """(wall, process CPU) seconds per batch over `batches`, after one warm-up call.
@@ -199,9 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     timings["batch_source_out"] = time_batches(
         lambda i: source.batch(i.to(device, non_blocking=True), out=buffer), batches[1:], sync)
 
+    # Floors of this design on this machine: writing a batch-sized buffer once, and the
+    # row gathers alone (every level's RGB and depth windows of a batch, no output).
+    timings["floor_write"] = time_batches(lambda i: buffer.fill_(1.0), batches[1:], sync)
+    timings["floor_gather"] = time_batches(lambda i: gather_only(source, i.to(device)), batches[1:], sync)
+
     names = {"per_sample_reference": "per-sample reference (cpu)", "camvis2_as_written": "camvis2 __getitem__ (cpu)",
              "batch_source": f"BatchSource.batch ({device.type})",
-             "batch_source_out": f"BatchSource.batch, out= ({device.type})"}
+             "batch_source_out": f"BatchSource.iter_batches ({device.type})",
+             "floor_write": "  floor: fill_ of the batch (write)", "floor_gather": "  floor: row gathers alone"}
     ref_wall, ref_cpu = timings["per_sample_reference"]
     print(f"store: {args.images} images, {args.views} views, {args.shape[0]}x{args.shape[1]}, factors {args.factors}, "
           f"P={args.patch_size}, batch {args.batch_size}; made in {t1 - t0:.1f} s, to {device} in {t2 - t1:.1f} s "

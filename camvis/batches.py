@@ -2,7 +2,7 @@
 
 `BatchSource` moves the pyramid levels a job uses to its device once (images stay uint8,
 padded so that every window lies inside the padded level) and then builds each batch with a
-handful of batched tensor ops per level: no per-sample Python, no DataLoader workers.
+handful of batched tensor ops: no per-sample Python, no DataLoader workers.
 `fold_split` makes camvis2's leave-one-view-out folds; `EpochSampler` draws each epoch's
 class-rebalanced, shuffled training patches and shards them over the ranks with
 `shard_batches` (which validation uses too).
@@ -14,7 +14,7 @@ columns; outside the level image RGB reads 0 and log-depth -1, before normalizat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,23 +27,35 @@ from camvis.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
 if TYPE_CHECKING:
     from camvis.store import PatchStore
 
+# On the CPU a batch is built a few samples at a time, so that each part is widened and
+# normalized while it is still in cache (one trip to memory instead of three); measured
+# in benchmarks/bench_batches.py. Devices with their own memory take the batch whole.
+CPU_CHUNK_BYTES = 8 * 2**20
+
 
 @dataclass(frozen=True)
-class _Level:
-    """One pyramid level on the device, as overlapping length-P row windows.
+class _Levels:
+    """The chosen levels on the device, each padded, concatenated level after level in
+    one flat uint8 RGB buffer and one flat float32 (normalized) depth buffer.
 
-    `rgb_rows[k]` / `depth_rows[k]` is the P-element run starting at flat offset k of the
-    padded level (a strided view, no copy), so a (B, P, P) crop is one `index_select` of
-    B * P runs. Padding on both axes: P // 2 before, as much as the last window needs after.
+    `rgb_rows[k]` / `depth_rows[k]` is the P-element run starting at flat offset k (a
+    strided view, no copy), so the crops of all levels are one `index_select` of runs.
+    Per-level geometry is held as (L,) int64 tensors so window offsets are computed for
+    all levels at once. Padding on both axes: P // 2 before, as much as the last window
+    needs after.
     """
 
-    factor: int
-    rgb: torch.Tensor          # uint8 (n_images, 3, Hp, Wp), padded with 0
-    depth: torch.Tensor        # float32 (n_views, Hp, Wp), padded with -1, then normalized
-    rgb_rows: torch.Tensor     # view (rgb.numel() - P + 1, P)
-    depth_rows: torch.Tensor   # view (depth.numel() - P + 1, P)
-    rgb_lanes: torch.Tensor    # int64 (3, P): flat offset of channel c, window row k
-    depth_lanes: torch.Tensor  # int64 (P,): flat offset of window row k
+    rgb: torch.Tensor           # uint8, level l: (n_images, 3, height[l], width[l]), padded with 0
+    depth: torch.Tensor         # float32, level l: (n_views, height[l], width[l]), padded with -1
+    rgb_rows: torch.Tensor      # view (rgb.numel() - P + 1, P)
+    depth_rows: torch.Tensor    # view (depth.numel() - P + 1, P)
+    factor: torch.Tensor        # (L,) int64
+    height: torch.Tensor        # (L,) padded rows
+    width: torch.Tensor         # (L,) padded columns
+    rgb_start: torch.Tensor     # (L,) flat offset of each level in rgb
+    depth_start: torch.Tensor   # (L,) flat offset of each level in depth
+    rgb_lanes: torch.Tensor     # (L, 3, P): flat offset of channel c, window row k
+    depth_lanes: torch.Tensor   # (L, P): flat offset of window row k
 
 
 class BatchSource:
@@ -61,13 +73,16 @@ class BatchSource:
         self.device = torch.device(device)
         self.patch_size = int(store.patch_size)
         rows = [store.factors.index(f) for f in self.factors]
-        mean = np.asarray(store.norm_mean, dtype=np.float32)[rows].reshape(-1)
-        std = np.asarray(store.norm_std, dtype=np.float32)[rows].reshape(-1)
-        self.mean = torch.from_numpy(mean).to(self.device).view(1, -1, 1, 1)
-        self.std = torch.from_numpy(std).to(self.device).view(1, -1, 1, 1)
+        mean = np.asarray(store.norm_mean, dtype=np.float32)[rows]
+        std = np.asarray(store.norm_std, dtype=np.float32)[rows]
         if not np.all(std > 0):
             raise StoreError(f"store {store.path}: norm_std of factors {list(self.factors)} must be > 0, "
-                             f"got {std.tolist()}")
+                             f"got {std.reshape(-1).tolist()}")
+        self.mean = torch.from_numpy(mean.reshape(-1)).to(self.device).view(1, -1, 1, 1)
+        self.std = torch.from_numpy(std.reshape(-1)).to(self.device).view(1, -1, 1, 1)
+        # RGB statistics shaped to broadcast over a (B, L, 3, P, P) view of the batch.
+        self._rgb_mean = self.mean.view(1, -1, 4, 1, 1)[:, :, :3].contiguous()
+        self._rgb_std = self.std.view(1, -1, 4, 1, 1)[:, :, :3].contiguous()
         self._check_table(store)
         image = np.asarray(store.table["image"], dtype=np.int64)
         view = np.asarray(store.image_view, dtype=np.int64)[image]  # depth map of the patch's image
@@ -79,7 +94,9 @@ class BatchSource:
         }
         self.labels = self._tensor(store.table["label"], torch.float32)
         self.depths = self._tensor(store.table["depth"], torch.float32)
-        self.levels = [self._load_level(store, f, k) for k, f in enumerate(self.factors)]
+        self._levels = self._load_levels(store)
+        sample_bytes = 4 * self.n_channels * self.patch_size ** 2
+        self._chunk = max(1, CPU_CHUNK_BYTES // sample_bytes) if self.device.type == "cpu" else None
 
     @property
     def n_channels(self) -> int:
@@ -88,7 +105,7 @@ class BatchSource:
     @property
     def nbytes(self) -> int:
         """Device memory held by the padded pyramid."""
-        return sum(lv.rgb.nbytes + lv.depth.nbytes for lv in self.levels)
+        return self._levels.rgb.nbytes + self._levels.depth.nbytes
 
     def batch(self, idx: torch.Tensor, channels_last: bool = False,
               out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,27 +119,55 @@ class BatchSource:
         the previous x back in.
         """
         idx = torch.as_tensor(idx).to(self.device, torch.int64).reshape(-1)
-        n, p = idx.numel(), self.patch_size
+        n, p, n_levels = idx.numel(), self.patch_size, len(self.factors)
         shape = (n, self.n_channels, p, p)
         if out is None:
             out = self._empty(shape, channels_last)
         elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
             raise ValueError(f"out must be float32 {shape} on {self.device}, "
                              f"got {out.dtype} {tuple(out.shape)} on {out.device}")
-        col = {k: v.index_select(0, idx) for k, v in self._columns.items()}
-        for i, lv in enumerate(self.levels):
-            # With P // 2 rows of padding before, the window's first padded row is h // f.
-            r0, c0 = col["center_h"] // lv.factor, col["center_w"] // lv.factor
-            hp, wp = lv.depth.shape[1:]
-            base = (col["image"] * 3 * hp + r0) * wp + c0
-            rgb = lv.rgb_rows.index_select(0, (base[:, None, None] + lv.rgb_lanes).reshape(-1))
-            chans = slice(4 * i, 4 * i + 3)
-            out[:, chans] = rgb.view(n, 3, p, p)  # uint8 -> float32 in the copy
-            out[:, chans].sub_(self.mean[:, chans]).div_(self.std[:, chans])
-            base = (col["view"] * hp + r0) * wp + c0
-            depth = lv.depth_rows.index_select(0, (base[:, None] + lv.depth_lanes).reshape(-1))
-            out[:, 4 * i + 3] = depth.view(n, p, p)  # normalized on the device already
+        rgb_runs, depth_runs = self._window_runs(idx)
+        x = out.view(n, n_levels, 4, p, p)
+        lv = self._levels
+        for start in range(0, n, self._chunk or max(n, 1)):
+            part = slice(start, min(n, start + (self._chunk or n)))
+            k = part.stop - part.start
+            rgb = x[part, :, :3]
+            rgb.copy_(lv.rgb_rows.index_select(0, rgb_runs[part].reshape(-1)).view(k, n_levels, 3, p, p))
+            rgb.sub_(self._rgb_mean).div_(self._rgb_std)
+            x[part, :, 3] = lv.depth_rows.index_select(0, depth_runs[part].reshape(-1)).view(k, n_levels, p, p)
         return out, self.labels.index_select(0, idx), self.depths.index_select(0, idx)
+
+    def iter_batches(self, batches: Sequence[torch.Tensor], channels_last: bool = False
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(idx, x, label, depth) of each index batch, on the device, as `batch` makes them.
+
+        x is one buffer refilled batch after batch (a smaller batch uses its first rows): no
+        fresh 100s-of-MB allocation per step, whose page faults dominate on the CPU. The
+        caller must be done with x (forward and backward run) before taking the next batch.
+        """
+        buffer: torch.Tensor | None = None
+        for idx in batches:
+            idx = torch.as_tensor(idx).to(self.device, torch.int64, non_blocking=True).reshape(-1)
+            n, p = idx.numel(), self.patch_size
+            if buffer is None or len(buffer) < n:
+                buffer = None  # freed before its successor is allocated
+                buffer = self._empty((n, self.n_channels, p, p), channels_last)
+            x, label, depth = self.batch(idx, out=buffer[:n])
+            yield idx, x, label, depth
+
+    def _window_runs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat offsets of every window row of `idx`, all levels at once:
+        RGB (B, L, 3, P) and depth (B, L, P)."""
+        lv, col = self._levels, self._columns
+        # With P // 2 rows of padding before, the window's first padded row is h // f.
+        row = col["center_h"].index_select(0, idx)[:, None] // lv.factor
+        column = col["center_w"].index_select(0, idx)[:, None] // lv.factor
+        image = col["image"].index_select(0, idx)[:, None]
+        view = col["view"].index_select(0, idx)[:, None]
+        rgb = lv.rgb_start + (image * 3 * lv.height + row) * lv.width + column
+        depth = lv.depth_start + (view * lv.height + row) * lv.width + column
+        return rgb[:, :, None, None] + lv.rgb_lanes, depth[:, :, None] + lv.depth_lanes
 
     # ----------------------------------------------------------------------- setup
 
@@ -154,36 +199,57 @@ class BatchSource:
             raise StoreError(f"{where}: image indices must be in 0..{len(store.images) - 1}, "
                              f"got {int(image.min())}..{int(image.max())}")
 
-    def _load_level(self, store: PatchStore, f: int, k: int) -> _Level:
-        """Copies level f (the k-th chosen) to the device once, one image at a time (bounded host memory).
+    def _load_levels(self, store: PatchStore) -> _Levels:
+        """Copies the chosen levels to the device once, one image at a time (bounded host memory).
 
         The depth maps are small (one per view), so they are normalized here once, padding
         included, and batches only copy them.
         """
+        p, before = self.patch_size, self.patch_size // 2
+        n_views = len(store.views)
+        shapes = [self._padded_shape(store, f) for f in self.factors]
+        n_images = len(store.images)
+        rgb_sizes = [n_images * 3 * hp * wp for hp, wp in shapes]
+        depth_sizes = [n_views * hp * wp for hp, wp in shapes]
+        rgb = torch.zeros(sum(rgb_sizes), dtype=torch.uint8, device=self.device)
+        dep = torch.full((sum(depth_sizes),), -1.0, dtype=torch.float32, device=self.device)
+        rgb_start, depth_start = np.cumsum([0, *rgb_sizes])[:-1], np.cumsum([0, *depth_sizes])[:-1]
+        for k, (f, (hp, wp)) in enumerate(zip(self.factors, shapes)):
+            images, depth = store.levels[f]
+            hf, wf = images.shape[2:]
+            level_rgb = rgb[rgb_start[k]:rgb_start[k] + rgb_sizes[k]].view(n_images, 3, hp, wp)
+            for i in range(n_images):
+                level_rgb[i, :, before:before + hf, before:before + wf] = torch.from_numpy(np.asarray(images[i]))
+            level_depth = dep[depth_start[k]:depth_start[k] + depth_sizes[k]].view(n_views, hp, wp)
+            for v in range(n_views):
+                level_depth[v, before:before + hf, before:before + wf] = torch.from_numpy(
+                    np.asarray(depth[v, 0], dtype=np.float32))
+            level_depth.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
+        height, width = (self._tensor(np.array(s), torch.int64) for s in zip(*shapes))
+        row = torch.arange(p, device=self.device)
+        return _Levels(
+            rgb=rgb, depth=dep, rgb_rows=rgb.unfold(0, p, 1), depth_rows=dep.unfold(0, p, 1),
+            factor=self._tensor(np.array(self.factors), torch.int64), height=height, width=width,
+            rgb_start=self._tensor(rgb_start, torch.int64), depth_start=self._tensor(depth_start, torch.int64),
+            rgb_lanes=(torch.arange(3, device=self.device)[None, :, None] * (height * width)[:, None, None]
+                       + row[None, None, :] * width[:, None, None]),
+            depth_lanes=row[None, :] * width[:, None],
+        )
+
+    def _padded_shape(self, store: PatchStore, f: int) -> tuple[int, int]:
+        """(rows, columns) of level f padded for every window; checks the level's arrays."""
         images, depth = store.levels[f]
         n_img, _, hf, wf = images.shape
-        if tuple(images.shape[1:2]) != (3,) or tuple(depth.shape) != (len(store.views), 1, hf, wf):
+        if (tuple(images.shape[:2]) != (len(store.images), 3)
+                or tuple(depth.shape) != (len(store.views), 1, hf, wf)):
             raise StoreError(f"store {store.path}: level {f} has images {tuple(images.shape)} and depth "
-                             f"{tuple(depth.shape)}; expected (n_images, 3, H, W) and ({len(store.views)}, 1, H, W)")
+                             f"{tuple(depth.shape)}; expected ({len(store.images)}, 3, H, W) and "
+                             f"({len(store.views)}, 1, H, W)")
         p, before = self.patch_size, self.patch_size // 2
         # The last window starts at row (H - 1) // f, which may be one past the level's end.
         after_h = max(0, (store.image_shape[0] - 1) // f + p - before - hf)
         after_w = max(0, (store.image_shape[1] - 1) // f + p - before - wf)
-        hp, wp = hf + before + after_h, wf + before + after_w
-        rgb = torch.zeros((n_img, 3, hp, wp), dtype=torch.uint8, device=self.device)
-        for i in range(n_img):
-            rgb[i, :, before:before + hf, before:before + wf] = torch.from_numpy(np.asarray(images[i]))
-        dep = torch.full((depth.shape[0], hp, wp), -1.0, dtype=torch.float32, device=self.device)
-        for v in range(depth.shape[0]):
-            dep[v, before:before + hf, before:before + wf] = torch.from_numpy(np.asarray(depth[v, 0], dtype=np.float32))
-        dep.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
-        row = torch.arange(p, device=self.device) * wp
-        chan = torch.arange(3, device=self.device) * hp * wp
-        return _Level(
-            factor=f, rgb=rgb, depth=dep,
-            rgb_rows=rgb.view(-1).unfold(0, p, 1), depth_rows=dep.view(-1).unfold(0, p, 1),
-            rgb_lanes=chan[:, None] + row[None, :], depth_lanes=row,
-        )
+        return hf + before + after_h, wf + before + after_w
 
 
 def _check_factors(store: PatchStore, factors: Sequence[int]) -> tuple[int, ...]:

@@ -74,11 +74,9 @@ def predict(
                        transient=True)
     try:
         with torch.inference_mode(), bar as advance:
-            for batch in batches:
+            for batch, x, label, depth in source.iter_batches(batches, channels_last=use_bf16):
                 if len(batch) == 0:  # shard_batches may hand out empty batches for tiny N
                     continue
-                batch = batch.to(device, non_blocking=True)
-                x, label, depth = source.batch(batch, channels_last=use_bf16)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                     logits = net(x)
                 parts["patch"].append(batch)

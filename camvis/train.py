@@ -133,12 +133,7 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
     model.train()
     use_bf16 = env.device.type == "cuda"
     total = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, samples
-    x = None
-    for idx in batches:
-        # the previous batch is dead once backward has run: refill its buffer (no fresh
-        # 100s-of-MB allocation per step; page faults dominate on the CPU)
-        reuse = x if x is not None and len(x) == len(idx) else None
-        x, y, _ = source.batch(idx.to(env.device, non_blocking=True), channels_last=use_bf16, out=reuse)
+    for idx, x, y, _ in source.iter_batches(batches, channels_last=use_bf16):
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)

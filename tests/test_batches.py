@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from camvis import batches
 from camvis.batches import BatchSource, EpochSampler, fold_split, shard_batches
 from camvis.errors import ConfigError, StoreError
 from camvis.store import PatchStore, open_store
@@ -117,6 +118,39 @@ def test_batch_odd_shapes_order_duplicates_channels_last_and_out() -> None:
     torch.testing.assert_close(xo, expected)
     with pytest.raises(ValueError, match="out must be float32"):
         source.batch(torch.from_numpy(idx[:3]), out=buffer)
+
+
+@pytest.mark.parametrize("chunk_samples", [1, 3, 1000])
+def test_cpu_chunks_of_any_size_give_the_same_batch(monkeypatch: pytest.MonkeyPatch, chunk_samples: int) -> None:
+    # The CPU builds a batch a few samples at a time; 3 does not divide the 11-sample batch.
+    store = make_store(61, 45, 16, seed=5)
+    factors = (2, 1, 8)
+    sample_bytes = 4 * 4 * len(factors) * 16 * 16
+    monkeypatch.setattr(batches, "CPU_CHUNK_BYTES", chunk_samples * sample_bytes)
+    source = BatchSource(store, factors)
+    idx = np.array([0, 5, 5, 9, 1, store.n_patches - 1, 2, 8, 3, 4, 6])
+    expected = torch.from_numpy(reference_batch(store, factors, idx))
+    torch.testing.assert_close(source.batch(torch.from_numpy(idx))[0], expected)
+    xl, _, _ = source.batch(torch.from_numpy(idx), channels_last=True)
+    assert xl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(xl, expected)
+
+
+def test_iter_batches_refills_one_buffer_and_matches_batch() -> None:
+    store = make_store(37, 53, 8, seed=11)
+    source = BatchSource(store, (1, 4))
+    index_batches = [torch.tensor([0, 5, 9]), torch.tensor([2, 2, 7]), torch.tensor([1]),
+                     torch.zeros(0, dtype=torch.int64), torch.tensor([3, 4, 6, 8])]
+    seen = []
+    for idx, x, label, depth in source.iter_batches(index_batches):
+        assert x.shape == (len(idx), 8, 8, 8)
+        if len(idx):
+            torch.testing.assert_close(x, torch.from_numpy(reference_batch(store, (1, 4), idx.numpy())))
+        torch.testing.assert_close(label, torch.from_numpy(store.table["label"][idx.numpy()].astype(np.float32)))
+        assert depth.shape == idx.shape
+        seen.append(x.data_ptr() if len(idx) else None)
+    # one buffer while batches fit in it; a larger batch gets a new one
+    assert seen[0] == seen[1] == seen[2] and seen[4] is not None
 
 
 def test_batch_empty_and_list_indices() -> None:
