@@ -28,10 +28,10 @@ def _size(path: Path) -> int:
 
 def _child_build(raw_dir: str, out: str) -> None:
     """Runs in the child: build, print seconds and peak RSS as JSON."""
-    from camvis import store
+    from camvis import store_build
 
     start = time.perf_counter()
-    s = store.build(raw_dir, out, progress=False, figure=False)
+    s = store_build.build(raw_dir, out, progress=False, figure=False)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"build_s": seconds, "peak_mib": peak_mib, "patches": s.n_patches}))

@@ -22,7 +22,7 @@ BUILD = {"factors": (1, 2, 4), "patch_size": 32, "patches_per_image": 400, "seed
 
 
 def prepare_data(console) -> None:
-    from camvis import raw, store, synth
+    from camvis import raw, store, store_build, synth
 
     if not (RAW / "visibility.csv").exists():
         console.rule("1/4 synthesize fog scenes")
@@ -31,7 +31,7 @@ def prepare_data(console) -> None:
     report = raw.check(RAW)
     console.print(f"{len(report.rows)} images in {len(report.views)} views: OK")
     console.rule("3/4 build the patch store")
-    built = store.build(RAW, STORE, figure_image=None, **BUILD)
+    built = store_build.build(RAW, STORE, figure_image=None, **BUILD)
     console.print(store.format_summary(built))
 
 

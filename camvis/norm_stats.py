@@ -1,6 +1,6 @@
 """Per-level normalization statistics of a store, accumulated one image at a time.
 
-camvis.store feeds every level it writes (RGB uint8 images, log-depth maps with -1 for no
+camvis.store_build feeds every level it writes (RGB uint8 images, log-depth maps with -1 for no
 depth) into NormStats and stores the result as the root attributes norm_mean / norm_std
 (one row per factor: R, G, B on 0..255, log10 depth). Exact integer histograms for RGB and
 float64 sums for log-depth keep memory constant however many images there are.

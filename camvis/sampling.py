@@ -4,7 +4,7 @@ This module owns which pixels may be patch centres (labelled, finite positive de
 patch from the border), the candidates' log10-depth histogram (N_DEPTH_BINS bins) and the
 draw itself: each candidate gets weight 1 / (count of candidates in its log-depth bin), so
 every occupied depth bin carries the same mass and far, rare terrain is not swamped by the
-many near pixels. camvis.store calls it while building and records the histogram
+many near pixels. camvis.store_build calls it while building and records the histogram
 (`sampling/*`) for the sampling figure; it knows nothing about stores.
 """
 

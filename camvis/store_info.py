@@ -12,7 +12,7 @@ from camvis.config import JobConfig
 from camvis.errors import ConfigError
 
 FORMAT_NAME = "camvis-patch-store"
-"""The `format` root attribute of a store (camvis.store writes it, both readers check it)."""
+"""The `format` root attribute of a store (camvis.store_build writes it, both readers check it)."""
 FORMAT_VERSION = 1
 """The store layout version this camvis writes and reads (root attribute `format_version`)."""
 

@@ -32,7 +32,7 @@ def raw_copy(synth_raw: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def synth_store(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """camvis.store.PatchStore built from `synth_raw` (see SYNTH_STORE); shared, read-only."""
-    from camvis import store
+    from camvis import store_build
 
-    return store.build(synth_raw, tmp_path_factory.mktemp("store") / "synth.zarr", progress=False, figure=False,
-                       **SYNTH_STORE)
+    return store_build.build(synth_raw, tmp_path_factory.mktemp("store") / "synth.zarr", progress=False,
+                             figure=False, **SYNTH_STORE)

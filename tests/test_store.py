@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
-from camvis import raw, store
+from camvis import raw, staging, store, store_build
 from camvis.errors import StoreError
 
 BUILD = dict(factors=(2, 4), patch_size=16, patches_per_image=40, seed=3, progress=False)
@@ -19,7 +18,7 @@ BUILD = dict(factors=(2, 4), patch_size=16, patches_per_image=40, seed=3, progre
 def built(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> store.PatchStore:
     """One store of the synthetic raw dir, shared by the read-only tests."""
     out = tmp_path_factory.mktemp("store") / "s.zarr"
-    return store.build(synth_raw, out, **BUILD)
+    return store_build.build(synth_raw, out, **BUILD)
 
 
 # --------------------------------------------------------------------------- round trip
@@ -64,7 +63,7 @@ def test_build_records_what_raw_says(built: store.PatchStore, synth_raw: Path) -
     level = built.levels[f][0][5].transpose(1, 2, 0).astype(np.float64)
     assert np.abs(level - block_mean).max() <= 1.0
     v = built.views.index(img.view)
-    expected = store.log_depth(depth[f // 2 :: f, f // 2 :: f][:hf, :wf])
+    expected = store_build.log_depth(depth[f // 2 :: f, f // 2 :: f][:hf, :wf])
     stored = built.levels[f][1][v, 0]
     assert np.array_equal(stored, expected)
     assert np.all(stored[np.isnan(depth[f // 2 :: f, f // 2 :: f][:hf, :wf])] == -1.0)
@@ -96,8 +95,8 @@ def test_attrs_provenance_and_version(built: store.PatchStore, synth_raw: Path) 
 
 def test_build_is_deterministic_for_a_seed(built: store.PatchStore, synth_raw: Path,
                                            tmp_path: Path) -> None:
-    again = store.build(synth_raw, tmp_path / "a.zarr", **BUILD, figure=False)
-    other = store.build(synth_raw, tmp_path / "b.zarr", **{**BUILD, "seed": 4}, figure=False)
+    again = store_build.build(synth_raw, tmp_path / "a.zarr", **BUILD, figure=False)
+    other = store_build.build(synth_raw, tmp_path / "b.zarr", **{**BUILD, "seed": 4}, figure=False)
     for k in store.TABLE_COLUMNS:
         assert np.array_equal(again.table[k], built.table[k]), k
     np.testing.assert_array_equal(again.levels[4][0][:], built.levels[4][0][:])
@@ -125,7 +124,7 @@ def test_open_store_errors_name_the_path(built: store.PatchStore, tmp_path: Path
 
 def test_open_store_rejects_another_format_version(synth_raw: Path, tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
-    store.build(synth_raw, path, **BUILD, figure=False)
+    store_build.build(synth_raw, path, **BUILD, figure=False)
     zarr.open_group(path, mode="r+").attrs["format_version"] = 99
     with pytest.raises(StoreError) as e:
         store.open_store(path)
@@ -144,12 +143,12 @@ def _identity(path: Path) -> tuple[int, int]:
 
 def test_existing_store_is_kept_without_force(synth_raw: Path, tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
-    first = store.build(synth_raw, path, **BUILD, figure=False)
+    first = store_build.build(synth_raw, path, **BUILD, figure=False)
     before = _identity(path)
-    same = store.build(synth_raw, path, **BUILD, figure=False)
+    same = store_build.build(synth_raw, path, **BUILD, figure=False)
     assert _identity(path) == before and same.path == path
     with pytest.raises(StoreError, match="seed=3 \\(asked 9\\).*force"):
-        store.build(synth_raw, path, **{**BUILD, "seed": 9}, figure=False)
+        store_build.build(synth_raw, path, **{**BUILD, "seed": 9}, figure=False)
     kept = store.open_store(path)
     assert np.array_equal(kept.table["center_w"], first.table["center_w"])
     assert kept.attrs["provenance"]["seed"] == 3 and _identity(path) == before
@@ -158,10 +157,10 @@ def test_existing_store_is_kept_without_force(synth_raw: Path, tmp_path: Path) -
 def test_interrupted_forced_rebuild_keeps_old_store(synth_raw: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "s.zarr"
-    first = store.build(synth_raw, path, **BUILD, figure=False)
+    first = store_build.build(synth_raw, path, **BUILD, figure=False)
     before = _identity(path)
     calls = []
-    real = store._write_image
+    real = store_build._write_image
 
     def failing(*args: object, **kwargs: object) -> None:
         calls.append(1)
@@ -169,31 +168,31 @@ def test_interrupted_forced_rebuild_keeps_old_store(synth_raw: Path, tmp_path: P
             raise RuntimeError("disk full (simulated)")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(store, "_write_image", failing)
+    monkeypatch.setattr(store_build, "_write_image", failing)
     with pytest.raises(RuntimeError, match="simulated"):
-        store.build(synth_raw, path, **{**BUILD, "seed": 5}, force=True, figure=False)
+        store_build.build(synth_raw, path, **{**BUILD, "seed": 5}, force=True, figure=False)
     kept = store.open_store(path)
     assert _identity(path) == before
     assert np.array_equal(kept.table["center_h"], first.table["center_h"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
     # A fresh build that fails leaves nothing at all under the final name.
     with pytest.raises(RuntimeError):
-        store.build(synth_raw, tmp_path / "new.zarr", **BUILD, figure=False)
+        store_build.build(synth_raw, tmp_path / "new.zarr", **BUILD, figure=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
 
 
 def test_forced_rebuild_replaces_store_but_never_other_data(synth_raw: Path,
                                                             tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
-    store.build(synth_raw, path, **BUILD, figure=False)
-    rebuilt = store.build(synth_raw, path, **{**BUILD, "seed": 5}, force=True, figure=False)
+    store_build.build(synth_raw, path, **BUILD, figure=False)
+    rebuilt = store_build.build(synth_raw, path, **{**BUILD, "seed": 5}, force=True, figure=False)
     assert store.open_store(path).attrs["provenance"]["seed"] == 5 == rebuilt.attrs["build"]["seed"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
     with pytest.raises(StoreError, match="refusing to replace"):
-        store.build(synth_raw, precious, **BUILD, force=True, figure=False)
+        store_build.build(synth_raw, precious, **BUILD, force=True, figure=False)
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 
@@ -224,33 +223,11 @@ def test_leftovers_of_a_killed_build_are_cleaned_or_restored(synth_raw: Path,
                                                              tmp_path: Path) -> None:
     dead = 999_999_999  # above any pid_max: no such process
     path = tmp_path / "s.zarr"
-    store.build(synth_raw, path, **BUILD, figure=False)
+    store_build.build(synth_raw, path, **BUILD, figure=False)
     before = _identity(path)
-    host = store._host()
+    host = staging.host()
     (tmp_path / f".s.zarr.tmp-{host}-{dead}" / "levels").mkdir(parents=True)   # died while writing
     path.rename(tmp_path / f".s.zarr.old-{host}-{dead}")                        # died between renames
-    store.build(synth_raw, path, **BUILD, figure=False)
+    store_build.build(synth_raw, path, **BUILD, figure=False)
     assert _identity(path) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
-
-
-def test_leftovers_of_other_hosts_are_left_alone(synth_raw: Path, tmp_path: Path) -> None:
-    """On a shared file system a pid says nothing about another node's build: only this
-    host's dead builds are reaped."""
-    dead = 999_999_999
-    path = tmp_path / "s.zarr"
-    store.build(synth_raw, path, **BUILD, figure=False)
-    other, mine = f"not-{store._host()}", store._host()
-    theirs = [tmp_path / f".s.zarr.tmp-{other}-{dead}", tmp_path / f".s.zarr.old-{other}-{dead}"]
-    for leftover in theirs + [tmp_path / f".s.zarr.tmp-{mine}-{dead}"]:
-        (leftover / "levels").mkdir(parents=True)
-    store.build(synth_raw, path, **BUILD, figure=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["s.zarr"] + [p.name for p in theirs])
-    assert all((p / "levels").is_dir() for p in theirs)
-
-
-def test_scratch_names_carry_a_file_name_safe_host(monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
-    monkeypatch.setattr(store.socket, "gethostname", lambda: "node-7.cluster/a b")
-    name = store._scratch(tmp_path / "s.zarr", "tmp").name
-    assert name == f".s.zarr.tmp-node-7.cluster_a_b-{os.getpid()}"

@@ -138,11 +138,11 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from camvis import store
+    from camvis import store, store_build
 
-    built = store.build(args.raw_dir, args.store, factors=tuple(args.factors), patch_size=args.patch_size,
-                        patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
-                        progress=sys.stderr.isatty(), figure_image=args.figure)
+    built = store_build.build(args.raw_dir, args.store, factors=tuple(args.factors), patch_size=args.patch_size,
+                              patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
+                              progress=sys.stderr.isatty(), figure_image=args.figure)
     print(store.format_summary(built))
     figure = built.path.with_name(built.path.name + ".sampling.png") if built.path else None
     if figure is not None and figure.exists():
