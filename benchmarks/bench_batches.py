@@ -11,9 +11,11 @@ content does not change the cost).
     .venv/bin/python benchmarks/bench_batches.py --camvis2       # also camvis2's code as written
     .venv/bin/python benchmarks/bench_batches.py --device cuda   # batched path on the GPU
     .venv/bin/python benchmarks/bench_batches.py --json benchmarks/results/batches_cpu.json
+    for m in 2 4 8 16 64; do .venv/bin/python benchmarks/bench_batches.py --chunk-mib $m --ref-batches 1; done
 
 The iter_batches row reuses one output buffer (BatchSource.batch(idx, out=x)), as the
-training and prediction loops do (BatchSource.iter_batches): on the CPU the page faults of a fresh 335 MB batch are a large share of its cost.
+training and prediction loops do (BatchSource.iter_batches): on the CPU the page faults
+of a fresh 335 MB batch are a large share of its cost.
 The two "floor" rows bound this design from below on this machine: writing a batch-sized
 buffer once, and the row gathers of a batch alone. Timings on a shared machine swing with
 its load (printed); CPU time per batch is the steadier figure.
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import camvis.batches as batch_module
 from camvis.batches import BatchSource
 from camvis.io import write_json
 from camvis.store import PatchStore
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--camvis2", action="store_true",
                         help="also time camvis2's __getitem__ as written (float levels: 4x the RAM)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--chunk-mib", type=float,
+                        help=f"CPU chunk of output per step (default {batch_module.CPU_CHUNK_BYTES / 2**20:g} MiB)")
     parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
     args = parser.parse_args(argv)
 
@@ -194,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     store = synthetic_store(args.images, args.views, tuple(args.shape), args.factors, args.patch_size, 50_000)
     t1 = time.perf_counter()
+    if args.chunk_mib:
+        batch_module.CPU_CHUNK_BYTES = int(args.chunk_mib * 2**20)
     source = BatchSource(store, args.factors, device)
     t2 = time.perf_counter()
     reference = PerSampleReference(store, args.factors)
