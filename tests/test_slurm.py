@@ -38,7 +38,7 @@ def cluster_up() -> tuple[bool, str]:
     except (OSError, subprocess.SubprocessError) as e:
         return False, str(e)
     states = proc.stdout.split()
-    ok = proc.returncode == 0 and any(s.rstrip("*~#") in ("idle", "mixed", "allocated") for s in states)
+    ok = proc.returncode == 0 and any(s.rstrip("*~#") in ("idle", "mixed", "allocated", "completing") for s in states)
     return ok, (proc.stderr or proc.stdout).strip()
 
 
