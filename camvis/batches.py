@@ -128,9 +128,9 @@ class BatchSource:
                              f"got {out.dtype} {tuple(out.shape)} on {out.device}")
         rgb_runs, depth_runs = self._window_runs(idx)
         x = out.view(n, n_levels, 4, p, p)
-        lv = self._levels
-        for start in range(0, n, self._chunk or max(n, 1)):
-            part = slice(start, min(n, start + (self._chunk or n)))
+        lv, step = self._levels, self._chunk or max(n, 1)
+        for start in range(0, n, step):
+            part = slice(start, min(n, start + step))
             k = part.stop - part.start
             rgb = x[part, :, :3]
             rgb.copy_(lv.rgb_rows.index_select(0, rgb_runs[part].reshape(-1)).view(k, n_levels, 3, p, p))
