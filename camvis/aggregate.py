@@ -26,7 +26,6 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
 from camvis import jobfiles, monitor
@@ -35,6 +34,7 @@ from camvis.console import default_console
 from camvis.errors import CamvisError
 from camvis.io import write_csv, write_text
 from camvis.metrics import METRICS
+from camvis.progress import track
 from camvis.stats import fold_mean_ci
 
 CAMVIS2_COLUMNS = ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
@@ -126,7 +126,7 @@ def load_finished(
     problems: dict[str, str] = {}
     seen: dict[tuple[str, int], str] = {}
     base = Path(outputs) / status.experiment
-    for job in track(status.jobs, description="reading scores", disable=not show_progress, transient=True):
+    for job in track(status.jobs, "reading scores", enabled=show_progress, transient=True):
         name = job.info.name
         if not job.finished:
             stale = (base / name / jobfiles.SCORES).exists()

@@ -30,6 +30,7 @@ from camvis.errors import SubmissionError
 from camvis.grid import Grid, JobSpec, load_grid, select
 from camvis.manifest import job_entry, read_manifest, record
 from camvis.plan import Decision, plan
+from camvis.progress import progress_bar
 from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
 
 MODES = ("slurm", "local", "debug")
@@ -247,18 +248,15 @@ def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, res
 
 @contextmanager
 def _progress(console: Any, total: int) -> Iterator[Any]:
-    """advance(name, ok) per finished job; a rich progress bar on a terminal, else a line each."""
+    """advance(name, ok) per finished job; the shared progress bar on a terminal, else a line each."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console(stderr=True)
     if not console.is_terminal:
         yield lambda name, ok: console.print(f"local: {name} {'done' if ok else 'FAILED'}")
         return
-    with Progress(TextColumn("local jobs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bar:
-        task = bar.add_task("jobs", total=total)
-        yield lambda name, ok: bar.advance(task)
+    with progress_bar("local jobs", total, enabled=True, transient=True, console=console) as advance:
+        yield lambda name, ok: advance()
 
 
 # --------------------------------------------------------------------------- report

@@ -1,4 +1,4 @@
-"""camvis.progress: the one progress bar of synth, check, build, train and predict."""
+"""camvis.progress: the one progress bar of synth, check, build, train, predict, local launches and aggregate."""
 
 from __future__ import annotations
 
@@ -71,4 +71,15 @@ def test_track_yields_every_item_in_order(enabled: bool, capsys: pytest.CaptureF
 
 def test_track_of_no_items_shows_no_bar(capsys: pytest.CaptureFixture[str]) -> None:
     assert list(track([], "checking empty", enabled=True)) == []
+    assert capsys.readouterr() == ("", "")
+
+
+def test_bar_draws_on_the_console_it_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    # camvis-launch --local draws its jobs bar on the console it prints its report to
+    from rich.console import Console
+
+    target = io.StringIO()
+    console = Console(file=target, force_terminal=True, width=100)
+    assert list(track(["a", "b"], "local jobs", enabled=True, console=console)) == ["a", "b"]
+    assert "local jobs" in target.getvalue() and "2/2" in target.getvalue()
     assert capsys.readouterr() == ("", "")
