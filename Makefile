@@ -8,6 +8,10 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fast slurm-up slurm-down bench clean-demo
 
 $(STAMP): requirements.lock pyproject.toml
+	@# A C compiler builds camvis's CPU batch kernel on first use (camvis/native.py);
+	@# without one camvis still works, with slower CPU batches.
+	@command -v $${CC:-cc} >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc >/dev/null) \
+		|| echo "no C compiler: CPU batches will use torch ops (about 2x slower)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock

@@ -12,12 +12,15 @@ content does not change the cost).
     .venv/bin/python benchmarks/bench_batches.py --device cuda   # batched path on the GPU
     .venv/bin/python benchmarks/bench_batches.py --json benchmarks/results/batches_cpu.json
     for m in 2 4 8 16 64; do .venv/bin/python benchmarks/bench_batches.py --chunk-mib $m --ref-batches 1; done
+    .venv/bin/python benchmarks/bench_batches.py --no-stream      # C kernel without streaming stores
+    .venv/bin/python benchmarks/bench_batches.py --baseline-isa   # C kernel built without -march=native
 
-The iter_batches row reuses one output buffer (BatchSource.batch(idx, out=x)), as the
+The iter_batches rows reuse one output buffer (BatchSource.batch(idx, out=x)), as the
 training and prediction loops do (BatchSource.iter_batches): on the CPU the page faults
-of a fresh 335 MB batch are a large share of its cost.
-The two "floor" rows bound this design from below on this machine: writing a batch-sized
-buffer once, and the row gathers of a batch alone. Timings on a shared machine swing with
+of a fresh 335 MB batch are a large share of its cost. On the CPU they are timed twice:
+with the C kernel (camvis/batch_kernel.c, the default) and with torch ops (its fallback).
+The two "floor" rows bound the torch-ops design from below on this machine: writing a
+batch-sized buffer once, and its row gathers alone. Timings on a shared machine swing with
 its load (printed); CPU time per batch is the steadier figure.
 """
 
@@ -36,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import camvis.batches as batch_module
+from camvis import native
 from camvis.batches import BatchSource
 from camvis.io import write_json
 from camvis.store import PatchStore
@@ -190,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--chunk-mib", type=float,
                         help=f"CPU chunk of output per step (default {batch_module.CPU_CHUNK_BYTES / 2**20:g} MiB)")
+    parser.add_argument("--no-stream", action="store_true", help="C kernel: never use streaming stores")
+    parser.add_argument("--baseline-isa", action="store_true",
+                        help="C kernel: build for the baseline ISA of this architecture, not -march=native")
     parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
     args = parser.parse_args(argv)
 
@@ -201,7 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     t1 = time.perf_counter()
     if args.chunk_mib:
         batch_module.CPU_CHUNK_BYTES = int(args.chunk_mib * 2**20)
+    if args.no_stream:
+        batch_module.STREAM_MIN_BYTES = 2**62
+    if args.baseline_isa:
+        native.FLAGS = tuple(f for f in native.FLAGS if f != "-march=native")
     source = BatchSource(store, args.factors, device)
+    torch_ops = BatchSource(store, args.factors, device, kernel=False) if source.uses_kernel else None
     t2 = time.perf_counter()
     reference = PerSampleReference(store, args.factors)
     gen = torch.Generator().manual_seed(0)
@@ -220,24 +232,28 @@ def main(argv: list[str] | None = None) -> int:
     buffer = source.batch(batches[0].to(device))[0]
     timings["batch_source_out"] = time_batches(
         lambda i: source.batch(i.to(device, non_blocking=True), out=buffer), batches[1:], sync)
+    if torch_ops is not None:
+        torch.testing.assert_close(torch_ops.batch(batches[0])[0], x_ref)
+        timings["batch_source_out_torch_ops"] = time_batches(lambda i: torch_ops.batch(i, out=buffer), batches[1:], sync)
 
     # Floors of this design on this machine: writing a batch-sized buffer once, and the
     # row gathers alone (every level's RGB and depth windows of a batch, no output).
     timings["floor_write"] = time_batches(lambda i: buffer.fill_(1.0), batches[1:], sync)
-    timings["floor_gather"] = time_batches(lambda i: gather_only(source, i.to(device)), batches[1:], sync)
+    timings["floor_gather"] = time_batches(lambda i: gather_only(torch_ops or source, i.to(device)), batches[1:], sync)
 
     names = {"per_sample_reference": "per-sample reference (cpu)", "camvis2_as_written": "camvis2 __getitem__ (cpu)",
              "batch_source": f"BatchSource.batch ({device.type})",
-             "batch_source_out": f"BatchSource.iter_batches ({device.type})",
-             "floor_write": "  floor: fill_ of the batch (write)", "floor_gather": "  floor: row gathers alone"}
+             "batch_source_out": f"BatchSource.iter_batches ({device.type}{', C kernel' if source.uses_kernel else ''})",
+             "batch_source_out_torch_ops": "BatchSource.iter_batches (cpu, torch ops)",
+             "floor_write": "  floor: fill_ of the batch (write)", "floor_gather": "  floor: torch-ops row gathers alone"}
     ref_wall, ref_cpu = timings["per_sample_reference"]
     print(f"store: {args.images} images, {args.views} views, {args.shape[0]}x{args.shape[1]}, factors {args.factors}, "
           f"P={args.patch_size}, batch {args.batch_size}; made in {t1 - t0:.1f} s, to {device} in {t2 - t1:.1f} s "
           f"({source.nbytes / 2**30:.2f} GiB padded pyramid); torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'path':<34}{'wall ms/batch':>14}{'samples/s':>11}{'speedup':>9}{'cpu ms/batch':>14}{'cpu speedup':>13}")
+    print(f"{'path':<42}{'wall ms/batch':>14}{'samples/s':>11}{'speedup':>9}{'cpu ms/batch':>14}{'cpu speedup':>13}")
     for key, (wall, cpu) in timings.items():
-        print(f"{names[key]:<34}{wall * 1e3:>14.1f}{args.batch_size / wall:>11.0f}{ref_wall / wall:>8.1f}x"
+        print(f"{names[key]:<42}{wall * 1e3:>14.1f}{args.batch_size / wall:>11.0f}{ref_wall / wall:>8.1f}x"
               f"{cpu * 1e3:>14.1f}{ref_cpu / cpu:>12.1f}x")
     if args.json:
         write_json(args.json, {

@@ -2,7 +2,8 @@
 
 `BatchSource` moves the pyramid levels a job uses to its device once (images stay uint8,
 padded so that every window lies inside the padded level) and then builds each batch with a
-handful of batched tensor ops: no per-sample Python, no DataLoader workers.
+handful of batched tensor ops, or on the CPU with one call of a C kernel that does the same
+in one pass over memory (camvis/batch_kernel.c): no per-sample Python, no DataLoader workers.
 `fold_split` makes camvis2's leave-one-view-out folds; `EpochSampler` draws each epoch's
 class-rebalanced, shuffled training patches and shards them over the ranks with
 `shard_batches` (which validation uses too).
@@ -14,6 +15,8 @@ columns; outside the level image RGB reads 0 and log-depth -1, before normalizat
 
 from __future__ import annotations
 
+import ctypes
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,16 +24,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from camvis import native
 from camvis.errors import ConfigError, StoreError
 from camvis.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
 
 if TYPE_CHECKING:
     from camvis.store import PatchStore
 
-# On the CPU a batch is built a few samples at a time, so that each part is widened and
-# normalized while it is still in cache (one trip to memory instead of three); measured
-# in benchmarks/bench_batches.py. Devices with their own memory take the batch whole.
+# Without the C kernel, the CPU builds a batch with torch ops a few samples at a time, so
+# that each part is widened and normalized while it is still in cache; measured in
+# benchmarks/bench_batches.py. Devices with their own memory take the batch whole.
 CPU_CHUNK_BYTES = 8 * 2**20
+# The C kernel writes a batch at least this large with streaming stores (bypassing caches
+# it would not fit in anyway); smaller ones stay in cache for the model to read.
+STREAM_MIN_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class _Levels:
     depth_start: torch.Tensor   # (L,) flat offset of each level in depth
     rgb_lanes: torch.Tensor     # (L, 3, P): flat offset of channel c, window row k
     depth_lanes: torch.Tensor   # (L, P): flat offset of window row k
+    geometry: torch.Tensor      # (5, L): factor, height, width, rgb_start, depth_start (C kernel)
 
 
 class BatchSource:
@@ -65,9 +73,12 @@ class BatchSource:
     Normalization: (x - mean) / std with the store's statistics of each chosen factor
     (RGB on the 0..255 scale, D = log10 depth). Device memory: the chosen levels' uint8
     images and float32 depth maps, each a little larger for the padding.
+    `kernel`: on the CPU, build batches with the C kernel where it compiles (else torch
+    ops, with a warning); the two give equal batches, bit for bit.
     """
 
-    def __init__(self, store: PatchStore, factors: Sequence[int], device: torch.device | str = "cpu") -> None:
+    def __init__(self, store: PatchStore, factors: Sequence[int], device: torch.device | str = "cpu",
+                 kernel: bool = True) -> None:
         self.store = store
         self.factors = _check_factors(store, factors)
         self.device = torch.device(device)
@@ -97,6 +108,12 @@ class BatchSource:
         self._levels = self._load_levels(store)
         sample_bytes = 4 * self.n_channels * self.patch_size ** 2
         self._chunk = max(1, CPU_CHUNK_BYTES // sample_bytes) if self.device.type == "cpu" else None
+        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" else None
+
+    @property
+    def uses_kernel(self) -> bool:
+        """Whether batches are built by the C kernel (else by torch ops)."""
+        return self._kernel is not None
 
     @property
     def n_channels(self) -> int:
@@ -126,6 +143,9 @@ class BatchSource:
         elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
             raise ValueError(f"out must be float32 {shape} on {self.device}, "
                              f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        if self._kernel is not None and out.is_contiguous():
+            self._kernel_batch(idx, out)
+            return out, self.labels.index_select(0, idx), self.depths.index_select(0, idx)
         rgb_runs, depth_runs = self._window_runs(idx)
         x = out.view(n, n_levels, 4, p, p)
         lv, step = self._levels, self._chunk or max(n, 1)
@@ -156,6 +176,22 @@ class BatchSource:
             x, label, depth = self.batch(idx, out=buffer[:n])
             yield idx, x, label, depth
 
+    def _kernel_batch(self, idx: torch.Tensor, out: torch.Tensor) -> bool:
+        """Fills out with the C kernel, which trusts its indices: they are checked here.
+        Returns whether the kernel streamed its writes."""
+        n = idx.numel()
+        if n == 0:
+            return False
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= len(self.labels):
+            raise IndexError(f"patch indices must be in 0..{len(self.labels) - 1}, got {low}..{high}")
+        idx, lv, col = idx.contiguous(), self._levels, self._columns
+        return bool(self._kernel(
+            lv.rgb.data_ptr(), lv.depth.data_ptr(), lv.geometry.data_ptr(), col["center_h"].data_ptr(),
+            col["center_w"].data_ptr(), col["image"].data_ptr(), col["view"].data_ptr(), idx.data_ptr(), n,
+            self.mean.data_ptr(), self.std.data_ptr(), out.data_ptr(), len(self.factors), self.patch_size,
+            torch.get_num_threads(), STREAM_MIN_BYTES))
+
     def _window_runs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat offsets of every window row of `idx`, all levels at once:
         RGB (B, L, 3, P) and depth (B, L, P)."""
@@ -180,10 +216,13 @@ class BatchSource:
             return torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=fmt)
         # numpy asks for transparent huge pages on large buffers; torch's CPU allocator does
         # not, and first-touch page faults on a fresh 300 MB batch cost more than the gather.
+        # Aligned to 64 bytes, so that the C kernel can stream whole rows.
         n, c, h, w = shape
-        if channels_last:
-            return torch.from_numpy(np.empty((n, h, w, c), dtype=np.float32)).permute(0, 3, 1, 2)
-        return torch.from_numpy(np.empty(shape, dtype=np.float32))
+        count = n * c * h * w
+        raw = np.empty(count + 16, dtype=np.float32)
+        start = (-raw.ctypes.data % 64) // 4
+        x = torch.from_numpy(raw[start:start + count])
+        return x.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else x.view(shape)
 
     def _check_table(self, store: PatchStore) -> None:
         """Centres inside the image and valid image indices, so every window is in bounds."""
@@ -225,15 +264,15 @@ class BatchSource:
                 level_depth[v, before:before + hf, before:before + wf] = torch.from_numpy(
                     np.asarray(depth[v, 0], dtype=np.float32))
             level_depth.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
-        height, width = (self._tensor(np.array(s), torch.int64) for s in zip(*shapes))
+        geometry = self._tensor(np.array([self.factors, *zip(*shapes), rgb_start, depth_start]), torch.int64)
+        factor, height, width, rgb_start, depth_start = geometry
         row = torch.arange(p, device=self.device)
         return _Levels(
             rgb=rgb, depth=dep, rgb_rows=rgb.unfold(0, p, 1), depth_rows=dep.unfold(0, p, 1),
-            factor=self._tensor(np.array(self.factors), torch.int64), height=height, width=width,
-            rgb_start=self._tensor(rgb_start, torch.int64), depth_start=self._tensor(depth_start, torch.int64),
+            factor=factor, height=height, width=width, rgb_start=rgb_start, depth_start=depth_start,
             rgb_lanes=(torch.arange(3, device=self.device)[None, :, None] * (height * width)[:, None, None]
                        + row[None, None, :] * width[:, None, None]),
-            depth_lanes=row[None, :] * width[:, None],
+            depth_lanes=row[None, :] * width[:, None], geometry=geometry,
         )
 
     def _padded_shape(self, store: PatchStore, f: int) -> tuple[int, int]:
@@ -250,6 +289,19 @@ class BatchSource:
         after_h = max(0, (store.image_shape[0] - 1) // f + p - before - hf)
         after_w = max(0, (store.image_shape[1] - 1) // f + p - before - wf)
         return hf + before + after_h, wf + before + after_w
+
+
+def _cpu_kernel() -> ctypes._CFuncPtr | None:
+    """camvis_batch of camvis/batch_kernel.c, or None (with a warning) where it cannot be built."""
+    try:
+        kernel = native.load("batch_kernel").camvis_batch
+    except native.NativeUnavailable as e:
+        warnings.warn(f"{e}; CPU batches fall back to torch ops (about 2x slower)", RuntimeWarning, stacklevel=3)
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    kernel.argtypes = [*[pointer] * 8, size, *[pointer] * 3, size, size, size, size]
+    kernel.restype = ctypes.c_int
+    return kernel
 
 
 def _check_factors(store: PatchStore, factors: Sequence[int]) -> tuple[int, ...]:

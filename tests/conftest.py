@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,20 @@ SYNTH_RAW = {"views": 3, "images_per_view": 4, "size": (96, 144), "seed": 0}
 """What `synth_raw` holds: 3 views (1148_1, 1148_2, 1148_3) x 4 images of 96 x 144, png."""
 SYNTH_STORE = {"factors": (2, 4, 8), "patch_size": 16, "patches_per_image": 64, "seed": 0}
 """How `synth_store` is built from `synth_raw`."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def native_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """C kernels are built once per session into a private cache (not ~/.cache); the jobs
+    that tests start inherit it."""
+    path = tmp_path_factory.mktemp("camvis-cache")
+    before = os.environ.get("CAMVIS_CACHE_DIR")
+    os.environ["CAMVIS_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("CAMVIS_CACHE_DIR", None)
+    else:
+        os.environ["CAMVIS_CACHE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,21 @@ from camvis.errors import ConfigError, StoreError
 from camvis.store import PatchStore, open_store
 
 STORE_FACTORS = (1, 2, 4, 8, 16)
+HAS_AVX2 = Path("/proc/cpuinfo").exists() and "avx2" in Path("/proc/cpuinfo").read_text().split()
+
+
+@pytest.fixture(autouse=True)
+def _kernels_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAMVIS_NATIVE", raising=False)
+
+
+def make_source(store: PatchStore, factors: tuple[int, ...], kernel: bool) -> BatchSource:
+    """BatchSource built with the C kernel or with torch ops, as asked (CI has a compiler)."""
+    if kernel and shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler: the C kernel cannot be built here")
+    source = BatchSource(store, factors, kernel=kernel)
+    assert source.uses_kernel == kernel
+    return source
 
 
 def make_store(height: int, width: int, patch_size: int, *, factors: tuple[int, ...] = STORE_FACTORS,
@@ -86,11 +103,12 @@ def reference_batch(store: PatchStore, factors: tuple[int, ...], idx: np.ndarray
 # --------------------------------------------------------------------------- BatchSource
 
 
+@pytest.mark.parametrize("kernel", [True, False], ids=["c-kernel", "torch-ops"])
 @pytest.mark.parametrize("factors", [(1,), (2, 4, 8), (1, 2, 4, 8, 16), (8, 2)])
-@pytest.mark.parametrize("patch_size", [8, 16, 32])
-def test_batch_matches_per_sample_reference(factors: tuple[int, ...], patch_size: int) -> None:
+@pytest.mark.parametrize("patch_size", [8, 16, 32, 13])
+def test_batch_matches_per_sample_reference(factors: tuple[int, ...], patch_size: int, kernel: bool) -> None:
     store = make_store(37, 53, patch_size, seed=patch_size)
-    source = BatchSource(store, factors)
+    source = make_source(store, factors, kernel)
     idx = np.arange(store.n_patches)
     x, label, depth = source.batch(torch.from_numpy(idx))
     assert x.shape == (len(idx), 4 * len(factors), patch_size, patch_size)
@@ -100,11 +118,12 @@ def test_batch_matches_per_sample_reference(factors: tuple[int, ...], patch_size
     torch.testing.assert_close(depth, torch.from_numpy(store.table["depth"]))
 
 
-def test_batch_odd_shapes_order_duplicates_channels_last_and_out() -> None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["c-kernel", "torch-ops"])
+def test_batch_odd_shapes_order_duplicates_channels_last_and_out(kernel: bool) -> None:
     # 61x45 with P=16: level 2 is 30x22 and centre row 60 maps to level row 30, one past the end.
     store = make_store(61, 45, 16, seed=3)
     factors = (16, 1, 2)
-    source = BatchSource(store, factors)
+    source = make_source(store, factors, kernel)
     idx = np.array([3, 3, 0, store.n_patches - 1, 7, 2, 1])
     expected = torch.from_numpy(reference_batch(store, factors, idx))
     x, _, _ = source.batch(torch.from_numpy(idx))
@@ -127,13 +146,56 @@ def test_cpu_chunks_of_any_size_give_the_same_batch(monkeypatch: pytest.MonkeyPa
     factors = (2, 1, 8)
     sample_bytes = 4 * 4 * len(factors) * 16 * 16
     monkeypatch.setattr(batches, "CPU_CHUNK_BYTES", chunk_samples * sample_bytes)
-    source = BatchSource(store, factors)
+    source = make_source(store, factors, kernel=False)
     idx = np.array([0, 5, 5, 9, 1, store.n_patches - 1, 2, 8, 3, 4, 6])
     expected = torch.from_numpy(reference_batch(store, factors, idx))
     torch.testing.assert_close(source.batch(torch.from_numpy(idx))[0], expected)
     xl, _, _ = source.batch(torch.from_numpy(idx), channels_last=True)
     assert xl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(xl, expected)
+
+
+@pytest.mark.parametrize("threads", [1, 3, 64])
+def test_c_kernel_equals_torch_ops_bit_for_bit_on_any_thread_count(threads: int) -> None:
+    store = make_store(61, 45, 16, seed=6)
+    idx = torch.from_numpy(np.resize(np.arange(store.n_patches), 50)[::-1].copy())
+    kernel, torch_ops = make_source(store, STORE_FACTORS, True), make_source(store, STORE_FACTORS, False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the kernel splits the batch over torch's thread count
+    try:
+        for a, b in zip(kernel.batch(idx), torch_ops.batch(idx)):
+            assert torch.equal(a, b)
+        assert torch.equal(kernel.batch(idx[::3])[0], torch_ops.batch(idx[::3])[0])  # strided indices
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_c_kernel_streams_large_aligned_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batches, "STREAM_MIN_BYTES", 0)  # stream even this small batch
+    store = make_store(61, 45, 16, seed=7)
+    factors = (16, 1, 2)
+    source = make_source(store, factors, kernel=True)
+    idx = torch.arange(store.n_patches)
+    expected = torch.from_numpy(reference_batch(store, factors, idx.numpy()))
+    aligned = source._empty(tuple(expected.shape), channels_last=False)
+    assert aligned.data_ptr() % 64 == 0
+    assert source._kernel_batch(idx, aligned) == HAS_AVX2  # streaming needs AVX2
+    torch.testing.assert_close(aligned, expected)
+    unaligned = torch.empty(expected.numel() + 1)[1:].view(expected.shape)  # 4 bytes past 32-byte alignment
+    assert not source._kernel_batch(idx, unaligned)
+    torch.testing.assert_close(unaligned, expected)
+    monkeypatch.setattr(batches, "STREAM_MIN_BYTES", expected.nbytes + 1)
+    assert not source._kernel_batch(idx, aligned)  # below the threshold: cached stores
+
+
+def test_c_kernel_rejects_patch_indices_out_of_range() -> None:
+    store = make_store(21, 33, 8)
+    source = make_source(store, (1, 2), kernel=True)
+    last = store.n_patches - 1
+    with pytest.raises(IndexError, match=rf"patch indices must be in 0\.\.{last}, got -1\.\.3"):
+        source.batch(torch.tensor([3, -1]))
+    with pytest.raises(IndexError, match=rf"got 0\.\.{last + 1}"):
+        source.batch(torch.tensor([0, last + 1]))
 
 
 def test_iter_batches_refills_one_buffer_and_matches_batch() -> None:

@@ -1,0 +1,156 @@
+/* One pass from the resident pyramid to a normalized batch, for BatchSource on the CPU.
+ *
+ * torch's ops build a batch in several passes (gather uint8 rows into a temporary, widen,
+ * normalize, then gather and copy the depth) because index_select cannot change the dtype;
+ * this kernel reads each window row once and writes its normalized floats once, walking
+ * a sample's output rows in order and prefetching the source rows ahead of them.
+ * camvis/native.py compiles it on first use for the host CPU; batches.py keeps the torch
+ * path for other devices and as the fallback.
+ *
+ * Layout and arithmetic are those of BatchSource (camvis/batches.py): level l of the flat
+ * buffers starts at rgb_start[l] / depth_start[l] and is padded so that the window of a
+ * centre (h, w) starts at padded row h / factor, column w / factor; RGB is normalized as
+ * (x - mean) / std in float32 (compiled without contraction, so the result equals torch's
+ * bit for bit); depth was normalized when it was loaded and is copied.
+ *
+ * A batch much larger than the caches is written with streaming stores where the CPU has
+ * AVX2 (and the rows are 32-byte aligned): it would be evicted before it is read anyway,
+ * and streaming skips reading each output line in before writing it (paper settings on
+ * 2 cores: 17-26 ms per batch with, 27-30 ms without; benchmarks/bench_batches.py).
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+enum { FACTOR, HEIGHT, WIDTH, RGB_START, DEPTH_START, N_GEOMETRY };
+enum { AHEAD = 8, MAX_THREADS = 256 };  /* rows prefetched ahead (into the next window too) */
+
+typedef struct {
+    const uint8_t *rgb;
+    const float *depth;
+    const int64_t *geometry;  /* (N_GEOMETRY, n_levels) */
+    const int64_t *center_h, *center_w, *image, *view, *idx;
+    const float *mean, *std;  /* (n_levels * 4): R, G, B, D of each level */
+    float *out;               /* (n, n_levels * 4, patch, patch), contiguous */
+    int64_t first, last, n_levels, patch;
+    int stream;               /* write with streaming stores (AVX2 rows only) */
+} Work;
+
+static void rgb_row(const uint8_t *restrict row, float *restrict line, int64_t p, float mean, float std,
+                    int stream) {
+#ifdef __AVX2__
+    if (stream) {
+        const __m256 m = _mm256_set1_ps(mean), s = _mm256_set1_ps(std);
+        for (int64_t i = 0; i < p; i += 8) {
+            __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(row + i))));
+            _mm256_stream_ps(line + i, _mm256_div_ps(_mm256_sub_ps(x, m), s));
+        }
+        return;
+    }
+#endif
+    (void)stream;
+    for (int64_t i = 0; i < p; i++) line[i] = ((float)row[i] - mean) / std;
+}
+
+static void depth_row(const float *restrict row, float *restrict line, int64_t p, int stream) {
+#ifdef __AVX2__
+    if (stream) {
+        for (int64_t i = 0; i < p; i += 8) _mm256_stream_ps(line + i, _mm256_loadu_ps(row + i));
+        return;
+    }
+#endif
+    (void)stream;
+    memcpy(line, row, (size_t)p * sizeof(float));
+}
+
+/* One output channel of a sample: where its window starts and how its rows are spaced. */
+typedef struct {
+    const char *src;   /* first byte of the window's first row */
+    int64_t stride;    /* bytes from one window row to the next */
+    int64_t bytes;     /* bytes of one window row: P (uint8 RGB) or 4P (float depth) */
+    float mean, std;   /* RGB normalization of the channel */
+    int is_depth;
+} Window;
+
+static void prefetch_row(const Window *v, int64_t k) {
+    const char *row = v->src + k * v->stride;
+    for (int64_t i = 0; i < v->bytes; i += 64) __builtin_prefetch(row + i);
+    __builtin_prefetch(row + v->bytes - 1);
+}
+
+/* The sample's 4L windows in output-channel order: R, G, B, D of each level. */
+static void sample_windows(const Work *w, int64_t j, Window *win) {
+    const int64_t n_levels = w->n_levels, p = w->patch, *g = w->geometry;
+    for (int64_t l = 0; l < n_levels; l++, win += 4) {
+        const int64_t f = g[FACTOR * n_levels + l], height = g[HEIGHT * n_levels + l],
+                      width = g[WIDTH * n_levels + l];
+        const int64_t row = w->center_h[j] / f, column = w->center_w[j] / f;
+        const uint8_t *rgb = w->rgb + g[RGB_START * n_levels + l]
+                             + (w->image[j] * 3 * height + row) * width + column;
+        for (int64_t c = 0; c < 3; c++)
+            win[c] = (Window){(const char *)(rgb + c * height * width), width, p,
+                              w->mean[4 * l + c], w->std[4 * l + c], 0};
+        const float *depth = w->depth + g[DEPTH_START * n_levels + l]
+                             + (w->view[j] * height + row) * width + column;
+        win[3] = (Window){(const char *)depth, width * (int64_t)sizeof(float), p * (int64_t)sizeof(float),
+                          0.0f, 1.0f, 1};
+    }
+}
+
+static void *run(void *arg) {
+    const Work *w = arg;
+    const int64_t p = w->patch, n_windows = 4 * w->n_levels, rows = n_windows * p;
+    Window win[n_windows];
+    for (int64_t b = w->first; b < w->last; b++) {
+        sample_windows(w, w->idx[b], win);
+        float *sample = w->out + b * rows * p;
+        /* Output row r is row r % P of window r / P; prefetching runs on into the next window. */
+        for (int64_t r = 0; r < rows; r++) {
+            if (r + AHEAD < rows) prefetch_row(&win[(r + AHEAD) / p], (r + AHEAD) % p);
+            const Window *v = &win[r / p];
+            const char *src = v->src + (r % p) * v->stride;
+            if (v->is_depth) depth_row((const float *)src, sample + r * p, p, w->stream);
+            else rgb_row((const uint8_t *)src, sample + r * p, p, v->mean, v->std, w->stream);
+        }
+    }
+#ifdef __AVX2__
+    if (w->stream) _mm_sfence();  /* streamed lines are visible before the caller reads them */
+#endif
+    return NULL;
+}
+
+/* Fills out[0..n) from the patches idx[0..n), split over `threads` threads by sample;
+ * streams when the batch has at least stream_min_bytes. Returns whether it streamed.
+ * The caller guarantees idx in range and every window inside its padded level. */
+int camvis_batch(const uint8_t *rgb, const float *depth, const int64_t *geometry,
+                  const int64_t *center_h, const int64_t *center_w, const int64_t *image,
+                  const int64_t *view, const int64_t *idx, int64_t n, const float *mean,
+                  const float *std, float *out, int64_t n_levels, int64_t patch, int64_t threads,
+                  int64_t stream_min_bytes) {
+    Work work[MAX_THREADS];
+    pthread_t thread[MAX_THREADS];
+    int started[MAX_THREADS] = {0};
+    if (threads > n) threads = n;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads < 1) threads = 1;
+#ifdef __AVX2__
+    const int stream = patch % 8 == 0 && (uintptr_t)out % 32 == 0
+                       && n * n_levels * 4 * patch * patch * (int64_t)sizeof(float) >= stream_min_bytes;
+#else
+    const int stream = 0;
+#endif
+    for (int64_t t = 0; t < threads; t++) {
+        work[t] = (Work){rgb, depth, geometry, center_h, center_w, image, view, idx, mean, std, out,
+                         n * t / threads, n * (t + 1) / threads, n_levels, patch, stream};
+    }
+    for (int64_t t = 1; t < threads; t++) started[t] = pthread_create(&thread[t], NULL, run, &work[t]) == 0;
+    run(&work[0]);
+    for (int64_t t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(thread[t], NULL);
+        else run(&work[t]);  /* no thread to be had: do its share here */
+    }
+    return stream;
+}
