@@ -92,3 +92,21 @@ def test_cpu_id_names_the_machine_and_its_features() -> None:
     assert cpu.startswith(os.uname().machine)
     if Path("/proc/cpuinfo").exists() and os.uname().machine == "x86_64":
         assert "flags=" in cpu and "model name=" in cpu
+
+
+def test_baseline_isa_build_gives_the_same_batches_without_streaming(cache: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a CPU without AVX2 (or another architecture's compiler) gets: the portable loops.
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler")
+    from camvis import batches
+
+    monkeypatch.setattr(native, "FLAGS", tuple(f for f in native.FLAGS if f != "-march=native"))
+    monkeypatch.setattr(batches, "STREAM_MIN_BYTES", 0)
+    store = make_store(61, 45, 16, seed=9)
+    source = BatchSource(store, (16, 1, 2))
+    assert source.uses_kernel
+    idx = torch.arange(store.n_patches)
+    out = source._empty((store.n_patches, 12, 16, 16), channels_last=False)
+    assert not source._kernel_batch(idx, out)  # streaming needs AVX2, which no baseline ISA has
+    assert torch.equal(out, BatchSource(store, (16, 1, 2), kernel=False).batch(idx)[0])
