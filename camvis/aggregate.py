@@ -73,17 +73,18 @@ def read_bootstrap(path: Path) -> np.ndarray:
 
 def load_job(info: jobfiles.JobInfo, folder: Path) -> FinishedJob:
     """A finished job's scores.json + bootstrap.csv; ValueError naming the file if unusable."""
-    scores = jobfiles.read_json(folder / jobfiles.SCORES)
+    path = folder / jobfiles.SCORES
+    scores = jobfiles.read_json(path)
     if scores is None:
-        raise ValueError(f"{folder / 'scores.json'}: unreadable")
+        raise ValueError(f"{path}: unreadable")
     try:
         metrics = {m: float(scores["metrics"][m]) for m in METRICS}
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{folder / 'scores.json'}: metrics.loss/acc/f1 missing or not numbers") from e
+        raise ValueError(f"{path}: metrics.loss/acc/f1 missing or not numbers") from e
     fold = jobfiles.as_int(scores.get("fold"))
     fold = fold if fold is not None else info.fold
     if fold is None:
-        raise ValueError(f"{folder / 'scores.json'}: no fold")
+        raise ValueError(f"{path}: no fold")
     boot_file = (scores.get("bootstrap") or {}).get("file") or "bootstrap.csv"
     ci = scores.get("ci") or {}
     return FinishedJob(

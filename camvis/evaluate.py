@@ -9,10 +9,9 @@ and last scores.json, whose presence means the job is finished.
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
 import os
+import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,7 +26,7 @@ from camvis.batches import BatchSource, fold_split, shard_batches
 from camvis.config import JobConfig, config_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, write_csv, write_json
-from camvis.jobfiles import BEST, PROGRESS, SCORES
+from camvis.jobfiles import BEST, PROGRESS, SCORES, as_int, read_json
 from camvis.progress import progress_bar
 from camvis.store import PatchStore, open_store
 
@@ -226,10 +225,7 @@ def _default_device(cfg: JobConfig) -> torch.device:
 
 
 def _epochs_run(job_dir: Path) -> int:
-    try:
-        return int(json.loads((job_dir / PROGRESS).read_text()).get("epoch", 0))
-    except (OSError, ValueError, TypeError):
-        return 0
+    return as_int((read_json(job_dir / PROGRESS) or {}).get("epoch")) or 0
 
 
 def compute_results(cfg: JobConfig, store: PatchStore, preds: Mapping[str, np.ndarray]) -> dict[str, Any]:

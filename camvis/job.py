@@ -7,7 +7,6 @@ the job's checkpoint.pt and carries on from the last finished epoch.
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from pathlib import Path
@@ -17,8 +16,7 @@ import submitit
 
 from camvis.config import JobConfig, job_dir, to_dict
 from camvis.io import now_iso, write_json, write_text
-from camvis.jobfiles import ERROR, PROGRESS
-
+from camvis.jobfiles import ERROR, PROGRESS, read_json
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
@@ -63,9 +61,8 @@ def _set_phase(directory: Path, cfg: JobConfig, phase: str, world_size: int) -> 
     """Change the phase in progress.json, keeping the epochs and scores a requeued run already has."""
     from camvis.train import TrainState, write_progress
 
-    try:
-        progress = json.loads((directory / PROGRESS).read_text())
-    except (OSError, ValueError):
+    progress = read_json(directory / PROGRESS)
+    if progress is None:
         write_progress(directory, cfg, TrainState(), None, phase=phase, world_size=world_size)
         return
     progress.update(state=phase, updated=now_iso(), world_size=world_size)

@@ -7,7 +7,6 @@ earlier entry) and one per launch (mode, ids, submitted/skipped, code version); 
 
 from __future__ import annotations
 
-import datetime as _dt
 import fcntl
 import functools
 import json
@@ -19,15 +18,11 @@ from typing import TYPE_CHECKING, Any, Iterator
 from camvis import __version__
 from camvis.config import to_dict
 from camvis.errors import ConfigError
-from camvis.io import write_json
+from camvis.io import now_iso, write_json
 
 if TYPE_CHECKING:
     from camvis.grid import Grid, JobSpec
     from camvis.launch import LaunchResult
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
 def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int) -> dict[str, Any]:
@@ -35,7 +30,7 @@ def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: in
     return {
         "group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
         "config": to_dict(spec.config), "mode": mode, "job_id": str(job.job_id), "array_id": array_id,
-        "task": task, "submitted": _now(),
+        "task": task, "submitted": now_iso(),
         "stdout": str(paths.stdout) if paths is not None else None,
         "stderr": str(paths.stderr) if paths is not None else None,
     }
@@ -88,13 +83,13 @@ def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
         else:
             launches.append(entry)
         write_json(path, {"experiment": grid.experiment, "grid": str(grid.path), "outputs": str(outputs),
-                          "updated": _now(), "launches": launches, "jobs": jobs})
+                          "updated": now_iso(), "launches": launches, "jobs": jobs})
     return path
 
 
 def _launch_entry(result: LaunchResult) -> dict[str, Any]:
     submitted = [n for n in result.submitted if n in result.job_ids]
-    return {"time": _now(), "mode": result.mode, "array_id": result.array_id, "aggregate_id": result.aggregate_id,
+    return {"time": now_iso(), "mode": result.mode, "array_id": result.array_id, "aggregate_id": result.aggregate_id,
             "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
             "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
 

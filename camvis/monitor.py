@@ -227,7 +227,7 @@ def failure_tails(status: ExperimentStatus, lines: int = 10) -> list[RenderableT
         path: str | Path | None = job.info.stderr
         body = tail(path, lines)
         if not body and job.folder is not None and (job.folder / jobfiles.ERROR).exists():
-            path = job.folder / "error.txt"  # the job's own traceback when there is no log
+            path = job.folder / jobfiles.ERROR  # the job's own traceback when there is no log
             body = tail(path, lines)
         exit_code = f", exit {job.slurm.exit_code}" if job.slurm and job.slurm.exit_code else ""
         head = Text(f"{job.info.name} {job.info.job_id or ''} {job.slurm.raw_state if job.slurm else job.state}"

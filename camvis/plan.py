@@ -7,15 +7,13 @@ here: the launcher runs on login nodes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from camvis.config import job_dir
 from camvis.grid import JobSpec
-from camvis.jobfiles import CHECKPOINT, ERROR, SCORES
-
+from camvis.jobfiles import CHECKPOINT, ERROR, SCORES, is_finished, read_json
 
 
 @dataclass(frozen=True)
@@ -31,13 +29,12 @@ def job_status(job: JobSpec, outputs: str | Path) -> tuple[str, str]:
     directory = job_dir(job.config, outputs)
     scores_path = directory / SCORES
     if scores_path.exists():
-        try:
-            scores = json.loads(scores_path.read_text())
-            found = scores.get("config_hash")
-        except (OSError, ValueError, AttributeError):
+        scores = read_json(scores_path)
+        if scores is None:
             return "stale", f"unreadable {SCORES}: resubmit"
-        if found == job.hash:
+        if is_finished(scores, job.hash):  # camvis-status's rule too
             return "finished", f"finished ({SCORES}, hash {job.hash})"
+        found = scores.get("config_hash")
         return "stale", f"config changed since it finished (hash {found} -> {job.hash}): resubmit"
     if (directory / ERROR).exists():
         return "failed", f"failed earlier ({ERROR}): resubmit"
