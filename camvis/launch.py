@@ -84,7 +84,7 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
     todo = [d.job for d in decisions if d.submit]
     if dry_run:
         if todo and mode == "slurm":
-            result.scripts = dry_run_scripts(grid, todo, exp_dir, outputs, jobs_dir)
+            result.scripts = dry_run_scripts(grid, todo, exp_dir)
         return result
     if not todo:  # nothing to run: record the look, submit nothing
         result.manifest = record(exp_dir, grid, result, outputs, {})
@@ -266,7 +266,7 @@ def print_report(result: LaunchResult, console: Any) -> None:
     """The job table (submit/skip with reasons), what was submitted, and the next commands."""
     from rich.table import Table
 
-    grid, exp = result.grid, result.grid.experiment
+    exp = result.grid.experiment
     title = f"{exp}: {len(result.submitted)} to run, {len(result.skipped)} skipped ({result.mode}" + \
         (", dry run)" if result.dry_run else ")")
     table = Table(title=title, title_justify="left")
@@ -297,7 +297,7 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
         console.print("dry run: nothing submitted, nothing written")
         return
     if not result.submitted:
-        console.print(f"nothing to run: every selected job is finished or still queued (--force resubmits finished ones)")
+        console.print("nothing to run: every selected job is finished or still queued (--force resubmits finished ones)")
     elif result.mode == "slurm":
         console.print(f"submitted {len(result.submitted)} jobs as array {result.array_id} "
                       f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "

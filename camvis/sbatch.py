@@ -63,8 +63,7 @@ def job_folder(exp_dir: Path) -> Path:
     return exp_dir / "%j"  # one folder per job: jobs/<exp>/<array>_<task>/ (submitit writes %A_%a)
 
 
-def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path,
-                    jobs_dir: str | Path) -> dict[str, str]:
+def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path) -> dict[str, str]:
     """The sbatch scripts submitit would write for the array and the aggregate job."""
     folder = job_folder(exp_dir)
     return {

@@ -52,7 +52,6 @@ class SlurmSettings:
         return self.tasks_per_node or 1
 
 
-
 _SLURM_TYPES: dict[str, tuple[type, ...]] = {
     "partition": (str, type(None)), "account": (str, type(None)), "qos": (str, type(None)),
     "time": (int,), "nodes": (int,), "gpus_per_node": (int,), "tasks_per_node": (int, type(None)),

@@ -120,6 +120,7 @@ def _check_replaceable(final: Path) -> None:
         raise StoreError(f"{final} exists and is not a camvis store (no format "
                          f"{FORMAT_NAME!r}); refusing to replace it")
 
+
 def _image_shape(ds: raw.RawDataset) -> tuple[int, int]:
     """The one (H, W) of every view's depth map (memory-mapped, not read)."""
     shapes = {v: tuple(np.load(ds.depth_path(v), mmap_mode="r").shape[:2]) for v in ds.views}

@@ -33,7 +33,6 @@ from camvis.progress import Advance, progress_bar
 from camvis.store import PatchStore, open_store
 
 
-
 @dataclass
 class TrainState:
     """What survives a requeue besides the weights and optimizer."""
