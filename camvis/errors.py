@@ -19,3 +19,12 @@ class StoreError(CamvisError):
 
 class SubmissionError(CamvisError):
     """Jobs could not be submitted (no SLURM, sbatch failed, ...)."""
+
+
+class DiskFullError(CamvisError, OSError):
+    """A write failed for want of space: ENOSPC (disk full), EDQUOT (quota) or EFBIG (file too
+    large). Also an OSError, with the original errno, so code that shields itself from
+    file-system failures (e.g. a job writing its error.txt) still catches it."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno 28] ..." form
+        return str(self.args[0]) if self.args else ""

@@ -1,30 +1,164 @@
-"""Atomic file writing: a reader never sees a half-written file under its final name."""
+"""Atomic file writing: a reader never sees a half-written file under its final name.
+
+A file is written as `.NAME.<host>.<pid>.XXXXXXXX.tmp` beside its final place and renamed onto
+it once complete. The host and pid in the name tell a killed writer's leftover from a live
+one's: `reap_stale_tmp` removes those of this host whose process is gone (a pid means nothing
+on another host of a shared file system, so other hosts' files are left alone).
+
+A write that runs out of room (ENOSPC: disk full, EDQUOT: quota exceeded, EFBIG: file too
+large) is a DiskFullError naming the file, the bytes it needed where known and the bytes free.
+"""
 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterator
 
+from camvis.errors import DiskFullError
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+# --------------------------------------------------------------------------- who is writing
+
+
+def host() -> str:
+    """This machine's name, safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's counts: it may be writing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------- disk full
+
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared on a cluster
+def disk_full_as_error(path: str | os.PathLike, needed: int | str | None = None) -> Iterator[None]:
+    """Inside this block, ENOSPC / EDQUOT / EFBIG become a DiskFullError naming `path` and
+    `needed` (bytes, or words such as "up to 3.1 GiB" where only a bound is known)."""
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+        yield
+    except DiskFullError:
+        raise
+    except OSError as e:
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise disk_full_error(path, e, needed) from e
+
+
+def disk_full_error(path: str | os.PathLike | None, error: OSError,
+                    needed: int | str | None = None) -> DiskFullError:
+    """One line: what could not be written, why, the space it needs and the space left.
+    `path` None: the one the error names, if any (a writer camvis does not own)."""
+    kind = _KINDS[error.errno]
+    named = path if path is not None else error.filename
+    if named is None:
+        return _disk_full(f"{kind}: a write failed; {_REMEDY[error.errno]}", error, None)
+    path, free = Path(named), free_bytes(named)
+    if isinstance(needed, int):
+        needed = format_bytes(needed)
+    need = f"; it needs {needed}" if needed is not None else ""
+    left = f", {format_bytes(free)} free there" if free is not None and error.errno != errno.EFBIG else ""
+    return _disk_full(f"{kind}: cannot write {path}{need}{left}; {_REMEDY[error.errno]}", error, path)
+
+
+_KINDS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
+_REMEDY = {
+    errno.ENOSPC: "free some space or write elsewhere, then run again",
+    errno.EDQUOT: "your quota is used up (see `quota -s`): free some of it or write elsewhere, "
+                  "then run again",
+    errno.EFBIG: "it is above the file system's or this process's file size limit (`ulimit -f`): "
+                 "write elsewhere or raise the limit",
+}
+
+
+def _disk_full(text: str, error: OSError, path: Path | None) -> DiskFullError:
+    full = DiskFullError(text)  # with the cause's errno, for code that looks at it
+    full.errno, full.strerror = error.errno, error.strerror
+    full.filename = str(path) if path is not None else None
+    return full
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the file system holding `path` (or its nearest existing parent)."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def format_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, needed: int | str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+    The temporary file goes in every case; running out of space is a DiskFullError (`needed`:
+    the bytes to write, for its message)."""
+    path = Path(path)
+    with disk_full_as_error(path, needed):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=tmp_prefix(path.name), suffix=".tmp")
+        os.close(fd)
+        tmp_path = Path(tmp)
+        try:
+            os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are shared on a cluster
+            yield tmp_path
+            os.replace(tmp_path, path)
+        finally:
+            tmp_path.unlink(missing_ok=True)
+
+
+def tmp_prefix(name: str) -> str:
+    """`.NAME.<host>.<pid>.`: mkstemp appends 8 characters of [a-z0-9_] and `.tmp`."""
+    return f".{name}.{host()}.{os.getpid()}."
+
+
+def reap_stale_tmp(directory: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Remove the temporary files that killed writers of this host left in `directory` (its
+    subfolders too if `recursive`); a live writer's and other hosts' are kept. Returns the removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    mine = re.compile(rf"\..+\.{re.escape(host())}\.(\d+)\.[a-z0-9_]+\.tmp")
+    removed = []
+    for path in directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp"):
+        match = mine.fullmatch(path.name)
+        if match and path.is_file() and not pid_alive(int(match[1])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _read_umask() -> int:
@@ -42,19 +176,32 @@ def now_iso() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    with atomic_path(path, needed=len(data)) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_csv(frame: Any, path: str | os.PathLike, **to_csv: Any) -> None:
-    """A pandas DataFrame as CSV (no index unless asked)."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, **{"index": False, **to_csv})
+    """A pandas DataFrame as CSV (no index unless asked); rendered first, so its size is known."""
+    write_text(path, frame.to_csv(None, **{"index": False, **to_csv}))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def write_torch(path: str | os.PathLike, payload: Any) -> None:
+    """torch.save, atomically. Serialized in memory first: torch's zip writer reports a full disk
+    as a bare RuntimeError ("unexpected pos"); a plain write reports ENOSPC, and the size is known."""
+    import torch  # here, not at module level: the launcher side imports camvis.io
+
+    buffer = BytesIO()
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def _jsonable(value: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 import submitit
 
 from camvis.config import JobConfig, job_dir, to_dict
-from camvis.io import now_iso, write_json, write_text
+from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
 from camvis.jobfiles import ERROR, PROGRESS, read_json
 
 
@@ -52,6 +52,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
 def _start(directory: Path, cfg: JobConfig, world_size: int) -> None:
     """A (re)started job is running, not failed: drop the last run's error and say so at once."""
     directory.mkdir(parents=True, exist_ok=True)
+    reap_stale_tmp(directory, recursive=True)  # .tmp files of a killed run (checkpoint.pt's ...)
     (directory / ERROR).unlink(missing_ok=True)
     write_text(directory / "config.yaml", yaml_dump(to_dict(cfg)))
     _set_phase(directory, cfg, "starting", world_size)

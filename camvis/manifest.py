@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from camvis import __version__
 from camvis.config import to_dict
 from camvis.errors import ConfigError
-from camvis.io import now_iso, write_json
+from camvis.io import now_iso, reap_stale_tmp, write_json
 
 if TYPE_CHECKING:
     from camvis.grid import Grid, JobSpec
@@ -70,6 +70,7 @@ def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
     `update_last` rewrites this launch's record instead of appending a new one."""
     path = exp_dir / "manifest.json"
     with _locked(exp_dir):
+        reap_stale_tmp(exp_dir)  # manifest.json.tmp files of killed launches
         manifest = read_manifest(path)
         jobs = manifest.get("jobs", {})
         for decision in result.decisions:  # skipped jobs keep their earlier entry

@@ -9,20 +9,22 @@ leaves its scratch entries behind; `remove_stale` reaps them at the next attempt
 The host is in the name because a pid only means something on its own host: directories
 like these live on shared file systems, where another node's entry with a pid that is dead
 here may belong to a build that still runs there. Only this host's dead entries are touched.
+
+`scratch_dir` holds the scratch directory for the time of a write: it is removed on the way
+out whatever happened, and running out of space inside is a DiskFullError naming the target.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from camvis.io import disk_full_as_error, host, pid_alive
 
-def host() -> str:
-    """This machine's name, safe in a file name (pid is parsed after its last '-')."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
+__all__ = ["host", "remove_stale", "scratch_dir", "scratch_path", "swap_in"]
 
 
 def scratch_path(final: Path, kind: str) -> Path:
@@ -42,7 +44,7 @@ def remove_stale(final: Path) -> None:
     for prefix in (f".{final.name}.tmp-", f".{final.name}.old-"):
         for path in final.parent.glob(prefix + "*"):
             owner, _, pid = path.name[len(prefix):].rpartition("-")
-            if owner != this_host or not pid.isdigit() or _alive(int(pid)):
+            if owner != this_host or not pid.isdigit() or pid_alive(int(pid)):
                 continue
             if prefix.endswith(".old-") and not final.exists():
                 os.replace(path, final)
@@ -50,14 +52,20 @@ def remove_stale(final: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+@contextmanager
+def scratch_dir(final: Path, needed: int | str | None = None,
+                target: Path | None = None) -> Iterator[Path]:
+    """A fresh scratch directory for `final` (this process's `.NAME.tmp-<host>-<pid>`), removed
+    when the block ends, whether it moved its contents into place or failed. Running out of
+    space inside is a DiskFullError naming `target` (default `final`) and `needed` bytes."""
+    tmp = scratch_path(final, "tmp")
+    with disk_full_as_error(target or final, needed):  # outside: the free space is told once tmp is gone
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            yield tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def swap_in(tmp: Path, final: Path) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +21,7 @@ from PIL import Image
 
 from camvis import __version__, raw, staging
 from camvis.errors import RawDataError, StoreError
+from camvis.io import format_bytes, reap_stale_tmp
 from camvis.norm_stats import NormStats
 from camvis.progress import progress_bar
 from camvis.sampling import N_DEPTH_BINS, sample_centres_with_histogram
@@ -52,6 +52,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
               "patches_per_image": patches_per_image, "seed": seed}
     staging.remove_stale(final)
+    reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
     if final.exists() and not force:
         return _keep_existing(final, params)
     if final.exists():
@@ -67,20 +68,23 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
         reader.read_all(progress)  # raw problems first (all of them), as when check ran first
         reader.raise_problems()
         raise
-    tmp = staging.scratch_path(final, "tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    # A full disk is a DiskFullError naming the store; the scratch goes whatever happens.
+    needed = _raw_size(shape, factors, len(reader.dataset.images), len(reader.dataset.views))
+    with staging.scratch_dir(final, f"up to {format_bytes(needed)}") as tmp:
         _write_store(tmp, reader, shape, factors, patch_size, patches_per_image, seed, params,
                      progress)
         staging.swap_in(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     store = open_store(final)
     if figure is not False:
         out = final.with_name(final.name + ".sampling.png") if figure is True else Path(figure)
         sampling_figure(store, figure_image, out)
     return store
+
+
+def _raw_size(shape: tuple[int, int], factors: tuple[int, ...], n_img: int, n_view: int) -> int:
+    """Bytes of every level uncompressed (3 uint8 + 1 float32 per pixel): what a full disk
+    reports as needed; compression writes less."""
+    return sum((n_img * 3 + n_view * 4) * (shape[0] // f) * (shape[1] // f) for f in factors)
 
 
 def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,8 +26,9 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
-from camvis import __version__
+from camvis import __version__, staging
 from camvis.errors import ConfigError
+from camvis.io import disk_full_as_error, format_bytes
 from camvis.progress import progress_bar
 
 PAPER_SIZE = (4140, 6198)
@@ -294,9 +294,11 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
                force: bool = False) -> Path:
     """Write a synthetic data set in camvis2's raw layout to out_dir and return out_dir.
 
-    Files are made in a hidden temporary folder inside out_dir and moved into place at the
-    end, so an interrupted run leaves no half data set. An existing data set in out_dir is a
-    ConfigError unless force=True (it is then replaced). Same seed, same bytes.
+    Files are made in a hidden scratch folder inside out_dir (`.synth.tmp-<host>-<pid>`) and
+    moved into place at the end, so an interrupted run leaves no half data set; a killed run's
+    scratch folder is reaped by the next one (camvis.staging), and a full disk is a
+    DiskFullError. An existing data set in out_dir is a ConfigError unless force=True (it is
+    then replaced). Same seed, same bytes.
     """
     _check_args(views, images_per_view, size, vis_range, seed, image_format)
     out = Path(out_dir)
@@ -304,9 +306,12 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
     if existing and not force:
         raise ConfigError(f"{out}: already holds a raw data set ({existing[0].name}); "
                           "choose another directory or pass force=True (--force)")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".synth-"))
-    try:
+    with disk_full_as_error(out):
+        out.mkdir(parents=True, exist_ok=True)
+    scratch_of = out / "synth"  # names the scratch folder; never a final path itself
+    staging.remove_stale(scratch_of)
+    with staging.scratch_dir(scratch_of, f"at least {format_bytes(_depth_bytes(views, size))}",
+                             target=out) as tmp:
         rows = _write_all(tmp, views, images_per_view, size, vis_range, seed, image_format, progress)
         _write_csv(tmp / "visibility.csv", rows)
         params = {"generator": "camvis.synth", "camvis_version": __version__, "seed": seed, "views": views,
@@ -318,9 +323,12 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         for name in ("images", "depth_maps", "synth.json", "visibility.csv"):  # the CSV last: it marks done
             os.replace(tmp / name, out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _depth_bytes(views: int, size: tuple[int, int]) -> int:
+    """What the depth maps alone take: a lower bound of the space a data set needs."""
+    return views * (128 + size[0] * size[1] * 4 * np.dtype(np.float32).itemsize)
 
 
 def _check_args(views: int, images_per_view: int, size: tuple[int, int], vis_range: tuple[float, float],
@@ -371,17 +379,23 @@ def _strips(height: int) -> Iterator[tuple[int, int]]:
 
 
 def _write_view(scene: Scene, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Depth map (H, W, 4) float32 written strip by strip; returns depth and J (uint8) for the images."""
+    """Depth map (H, W, 4) float32 written strip by strip; returns depth and J (uint8) for the images.
+
+    Plain writes, not a memory map: stores into a mapped sparse file allocate disk blocks on
+    first touch, and a full disk then kills the process with SIGBUS instead of raising ENOSPC."""
     h, w = scene.size
     depth = np.empty((h, w), np.float32)
     clear = np.empty((h, w, 3), np.uint8)  # 8 bits are plenty: fog and noise come on top
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(h, w, 4))
-    for r0, r1 in _strips(h):
-        d, j, xyz = render_rows(scene, r0, r1, xyz=True)
-        depth[r0:r1], clear[r0:r1] = d, np.round(j * 255)
-        out[r0:r1, :, 0], out[r0:r1, :, 1:] = d, xyz
-    out.flush()
-    del out
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (h, w, 4)}
+    with open(path, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, header)  # the header np.save writes
+        for r0, r1 in _strips(h):
+            d, j, xyz = render_rows(scene, r0, r1, xyz=True)
+            depth[r0:r1], clear[r0:r1] = d, np.round(j * 255)
+            strip = np.empty((r1 - r0, w, 4), np.float32)  # C order: rows follow each other
+            strip[..., 0], strip[..., 1:] = d, xyz
+            out.write(strip.data)
     return depth, clear
 
 

@@ -26,7 +26,7 @@ from camvis.batches import BatchSource, EpochSampler, fold_split
 from camvis.config import JobConfig, to_dict
 from camvis.distributed import DistEnv
 from camvis.evaluate import predict
-from camvis.io import atomic_path, now_iso, write_json
+from camvis.io import now_iso, write_json, write_torch
 from camvis.jobfiles import BEST, CHECKPOINT, PROGRESS
 from camvis.model import build_model
 from camvis.progress import Advance, progress_bar
@@ -96,8 +96,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: Train
         "state": asdict(state),
         "config": to_dict(cfg),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(path, payload)  # atomic; a full disk is a DiskFullError
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched) -> TrainState:
@@ -119,8 +118,7 @@ def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobCon
         "value": state.best_value,
         "config": to_dict(cfg),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(path, payload)  # atomic; a full disk is a DiskFullError
 
 
 # --------------------------------------------------------------------------- one epoch

@@ -7,8 +7,18 @@ import sys
 from camvis.errors import CamvisError
 
 
-def fail(error: CamvisError) -> int:
-    """Print a domain error as `error: ...` (no traceback) and return the exit status 2."""
+def fail(error: CamvisError | OSError) -> int:
+    """Print a domain error as `error: ...` (no traceback) and return the exit status 2.
+
+    Entry points that run writers camvis does not own (submitit's job pickles, TensorBoard's
+    event files) catch `(CamvisError, OSError)`: a disk-full OSError (ENOSPC, EDQUOT, EFBIG)
+    is shown as camvis's own DiskFullError; any other OSError keeps its traceback."""
+    if not isinstance(error, CamvisError):
+        from camvis.io import DISK_FULL_ERRNOS, disk_full_error
+
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise error
+        error = disk_full_error(None, error)
     print(f"error: {error}", file=sys.stderr)
     return 2
 

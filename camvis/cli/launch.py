@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         result = launch.launch(args.grid, args.overrides, mode=mode, dry_run=args.dry_run, only=args.only,
                                force=args.force, outputs=args.outputs, jobs_dir=args.jobs_dir,
                                profile=args.profile, console=console)
-    except CamvisError as e:
+    except (CamvisError, OSError) as e:  # OSError: a full disk under submitit/TensorBoard
         return fail(e)
     launch.print_report(result, console)
     return 1 if result.failed else 0

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_job_config(config, overrides)
         scores = run_job(cfg, args.outputs)
-    except CamvisError as e:
+    except (CamvisError, OSError) as e:  # OSError: a full disk under submitit/TensorBoard
         return fail(e)
     metrics = scores.get("metrics", {})
     print("held-out " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
