@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from camvis import io, manifest, staging, store_build
+from camvis import io, manifest, store_build
 from camvis.cli import data as data_cli
 from camvis.cli import launch as launch_cli
 from camvis.errors import DiskFullError
@@ -279,12 +279,26 @@ def test_tmp_names_carry_host_and_pid_and_only_dead_ones_are_reaped(tmp_path: Pa
     assert mine_now not in listing(tmp_path)
 
 
-def test_scratch_dir_goes_whatever_happens(tmp_path: Path) -> None:
-    final = tmp_path / "s.zarr"
-    with staging.scratch_dir(final) as tmp:
-        (tmp / "data").write_text("complete")
-        staging.swap_in(tmp, final)
-    with pytest.raises(RuntimeError), staging.scratch_dir(final) as tmp:
-        (tmp / "data").write_text("half")
-        raise RuntimeError("writer failed")
-    assert listing(tmp_path) == ["s.zarr", "s.zarr/data"] and (final / "data").read_text() == "complete"
+def test_cli_shows_a_foreign_writers_full_disk_as_one_line(disk: Path, capsys: pytest.CaptureFixture) -> None:
+    """A plain ENOSPC OSError (a writer camvis does not own) -> one line; other OSErrors keep
+    their traceback."""
+    from camvis.cli import fail
+
+    fill(disk, 0)
+    with pytest.raises(OSError) as full:
+        with open(disk / "foreign.pkl", "wb") as f:
+            f.write(b"x" * 65536)
+    assert fail(full.value) == 2
+    one_error_line(capsys.readouterr().err, "disk full")
+    with pytest.raises(FileNotFoundError):
+        fail(FileNotFoundError(2, "No such file or directory", "nowhere"))
+
+
+def test_quota_is_told_as_a_quota(tmp_path: Path) -> None:
+    """EDQUOT needs a quota-enabled file system to happen for real; its message is checked here."""
+    import errno
+
+    error = io.disk_full_error(tmp_path / "scores.json", OSError(errno.EDQUOT, "Disk quota exceeded"), 1536)
+    assert str(error).startswith(f"disk quota exceeded: cannot write {tmp_path / 'scores.json'}; "
+                                 "it needs 1.5 KiB, ")
+    assert "quota -s" in str(error) and error.errno == errno.EDQUOT and isinstance(error, OSError)

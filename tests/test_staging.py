@@ -79,3 +79,14 @@ def test_failed_swap_in_puts_the_old_one_back(tmp_path: Path,
         staging.swap_in(tmp, final)
     assert (final / "data.txt").read_text() == "old"
     assert _listing(tmp_path) == sorted(["s.zarr", tmp.name])  # the caller removes its tmp
+
+
+def test_scratch_dir_goes_whatever_happens(tmp_path: Path) -> None:
+    final = tmp_path / "s.zarr"
+    with staging.scratch_dir(final) as tmp:
+        (tmp / "data").write_text("complete")
+        staging.swap_in(tmp, final)
+    with pytest.raises(RuntimeError), staging.scratch_dir(final) as tmp:
+        (tmp / "data").write_text("half")
+        raise RuntimeError("writer failed")
+    assert _listing(tmp_path) == ["s.zarr"] and (final / "data").read_text() == "complete"
