@@ -46,6 +46,26 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return shim
 
 
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small store shaped as configs/demo.yaml expects (4 views, levels 1, 2, 4)."""
+    from camvis import store_build
+    from camvis.synth import synthesize
+
+    root = tmp_path_factory.mktemp("demo")
+    raw = synthesize(root / "raw", progress=False, views=4, images_per_view=2, size=(96, 144), seed=0)
+    store_build.build(raw, root / "data" / "processed" / "demo.zarr", progress=False, figure=False,
+                      factors=(1, 2, 4), patch_size=16, patches_per_image=16, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def in_demo_root(demo_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run where the demo grid's data.store (data/processed/demo.zarr) exists: preflight wants it."""
+    monkeypatch.chdir(demo_store)
+    return demo_store
+
+
 def demo_args(tmp_path: Path, *extra: str) -> list[str]:
     return [str(DEMO), *extra, "--outputs", str(tmp_path / "outputs"), "--jobs-dir", str(tmp_path / "jobs")]
 
