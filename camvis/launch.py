@@ -9,10 +9,12 @@ Modes:
 - debug: the first job to run, in this process (submitit's debug executor: pdb on errors).
 - dry run: the job table and the exact sbatch scripts, nothing submitted or written.
 
-Every launch merges itself into jobs/<experiment>/manifest.json (camvis.manifest; see
-contracts: "Grid, manifest"); the sbatch parameters and scripts come from camvis.sbatch. No
-torch here, and camvis.job is imported only when jobs are really submitted: this runs on login
-nodes and must start fast.
+Before anything is submitted, camvis.preflight checks the stores and folders. Then one launch
+of an experiment at a time (camvis.locks, jobs/<experiment>/.launch.lock): what is still queued,
+the plan, the submission and the manifest update. Every launch merges itself into
+jobs/<experiment>/manifest.json (camvis.manifest; see contracts: "Grid, manifest"); the sbatch
+parameters and scripts come from camvis.sbatch. No torch here, and camvis.job is imported only
+when jobs are really submitted: this runs on login nodes and must start fast.
 """
 
 from __future__ import annotations

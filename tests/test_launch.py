@@ -78,7 +78,7 @@ def demo_args(tmp_path: Path, *extra: str) -> list[str]:
 
 def test_launcher_imports_no_torch() -> None:
     code = ("import sys, camvis.launch, camvis.grid, camvis.plan, camvis.slurm_settings, camvis.store_info, "
-            "camvis.manifest, camvis.sbatch, camvis.cli.launch; "
+            "camvis.manifest, camvis.sbatch, camvis.cli.launch, camvis.preflight, camvis.locks; "
             "bad = [m for m in ('torch', 'camvis.job', 'zarr') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
