@@ -360,8 +360,8 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
     if result.dry_run:
         for problem in result.problems:
             console.print(f"[red]preflight:[/] {problem}", highlight=False)
-        console.print("dry run: nothing submitted, nothing written" +
-                      (f"; a launch would refuse: {len(result.problems)} preflight problem(s)" if result.problems else ""))
+        refuse = f"; a launch would refuse: {len(result.problems)} preflight problem(s)" if result.problems else ""
+        console.print("dry run: nothing submitted, nothing written" + refuse)
         return
     if not result.submitted:
         console.print("nothing to run: every selected job is finished or still queued (--force resubmits finished ones)")

@@ -108,7 +108,8 @@ def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -
 
 def _launch_entry(result: LaunchResult) -> dict[str, Any]:
     submitted = [n for n in result.submitted if n in result.job_ids]
-    return {"id": result.launch_id, "time": now_iso(), "mode": result.mode, "array_id": result.array_id, "aggregate_id": result.aggregate_id,
+    return {"id": result.launch_id, "time": now_iso(), "mode": result.mode, "array_id": result.array_id,
+            "aggregate_id": result.aggregate_id,
             "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
             "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
 

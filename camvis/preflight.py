@@ -60,7 +60,8 @@ def _writable(folder: Path) -> str | None:
     if existing.exists() and not existing.is_dir():
         return f"{existing} is a file, not a folder ({folder} cannot be made)"
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable by this user ({folder} cannot be {'written' if existing == folder else 'made'})"
+        verb = "written" if existing == folder else "made"
+        return f"{existing} is not writable by this user ({folder} cannot be {verb})"
     return None
 
 

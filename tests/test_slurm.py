@@ -218,7 +218,7 @@ def test_two_launches_started_together_submit_each_job_once(held: Any) -> None:
     assert all(r.startswith(f"still queued/running as {array}_") for r in launches[0]["skipped"].values())
     assert {n: e["job_id"] for n, e in manifest["jobs"].items()} == \
         {n: f"{array}_{i}" for i, n in enumerate(["cat_fold1", "cat_fold2", "align_fold1", "align_fold2"])}
-    queued = squeue_ids("camvis-it-lock,camvis-it-lock-aggregate")  # SLURM holds one array of 4 tasks, and one aggregate job
+    queued = squeue_ids("camvis-it-lock,camvis-it-lock-aggregate")  # one array of 4 tasks, one aggregate job
     assert [q.split("|")[0] for q in queued] == sorted([f"{array}_{i}" for i in range(4)] + [aggregate]), queued
     assert any("waiting for another launch of it-lock (pid " in out for out in held["outs"]) or \
         launches[0]["time"] >= launches[1]["time"]  # the second either waited, or came after the first
@@ -254,8 +254,8 @@ def test_a_cancelled_pending_task_shows_cancelled(held: Any) -> None:
     from camvis import monitor
 
     root = held["root"]
-    assert monitor.cancel("it-lock", "cat_fold1", root / "jobs", root / "outputs") == \
-        [f"cancelled cat_fold1 ({json.loads((root / 'jobs' / 'it-lock' / 'manifest.json').read_text())['jobs']['cat_fold1']['job_id']})"]
+    job_id = json.loads((root / "jobs" / "it-lock" / "manifest.json").read_text())["jobs"]["cat_fold1"]["job_id"]
+    assert monitor.cancel("it-lock", "cat_fold1", root / "jobs", root / "outputs") == [f"cancelled cat_fold1 ({job_id})"]
 
     def states() -> dict[str, str] | None:
         jobs = monitor.collect("it-lock", root / "jobs", root / "outputs").jobs
