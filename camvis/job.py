@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import submitit
 
+from camvis import locks
 from camvis.config import JobConfig, job_dir, to_dict
 from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
 from camvis.jobfiles import ERROR, PROGRESS, read_json
@@ -28,8 +30,10 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
     directory = job_dir(cfg, outputs)
     _limit_threads()
     env = distributed.setup(cfg.train.device)
+    lock = ExitStack()
     try:
-        if env.is_main:
+        if env.is_main:  # one runner per job folder: a second one fails here, touching nothing
+            lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name))
             _start(directory, cfg, env.world_size)
         distributed.barrier()
         inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
@@ -41,11 +45,14 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs") -> dict[str, Any]:
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores
+    except locks.JobLockedError:
+        raise
     except Exception:
         if env.is_main:
             _mark_failed(directory, cfg, traceback.format_exc(), env.world_size)
         raise
     finally:
+        lock.close()
         distributed.teardown()
 
 

@@ -9,6 +9,7 @@ No torch here: this runs on login nodes.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 from dataclasses import dataclass
@@ -196,9 +197,42 @@ def _mtime(path: Path | None) -> float | None:
         return None
 
 
+def _epoch(iso: str | None) -> float | None:
+    """An ISO time as seconds since the epoch (naive: local time); None if absent or unreadable."""
+    try:
+        return datetime.datetime.fromisoformat(iso).timestamp() if iso else None
+    except (TypeError, ValueError):
+        return None
+
+
+def earlier_run_files(info: JobInfo, folder: Path) -> frozenset[str]:
+    """The job files in `folder` last written before this job was submitted: an earlier run's (a
+    relaunched job still queued must not show them as its own). None without a submission time."""
+    since = _epoch(info.submitted)
+    if since is None:
+        return frozenset()
+    return frozenset(f for f in (SCORES, PROGRESS, ERROR) if (t := _mtime(folder / f)) is not None and t < since)
+
+
+def cancelled_by_camvis(info: JobInfo, manifest: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's record of camvis cancelling this job or its array (SLURM keeps no row for a
+    cancelled pending array task), or None."""
+    cancelled = (manifest or {}).get("cancelled")
+    if not info.job_id or not isinstance(cancelled, dict):
+        return None
+    for key in (info.job_id, info.job_id.split("_", 1)[0]):
+        if isinstance(cancelled.get(key), dict):
+            return cancelled[key]
+    return None
+
+
 def job_ended_without_scores(info: JobInfo, folder: Path) -> bool:
-    """error.txt newer than progress.json (not an earlier attempt), or submitit's result file."""
+    """error.txt newer than progress.json (not an earlier attempt, nor an earlier run's), or
+    submitit's result file."""
     error_t, progress_t = _mtime(folder / ERROR), _mtime(folder / PROGRESS)
+    since = _epoch(info.submitted)
+    if error_t is not None and since is not None and error_t < since:
+        error_t = None
     if error_t is not None and (progress_t is None or error_t >= progress_t):
         return True
     return _mtime(submitit_result_path(info)) is not None

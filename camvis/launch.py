@@ -9,10 +9,12 @@ Modes:
 - debug: the first job to run, in this process (submitit's debug executor: pdb on errors).
 - dry run: the job table and the exact sbatch scripts, nothing submitted or written.
 
-Every launch merges itself into jobs/<experiment>/manifest.json (camvis.manifest; see
-contracts: "Grid, manifest"); the sbatch parameters and scripts come from camvis.sbatch. No
-torch here, and camvis.job is imported only when jobs are really submitted: this runs on login
-nodes and must start fast.
+Before anything is submitted, camvis.preflight checks the stores and folders. Then one launch
+of an experiment at a time (camvis.locks, jobs/<experiment>/.launch.lock): what is still queued,
+the plan, the submission and the manifest update. Every launch merges itself into
+jobs/<experiment>/manifest.json (camvis.manifest; see contracts: "Grid, manifest"); the sbatch
+parameters and scripts come from camvis.sbatch. No torch here, and camvis.job is imported only
+when jobs are really submitted: this runs on login nodes and must start fast.
 """
 
 from __future__ import annotations
@@ -20,15 +22,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+from camvis import locks, preflight
 from camvis.errors import SubmissionError
 from camvis.grid import Grid, JobSpec, load_grid, select
-from camvis.manifest import job_entry, read_manifest, record
+from camvis.io import now_iso
+from camvis.jobfiles import aggregate_ids
+from camvis.manifest import job_entry, read_manifest, record, record_cancelled
 from camvis.plan import Decision, plan
 from camvis.progress import progress_bar
 from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
@@ -53,6 +60,10 @@ class LaunchResult:
     scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
     failed: dict[str, str] = field(default_factory=dict)    # local/debug: name -> error
     aggregated: bool = False
+    problems: list[str] = field(default_factory=list)       # dry run: what preflight found
+    cancelled: list[str] = field(default_factory=list)      # earlier pending aggregate jobs cancelled
+    notes: list[str] = field(default_factory=list)          # what went wrong after the submission
+    launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # its record in the manifest
 
     @property
     def submitted(self) -> list[str]:
@@ -65,37 +76,58 @@ class LaunchResult:
 
 def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
            only: Sequence[str] = (), force: bool = False, outputs: str | Path = "outputs",
-           jobs_dir: str | Path = "jobs", profile: str | Path | None = None, console: Any = None) -> LaunchResult:
-    """Expand `grid_path` (with `key=value` overrides), decide what to run and run it in `mode`."""
+           jobs_dir: str | Path = "jobs", profile: str | Path | None = None, console: Any = None,
+           lock_timeout: float | None = None) -> LaunchResult:
+    """Expand `grid_path` (with `key=value` overrides), decide what to run and run it in `mode`.
+
+    Preflight first (camvis.preflight: nothing is submitted while it finds a problem; a dry run
+    reports them). Then, under jobs/<experiment>/.launch.lock (camvis.locks; waits `lock_timeout`
+    s for another launch): what is queued, the plan, the submission and the manifest update."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     grid = load_grid(grid_path, overrides, profile)
     jobs = select(grid.jobs, only)
     if not jobs:
         raise SubmissionError(f"no job of {grid.path} matches --only {' '.join(only)} (jobs: {', '.join(grid.names)})")
-    if mode == "slurm" and not dry_run:
-        check_slurm()
+    found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment)
     exp_dir = Path(jobs_dir) / grid.experiment
-    active = {} if dry_run else active_jobs(exp_dir / "manifest.json")
-    decisions = plan(jobs, outputs, force=force, active=active)
-    if mode == "debug":  # one job only: the first one that would run
-        decisions = _first_to_run(decisions)
-    result = LaunchResult(grid, mode, dry_run, decisions)
-    todo = [d.job for d in decisions if d.submit]
     if dry_run:
-        if todo and mode == "slurm":
-            result.scripts = dry_run_scripts(grid, todo, exp_dir)
+        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, {}, mode), problems=found)
+        if result.submitted and mode == "slurm":
+            result.scripts = dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir)
         return result
-    if not todo:  # nothing to run: record the look, submit nothing
-        result.manifest = record(exp_dir, grid, result, outputs, {})
-        return result
+    if found:
+        raise SubmissionError(preflight.message(found))
     if mode == "slurm":
-        submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, result)
-    elif mode == "local":
-        run_local(grid, todo, exp_dir, outputs, jobs_dir, result, console)
-    else:
-        run_debug(grid, todo[0], exp_dir, outputs, result)
+        check_slurm()
+    with locks.launch_lock(exp_dir, grid.experiment, mode, lock_timeout, _waiting(console, grid.experiment)):
+        active = active_jobs(exp_dir / "manifest.json")
+        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, active, mode))
+        todo = [d.job for d in result.decisions if d.submit]
+        if not todo:  # nothing to run: record the look, submit nothing
+            result.manifest = record(exp_dir, grid, result, outputs, {})
+        elif mode == "slurm":
+            submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, result, _arrays(active))
+        elif mode == "local":
+            run_local(grid, todo, exp_dir, outputs, jobs_dir, result, console)
+        else:
+            run_debug(grid, todo[0], exp_dir, outputs, result)
     return result
+
+
+def _plan(jobs: list[JobSpec], outputs: str | Path, force: bool, active: dict[str, str], mode: str) -> list[Decision]:
+    decisions = plan(jobs, outputs, force=force, active=active)
+    return _first_to_run(decisions) if mode == "debug" else decisions  # debug: one job only
+
+
+def _waiting(console: Any, experiment: str) -> Callable[[str], None]:
+    def say(holder: str) -> None:
+        line = f"waiting for another launch of {experiment} ({holder})"
+        if console is not None:
+            console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+    return say
 
 
 def _first_to_run(decisions: list[Decision]) -> list[Decision]:
@@ -129,26 +161,31 @@ def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
 
 
 def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
-                 result: LaunchResult) -> None:
-    """One sbatch for the array, one for the aggregate; the manifest is written after each."""
+                 result: LaunchResult, earlier_arrays: Sequence[str] = ()) -> None:
+    """One sbatch for the array, one for the aggregate; the manifest is written after each. The
+    aggregate job also waits for `earlier_arrays` (still active), and supersedes the earlier
+    launches' aggregate jobs that are still pending: those are cancelled."""
     from submitit.core.utils import FailedJobError
 
     from camvis.job import TrainEvalTask
 
     executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
     executor.update_parameters(**executor_parameters(grid, len(todo)))
+    submitted = now_iso()  # before sbatch: every file these jobs write is newer
     try:
         jobs = executor.map_array(TrainEvalTask(), [j.config for j in todo], [str(outputs)] * len(todo))
     except FailedJobError as e:
         raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
     result.sbatch_calls = 1
     result.array_id = str(jobs[0].job_id).split("_")[0]
-    entries = {spec.name: job_entry(spec, "slurm", job, result.array_id, i) for i, (spec, job) in
+    entries = {spec.name: job_entry(spec, "slurm", job, result.array_id, i, submitted) for i, (spec, job) in
                enumerate(zip(todo, jobs))}
     result.job_ids = {name: e["job_id"] for name, e in entries.items()}
     result.manifest = record(exp_dir, grid, result, outputs, entries)
+    earlier = aggregate_ids(read_manifest(exp_dir / "manifest.json"))
     agg = _executor(job_folder(exp_dir), "slurm", 0)
-    agg.update_parameters(**aggregate_parameters(grid, result.array_id))
+    after = ":".join([result.array_id, *(a for a in earlier_arrays if a != result.array_id)])
+    agg.update_parameters(**aggregate_parameters(grid, after))
     try:
         agg_job = agg.submit(run_aggregate, grid.experiment, str(outputs), str(jobs_dir))
     except FailedJobError as e:
@@ -158,6 +195,30 @@ def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | 
     result.sbatch_calls = 2
     result.aggregate_id = str(agg_job.job_id)
     record(exp_dir, grid, result, outputs, {}, update_last=True)
+    _cancel_pending_aggregates(earlier, exp_dir, result)
+
+
+def _arrays(active: dict[str, str]) -> list[str]:
+    """The arrays (or plain jobs) of earlier launches with a task still queued or running."""
+    return sorted({value.split()[0].split("_")[0] for value in active.values()}, key=int)
+
+
+def _cancel_pending_aggregates(earlier: list[str], exp_dir: Path, result: LaunchResult) -> None:
+    """An earlier launch's aggregate job still pending would summarize the experiment twice (the
+    first time on partial results): the new one, which also waits for its arrays, replaces it."""
+    from camvis import slurm_query
+
+    rows = slurm_query.query(earlier).rows if earlier else {}
+    pending = [i for i in earlier if i in rows and rows[i].state == "PENDING"]
+    if not pending:
+        return
+    done = slurm_query.cancel(pending)
+    if done.returncode != 0:
+        result.notes.append(f"could not cancel the earlier pending aggregate job(s) {' '.join(pending)}: "
+                            f"{(done.stderr or done.stdout).strip()}")
+        return
+    record_cancelled(exp_dir, pending, "camvis-launch", f"superseded by aggregate job {result.aggregate_id}")
+    result.cancelled = pending
 
 
 def _last_line(error: BaseException) -> str:
@@ -208,10 +269,11 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
             while queue or running:
                 while queue and len(running) < s.array_parallelism:  # the throttle, as on SLURM
                     i, spec = queue.pop(0)
+                    submitted = now_iso()
                     running[spec.name] = job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
                     result.job_ids[spec.name] = str(job.job_id)
                     result.manifest = record(exp_dir, grid, result, outputs,
-                                             {spec.name: job_entry(spec, "local", job, None, i)},
+                                             {spec.name: job_entry(spec, "local", job, None, i, submitted)},
                                              update_last=result.manifest is not None)
                 for name in [n for n, job in running.items() if job.done()]:
                     error = running.pop(name).exception()
@@ -240,9 +302,11 @@ def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, res
     from camvis.job import TrainEvalTask
 
     executor = _executor(job_folder(exp_dir), "debug", 0)
+    submitted = now_iso()
     job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
     result.job_ids[spec.name] = str(job.job_id)
-    result.manifest = record(exp_dir, grid, result, outputs, {spec.name: job_entry(spec, "debug", job, None, 0)})
+    result.manifest = record(exp_dir, grid, result, outputs,
+                             {spec.name: job_entry(spec, "debug", job, None, 0, submitted)})
     job.result()
 
 
@@ -294,7 +358,10 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
     exp = result.grid.experiment
     s = result.grid.slurm
     if result.dry_run:
-        console.print("dry run: nothing submitted, nothing written")
+        for problem in result.problems:
+            console.print(f"[red]preflight:[/] {problem}", highlight=False)
+        refuse = f"; a launch would refuse: {len(result.problems)} preflight problem(s)" if result.problems else ""
+        console.print("dry run: nothing submitted, nothing written" + refuse)
         return
     if not result.submitted:
         console.print("nothing to run: every selected job is finished or still queued (--force resubmits finished ones)")
@@ -302,6 +369,11 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
         console.print(f"submitted {len(result.submitted)} jobs as array {result.array_id} "
                       f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "
                       f"{result.aggregate_id} after it; {result.sbatch_calls} sbatch calls")
+        if result.cancelled:
+            console.print(f"cancelled the earlier pending aggregate job(s) {' '.join(result.cancelled)}: "
+                          f"{result.aggregate_id} replaces them")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     else:
         ok = [n for n in result.submitted if n in result.job_ids and n not in result.failed]
         console.print(f"{result.mode}: {len(ok)} job(s) finished" +

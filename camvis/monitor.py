@@ -27,6 +27,8 @@ from camvis.jobfiles import (
     aggregate_ids,
     array_ids,
     as_int,
+    cancelled_by_camvis,
+    earlier_run_files,
     expected_jobs,
     find_job,
     is_finished,
@@ -38,6 +40,7 @@ from camvis.jobfiles import (
     state_from_files,
     tail,
 )
+from camvis.manifest import record_cancelled
 from camvis.slurm_query import FAILED_STATES, QueryResult, SlurmRow, is_active
 
 STATE_ORDER = ("COMPLETED", "RUNNING", "PENDING", "REQUEUED", "FAILED", "TIMEOUT", "CANCELLED", "UNKNOWN")
@@ -51,25 +54,39 @@ STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "RE
 class JobStatus:
     info: JobInfo
     state: str
-    source: str  # where the state comes from: sacct | squeue | files
+    source: str  # where the state comes from: sacct | squeue | files | manifest (camvis cancelled it)
     slurm: SlurmRow | None = None
     progress: dict[str, Any] | None = None
     finished: bool = False  # scores.json present with the expected config hash
     error: str | None = None  # last line of the job's error.txt (its traceback), if it failed in Python
     folder: Path | None = None  # outputs/<experiment>/<job>/
+    hidden: frozenset[str] = frozenset()  # job files of an earlier run, not shown as this job's
+
+    @property
+    def source_text(self) -> str:
+        """Where the state comes from, as the table shows it."""
+        if self.source == "manifest":
+            return "camvis cancelled it (manifest)"
+        return "job files" if self.source == "files" else self.source
 
 
-def job_status(info: JobInfo, slurm: QueryResult, outputs: str | Path, experiment: str) -> JobStatus:
+def job_status(info: JobInfo, slurm: QueryResult, outputs: str | Path, experiment: str,
+               manifest: dict[str, Any] | None = None) -> JobStatus:
+    """One job's state: SLURM's row for its id; else camvis's record of cancelling it; else its files.
+    Files written before this job was submitted are an earlier run's: never shown as this job's."""
     folder = Path(outputs) / experiment / info.name
-    progress = read_json(folder / jobfiles.PROGRESS)
-    finished = is_finished(read_json(folder / jobfiles.SCORES), info.config_hash)
-    error = None if finished else last_error_line(folder)
+    hidden = earlier_run_files(info, folder)
+    progress = None if jobfiles.PROGRESS in hidden else read_json(folder / jobfiles.PROGRESS)
+    finished = jobfiles.SCORES not in hidden and is_finished(read_json(folder / jobfiles.SCORES), info.config_hash)
+    error = None if finished or jobfiles.ERROR in hidden else last_error_line(folder)
     row = slurm.rows.get(info.job_id) if info.mode == "slurm" and info.job_id else None
     if row is not None:
-        return JobStatus(info, row.state, slurm.source or "slurm", row, progress, finished, error, folder)
+        return JobStatus(info, row.state, slurm.source or "slurm", row, progress, finished, error, folder, hidden)
+    if not finished and cancelled_by_camvis(info, manifest):
+        return JobStatus(info, "CANCELLED", "manifest", None, progress, False, error, folder, hidden)
     ended = not finished and job_ended_without_scores(info, folder)
     state = state_from_files(info, progress, finished, slurm.reachable, ended)
-    return JobStatus(info, state, "files", None, progress, finished, error, folder)
+    return JobStatus(info, state, "files", None, progress, finished, error, folder, hidden)
 
 
 @dataclass(frozen=True)
@@ -122,8 +139,10 @@ def collect(
     ids = slurm_task_ids(infos) + agg
     if slurm is None:
         slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
-    rows = [job_status(info, slurm, outputs, experiment) for info in infos]
-    agg_states = [(a, slurm.rows[a].state if a in slurm.rows else "UNKNOWN") for a in agg]
+    rows = [job_status(info, slurm, outputs, experiment, manifest) for info in infos]
+    cancelled = (manifest or {}).get("cancelled") or {}
+    agg_states = [(a, slurm.rows[a].state if a in slurm.rows else "CANCELLED" if a in cancelled else "UNKNOWN")
+                  for a in agg]
     return ExperimentStatus(experiment, rows, slurm, agg_states, bool(ids))
 
 
@@ -183,7 +202,7 @@ def state_text(state: str) -> Text:
 def build_table(status: ExperimentStatus) -> Table:
     table = Table(title=f"{status.experiment}: {len(status.jobs)} jobs", title_justify="left")
     for column, justify in [("job", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
-                            ("node", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
+                            ("from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
                             ("samples/s", "right"), ("ETA", "right")]:  # fmt: skip
         table.add_column(column, justify=justify, no_wrap=column in ("job", "state"))  # type: ignore[arg-type]
     for job in status.jobs:
@@ -192,7 +211,8 @@ def build_table(status: ExperimentStatus) -> Table:
         if info.job_id:
             name.append(f" {info.job_id}", style="dim")
         fold = "-" if info.fold is None else str(info.fold)
-        table.add_row(name, info.group, fold, state_text(job.state), row.node if row and row.node else "-",
+        table.add_row(name, info.group, fold, state_text(job.state), Text(job.source_text, style="dim"),
+                      row.node if row and row.node else "-",
                       row.elapsed if row and row.elapsed else "-", *progress_cells(job))  # fmt: skip
     return table
 
@@ -245,6 +265,10 @@ def status_renderable(status: ExperimentStatus, tail_lines: int = 10) -> Rendera
     parts: list[RenderableType] = [build_table(status), counts_line(status.counts), slurm_line(status)]
     if status.aggregate:
         parts.append(Text("aggregate job: " + ", ".join(f"{i} {s}" for i, s in status.aggregate)))
+    hidden = [j.info.name for j in status.jobs if j.hidden]
+    if hidden:
+        parts.append(Text(f"not shown: an earlier run's files in the folders of {', '.join(hidden)} "
+                          f"(written before these jobs were submitted; they are not this launch's)", style="dim"))
     return Group(*parts, *failure_tails(status, tail_lines))
 
 
@@ -324,6 +348,7 @@ def cancel(
         if info.mode != "slurm" or not info.job_id:
             raise ConfigError(f"job {info.name} is a {info.mode} run with no SLURM id: stop the process that runs it")
         _scancel([info.job_id], runner)
+        record_cancelled(Path(jobs) / experiment, [info.job_id], "camvis-status --cancel")
         return [f"cancelled {info.name} ({info.job_id})"]
     manifest = read_manifest(jobs, experiment)
     if manifest is None:
@@ -337,6 +362,7 @@ def cancel(
     ids = _still_active(list(roles), runner)
     if ids:
         _scancel(ids, runner)
+        record_cancelled(Path(jobs) / experiment, ids, "camvis-status --cancel")
     return [f"cancelled {roles[i]} {i}" for i in ids] or ["nothing to cancel: every SLURM job has ended"]
 
 

@@ -171,7 +171,7 @@ def query(job_ids: Iterable[str | None], runner: Runner | None = None) -> QueryR
         runner = _run
     sacct = _call(runner, sacct_command(ids))
     if sacct is not None and sacct.returncode == 0:
-        return QueryResult(parse_sacct(sacct.stdout), "sacct")
+        return QueryResult(_with_unrecorded(parse_sacct(sacct.stdout), ids, runner), "sacct")
     squeue = _call(runner, squeue_command(ids))
     if squeue is None:
         return QueryResult({}, None, "SLURM is not reachable (sacct and squeue could not run)")
@@ -181,6 +181,16 @@ def query(job_ids: Iterable[str | None], runner: Runner | None = None) -> QueryR
         return QueryResult({}, "squeue", "accounting off and squeue no longer knows these jobs")
     message = (squeue.stderr or squeue.stdout or "").strip().splitlines()
     return QueryResult({}, None, f"SLURM is not reachable: {message[-1] if message else 'squeue failed'}")
+
+
+def _with_unrecorded(rows: dict[str, SlurmRow], ids: list[str], runner: Runner) -> dict[str, SlurmRow]:
+    """sacct learns of a job seconds after sbatch (slurmdbd lags the controller): the ids it has no
+    row for at all are asked of squeue, in one more call, only when there are some."""
+    missing = [i for i in ids if not any(k == i or k.startswith(f"{i}_") for k in rows)]
+    squeue = _call(runner, squeue_command(missing)) if missing else None
+    if squeue is None or squeue.returncode != 0:  # "Invalid job id": long forgotten, nothing to add
+        return rows
+    return {**parse_squeue(squeue.stdout), **rows}
 
 
 def _call(runner: Runner, cmd: list[str]) -> subprocess.CompletedProcess | None:

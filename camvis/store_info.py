@@ -24,6 +24,7 @@ class StoreInfo:
     path: str
     views: tuple[str, ...]
     factors: tuple[int, ...]
+    patch_size: object = None  # as the attributes say; problems() checks it
 
     @staticmethod
     def read(store: str) -> StoreInfo | None:
@@ -45,7 +46,10 @@ class StoreInfo:
             raise ConfigError(f"data.store: {store} has store format version {found!r}, "
                               f"this camvis reads version {FORMAT_VERSION}; rebuild it with "
                               f"camvis-data build RAW_DIR {store} --force")
-        return StoreInfo(store, tuple(map(str, views)), tuple(int(f) for f in factors))
+        if not all(isinstance(f, int) and not isinstance(f, bool) for f in factors):
+            raise ConfigError(f"data.store: {store}: attribute factors {factors!r} is not a list of ints; "
+                              f"rebuild it with camvis-data build")
+        return StoreInfo(store, tuple(map(str, views)), tuple(factors), attrs.get("patch_size"))
 
     @staticmethod
     def cache() -> Callable[..., StoreInfo | None]:
@@ -73,3 +77,19 @@ class StoreInfo:
                           f"{len(self.views)} views")
             return None
         return self.views[cfg.data.fold - 1]
+
+    def problems(self, factors: set[int]) -> list[str]:
+        """What jobs using `factors` would trip over after queueing, read from metadata only: a
+        patch size the model cannot take, a level whose arrays are not there."""
+        out = []
+        p = self.patch_size
+        if isinstance(p, bool) or not isinstance(p, int) or p < 4 or p & (p - 1):
+            out.append(f"data.store: {self.path}: attribute patch_size {p!r} is not a power of 2 >= 4 "
+                       f"(the model halves a patch down to 1 x 1); rebuild it with camvis-data build")
+        for f in sorted(factors & set(self.factors)):
+            for array in ("images", "depth"):
+                meta = Path(self.path) / "levels" / str(f) / array / "zarr.json"
+                if not meta.is_file():
+                    out.append(f"data.store: {self.path}: level {f} has no {array} array ({meta} is missing); "
+                               f"rebuild it with camvis-data build")
+        return out

@@ -8,13 +8,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from camvis import launch as launch_mod
+from camvis import locks
 from camvis.cli import launch as cli
-from camvis.errors import SubmissionError
+from camvis.errors import CamvisError, SubmissionError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -28,8 +30,12 @@ SHIMS = {
               'cp "$1" "$SHIM/script_$n.sh"; echo "Submitted batch job $n"',
     "srun": "exit 0",
     "sinfo": "echo debug",
-    "sacct": 'cat "$SHIM/sacct.txt" 2>/dev/null; exit 0',
+    # sacct: sacct.txt; with all_pending, every array submitted so far as pending (tasks 0-15)
+    "sacct": 'cat "$SHIM/sacct.txt" 2>/dev/null; [ -f "$SHIM/all_pending" ] && '
+             'for n in $(seq 100 $(cat "$SHIM/count" 2>/dev/null || echo 99)); do '
+             'echo "${n}_[0-15]|PENDING|None assigned|00:00:00|0:0"; done; exit 0',
     "squeue": "exit 0",
+    "scancel": 'echo "$@" >> "$SHIM/scancel.txt"',
 }
 
 
@@ -46,13 +52,33 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return shim
 
 
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small store shaped as configs/demo.yaml expects (4 views, levels 1, 2, 4)."""
+    from camvis import store_build
+    from camvis.synth import synthesize
+
+    root = tmp_path_factory.mktemp("demo")
+    raw = synthesize(root / "raw", progress=False, views=4, images_per_view=2, size=(96, 144), seed=0)
+    store_build.build(raw, root / "data" / "processed" / "demo.zarr", progress=False, figure=False,
+                      factors=(1, 2, 4), patch_size=16, patches_per_image=16, seed=0)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def in_demo_root(demo_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run where the demo grid's data.store (data/processed/demo.zarr) exists: preflight wants it."""
+    monkeypatch.chdir(demo_store)
+    return demo_store
+
+
 def demo_args(tmp_path: Path, *extra: str) -> list[str]:
     return [str(DEMO), *extra, "--outputs", str(tmp_path / "outputs"), "--jobs-dir", str(tmp_path / "jobs")]
 
 
 def test_launcher_imports_no_torch() -> None:
     code = ("import sys, camvis.launch, camvis.grid, camvis.plan, camvis.slurm_settings, camvis.store_info, "
-            "camvis.manifest, camvis.sbatch, camvis.cli.launch; "
+            "camvis.manifest, camvis.sbatch, camvis.cli.launch, camvis.preflight, camvis.locks; "
             "bad = [m for m in ('torch', 'camvis.job', 'zarr') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -232,6 +258,140 @@ def test_refused_array_is_a_submission_error(fake_slurm: Path, tmp_path: Path) -
     (fake_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
     with pytest.raises(SubmissionError, match="invalid partition specified: gpu"):
         launch_mod.launch(DEMO, ["slurm.partition=gpu"], outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+
+
+# --------------------------------------------------------------------------- one launch at a time
+
+
+def test_concurrent_launches_submit_each_job_once(fake_slurm: Path, tmp_path: Path) -> None:
+    """Three launches of one grid started together: one submits, the others find its jobs queued."""
+    (fake_slurm / "all_pending").touch()
+    kwargs = dict(only=["fold=1,2"], outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    start, results, errors = threading.Barrier(3), [], []
+
+    def go() -> None:
+        start.wait()
+        try:
+            results.append(launch_mod.launch(DEMO, **kwargs))
+        except Exception as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(len(r.submitted) for r in results) == [0, 0, 4]
+    assert (fake_slurm / "count").read_text().strip() == "101"  # one array, one aggregate job in all
+    manifest = json.loads((tmp_path / "jobs" / "demo" / "manifest.json").read_text())
+    ids = sorted(((x["array_id"], x["aggregate_id"], x["sbatch_calls"]) for x in manifest["launches"]), key=str)
+    assert ids == sorted([("100", "101", 2), (None, None, 0), (None, None, 0)], key=str)
+    assert {e["job_id"] for e in manifest["jobs"].values()} == {"100_0", "100_1", "100_2", "100_3"}
+    skipped = [r for r in results if not r.submitted]
+    assert all(reason.startswith("still queued/running as 100_") for r in skipped for reason in r.skipped.values())
+
+
+def _hold(path: Path) -> subprocess.Popen:
+    """Another process holding the lock at `path` (as another launch would)."""
+    code = ("import sys, time; from camvis import locks; locks.acquire(sys.argv[1], 'slurm launch of demo'); "
+            "print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_launch_waits_for_another_then_gives_up(fake_slurm: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    holder = _hold(tmp_path / "jobs" / "demo" / locks.LAUNCH_LOCK)
+    console = Console(record=True, width=300)
+    try:
+        with pytest.raises(SubmissionError, match=rf"another launch of demo holds .*pid {holder.pid} on "):
+            launch_mod.launch(DEMO, outputs=tmp_path / "o", jobs_dir=tmp_path / "jobs", lock_timeout=0.5,
+                              console=console)
+        assert f"waiting for another launch of demo (pid {holder.pid} on " in console.export_text()
+        assert not (fake_slurm / "count").exists()  # nothing submitted
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel dropped the dead holder's lock: no stale lock file blocks the next launch
+    assert launch_mod.launch(DEMO, outputs=tmp_path / "o", jobs_dir=tmp_path / "jobs", lock_timeout=5).array_id == "100"
+
+
+def test_relaunch_cancels_the_earlier_pending_aggregate_job(fake_slurm: Path, tmp_path: Path) -> None:
+    kwargs = dict(outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    first = launch_mod.launch(DEMO, only=["fold=1"], **kwargs)
+    assert (first.array_id, first.aggregate_id) == ("100", "101")
+    (fake_slurm / "sacct.txt").write_text("100_[0-1]|PENDING|None assigned|00:00:00|0:0\n"
+                                          "101|PENDING|None assigned|00:00:00|0:0\n")
+    second = launch_mod.launch(DEMO, only=["fold=1,2"], **kwargs)
+    assert second.submitted == ["cat_fold2", "align_fold2"] and second.cancelled == ["101"]
+    assert (fake_slurm / "scancel.txt").read_text().split() == ["101"]
+    # the new aggregate job waits for the earlier array too: it summarizes every job once
+    assert "#SBATCH --dependency=afterany:102:100\n" in (fake_slurm / "script_103.sh").read_text()
+    manifest = json.loads((tmp_path / "jobs" / "demo" / "manifest.json").read_text())
+    assert manifest["cancelled"]["101"]["by"] == "camvis-launch"
+    assert "superseded by aggregate job 103" in manifest["cancelled"]["101"]["reason"]
+    assert [x["aggregate_id"] for x in manifest["launches"]] == ["101", "103"]
+    # a running aggregate job is left alone
+    (fake_slurm / "sacct.txt").write_text("103|RUNNING|vm|00:00:05|0:0\n")
+    third = launch_mod.launch(DEMO, only=["fold=3"], **kwargs)
+    assert third.aggregate_id == "105" and third.cancelled == []
+    assert (fake_slurm / "scancel.txt").read_text().split() == ["101"]
+
+
+# --------------------------------------------------------------------------- preflight
+
+
+def _copy_store(tmp_path: Path, edit: str | None = None, **attrs: object) -> Path:
+    import shutil
+
+    store = Path(shutil.copytree(Path("data/processed/demo.zarr"), tmp_path / "copy.zarr"))
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"].update(attrs)
+    (store / "zarr.json").write_text(json.dumps(meta))
+    if edit:
+        (store / edit).unlink()
+    return store
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", r"data.store: .*nowhere.zarr does not exist \(jobs cat_fold1, .*\); build it"),
+    ("version", r"store format version 99, this camvis reads version 1"),
+    ("patch", r"attribute patch_size 12 is not a power of 2"),
+    ("level", r"level 4 has no images array .*levels/4/images/zarr.json is missing"),
+    ("factors", r"data.factors \[1, 2, 4\]: \[4\] not levels of store"),
+    ("fold", r"axes.fold: fold\(s\) \[5\] out of range; store .* has 4 views"),
+    ("outputs", r"--outputs: .*outputs is a file, not a folder"),
+])
+def test_preflight_refuses_before_any_sbatch(fake_slurm: Path, tmp_path: Path, case: str, expected: str) -> None:
+    store = {"missing": lambda: tmp_path / "nowhere.zarr", "version": lambda: _copy_store(tmp_path, format_version=99),
+             "patch": lambda: _copy_store(tmp_path, patch_size=12),
+             "level": lambda: _copy_store(tmp_path, "levels/4/images/zarr.json"),
+             "factors": lambda: _copy_store(tmp_path, factors=[1, 2]),
+             }.get(case, lambda: Path("data/processed/demo.zarr").absolute())()
+    outputs = tmp_path / "outputs"
+    if case == "outputs":
+        outputs.write_text("not a folder")
+    grid = DEMO
+    if case == "fold":  # a grid that names a fold the store does not have
+        grid = tmp_path / "grid.yaml"
+        grid.write_text(DEMO.read_text().replace("  fold: all", "  fold: [1, 5]"))
+    with pytest.raises(CamvisError, match=expected):
+        launch_mod.launch(grid, [f"data.store={store}"], outputs=outputs, jobs_dir=tmp_path / "jobs")
+    assert not (fake_slurm / "count").exists() and not (tmp_path / "jobs").exists()  # no sbatch, nothing written
+
+
+def test_dry_run_reports_preflight_problems(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "nowhere.zarr"
+    assert cli.main(demo_args(tmp_path, "--dry-run", f"data.store={missing}", "folds=4")) == 2
+    out = capsys.readouterr().out
+    assert "would submit" in out and "#SBATCH --array=0-7%2" in out  # the table and scripts still shown
+    assert f"preflight: data.store: {missing} does not exist" in out.replace("\n", "")
+    assert "a launch would refuse: 1 preflight problem(s)" in out
+    assert cli.main(demo_args(tmp_path, "--dry-run")) == 0  # a good store: no problem
 
 
 # --------------------------------------------------------------------------- local and debug (real jobs)

@@ -205,6 +205,14 @@ def test_query_falls_back_on_squeue_when_accounting_is_off() -> None:
     assert fake.calls[1] == ["squeue", "-h", "-t", "all", "-j", "123,124", "-o", "%i|%T|%N|%M"]
 
 
+def test_ids_sacct_has_not_recorded_yet_are_asked_of_squeue() -> None:
+    """slurmdbd learns of a job seconds after sbatch: meanwhile squeue knows it."""
+    fake = FakeSlurm(sacct=SACCT.replace("124|PENDING|None assigned|00:00:00|0:0\n", ""), squeue="124|PENDING||0:00\n")
+    result = slurm_query.query(["123_0", "124"], fake)
+    assert result.source == "sacct" and result.rows["124"].state == "PENDING" and result.rows["123_0"].state == "COMPLETED"
+    assert fake.calls[1] == ["squeue", "-h", "-t", "all", "-j", "124", "-o", "%i|%T|%N|%M"] and len(fake.calls) == 2
+
+
 def test_query_when_squeue_has_forgotten_every_job() -> None:
     fake = FakeSlurm(sacct=None, squeue=None, squeue_err="slurm_load_jobs error: Invalid job id specified\n")
     result = slurm_query.query(["123_0"], fake)
@@ -410,6 +418,61 @@ def test_cancel_errors(tmp_path: Path) -> None:
 
     with pytest.raises(SubmissionError, match="Kill job error"):
         monitor.cancel("s", "cat_fold3", tmp_path / "jobs", tmp_path / "outputs", refuse)
+
+
+def test_a_pending_task_camvis_cancelled_reads_cancelled(tmp_path: Path) -> None:
+    """SLURM keeps no row for a pending array task cancelled: camvis's record in the manifest says it."""
+    make_experiment(tmp_path)
+    monitor.cancel(EXP, "align_fold2", tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())  # task 123_5
+    manifest = json.loads((tmp_path / "jobs" / EXP / "manifest.json").read_text())
+    assert manifest["cancelled"]["123_5"]["by"] == "camvis-status --cancel"
+    after = SACCT.replace("123_[4-7%2]", "123_[4,6-7%2]")  # what sacct shows then: no 123_5 at all
+    status = collect(tmp_path, FakeSlurm(sacct=after))
+    by_name = {j.info.name: j for j in status.jobs}
+    assert (by_name["align_fold2"].state, by_name["align_fold2"].source) == ("CANCELLED", "manifest")
+    assert {by_name[f"align_fold{k}"].state for k in (1, 3, 4)} == {"PENDING"}
+    line = next(ln for ln in render(monitor.build_table(status)).splitlines() if "align_fold2" in ln)
+    assert "CANCELLED" in line and "camvis cancelled it (manifest)" in line
+
+
+def test_a_whole_experiment_camvis_cancelled_reads_cancelled(tmp_path: Path) -> None:
+    make_experiment(tmp_path)
+    monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())
+    forgotten = "123_0|COMPLETED|node1|00:05:00|0:0\n"  # only the finished task is still known
+    status = collect(tmp_path, FakeSlurm(sacct=forgotten, squeue=None, squeue_err="Invalid job id specified"))
+    states = {j.info.name: j.state for j in status.jobs}
+    assert states["cat_fold1"] == "COMPLETED" and states["align_fold3"] == "CANCELLED"
+    assert status.aggregate == [("124", "CANCELLED")] and not status.active
+
+
+def _earlier_run(folder: Path, scores: bool = True) -> None:
+    """A finished run's files, written long before the manifest's submission time (2026-01-01)."""
+    write_json(folder / "progress.json", progress("done", 100))
+    if scores:
+        write_json(folder / "scores.json", {"config_hash": "h1", "metrics": {"acc": 0.9}})
+    (folder / "error.txt").write_text("RuntimeError: an earlier failure\n")
+    old = time.mktime((2025, 6, 1, 0, 0, 0, 0, 0, -1))
+    for f in folder.iterdir():
+        os.utime(f, (old, old))
+
+
+def test_a_relaunched_job_shows_none_of_an_earlier_runs_files(tmp_path: Path) -> None:
+    make_experiment(tmp_path)
+    _earlier_run(tmp_path / "outputs" / EXP / "align_fold1")
+    status = collect(tmp_path, FakeSlurm())  # 123_4 PENDING in sacct
+    job = next(j for j in status.jobs if j.info.name == "align_fold1")
+    assert (job.state, job.progress, job.finished, job.error) == ("PENDING", None, False, None)
+    assert job.hidden == {"progress.json", "scores.json", "error.txt"}
+    assert monitor.progress_cells(job) == ("-", "-", "-", "-")
+    text = render(monitor.status_renderable(status))
+    assert "not shown: an earlier run's files in the folders of align_fold1" in text
+    # without SLURM the files decide, and an earlier run's do not: queued, not COMPLETED nor FAILED
+    offline = {j.info.name: j.state for j in collect(tmp_path).jobs}
+    assert offline["align_fold1"] == "PENDING"
+    # files this run wrote (after its submission) are its own
+    (tmp_path / "outputs" / EXP / "align_fold1" / "progress.json").write_text(json.dumps(progress("training", 3)))
+    job = next(j for j in collect(tmp_path, FakeSlurm()).jobs if j.info.name == "align_fold1")
+    assert job.progress["epoch"] == 3 and job.hidden == {"scores.json", "error.txt"}
 
 
 # --------------------------------------------------------------------------- watch and CLI

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -180,3 +181,95 @@ def test_time_limit_requeues_and_resumes_from_checkpoint(launched: dict[str, Any
     restarts = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert "Restarts=0" not in restarts
     slurm_query.cancel([job_id, requeue.aggregate_id])
+
+
+# --------------------------------------------------------------------------- one launch at a time (held jobs)
+
+HOLD = ["slurm.additional.hold=true"]  # the array stays pending (its aggregate job waits on it): no compute
+
+
+def squeue_ids(name: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-n", name, "-o", "%i|%T"], capture_output=True,
+                         text=True, check=True).stdout
+    return sorted(line for line in out.splitlines() if line.strip())
+
+
+@pytest.fixture(scope="module")
+def held(cluster: None, synth_store: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Two camvis-launch processes of one grid, started together; everything is cancelled at the end."""
+    root = tmp_path_factory.mktemp("held")
+    cmd = [sys.executable, "-m", "camvis.cli.launch", str(DEMO), "experiment=it-lock",
+           f"data.store={synth_store.path}", *TINY, *HOLD, "--only", "fold=1,2",
+           "--outputs", str(root / "outputs"), "--jobs-dir", str(root / "jobs")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    yield {"root": root, "outs": outs, "codes": [p.returncode for p in procs]}
+    manifest = json.loads((root / "jobs" / "it-lock" / "manifest.json").read_text())
+    ids = [str(x[k]) for x in manifest["launches"] for k in ("array_id", "aggregate_id") if x.get(k)]
+    subprocess.run(["scancel", *ids], capture_output=True)
+
+
+def test_two_launches_started_together_submit_each_job_once(held: Any) -> None:
+    assert held["codes"] == [0, 0], held["outs"]
+    manifest = json.loads((held["root"] / "jobs" / "it-lock" / "manifest.json").read_text())
+    launches = sorted(manifest["launches"], key=lambda x: x["sbatch_calls"])
+    assert [x["sbatch_calls"] for x in launches] == [0, 2]
+    array, aggregate = launches[1]["array_id"], launches[1]["aggregate_id"]
+    assert all(r.startswith(f"still queued/running as {array}_") for r in launches[0]["skipped"].values())
+    assert {n: e["job_id"] for n, e in manifest["jobs"].items()} == \
+        {n: f"{array}_{i}" for i, n in enumerate(["cat_fold1", "cat_fold2", "align_fold1", "align_fold2"])}
+    queued = squeue_ids("camvis-it-lock,camvis-it-lock-aggregate")  # one array of 4 tasks, one aggregate job
+    assert [q.split("|")[0] for q in queued] == sorted([f"{array}_{i}" for i in range(4)] + [aggregate]), queued
+    assert any("waiting for another launch of it-lock (pid " in out for out in held["outs"]) or \
+        launches[0]["time"] >= launches[1]["time"]  # the second either waited, or came after the first
+
+
+def test_relaunch_cancels_the_pending_aggregate_and_shows_no_earlier_progress(held: Any, synth_store: Any) -> None:
+    from camvis import monitor
+
+    root = held["root"]
+    earlier = root / "outputs" / "it-lock" / "cat_fold3"  # an earlier run's files, in the folder of a new job
+    earlier.mkdir(parents=True)
+    (earlier / "progress.json").write_text(json.dumps({"state": "done", "epoch": 7, "max_epochs": 7,
+                                                       "updated": "2026-01-01T00:00:00+00:00"}))
+    old = time.time() - 3600
+    os.utime(earlier / "progress.json", (old, old))
+    first = json.loads((root / "jobs" / "it-lock" / "manifest.json").read_text())
+    first_agg = next(x["aggregate_id"] for x in first["launches"] if x["aggregate_id"])
+    again = launch(DEMO, ["experiment=it-lock", f"data.store={synth_store.path}", *TINY, *HOLD],
+                   only=["fold=1,2,3"], outputs=root / "outputs", jobs_dir=root / "jobs")
+    assert again.submitted == ["cat_fold3", "align_fold3"] and again.cancelled == [first_agg]
+    row = wait_for("the earlier aggregate job CANCELLED",
+                   lambda: (r := slurm_query.query([first_agg]).rows.get(first_agg)) and r.state == "CANCELLED" and r)
+    assert row.state == "CANCELLED"
+    dep = subprocess.run(["scontrol", "show", "job", again.aggregate_id], capture_output=True, text=True).stdout
+    assert f"afterany:{again.array_id}" in dep and "afterany:" + first["jobs"]["cat_fold1"]["array_id"] in dep, dep
+    status = monitor.collect("it-lock", root / "jobs", root / "outputs")
+    job = next(j for j in status.jobs if j.info.name == "cat_fold3")
+    assert job.state == "PENDING" and job.progress is None and job.hidden == {"progress.json"}
+    assert dict(status.aggregate)[first_agg] == "CANCELLED"
+
+
+def test_a_cancelled_pending_task_shows_cancelled(held: Any) -> None:
+    from camvis import monitor
+
+    root = held["root"]
+    job_id = json.loads((root / "jobs" / "it-lock" / "manifest.json").read_text())["jobs"]["cat_fold1"]["job_id"]
+    assert monitor.cancel("it-lock", "cat_fold1", root / "jobs", root / "outputs") == [f"cancelled cat_fold1 ({job_id})"]
+
+    def states() -> dict[str, str] | None:
+        jobs = monitor.collect("it-lock", root / "jobs", root / "outputs").jobs
+        out = {j.info.name: j.state for j in jobs}
+        return out if out["cat_fold1"] == "CANCELLED" and out["cat_fold2"] == "PENDING" else None
+
+    by_name = wait_for("cat_fold1 CANCELLED, the other tasks still PENDING", states, timeout=60)
+    assert by_name["align_fold1"] == "PENDING"
+
+
+def test_a_missing_store_submits_nothing(cluster: None, tmp_path: Path) -> None:
+    from camvis.errors import SubmissionError
+
+    with pytest.raises(SubmissionError, match="does not exist"):
+        launch(DEMO, ["experiment=it-nostore", f"data.store={tmp_path / 'nowhere.zarr'}", "folds=3", *TINY],
+               outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    assert squeue_ids("camvis-it-nostore,camvis-it-nostore-aggregate") == [] and not (tmp_path / "jobs").exists()

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CamvisError, OSError) as e:  # OSError: a full disk under submitit/TensorBoard
         return fail(e)
     launch.print_report(result, console)
-    return 1 if result.failed else 0
+    return 2 if result.problems else 1 if result.failed else 0  # problems: a dry run's preflight found some
 
 
 if __name__ == "__main__":
