@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 from camvis.errors import SubmissionError
 from camvis.grid import Grid, JobSpec, load_grid, select
 from camvis.manifest import job_entry, read_manifest, record
-from camvis.plan import Decision, plan
+from camvis.plan import Decision, new_run_id, plan
 from camvis.progress import progress_bar
 from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
 
@@ -53,6 +53,7 @@ class LaunchResult:
     scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
     failed: dict[str, str] = field(default_factory=dict)    # local/debug: name -> error
     aggregated: bool = False
+    restart: str | None = None  # --restart: the id every submitted job carries (camvis.identity)
 
     @property
     def submitted(self) -> list[str]:
@@ -64,7 +65,7 @@ class LaunchResult:
 
 
 def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
-           only: Sequence[str] = (), force: bool = False, outputs: str | Path = "outputs",
+           only: Sequence[str] = (), force: bool = False, restart: bool = False, outputs: str | Path = "outputs",
            jobs_dir: str | Path = "jobs", profile: str | Path | None = None, console: Any = None) -> LaunchResult:
     """Expand `grid_path` (with `key=value` overrides), decide what to run and run it in `mode`."""
     if mode not in MODES:
@@ -77,10 +78,10 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
         check_slurm()
     exp_dir = Path(jobs_dir) / grid.experiment
     active = {} if dry_run else active_jobs(exp_dir / "manifest.json")
-    decisions = plan(jobs, outputs, force=force, active=active)
+    decisions = plan(jobs, outputs, force=force, restart=restart, active=active)
     if mode == "debug":  # one job only: the first one that would run
         decisions = _first_to_run(decisions)
-    result = LaunchResult(grid, mode, dry_run, decisions)
+    result = LaunchResult(grid, mode, dry_run, decisions, restart=new_run_id() if restart else None)
     todo = [d.job for d in decisions if d.submit]
     if dry_run:
         if todo and mode == "slurm":
@@ -138,7 +139,7 @@ def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | 
     executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
     executor.update_parameters(**executor_parameters(grid, len(todo)))
     try:
-        jobs = executor.map_array(TrainEvalTask(), [j.config for j in todo], [str(outputs)] * len(todo))
+        jobs = executor.map_array(TrainEvalTask(result.restart), [j.config for j in todo], [str(outputs)] * len(todo))
     except FailedJobError as e:
         raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
     result.sbatch_calls = 1
@@ -208,7 +209,7 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
             while queue or running:
                 while queue and len(running) < s.array_parallelism:  # the throttle, as on SLURM
                     i, spec = queue.pop(0)
-                    running[spec.name] = job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
+                    running[spec.name] = job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
                     result.job_ids[spec.name] = str(job.job_id)
                     result.manifest = record(exp_dir, grid, result, outputs,
                                              {spec.name: job_entry(spec, "local", job, None, i)},
@@ -240,7 +241,7 @@ def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, res
     from camvis.job import TrainEvalTask
 
     executor = _executor(job_folder(exp_dir), "debug", 0)
-    job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
+    job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
     result.job_ids[spec.name] = str(job.job_id)
     result.manifest = record(exp_dir, grid, result, outputs, {spec.name: job_entry(spec, "debug", job, None, 0)})
     job.result()
@@ -297,7 +298,8 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
         console.print("dry run: nothing submitted, nothing written")
         return
     if not result.submitted:
-        console.print("nothing to run: every selected job is finished or still queued (--force resubmits finished ones)")
+        console.print("nothing to run: every selected job is finished or still queued "
+                      "(--force re-evaluates finished ones, --restart retrains them)")
     elif result.mode == "slurm":
         console.print(f"submitted {len(result.submitted)} jobs as array {result.array_id} "
                       f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "

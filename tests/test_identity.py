@@ -1,0 +1,252 @@
+"""Identity of a result: a job resumes only its own training, an eval-only change re-evaluates,
+earlier outputs are moved aside (never overwritten), --force re-evaluates, --restart retrains
+(and a requeued --restart resumes), checkpoints load safely, a diverged loss writes no scores.
+Real tiny jobs on the session's synthetic store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from camvis import jobfiles
+from camvis import launch as launch_mod
+from camvis import train as train_mod
+from camvis.checkpoints import CheckpointError
+from camvis.cli.train import main as train_main
+from camvis.config import config_hash, load_job_config, train_hash
+from camvis.evaluate import evaluate_job
+from camvis.identity import PREVIOUS
+from camvis.job import run_job
+from camvis.model import build_model
+from camvis.train import DivergedError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
+TINY = ["data.factors=[2,4,8]", "model.size_hidden=8", "train.batch_size=32", "train.epoch_patches=128",
+        "train.max_epochs=2", "train.device=cpu", "eval.bootstrap=50", "eval.figures=false",
+        "experiment=e", "name=j"]
+GRID_TINY = ["data.factors=[2,4,8]", "folds=3", "model.size_hidden=4", "train.max_epochs=1",
+             "train.epoch_patches=32", "train.batch_size=16", "eval.bootstrap=10", "eval.figures=false"]
+
+
+def _cfg(store, *extra: str):
+    return load_job_config(None, [f"data.store={store.path}", *TINY, *extra])
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _previous(job: Path) -> list[Path]:
+    return sorted((job / PREVIOUS).iterdir()) if (job / PREVIOUS).is_dir() else []
+
+
+def _scores(job: Path) -> dict:
+    return json.loads((job / "scores.json").read_text())
+
+
+def test_hashes_split_training_from_evaluation():
+    base = load_job_config(None, [])
+    lr = load_job_config(None, ["train.lr=3e-3"])
+    boot = load_job_config(None, ["eval.bootstrap=10"])
+    named = load_job_config(None, ["name=other", "experiment=x"])
+    assert train_hash(lr) != train_hash(base) and config_hash(lr) != config_hash(base)
+    assert train_hash(boot) == train_hash(base) and config_hash(boot) != config_hash(base)
+    assert train_hash(named) == train_hash(base) and config_hash(named) == config_hash(base)
+
+
+def test_config_change_retrains_and_keeps_the_earlier_outputs(synth_store, tmp_path):
+    job = tmp_path / "e" / "j"
+    first = run_job(_cfg(synth_store), tmp_path)
+    old_hash, old_ckpt = train_hash(_cfg(synth_store)), (job / "checkpoint.pt").read_bytes()
+    assert _ckpt(job / "checkpoint.pt")["train_hash"] == _ckpt(job / "best.pt")["train_hash"] == old_hash
+
+    changed = _cfg(synth_store, "train.lr=3e-3")
+    second = run_job(changed, tmp_path)
+    [kept] = _previous(job)
+    assert kept.name.endswith(f"_train-{old_hash}")
+    # the earlier outputs, whole and unchanged
+    assert (kept / "checkpoint.pt").read_bytes() == old_ckpt
+    assert _scores(kept) == first
+    assert load_job_config(kept / "config.yaml").train.lr == 1e-3
+    assert (kept / "best.pt").exists() and (kept / "progress.json").exists()
+    # the current ones: a fresh training of the new config, not a resumed one
+    ckpt = _ckpt(job / "checkpoint.pt")
+    assert ckpt["train_hash"] == train_hash(changed)
+    assert ckpt["state"]["restarts"] == 0 and len(ckpt["state"]["history"]) == 2
+    assert second["config_hash"] == config_hash(changed) == _scores(job)["config_hash"]
+    assert load_job_config(job / "config.yaml").train.lr == 3e-3
+    # readers take the job folder, never previous/
+    assert jobfiles.job_dirs(tmp_path, "e") == [job]
+
+
+def test_eval_only_change_reevaluates_without_training(synth_store, tmp_path, capsys):
+    job = tmp_path / "e" / "j"
+    first = run_job(_cfg(synth_store), tmp_path)
+    ckpt_before = (job / "checkpoint.pt").read_bytes()
+    best_before = (job / "best.pt").stat().st_mtime_ns
+    capsys.readouterr()
+
+    changed = _cfg(synth_store, "eval.bootstrap=60")
+    second = run_job(changed, tmp_path)
+    out = capsys.readouterr().out
+    assert "] epoch " not in out, "no epoch may run for an eval-only change"
+    assert (job / "checkpoint.pt").read_bytes() == ckpt_before
+    assert (job / "best.pt").stat().st_mtime_ns == best_before
+    assert second["bootstrap"]["n"] == 60 and second["epochs"] == 2
+    assert second["config_hash"] == config_hash(changed) and second["train_hash"] == first["train_hash"]
+    assert second["metrics"] == first["metrics"], "the same weights on the same view"
+    # the earlier evaluation is kept beside the training, which stays in place
+    [kept] = _previous(job)
+    assert kept.name.endswith(f"_eval-{first['config_hash']}")
+    assert _scores(kept) == first and not (kept / "checkpoint.pt").exists()
+
+
+def test_requeued_restart_resumes_its_own_fresh_training(synth_store, tmp_path, monkeypatch):
+    job = tmp_path / "e" / "j"
+    cfg = _cfg(synth_store)
+    run_job(cfg, tmp_path)
+    finished = (job / "checkpoint.pt").read_bytes()
+
+    # --restart "r1", killed after its first epoch's checkpoint
+    real = train_mod.write_progress
+
+    def killed_after_epoch_1(job_dir, cfg, state, record, **kw):
+        real(job_dir, cfg, state, record, **kw)
+        if state.epoch == 1 and kw.get("phase") is None:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(train_mod, "write_progress", killed_after_epoch_1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_job(cfg, tmp_path, restart="r1")
+    monkeypatch.undo()
+    [kept] = _previous(job)
+    assert (kept / "checkpoint.pt").read_bytes() == finished
+    assert _ckpt(job / "checkpoint.pt")["state"]["epoch"] == 1
+
+    # submitit requeues the same call: it resumes epoch 2 of its own training
+    run_job(cfg, tmp_path, restart="r1")
+    ckpt = _ckpt(job / "checkpoint.pt")
+    assert ckpt["run_id"] == "r1" and ckpt["state"]["restarts"] == 1 and ckpt["state"]["epoch"] == 2
+    assert len(_previous(job)) == 1, "a requeue must not move its own training aside"
+    assert not (job / "error.txt").exists()
+
+    # another --restart retrains again
+    run_job(cfg, tmp_path, restart="r2")
+    assert len(_previous(job)) == 2 and _ckpt(job / "checkpoint.pt")["state"]["restarts"] == 0
+
+
+@pytest.mark.slow
+def test_launch_force_reevaluates_and_restart_retrains(synth_store, tmp_path):
+    outputs, jobs = tmp_path / "outputs", tmp_path / "jobs"
+    job = outputs / "demo" / "cat_fold1"
+
+    def go(**kw):
+        return launch_mod.launch(DEMO, [f"data.store={synth_store.path}", *GRID_TINY], mode="debug",
+                                 only=["group=cat", "fold=1"], outputs=outputs, jobs_dir=jobs, **kw)
+
+    assert go().submitted == ["cat_fold1"]
+    ckpt, scores = (job / "checkpoint.pt").read_bytes(), _scores(job)
+    assert go().submitted == [], "finished with the same hash: skipped"
+
+    forced = go(force=True)
+    assert forced.submitted == ["cat_fold1"] and "re-evaluates" in forced.decisions[0].reason
+    assert (job / "checkpoint.pt").read_bytes() == ckpt, "--force must not train"
+    assert _scores(job)["metrics"] == scores["metrics"] and _previous(job) == []
+
+    restarted = go(restart=True)
+    assert restarted.submitted == ["cat_fold1"] and restarted.decisions[0].status == "restart"
+    [kept] = _previous(job)
+    assert (kept / "checkpoint.pt").read_bytes() == ckpt
+    fresh = _ckpt(job / "checkpoint.pt")
+    assert fresh["run_id"] == restarted.restart and fresh["state"]["restarts"] == 0
+
+
+# --------------------------------------------------------------------------- safe loading
+
+
+class _Plant:
+    """A pickle that creates `marker` when unpickled (what a planted checkpoint would do)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_planted_checkpoint_runs_no_code_and_is_a_clean_error(synth_store, tmp_path, capsys):
+    # the plant is real: an unsafe load would run it
+    proof = tmp_path / "proof"
+    torch.save({"model": _Plant(proof)}, tmp_path / "proof.pt")
+    torch.load(tmp_path / "proof.pt", weights_only=False)
+    assert proof.exists()
+
+    marker = tmp_path / "PWNED"
+    job = tmp_path / "out" / "e" / "j"
+    job.mkdir(parents=True)
+    torch.save({"model": _Plant(marker), "state": {}}, job / "checkpoint.pt")
+    args = [f"data.store={synth_store.path}", *TINY, "--outputs", str(tmp_path / "out")]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert not marker.exists(), "loading a checkpoint must not run code"
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert "checkpoint.pt: refused" in err and "--restart" in err
+    assert "checkpoint.pt: refused" in (job / "error.txt").read_text()
+    assert not (job / "scores.json").exists()
+
+    # --restart keeps the planted file aside (unread) and trains from scratch
+    assert train_main([*args, "--restart"]) == 0
+    [kept] = _previous(job)
+    assert kept.name.endswith("_train-unreadable") and (kept / "checkpoint.pt").exists()
+    assert not marker.exists() and _scores(job)["job"] == "j"
+
+
+def test_truncated_checkpoint_is_a_clean_error(synth_store, tmp_path, capsys):
+    run_job(_cfg(synth_store, "train.max_epochs=1"), tmp_path)
+    ckpt = tmp_path / "e" / "j" / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    code = train_main([f"data.store={synth_store.path}", *TINY, "--outputs", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{ckpt}: not a readable torch checkpoint" in err and "--restart" in err
+
+
+def test_a_foreign_torch_file_is_not_a_camvis_checkpoint(synth_store, tmp_path):
+    cfg = _cfg(synth_store)
+    job = tmp_path / "e" / "j"
+    job.mkdir(parents=True)
+    torch.save({"weights": torch.zeros(3)}, job / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: not a camvis checkpoint \(no 'model'\)"):
+        run_job(cfg, tmp_path)
+
+
+# --------------------------------------------------------------------------- non-finite losses
+
+
+def test_diverged_training_stops_with_error_and_no_scores(synth_store, tmp_path):
+    job = tmp_path / "e" / "j"
+    with pytest.raises(DivergedError, match=r"training loss became nan in epoch 1"):
+        run_job(_cfg(synth_store, "train.lr=1e20"), tmp_path)
+    error = (job / "error.txt").read_text()
+    assert error.startswith("error: e/j: the training loss became nan") and "train.lr" in error
+    assert not (job / "scores.json").exists() and not (job / "checkpoint.pt").exists()
+    assert json.loads((job / "progress.json").read_text())["state"] == "failed"
+
+
+def test_evaluation_of_diverged_weights_writes_no_scores(synth_store, tmp_path):
+    from camvis.errors import CamvisError
+
+    cfg = _cfg(synth_store)
+    torch.manual_seed(0)
+    model = build_model(cfg, synth_store.patch_size)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    job = tmp_path / "j"
+    with pytest.raises(CamvisError, match=r"held-out predictions are not finite .*diverged"):
+        evaluate_job(cfg, job, model=model, store=synth_store, progress=False)
+    assert not (job / "scores.json").exists()
