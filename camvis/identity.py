@@ -75,11 +75,11 @@ def settle(directory: Path, cfg: JobConfig, restart: str | None = None) -> tuple
         return move_aside(directory, f"train-{current.train_hash}"), "--restart"
     if current is None and restart is not None and (directory / SCORES).exists():
         return move_aside(directory, "train-none"), "--restart"
-    return _settle_evaluation(directory, cfg)
+    return keep_earlier_evaluation(directory, cfg)
 
 
-def _settle_evaluation(directory: Path, cfg: JobConfig) -> tuple[Path, str] | None:
-    """An evaluation of another config (eval section, or no training beside it) is kept aside."""
+def keep_earlier_evaluation(directory: Path, cfg: JobConfig) -> tuple[Path, str] | None:
+    """An evaluation of another config is moved aside before a new one is written (also camvis-eval's)."""
     if not (directory / SCORES).exists():
         return None
     found = (read_json(directory / SCORES) or {}).get("config_hash")

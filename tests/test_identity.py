@@ -250,3 +250,53 @@ def test_evaluation_of_diverged_weights_writes_no_scores(synth_store, tmp_path):
     with pytest.raises(CamvisError, match=r"held-out predictions are not finite .*diverged"):
         evaluate_job(cfg, job, model=model, store=synth_store, progress=False)
     assert not (job / "scores.json").exists()
+
+
+# --------------------------------------------------------------------------- what a launch says it will do
+
+
+def test_plan_says_what_each_resubmitted_job_will_do(tmp_path):
+    from camvis.grid import load_grid
+    from camvis.plan import plan
+
+    job = load_grid(DEMO, ["folds=2", "data.store=nowhere.zarr"]).jobs[0]
+    folder = tmp_path / job.config.experiment / job.name
+    folder.mkdir(parents=True)
+
+    def reason(**kw):
+        [decision] = plan([job], tmp_path, **kw)
+        return decision
+
+    (folder / "checkpoint.pt").write_bytes(b"")
+    (folder / "progress.json").write_text(json.dumps({"train_hash": train_hash(job.config)}))
+    assert reason().reason == "unfinished: resumes from checkpoint.pt"
+    (folder / "progress.json").write_text(json.dumps({"train_hash": "0ld"}))
+    assert "training config changed: retrains from scratch" in reason().reason
+
+    scores = {"config_hash": "0ld", "train_hash": train_hash(job.config)}
+    (folder / "scores.json").write_text(json.dumps(scores))
+    assert "re-evaluates best.pt (only eval changed)" in reason().reason
+    (folder / "scores.json").write_text(json.dumps({**scores, "train_hash": "0ld"}))
+    assert "retrains from scratch, earlier outputs kept under previous/" in reason().reason
+
+    (folder / "scores.json").write_text(json.dumps({"config_hash": job.hash}))
+    assert not reason().submit
+    assert reason(force=True).status == "forced" and "no training" in reason(force=True).reason
+    assert reason(restart=True).status == "restart"
+    active = reason(restart=True, active={job.name: "12_0 RUNNING"})
+    assert not active.submit and active.status == "active"
+
+
+def test_camvis_eval_keeps_an_earlier_evaluation_of_another_config(synth_store, tmp_path):
+    from camvis.cli.evaluate import main as eval_main
+
+    job = tmp_path / "e" / "j"
+    run_job(_cfg(synth_store, "train.max_epochs=1"), tmp_path)
+    first = _scores(job)
+    args = [f"data.store={synth_store.path}", *TINY, "train.max_epochs=1", "eval.bootstrap=20",
+            "--outputs", str(tmp_path)]
+    assert eval_main(args) == 0
+    [kept] = _previous(job)
+    assert _scores(kept) == first and _scores(job)["bootstrap"]["n"] == 20
+    assert eval_main(args) == 0
+    assert len(_previous(job)) == 1, "the same config again: nothing to keep"
