@@ -37,9 +37,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     _limit_threads()
     env = distributed.setup(cfg.train.device)
     try:
-        if env.is_main:
-            _start(directory, cfg, env.world_size, restart)
-        distributed.barrier()
+        _main_first(env, _start, directory, cfg, env.world_size, restart)
         inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
         state = train(cfg, directory, env, inputs, run_id=restart)
         last = state.history[-1] if state.history else None
@@ -57,6 +55,32 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
         raise
     finally:
         distributed.teardown()
+
+
+def _main_first(env: Any, fn: Any, *args: Any) -> None:
+    """fn(*args) on rank 0 while the other ranks wait; its failure fails every rank (they would
+    otherwise wait at the barrier for good, e.g. on a refused checkpoint)."""
+    error: Exception | None = None
+    if env.is_main:
+        try:
+            fn(*args)
+        except Exception as e:
+            error = e
+    failure = (str(error) or type(error).__name__) if error is not None else None
+    if env.distributed:
+        failure = _broadcast(failure)
+    if error is not None:
+        raise error
+    if failure is not None:
+        raise CamvisError(f"rank 0 failed to prepare the job folder: {failure}")
+
+
+def _broadcast(message: str | None) -> str | None:
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _start(directory: Path, cfg: JobConfig, world_size: int, restart: str | None = None) -> None:

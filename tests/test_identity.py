@@ -205,6 +205,47 @@ def test_planted_checkpoint_runs_no_code_and_is_a_clean_error(synth_store, tmp_p
     assert not marker.exists() and _scores(job)["job"] == "j"
 
 
+def _rank(rank: int, port: int, store_path: str, outputs: str) -> None:
+    import os
+
+    from camvis.store import open_store
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    try:
+        run_job(_cfg(open_store(store_path)), outputs)
+        outcome = "ok"
+    except Exception as e:
+        outcome = f"{type(e).__name__}: {e}"
+    Path(outputs, f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.slow
+def test_a_refused_checkpoint_fails_every_rank_none_waits(synth_store, tmp_path):
+    import socket
+    import time
+
+    import torch.multiprocessing as mp
+
+    marker, job = tmp_path / "PWNED", tmp_path / "e" / "j"
+    job.mkdir(parents=True)
+    torch.save({"model": _Plant(marker)}, job / "checkpoint.pt")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ranks = mp.spawn(_rank, args=(port, str(synth_store.path), str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 300
+    while not ranks.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("a rank is still waiting after rank 0 refused the checkpoint")
+    assert (tmp_path / "rank0.txt").read_text().startswith("CheckpointError: ")
+    assert (tmp_path / "rank1.txt").read_text().startswith("CamvisError: rank 0 failed to prepare the job folder: ")
+    assert "checkpoint.pt: refused" in (tmp_path / "rank1.txt").read_text()
+    assert not marker.exists()
+
+
 def test_truncated_checkpoint_is_a_clean_error(synth_store, tmp_path, capsys):
     run_job(_cfg(synth_store, "train.max_epochs=1"), tmp_path)
     ckpt = tmp_path / "e" / "j" / "checkpoint.pt"
