@@ -39,7 +39,6 @@ class Trained:
 
     train_hash: str | None
     run_id: str | None
-    source: Path
 
 
 def trained(directory: Path) -> Trained | None:
@@ -51,8 +50,7 @@ def trained(directory: Path) -> Trained | None:
             payload = checkpoints.read(path, required=("model",))
             state = payload.get("state") if isinstance(payload.get("state"), dict) else {}
             run_id = payload.get("run_id", state.get("run_id"))
-            return Trained(checkpoints.recorded_train_hash(payload), run_id if isinstance(run_id, str) else None,
-                           path)
+            return Trained(checkpoints.recorded_train_hash(payload), run_id if isinstance(run_id, str) else None)
     return None
 
 

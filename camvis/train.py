@@ -245,7 +245,10 @@ def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv, run_id:
     state = load_checkpoint(ckpt, model, opt, sched, cfg)
     state.restarts += 1
     state.finished = is_finished(cfg, state, opt.param_groups[0]["lr"])
-    log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
+    if state.finished:
+        log(env, f"{cfg.name}: training finished at epoch {state.epoch} ({ckpt}): no training, re-evaluating")
+    else:
+        log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
     return state
 
 

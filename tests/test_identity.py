@@ -341,3 +341,60 @@ def test_camvis_eval_keeps_an_earlier_evaluation_of_another_config(synth_store, 
     assert _scores(kept) == first and _scores(job)["bootstrap"]["n"] == 20
     assert eval_main(args) == 0
     assert len(_previous(job)) == 1, "the same config again: nothing to keep"
+
+
+# --------------------------------------------------------------------------- a real SLURM requeue
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_requeued_restart_resumes_its_own_training(synth_store, tmp_path, monkeypatch):
+    """--restart on SLURM: the earlier training moves aside once; the requeue after the time
+    limit (same pickled task, same restart id) resumes the fresh training instead of restarting."""
+    import os
+    import subprocess
+    import time
+
+    from camvis.grid import load_grid, select
+
+    if os.environ.get("CAMVIS_SLURM") != "1" and os.environ.get("CI") != "true":
+        pytest.skip("SLURM integration test: set CAMVIS_SLURM=1 with the local cluster up")
+    overrides = [f"data.store={synth_store.path}", *GRID_TINY, "experiment=it-restart", "train.max_epochs=100000",
+                 "train.min_lr=0", "train.plateau_patience=100000", "slurm.time=2", "slurm.signal_delay_s=30",
+                 "slurm.max_requeues=5"]
+    outputs, jobs = tmp_path / "outputs", tmp_path / "jobs"
+    [spec] = select(load_grid(DEMO, overrides).jobs, ["name=cat_fold1"])
+    job = outputs / "it-restart" / "cat_fold1"
+    # an earlier (plain) run of the same config, stopped after its first epoch
+    real = train_mod.write_progress
+
+    def stop_after_epoch_1(job_dir, cfg, state, record, **kw):
+        real(job_dir, cfg, state, record, **kw)
+        if state.epoch == 1:
+            raise RuntimeError("stopped")
+
+    monkeypatch.setattr(train_mod, "write_progress", stop_after_epoch_1)
+    with pytest.raises(RuntimeError):
+        run_job(spec.config, outputs)
+    monkeypatch.undo()
+    earlier = (job / "checkpoint.pt").read_bytes()
+
+    result = launch_mod.launch(DEMO, overrides, only=["name=cat_fold1"], restart=True, outputs=outputs,
+                               jobs_dir=jobs)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            progress = json.loads((job / "progress.json").read_text()) if (job / "progress.json").exists() else {}
+            if progress.get("restarts", 0) >= 1 and progress.get("state") == "training":
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("no requeue of the --restart job within 600 s")
+        [kept] = _previous(job)
+        assert (kept / "checkpoint.pt").read_bytes() == earlier, "the earlier training, moved aside once"
+        ckpt = _ckpt(job / "checkpoint.pt")
+        assert ckpt["run_id"] == result.restart and ckpt["state"]["epoch"] >= 1
+        log = Path(json.loads(result.manifest.read_text())["jobs"]["cat_fold1"]["stdout"]).read_text()
+        assert log.count("--restart: earlier outputs moved") == 1 and "resuming cat_fold1 from" in log
+    finally:
+        subprocess.run(["scancel", result.array_id, result.aggregate_id], capture_output=True)
