@@ -337,9 +337,29 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+TRAIN_SECTIONS = ("data", "model", "train")
+"""What the trained weights depend on (train_hash); `eval` only changes the evaluation of them.
+(eval.batch_size also sets validation's forward batch: speed only, the model is in eval mode.)"""
+
+
 def config_hash(cfg: JobConfig) -> str:
     """Hash of what determines a job's result (data, model, train, eval), not of its name."""
-    payload = {name: to_dict(getattr(cfg, name)) for name in SECTIONS}
+    return sections_hash(to_dict(cfg), tuple(SECTIONS))
+
+
+def train_hash(cfg: JobConfig) -> str:
+    """Hash of what training depends on (data, model, train): checkpoints resume only under it."""
+    return sections_hash(to_dict(cfg), TRAIN_SECTIONS)
+
+
+def eval_hash(cfg: JobConfig) -> str:
+    """Hash of the eval section alone: a change re-evaluates the same weights."""
+    return sections_hash(to_dict(cfg), ("eval",))
+
+
+def sections_hash(config: Mapping[str, Any], sections: tuple[str, ...]) -> str:
+    """Hash of some sections of a plain config dict (to_dict's), e.g. one recorded in a checkpoint."""
+    payload = {name: config.get(name) for name in sections}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,9 +20,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from camvis import metrics, visibility
+from camvis import checkpoints, metrics, visibility
 from camvis.batches import BatchSource, fold_split, shard_batches
-from camvis.config import JobConfig, config_hash
+from camvis.config import JobConfig, config_hash, eval_hash
+from camvis.config import train_hash as config_train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, write_csv, write_json
 from camvis.jobfiles import BEST, PROGRESS, SCORES, as_int, read_json
@@ -139,19 +139,22 @@ def _all_gather_rows(packed: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- the model
 
 
-def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: torch.device) -> torch.nn.Module:
+def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: torch.device, *,
+               train_hash: str | None = None) -> torch.nn.Module:
     """The config's model with the weights of `checkpoint`: camvis's best.pt ({"model": state_dict})
-    or a bare state_dict (camvis2's checkpoints)."""
+    or a bare state_dict (camvis2's checkpoints). Read with weights_only=True (camvis.checkpoints).
+    `train_hash`: the training the weights must come from (a job's own best.pt)."""
     from camvis.model import build_model
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CamvisError(f"{checkpoint}: no checkpoint to evaluate (train the job first, or pass --checkpoint)")
-    try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CamvisError(f"{checkpoint}: not a readable torch checkpoint ({e})") from e
-    state = payload.get("model", payload) if isinstance(payload, dict) else None
+    payload = checkpoints.read(checkpoint, hint=f"pass another --checkpoint, or {checkpoints.RESTART_HINT}")
+    found = checkpoints.recorded_train_hash(payload)
+    if train_hash is not None and found != train_hash:
+        raise checkpoints.CheckpointError(f"{checkpoint}: trained with another config (train hash {found}, "
+                                          f"this config's {train_hash}); {checkpoints.RESTART_HINT}")
+    state = payload.get("model", payload)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CamvisError(f"{checkpoint}: expected a state_dict or a dict with key 'model' holding one")
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
@@ -179,13 +182,15 @@ def evaluate_job(
     checkpoint: str | Path | None = None,
     epochs: int | None = None,
     progress: bool | None = None,
+    train_hash: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a job on its held-out view (cfg.data.fold) and write its outputs under `job_dir`.
 
     `model` None: the config's model with the weights of `checkpoint` (default job_dir/best.pt).
     `device` None: the model's device, or the config's (train.device, LOCAL_RANK) without a model.
     `source`: a BatchSource of the store already on the device (training's), to reuse it.
-    `epochs` None: read from job_dir/progress.json (0 if absent). Every rank returns the scores
+    `epochs` None: read from job_dir/progress.json (0 if absent). `train_hash`: the training the
+    checkpoint must record (a job's own best.pt). Every rank returns the scores
     dict; only rank 0 writes, and scores.json goes last (an old one is removed first, so a
     failed evaluation never leaves a stale "finished" marker).
     """
@@ -201,13 +206,15 @@ def evaluate_job(
         raise CamvisError(f"{store.path}: fold {cfg.data.fold} (view {view}) has no patches to evaluate")
     if world > 1:
         dist.barrier()  # rank 0 may still be renaming the last best.pt into place
+    weights = str(checkpoint or job_dir / BEST) if model is None else "the model passed in"
     if model is None:
-        model = load_model(cfg, checkpoint or job_dir / BEST, store.patch_size, device)
+        model = load_model(cfg, checkpoint or job_dir / BEST, store.patch_size, device, train_hash=train_hash)
     if rank == 0:
         (job_dir / SCORES).unlink(missing_ok=True)
     if source is None:
         source = BatchSource(store, cfg.data.factors, device)
     preds = predict(model, source, val_idx, cfg.eval.batch_size, device, progress=progress)
+    check_finite_predictions(cfg, preds, weights)
     results = compute_results(cfg, store, preds)
     scores = scores_dict(cfg, view, results, n_val=len(val_idx), n_train=len(train_idx),
                          epochs=epochs if epochs is not None else _epochs_run(job_dir))
@@ -215,6 +222,15 @@ def evaluate_job(
         write_outputs(job_dir, cfg, store, preds, results)
         write_json(job_dir / SCORES, scores)  # last: its presence means the job is finished
     return scores
+
+
+def check_finite_predictions(cfg: JobConfig, preds: Mapping[str, np.ndarray], weights: str | Path) -> None:
+    """A model that predicts NaN/inf has diverged: no result is written for it (no null loss)."""
+    bad = int((~np.isfinite(preds["score"])).sum())
+    if bad:
+        raise CamvisError(f"{cfg.experiment}/{cfg.name}: {bad} of {len(preds['score'])} held-out predictions are "
+                          f"not finite (weights: {weights}): the model diverged, no scores written; retrain "
+                          f"with a lower train.lr")
 
 
 def _default_device(cfg: JobConfig) -> torch.device:
@@ -260,6 +276,8 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
         "fold": cfg.data.fold,
         "view": view,
         "config_hash": config_hash(cfg),
+        "train_hash": config_train_hash(cfg),
+        "eval_hash": eval_hash(cfg),
         "model_name": find_architecture(m.share_weights, m.use_mlp, m.align_features).name,
         "metrics": {k: _finite(v) for k, v in results["metrics"].items()},
         "ci": {k: [_finite(lo), _finite(hi)] for k, (lo, hi) in results["ci"].items()},

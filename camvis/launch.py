@@ -36,7 +36,7 @@ from camvis.grid import Grid, JobSpec, load_grid, select
 from camvis.io import now_iso
 from camvis.jobfiles import aggregate_ids
 from camvis.manifest import job_entry, read_manifest, record, record_cancelled
-from camvis.plan import Decision, plan
+from camvis.plan import Decision, new_run_id, plan
 from camvis.progress import progress_bar
 from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
 
@@ -64,6 +64,7 @@ class LaunchResult:
     cancelled: list[str] = field(default_factory=list)      # earlier pending aggregate jobs cancelled
     notes: list[str] = field(default_factory=list)          # what went wrong after the submission
     launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # its record in the manifest
+    restart: str | None = None  # --restart: the id every submitted job carries (camvis.identity)
 
     @property
     def submitted(self) -> list[str]:
@@ -77,7 +78,7 @@ class LaunchResult:
 def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
            only: Sequence[str] = (), force: bool = False, outputs: str | Path = "outputs",
            jobs_dir: str | Path = "jobs", profile: str | Path | None = None, console: Any = None,
-           lock_timeout: float | None = None) -> LaunchResult:
+           lock_timeout: float | None = None, restart: bool = False) -> LaunchResult:
     """Expand `grid_path` (with `key=value` overrides), decide what to run and run it in `mode`.
 
     Preflight first (camvis.preflight: nothing is submitted while it finds a problem; a dry run
@@ -92,7 +93,7 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
     found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment)
     exp_dir = Path(jobs_dir) / grid.experiment
     if dry_run:
-        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, {}, mode), problems=found)
+        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, restart, {}, mode), problems=found)
         if result.submitted and mode == "slurm":
             result.scripts = dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir)
         return result
@@ -102,7 +103,8 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
         check_slurm()
     with locks.launch_lock(exp_dir, grid.experiment, mode, lock_timeout, _waiting(console, grid.experiment)):
         active = active_jobs(exp_dir / "manifest.json")
-        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, active, mode))
+        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, restart, active, mode),
+                              restart=new_run_id() if restart else None)
         todo = [d.job for d in result.decisions if d.submit]
         if not todo:  # nothing to run: record the look, submit nothing
             result.manifest = record(exp_dir, grid, result, outputs, {})
@@ -115,8 +117,9 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
     return result
 
 
-def _plan(jobs: list[JobSpec], outputs: str | Path, force: bool, active: dict[str, str], mode: str) -> list[Decision]:
-    decisions = plan(jobs, outputs, force=force, active=active)
+def _plan(jobs: list[JobSpec], outputs: str | Path, force: bool, restart: bool, active: dict[str, str],
+          mode: str) -> list[Decision]:
+    decisions = plan(jobs, outputs, force=force, restart=restart, active=active)
     return _first_to_run(decisions) if mode == "debug" else decisions  # debug: one job only
 
 
@@ -173,7 +176,7 @@ def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | 
     executor.update_parameters(**executor_parameters(grid, len(todo)))
     submitted = now_iso()  # before sbatch: every file these jobs write is newer
     try:
-        jobs = executor.map_array(TrainEvalTask(), [j.config for j in todo], [str(outputs)] * len(todo))
+        jobs = executor.map_array(TrainEvalTask(result.restart), [j.config for j in todo], [str(outputs)] * len(todo))
     except FailedJobError as e:
         raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
     result.sbatch_calls = 1
@@ -270,7 +273,7 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
                 while queue and len(running) < s.array_parallelism:  # the throttle, as on SLURM
                     i, spec = queue.pop(0)
                     submitted = now_iso()
-                    running[spec.name] = job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
+                    running[spec.name] = job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
                     result.job_ids[spec.name] = str(job.job_id)
                     result.manifest = record(exp_dir, grid, result, outputs,
                                              {spec.name: job_entry(spec, "local", job, None, i, submitted)},
@@ -303,7 +306,7 @@ def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, res
 
     executor = _executor(job_folder(exp_dir), "debug", 0)
     submitted = now_iso()
-    job = executor.submit(TrainEvalTask(), spec.config, str(outputs))
+    job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
     result.job_ids[spec.name] = str(job.job_id)
     result.manifest = record(exp_dir, grid, result, outputs,
                              {spec.name: job_entry(spec, "debug", job, None, 0, submitted)})
@@ -364,7 +367,8 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
         console.print("dry run: nothing submitted, nothing written" + refuse)
         return
     if not result.submitted:
-        console.print("nothing to run: every selected job is finished or still queued (--force resubmits finished ones)")
+        console.print("nothing to run: every selected job is finished or still queued "
+                      "(--force re-evaluates finished ones, --restart retrains them)")
     elif result.mode == "slurm":
         console.print(f"submitted {len(result.submitted)} jobs as array {result.array_id} "
                       f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "

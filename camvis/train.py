@@ -5,10 +5,13 @@ max_epochs, best checkpoint by the selection metric. Every epoch ends with a ful
 checkpoint (model, optimizer, scheduler, RNG states, epoch, best score) written
 atomically, so a requeued job resumes where it stopped and ends with the same result as
 an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restored).
+Checkpoints record the config's train_hash and resume only under the same one; they are read
+with weights_only=True (camvis.checkpoints). A loss that is no longer finite stops the job.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,10 +24,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from camvis import metrics
+from camvis import checkpoints, metrics
 from camvis.batches import BatchSource, EpochSampler, fold_split
-from camvis.config import JobConfig, to_dict
+from camvis.config import JobConfig, to_dict, train_hash
 from camvis.distributed import DistEnv
+from camvis.errors import CamvisError
 from camvis.evaluate import predict
 from camvis.io import now_iso, write_json, write_torch
 from camvis.jobfiles import BEST, CHECKPOINT, PROGRESS
@@ -43,6 +47,11 @@ class TrainState:
     finished: bool = False
     restarts: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str | None = None  # the --restart that started this training (None: a plain run)
+
+
+class DivergedError(CamvisError):
+    """The loss is no longer finite: the weights are lost, nothing is evaluated."""
 
 
 @dataclass
@@ -95,19 +104,38 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: Train
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "state": asdict(state),
         "config": to_dict(cfg),
+        "train_hash": train_hash(cfg),
+        "run_id": state.run_id,
     }
     write_torch(path, payload)  # atomic; a full disk is a DiskFullError
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched) -> TrainState:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(payload["model"])
-    opt.load_state_dict(payload["optimizer"])
-    sched.load_state_dict(payload["scheduler"])
-    torch.set_rng_state(payload["rng_cpu"])
-    if payload["rng_cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["rng_cuda"])
-    return TrainState(**payload["state"])
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng_cpu", "rng_cuda", "state")
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConfig) -> TrainState:
+    """Restore a checkpoint of `cfg`'s training; another training's or a foreign file is a CheckpointError."""
+    payload = checkpoints.read(path, required=CHECKPOINT_KEYS)
+    found, wanted = checkpoints.recorded_train_hash(payload), train_hash(cfg)
+    if found != wanted:
+        raise checkpoints.CheckpointError(f"{path}: trained with another config (train hash {found}, this "
+                                          f"config's {wanted}); {checkpoints.RESTART_HINT}")
+    try:
+        model.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        sched.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng_cpu"])
+        if payload["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng_cuda"])
+        return TrainState(**payload["state"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise checkpoints.CheckpointError(f"{path}: not a checkpoint of this job's model ({_one_line(e)}); "
+                                          f"{checkpoints.RESTART_HINT}") from e
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
 
 
 def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobConfig) -> None:
@@ -117,6 +145,8 @@ def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobCon
         "metric": cfg.train.selection_metric,
         "value": state.best_value,
         "config": to_dict(cfg),
+        "train_hash": train_hash(cfg),
+        "run_id": state.run_id,
     }
     write_torch(path, payload)  # atomic; a full disk is a DiskFullError
 
@@ -155,11 +185,14 @@ def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[s
 # --------------------------------------------------------------------------- the loop
 
 
-def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | None = None) -> TrainState:
+def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | None = None, *,
+          run_id: str | None = None) -> TrainState:
     """Train (or resume training) one job; returns the final state. Only rank 0 writes.
 
     `inputs`: the job's open store and device pyramid (opened here if None), which the
     caller can hand on to the evaluation instead of loading the pyramid a second time.
+    `run_id`: recorded in a fresh training's checkpoints (a --restart's id; camvis.identity).
+    A checkpoint of another training is an error: camvis.identity.settle moves it aside first.
     """
     job_dir = Path(job_dir)
     inputs = inputs if inputs is not None else open_inputs(cfg, env.device)
@@ -168,7 +201,7 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     opt, sched = make_optimizer(cfg, model)
-    state = _resume(cfg, job_dir / CHECKPOINT, model, opt, sched, env)
+    state = _resume(cfg, job_dir / CHECKPOINT, model, opt, sched, env, run_id)
     if state.finished:
         return state
     net = _wrap_ddp(model, env)
@@ -186,6 +219,7 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
             with progress_bar(f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples,
                               enabled=None if env.is_main else False, transient=True) as advance:
                 train_loss = train_epoch(net, opt, inputs.source, batches, env, advance)
+            check_finite(cfg, state, "training loss", train_loss)
             samples_per_s = n_samples * env.world_size / max(time.perf_counter() - start, 1e-9)
             record = {"train_loss": train_loss, **_validate_and_step(model, inputs, cfg, env, sched, state, job_dir),
                       "samples_per_s": samples_per_s}
@@ -202,14 +236,17 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
     return state
 
 
-def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv) -> TrainState:
+def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv, run_id: str | None) -> TrainState:
     """The state of the last finished epoch if a checkpoint exists (weights, optimizer, RNG restored)."""
     if not ckpt.exists():
-        return TrainState()
-    state = load_checkpoint(ckpt, model, opt, sched)
+        return TrainState(run_id=run_id)
+    state = load_checkpoint(ckpt, model, opt, sched, cfg)
     state.restarts += 1
     state.finished = is_finished(cfg, state, opt.param_groups[0]["lr"])
-    log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
+    if state.finished:
+        log(env, f"{cfg.name}: training finished at epoch {state.epoch} ({ckpt}): no training, re-evaluating")
+    else:
+        log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
     return state
 
 
@@ -223,6 +260,7 @@ def _validate_and_step(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv,
                        job_dir: Path) -> dict[str, float]:
     """Validate, step the plateau schedule on the selection metric, keep the best weights."""
     val = validate(model, inputs, cfg, env)
+    check_finite(cfg, state, "validation loss", val["loss"])
     value = val[cfg.train.selection_metric]
     sched.step(value)
     if improved(cfg.train.selection_metric, value, state.best_value):
@@ -241,6 +279,14 @@ def _finish_epoch(cfg: JobConfig, job_dir: Path, env: DistEnv, model, opt, sched
     state.finished = is_finished(cfg, state, record["lr"])
     if env.is_main:
         save_checkpoint(job_dir / CHECKPOINT, model, opt, sched, state, cfg)
+
+
+def check_finite(cfg: JobConfig, state: TrainState, what: str, value: float) -> None:
+    """Stop before a diverged epoch is checkpointed or selected (the value is the same on every rank)."""
+    if not math.isfinite(value):
+        raise DivergedError(f"{cfg.experiment}/{cfg.name}: the {what} became {value} in epoch {state.epoch + 1} "
+                            f"(train.lr={cfg.train.lr:g}): training diverged and stopped, no scores written; lower "
+                            f"train.lr (or check the data) and relaunch")
 
 
 def is_finished(cfg: JobConfig, state: TrainState, lr: float) -> bool:
@@ -272,6 +318,7 @@ def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dic
             "host": socket.gethostname(),
             "restarts": state.restarts,
             "world_size": world_size,
+            "train_hash": train_hash(cfg),
         },
     )
 

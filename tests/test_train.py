@@ -106,8 +106,8 @@ def test_killed_job_resumes_to_the_identical_result(synth_store, tmp_path):
     assert resumed.returncode == 0, out
     assert "resuming" in out
 
-    a = torch.load(tmp_path / "straight/e/j" / CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "killed/e/j" / CHECKPOINT, weights_only=False)
+    a = torch.load(tmp_path / "straight/e/j" / CHECKPOINT, weights_only=True)
+    b = torch.load(tmp_path / "killed/e/j" / CHECKPOINT, weights_only=True)
     assert a["state"]["epoch"] == b["state"]["epoch"] == 6
     assert b["state"]["restarts"] == 1
     def learning(history):  # everything but the timing

@@ -15,7 +15,8 @@ EPILOG = """examples:
   camvis-eval configs/job.yaml --checkpoint camvis2_model.pt   # a bare camvis2 state_dict
 
 Writes predictions.csv, confusion.csv/.png, bootstrap.csv, visibility.csv, figures/ and,
-last, scores.json into the job directory.
+last, scores.json into the job directory; an earlier evaluation there of another config moves
+to JOB_DIR/previous/<time>_eval-<its config hash>/ first.
 """
 
 
@@ -51,6 +52,11 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
     directory = Path(args.job_dir) if args.job_dir else job_dir(cfg, args.outputs)
     env = distributed.setup(cfg.train.device)
     try:
+        if env.is_main:  # an evaluation of another config is kept under previous/, not overwritten
+            from camvis.identity import keep_earlier_evaluation
+
+            keep_earlier_evaluation(directory, cfg)
+        distributed.barrier()
         scores = evaluate_job(cfg, directory, device=env.device, checkpoint=args.checkpoint)
     finally:
         distributed.teardown()

@@ -18,8 +18,15 @@ EPILOG = """examples:
   camvis-launch configs/cat_vs_align.yaml --local          the same jobs on this machine (array_parallelism at once)
   camvis-launch configs/demo.yaml --debug                  first job to run, in this process (pdb on errors)
 
-Finished jobs (outputs/<exp>/<job>/scores.json with the same config hash) are skipped unless
---force; jobs still queued or running from an earlier launch are never submitted twice.
+Finished jobs (outputs/<exp>/<job>/scores.json with the same config hash) are skipped; jobs
+still queued or running from an earlier launch are never submitted twice, whatever the flags.
+A job resumes only a checkpoint of its own training config (data, model, train): after a
+change there it trains from scratch and the earlier outputs move to
+outputs/<exp>/<job>/previous/<time>_train-<old train hash>/; after an eval-only change it
+re-evaluates best.pt without training (the earlier evaluation moves to previous/ too).
+  --force    resubmit finished jobs: they re-evaluate best.pt, no training
+  --restart  resubmit every selected job to retrain from scratch (earlier outputs kept under
+             previous/); a --restart job that SLURM requeues resumes its own fresh training
 A site profile (--profile FILE or $CAMVIS_PROFILE: a YAML file with a `slurm:` section, e.g.
 slurm/profiles/example-site.yaml) supplies defaults such as partition and account.
 """
@@ -37,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the job table and sbatch scripts; submit nothing")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="select jobs by name, group, fold, view or axis key (repeatable; fold=1,3 means either)")
-    p.add_argument("--force", action="store_true", help="resubmit finished jobs too")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true",
+                       help="resubmit finished jobs too: they re-evaluate best.pt (no training)")
+    again.add_argument("--restart", action="store_true",
+                       help="retrain the selected jobs from scratch; earlier outputs move to <job>/previous/")
     p.add_argument("--outputs", default="outputs", help="where jobs write (default: outputs)")
     p.add_argument("--jobs-dir", default="jobs", help="where manifests and SLURM logs go (default: jobs)")
     p.add_argument("--profile", default=os.environ.get("CAMVIS_PROFILE"),
@@ -54,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "local" if args.local else "debug" if args.debug else "slurm"
     try:
         result = launch.launch(args.grid, args.overrides, mode=mode, dry_run=args.dry_run, only=args.only,
-                               force=args.force, outputs=args.outputs, jobs_dir=args.jobs_dir,
+                               force=args.force, restart=args.restart, outputs=args.outputs,
+                               jobs_dir=args.jobs_dir,
                                profile=args.profile, console=console)
     except (CamvisError, OSError) as e:  # OSError: a full disk under submitit/TensorBoard
         return fail(e)

@@ -13,7 +13,9 @@ EPILOG = """examples:
   camvis-train configs/job.yaml data.fold=3 train.lr=1e-4 model.align_features=true
   torchrun --nproc-per-node 2 -m camvis.cli.train configs/job.yaml    # 2 DDP ranks (gloo on CPU)
 
-A restarted run resumes from outputs/<experiment>/<name>/checkpoint.pt.
+A rerun resumes outputs/<experiment>/<name>/checkpoint.pt when it was trained with the same
+data, model and train sections; otherwise (or with --restart) it trains from scratch and the
+earlier outputs move to outputs/<experiment>/<name>/previous/. An eval-only change re-evaluates.
 A grid file (with axes:) is launched with camvis-launch, not camvis-train.
 """
 
@@ -25,14 +27,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", nargs="?", help="job config YAML (sections data, model, train, eval); defaults if omitted")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
     parser.add_argument("--outputs", default="outputs", help="root of the job outputs (default: outputs)")
+    parser.add_argument("--restart", action="store_true",
+                        help="train from scratch; earlier outputs move to the job's previous/ folder")
     args = parser.parse_args(argv)
     config, overrides = config_and_overrides(args.config, args.overrides)
     try:
         from camvis.config import load_job_config
         from camvis.job import run_job
+        from camvis.plan import new_run_id
 
         cfg = load_job_config(config, overrides)
-        scores = run_job(cfg, args.outputs)
+        scores = run_job(cfg, args.outputs, restart=new_run_id() if args.restart else None)
     except (CamvisError, OSError) as e:  # OSError: a full disk under submitit/TensorBoard
         return fail(e)
     metrics = scores.get("metrics", {})
