@@ -40,9 +40,11 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     env = distributed.setup(cfg.train.device)
     lock = ExitStack()
     try:
-        if env.is_main:  # one runner per job folder: a second one fails here, touching nothing
+        def prepare() -> None:  # one runner per job folder: a second one fails here, touching nothing
             lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name))
-        _main_first(env, _start, directory, cfg, env.world_size, restart)
+            _start(directory, cfg, env.world_size, restart)
+
+        _main_first(env, prepare)
         inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
         state = train(cfg, directory, env, inputs, run_id=restart)
         last = state.history[-1] if state.history else None
