@@ -141,12 +141,13 @@ class StrictLoader(yaml.SafeLoader):
                 continue  # `<<: *base` then own keys: overriding merged keys is the point of merging
             key = self.construct_object(key_node)
             try:
-                line = seen.setdefault(key, key_node.start_mark.line + 1)
+                first = seen.get(key)
+                seen[key] = key_node.start_mark.line + 1
             except TypeError:
                 continue  # unhashable: the base constructor reports it
-            if line != key_node.start_mark.line + 1:
+            if first is not None:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {line}); YAML would silently keep only "
+                    None, None, f"duplicate key {key!r} (first at line {first}); YAML would silently keep only "
                                 f"the last one", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
 
@@ -182,6 +183,9 @@ def parse_yaml(text: str, source: str, key: str = "") -> Any:
 
 def _yaml_where(error: yaml.YAMLError) -> str:
     """' at line L, column C: problem' of a YAML error, on one line."""
+    if isinstance(error, yaml.reader.ReaderError):  # a byte YAML refuses, e.g. a control character
+        code = error.character if isinstance(error.character, int) else ord(error.character)
+        return f" at character {error.position}: {error.reason} (#x{code:04x})"
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -305,7 +309,13 @@ def unknown_key_message(key: str, known: Mapping[str, Any] | list[str], prefix: 
     names = sorted(known)
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-    return f"{prefix}{key}: unknown key{hint}; known keys: {', '.join(names)}"
+    return f"{prefix}{printable(key)}: unknown key{hint}; known keys: {', '.join(names)}"
+
+
+def printable(key: Any) -> str:
+    """`key` as it may appear in a one-line error: quoted when it holds a newline or other control character."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 def _section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
@@ -419,9 +429,11 @@ def validate_values(cfg: JobConfig) -> list[str]:
         errors.append(f"train.plateau_patience must be >= 0, got {t.plateau_patience}")
     if t.epoch_patches is not None and t.epoch_patches < 1:
         errors.append(f"train.epoch_patches must be >= 1 or null, got {t.epoch_patches}")
-    if not 0 <= e.bootstrap <= MAX_BOOTSTRAP:
-        errors.append(f"eval.bootstrap must be in [0, {MAX_BOOTSTRAP:,}], got {e.bootstrap:,} "
-                      f"(needs ~{bootstrap_bytes(e.bootstrap) / 2**30:.3g} GiB of memory)")
+    if e.bootstrap < 0:
+        errors.append(f"eval.bootstrap must be >= 0, got {e.bootstrap}")
+    elif e.bootstrap > MAX_BOOTSTRAP:
+        errors.append(f"eval.bootstrap must be at most {MAX_BOOTSTRAP:,} resamples (a job keeps every one), got "
+                      f"{e.bootstrap:,}: ~{bootstrap_bytes(e.bootstrap) / 2**30:.3g} GiB of memory")
     if not 0 < e.confidence < 1:
         errors.append(f"eval.confidence must be in (0, 1), got {e.confidence}")
     return errors

@@ -304,7 +304,7 @@ def _groups(spec: Any, base: Mapping[str, Any], errors: list[str]) -> dict[str, 
         return {}
     groups: dict[str, dict[str, Any]] = {}
     for name, settings in spec.items():
-        where = f"axes.group.{name}"
+        where = f"axes.group.{cfgmod.printable(name)}"
         if cfgmod.name_problem(where, name):
             errors.append(cfgmod.name_problem(where, name))
             continue
@@ -365,6 +365,7 @@ def _jobs(experiment: str, base: Mapping[str, Any], folds: list[int], groups: di
     labels = _axis_labels(list(plain))
     jobs: list[JobSpec] = []
     seen: dict[str, str] = {}
+    store_problems: dict[str, list[str]] = {}  # problem -> the jobs that have it (a base's bad factor: all)
     for group, settings in groups.items():
         for fold in folds:
             for combo in itertools.product(*plain.values()):
@@ -380,8 +381,14 @@ def _jobs(experiment: str, base: Mapping[str, Any], folds: list[int], groups: di
                                   f"make the axis values distinct")
                 seen[name] = str(values)
                 info = stores(cfg.data.store, errors)
-                view = info.check(cfg, f"job {name}", errors) if info else None
+                found: list[str] = []
+                view = info.check(cfg, "", found) if info else None
+                for problem in found:
+                    store_problems.setdefault(problem, []).append(name)
                 jobs.append(JobSpec(name, group, fold, view, values, cfg, config_hash(cfg)))
+    for problem, names in store_problems.items():
+        errors.append((f"job {names[0]}" if len(names) == 1 else f"jobs {names[0]} and {len(names) - 1} more")
+                      + problem)
     return jobs
 
 

@@ -50,7 +50,6 @@ def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
         "nodes": 1,
         "tasks_per_node": 1,
         "cpus_per_task": 1,
-        "slurm_additional_parameters": {"dependency": f"afterany:{array_id}"},
     }
     partition = s.aggregate_partition or s.partition
     if partition is not None:
@@ -58,7 +57,9 @@ def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
     for key in ("account", "qos"):
         if getattr(s, key) is not None:
             params[f"slurm_{key}"] = getattr(s, key)
-    return _checked(params)
+    _checked(params)
+    params["slurm_additional_parameters"] = {"dependency": f"afterany:{array_id}"}  # ours: a dry run's is text
+    return params
 
 
 def _checked(params: dict[str, Any]) -> dict[str, Any]:
