@@ -429,6 +429,9 @@ def validate_values(cfg: JobConfig) -> list[str]:
         errors.append(f"train.plateau_patience must be >= 0, got {t.plateau_patience}")
     if t.epoch_patches is not None and t.epoch_patches < 1:
         errors.append(f"train.epoch_patches must be >= 1 or null, got {t.epoch_patches}")
+    for key, seed in (("train.seed", t.seed), ("eval.seed", e.seed)):
+        if not 0 <= seed <= MAX_SEED:
+            errors.append(f"{key} must be in [0, {MAX_SEED}] (numpy and torch take no other seed), got {seed}")
     if e.bootstrap < 0:
         errors.append(f"eval.bootstrap must be >= 0, got {e.bootstrap}")
     elif e.bootstrap > MAX_BOOTSTRAP:
@@ -439,6 +442,8 @@ def validate_values(cfg: JobConfig) -> list[str]:
     return errors
 
 
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy and torch both take 0..2^32-1."""
 MAX_BOOTSTRAP = 1_000_000
 """Most bootstrap resamples per job: ~69 MiB by bootstrap_bytes, and every resample is a row of bootstrap.csv
 that camvis-aggregate reads back for every job."""
