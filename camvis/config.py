@@ -398,6 +398,13 @@ def _type_name(expected: Any) -> str:
     return getattr(expected, "__name__", str(expected))
 
 
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's generators take 0..2^32-1 as one int (and no negative seed), as torch does."""
+MAX_BOOTSTRAP = 1_000_000
+"""Most bootstrap resamples per job: ~69 MiB by bootstrap_bytes, and every resample is a row of bootstrap.csv
+that camvis-aggregate reads back for every job."""
+
+
 def validate_values(cfg: JobConfig) -> list[str]:
     """Checks beyond types: ranges and cross-field rules."""
     errors = [p for p in (name_problem(key, getattr(cfg, key)) for key in ("experiment", "name", "group")) if p]
@@ -431,7 +438,7 @@ def validate_values(cfg: JobConfig) -> list[str]:
         errors.append(f"train.epoch_patches must be >= 1 or null, got {t.epoch_patches}")
     for key, seed in (("train.seed", t.seed), ("eval.seed", e.seed)):
         if not 0 <= seed <= MAX_SEED:
-            errors.append(f"{key} must be in [0, {MAX_SEED}] (numpy and torch take no other seed), got {seed}")
+            errors.append(f"{key} must be in [0, {MAX_SEED}] (the seeds numpy's generators take), got {seed}")
     if e.bootstrap < 0:
         errors.append(f"eval.bootstrap must be >= 0, got {e.bootstrap}")
     elif e.bootstrap > MAX_BOOTSTRAP:
@@ -440,13 +447,6 @@ def validate_values(cfg: JobConfig) -> list[str]:
     if not 0 < e.confidence < 1:
         errors.append(f"eval.confidence must be in (0, 1), got {e.confidence}")
     return errors
-
-
-MAX_SEED = 2**32 - 1
-"""Largest seed: numpy and torch both take 0..2^32-1."""
-MAX_BOOTSTRAP = 1_000_000
-"""Most bootstrap resamples per job: ~69 MiB by bootstrap_bytes, and every resample is a row of bootstrap.csv
-that camvis-aggregate reads back for every job."""
 
 
 def bootstrap_bytes(n: int) -> int:
@@ -459,7 +459,7 @@ def name_problem(key: str, value: Any) -> str | None:
     """None if `value` is a file-system-safe name (it becomes a folder under outputs/ and jobs/), else why not."""
     if isinstance(value, str) and SAFE_NAME.fullmatch(value) and len(value) <= MAX_NAME_LENGTH:
         return None
-    return (f"{key}: expected a file-system-safe name (letters, digits, _ . -, not starting with . or -, "
+    return (f"{key}: expected a file-system-safe name (letters, digits, _ . -, starting with a letter or digit, "
             f"at most {MAX_NAME_LENGTH} characters), got {value!r}")
 
 
