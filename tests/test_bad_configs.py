@@ -41,6 +41,9 @@ def placed(case: Path, store: Path, folder: Path) -> Path:
 
 
 def run_case(kind: str, path: Path, args: list[str], root: Path) -> int:
+    """Exit status of the case's CLI, with outputs/ and jobs/ two levels below `root` (so that a
+    name like ../../x that escaped them would still land under `root`)."""
+    root = root / "a" / "b"
     places = ["--outputs", str(root / "outputs")]
     if kind == "grids":
         return launch_cli.main([str(path), *args, "--dry-run", *places, "--jobs-dir", str(root / "jobs")])
@@ -68,7 +71,7 @@ def test_bad_config_is_one_line_error(case: Path, store: Path, tmp_path: Path, c
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert expect in lines[0], f"{case.name}: {expect!r} not in {lines[0]!r}"
-    assert not (tmp_path / "outputs").exists() and not (tmp_path / "jobs").exists()
+    assert list(tmp_path.rglob("*")) == [path]  # nothing written: no outputs/, jobs/, nor an escaped folder
 
 
 def test_the_valid_templates_work(store: Path, tmp_path: Path, capsys) -> None:
