@@ -168,7 +168,7 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, float]) -> float:
 
 
 def parse_yaml(text: str, source: str, key: str = "") -> Any:
-    """YAML text (of `key`, if one) -> Python objects through StrictLoader; a problem is a ConfigError naming `source`."""
+    """YAML text (of `key`, if one) -> Python objects through StrictLoader; a ConfigError naming `source`."""
     try:
         data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
     except yaml.YAMLError as e:

@@ -132,7 +132,8 @@ def _check_sbatch_text(s: SlurmSettings, errors: list[str]) -> None:
     for key, value in s.additional.items():
         where = f"slurm.additional.{key}"
         if not isinstance(key, str) or not _SBATCH_KEY.fullmatch(key):
-            errors.append(f"slurm.additional: expected sbatch option names (lowercase letters, digits, - _), got {key!r}")
+            errors.append(f"slurm.additional: expected sbatch option names (lowercase letters, digits, - _), "
+                          f"got {key!r}")
         elif not isinstance(value, (str, int, float, bool)):
             errors.append(f"{where}: expected a scalar sbatch option value, got {value!r}")
         elif sbatch_value_problem(where, value):

@@ -134,7 +134,8 @@ def test_a_collected_error_carries_each_problem():
 
 
 @pytest.mark.parametrize("key", ["experiment", "name", "group"])
-@pytest.mark.parametrize("value", ["../../x", "/abs/path", "..", ".hidden", "-rf", "a/b", "a\nb", "ab\n", "", "x" * 201])
+@pytest.mark.parametrize("value", ["../../x", "/abs/path", "..", ".hidden", "-rf", "a/b", "a\nb", "ab\n", "",
+                                   "x" * 201])
 def test_identity_names_are_file_system_safe(key, value):
     with pytest.raises(ConfigError, match=rf"^<o>: {key}: expected a file-system-safe name") as err:
         job_config_from_dict({key: value}, "<o>")
@@ -164,8 +165,9 @@ def test_job_dir_and_experiment_dir_stay_under_the_outputs_root(tmp_path):
 
 
 @pytest.mark.parametrize("text, key", [
-    ("train: {lr: .inf}", "train.lr"), ("train: {lr: -.Inf}", "train.lr"), ("eval: {confidence: .nan}", "eval.confidence"),
-    ("train: {lr: 1.0e+999}", "train.lr"), ("train: {lr: inf}", "train.lr"), ("train: {weight_decay: '-inf'}", "train.weight_decay"),
+    ("train: {lr: .inf}", "train.lr"), ("train: {lr: -.Inf}", "train.lr"),
+    ("eval: {confidence: .nan}", "eval.confidence"), ("train: {lr: 1.0e+999}", "train.lr"),
+    ("train: {lr: inf}", "train.lr"), ("train: {weight_decay: '-inf'}", "train.weight_decay"),
     ("data: {factors: [2, .inf]}", "data.factors"),
 ])
 def test_non_finite_numbers_are_refused(tmp_path, text, key):
