@@ -30,6 +30,7 @@ from rich.table import Table
 
 from camvis import jobfiles, monitor
 from camvis.compare import compare
+from camvis.config import experiment_dir
 from camvis.console import default_console
 from camvis.errors import CamvisError
 from camvis.io import write_csv, write_text
@@ -325,13 +326,13 @@ def aggregate(
     if not 0.0 < confidence < 1.0:
         raise CamvisError(f"confidence must be in (0, 1), got {confidence}")
     console = console or default_console()
+    directory = experiment_dir(experiment, outputs)  # a name, and its folder under outputs/
     status = monitor.collect(experiment, jobs, outputs)
     finished, missing = load_finished(status, outputs, show_progress=console.is_terminal)
     if not finished:
         listed = "; ".join(f"{n}: {w}" for n, w in list(missing.items())[:10])
         raise CamvisError(f"experiment {experiment!r}: no finished job to aggregate ({listed or 'no jobs'})")
     boots, notes = align_bootstraps(finished, seed)
-    directory = Path(outputs) / experiment
     result = AggregateResult(
         experiment=experiment, directory=directory, summary_csv=directory / "summary.csv",
         comparisons_csv=directory / "comparisons.csv", point_estimates_csv=directory / "point_estimates.csv",

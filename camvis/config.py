@@ -11,6 +11,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -109,17 +111,113 @@ SECTIONS: dict[str, type] = {
 # --------------------------------------------------------------------------- loading
 
 
+MAX_YAML_NODES = 100_000
+"""Cap on the nodes of a YAML document with its aliases expanded (an alias bomb expands exponentially)."""
+MAX_NAME_LENGTH = 200
+"""Longest experiment, job or group name (a file name; file systems allow 255 bytes)."""
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # file-system-safe: no '/', no leading '.'
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and expanded alias bombs and reads dates as
+    strings (a date where a number is expected is then a type error naming the key)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"more than {MAX_YAML_NODES:,} nodes once its aliases are expanded "
+                            f"(an alias bomb, or a recursive alias)", node.start_mark)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then own keys: overriding merged keys is the point of merging
+            key = self.construct_object(key_node)
+            try:
+                first = seen.get(key)
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                continue  # unhashable: the base constructor reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first}); YAML would silently keep only "
+                                f"the last one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, float]) -> float:
+    """Nodes of `node` with every alias expanded; inf for a recursive alias. Memoized: O(nodes)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = float("inf")  # seen again while in progress: a cycle
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        size = 1
+    sizes[id(node)] = size
+    return size
+
+
+def parse_yaml(text: str, source: str, key: str = "") -> Any:
+    """YAML text (of `key`, if one) -> Python objects through StrictLoader; a ConfigError naming `source`."""
+    try:
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML{_yaml_where(e)}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from e
+    bad = non_finite(data, key)
+    if bad:
+        raise ConfigError(f"{source}: {bad[0]}: expected a finite number, got {bad[1]}")
+    return data
+
+
+def _yaml_where(error: yaml.YAMLError) -> str:
+    """' at line L, column C: problem' of a YAML error, on one line."""
+    if isinstance(error, yaml.reader.ReaderError):  # a byte YAML refuses, e.g. a control character
+        code = error.character if isinstance(error.character, int) else ord(error.character)
+        return f" at character {error.position}: {error.reason} (#x{code:04x})"
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {' '.join(str(problem).split())}"
+
+
+def non_finite(tree: Any, prefix: str = "") -> tuple[str, float] | None:
+    """(dotted key, value) of the first non-finite float (.inf, .nan) in `tree`, or None."""
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return prefix or "value", tree
+    if isinstance(tree, dict):
+        items = ((f"{prefix}.{k}" if prefix else str(k), v) for k, v in tree.items())
+    elif isinstance(tree, list):
+        items = ((f"{prefix}[{i}]", v) for i, v in enumerate(tree))
+    else:
+        return None
+    return next((found for key, value in items if (found := non_finite(value, key))), None)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or bad YAML is a ConfigError naming the file."""
+    """Read a UTF-8 YAML mapping; a missing file, bad encoding or bad YAML is a ConfigError naming the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                          f"save the file as UTF-8") from e
+    raw = parse_yaml(text, str(path))
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -151,10 +249,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from e
+    parsed = parse_yaml(value, f"override {text!r}", key) if value.strip() else None
     return key, parsed
 
 
@@ -188,7 +283,7 @@ def job_config_from_dict(raw: Mapping[str, Any], source: str) -> JobConfig:
     top_fields = {f.name: f for f in dataclasses.fields(JobConfig)}
     for key, value in raw.items():
         if key not in top_fields:
-            errors.append(unknown_key_message(key, top_fields))
+            errors.append(unknown_key_message(str(key), top_fields))
         elif key in SECTIONS:
             sections[key] = _section_from_dict(SECTIONS[key], key, value, errors)
         else:
@@ -200,14 +295,27 @@ def job_config_from_dict(raw: Mapping[str, Any], source: str) -> JobConfig:
         errors.extend(validate_values(cfg))
         if not errors:
             return cfg
-    raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(errors))
+    raise collected_error(source, errors)
+
+
+def collected_error(source: str, problems: list[str]) -> ConfigError:
+    """One ConfigError for every problem found in `source`: one line for one problem."""
+    if len(problems) == 1:
+        return ConfigError(f"{source}: {problems[0]}", problems)
+    return ConfigError(f"{source}: {len(problems)} problems:\n  " + "\n  ".join(problems), problems)
 
 
 def unknown_key_message(key: str, known: Mapping[str, Any] | list[str], prefix: str = "") -> str:
     names = sorted(known)
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
-    return f"{prefix}{key}: unknown key{hint}; known keys: {', '.join(names)}"
+    return f"{prefix}{printable(key)}: unknown key{hint}; known keys: {', '.join(names)}"
+
+
+def printable(key: Any) -> str:
+    """`key` as it may appear in a one-line error: quoted when it holds a newline or other control character."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 def _section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
@@ -220,7 +328,7 @@ def _section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -
     kwargs = {}
     for key, item in value.items():
         if key not in hints:
-            errors.append(unknown_key_message(key, hints, prefix=f"{section}."))
+            errors.append(unknown_key_message(str(key), hints, prefix=f"{section}."))
             continue
         kwargs[key] = _check_type(f"{section}.{key}", item, hints[key], errors)
     try:
@@ -263,10 +371,13 @@ def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
     if expected is float:
         if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
             try:
-                return True, float(value)
+                number = float(value)
             except ValueError:
                 return False, value
-        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else value
+            return math.isfinite(number), number
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return math.isfinite(value), float(value)
+        return False, value
     if expected is str:
         return isinstance(value, str), value
     return isinstance(value, expected), value
@@ -282,12 +393,21 @@ def _type_name(expected: Any) -> str:
         return f"a list of {_type_name(typing.get_args(expected)[0])}"
     if expected is type(None):
         return "null"
+    if expected is float:
+        return "a finite float"
     return getattr(expected, "__name__", str(expected))
+
+
+MAX_SEED = 2**32 - 1
+"""Largest seed: numpy's generators take 0..2^32-1 as one int (and no negative seed), as torch does."""
+MAX_BOOTSTRAP = 1_000_000
+"""Most bootstrap resamples per job: ~69 MiB by bootstrap_bytes, and every resample is a row of bootstrap.csv
+that camvis-aggregate reads back for every job."""
 
 
 def validate_values(cfg: JobConfig) -> list[str]:
     """Checks beyond types: ranges and cross-field rules."""
-    errors = []
+    errors = [p for p in (name_problem(key, getattr(cfg, key)) for key in ("experiment", "name", "group")) if p]
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     if d.fold < 1:
         errors.append(f"data.fold must be >= 1 (folds are 1-based), got {d.fold}")
@@ -316,11 +436,39 @@ def validate_values(cfg: JobConfig) -> list[str]:
         errors.append(f"train.plateau_patience must be >= 0, got {t.plateau_patience}")
     if t.epoch_patches is not None and t.epoch_patches < 1:
         errors.append(f"train.epoch_patches must be >= 1 or null, got {t.epoch_patches}")
+    for key, seed in (("train.seed", t.seed), ("eval.seed", e.seed)):
+        if not 0 <= seed <= MAX_SEED:
+            errors.append(f"{key} must be in [0, {MAX_SEED}] (the seeds numpy's generators take), got {seed}")
     if e.bootstrap < 0:
         errors.append(f"eval.bootstrap must be >= 0, got {e.bootstrap}")
+    elif e.bootstrap > MAX_BOOTSTRAP:
+        errors.append(f"eval.bootstrap must be at most {MAX_BOOTSTRAP:,} resamples (a job keeps every one), got "
+                      f"{e.bootstrap:,}: ~{bootstrap_bytes(e.bootstrap) / 2**30:.3g} GiB of memory")
     if not 0 < e.confidence < 1:
         errors.append(f"eval.confidence must be in (0, 1), got {e.confidence}")
     return errors
+
+
+def bootstrap_bytes(n: int) -> int:
+    """Memory the evaluation needs for `n` resamples: it keeps every one (3 metrics, float64) and
+    copies them twice (the bootstrap.csv frame and the percentile sort); see camvis.metrics.bootstrap."""
+    return n * 3 * 8 * 3  # resamples x metrics (loss, acc, f1) x float64 x (arrays + two copies)
+
+
+def name_problem(key: str, value: Any) -> str | None:
+    """None if `value` is a file-system-safe name (it becomes a folder under outputs/ and jobs/), else why not."""
+    if isinstance(value, str) and SAFE_NAME.fullmatch(value) and len(value) <= MAX_NAME_LENGTH:
+        return None
+    return (f"{key}: expected a file-system-safe name (letters, digits, _ . -, starting with a letter or digit, "
+            f"at most {MAX_NAME_LENGTH} characters), got {value!r}")
+
+
+def check_name(key: str, value: Any) -> str:
+    """`value` if it is a file-system-safe name, else a ConfigError naming `key`."""
+    problem = name_problem(key, value)
+    if problem:
+        raise ConfigError(problem)
+    return value
 
 
 def factors_double(factors: tuple[int, ...]) -> bool:
@@ -364,5 +512,20 @@ def sections_hash(config: Mapping[str, Any], sections: tuple[str, ...]) -> str:
 
 
 def job_dir(cfg: JobConfig, outputs: str | Path = "outputs") -> Path:
-    """Where a job writes everything: outputs/<experiment>/<name>/."""
-    return Path(outputs) / cfg.experiment / cfg.name
+    """Where a job writes everything: outputs/<experiment>/<name>/, checked to lie under `outputs`."""
+    return under_root(Path(outputs), check_name("experiment", cfg.experiment), check_name("name", cfg.name))
+
+
+def experiment_dir(experiment: str, outputs: str | Path = "outputs") -> Path:
+    """outputs/<experiment>/ (camvis-aggregate writes there), checked to lie under `outputs`."""
+    return under_root(Path(outputs), check_name("experiment", experiment))
+
+
+def under_root(root: Path, *names: str) -> Path:
+    """root/names..., or a ConfigError if it resolves (symlinks followed) outside `root`."""
+    path = root.joinpath(*names)
+    resolved, top = path.resolve(), root.resolve()
+    if resolved == top or not resolved.is_relative_to(top):
+        raise ConfigError(f"{path}: resolves to {resolved}, outside the outputs root {top}; "
+                          f"remove the symbolic link or choose another --outputs")
+    return path

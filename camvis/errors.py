@@ -6,7 +6,11 @@ class CamvisError(Exception):
 
 
 class ConfigError(CamvisError):
-    """A config, grid or override is wrong."""
+    """A config, grid or override is wrong; `problems` lists each single problem found."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
 
 
 class RawDataError(CamvisError):

@@ -45,7 +45,6 @@ from camvis.store_info import StoreInfo
 GRID_KEYS = ("experiment", "description", "folds", "base", "axes", "slurm")
 IDENTITY_KEYS = ("experiment", "name", "group")
 DEFAULT_GROUP = "default"
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # file-system-safe
 
 
 @dataclass(frozen=True)
@@ -172,6 +171,7 @@ def expand(raw: Mapping[str, Any], path: Path, overrides: tuple[str, ...] = ()) 
     folds = _folds(axes, raw.get("folds"), base_cfg, info, errors)
     groups = _groups(axes.get("group"), base, errors)
     plain = _plain_axes(axes, base, errors)
+    _check_axes_disjoint(groups, plain, errors)
     if errors:
         raise _grid_error(path, errors)
     jobs = _jobs(str(raw.get("experiment")), base, folds, groups, plain, stores, errors)
@@ -183,9 +183,7 @@ def expand(raw: Mapping[str, Any], path: Path, overrides: tuple[str, ...] = ()) 
 
 
 def _grid_error(path: Path, errors: list[str]) -> ConfigError:
-    if len(errors) == 1:
-        return ConfigError(f"{path}: {errors[0]}")
-    return ConfigError(f"{path}: {len(errors)} problems:\n  " + "\n  ".join(errors))
+    return cfgmod.collected_error(str(path), errors)
 
 
 def _check_top(raw: Mapping[str, Any], errors: list[str]) -> None:
@@ -195,8 +193,8 @@ def _check_top(raw: Mapping[str, Any], errors: list[str]) -> None:
     experiment = raw.get("experiment")
     if experiment is None:
         errors.append("experiment: missing; name the experiment (outputs go to outputs/<experiment>/)")
-    elif not isinstance(experiment, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", experiment):
-        errors.append(f"experiment: expected a file-system-safe name (letters, digits, _ . -), got {experiment!r}")
+    elif cfgmod.name_problem("experiment", experiment):
+        errors.append(cfgmod.name_problem("experiment", experiment))
     folds = raw.get("folds")
     if folds is not None and (not isinstance(folds, int) or isinstance(folds, bool) or folds < 1):
         errors.append(f"folds: expected the number of views of the store (an int >= 1), got {folds!r}")
@@ -222,16 +220,8 @@ def _validate(raw: Mapping[str, Any], where: str, errors: list[str]) -> JobConfi
     try:
         return cfgmod.job_config_from_dict(raw, where)
     except ConfigError as e:
-        errors.extend(f"{where}: {p}" for p in _problems(str(e), where))
+        errors.extend(f"{where}: {p}" for p in e.problems)
         return None
-
-
-def _problems(message: str, source: str) -> list[str]:
-    """The single problems of a config module error ('<source>: invalid config:\\n  a\\n  b')."""
-    head = f"{source}: invalid config:"
-    if message.startswith(head):
-        return [line.strip() for line in message[len(head):].split("\n  ") if line.strip()]
-    return [message]
 
 
 # The dotted keys a grid may set: section.field of JobConfig.
@@ -314,9 +304,9 @@ def _groups(spec: Any, base: Mapping[str, Any], errors: list[str]) -> dict[str, 
         return {}
     groups: dict[str, dict[str, Any]] = {}
     for name, settings in spec.items():
-        where = f"axes.group.{name}"
-        if not isinstance(name, str) or not SAFE_NAME.match(name):
-            errors.append(f"{where}: group names must be letters, digits, '_', '.' or '-', got {name!r}")
+        where = f"axes.group.{cfgmod.printable(name)}"
+        if cfgmod.name_problem(where, name):
+            errors.append(cfgmod.name_problem(where, name))
             continue
         if settings is None:
             settings = {}
@@ -359,12 +349,23 @@ def _plain_axes(axes: Mapping[str, Any], base: Mapping[str, Any], errors: list[s
     return plain
 
 
+def _check_axes_disjoint(groups: Mapping[str, Mapping[str, Any]], plain: Mapping[str, Any],
+                         errors: list[str]) -> None:
+    """A plain axis on a key a group sets would silently win over the group (two groups, one hash)."""
+    for key in plain:
+        setters = [name for name, settings in groups.items() if key in settings]
+        if setters:
+            errors.append(f"axes.{key}: also set by axes.group.{setters[0]}; the plain axis would override the "
+                          f"group's value (the groups would train the same model): set {key} in one place")
+
+
 def _jobs(experiment: str, base: Mapping[str, Any], folds: list[int], groups: dict[str, dict[str, Any]],
           plain: dict[str, list[Any]], stores: Callable[..., StoreInfo | None], errors: list[str]) -> list[JobSpec]:
     """The cartesian product group x fold x plain axes, in that order."""
     labels = _axis_labels(list(plain))
     jobs: list[JobSpec] = []
     seen: dict[str, str] = {}
+    store_problems: dict[str, list[str]] = {}  # problem -> the jobs that have it (a base's bad factor: all)
     for group, settings in groups.items():
         for fold in folds:
             for combo in itertools.product(*plain.values()):
@@ -380,8 +381,14 @@ def _jobs(experiment: str, base: Mapping[str, Any], folds: list[int], groups: di
                                   f"make the axis values distinct")
                 seen[name] = str(values)
                 info = stores(cfg.data.store, errors)
-                view = info.check(cfg, f"job {name}", errors) if info else None
+                found: list[str] = []
+                view = info.check(cfg, "", found) if info else None
+                for problem in found:
+                    store_problems.setdefault(problem, []).append(name)
                 jobs.append(JobSpec(name, group, fold, view, values, cfg, config_hash(cfg)))
+    for problem, names in store_problems.items():
+        errors.append((f"job {names[0]}" if len(names) == 1 else f"jobs {names[0]} and {len(names) - 1} more")
+                      + problem)
     return jobs
 
 

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from camvis.errors import ConfigError
 from camvis.grid import Grid, JobSpec
+from camvis.slurm_settings import sbatch_value_problem
 
 
 def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
@@ -36,7 +38,7 @@ def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
             params[f"slurm_{key}"] = getattr(s, key)
     if s.additional:
         params["slurm_additional_parameters"] = dict(s.additional)
-    return params
+    return _checked(params)
 
 
 def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
@@ -48,7 +50,6 @@ def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
         "nodes": 1,
         "tasks_per_node": 1,
         "cpus_per_task": 1,
-        "slurm_additional_parameters": {"dependency": f"afterany:{array_id}"},
     }
     partition = s.aggregate_partition or s.partition
     if partition is not None:
@@ -56,6 +57,18 @@ def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
     for key in ("account", "qos"):
         if getattr(s, key) is not None:
             params[f"slurm_{key}"] = getattr(s, key)
+    _checked(params)
+    params["slurm_additional_parameters"] = {"dependency": f"afterany:{array_id}"}  # ours: a dry run's is text
+    return params
+
+
+def _checked(params: dict[str, Any]) -> dict[str, Any]:
+    """`params`, once no value would inject a line or an option into the sbatch script (the settings were
+    checked when parsed; this guards every way a Grid can be built)."""
+    for key, value in {**params, **params.get("slurm_additional_parameters", {})}.items():
+        problem = sbatch_value_problem(key, value)
+        if problem:
+            raise ConfigError(problem)
     return params
 
 

@@ -6,6 +6,7 @@ ConfigError naming the grid file). No torch here: the launcher runs on login nod
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,24 @@ _SLURM_TYPES: dict[str, tuple[type, ...]] = {
     "constraint": (str, type(None)), "max_requeues": (int,), "signal_delay_s": (int,),
     "aggregate_time": (int,), "aggregate_partition": (str, type(None)), "additional": (dict,),
 }
+MAX_TIME_MIN = 365 * 24 * 60
+"""Longest time limit accepted (minutes): a year. SLURM keeps minutes in 32 bits, and sites cap far lower
+(sinfo's TIMELIMIT); more is a typo such as seconds given as minutes."""
+MAX_SIGNAL_DELAY_S = 65535
+"""sbatch --signal=SIG@DELAY takes a delay of 0..65535 seconds."""
+_SBATCH_STRINGS = ("partition", "account", "qos", "constraint", "aggregate_partition")
+_SBATCH_KEY = re.compile(r"[a-z][a-z0-9_-]*")
+_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # whitespace or control characters
+
+
+def sbatch_value_problem(key: str, value: Any) -> str | None:
+    """Why `value` cannot be written into an `#SBATCH --key=value` line, or None. sbatch splits those
+    lines into words, and a newline would start a line of the script: either injects options or commands."""
+    if isinstance(value, str) and _UNSAFE.search(value):
+        return f"{key}: whitespace or control characters cannot go into an #SBATCH line, got {value!r}"
+    return None
+
+
 _SLURM_MINIMUM = {"time": 1, "nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1, "cpus_per_task": 1,
                   "mem_gb": 0.001, "array_parallelism": 1, "max_requeues": 0, "signal_delay_s": 0,
                   "aggregate_time": 1}
@@ -89,7 +108,33 @@ def parse_slurm_settings(raw: Any, errors: list[str]) -> SlurmSettings:
     if settings.gpus_per_node and settings.tasks_per_node not in (None, settings.gpus_per_node):
         errors.append(f"slurm.tasks_per_node: jobs run one task per GPU, so it must equal gpus_per_node "
                       f"({settings.gpus_per_node}) or be left out, got {settings.tasks_per_node}")
-    for key, value in settings.additional.items():
-        if not isinstance(value, (str, int, float, bool)):
-            errors.append(f"slurm.additional.{key}: expected a scalar sbatch option value, got {value!r}")
+    _check_limits(settings, errors)
+    _check_sbatch_text(settings, errors)
     return settings
+
+
+def _check_limits(s: SlurmSettings, errors: list[str]) -> None:
+    for key in ("time", "aggregate_time"):
+        if getattr(s, key) > MAX_TIME_MIN:
+            errors.append(f"slurm.{key}: at most {MAX_TIME_MIN} minutes (a year), got {getattr(s, key)}")
+    if s.signal_delay_s > MAX_SIGNAL_DELAY_S:
+        errors.append(f"slurm.signal_delay_s: at most {MAX_SIGNAL_DELAY_S} s (sbatch --signal), got {s.signal_delay_s}")
+    elif s.signal_delay_s >= s.time * 60:
+        errors.append(f"slurm.signal_delay_s: must be below the time limit (slurm.time={s.time} min = "
+                      f"{s.time * 60} s) or the checkpoint signal comes at the start, got {s.signal_delay_s}")
+
+
+def _check_sbatch_text(s: SlurmSettings, errors: list[str]) -> None:
+    for key in _SBATCH_STRINGS:
+        problem = sbatch_value_problem(f"slurm.{key}", getattr(s, key))
+        if problem:
+            errors.append(problem)
+    for key, value in s.additional.items():
+        where = f"slurm.additional.{key}"
+        if not isinstance(key, str) or not _SBATCH_KEY.fullmatch(key):
+            errors.append(f"slurm.additional: expected sbatch option names (lowercase letters, digits, - _), "
+                          f"got {key!r}")
+        elif not isinstance(value, (str, int, float, bool)):
+            errors.append(f"{where}: expected a scalar sbatch option value, got {value!r}")
+        elif sbatch_value_problem(where, value):
+            errors.append(sbatch_value_problem(where, value))

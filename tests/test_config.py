@@ -1,15 +1,29 @@
 """Job configs: loading, overrides, and errors that name the file, the key and what was expected."""
 
+import dataclasses
+import re
+import tracemalloc
+from pathlib import Path
+
 import pytest
 
 from camvis.config import (
+    MAX_BOOTSTRAP,
+    MAX_YAML_NODES,
     JobConfig,
     apply_overrides,
+    bootstrap_bytes,
+    check_name,
     config_hash,
+    experiment_dir,
     factors_double,
     job_config_from_dict,
+    job_dir,
     load_job_config,
+    load_yaml,
+    non_finite,
     parse_override,
+    parse_yaml,
     to_dict,
 )
 from camvis.errors import ConfigError
@@ -103,3 +117,147 @@ def test_a_grid_is_not_a_job_config_but_its_base_can_be_read(tmp_path):
     with pytest.raises(ConfigError, match=r"grid.yaml: is an experiment grid .* camvis-launch"):
         load_job_config(grid)
     assert load_job_config(grid, ["train.lr=0.01"], grid_base=True).model.size_hidden == 8
+
+
+# --------------------------------------------------------------------------- issue 9: names, values, YAML
+
+
+def test_a_collected_error_carries_each_problem():
+    with pytest.raises(ConfigError) as err:
+        job_config_from_dict({"eval": {"confidence": 2.0}, "data": {"fold": 0}}, "x.yaml")
+    assert err.value.problems == ["data.fold must be >= 1 (folds are 1-based), got 0",
+                                  "eval.confidence must be in (0, 1), got 2.0"]
+    assert str(err.value).startswith("x.yaml: 2 problems:\n  ")
+    with pytest.raises(ConfigError) as one:
+        job_config_from_dict({"data": {"fold": 0}}, "x.yaml")
+    assert str(one.value) == f"x.yaml: {one.value.problems[0]}" and len(one.value.problems) == 1
+
+
+@pytest.mark.parametrize("key", ["experiment", "name", "group"])
+@pytest.mark.parametrize("value", ["../../x", "/abs/path", "..", ".hidden", "-rf", "a/b", "a\nb", "ab\n", "",
+                                   "x" * 201])
+def test_identity_names_are_file_system_safe(key, value):
+    with pytest.raises(ConfigError, match=rf"^<o>: {key}: expected a file-system-safe name") as err:
+        job_config_from_dict({key: value}, "<o>")
+    assert "\n" not in str(err.value)
+    assert check_name(key, "cat_fold1.v-2") == "cat_fold1.v-2"
+    with pytest.raises(ConfigError, match=f"{key}: expected a file-system-safe name"):
+        check_name(key, value)
+
+
+def test_job_dir_and_experiment_dir_stay_under_the_outputs_root(tmp_path):
+    outputs = tmp_path / "outputs"
+    cfg = load_job_config(None, ["experiment=e", "name=j"])
+    assert job_dir(cfg, outputs) == outputs / "e" / "j" and experiment_dir("e", outputs) == outputs / "e"
+    (tmp_path / "elsewhere").mkdir()
+    outputs.mkdir()
+    (outputs / "e").symlink_to(tmp_path / "elsewhere")  # a planted link out of the root
+    with pytest.raises(ConfigError, match=r"outputs/e/j: resolves to .*elsewhere/j, outside the outputs root"):
+        job_dir(cfg, outputs)
+    with pytest.raises(ConfigError, match="outside the outputs root"):
+        experiment_dir("e", outputs)
+    forged = dataclasses.replace(cfg, name="../../../x")  # a config built around validation
+    with pytest.raises(ConfigError, match="name: expected a file-system-safe name"):
+        job_dir(forged, outputs)
+    linked_root = tmp_path / "link"
+    linked_root.symlink_to(tmp_path / "elsewhere")  # the root itself may be a link (e.g. to scratch)
+    assert job_dir(cfg, linked_root) == linked_root / "e" / "j"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train: {lr: .inf}", "train.lr"), ("train: {lr: -.Inf}", "train.lr"),
+    ("eval: {confidence: .nan}", "eval.confidence"), ("train: {lr: 1.0e+999}", "train.lr"),
+    ("train: {lr: inf}", "train.lr"), ("train: {weight_decay: '-inf'}", "train.weight_decay"),
+    ("data: {factors: [2, .inf]}", "data.factors"),
+])
+def test_non_finite_numbers_are_refused(tmp_path, text, key):
+    path = tmp_path / "job.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=rf"job.yaml: {re.escape(key)}(\[1\])?: expected a finite"):
+        load_job_config(path)
+
+
+def test_non_finite_anywhere_names_its_key_even_where_nothing_is_typed():
+    assert non_finite({"a": [1, {"b": 2.5}], "c": {"d": [0.0, float("nan")]}})[0] == "c.d[1]"
+    assert non_finite({"a": [1, "inf", 2.5]}) is None
+    with pytest.raises(ConfigError, match=r"override 'train.lr=.nan': train.lr: expected a finite number, got nan"):
+        parse_override("train.lr=.nan")
+
+
+def test_bootstrap_is_capped_and_the_cap_is_documented():
+    load_job_config(None, [f"eval.bootstrap={MAX_BOOTSTRAP}"])
+    with pytest.raises(ConfigError, match=r"eval.bootstrap must be at most 1,000,000 resamples .* ~671 GiB"):
+        load_job_config(None, ["eval.bootstrap=10000000000"])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"{MAX_BOOTSTRAP:,}" in readme
+
+
+def test_bootstrap_memory_estimate_bounds_what_the_evaluation_allocates():
+    """bootstrap_bytes must stay an upper bound of what evaluate keeps per resample (the resamples,
+    their CIs and the bootstrap.csv frame), and not a wild one: measured with tracemalloc."""
+    import numpy as np
+    import pandas as pd
+
+    from camvis import metrics
+
+    rng = np.random.default_rng(0)
+    scores, labels = rng.random(100), rng.random(100) > 0.5
+
+    def peak(n: int) -> int:
+        tracemalloc.start()
+        boot = metrics.bootstrap(scores, labels, n=n, seed=0)  # chunks of equal size from n >= 80,000
+        _ = {k: metrics.percentile_ci(v, 0.95) for k, v in boot.items()}
+        _ = pd.DataFrame({"resample": np.arange(n), **boot})
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak_bytes
+
+    growth = peak(400_000) - peak(100_000)
+    assert bootstrap_bytes(300_000) / 3 <= growth <= bootstrap_bytes(300_000)
+
+
+def test_duplicate_keys_are_refused_but_merge_keys_may_override(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("train: {lr: 0.1}\nmodel: {size_hidden: 8}\ntrain: {lr: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: invalid YAML at line 3, column 1: duplicate key 'train' "
+                                          r"\(first at line 1\)"):
+        load_yaml(path)
+    path.write_text("model: {size_hidden: 8, size_hidden: 16}\n")
+    with pytest.raises(ConfigError, match="duplicate key 'size_hidden'"):
+        load_yaml(path)
+    path.write_text("shared: &s {lr: 0.1, seed: 3}\ntrain: {<<: *s, lr: 0.2}\n")
+    assert load_yaml(path)["train"] == {"lr": 0.2, "seed": 3}
+
+
+def test_dates_stay_text_so_a_date_for_a_number_is_a_type_error(tmp_path):
+    assert parse_yaml("a: 2024-01-01\nb: 2001-12-14t21:59:43.10-05:00\n", "t") == {
+        "a": "2024-01-01", "b": "2001-12-14t21:59:43.10-05:00"}
+    with pytest.raises(ConfigError, match=r"train.lr: expected a finite float, got str '2024-01-01'"):
+        load_job_config(None, ["train.lr=2024-01-01"])
+    with pytest.raises(ConfigError, match=r"eval.seed: expected int, got str '2024-01-01'"):
+        load_job_config(None, ["eval.seed=2024-01-01"])
+
+
+def test_a_file_that_is_not_utf8_names_the_byte(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# café\ntrain: {lr: 0.1}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.yaml: not UTF-8 text \(byte 0xe9 at offset 5\)"):
+        load_yaml(path)
+
+
+def test_alias_bombs_and_recursive_aliases_are_capped():
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(5))
+    with pytest.raises(ConfigError, match=f"more than {MAX_YAML_NODES:,} nodes once its aliases are expanded"):
+        parse_yaml(bomb, "bomb")  # 10^6 leaves: refused before anything copies them
+    assert len(parse_yaml(bomb.rsplit("\n", 3)[0], "small")["c"]) == 10  # 10^3 leaves: fine
+    with pytest.raises(ConfigError, match="recursive alias"):
+        parse_yaml("a: &a [*a]", "loop")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        parse_yaml("[" * 5000 + "]" * 5000, "deep")
+
+
+def test_keys_with_control_characters_stay_on_one_line():
+    with pytest.raises(ConfigError) as err:
+        job_config_from_dict({"model": {"a\nb": 1}}, "x.yaml")
+    assert "\n" not in str(err.value) and "model.'a\\nb': unknown key" in str(err.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -169,7 +170,9 @@ def test_folds_outside_the_store_range(tmp_path: Path) -> None:
 def test_factors_must_be_store_levels(tmp_path: Path) -> None:
     grid_dict = small(tmp_path)
     grid_dict["base"]["data"]["store"] = fake_store(tmp_path / "s.zarr", ["a_1", "b_2", "c_3"], [2, 4])
-    assert "[8] not levels of store" in error_of(write(tmp_path / "g.yaml", grid_dict))
+    message = error_of(write(tmp_path / "g.yaml", grid_dict))
+    assert "jobs cat_fold1 and 5 more: data.factors [2, 4, 8]: [8] not levels of store" in message
+    assert "\n" not in message  # one problem of the base, reported once rather than once per job
 
 
 def test_not_a_store(tmp_path: Path) -> None:
@@ -221,18 +224,77 @@ def test_unknown_top_level_and_slurm_keys(tmp_path: Path) -> None:
     ({"axes": {"train.lr": []}}, "axes.train.lr: expected a non-empty list"),
     ({"axes": {"train.lr": 1e-3}}, "axes.train.lr: expected a non-empty list"),
     ({"axes": {"train.lrr": [1]}}, "axes: train.lrr: unknown key (did you mean train.lr?)"),
-    ({"axes": {"group": {"a b": {}}}}, "axes.group.a b: group names must be"),
+    ({"axes": {"group": {"a b": {}}}}, "axes.group.a b: expected a file-system-safe name"),
     ({"axes": {"group": {"x": {"data.fold": 2}}}}, "a group cannot set it"),
     ({"axes": {"train.batch_size": [8, "big"]}}, "axes.train.batch_size[1]: train.batch_size: expected int"),
     ({"experiment": "a/b"}, "experiment: expected a file-system-safe name"),
     ({"folds": 0}, "folds: expected the number of views"),
     ({"base": {"name": "x"}}, "base.name: set by the grid"),
     ({"base": {"model": {"size_hiden": 3}}}, "base: model.size_hiden: unknown key (did you mean model.size_hidden?)"),
+    ({"slurm": {"time": 525_601}}, "slurm.time: at most 525600 minutes"),
+    ({"slurm": {"aggregate_time": 10**9}}, "slurm.aggregate_time: at most 525600 minutes"),
+    ({"slurm": {"time": 1, "signal_delay_s": 60}}, "slurm.signal_delay_s: must be below the time limit"),
+    ({"slurm": {"time": 2000, "signal_delay_s": 65_536}}, "slurm.signal_delay_s: at most 65535 s"),
+    ({"slurm": {"partition": "gpu\n#SBATCH --x"}}, "slurm.partition: whitespace or control characters"),
+    ({"slurm": {"additional": {"comment": "a b"}}}, "slurm.additional.comment: whitespace or control"),
+    ({"slurm": {"additional": {"Mail Type": "END"}}}, "slurm.additional: expected sbatch option names"),
+    ({"experiment": "x" * 201}, "experiment: expected a file-system-safe name"),
+    ({"experiment": "ok\n"}, "experiment: expected a file-system-safe name"),
 ])
 def test_validation_errors(tmp_path: Path, changes: dict, expected: str) -> None:
     path = write(tmp_path / "g.yaml", small(tmp_path, **changes))
     message = error_of(path)
     assert message.startswith(str(path)) and expected in message
+
+
+def test_slurm_limits_at_their_bounds_are_accepted(tmp_path: Path) -> None:
+    grid = load_grid(write(tmp_path / "g.yaml", small(tmp_path, slurm={
+        "time": 525_600, "aggregate_time": 525_600, "signal_delay_s": 65_535,
+        "additional": {"mail-type": "END,FAIL", "gres_flags": "enforce-binding"}})))
+    assert (grid.slurm.time, grid.slurm.signal_delay_s) == (525_600, 65_535)
+    grid = load_grid(write(tmp_path / "g.yaml", small(tmp_path, slurm={"time": 2, "signal_delay_s": 119})))
+    assert grid.slurm.signal_delay_s == 119
+
+
+def test_sbatch_parameters_refuse_injected_text_however_the_grid_was_built(tmp_path: Path) -> None:
+    from camvis.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters
+    from camvis.slurm_settings import SlurmSettings
+
+    grid = load_grid(write(tmp_path / "g.yaml", small(tmp_path)))
+    assert "afterany:<array id>" in dry_run_scripts(grid, list(grid.jobs), tmp_path / "jobs")["aggregate"]
+    for settings in (SlurmSettings(account="lab\nsrun x"), SlurmSettings(additional={"comment": "a\rb"})):
+        forged = dataclasses.replace(grid, slurm=settings)  # around parse_slurm_settings
+        with pytest.raises(ConfigError, match="whitespace or control characters cannot go into an #SBATCH line"):
+            executor_parameters(forged, 2)
+    with pytest.raises(ConfigError, match="slurm_partition: whitespace"):
+        aggregate_parameters(dataclasses.replace(grid, slurm=SlurmSettings(aggregate_partition="cpu --x")), "1")
+
+
+def test_a_plain_axis_may_not_set_what_a_group_sets(tmp_path: Path) -> None:
+    grid_dict = small(tmp_path)
+    grid_dict["axes"]["group"]["cat"] = {"model.align_features": False, "train": {"lr": 0.01}}
+    grid_dict["axes"]["train.lr"] = [1e-3, 1e-4]
+    message = error_of(write(tmp_path / "g.yaml", grid_dict))
+    assert message.endswith("axes.train.lr: also set by axes.group.cat; the plain axis would override the group's "
+                            "value (the groups would train the same model): set train.lr in one place")
+    del grid_dict["axes"]["group"]["cat"]["train"]  # the same axis beside groups that leave lr alone: fine
+    assert len(load_grid(write(tmp_path / "g.yaml", grid_dict)).jobs) == 2 * 3 * 2
+
+
+def test_a_duplicate_group_is_an_error_not_a_dropped_group(tmp_path: Path) -> None:
+    text = yaml.safe_dump(small(tmp_path), sort_keys=False)
+    text = text.replace("    align:\n", "    cat:\n      model.use_mlp: false\n    align:\n")
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    assert "duplicate key 'cat' (first at line" in error_of(path)
+
+
+def test_grid_lists_every_problem_of_a_group_from_the_config_error(tmp_path: Path) -> None:
+    grid_dict = small(tmp_path)
+    grid_dict["axes"]["group"]["cat"] = {"train.batch_size": 0, "eval.confidence": 2.0}
+    message = error_of(write(tmp_path / "g.yaml", grid_dict))
+    assert message.splitlines()[1:] == ["  axes.group.cat: train.batch_size must be >= 1, got 0",
+                                        "  axes.group.cat: eval.confidence must be in (0, 1), got 2.0"]
 
 
 def test_align_needs_doubling_factors(tmp_path: Path) -> None:

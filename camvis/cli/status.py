@@ -7,6 +7,7 @@ import sys
 
 from camvis import jobfiles, monitor
 from camvis.cli import fail
+from camvis.config import check_name
 from camvis.errors import CamvisError
 
 _WHOLE_EXPERIMENT = "\0all"
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--watch needs a positive number of seconds, got {args.watch}")
     console = monitor.default_console()
     try:
+        if args.experiment is not None:
+            check_name("experiment", args.experiment)
         if args.logs:
             logs = jobfiles.job_logs(args.experiment, args.logs, args.jobs_dir, args.outputs, args.lines)
             monitor.print_logs(logs, console)
