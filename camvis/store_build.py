@@ -20,7 +20,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from camvis import __version__, raw, staging
+from camvis import __version__, raw, staging, store_verify
 from camvis.errors import RawDataError, StoreError
 from camvis.norm_stats import NormStats
 from camvis.progress import progress_bar
@@ -181,8 +181,15 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     root.create_array("sampling/counts", data=counts)
     root.create_array("sampling/edges", data=edges)
     mean, std = stats.result()
+    attrs = _root_attrs(ds, factors, patch_size, shape, mean, std, params)
+    # What open_store and check-store verify: every block as written (read back, so as zarr
+    # decodes it), and a digest of the attributes as they read back from JSON.
+    attrs["checksums"] = store_verify.record_checksums(root, [
+        *(f"levels/{f}/{kind}" for f in factors for kind in ("images", "depth")),
+        *(f"patches/{c}" for c in TABLE_COLUMNS), "sampling/counts", "sampling/edges"])
+    attrs["digest"] = store_verify.attrs_digest(json.loads(json.dumps(attrs)))
     # The format attribute is written last: without it nothing counts as a store.
-    root.attrs.update(_root_attrs(ds, factors, patch_size, shape, mean, std, params))
+    root.attrs.update(attrs)
 
 
 def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,

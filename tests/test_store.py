@@ -83,7 +83,7 @@ def test_normalization_statistics_match_numpy(built: store.PatchStore) -> None:
 
 def test_attrs_provenance_and_version(built: store.PatchStore, synth_raw: Path) -> None:
     a = built.attrs
-    assert a["format"] == "camvis-patch-store" and a["format_version"] == 1
+    assert a["format"] == "camvis-patch-store" and a["format_version"] == store.FORMAT_VERSION == 2
     assert a["image_shape"] == list(built.image_shape)
     p = a["provenance"]
     assert p["raw_dir"] == str(synth_raw.resolve()) and p["seed"] == 3
@@ -129,7 +129,7 @@ def test_open_store_rejects_another_format_version(synth_raw: Path, tmp_path: Pa
     with pytest.raises(StoreError) as e:
         store.open_store(path)
     message = str(e.value)
-    assert str(path) in message and "99" in message and "version 1" in message
+    assert str(path) in message and "99" in message and "version 2" in message
 
 
 # --------------------------------------------------------------------------- rebuilding
