@@ -41,7 +41,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     An existing store built with the same parameters (raw dir, factors, patch size,
     patches per image, seed; raw file contents are not compared) is kept and returned;
     one built otherwise is a StoreError unless force=True, which replaces it once the new
-    one is complete. The store is written under `.NAME.tmp-<host>-<pid>` beside it and
+    one is complete. One built with the same parameters in an older store format is rebuilt. The store is written under `.NAME.tmp-<host>-<pid>` beside it and
     renamed at the end, so a failed build leaves nothing under the final name. Memory holds
     about one full-size image, its labels and its view's depth at a time.
     The sampling figure of `figure_image` (default: the first image) goes to
@@ -52,7 +52,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
               "patches_per_image": patches_per_image, "seed": seed}
     staging.remove_stale(final)
-    if final.exists() and not force:
+    if final.exists() and not force and not _older_format_of(final, params):
         return _keep_existing(final, params)
     if final.exists():
         _check_replaceable(final)
@@ -106,6 +106,17 @@ def _keep_existing(final: Path, params: dict[str, Any]) -> PatchStore:
         raise StoreError(f"{final} exists and was built with {got}; "
                          "pass force=True (camvis-data build --force) to rebuild it")
     return store
+
+
+def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
+    """Whether `final` is this build in an older format version (so rebuilding loses nothing)."""
+    try:
+        attrs = dict(zarr.open_group(final, mode="r").attrs)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    built = attrs.get("build")
+    return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
+            and isinstance(built, dict) and all(built.get(k) == params[k] for k in _BUILD_KEYS))
 
 
 def _check_replaceable(final: Path) -> None:

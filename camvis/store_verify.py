@@ -283,7 +283,7 @@ def open_array(where: str, root: zarr.Group, name: str, shape: tuple[int, ...] |
     try:
         array = root[name]
     except KeyError:
-        raise fail(where, f"array {name} is missing") from None
+        raise fail(where, f"array {name} is missing (no readable {name}/zarr.json)") from None
     except (ValueError, OSError, TypeError) as e:  # an unreadable zarr.json
         raise fail(where, f"array {name}: unreadable metadata ({' '.join(str(e).split())})") from e
     if not isinstance(array, zarr.Array):

@@ -154,6 +154,20 @@ def test_existing_store_is_kept_without_force(synth_raw: Path, tmp_path: Path) -
     assert kept.attrs["provenance"]["seed"] == 3 and _identity(path) == before
 
 
+def test_same_build_in_an_older_format_is_rebuilt(synth_raw: Path, tmp_path: Path) -> None:
+    path = tmp_path / "s.zarr"
+    store_build.build(synth_raw, path, **BUILD, figure=False)
+    root = zarr.open_group(path, mode="r+")
+    root.attrs.update({"format_version": 1, "checksums": None, "digest": None})  # as version 1 left it
+    before = _identity(path)
+    with pytest.raises(StoreError, match="version 1, this camvis reads version 2.*--force"):  # other parameters
+        store_build.build(synth_raw, path, **{**BUILD, "seed": 9}, figure=False)
+    assert _identity(path) == before
+    rebuilt = store_build.build(synth_raw, path, **BUILD, figure=False)
+    assert _identity(path) != before and rebuilt.attrs["format_version"] == store.FORMAT_VERSION
+    assert store.open_store(path).attrs["checksums"]
+
+
 def test_interrupted_forced_rebuild_keeps_old_store(synth_raw: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "s.zarr"
