@@ -16,18 +16,22 @@ names the store, the attribute or array, and what was expected.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import zarr
 
 from camvis.errors import StoreError
 from camvis.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
+
+if TYPE_CHECKING:
+    from camvis.store import PatchStore
 
 TABLE_COLUMNS = {"center_h": "int32", "center_w": "int32", "label": "uint8",
                  "depth": "float32", "image": "int32", "view": "int32"}
@@ -48,18 +52,14 @@ def block_crc(block: np.ndarray) -> int:
     return zlib.crc32(block.astype(block.dtype.newbyteorder("<"), copy=False))
 
 
-def block_rows(name: str, shape: tuple[int, ...]) -> int:
-    """Rows (along axis 0) per checksummed block: one image / depth map / sampling row
-    (= one chunk of a level); a table column is one block."""
-    return shape[0] if name.startswith("patches/") else 1
-
-
 def record_checksums(root: zarr.Group, names: list[str]) -> dict[str, Any]:
-    """The `checksums` attribute of a freshly written store, read back block by block."""
+    """The `checksums` attribute of a freshly written store, read back block by block: one
+    block per image / depth map (= one chunk of a level) or sampling row; a table column is
+    one block (it is read whole anyway)."""
     out = {}
     for name in names:
         array = root[name]
-        rows = max(1, block_rows(name, array.shape))
+        rows = max(1, array.shape[0]) if name.startswith("patches/") else 1
         out[name] = {"rows": rows, "crc32": [block_crc(array[k * rows:(k + 1) * rows])
                                              for k in range(_n_blocks(array.shape, rows))]}
     return out
@@ -108,7 +108,7 @@ def read_block(where: str, path: Path | None, name: str, array: Any, k: int,
 def _decode(where: str, name: str, array: Any, k: int, rows: int) -> np.ndarray:
     try:
         return np.asarray(array[k * rows:(k + 1) * rows])
-    except (RuntimeError, ValueError, OSError, TypeError) as e:  # zstd/codec errors, I/O
+    except (RuntimeError, ValueError, OSError) as e:  # zstd/codec errors, I/O
         detail = " ".join(str(e).split()) or type(e).__name__
         raise fail(where, f"array {name}: block {k} cannot be decoded ({detail}): a truncated or "
                           "corrupted chunk file") from e
@@ -122,22 +122,13 @@ def _why_changed(path: Path | None, name: str, array: Any, k: int, rows: int) ->
     first, last = (k * rows) // chunk0, min((k + 1) * rows, array.shape[0]) - 1
     grid = [range(first, last // chunk0 + 1),
             *(range(-(-n // c)) for n, c in zip(array.shape[1:], array.chunks[1:]))]
-    keys = [array.metadata.encode_chunk_key(coords) for coords in _product(grid)]
+    keys = [array.metadata.encode_chunk_key(coords) for coords in itertools.product(*grid)]
     missing = [key for key in keys if not (path / name / key).is_file()]
     if missing:
         return (f"chunk file {name}/{missing[0]} is missing"
                 + (f", and {len(missing) - 1} more" if len(missing) > 1 else "")
                 + f"; zarr would read it as fill value {array.fill_value}")
     return "a chunk file was altered"
-
-
-def _product(ranges: list[range]) -> Iterator[tuple[int, ...]]:
-    if not ranges:
-        yield ()
-        return
-    for i in ranges[0]:
-        for rest in _product(ranges[1:]):
-            yield (i, *rest)
 
 
 # --------------------------------------------------------------------------- attributes
@@ -158,8 +149,7 @@ class Schema:
     checksums: dict[str, Any]
 
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
-        """Every array the attributes promise, with its shape and dtype (the table's length
-        is not an attribute: None)."""
+        """Every level array the attributes promise, with its shape and dtype."""
         h, w = self.image_shape
         n_img, n_view = len(self.images), len(self.views)
         out: dict[str, tuple[tuple[int, ...], str]] = {}
@@ -352,9 +342,9 @@ class ArrayCheck:
     problems: tuple[str, ...]
 
 
-def verify_blocks(store: Any, advance: Any = None) -> list[ArrayCheck]:
-    """Reads every block of every recorded array and checks its CRC-32; problems are
-    collected, not raised (a report lists them all). `store`: an opened PatchStore."""
+def verify_blocks(store: PatchStore, advance: Callable[[], None] | None = None) -> list[ArrayCheck]:
+    """Reads every block of every recorded array of an opened store and checks its CRC-32;
+    problems are collected, not raised (a report lists them all)."""
     where, path = f"store {store.path}", Path(store.path)
     root = zarr.open_group(path, mode="r")
     checks = []

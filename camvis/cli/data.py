@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from camvis.cli import fail
-from camvis.errors import CamvisError, ConfigError
+from camvis.errors import CamvisError, ConfigError, StoreError
 
 if TYPE_CHECKING:
     from camvis.store import PatchStore
@@ -182,7 +182,6 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _check_store(args: argparse.Namespace) -> int:
     from camvis import store
 
@@ -193,7 +192,6 @@ def _check_store(args: argparse.Namespace) -> int:
 def _verify(opened: PatchStore) -> None:
     """Reads every block of `opened`, prints a line per array; a StoreError on any problem."""
     from camvis import store_verify
-    from camvis.errors import StoreError
     from camvis.progress import progress_bar
 
     total = sum(len(e["crc32"]) for e in opened.attrs["checksums"].values())
