@@ -80,7 +80,7 @@ def open_store(path: str | os.PathLike) -> PatchStore:
     if not path.exists():
         raise StoreError(f"{path}: no such store (build it with camvis-data build)")
     try:
-        root = zarr.open_group(path, mode="r")
+        root = store_verify.open_root(path)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise StoreError(f"{path}: not a Zarr group, so not a camvis store") from e
     attrs = dict(root.attrs)
@@ -93,12 +93,12 @@ def open_store(path: str | os.PathLike) -> PatchStore:
                          "camvis-data build --force")
     where = f"store {path}"
     schema = store_verify.check_attrs(where, attrs)
+    levels, table = store_verify.open_arrays(where, path, root, schema)
     return PatchStore(
         path=path, factors=schema.factors, patch_size=schema.patch_size,
         image_shape=schema.image_shape, views=schema.views, images=schema.images,
-        image_view=schema.image_view, table=store_verify.read_table(where, path, root, schema),
-        norm_mean=schema.norm_mean, norm_std=schema.norm_std,
-        levels=store_verify.open_levels(where, root, schema), attrs=attrs)
+        image_view=schema.image_view, table=table, norm_mean=schema.norm_mean,
+        norm_std=schema.norm_std, levels=levels, attrs=attrs)
 
 
 # --------------------------------------------------------------------------- summary
