@@ -298,8 +298,11 @@ def open_arrays(where: str, path: Path, root: zarr.AsyncGroup, schema: Schema
 
     async def fetch() -> list[Any]:
         return await asyncio.gather(*(level(name, shape) for name, (shape, _) in schema.arrays().items()),
-                                    *(column(f"patches/{c}") for c in TABLE_COLUMNS))
+                                    *(column(f"patches/{c}") for c in TABLE_COLUMNS), return_exceptions=True)
     fetched = sync(fetch())
+    for result in fetched:  # the first problem in array order, whichever task failed first
+        if isinstance(result, BaseException):
+            raise result
     arrays = dict(zip(schema.arrays(), fetched))
     table = dict(zip(TABLE_COLUMNS, fetched[len(arrays):]))
     lengths = {k: len(v) for k, v in table.items()}
