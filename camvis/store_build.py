@@ -41,8 +41,9 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     An existing store built with the same parameters (raw dir, factors, patch size,
     patches per image, seed; raw file contents are not compared) is kept and returned;
     one built otherwise is a StoreError unless force=True, which replaces it once the new
-    one is complete. One built with the same parameters in an older store format is rebuilt. The store is written under `.NAME.tmp-<host>-<pid>` beside it and
-    renamed at the end, so a failed build leaves nothing under the final name. Memory holds
+    one is complete; one built with the same parameters in an older store format version is
+    rebuilt. The store is written under `.NAME.tmp-<host>-<pid>` beside it and renamed at
+    the end, so a failed build leaves nothing under the final name. Memory holds
     about one full-size image, its labels and its view's depth at a time.
     The sampling figure of `figure_image` (default: the first image) goes to
     `figure` (True: `STORE.sampling.png` beside the store, False: none, or a path).

@@ -208,8 +208,8 @@ def _checksums(where: str, attrs: Mapping[str, Any], schema: Schema) -> dict[str
               and isinstance(entry.get("crc32"), list) and all(_is_int(c) for c in entry["crc32"])
               and len(entry["crc32"]) == blocks[name] and (name.startswith("patches/") or entry["rows"] == 1))
         if not ok:
-            raise _bad(where, f"checksums[{name!r}]", entry,
-                       f"{{'rows': {'n' if name.startswith('patches/') else 1}, 'crc32': {blocks[name]} integers}}")
+            rows = "n_patches" if name.startswith("patches/") else "1"
+            raise _bad(where, f"checksums[{name!r}]", entry, f"{{'rows': {rows}, 'crc32': {blocks[name]} integers}}")
     return record
 
 
