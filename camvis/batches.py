@@ -254,15 +254,14 @@ class BatchSource:
         dep = torch.full((sum(depth_sizes),), -1.0, dtype=torch.float32, device=self.device)
         rgb_start, depth_start = np.cumsum([0, *rgb_sizes])[:-1], np.cumsum([0, *depth_sizes])[:-1]
         for k, (f, (hp, wp)) in enumerate(zip(self.factors, shapes)):
-            images, depth = store.levels[f]
-            hf, wf = images.shape[2:]
+            hf, wf = store.levels[f][0].shape[2:]
             level_rgb = rgb[rgb_start[k]:rgb_start[k] + rgb_sizes[k]].view(n_images, 3, hp, wp)
             for i in range(n_images):
-                level_rgb[i, :, before:before + hf, before:before + wf] = torch.from_numpy(np.asarray(images[i]))
+                level_rgb[i, :, before:before + hf, before:before + wf] = torch.from_numpy(store.read_image(f, i))
             level_depth = dep[depth_start[k]:depth_start[k] + depth_sizes[k]].view(n_views, hp, wp)
             for v in range(n_views):
                 level_depth[v, before:before + hf, before:before + wf] = torch.from_numpy(
-                    np.asarray(depth[v, 0], dtype=np.float32))
+                    np.asarray(store.read_depth(f, v)[0], dtype=np.float32))
             level_depth.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
         geometry = self._tensor(np.array([self.factors, *zip(*shapes), rgb_start, depth_start]), torch.int64)
         factor, height, width, rgb_start, depth_start = geometry

@@ -338,7 +338,7 @@ def write_figures(directory: Path, store: PatchStore, preds: Mapping[str, np.nda
     for i, fit in sorted(results["fits"].items()):
         rows = preds["image"] == i
         name = store.images[i]
-        image = np.asarray(store.levels[factor][0][i]).transpose(1, 2, 0)
+        image = np.asarray(store.read_image(factor, i)).transpose(1, 2, 0)
         h = store.table["center_h"][preds["patch"][rows]] / factor
         w = store.table["center_w"][preds["patch"][rows]] / factor
         written.append(plots.plot_image_map(image, h, w, preds["label"][rows], preds["score"][rows],

@@ -1,4 +1,4 @@
-"""Opening and summarizing the Zarr patch store (format "camvis-patch-store", version 1).
+"""Opening and summarizing the Zarr patch store (format "camvis-patch-store", version 2).
 
 A store is one Zarr v3 directory holding, per demagnification factor f, the whole images
 (`levels/{f}/images`, uint8 (n_images, 3, H//f, W//f)) and log-depth maps
@@ -6,7 +6,8 @@ A store is one Zarr v3 directory holding, per demagnification factor f, the whol
 per image; the patch table (`patches/*`, full-resolution centres drawn with camvis2's
 depth-balanced sampling, camvis.sampling); per-image candidate depth histograms
 (`sampling/*`, kept for the sampling figure); and root attributes (shapes, views,
-normalization statistics from camvis.norm_stats, provenance). camvis.store_build writes it.
+normalization statistics from camvis.norm_stats, provenance, a CRC-32 of every block and a
+digest of the attributes). camvis.store_build writes it; camvis.store_verify checks it.
 
 Level pixel j stands for full-resolution pixels [j f, (j + 1) f): images are block means
 (PIL BOX over the largest multiple of f), depth is the block's centre pixel. So a patch
@@ -24,13 +25,11 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import zarr
 
-from camvis import raw
+from camvis import raw, store_verify
 from camvis.errors import StoreError
 # Defined beside the launcher's zarr-free reader; re-exported as store.FORMAT_NAME / FORMAT_VERSION.
 from camvis.store_info import FORMAT_NAME as FORMAT_NAME, FORMAT_VERSION as FORMAT_VERSION
-
-TABLE_COLUMNS = {"center_h": "int32", "center_w": "int32", "label": "uint8",
-                 "depth": "float32", "image": "int32", "view": "int32"}
+from camvis.store_verify import TABLE_COLUMNS as TABLE_COLUMNS
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,17 +53,34 @@ class PatchStore:
     def n_patches(self) -> int:
         return int(len(self.table["label"]))
 
+    def read_image(self, f: int, i: int) -> np.ndarray:
+        """Image i of level f, uint8 (3, H // f, W // f), checked against its build-time CRC-32
+        (a missing chunk would otherwise read as black)."""
+        return self._read(f"levels/{f}/images", self.levels[f][0], i)[0]
+
+    def read_depth(self, f: int, v: int) -> np.ndarray:
+        """Log-depth map of view v on level f, float32 (1, H // f, W // f), checked."""
+        return self._read(f"levels/{f}/depth", self.levels[f][1], v)[0]
+
+    def _read(self, name: str, array: Any, k: int) -> np.ndarray:
+        return store_verify.read_block(f"store {self.path}", self.path, name, array, k,
+                                       self.attrs.get("checksums", {}))
+
 
 # --------------------------------------------------------------------------- opening
 
 
 def open_store(path: str | os.PathLike) -> PatchStore:
-    """Open a store lazily (the pyramid stays on disk; the patch table is read)."""
+    """Open a store lazily (the pyramid stays on disk; the patch table is read).
+
+    Checked on every open (camvis.store_verify; cheap: metadata and the table only): the
+    attributes' types and digest, every level's shape and dtype, the table's checksums and
+    contents. Level blocks are checked when read (read_image, read_depth)."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store (build it with camvis-data build)")
     try:
-        root = zarr.open_group(path, mode="r")
+        root = store_verify.open_root(path)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise StoreError(f"{path}: not a Zarr group, so not a camvis store") from e
     attrs = dict(root.attrs)
@@ -75,17 +91,14 @@ def open_store(path: str | os.PathLike) -> PatchStore:
         raise StoreError(f"{path}: store format version {attrs.get('format_version')!r}, this "
                          f"camvis reads version {FORMAT_VERSION}; rebuild it with "
                          "camvis-data build --force")
-    factors = tuple(int(f) for f in attrs["factors"])
+    where = f"store {path}"
+    schema = store_verify.check_attrs(where, attrs)
+    levels, table = store_verify.open_arrays(where, path, root, schema)
     return PatchStore(
-        path=path, factors=factors, patch_size=int(attrs["patch_size"]),
-        image_shape=(int(attrs["image_shape"][0]), int(attrs["image_shape"][1])),
-        views=tuple(attrs["views"]), images=tuple(attrs["images"]),
-        image_view=np.asarray(attrs["image_view"], np.int32),
-        table={k: root[f"patches/{k}"][:] for k in TABLE_COLUMNS},
-        norm_mean=np.asarray(attrs["norm_mean"], np.float32),
-        norm_std=np.asarray(attrs["norm_std"], np.float32),
-        levels={f: (root[f"levels/{f}/images"], root[f"levels/{f}/depth"]) for f in factors},
-        attrs=attrs)
+        path=path, factors=schema.factors, patch_size=schema.patch_size,
+        image_shape=schema.image_shape, views=schema.views, images=schema.images,
+        image_view=schema.image_view, table=table, norm_mean=schema.norm_mean,
+        norm_std=schema.norm_std, levels=levels, attrs=attrs)
 
 
 # --------------------------------------------------------------------------- summary
@@ -190,12 +203,14 @@ def sampling_figure(store: PatchStore | str | os.PathLike, image_name: str | Non
         raise StoreError(f"{store.path}: no image {name!r} in the store (it has {known})")
     i = store.images.index(name)
     root = zarr.open_group(store.path, mode="r")
+    counts, edges = (store._read(k, store_verify.open_array(f"store {store.path}", root, k), i)[0]
+                     for k in ("sampling/counts", "sampling/edges"))
     rows = store.table["image"] == i
     f = store.factors[0]
     out = Path(out_png) if out_png is not None else store.path.with_name(
         store.path.name + ".sampling.png")
     return plot_sampling(
-        out, image=np.asarray(store.levels[f][0][i]).transpose(1, 2, 0), factor=f,
-        counts=root["sampling/counts"][i], log_edges=root["sampling/edges"][i],
+        out, image=store.read_image(f, i).transpose(1, 2, 0), factor=f,
+        counts=counts, log_edges=edges,
         centre_h=store.table["center_h"][rows], centre_w=store.table["center_w"][rows],
         label=store.table["label"][rows], depth=store.table["depth"][rows], title=name)

@@ -19,7 +19,7 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from camvis import __version__, raw, staging
+from camvis import __version__, raw, staging, store_verify
 from camvis.errors import RawDataError, StoreError
 from camvis.io import format_bytes, reap_stale_tmp
 from camvis.norm_stats import NormStats
@@ -41,8 +41,9 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     An existing store built with the same parameters (raw dir, factors, patch size,
     patches per image, seed; raw file contents are not compared) is kept and returned;
     one built otherwise is a StoreError unless force=True, which replaces it once the new
-    one is complete. The store is written under `.NAME.tmp-<host>-<pid>` beside it and
-    renamed at the end, so a failed build leaves nothing under the final name. Memory holds
+    one is complete; one built with the same parameters in an older store format version is
+    rebuilt. The store is written under `.NAME.tmp-<host>-<pid>` beside it and renamed at
+    the end, so a failed build leaves nothing under the final name. Memory holds
     about one full-size image, its labels and its view's depth at a time.
     The sampling figure of `figure_image` (default: the first image) goes to
     `figure` (True: `STORE.sampling.png` beside the store, False: none, or a path).
@@ -53,7 +54,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
               "patches_per_image": patches_per_image, "seed": seed}
     staging.remove_stale(final)
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
-    if final.exists() and not force:
+    if final.exists() and not force and not _older_format_of(final, params):
         return _keep_existing(final, params)
     if final.exists():
         _check_replaceable(final)
@@ -110,6 +111,17 @@ def _keep_existing(final: Path, params: dict[str, Any]) -> PatchStore:
         raise StoreError(f"{final} exists and was built with {got}; "
                          "pass force=True (camvis-data build --force) to rebuild it")
     return store
+
+
+def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
+    """Whether `final` is this build in an older format version (so rebuilding loses nothing)."""
+    try:
+        attrs = dict(zarr.open_group(final, mode="r").attrs)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    built = attrs.get("build")
+    return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
+            and isinstance(built, dict) and all(built.get(k) == params[k] for k in _BUILD_KEYS))
 
 
 def _check_replaceable(final: Path) -> None:
@@ -185,8 +197,15 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     root.create_array("sampling/counts", data=counts)
     root.create_array("sampling/edges", data=edges)
     mean, std = stats.result()
+    attrs = _root_attrs(ds, factors, patch_size, shape, mean, std, params)
+    # What open_store and check-store verify: every block as written (read back, so as zarr
+    # decodes it), and a digest of the attributes as they read back from JSON.
+    attrs["checksums"] = store_verify.record_checksums(root, [
+        *(f"levels/{f}/{kind}" for f in factors for kind in ("images", "depth")),
+        *(f"patches/{c}" for c in TABLE_COLUMNS), "sampling/counts", "sampling/edges"])
+    attrs["digest"] = store_verify.attrs_digest(json.loads(json.dumps(attrs)))
     # The format attribute is written last: without it nothing counts as a store.
-    root.attrs.update(_root_attrs(ds, factors, patch_size, shape, mean, std, params))
+    root.attrs.update(attrs)
 
 
 def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,

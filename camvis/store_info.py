@@ -13,7 +13,7 @@ from camvis.errors import ConfigError
 
 FORMAT_NAME = "camvis-patch-store"
 """The `format` root attribute of a store (camvis.store_build writes it, both readers check it)."""
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """The store layout version this camvis writes and reads (root attribute `format_version`)."""
 
 

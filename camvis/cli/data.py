@@ -1,13 +1,17 @@
-"""camvis-data: make, check and package the data (synth, check, build, info)."""
+"""camvis-data: make, check and package the data (synth, check, build, info, check-store)."""
 
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from typing import TYPE_CHECKING
 
 from camvis.cli import fail
-from camvis.errors import CamvisError, ConfigError
+from camvis.errors import CamvisError, ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from camvis.store import PatchStore
 
 SYNTH_EXAMPLES = """\
 examples:
@@ -29,7 +33,12 @@ examples:
 INFO_EXAMPLES = """\
 examples:
   camvis-data info data/processed/demo.zarr
+  camvis-data info data/processed/demo.zarr --verify   # and read every block (as check-store)
   camvis-data info data/processed/demo.zarr --plot 1148_1_2018-01-30_1630 --out sampling.png
+"""
+CHECK_STORE_EXAMPLES = """\
+examples:
+  camvis-data check-store data/processed/demo.zarr   # reads every block; exit 2 on any problem
 """
 
 
@@ -50,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_check(sub)
     _add_build(sub)
     _add_info(sub)
+    _add_check_store(sub)
     return parser
 
 
@@ -99,7 +109,15 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("store", metavar="STORE")
     p.add_argument("--plot", metavar="IMAGE_NAME", help="draw camvis2's sampling figure for this image")
     p.add_argument("--out", metavar="PNG", help="where --plot writes (default: STORE.sampling.png)")
+    p.add_argument("--verify", action="store_true", help="also read every block and check it (as check-store)")
     p.set_defaults(func=_info)
+
+
+def _add_check_store(sub: argparse._SubParsersAction) -> None:
+    p = _sub(sub, "check-store", "Verify a patch store: its schema, and every block of every array against "
+             "the checksums recorded at build time.", CHECK_STORE_EXAMPLES)
+    p.add_argument("store", metavar="STORE")
+    p.set_defaults(func=_check_store)
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -157,9 +175,41 @@ def _info(args: argparse.Namespace) -> int:
         raise ConfigError("--out needs --plot IMAGE_NAME")
     opened = store.open_store(args.store)
     print(store.format_summary(opened))
+    if args.verify:
+        _verify(opened)
     if args.plot:
         print(f"wrote {store.sampling_figure(opened, args.plot, args.out)}")
     return 0
+
+
+def _check_store(args: argparse.Namespace) -> int:
+    from camvis import store
+
+    _verify(store.open_store(args.store))  # open checks the schema, attributes and patch table
+    return 0
+
+
+def _verify(opened: PatchStore) -> None:
+    """Reads every block of `opened`, prints a line per array; a StoreError on any problem."""
+    from camvis import store_verify
+    from camvis.progress import progress_bar
+
+    total = sum(len(e["crc32"]) for e in opened.attrs["checksums"].values())
+    with progress_bar("verifying blocks", total, enabled=sys.stderr.isatty(), transient=True) as advance:
+        checks = store_verify.verify_blocks(opened, advance)
+    print(f"store {opened.path}: schema, attribute digest and patch table ok")
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"  {c.name:<{width}}  {c.blocks:>5} blocks  {'ok' if not c.problems else 'FAILED'}")
+    problems = [p for c in checks for p in c.problems]
+    for problem in problems:
+        print(f"problem: {problem.removesuffix('; ' + store_verify.REBUILD)}")
+    blocks = sum(c.blocks for c in checks)
+    if problems:
+        raise StoreError(f"store {opened.path}: {len(problems)} of {blocks} blocks fail verification "
+                         f"(listed above); {store_verify.REBUILD}")
+    mib = sum(c.nbytes for c in checks) / 2**20
+    print(f"ok: {len(checks)} arrays, {blocks} blocks, {mib:.1f} MiB decoded, every checksum matches")
 
 
 if __name__ == "__main__":
