@@ -19,3 +19,7 @@ class StoreError(CamvisError):
 
 class SubmissionError(CamvisError):
     """Jobs could not be submitted (no SLURM, sbatch failed, ...)."""
+
+
+class PredictError(CamvisError):
+    """An image, depth map or model cannot be predicted with (camvis-predict, camvis-export)."""

@@ -177,3 +177,31 @@ def true_visibility(images: tuple[str, ...] | list[str], attrs: Mapping[str, Any
     from camvis.raw import read_visibility  # only when needed: raw reading is upstream
 
     return read_visibility(raw_dir)
+
+
+# A fit whose quality (pseudo-R², below) is under this explains less than half of the scores'
+# deviance from a constant: its crossing is not trusted, and an "ok" fit is flagged "poor_fit".
+POOR_FIT_R2 = 0.5
+
+
+def fit_quality(fit: VisibilityFit, depth: np.ndarray, scores: np.ndarray) -> float:
+    """Pseudo-R² of the fit: 1 - D_fit / D_null, deviances (mean cross-entropy in excess of the
+    scores' own entropy) of p(d) and of a constant p = mean score. 1: the logistic explains the
+    scores; 0: no better than a constant; NaN when the scores are constant (nothing to explain)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0, 1)
+    p_fit = np.clip(fit.probability(np.asarray(depth, dtype=np.float64)), 1e-12, 1 - 1e-12)
+    p_null = np.clip(s.mean(), 1e-12, 1 - 1e-12)
+    floor = _cross_entropy(s, np.clip(s, 1e-12, 1 - 1e-12))
+    d_null = _cross_entropy(s, p_null) - floor
+    if d_null <= 1e-12:
+        return math.nan
+    return float(1 - (_cross_entropy(s, p_fit) - floor) / d_null)
+
+
+def _cross_entropy(s: np.ndarray, p: np.ndarray | float) -> float:
+    return float(np.mean(-(s * np.log(p) + (1 - s) * np.log1p(-p))))
+
+
+def flag_quality(flag: str, quality: float) -> str:
+    """An "ok" fit of quality under POOR_FIT_R2 becomes "poor_fit"; other flags stand."""
+    return "poor_fit" if flag == "ok" and quality < POOR_FIT_R2 else flag
