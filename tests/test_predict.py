@@ -196,3 +196,17 @@ def test_local_run_killed_halfway_resumes_to_the_same_csv(synth_raw, job, tmp_pa
     assert f"{3 * done} already there" in rerun.stdout.read()
     assert out.read_text() == (tmp_path / "whole.csv").read_text()
     assert len(pd.read_csv(out)) == 12 and not parts.exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_array_gives_the_rows_of_a_run_here(synth_raw, job, tmp_path):
+    if not (os.environ.get("CI") == "true" or os.environ.get("CAMVIS_SLURM") == "1"):
+        pytest.skip("SLURM integration test: run `make test` or set CAMVIS_SLURM=1 with the local cluster up")
+    common = [str(job), "--raw", str(synth_raw), "--patches", "30", "--device", "cpu"]
+    here = _cli(*common, "--out", str(tmp_path / "here.csv"))
+    assert here.wait(300) == 0, here.stderr.read()
+    array = _cli(*common, "--out", str(tmp_path / "slurm.csv"), "--slurm", "--chunk-size", "5", "--parallel", "2",
+                 "--time", "10", cwd=tmp_path)
+    assert array.wait(600) == 0, array.stderr.read()
+    assert (tmp_path / "slurm.csv").read_text() == (tmp_path / "here.csv").read_text()
