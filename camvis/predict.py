@@ -253,9 +253,8 @@ def visibility(image: str | os.PathLike | np.ndarray, depth_map: str | os.PathLi
         return ImageResult(name, view, timestamp_of(name), math.nan, "no_patches", math.nan, 0, model.model_id,
                            None, table)
     fit = vis.estimate(depth_m, scores)
-    quality = vis.fit_quality(fit, depth_m, scores)
-    return ImageResult(name, view, timestamp_of(name), float(fit.visibility_m), vis.flag_quality(fit.flag, quality),
-                       quality, int(rows.size), model.model_id, fit, table)
+    return ImageResult(name, view, timestamp_of(name), float(fit.visibility_m), fit.flag, fit.quality,
+                       int(rows.size), model.model_id, fit, table)
 
 
 def _label(source: Any, fallback: str) -> str:

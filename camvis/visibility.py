@@ -6,12 +6,15 @@ mean cross-entropy. The predicted visibility is the distance where p falls to 0.
 V = 10 ** (a / b), clipped to the depth range of the image's patches.
 
 A fit is flagged (`VisibilityFit.flag`):
-- "ok": the crossing lies inside the depth range;
-- "beyond_max": every patch is predicted visible, or the crossing lies past the farthest patch:
-  V is reported as the farthest patch depth (a lower bound of the true estimate);
-- "below_min": every patch is predicted non-visible, or the crossing lies before the nearest
-  patch: V is the nearest patch depth (an upper bound);
+- "ok": the crossing lies inside the depth range and the fit explains the scores
+  (`quality`, a pseudo-R², at least POOR_FIT_R2 = 0.5);
+- "poor_fit": patches lie on both sides of 0.5 but the fit is poor: its quality is under
+  POOR_FIT_R2, or its crossing falls outside the patches' depth range (then V is clipped to it);
+- "beyond_max": every patch is predicted visible: V is reported as the farthest patch depth
+  (a lower bound of the true estimate);
+- "below_min": every patch is predicted non-visible: V is the nearest patch depth (an upper bound);
 - "inverted": the fitted probability rises with distance (b <= 0): no estimate, V is NaN.
+So beyond_max and below_min mean exactly "all patches on one side of 0.5".
 A small ridge penalty on the slope keeps it finite when the scores separate perfectly in
 distance (the expected case for a good model), so the crossing stays in the gap.
 """
@@ -40,6 +43,7 @@ class VisibilityFit:
     depth_min: float
     depth_max: float
     n: int
+    quality: float = math.nan  # fit_quality: pseudo-R² of the fit against a constant
 
     def probability(self, depth: np.ndarray) -> np.ndarray:
         """The fitted p(d) at `depth` metres."""
@@ -97,19 +101,18 @@ def estimate(depth: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> V
         raise ValueError("no patches to estimate a visibility from")
     lo, hi = float(depth.min()), float(depth.max())
     a, b = fit_logistic(np.log10(depth), scores)
+    quality = fit_quality(VisibilityFit(a, b, math.nan, "", lo, hi, depth.size), depth, scores)
     visible = scores >= threshold
     if visible.all():
-        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size)
+        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size, quality)
     if not visible.any():
-        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size)
+        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size, quality)
     if b <= 0:
-        return VisibilityFit(a, b, math.nan, "inverted", lo, hi, depth.size)
+        return VisibilityFit(a, b, math.nan, "inverted", lo, hi, depth.size, quality)
     log_v = a / b
-    if log_v >= math.log10(hi):
-        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size)
-    if log_v <= math.log10(lo):
-        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size)
-    return VisibilityFit(a, b, 10**log_v, "ok", lo, hi, depth.size)
+    if not math.log10(lo) < log_v < math.log10(hi):  # scores on both sides, yet no crossing between
+        return VisibilityFit(a, b, min(max(10**log_v, lo), hi), "poor_fit", lo, hi, depth.size, quality)
+    return VisibilityFit(a, b, 10**log_v, flag_quality("ok", quality), lo, hi, depth.size, quality)
 
 
 def estimate_images(image: np.ndarray, depth: np.ndarray, scores: np.ndarray) -> dict[int, VisibilityFit]:
@@ -135,7 +138,7 @@ def visibility_table(
     true_visibility: Mapping[str, float] | None,
 ) -> list[dict[str, Any]]:
     """Rows of visibility.csv: image, view, predicted_visibility_m, true_visibility_m,
-    abs_log10_error, flag, n_patches (NaN where unknown)."""
+    abs_log10_error, flag, fit_quality, n_patches (NaN where unknown)."""
     rows = []
     for i, fit in sorted(fits.items()):
         name = image_names[i]
@@ -147,6 +150,7 @@ def visibility_table(
             "true_visibility_m": math.nan if true is None else float(true),
             "abs_log10_error": abs_log10_error(fit.visibility_m, true),
             "flag": fit.flag,
+            "fit_quality": fit.quality,
             "n_patches": fit.n,
         })
     return rows

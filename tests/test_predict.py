@@ -210,3 +210,12 @@ def test_slurm_array_gives_the_rows_of_a_run_here(synth_raw, job, tmp_path):
                  "--time", "10", cwd=tmp_path)
     assert array.wait(600) == 0, array.stderr.read()
     assert (tmp_path / "slurm.csv").read_text() == (tmp_path / "here.csv").read_text()
+
+
+def test_one_sided_flags_mean_all_patches_on_one_side():
+    depth = np.array([20.0, 200.0, 2000.0, 5000.0])
+    # patches on both sides of 0.5, yet the fitted crossing lies past the farthest patch
+    both = visibility.estimate(depth, np.array([0.95, 0.9, 0.9, 0.45]))
+    assert both.flag == "poor_fit" and depth.min() <= both.visibility_m <= depth.max()
+    assert visibility.estimate(depth, np.array([0.9, 0.8, 0.7, 0.6])).flag == "beyond_max"
+    assert visibility.estimate(depth, np.array([0.4, 0.3, 0.2, 0.1])).flag == "below_min"
