@@ -28,7 +28,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from camvis import jobfiles, monitor
+from camvis import aggregate_visibility, jobfiles, monitor
 from camvis.compare import compare
 from camvis.console import default_console
 from camvis.errors import CamvisError
@@ -273,6 +273,8 @@ def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
               "judging many pairs at once (family-wise error). All columns in comparisons.csv.", ""]  # fmt: skip
     lines += [comparisons_markdown(result.comparisons, conf) if len(result.comparisons)
               else "(no two groups share a fold)", ""]  # fmt: skip
+    if result.visibility is not None:
+        lines += aggregate_visibility.markdown(result.visibility, conf)
     if result.figures:
         lines += ["## Figures", "", *(f"![{m}]({p.name})" for m, p in result.figures.items()), ""]
     if result.missing:
@@ -303,6 +305,7 @@ class AggregateResult:
     summary: pd.DataFrame = field(repr=False)
     comparisons: pd.DataFrame = field(repr=False)
     notes: list[str] = field(default_factory=list)
+    visibility: dict[str, Any] | None = field(default=None, repr=False)  # camvis.aggregate_visibility.write
 
     def paths(self) -> dict[str, Path]:
         return {"summary_csv": self.summary_csv, "comparisons_csv": self.comparisons_csv,
@@ -345,6 +348,7 @@ def aggregate(
     write_csv(result.comparisons, result.comparisons_csv)
     write_csv(per_fold, result.point_estimates_csv)
     write_text(result.camvis2_csv, camvis2_csv_text(finished))
+    result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment)
     if figures:
         from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
 
