@@ -70,13 +70,17 @@ class Outcome:
 
 def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode: str = "here",
         chunk_size: int = 100, resources: Resources | None = None, fmt: str = "csv",
-        progress: bool | None = None, model_id: str | None = None) -> Outcome:
+        progress: bool | None = None, model_id: str | None = None, force: bool = False) -> Outcome:
     """Predict `items` (camvis.predict.Item) into `out`, skipping those it already holds.
-    `model_id`: OUT holding another model's predictions is then an error (no mixed files)."""
+    `model_id`: OUT holding another model's predictions is then an error (no mixed files).
+    `force`: start afresh (OUT and unmerged parts are removed first)."""
     if chunk_size < 1:
         raise PredictError(f"--chunk-size must be >= 1, got {chunk_size}")
     out = Path(out)
     parts = out.with_name(out.name + PARTS_SUFFIX)
+    if force:
+        out.unlink(missing_ok=True)
+        _remove_parts(parts, keep_logs=False)
     done = _done_images(out, parts, fmt, model_id)
     todo = [item for item in items if item.image.stem not in done]
     outcome = Outcome(skipped=len(items) - len(todo), out=out)

@@ -68,7 +68,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {line}", file=sys.stderr)
     print(f"wrote {outcome.out}: {outcome.written} new image(s), {outcome.skipped} already there"
           + (f", {len(outcome.problems)} failed" if outcome.problems else ""))
+    if args.raw:
+        _score(outcome.out, args.raw, args.format)
     return 2 if outcome.problems else 0
+
+
+def _score(out, raw_dir: str, fmt: str | None) -> None:
+    """Synthetic data knows the truth (RAW/visibility.csv): print how far off the predictions are."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from camvis.raw import read_visibility
+
+    try:
+        truth = read_visibility(raw_dir)
+    except CamvisError:
+        return
+    if not truth or not out.exists():
+        return
+    rows = (pd.read_json(out, lines=True, dtype={"image": str}) if (fmt or out.suffix[1:]) == "jsonl"
+            else pd.read_csv(out, dtype={"image": str}))
+    true = rows["image"].map(truth).to_numpy(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = np.abs(np.log10(rows["visibility_m"].to_numpy(np.float64) / true))
+    error = error[np.isfinite(error)]
+    if error.size:
+        print(f"against {raw_dir}/visibility.csv: median |log10 error| {np.median(error):.3f} over {error.size} "
+              f"images, {np.mean(error <= math.log10(2)):.0%} within a factor 2")
 
 
 def _run(args: argparse.Namespace):
@@ -86,9 +114,6 @@ def _run(args: argparse.Namespace):
     items, problems = list_items(args.images, args.depth, args.raw)
     out = Path(args.out)
     fmt = args.format or ("jsonl" if out.suffix == ".jsonl" else "csv")
-    if args.force:
-        out.unlink(missing_ok=True)
-        pl._remove_parts(out.with_name(out.name + pl.PARTS_SUFFIX), keep_logs=False)
     options = pl.Options(model=str(Path(args.model).resolve()), runtime=args.runtime, device=args.device,
                          patches=args.patches, stride=args.stride, seed=args.seed, batch_size=args.batch_size,
                          map_dir=str(Path(args.map).resolve()) if args.map else None)
@@ -97,7 +122,7 @@ def _run(args: argparse.Namespace):
                              gpus_per_node=args.gpus, mem_gb=args.mem_gb, partition=args.partition)
     mode = "local" if args.local else "slurm" if args.slurm else "here"
     outcome = pl.run(items, out, options, mode=mode, chunk_size=args.chunk_size, resources=resources, fmt=fmt,
-                     model_id=model.model_id)
+                     model_id=model.model_id, force=args.force)
     outcome.problems = problems + outcome.problems
     return outcome
 
