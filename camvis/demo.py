@@ -76,8 +76,8 @@ def predict_held_out(console, out: Path) -> Path | None:
     rows = pd.read_csv(target, dtype={"image": str})
     truth = raw.read_visibility(RAW) or {}
     table = Table(title=f"{job.name} (bundle {BUNDLE}, {options.runtime}): held-out view {view}", title_justify="left")
-    for column in ("image", "true V (m)", "predicted V (m)", "|log10 error|", "flag", "fit R²"):
-        table.add_column(column, justify="left" if column in ("image", "flag") else "right")
+    for column in ("image", "true V m", "pred. V m", "|log10 err|", "flag", "R²"):
+        table.add_column(column, justify="left" if column in ("image", "flag") else "right", no_wrap=True)
     errors = []
     for r in rows.itertuples(index=False):
         true = truth.get(r.image, math.nan)

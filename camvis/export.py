@@ -202,8 +202,6 @@ def load_bundle(bundle: str | os.PathLike, *, device: str = "auto", runtime: str
     info = read_info(bundle)
     if runtime == "onnx":
         return _onnx_model(bundle, info)
-    import torch
-
     state = predict.read_weights(bundle / WEIGHTS)
     net = predict.build_network(info["architecture"], state, bundle / WEIGHTS)
     target = predict._device(device)

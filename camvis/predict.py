@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,9 +360,6 @@ def predict_patches(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: 
 
     source = BatchSource(image_store(rgb, depth, rows, cols, model), model.factors, model.device)
     return np.asarray(model.run(source, np.arange(rows.size, dtype=np.int64), batch_size), np.float32)
-
-
-_STAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})_(\d{2})(\d{2})$")
 
 
 def timestamp_of(name: str) -> str:
