@@ -406,7 +406,8 @@ def list_items(images: Sequence[str], depth: str | None, raw_dir: str | None) ->
             paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES
                             and not q.name.endswith((VISIBLE_SUFFIX, NONVISIBLE_SUFFIX)))
         elif p.is_file():
-            paths.append(p)
+            if not p.name.endswith((VISIBLE_SUFFIX, NONVISIBLE_SUFFIX)):  # a shell glob's masks
+                paths.append(p)
         else:
             problems.append(f"{p}: no such image file or folder")
     items = []

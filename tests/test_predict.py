@@ -99,7 +99,8 @@ def test_cli_writes_rows_and_maps_and_resumes(synth_raw, job, tmp_path, capsys):
     out, maps = tmp_path / "vis.csv", tmp_path / "maps"
     images = [str(_image(synth_raw, "1148_2", k)) for k in range(2)]
     args = [str(job), *images, "--raw", str(synth_raw), "--out", str(out), "--patches", "40", "--device", "cpu"]
-    assert predict_main([*args, "--map", str(maps)]) == 0
+    mask = Path(images[0]).with_name(Path(images[0]).stem + "_0002_visible.png")  # a shell glob's mask: skipped
+    assert predict_main([*args, str(mask), "--map", str(maps)]) == 0
     rows = pd.read_csv(out, dtype={"timestamp": str})
     assert list(rows.columns) == list(predict.ROW_COLUMNS)
     assert list(rows["image"]) == [Path(p).stem for p in images] and set(rows["view"]) == {"1148_2"}
