@@ -368,6 +368,12 @@ def print_summary(result: AggregateResult, console: Console) -> None:
     for row in wide.itertuples(index=False):
         table.add_row(*map(str, row))
     console.print(table)
+    if result.visibility is not None:  # metres: per group over all folds
+        overall = result.visibility["summary"].query("fold == 'all'")
+        for r in overall.itertuples(index=False):
+            console.print(f"visibility {r.group}: median |log10 error| {r.median_abs_log10_error:.3f} "
+                          f"[{r.median_ci_low:.3f}, {r.median_ci_high:.3f}], {r.within_factor2:.0%} within a "
+                          f"factor 2, over {r.n_images} images")
     for name, why in result.missing.items():
         console.print(f"[yellow]warning:[/] {name}: {why}")
     for note in result.notes:

@@ -10,6 +10,9 @@ import pandas as pd
 import pytest
 from test_aggregate import N_BOOT, fabricate_job, run, write_manifest  # tests/ is on sys.path
 
+from rich.console import Console
+
+from camvis import aggregate as agg
 from camvis import aggregate_visibility as av
 from camvis import slurm_query
 
@@ -46,7 +49,8 @@ def _fabricate(root: Path) -> None:
 
 def test_visibility_columns_match_a_hand_computation(tmp_path: Path) -> None:
     _fabricate(tmp_path)
-    result = run(tmp_path, figures=True)
+    console = Console(record=True, width=160)
+    result = agg.aggregate("exp", tmp_path / "outputs", tmp_path / "jobs", console=console)
     summary = pd.read_csv(tmp_path / "outputs" / "exp" / "visibility_summary.csv", dtype={"fold": str})
     row = summary.set_index(["group", "fold"])
     # a, fold 1: errors 0.1 0.2 0.5 -> median 0.2; within factor 2 (<= 0.30103): 2 of 3
@@ -69,6 +73,7 @@ def test_visibility_columns_match_a_hand_computation(tmp_path: Path) -> None:
     assert share["ci_low"] <= share["diff"] <= share["ci_high"] and 0 <= share["p_value"] <= 1
     assert comparisons.loc["median_abs_log10_error", "diff"] == pytest.approx(0.2 - 0.2)
     assert (tmp_path / "outputs" / "exp" / "visibility.png").read_bytes()[:8] == PNG_MAGIC
+    assert "visibility a: median |log10 error| 0.200 [" in console.export_text()
     text = result.markdown.read_text()
     assert "## Visibility in metres" in text and "60.0% [" in text
 
