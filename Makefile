@@ -15,6 +15,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
+	@# requirements.lock pins the optional extras too (camvis[onnx]: the tests check the ONNX graph)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

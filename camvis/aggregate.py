@@ -28,7 +28,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from camvis import jobfiles, monitor
+from camvis import aggregate_visibility, jobfiles, monitor
 from camvis.compare import compare
 from camvis.config import experiment_dir
 from camvis.console import default_console
@@ -274,6 +274,8 @@ def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
               "judging many pairs at once (family-wise error). All columns in comparisons.csv.", ""]  # fmt: skip
     lines += [comparisons_markdown(result.comparisons, conf) if len(result.comparisons)
               else "(no two groups share a fold)", ""]  # fmt: skip
+    if result.visibility is not None:
+        lines += aggregate_visibility.markdown(result.visibility, conf)
     if result.figures:
         lines += ["## Figures", "", *(f"![{m}]({p.name})" for m, p in result.figures.items()), ""]
     if result.missing:
@@ -304,6 +306,7 @@ class AggregateResult:
     summary: pd.DataFrame = field(repr=False)
     comparisons: pd.DataFrame = field(repr=False)
     notes: list[str] = field(default_factory=list)
+    visibility: dict[str, Any] | None = field(default=None, repr=False)  # camvis.aggregate_visibility.write
 
     def paths(self) -> dict[str, Path]:
         return {"summary_csv": self.summary_csv, "comparisons_csv": self.comparisons_csv,
@@ -346,6 +349,7 @@ def aggregate(
     write_csv(result.comparisons, result.comparisons_csv)
     write_csv(per_fold, result.point_estimates_csv)
     write_text(result.camvis2_csv, camvis2_csv_text(finished))
+    result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment)
     if figures:
         from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
 
@@ -365,6 +369,12 @@ def print_summary(result: AggregateResult, console: Console) -> None:
     for row in wide.itertuples(index=False):
         table.add_row(*map(str, row))
     console.print(table)
+    if result.visibility is not None:  # metres: per group over all folds
+        overall = result.visibility["summary"].query("fold == 'all'")
+        for r in overall.itertuples(index=False):
+            console.print(f"visibility {r.group}: median |log10 error| {r.median_abs_log10_error:.3f} "
+                          f"[{r.median_ci_low:.3f}, {r.median_ci_high:.3f}], {r.within_factor2:.0%} within a "
+                          f"factor 2, over {r.n_images} images")
     for name, why in result.missing.items():
         console.print(f"[yellow]warning:[/] {name}: {why}")
     for note in result.notes:

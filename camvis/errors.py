@@ -32,3 +32,7 @@ class DiskFullError(CamvisError, OSError):
 
     def __str__(self) -> str:  # the message, not OSError's "[Errno 28] ..." form
         return str(self.args[0]) if self.args else ""
+
+
+class PredictError(CamvisError):
+    """An image, depth map or model cannot be predicted with (camvis-predict, camvis-export)."""

@@ -319,7 +319,8 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
     _write_csv(job_dir / "bootstrap.csv", pd.DataFrame(
         {"resample": np.arange(len(boot["loss"])), **{k: boot[k] for k in metrics.METRICS}}))
     _write_csv(job_dir / "visibility.csv", pd.DataFrame(results["visibility"], columns=[
-        "image", "view", "predicted_visibility_m", "true_visibility_m", "abs_log10_error", "flag", "n_patches"]))
+        "image", "view", "predicted_visibility_m", "true_visibility_m", "abs_log10_error", "flag", "fit_quality",
+        "n_patches"]))
     if cfg.eval.figures:
         write_figures(job_dir / FIGURES, store, preds, results)
 

@@ -222,21 +222,30 @@ def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormSt
                  rgb: np.ndarray) -> None:
     pil = Image.fromarray(rgb)
     for f, (images, _) in levels.items():
-        hf, wf = rgb.shape[0] // f, rgb.shape[1] // f
-        # box= crops to a multiple of f, so BOX is the exact f x f block mean.
-        level = np.asarray(pil.resize((wf, hf), Image.Resampling.BOX, box=(0, 0, wf * f, hf * f)))
+        level = rgb_level(pil, f)
         images[i] = level.transpose(2, 0, 1)
         stats.add_rgb(f, level)
+
+
+def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
+    """Level f of an RGB image, uint8 (H // f, W // f, 3) (camvis.predict builds the same)."""
+    wf, hf = pil.width // f, pil.height // f
+    # box= crops to a multiple of f, so BOX is the exact f x f block mean.
+    return np.asarray(pil.resize((wf, hf), Image.Resampling.BOX, box=(0, 0, wf * f, hf * f)))
 
 
 def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, v: int,
                  depth: np.ndarray) -> None:
     for f, (_, depth_arr) in levels.items():
-        hf, wf = depth.shape[0] // f, depth.shape[1] // f
-        block_centres = depth[f // 2::f, f // 2::f][:hf, :wf]
-        level = log_depth(block_centres)
+        level = depth_level(depth, f)
         depth_arr[v, 0] = level
         stats.add_depth(f, level)
+
+
+def depth_level(depth: np.ndarray, f: int) -> np.ndarray:
+    """Level f of a depth map: each block's centre pixel as log10 metres (-1 for none)."""
+    hf, wf = depth.shape[0] // f, depth.shape[1] // f
+    return log_depth(depth[f // 2::f, f // 2::f][:hf, :wf])
 
 
 def log_depth(depth: np.ndarray) -> np.ndarray:

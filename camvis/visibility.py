@@ -6,12 +6,15 @@ mean cross-entropy. The predicted visibility is the distance where p falls to 0.
 V = 10 ** (a / b), clipped to the depth range of the image's patches.
 
 A fit is flagged (`VisibilityFit.flag`):
-- "ok": the crossing lies inside the depth range;
-- "beyond_max": every patch is predicted visible, or the crossing lies past the farthest patch:
-  V is reported as the farthest patch depth (a lower bound of the true estimate);
-- "below_min": every patch is predicted non-visible, or the crossing lies before the nearest
-  patch: V is the nearest patch depth (an upper bound);
+- "ok": the crossing lies inside the depth range and the fit explains the scores
+  (`quality`, a pseudo-R², at least POOR_FIT_R2 = 0.5);
+- "poor_fit": patches lie on both sides of 0.5 but the fit is poor: its quality is under
+  POOR_FIT_R2, or its crossing falls outside the patches' depth range (then V is clipped to it);
+- "beyond_max": every patch is predicted visible: V is reported as the farthest patch depth
+  (a lower bound of the true estimate);
+- "below_min": every patch is predicted non-visible: V is the nearest patch depth (an upper bound);
 - "inverted": the fitted probability rises with distance (b <= 0): no estimate, V is NaN.
+So beyond_max and below_min mean exactly "all patches on one side of 0.5".
 A small ridge penalty on the slope keeps it finite when the scores separate perfectly in
 distance (the expected case for a good model), so the crossing stays in the gap.
 """
@@ -40,6 +43,7 @@ class VisibilityFit:
     depth_min: float
     depth_max: float
     n: int
+    quality: float = math.nan  # fit_quality: pseudo-R² of the fit against a constant
 
     def probability(self, depth: np.ndarray) -> np.ndarray:
         """The fitted p(d) at `depth` metres."""
@@ -97,19 +101,18 @@ def estimate(depth: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> V
         raise ValueError("no patches to estimate a visibility from")
     lo, hi = float(depth.min()), float(depth.max())
     a, b = fit_logistic(np.log10(depth), scores)
+    quality = fit_quality(VisibilityFit(a, b, math.nan, "", lo, hi, depth.size), depth, scores)
     visible = scores >= threshold
     if visible.all():
-        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size)
+        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size, quality)
     if not visible.any():
-        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size)
+        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size, quality)
     if b <= 0:
-        return VisibilityFit(a, b, math.nan, "inverted", lo, hi, depth.size)
+        return VisibilityFit(a, b, math.nan, "inverted", lo, hi, depth.size, quality)
     log_v = a / b
-    if log_v >= math.log10(hi):
-        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size)
-    if log_v <= math.log10(lo):
-        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size)
-    return VisibilityFit(a, b, 10**log_v, "ok", lo, hi, depth.size)
+    if not math.log10(lo) < log_v < math.log10(hi):  # scores on both sides, yet no crossing between
+        return VisibilityFit(a, b, min(max(10**log_v, lo), hi), "poor_fit", lo, hi, depth.size, quality)
+    return VisibilityFit(a, b, 10**log_v, flag_quality("ok", quality), lo, hi, depth.size, quality)
 
 
 def estimate_images(image: np.ndarray, depth: np.ndarray, scores: np.ndarray) -> dict[int, VisibilityFit]:
@@ -135,7 +138,7 @@ def visibility_table(
     true_visibility: Mapping[str, float] | None,
 ) -> list[dict[str, Any]]:
     """Rows of visibility.csv: image, view, predicted_visibility_m, true_visibility_m,
-    abs_log10_error, flag, n_patches (NaN where unknown)."""
+    abs_log10_error, flag, fit_quality, n_patches (NaN where unknown)."""
     rows = []
     for i, fit in sorted(fits.items()):
         name = image_names[i]
@@ -147,6 +150,7 @@ def visibility_table(
             "true_visibility_m": math.nan if true is None else float(true),
             "abs_log10_error": abs_log10_error(fit.visibility_m, true),
             "flag": fit.flag,
+            "fit_quality": fit.quality,
             "n_patches": fit.n,
         })
     return rows
@@ -177,3 +181,31 @@ def true_visibility(images: tuple[str, ...] | list[str], attrs: Mapping[str, Any
     from camvis.raw import read_visibility  # only when needed: raw reading is upstream
 
     return read_visibility(raw_dir)
+
+
+# A fit whose quality (pseudo-R², below) is under this explains less than half of the scores'
+# deviance from a constant: its crossing is not trusted, and an "ok" fit is flagged "poor_fit".
+POOR_FIT_R2 = 0.5
+
+
+def fit_quality(fit: VisibilityFit, depth: np.ndarray, scores: np.ndarray) -> float:
+    """Pseudo-R² of the fit: 1 - D_fit / D_null, deviances (mean cross-entropy in excess of the
+    scores' own entropy) of p(d) and of a constant p = mean score. 1: the logistic explains the
+    scores; 0: no better than a constant; NaN when the scores are constant (nothing to explain)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0, 1)
+    p_fit = np.clip(fit.probability(np.asarray(depth, dtype=np.float64)), 1e-12, 1 - 1e-12)
+    p_null = np.clip(s.mean(), 1e-12, 1 - 1e-12)
+    floor = _cross_entropy(s, np.clip(s, 1e-12, 1 - 1e-12))
+    d_null = _cross_entropy(s, p_null) - floor
+    if d_null <= 1e-12:
+        return math.nan
+    return float(1 - (_cross_entropy(s, p_fit) - floor) / d_null)
+
+
+def _cross_entropy(s: np.ndarray, p: np.ndarray | float) -> float:
+    return float(np.mean(-(s * np.log(p) + (1 - s) * np.log1p(-p))))
+
+
+def flag_quality(flag: str, quality: float) -> str:
+    """An "ok" fit of quality under POOR_FIT_R2 becomes "poor_fit"; other flags stand."""
+    return "poor_fit" if flag == "ok" and quality < POOR_FIT_R2 else flag

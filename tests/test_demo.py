@@ -28,6 +28,10 @@ def test_demo_path_end_to_end(tmp_path, monkeypatch, capsys):
         assert (tmp_path / f"outputs/demo/{metric}.png").stat().st_size > 0
     manifest = json.loads((tmp_path / "jobs/demo/manifest.json").read_text())
     assert len(manifest["jobs"]) == 8
+    # the end: the best cat job's bundle predicts its held-out view's 6 images
+    assert (tmp_path / "models/demo_cat/model.json").exists() and "median |log10 error|" in out
+    predicted = next((tmp_path / "outputs/demo").glob("predicted_*.csv"))
+    assert len(pd.read_csv(predicted)) == 6
     # a second run reuses data, store and finished jobs
     assert demo.main(SHRINK) == 0
     manifest = json.loads((tmp_path / "jobs/demo/manifest.json").read_text())

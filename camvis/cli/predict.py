@@ -1,0 +1,131 @@
+"""camvis-predict: visibility in metres on new webcam images, from a job folder or an exported bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from camvis.cli import fail
+from camvis.errors import CamvisError
+
+EPILOG = """examples:
+  camvis-predict outputs/demo/cat_fold1 new/1148_1_2024-01-05_1200.png --depth data/raw/demo/depth_maps/1148_1.npy
+  camvis-predict models/cat data/raw/demo/images/1148_2_*.png --raw data/raw/demo --out vis.csv --map maps/
+  camvis-predict models/cat --raw archive/ --runtime onnx                 # every image of archive/images
+  camvis-predict models/cat --raw archive/ --local --chunk-size 200       # chunks as local jobs, resumable
+  camvis-predict models/cat --raw archive/ --slurm --parallel 16 --partition cpu
+  camvis-predict models/cat --raw archive/ --stride 64 --map maps/        # dense maps
+
+MODEL: a job folder (best.pt + config.yaml; its store gives the normalization statistics) or a
+bundle from camvis-export. Writes one row per image (image, view, timestamp, visibility_m, flag,
+fit_quality, n_patches, model) to --out; a rerun skips the images already there, and a killed run
+resumes. A bad image is one `error:` line; the others are predicted; exit status 2 if any failed.
+flag: ok, poor_fit (fit_quality < 0.5), beyond_max (V is a lower bound: the farthest patch),
+below_min (an upper bound: the nearest patch), inverted (no estimate).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="camvis-predict", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="job folder (best.pt + config.yaml) or bundle folder (camvis-export)")
+    p.add_argument("images", nargs="*", help="image files or folders (default with --raw: RAW/images)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--depth", help="the depth map (.npy, metres, NaN = sky) of every image's view")
+    where.add_argument("--raw", help="camvis2's raw folder: each image's depth map is depth_maps/{cam}_{pos}.npy")
+    p.add_argument("--out", default="predictions_visibility.csv", help="output file (default: %(default)s)")
+    p.add_argument("--format", choices=("csv", "jsonl"), default=None,
+                   help="csv or JSON lines (default: from --out's suffix, .jsonl -> jsonl)")
+    p.add_argument("--patches", type=int, default=500, help="depth-balanced patches per image (default: 500)")
+    p.add_argument("--stride", type=int, help="a regular grid of centres every PX pixels instead (maps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the centres (default: 0)")
+    p.add_argument("--map", metavar="DIR", help="write one PNG per image into DIR")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="torch, or onnx (a bundle's graph through onnxruntime; pip install 'camvis[onnx]')")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
+    p.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default: 256)")
+    p.add_argument("--force", action="store_true", help="start --out afresh instead of resuming it")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--local", action="store_true", help="chunks as local jobs (submitit), --parallel at once")
+    mode.add_argument("--slurm", action="store_true", help="chunks as one SLURM job array (waits for it)")
+    p.add_argument("--chunk-size", type=int, default=100, help="images per chunk (default: 100)")
+    p.add_argument("--parallel", type=int, default=4, help="chunks running at once (default: 4)")
+    p.add_argument("--time", type=int, default=60, help="minutes per chunk job (default: 60)")
+    p.add_argument("--cpus", type=int, default=1, help="CPUs per chunk job (default: 1)")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs per chunk job (default: 0)")
+    p.add_argument("--mem-gb", type=float, help="memory per chunk job (SLURM)")
+    p.add_argument("--partition", help="SLURM partition")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_intermixed_args(argv)  # images may follow options too
+    try:
+        outcome = _run(args)
+    except CamvisError as e:
+        return fail(e)
+    for line in outcome.problems:
+        print(f"error: {line}", file=sys.stderr)
+    print(f"wrote {outcome.out}: {outcome.written} new image(s), {outcome.skipped} already there"
+          + (f", {len(outcome.problems)} failed" if outcome.problems else ""))
+    if args.raw:
+        _score(outcome.out, args.raw, args.format)
+    return 2 if outcome.problems else 0
+
+
+def _score(out, raw_dir: str, fmt: str | None) -> None:
+    """Synthetic data knows the truth (RAW/visibility.csv): print how far off the predictions are."""
+    import math
+
+    import numpy as np
+    import pandas as pd
+
+    from camvis.raw import read_visibility
+
+    try:
+        truth = read_visibility(raw_dir)
+    except CamvisError:
+        return
+    if not truth or not out.exists():
+        return
+    rows = (pd.read_json(out, lines=True, dtype={"image": str}) if (fmt or out.suffix[1:]) == "jsonl"
+            else pd.read_csv(out, dtype={"image": str}))
+    true = rows["image"].map(truth).to_numpy(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error = np.abs(np.log10(rows["visibility_m"].to_numpy(np.float64) / true))
+    error = error[np.isfinite(error)]
+    if error.size:
+        print(f"against {raw_dir}/visibility.csv: median |log10 error| {np.median(error):.3f} over {error.size} "
+              f"images, {np.mean(error <= math.log10(2)):.0%} within a factor 2")
+
+
+def _run(args: argparse.Namespace):
+    from pathlib import Path
+
+    from camvis import predict_launch as pl
+    from camvis.errors import PredictError
+    from camvis.predict import list_items
+
+    for name in ("patches", "batch_size", "chunk_size", "parallel", "time", "cpus"):
+        if getattr(args, name) < 1:
+            raise PredictError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.stride is not None and args.stride < 1:
+        raise PredictError(f"--stride must be >= 1 pixel, got {args.stride}")
+    items, problems = list_items(args.images, args.depth, args.raw)
+    out = Path(args.out)
+    fmt = args.format or ("jsonl" if out.suffix == ".jsonl" else "csv")
+    options = pl.Options(model=str(Path(args.model).resolve()), runtime=args.runtime, device=args.device,
+                         patches=args.patches, stride=args.stride, seed=args.seed, batch_size=args.batch_size,
+                         map_dir=str(Path(args.map).resolve()) if args.map else None)
+    model = pl.load(options)  # a bad model fails here, before any job
+    resources = pl.Resources(parallel=args.parallel, time_min=args.time, cpus_per_task=args.cpus,
+                             gpus_per_node=args.gpus, mem_gb=args.mem_gb, partition=args.partition)
+    mode = "local" if args.local else "slurm" if args.slurm else "here"
+    outcome = pl.run(items, out, options, mode=mode, chunk_size=args.chunk_size, resources=resources, fmt=fmt,
+                     model_id=model.model_id, force=args.force)
+    outcome.problems = problems + outcome.problems
+    return outcome
+
+
+if __name__ == "__main__":
+    sys.exit(main())
