@@ -17,6 +17,7 @@ from camvis import launch as launch_mod
 from camvis import locks
 from camvis.cli import launch as cli
 from camvis.errors import CamvisError, SubmissionError
+from camvis.store_info import FORMAT_VERSION
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -359,7 +360,7 @@ def _copy_store(tmp_path: Path, edit: str | None = None, **attrs: object) -> Pat
 
 @pytest.mark.parametrize("case, expected", [
     ("missing", r"data.store: .*nowhere.zarr does not exist \(jobs cat_fold1, .*\); build it"),
-    ("version", r"store format version 99, this camvis reads version 1"),
+    ("version", rf"store format version 99, this camvis reads version {FORMAT_VERSION}"),
     ("patch", r"attribute patch_size 12 is not a power of 2"),
     ("level", r"level 4 has no images array .*levels/4/images/zarr.json is missing"),
     ("factors", r"data.factors \[1, 2, 4\]: \[4\] not levels of store"),
