@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test test-fast slurm-up slurm-down bench clean-demo
 
 $(STAMP): requirements.lock pyproject.toml
-	@# A C compiler builds camvis's CPU batch kernel on first use (camvis/native.py);
+	@# A C compiler builds camvis's CPU batch kernel on first use (camvis/job/native.py);
 	@# without one camvis still works, with slower CPU batches.
 	@command -v $${CC:-cc} >/dev/null || (apt-get update -qq && apt-get install -y -qq gcc >/dev/null) \
 		|| echo "no C compiler: CPU batches will use torch ops (about 2x slower)"
@@ -22,7 +22,7 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m camvis.demo
+	$(BIN)/python -m camvis.cli.demo
 
 # The full suite, SLURM integration tests included: the local cluster is
 # installed and started first (slurm/cluster.sh, needs root and apt).

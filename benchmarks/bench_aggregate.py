@@ -7,7 +7,7 @@ Job outputs are written per the contract (scores.json, bootstrap.csv, progress.j
 jobs/<exp>/manifest.json) into a temporary folder. Two timings:
 - cli: `camvis-aggregate EXP` as a fresh process (what a user or the aggregate job waits for:
   imports included), wall clock;
-- call: `camvis.aggregate.aggregate()` in a warm process, split into reading + statistics +
+- call: `camvis.results.aggregate.aggregate()` in a warm process, split into reading + statistics +
   tables (no figures) and the whole call with figures.
 """
 
@@ -82,7 +82,7 @@ def time_cli(root: Path) -> tuple[float, float]:
 def time_call(root: Path, figures: bool) -> float:
     from rich.console import Console
 
-    from camvis.aggregate import aggregate
+    from camvis.results.aggregate import aggregate
 
     start = time.perf_counter()
     aggregate(EXP, root / "outputs", root / "jobs", figures=figures, console=Console(file=open(os.devnull, "w")))

@@ -18,7 +18,7 @@ content does not change the cost).
 The iter_batches rows reuse one output buffer (BatchSource.batch(idx, out=x)), as the
 training and prediction loops do (BatchSource.iter_batches): on the CPU the page faults
 of a fresh 335 MB batch are a large share of its cost. On the CPU they are timed twice:
-with the C kernel (camvis/batch_kernel.c, the default) and with torch ops (its fallback).
+with the C kernel (camvis/job/batch_kernel.c, the default) and with torch ops (its fallback).
 The two "floor" rows bound the torch-ops design from below on this machine: writing a
 batch-sized buffer once, and its row gathers alone. Timings on a shared machine swing with
 its load (printed); CPU time per batch is the steadier figure.
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import camvis.batches as batch_module
-from camvis import native
-from camvis.batches import BatchSource
+import camvis.job.batches as batch_module
+from camvis.job import native
+from camvis.job.batches import BatchSource
 from camvis.io import write_json
-from camvis.store import PatchStore
+from camvis.data.store import PatchStore
 
 
 def synthetic_store(n_images: int, n_views: int, shape: tuple[int, int], factors: Sequence[int],

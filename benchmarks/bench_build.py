@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_build.py            # demo (4 x 6) + paper size (1 x 2)
     .venv/bin/python benchmarks/bench_build.py --quick    # demo (4 x 6) + paper size (1 x 1)
 
-Raw data is synthesized first (camvis.synth, timed apart); every build runs in a fresh
+Raw data is synthesized first (camvis.data.synth, timed apart); every build runs in a fresh
 child process so its peak resident memory is its own. Builds use the defaults
 (factors 2..32, patch size 128, 500 patches per image).
 """
@@ -28,7 +28,7 @@ def _size(path: Path) -> int:
 
 def _child_build(raw_dir: str, out: str) -> None:
     """Runs in the child: build, print seconds and peak RSS as JSON."""
-    from camvis import store_build
+    from camvis.data import store_build
 
     start = time.perf_counter()
     s = store_build.build(raw_dir, out, progress=False, figure=False)
@@ -39,8 +39,8 @@ def _child_build(raw_dir: str, out: str) -> None:
 
 def _case(name: str, work: Path, views: int, images_per_view: int,
           size: tuple[int, int] | None = None) -> dict[str, object]:
-    """size None: camvis.synth's default size."""
-    from camvis import synth
+    """size None: camvis.data.synth's default size."""
+    from camvis.data import synth
 
     raw_dir, out = work / f"{name}-raw", work / f"{name}.zarr"
     extra = {"size": size} if size else {}
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         _child_build(*args.child)
         return 0
-    from camvis import synth
+    from camvis.data import synth
     from camvis.io import write_json
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:

@@ -1,6 +1,6 @@
 """camvis-predict throughput at paper size: images per second, end to end, and where the time goes.
 
-Paper settings by default: synthetic 4140 x 6198 images (camvis.synth, PNG on disk), 500
+Paper settings by default: synthetic 4140 x 6198 images (camvis.data.synth, PNG on disk), 500
 depth-balanced patches per image, 5 levels (factors 2..32), patch 128, camvis2's best model
 (type_2: shared weights + MLP, hidden 128) with random weights (the time does not depend on
 them). Each image runs the whole per-image path of camvis-predict (decode, centres, pyramid,
@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from camvis import predict  # noqa: E402
-from camvis.distributed import pick_device  # noqa: E402
+from camvis.job.distributed import pick_device  # noqa: E402
 from camvis.model import MultiMagnificationNet  # noqa: E402
-from camvis.synth import synthesize  # noqa: E402
+from camvis.data.synth import synthesize  # noqa: E402
 
 FACTORS = (2, 4, 8, 16, 32)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from camvis.synth import synthesize
+from camvis.data.synth import synthesize
 
 SYNTH_RAW = {"views": 3, "images_per_view": 4, "size": (96, 144), "seed": 0}
 """What `synth_raw` holds: 3 views (1148_1, 1148_2, 1148_3) x 4 images of 96 x 144, png."""
@@ -47,8 +47,8 @@ def raw_copy(synth_raw: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def synth_store(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """camvis.store.PatchStore built from `synth_raw` (see SYNTH_STORE); shared, read-only."""
-    from camvis import store_build
+    """camvis.data.store.PatchStore built from `synth_raw` (see SYNTH_STORE); shared, read-only."""
+    from camvis.data import store_build
 
     return store_build.build(synth_raw, tmp_path_factory.mktemp("store") / "synth.zarr", progress=False,
                              figure=False, **SYNTH_STORE)

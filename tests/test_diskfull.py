@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from camvis import io, manifest, store_build
+from camvis import io
+from camvis.cluster import manifest
+from camvis.data import store_build
 from camvis.cli import data as data_cli
 from camvis.cli import launch as launch_cli
 from camvis.errors import DiskFullError
@@ -93,7 +95,7 @@ def test_synth_on_a_full_disk_is_one_line_not_a_bus_error(disk: Path) -> None:
 
 
 def test_synth_reaps_a_killed_runs_scratch_and_keeps_a_live_ones(tmp_path: Path, live_pid: int) -> None:
-    from camvis.synth import synthesize
+    from camvis.data.synth import synthesize
 
     out, host = tmp_path / "raw", io.host()
     killed, running = out / f".synth.tmp-{host}-{DEAD}", out / f".synth.tmp-{host}-{live_pid}"
@@ -194,7 +196,7 @@ def test_scores_and_csv_that_do_not_fit_keep_the_last_good_ones(disk: Path) -> N
 
 
 def test_manifest_that_does_not_fit_keeps_the_last_one_and_reaps(disk: Path, tmp_path: Path) -> None:
-    from camvis.launch import launch
+    from camvis.cluster.launch import launch
 
     result = launch(DEMO, ["folds=3"], dry_run=True, outputs=tmp_path / "outputs", jobs_dir=disk / "jobs")
     exp_dir = disk / "jobs" / "demo"

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from camvis import metrics, visibility
+from camvis import metrics
+from camvis.job import visibility
 
 # labels [1, 1, 1, 0], predictions [1, 0, 1, 0]: tn 1, fp 0, fn 1, tp 2
 LABELS = np.array([1, 1, 1, 0])

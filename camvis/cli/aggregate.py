@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from camvis.aggregate import aggregate  # after parsing: --help stays fast
+    from camvis.results.aggregate import aggregate  # after parsing: --help stays fast
 
     try:
         aggregate(args.experiment, args.outputs, args.jobs_dir, confidence=args.confidence, seed=args.seed,

@@ -11,7 +11,7 @@ from camvis.cli import fail
 from camvis.errors import CamvisError, ConfigError, StoreError
 
 if TYPE_CHECKING:
-    from camvis.store import PatchStore
+    from camvis.data.store import PatchStore
 
 SYNTH_EXAMPLES = """\
 examples:
@@ -122,7 +122,7 @@ def _add_check_store(sub: argparse._SubParsersAction) -> None:
 
 def _size(text: str) -> tuple[int, int]:
     if text == "paper":
-        from camvis.synth import PAPER_SIZE
+        from camvis.data.synth import PAPER_SIZE
 
         return PAPER_SIZE
     m = re.fullmatch(r"(\d+)x(\d+)", text)
@@ -132,7 +132,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from camvis.synth import synthesize
+    from camvis.data.synth import synthesize
 
     out = synthesize(args.out_dir, views=args.views, images_per_view=args.images_per_view, size=args.size,
                      vis_range=tuple(args.vis_range), seed=args.seed, image_format=args.format,
@@ -144,7 +144,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from camvis.console import default_console
-    from camvis.raw import check
+    from camvis.data.raw import check
 
     report = check(args.raw_dir, progress=sys.stderr.isatty())
     console = default_console()
@@ -156,7 +156,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from camvis import store, store_build
+    from camvis.data import store
+    from camvis.data import store_build
 
     built = store_build.build(args.raw_dir, args.store, factors=tuple(args.factors), patch_size=args.patch_size,
                               patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
@@ -169,7 +170,7 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from camvis import store
+    from camvis.data import store
 
     if args.out and not args.plot:
         raise ConfigError("--out needs --plot IMAGE_NAME")
@@ -183,7 +184,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _check_store(args: argparse.Namespace) -> int:
-    from camvis import store
+    from camvis.data import store
 
     _verify(store.open_store(args.store))  # open checks the schema, attributes and patch table
     return 0
@@ -191,7 +192,7 @@ def _check_store(args: argparse.Namespace) -> int:
 
 def _verify(opened: PatchStore) -> None:
     """Reads every block of `opened`, prints a line per array; a StoreError on any problem."""
-    from camvis import store_verify
+    from camvis.data import store_verify
     from camvis.progress import progress_bar
 
     total = sum(len(e["crc32"]) for e in opened.attrs["checksums"].values())

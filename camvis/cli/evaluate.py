@@ -44,16 +44,16 @@ def main(argv: list[str] | None = None) -> int:
 def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from camvis import distributed
+    from camvis.job import distributed
     from camvis.config import job_dir, load_job_config
-    from camvis.evaluate import evaluate_job
+    from camvis.job.evaluate import evaluate_job
 
     cfg = load_job_config(config, overrides)
     directory = Path(args.job_dir) if args.job_dir else job_dir(cfg, args.outputs)
     env = distributed.setup(cfg.train.device)
     try:
         if env.is_main:  # an evaluation of another config is kept under previous/, not overwritten
-            from camvis.identity import keep_earlier_evaluation
+            from camvis.job.identity import keep_earlier_evaluation
 
             keep_earlier_evaluation(directory, cfg)
         distributed.barrier()

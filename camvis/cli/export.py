@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="replace OUT even if it is not a bundle")
     args = parser.parse_args(argv)
     try:
-        from camvis.export import export
+        from camvis.job.export import export
 
         info = export(args.job_dir, args.out, onnx=not args.no_onnx, force=args.force)
     except CamvisError as e:

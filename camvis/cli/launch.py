@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # options and key=value in any order
-    from camvis import launch
+    from camvis.cluster import launch
     from camvis.console import default_console
 
     console = default_console()

@@ -80,7 +80,7 @@ def _score(out, raw_dir: str, fmt: str | None) -> None:
     import numpy as np
     import pandas as pd
 
-    from camvis.raw import read_visibility
+    from camvis.data.raw import read_visibility
 
     try:
         truth = read_visibility(raw_dir)
@@ -102,9 +102,9 @@ def _score(out, raw_dir: str, fmt: str | None) -> None:
 def _run(args: argparse.Namespace):
     from pathlib import Path
 
-    from camvis import predict_launch as pl
+    from camvis.cluster import predict_launch as pl
     from camvis.errors import PredictError
-    from camvis.predict import list_items
+    from camvis.job.predict import list_items
 
     for name in ("patches", "batch_size", "chunk_size", "parallel", "time", "cpus"):
         if getattr(args, name) < 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis import jobfiles, monitor
+from camvis.cluster import jobfiles
+from camvis.cluster import monitor
 from camvis.cli import fail
 from camvis.config import check_name
 from camvis.errors import CamvisError

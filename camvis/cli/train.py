@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     config, overrides = config_and_overrides(args.config, args.overrides)
     try:
         from camvis.config import load_job_config
-        from camvis.job import run_job
-        from camvis.plan import new_run_id
+        from camvis.job.task import run_job
+        from camvis.cluster.plan import new_run_id
 
         cfg = load_job_config(config, overrides)
         scores = run_job(cfg, args.outputs, restart=new_run_id() if args.restart else None)

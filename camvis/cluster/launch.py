@@ -1,0 +1,390 @@
+"""`camvis-launch`: expand a grid, skip finished jobs, submit the rest, record what was done.
+
+Modes:
+- slurm (default): ONE job array through submitit (sbatch --array=0-N%K, K = the grid's
+  array_parallelism) and ONE dependent CPU job that aggregates the experiment once every task
+  has ended (afterany); then it returns, it never waits.
+- local: the same jobs through submitit's LocalExecutor on this machine, at most K at a time,
+  then the aggregate in this process.
+- debug: the first job to run, in this process (submitit's debug executor: pdb on errors).
+- dry run: the job table and the exact sbatch scripts, nothing submitted or written.
+
+Before anything is submitted, camvis.cluster.preflight checks the stores and folders. Then one launch
+of an experiment at a time (camvis.locks, jobs/<experiment>/.launch.lock): what is still queued,
+the plan, the submission and the manifest update. Every launch merges itself into
+jobs/<experiment>/manifest.json (camvis.cluster.manifest; see contracts: "Grid, manifest"); the sbatch
+parameters and scripts come from camvis.cluster.sbatch. No torch here, and camvis.job.task is imported only
+when jobs are really submitted: this runs on login nodes and must start fast.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from camvis import locks
+from camvis.cluster import preflight
+from camvis.errors import SubmissionError
+from camvis.cluster.grid import Grid, JobSpec, load_grid, select
+from camvis.io import now_iso
+from camvis.cluster.jobfiles import aggregate_ids
+from camvis.cluster.manifest import job_entry, read_manifest, record, record_cancelled
+from camvis.cluster.plan import Decision, new_run_id, plan
+from camvis.progress import progress_bar
+from camvis.cluster.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
+
+MODES = ("slurm", "local", "debug")
+LOCAL_POLL_S = 1.0
+
+
+@dataclass
+class LaunchResult:
+    """What a launch did; the CLI prints it, tests assert on it."""
+
+    grid: Grid
+    mode: str
+    dry_run: bool
+    decisions: list[Decision]
+    job_ids: dict[str, str] = field(default_factory=dict)
+    array_id: str | None = None
+    aggregate_id: str | None = None
+    sbatch_calls: int = 0
+    manifest: Path | None = None
+    scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
+    failed: dict[str, str] = field(default_factory=dict)    # local/debug: name -> error
+    aggregated: bool = False
+    problems: list[str] = field(default_factory=list)       # dry run: what preflight found
+    cancelled: list[str] = field(default_factory=list)      # earlier pending aggregate jobs cancelled
+    notes: list[str] = field(default_factory=list)          # what went wrong after the submission
+    launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # its record in the manifest
+    restart: str | None = None  # --restart: the id every submitted job carries (camvis.job.identity)
+
+    @property
+    def submitted(self) -> list[str]:
+        return [d.job.name for d in self.decisions if d.submit]
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return {d.job.name: d.reason for d in self.decisions if not d.submit}
+
+
+def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
+           only: Sequence[str] = (), force: bool = False, outputs: str | Path = "outputs",
+           jobs_dir: str | Path = "jobs", profile: str | Path | None = None, console: Any = None,
+           lock_timeout: float | None = None, restart: bool = False) -> LaunchResult:
+    """Expand `grid_path` (with `key=value` overrides), decide what to run and run it in `mode`.
+
+    Preflight first (camvis.cluster.preflight: nothing is submitted while it finds a problem; a dry run
+    reports them). Then, under jobs/<experiment>/.launch.lock (camvis.locks; waits `lock_timeout`
+    s for another launch): what is queued, the plan, the submission and the manifest update."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    grid = load_grid(grid_path, overrides, profile)
+    jobs = select(grid.jobs, only)
+    if not jobs:
+        raise SubmissionError(f"no job of {grid.path} matches --only {' '.join(only)} (jobs: {', '.join(grid.names)})")
+    found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment)
+    exp_dir = Path(jobs_dir) / grid.experiment
+    if dry_run:
+        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, restart, {}, mode), problems=found)
+        if result.submitted and mode == "slurm":
+            result.scripts = dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir)
+        return result
+    if found:
+        raise SubmissionError(preflight.message(found))
+    if mode == "slurm":
+        check_slurm()
+    with locks.launch_lock(exp_dir, grid.experiment, mode, lock_timeout, _waiting(console, grid.experiment)):
+        active = active_jobs(exp_dir / "manifest.json")
+        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, restart, active, mode),
+                              restart=new_run_id() if restart else None)
+        todo = [d.job for d in result.decisions if d.submit]
+        if not todo:  # nothing to run: record the look, submit nothing
+            result.manifest = record(exp_dir, grid, result, outputs, {})
+        elif mode == "slurm":
+            submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, result, _arrays(active))
+        elif mode == "local":
+            run_local(grid, todo, exp_dir, outputs, jobs_dir, result, console)
+        else:
+            run_debug(grid, todo[0], exp_dir, outputs, result)
+    return result
+
+
+def _plan(jobs: list[JobSpec], outputs: str | Path, force: bool, restart: bool, active: dict[str, str],
+          mode: str) -> list[Decision]:
+    decisions = plan(jobs, outputs, force=force, restart=restart, active=active)
+    return _first_to_run(decisions) if mode == "debug" else decisions  # debug: one job only
+
+
+def _waiting(console: Any, experiment: str) -> Callable[[str], None]:
+    def say(holder: str) -> None:
+        line = f"waiting for another launch of {experiment} ({holder})"
+        if console is not None:
+            console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+    return say
+
+
+def _first_to_run(decisions: list[Decision]) -> list[Decision]:
+    first = next((d for d in decisions if d.submit), None)
+    return [first] if first else decisions[:1]
+
+
+# --------------------------------------------------------------------------- SLURM
+
+
+def check_slurm() -> None:
+    """SubmissionError unless sbatch is on PATH and the controller answers."""
+    hint = "run the grid on this machine with --local, or start the local cluster: bash slurm/cluster.sh start"
+    if shutil.which("sbatch") is None:
+        raise SubmissionError(f"SLURM is not available here (no sbatch on PATH); {hint}")
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SubmissionError(f"SLURM is not available here (sinfo: {e}); {hint}") from e
+    if proc.returncode != 0:
+        reason = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SubmissionError(f"SLURM is not available here (sinfo: {reason[-1] if reason else 'failed'}); {hint}")
+
+
+def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
+    import submitit  # ~60 ms; only when something is submitted
+
+    # The cluster is named explicitly: AutoExecutor picks slurm whenever srun is on PATH.
+    extra = {} if cluster == "debug" else {f"{cluster}_max_num_timeout": max_requeues}
+    return submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
+
+
+def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
+                 result: LaunchResult, earlier_arrays: Sequence[str] = ()) -> None:
+    """One sbatch for the array, one for the aggregate; the manifest is written after each. The
+    aggregate job also waits for `earlier_arrays` (still active), and supersedes the earlier
+    launches' aggregate jobs that are still pending: those are cancelled."""
+    from submitit.core.utils import FailedJobError
+
+    from camvis.job.task import TrainEvalTask
+
+    executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
+    executor.update_parameters(**executor_parameters(grid, len(todo)))
+    submitted = now_iso()  # before sbatch: every file these jobs write is newer
+    try:
+        jobs = executor.map_array(TrainEvalTask(result.restart), [j.config for j in todo], [str(outputs)] * len(todo))
+    except FailedJobError as e:
+        raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
+    result.sbatch_calls = 1
+    result.array_id = str(jobs[0].job_id).split("_")[0]
+    entries = {spec.name: job_entry(spec, "slurm", job, result.array_id, i, submitted) for i, (spec, job) in
+               enumerate(zip(todo, jobs))}
+    result.job_ids = {name: e["job_id"] for name, e in entries.items()}
+    result.manifest = record(exp_dir, grid, result, outputs, entries)
+    earlier = aggregate_ids(read_manifest(exp_dir / "manifest.json"))
+    agg = _executor(job_folder(exp_dir), "slurm", 0)
+    after = ":".join([result.array_id, *(a for a in earlier_arrays if a != result.array_id)])
+    agg.update_parameters(**aggregate_parameters(grid, after))
+    try:
+        agg_job = agg.submit(run_aggregate, grid.experiment, str(outputs), str(jobs_dir))
+    except FailedJobError as e:
+        raise SubmissionError(f"the jobs were submitted as array {result.array_id}, but sbatch refused the "
+                              f"aggregate job: {_last_line(e)}; run camvis-aggregate {grid.experiment} "
+                              f"once they are done") from e
+    result.sbatch_calls = 2
+    result.aggregate_id = str(agg_job.job_id)
+    record(exp_dir, grid, result, outputs, {}, update_last=True)
+    _cancel_pending_aggregates(earlier, exp_dir, result)
+
+
+def _arrays(active: dict[str, str]) -> list[str]:
+    """The arrays (or plain jobs) of earlier launches with a task still queued or running."""
+    return sorted({value.split()[0].split("_")[0] for value in active.values()}, key=int)
+
+
+def _cancel_pending_aggregates(earlier: list[str], exp_dir: Path, result: LaunchResult) -> None:
+    """An earlier launch's aggregate job still pending would summarize the experiment twice (the
+    first time on partial results): the new one, which also waits for its arrays, replaces it."""
+    from camvis.cluster import slurm_query
+
+    rows = slurm_query.query(earlier).rows if earlier else {}
+    pending = [i for i in earlier if i in rows and rows[i].state == "PENDING"]
+    if not pending:
+        return
+    done = slurm_query.cancel(pending)
+    if done.returncode != 0:
+        result.notes.append(f"could not cancel the earlier pending aggregate job(s) {' '.join(pending)}: "
+                            f"{(done.stderr or done.stdout).strip()}")
+        return
+    record_cancelled(exp_dir, pending, "camvis-launch", f"superseded by aggregate job {result.aggregate_id}")
+    result.cancelled = pending
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def run_aggregate(experiment: str, outputs: str = "outputs", jobs: str = "jobs") -> Any:
+    """What the dependent aggregate job runs (camvis.results.aggregate is imported only there)."""
+    from camvis.results.aggregate import aggregate
+
+    return aggregate(experiment, outputs=outputs, jobs=jobs)
+
+
+def active_jobs(manifest_path: Path) -> dict[str, str]:
+    """Jobs of an earlier SLURM launch that SLURM still queues or runs (slurm_query.is_active):
+    name -> "123_4 RUNNING". One batched sacct/squeue call; an unreachable SLURM counts as nothing active."""
+    manifest = read_manifest(manifest_path)
+    ids = {name: e.get("job_id") for name, e in manifest.get("jobs", {}).items()
+           if e.get("mode") == "slurm" and e.get("job_id")}
+    if not ids:
+        return {}
+    from camvis.cluster import slurm_query
+
+    rows = slurm_query.query(list(ids.values())).rows
+    return {name: f"{job_id} {rows[job_id].state}" for name, job_id in ids.items()
+            if job_id in rows and slurm_query.is_active(rows[job_id].state)}
+
+
+# --------------------------------------------------------------------------- local and debug
+
+
+def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
+              result: LaunchResult, console: Any = None) -> None:
+    """Every job through submitit's LocalExecutor, at most array_parallelism at once (waits)."""
+    from camvis.job.task import TrainEvalTask
+
+    s = grid.slurm
+    # share this machine's cores between the jobs running at once (read by camvis.job.task)
+    os.environ.setdefault("CAMVIS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // s.array_parallelism)))
+    executor = _executor(job_folder(exp_dir), "local", s.max_requeues)
+    executor.update_parameters(timeout_min=s.time, tasks_per_node=s.ntasks,
+                               **({"gpus_per_node": s.gpus_per_node} if s.gpus_per_node else {}))
+    queue = list(enumerate(todo))
+    running: dict[str, Any] = {}
+    with _progress(console, len(todo)) as advance:
+        try:
+            while queue or running:
+                while queue and len(running) < s.array_parallelism:  # the throttle, as on SLURM
+                    i, spec = queue.pop(0)
+                    submitted = now_iso()
+                    running[spec.name] = job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
+                    result.job_ids[spec.name] = str(job.job_id)
+                    result.manifest = record(exp_dir, grid, result, outputs,
+                                             {spec.name: job_entry(spec, "local", job, None, i, submitted)},
+                                             update_last=result.manifest is not None)
+                for name in [n for n, job in running.items() if job.done()]:
+                    error = running.pop(name).exception()
+                    if error is not None:
+                        result.failed[name] = _last_line(error)
+                    advance(name, error is None)
+                time.sleep(LOCAL_POLL_S if running else 0)
+        except KeyboardInterrupt:
+            for job in running.values():
+                job.cancel(check=False)
+            raise
+    if len(result.failed) < len(todo):
+        _aggregate_here(grid, outputs, jobs_dir, result)
+
+
+def _aggregate_here(grid: Grid, outputs: str | Path, jobs_dir: str | Path, result: LaunchResult) -> None:
+    try:
+        run_aggregate(grid.experiment, str(outputs), str(jobs_dir))
+        result.aggregated = True
+    except Exception as e:  # the jobs' results stand; say why the summary is missing
+        result.failed["aggregate"] = f"{type(e).__name__}: {_last_line(e)}"
+
+
+def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, result: LaunchResult) -> None:
+    """One job in this process (submitit's debug executor drops into pdb on an exception)."""
+    from camvis.job.task import TrainEvalTask
+
+    executor = _executor(job_folder(exp_dir), "debug", 0)
+    submitted = now_iso()
+    job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
+    result.job_ids[spec.name] = str(job.job_id)
+    result.manifest = record(exp_dir, grid, result, outputs,
+                             {spec.name: job_entry(spec, "debug", job, None, 0, submitted)})
+    job.result()
+
+
+@contextmanager
+def _progress(console: Any, total: int) -> Iterator[Any]:
+    """advance(name, ok) per finished job; the shared progress bar on a terminal, else a line each."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda name, ok: console.print(f"local: {name} {'done' if ok else 'FAILED'}")
+        return
+    with progress_bar("local jobs", total, enabled=True, transient=True, console=console) as advance:
+        yield lambda name, ok: advance()
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_report(result: LaunchResult, console: Any) -> None:
+    """The job table (submit/skip with reasons), what was submitted, and the next commands."""
+    from rich.table import Table
+
+    exp = result.grid.experiment
+    title = f"{exp}: {len(result.submitted)} to run, {len(result.skipped)} skipped ({result.mode}" + \
+        (", dry run)" if result.dry_run else ")")
+    table = Table(title=title, title_justify="left")
+    for column in ("job", "group", "fold", "view", "hash", "action", "reason", "job id"):
+        table.add_column(column, no_wrap=column not in ("reason", "view"))
+    for d in result.decisions:
+        action = ("submit" if not result.dry_run else "would submit") if d.submit else "skip"
+        job_id = result.job_ids.get(d.job.name, "")
+        if d.job.axes:
+            axes = " ".join(f"{k}={v}" for k, v in d.job.axes.items())
+            reason = f"{d.reason} ({axes})"
+        else:
+            reason = d.reason
+        style = "green" if d.submit else "dim"
+        table.add_row(d.job.name, d.job.group, str(d.job.fold), d.job.view or "-", d.job.hash,
+                      f"[{style}]{action}[/]", reason, job_id)
+    console.print(table)
+    for name, text in result.scripts.items():
+        console.rule(f"sbatch script: {name}" + (" (submitted after the array ends: afterany)" if name == "aggregate" else ""))
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+    _print_outcome(result, console)
+
+
+def _print_outcome(result: LaunchResult, console: Any) -> None:
+    exp = result.grid.experiment
+    s = result.grid.slurm
+    if result.dry_run:
+        for problem in result.problems:
+            console.print(f"[red]preflight:[/] {problem}", highlight=False)
+        refuse = f"; a launch would refuse: {len(result.problems)} preflight problem(s)" if result.problems else ""
+        console.print("dry run: nothing submitted, nothing written" + refuse)
+        return
+    if not result.submitted:
+        console.print("nothing to run: every selected job is finished or still queued "
+                      "(--force re-evaluates finished ones, --restart retrains them)")
+    elif result.mode == "slurm":
+        console.print(f"submitted {len(result.submitted)} jobs as array {result.array_id} "
+                      f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "
+                      f"{result.aggregate_id} after it; {result.sbatch_calls} sbatch calls")
+        if result.cancelled:
+            console.print(f"cancelled the earlier pending aggregate job(s) {' '.join(result.cancelled)}: "
+                          f"{result.aggregate_id} replaces them")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    else:
+        ok = [n for n in result.submitted if n in result.job_ids and n not in result.failed]
+        console.print(f"{result.mode}: {len(ok)} job(s) finished" +
+                      (f", {len(result.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in result.failed.items())
+                       if result.failed else ""))
+    if result.manifest:
+        console.print(f"manifest: {result.manifest}")
+    console.print(f"next: camvis-status {exp}" + (" --watch" if result.mode == "slurm" and result.submitted else "") +
+                  f"   |   camvis-aggregate {exp}")

@@ -1,0 +1,128 @@
+"""What was launched: jobs/<experiment>/manifest.json, merged by every launch under a lock.
+
+One entry per job (its grid point, config, hash and SLURM/local ids; skipped jobs keep their
+earlier entry), one per launch (mode, ids, submitted/skipped, code version) and the SLURM ids camvis
+cancelled (SLURM keeps no row for a cancelled pending array task); see contracts: "Grid, manifest".
+No torch here: the launcher runs on login nodes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from camvis import __version__, locks
+from camvis.config import to_dict
+from camvis.errors import ConfigError
+from camvis.io import now_iso, reap_stale_tmp, write_json
+
+if TYPE_CHECKING:
+    from camvis.cluster.grid import Grid, JobSpec
+    from camvis.cluster.launch import LaunchResult
+
+
+def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int,
+              submitted: str | None = None) -> dict[str, Any]:
+    """`submitted`: when it was handed to SLURM (taken before sbatch, so that every file the job
+    writes is newer: camvis-status tells this run's files from an earlier run's by it)."""
+    paths = getattr(job, "paths", None)
+    return {
+        "group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
+        "config": to_dict(spec.config), "mode": mode, "job_id": str(job.job_id), "array_id": array_id,
+        "task": task, "submitted": submitted or now_iso(),
+        "stdout": str(paths.stdout) if paths is not None else None,
+        "stderr": str(paths.stderr) if paths is not None else None,
+    }
+
+
+def _skipped_entry(spec: JobSpec) -> dict[str, Any]:
+    return {"group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
+            "config": to_dict(spec.config), "mode": None, "job_id": None, "array_id": None, "task": None,
+            "submitted": None, "stdout": None, "stderr": None}
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """jobs/<experiment>/manifest.json ({} when the experiment was never launched): the one reader."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable manifest ({e}); move it away to start afresh") from e
+    if not isinstance(data, dict) or not isinstance(data.get("jobs", {}), dict):
+        raise ConfigError(f"{path}: expected an object with a 'jobs' mapping (name -> job)")
+    return data
+
+
+@contextmanager
+def _locked(exp_dir: Path) -> Iterator[None]:
+    """Writers of one manifest (launches, camvis-status --cancel) must not lose each other's entries."""
+    with locks.exclusive(exp_dir / ".manifest.lock", "writing manifest.json"):
+        yield
+
+
+def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
+           entries: dict[str, dict[str, Any]], update_last: bool = False) -> Path:
+    """Merge this launch into jobs/<exp>/manifest.json (atomically, under a lock).
+    `update_last` rewrites this launch's record (found by its id) instead of appending a new one."""
+    path = exp_dir / "manifest.json"
+    with _locked(exp_dir):
+        reap_stale_tmp(exp_dir)  # manifest.json.tmp files of killed launches
+        manifest = read_manifest(path)
+        jobs = manifest.get("jobs", {})
+        for decision in result.decisions:  # skipped jobs keep their earlier entry
+            jobs.setdefault(decision.job.name, _skipped_entry(decision.job))
+        jobs.update(entries)
+        launches = manifest.get("launches", [])
+        entry = _launch_entry(result)
+        mine = [i for i, x in enumerate(launches) if isinstance(x, dict) and x.get("id") == entry["id"]]
+        if update_last and mine:
+            entry["time"] = launches[mine[-1]]["time"]
+            launches[mine[-1]] = entry
+        else:
+            launches.append(entry)
+        manifest.update(experiment=grid.experiment, grid=str(grid.path), outputs=str(outputs), updated=now_iso(),
+                        launches=launches, jobs=jobs)
+        write_json(path, manifest)
+    return path
+
+
+def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -> None:
+    """Remember the SLURM ids camvis cancelled ("123" a whole array or job, "123_4" one task), with
+    when: SLURM keeps no row for a pending array task cancelled, and status must still say CANCELLED."""
+    path = exp_dir / "manifest.json"
+    with _locked(exp_dir):
+        manifest = read_manifest(path)
+        if not manifest:
+            return
+        cancelled = manifest.get("cancelled")
+        cancelled = cancelled if isinstance(cancelled, dict) else {}
+        for job_id in ids:
+            cancelled[str(job_id)] = {"time": now_iso(), "by": by, **({"reason": reason} if reason else {})}
+        manifest.update(cancelled=cancelled, updated=now_iso())
+        write_json(path, manifest)
+
+
+def _launch_entry(result: LaunchResult) -> dict[str, Any]:
+    submitted = [n for n in result.submitted if n in result.job_ids]
+    return {"id": result.launch_id, "time": now_iso(), "mode": result.mode, "array_id": result.array_id,
+            "aggregate_id": result.aggregate_id,
+            "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
+            "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
+
+
+@functools.cache
+def code_version() -> str:
+    """camvis's version plus the git commit of the working tree when there is one; asked of git once
+    per process (a local launch records the manifest once per job)."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              timeout=10, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+    sha = proc.stdout.strip()
+    return f"{__version__}+g{sha}" if proc.returncode == 0 and sha else __version__

@@ -1,0 +1,386 @@
+"""`camvis-status`: join what an experiment's files say about its jobs (camvis.cluster.jobfiles) with
+SLURM's view (camvis.cluster.slurm_query: one batched query), render it as rich tables, refresh it, cancel.
+
+Reading (manifest, job files, one batched SLURM query) is kept apart from rendering (rich
+tables) so that both can be tested without a cluster. No torch here: this runs on a login node.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from camvis.cluster import jobfiles
+from camvis.cluster import slurm_query
+from camvis.console import default_console
+from camvis.errors import ConfigError, SubmissionError
+from camvis.cluster.jobfiles import (
+    JobInfo,
+    aggregate_ids,
+    array_ids,
+    as_int,
+    cancelled_by_camvis,
+    earlier_run_files,
+    expected_jobs,
+    find_job,
+    is_finished,
+    job_ended_without_scores,
+    last_error_line,
+    list_experiments,
+    read_json,
+    read_manifest,
+    state_from_files,
+    tail,
+)
+from camvis.cluster.manifest import record_cancelled
+from camvis.cluster.slurm_query import FAILED_STATES, QueryResult, SlurmRow, is_active
+
+STATE_ORDER = ("COMPLETED", "RUNNING", "PENDING", "REQUEUED", "FAILED", "TIMEOUT", "CANCELLED", "UNKNOWN")
+STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "REQUEUED": "yellow", "UNKNOWN": "dim"}
+
+
+# --------------------------------------------------------------------------- state of each job
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    info: JobInfo
+    state: str
+    source: str  # where the state comes from: sacct | squeue | files | manifest (camvis cancelled it)
+    slurm: SlurmRow | None = None
+    progress: dict[str, Any] | None = None
+    finished: bool = False  # scores.json present with the expected config hash
+    error: str | None = None  # last line of the job's error.txt (its traceback), if it failed in Python
+    folder: Path | None = None  # outputs/<experiment>/<job>/
+    hidden: frozenset[str] = frozenset()  # job files of an earlier run, not shown as this job's
+
+    @property
+    def source_text(self) -> str:
+        """Where the state comes from, as the table shows it."""
+        if self.source == "manifest":
+            return "camvis cancelled it (manifest)"
+        return "job files" if self.source == "files" else self.source
+
+
+def job_status(info: JobInfo, slurm: QueryResult, outputs: str | Path, experiment: str,
+               manifest: dict[str, Any] | None = None) -> JobStatus:
+    """One job's state: SLURM's row for its id; else camvis's record of cancelling it; else its files.
+    Files written before this job was submitted are an earlier run's: never shown as this job's."""
+    folder = Path(outputs) / experiment / info.name
+    hidden = earlier_run_files(info, folder)
+    progress = None if jobfiles.PROGRESS in hidden else read_json(folder / jobfiles.PROGRESS)
+    finished = jobfiles.SCORES not in hidden and is_finished(read_json(folder / jobfiles.SCORES), info.config_hash)
+    error = None if finished or jobfiles.ERROR in hidden else last_error_line(folder)
+    row = slurm.rows.get(info.job_id) if info.mode == "slurm" and info.job_id else None
+    if row is not None:
+        return JobStatus(info, row.state, slurm.source or "slurm", row, progress, finished, error, folder, hidden)
+    if not finished and cancelled_by_camvis(info, manifest):
+        return JobStatus(info, "CANCELLED", "manifest", None, progress, False, error, folder, hidden)
+    ended = not finished and job_ended_without_scores(info, folder)
+    state = state_from_files(info, progress, finished, slurm.reachable, ended)
+    return JobStatus(info, state, "files", None, progress, finished, error, folder, hidden)
+
+
+@dataclass(frozen=True)
+class ExperimentStatus:
+    experiment: str
+    jobs: list[JobStatus]
+    slurm: QueryResult
+    aggregate: list[tuple[str, str]]  # (SLURM id, state) of the dependent aggregate jobs
+    has_slurm_jobs: bool
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return state_counts(j.state for j in self.jobs)
+
+    @property
+    def active(self) -> bool:
+        """Something may still change: a job or aggregate job is active (slurm_query.is_active)."""
+        states = [j.state for j in self.jobs] + [s for _, s in self.aggregate]
+        return any(is_active(s) for s in states)
+
+
+def state_counts(states: Iterable[str]) -> dict[str, int]:
+    """Counts per state, in a stable, readable order (known states first)."""
+    counts = Counter(states)
+    order = [s for s in STATE_ORDER if s in counts] + sorted(s for s in counts if s not in STATE_ORDER)
+    return {s: counts[s] for s in order}
+
+
+def slurm_task_ids(infos: Sequence[JobInfo]) -> list[str]:
+    return [i.job_id for i in infos if i.job_id and i.mode == "slurm"]
+
+
+def collect(
+    experiment: str,
+    jobs: str | Path = "jobs",
+    outputs: str | Path = "outputs",
+    slurm: QueryResult | None = None,
+    runner: slurm_query.Runner | None = None,
+) -> ExperimentStatus:
+    """Everything `camvis-status EXPERIMENT` shows, with at most ONE batched SLURM query."""
+    manifest = read_manifest(jobs, experiment)
+    infos = expected_jobs(experiment, jobs, outputs, manifest)
+    if manifest is None and not infos:
+        known = ", ".join(list_experiments(jobs)) or "none"
+        raise ConfigError(
+            f"unknown experiment {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'} "
+            f"and no job folders under {Path(outputs) / experiment}/ (known: {known})"
+        )
+    agg = aggregate_ids(manifest)
+    ids = slurm_task_ids(infos) + agg
+    if slurm is None:
+        slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
+    rows = [job_status(info, slurm, outputs, experiment, manifest) for info in infos]
+    cancelled = (manifest or {}).get("cancelled") or {}
+    agg_states = [(a, slurm.rows[a].state if a in slurm.rows else "CANCELLED" if a in cancelled else "UNKNOWN")
+                  for a in agg]
+    return ExperimentStatus(experiment, rows, slurm, agg_states, bool(ids))
+
+
+def collect_all(
+    jobs: str | Path = "jobs", outputs: str | Path = "outputs", runner: slurm_query.Runner | None = None
+) -> list[ExperimentStatus]:
+    """Every experiment under jobs/, sharing one batched SLURM query across them."""
+    names = list_experiments(jobs)
+    manifests = {n: read_manifest(jobs, n) for n in names}
+    ids = [i for n in names for i in slurm_task_ids(expected_jobs(n, jobs, outputs, manifests[n]))]
+    ids += [a for n in names for a in aggregate_ids(manifests[n])]
+    slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
+    return [collect(n, jobs, outputs, slurm=slurm) for n in names]
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """1:02:03, 2d 03:04:05; '-' when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    clock = f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {clock}" if days else clock
+
+
+def _num(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
+    """(epoch, best, samples/s, ETA) from progress.json; '-' for what is not known."""
+    p = status.progress or {}
+    epoch, max_epochs = as_int(p.get("epoch")), as_int(p.get("max_epochs"))
+    epoch_cell = "-" if epoch is None else f"{epoch}/{max_epochs}" if max_epochs else str(epoch)
+    best = p.get("best") if isinstance(p.get("best"), dict) else {}
+    value = _num(best.get("value"))
+    best_cell = "-" if value is None else f"{best.get('metric', '')} {value:.4f}".strip()
+    rate = _num(p.get("samples_per_s"))
+    rate_cell = "-" if rate is None else f"{rate:,.0f}"
+    eta = _num(p.get("eta_s")) if is_active(status.state) else None
+    return epoch_cell, best_cell, rate_cell, fmt_duration(eta)
+
+
+def state_text(state: str) -> Text:
+    style = STATE_STYLE.get(state, "red" if state in FAILED_STATES else "magenta")
+    return Text(state, style=style)
+
+
+def build_table(status: ExperimentStatus) -> Table:
+    table = Table(title=f"{status.experiment}: {len(status.jobs)} jobs", title_justify="left")
+    for column, justify in [("job", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
+                            ("from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
+                            ("samples/s", "right"), ("ETA", "right")]:  # fmt: skip
+        table.add_column(column, justify=justify, no_wrap=column in ("job", "state"))  # type: ignore[arg-type]
+    for job in status.jobs:
+        info, row = job.info, job.slurm
+        name = Text(info.name)
+        if info.job_id:
+            name.append(f" {info.job_id}", style="dim")
+        fold = "-" if info.fold is None else str(info.fold)
+        table.add_row(name, info.group, fold, state_text(job.state), Text(job.source_text, style="dim"),
+                      row.node if row and row.node else "-",
+                      row.elapsed if row and row.elapsed else "-", *progress_cells(job))  # fmt: skip
+    return table
+
+
+def counts_line(counts: dict[str, int]) -> Text:
+    line = Text()
+    for i, (state, n) in enumerate(counts.items()):
+        line.append("  " if i else "")
+        line.append_text(state_text(state))
+        line.append(f" {n}")
+    return line
+
+
+def slurm_line(status: ExperimentStatus) -> Text:
+    s = status.slurm
+    if not status.has_slurm_jobs:
+        return Text("local run: states from job files", style="dim")
+    if s.source is None:
+        return Text(f"{s.note}: states from job files", style="yellow")
+    note = f" ({s.note}; jobs it no longer knows are read from job files)" if s.note else ""
+    return Text(f"SLURM view: {s.source}{note}", style="dim")
+
+
+def failure_tails(status: ExperimentStatus, lines: int = 10) -> list[RenderableType]:
+    """For each failed job: a header line and the last lines of its stderr (else of its error.txt);
+    a tail already shown for another job is named, not repeated."""
+    out: list[RenderableType] = []
+    shown: dict[tuple[str, ...], str] = {}
+    for job in status.jobs:
+        if job.state not in FAILED_STATES:
+            continue
+        path: str | Path | None = job.info.stderr
+        body = tail(path, lines)
+        if not body and job.folder is not None and (job.folder / jobfiles.ERROR).exists():
+            path = job.folder / jobfiles.ERROR  # the job's own traceback when there is no log
+            body = tail(path, lines)
+        exit_code = f", exit {job.slurm.exit_code}" if job.slurm and job.slurm.exit_code else ""
+        head = Text(f"{job.info.name} {job.info.job_id or ''} {job.slurm.raw_state if job.slurm else job.state}"
+                    f"{exit_code} — {path or 'no stderr path in the manifest'}", style="bold red")  # fmt: skip
+        if body and tuple(body) in shown:
+            out += [head, Text(f"(same last lines as {shown[tuple(body)]})", style="dim")]
+            continue
+        if body:
+            shown[tuple(body)] = job.info.name
+        out += [head, Text("\n".join(body) if body else "(no log file)", style="dim")]
+    return out
+
+
+def status_renderable(status: ExperimentStatus, tail_lines: int = 10) -> RenderableType:
+    parts: list[RenderableType] = [build_table(status), counts_line(status.counts), slurm_line(status)]
+    if status.aggregate:
+        parts.append(Text("aggregate job: " + ", ".join(f"{i} {s}" for i, s in status.aggregate)))
+    hidden = [j.info.name for j in status.jobs if j.hidden]
+    if hidden:
+        parts.append(Text(f"not shown: an earlier run's files in the folders of {', '.join(hidden)} "
+                          f"(written before these jobs were submitted; they are not this launch's)", style="dim"))
+    return Group(*parts, *failure_tails(status, tail_lines))
+
+
+def overview_table(statuses: Sequence[ExperimentStatus]) -> Table:
+    states = [s for s in STATE_ORDER if any(s in st.counts for st in statuses)]
+    others = sorted({s for st in statuses for s in st.counts} - set(states))
+    table = Table(title="experiments", title_justify="left")
+    for column in ["experiment", "jobs", *states, *others, "SLURM view"]:
+        table.add_column(column, justify="left" if column in ("experiment", "SLURM view") else "right")
+    for st in statuses:
+        view = st.slurm.source or ("files" if st.has_slurm_jobs else "local")
+        table.add_row(st.experiment, str(len(st.jobs)), *(str(st.counts.get(s, 0)) for s in states + others), view)
+    return table
+
+
+def overview_renderable(statuses: Sequence[ExperimentStatus], jobs: str | Path = "jobs") -> RenderableType:
+    if not statuses:
+        return Text(f"no experiments under {jobs}/ (no */manifest.json)")
+    notes = {st.slurm.note for st in statuses if st.has_slurm_jobs and st.slurm.source is None}
+    return Group(overview_table(statuses), *(Text(f"{n}: states from job files", style="yellow") for n in notes))
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def show(
+    experiment: str | None,
+    jobs: str | Path = "jobs",
+    outputs: str | Path = "outputs",
+    console: Console | None = None,
+    watch: float | None = None,
+    runner: slurm_query.Runner | None = None,
+) -> None:
+    """Print the status once, or refresh it live every `watch` seconds until nothing is active (or Ctrl-C)."""
+    console = console or default_console()
+
+    def snapshot() -> tuple[RenderableType, bool]:
+        if experiment is None:
+            statuses = collect_all(jobs, outputs, runner)
+            return overview_renderable(statuses, jobs), any(s.active for s in statuses)
+        status = collect(experiment, jobs, outputs, runner=runner)
+        return status_renderable(status), status.active
+
+    renderable, active = snapshot()
+    if watch is None:
+        console.print(renderable)
+        return
+    try:
+        with Live(renderable, console=console, auto_refresh=False) as live:
+            while active:
+                time.sleep(watch)
+                renderable, active = snapshot()
+                live.update(renderable, refresh=True)
+    except KeyboardInterrupt:
+        pass
+    if not console.is_terminal:  # Live leaves the last line open when not on a terminal
+        console.line()
+
+
+def print_logs(logs: list[tuple[str, str | None, list[str] | None]], console: Console) -> None:
+    for stream, path, body in logs:
+        console.rule(f"{stream}: {path or '(no path in manifest)'}")
+        console.print(Text("\n".join(body)) if body else Text("(no file)", style="dim"))
+
+
+def cancel(
+    experiment: str,
+    job: str | None = None,
+    jobs: str | Path = "jobs",
+    outputs: str | Path = "outputs",
+    runner: slurm_query.Runner | None = None,
+) -> list[str]:
+    """scancel one task (by name or id), or the whole experiment (arrays + aggregate jobs).
+    Returns human-readable lines saying what was cancelled."""
+    if job is not None:
+        info = find_job(experiment, job, jobs, outputs)
+        if info.mode != "slurm" or not info.job_id:
+            raise ConfigError(f"job {info.name} is a {info.mode} run with no SLURM id: stop the process that runs it")
+        _scancel([info.job_id], runner)
+        record_cancelled(Path(jobs) / experiment, [info.job_id], "camvis-status --cancel")
+        return [f"cancelled {info.name} ({info.job_id})"]
+    manifest = read_manifest(jobs, experiment)
+    if manifest is None:
+        raise ConfigError(f"cannot cancel {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'}")
+    roles = {a: "job array" for a in array_ids(manifest)} | {a: "aggregate job" for a in aggregate_ids(manifest)}
+    for info in expected_jobs(experiment, jobs, outputs, manifest):  # jobs submitted outside an array
+        if info.mode == "slurm" and info.job_id:
+            roles.setdefault(info.job_id.split("_", 1)[0], "job")
+    if not roles:
+        raise ConfigError(f"experiment {experiment!r} has no SLURM jobs to cancel (local runs: stop their process)")
+    ids = _still_active(list(roles), runner)
+    if ids:
+        _scancel(ids, runner)
+        record_cancelled(Path(jobs) / experiment, ids, "camvis-status --cancel")
+    return [f"cancelled {roles[i]} {i}" for i in ids] or ["nothing to cancel: every SLURM job has ended"]
+
+
+def _still_active(ids: list[str], runner: slurm_query.Runner | None) -> list[str]:
+    """The ids (arrays or jobs) with a task that has not ended; all of them when SLURM cannot tell."""
+    result = slurm_query.query(ids, runner)
+    if result.source is None:
+        return ids
+    # squeue forgets ended jobs: an id it no longer shows has ended too.
+    return [i for i in ids if _any_active(i, result.rows)]
+
+
+def _any_active(array_or_job: str, rows: dict[str, SlurmRow]) -> bool:
+    return any(is_active(r.state) for k, r in rows.items() if k == array_or_job or k.startswith(f"{array_or_job}_"))
+
+
+def _scancel(ids: list[str], runner: slurm_query.Runner | None) -> None:
+    result = slurm_query.cancel(ids, runner)
+    if result.returncode != 0:
+        raise SubmissionError(f"scancel {' '.join(ids)} failed: {(result.stderr or result.stdout).strip()}")

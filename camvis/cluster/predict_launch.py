@@ -1,0 +1,317 @@
+"""Many images (a webcam archive): chunks, run here, on this machine's cores or as a SLURM array.
+
+The image list is cut into chunks of `chunk_size`. Each chunk predicts its images and writes its
+rows atomically to `OUT.parts/chunk-K-<hash>.csv` (its bad images to the same name with
+`.errors`); once every chunk has ended, the parts and any earlier OUT are merged into OUT (atomic)
+and the parts removed. A rerun skips every image already in OUT or in a part: a run killed
+halfway resumes and ends with the same OUT as an uninterrupted run (rows in the order of the
+image list; every image's centres are seeded by the seed alone, not by its chunk).
+
+Modes: "here" (this process, a bar per image), "local" (submitit's LocalExecutor, at most
+`parallel` chunks at once, the cores shared) and "slurm" (one job array through submitit with
+the throttle `%parallel`; this command waits for it, and a rerun resumes what it left).
+No torch at module level: the parent of a SLURM array only lists, submits and merges.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from camvis.errors import PredictError
+from camvis.io import atomic_path
+from camvis.progress import progress_bar
+
+PARTS_SUFFIX = ".parts"
+LOCAL_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Options:
+    """What every chunk needs to predict (picklable: it travels to the SLURM jobs)."""
+
+    model: str
+    runtime: str = "torch"
+    device: str = "auto"
+    patches: int = 500
+    stride: int | None = None
+    seed: int = 0
+    batch_size: int = 256
+    map_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Resources of one chunk's job (local and slurm modes)."""
+
+    parallel: int = 4
+    time_min: int = 60
+    cpus_per_task: int = 1
+    gpus_per_node: int = 0
+    mem_gb: float | None = None
+    partition: str | None = None
+    additional: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    written: int = 0        # rows added by this run
+    skipped: int = 0        # images already predicted
+    problems: list[str] = field(default_factory=list)
+    out: Path | None = None
+
+
+def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode: str = "here",
+        chunk_size: int = 100, resources: Resources | None = None, fmt: str = "csv",
+        progress: bool | None = None, model_id: str | None = None, force: bool = False) -> Outcome:
+    """Predict `items` (camvis.job.predict.Item) into `out`, skipping those it already holds.
+    `model_id`: OUT holding another model's predictions is then an error (no mixed files).
+    `force`: start afresh (OUT and unmerged parts are removed first)."""
+    if chunk_size < 1:
+        raise PredictError(f"--chunk-size must be >= 1, got {chunk_size}")
+    out = Path(out)
+    parts = out.with_name(out.name + PARTS_SUFFIX)
+    if force:
+        out.unlink(missing_ok=True)
+        _remove_parts(parts, keep_logs=False)
+    done = _done_images(out, parts, fmt, model_id)
+    todo = [item for item in items if item.image.stem not in done]
+    outcome = Outcome(skipped=len(items) - len(todo), out=out)
+    chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    jobs = [(k, chunk, parts / f"chunk-{k:05d}-{_chunk_hash(chunk)}.csv") for k, chunk in enumerate(chunks)]
+    if jobs:
+        parts.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    if mode == "here":
+        _run_here(jobs, options, progress)
+    elif mode in ("local", "slurm"):
+        failed = _run_submitit(jobs, options, resources or Resources(), mode, parts, progress)
+    else:
+        raise PredictError(f"mode must be here, local or slurm, got {mode!r}")
+    outcome.problems = _read_problems(parts) + failed
+    outcome.written = _merge(out, parts, [item.image.stem for item in items], fmt)
+    _remove_parts(parts, keep_logs=bool(failed))
+    return outcome
+
+
+def _chunk_hash(chunk: Sequence[Any]) -> str:
+    """Names a part by its images: a rerun's differently cut chunks never overwrite old parts."""
+    return hashlib.sha256("\n".join(str(i.image) for i in chunk).encode()).hexdigest()[:10]
+
+
+def predict_chunk(items: Sequence[Any], options: Options, part: str, progress: bool = False) -> int:
+    """One chunk: predict, then write the rows and the problems (each atomically). Runs in jobs."""
+    from camvis.job.predict import predict_items
+
+    threads = os.environ.get("CAMVIS_NUM_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    model = load(options)
+    with progress_bar("predicting", len(items), enabled=progress, transient=True) as advance:
+        rows, problems = predict_items(items, model, patches=options.patches, stride=options.stride,
+                                       seed=options.seed, batch_size=options.batch_size,
+                                       map_dir=options.map_dir, on_done=advance)
+    part_path = Path(part)
+    errors = part_path.with_suffix(".errors")
+    if problems:
+        with atomic_path(errors) as tmp:
+            tmp.write_text("".join(line.replace("\n", " ") + "\n" for line in problems))
+    else:
+        errors.unlink(missing_ok=True)
+    _write_rows(rows, part_path, "csv")  # last: its presence means the chunk is done
+    return len(rows)
+
+
+@functools.lru_cache(maxsize=2)
+def load(options: Options) -> Any:
+    """The chunk's model, loaded once per process (all chunks of a run share one)."""
+    from camvis.job.predict import load_model
+
+    return load_model(options.model, device=options.device, runtime=options.runtime)
+
+
+def _run_here(jobs: list[tuple[int, list[Any], Path]], options: Options, progress: bool | None) -> None:
+    for _, chunk, part in jobs:
+        predict_chunk(chunk, options, str(part), progress=progress)
+
+
+def _executor(folder: Path, cluster: str, resources: Resources, n_jobs: int) -> Any:
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    params: dict[str, Any] = {"name": "camvis-predict", "timeout_min": resources.time_min, "tasks_per_node": 1,
+                              "cpus_per_task": resources.cpus_per_task}
+    if resources.gpus_per_node:
+        params["gpus_per_node"] = resources.gpus_per_node
+    if cluster == "slurm":
+        params["slurm_array_parallelism"] = min(resources.parallel, max(n_jobs, 1))
+        if resources.mem_gb is not None:
+            params["mem_gb"] = float(resources.mem_gb)
+        if resources.partition:
+            params["slurm_partition"] = resources.partition
+        if resources.additional:
+            params["slurm_additional_parameters"] = dict(resources.additional)
+    executor.update_parameters(**params)
+    return executor
+
+
+def _run_submitit(jobs: list[tuple[int, list[Any], Path]], options: Options, resources: Resources, mode: str,
+                  parts: Path, progress: bool | None) -> list[str]:
+    """Every chunk as a job; waits for all, counting finished chunks on a bar. Returns one line per
+    failed job."""
+    failed: list[str] = []
+    if not jobs:
+        return failed
+    folder = parts / "logs"
+    if mode == "slurm":
+        from camvis.cluster.launch import check_slurm
+
+        check_slurm()
+        executor = _executor(folder, "slurm", resources, len(jobs))
+        submitted = executor.map_array(predict_chunk, [c for _, c, _ in jobs], [options] * len(jobs),
+                                       [str(p) for _, _, p in jobs])
+        pending: list[Any] = []
+    else:
+        # the cores are shared between the chunks that run at once (read by predict_chunk)
+        os.environ.setdefault("CAMVIS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // resources.parallel)))
+        executor = _executor(folder, "local", resources, len(jobs))
+        submitted, pending = [], list(jobs)
+    with progress_bar(f"chunks ({mode})", len(jobs), enabled=progress) as advance:
+        running = list(submitted)
+        try:
+            while running or pending:
+                while pending and len(running) < resources.parallel:  # the throttle, as on SLURM
+                    _, chunk, part = pending.pop(0)
+                    running.append(executor.submit(predict_chunk, chunk, options, str(part)))
+                for job in [j for j in running if j.done()]:
+                    running.remove(job)
+                    error = job.exception()
+                    if error is not None:  # its images stay out of OUT: a rerun retries them
+                        failed.append(f"job {job.job_id}: failed ({type(error).__name__}: "
+                                      f"{_last_line(error)}); logs in {folder}")
+                    advance()
+                time.sleep(LOCAL_POLL_S if running else 0)
+        except KeyboardInterrupt:
+            for job in running:
+                job.cancel(check=False)
+            raise
+    return failed
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _done_images(out: Path, parts: Path, fmt: str, model_id: str | None) -> set[str]:
+    """Images already predicted (OUT and finished parts); those of another model are an error."""
+    sources = ([out] if out.exists() else []) + _part_files(parts)
+    images: set[str] = set()
+    for path in sources:
+        frame = _read_rows(path, fmt if path == out else "csv")
+        others = sorted(set(frame["model"].astype(str)) - {model_id}) if model_id else []
+        if others:
+            raise PredictError(f"{path}: holds predictions of model {others[0]}, not {model_id}; choose another "
+                               "--out or pass --force to start it afresh")
+        images |= set(frame["image"].astype(str))
+    return images
+
+
+def _part_files(parts: Path) -> list[Path]:
+    return sorted(parts.glob("chunk-*.csv")) if parts.is_dir() else []  # temporaries start with "."
+
+
+def _read_problems(parts: Path) -> list[str]:
+    lines: list[str] = []
+    for path in sorted(parts.glob("chunk-*.errors")) if parts.is_dir() else []:
+        lines += [line for line in path.read_text().splitlines() if line.strip()]
+    return lines
+
+
+def _merge(out: Path, parts: Path, order: list[str], fmt: str) -> int:
+    """OUT := earlier OUT + every part, in the order of the image list; the parts go. Returns
+    the rows the parts added."""
+    import pandas as pd
+
+    from camvis.job.predict import ROW_COLUMNS
+
+    part_files = _part_files(parts)
+    if not part_files:
+        return 0
+    old = _read_rows(out, fmt) if out.exists() else pd.DataFrame(columns=list(ROW_COLUMNS))
+    new = pd.concat([_read_rows(p, "csv") for p in part_files], ignore_index=True)
+    new = new[~new["image"].astype(str).isin(set(old["image"].astype(str)))]
+    rank = {name: k for k, name in enumerate(order)}
+    new = new.assign(_rank=new["image"].astype(str).map(rank).fillna(len(order))).sort_values(
+        "_rank", kind="stable").drop(columns="_rank")
+    merged = pd.concat([old, new], ignore_index=True) if len(old) else new
+    _write_rows(merged.to_dict("records"), out, fmt)
+    return len(new)
+
+
+def _remove_parts(parts: Path, keep_logs: bool) -> None:
+    """Merged parts go; submitit's logs stay when a job failed (its post-mortem)."""
+    import shutil
+
+    if keep_logs:
+        for path in parts.glob("chunk-*"):
+            path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(parts, ignore_errors=True)
+
+
+def _read_rows(path: Path, fmt: str) -> Any:
+    import pandas as pd
+
+    from camvis.job.predict import ROW_COLUMNS
+
+    try:
+        frame = (pd.read_json(path, lines=True, dtype={"image": str, "timestamp": str}) if fmt == "jsonl"
+                 else pd.read_csv(path, dtype={"image": str, "view": str, "timestamp": str}, keep_default_na=False,
+                                  na_values={"visibility_m": [""], "fit_quality": [""]}))
+    except (OSError, ValueError) as e:
+        raise PredictError(f"{path}: cannot read earlier predictions ({e}); move it away or pass --force") from e
+    missing = [c for c in ROW_COLUMNS if c not in frame.columns] if len(frame.columns) else []
+    if missing:
+        raise PredictError(f"{path}: not a camvis-predict output (missing column(s) {', '.join(missing)}); "
+                           "choose another --out or pass --force")
+    if not len(frame.columns):
+        frame = pd.DataFrame(columns=list(ROW_COLUMNS))
+    return frame
+
+
+def _write_rows(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
+    import pandas as pd
+
+    from camvis.job.predict import ROW_COLUMNS
+
+    frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+    with atomic_path(path) as tmp:
+        if fmt == "jsonl":
+            tmp.write_text("".join(json.dumps(_plain(r)) + "\n" for r in frame.to_dict("records")))
+        else:
+            frame.to_csv(tmp, index=False, float_format="%.9g", na_rep="")
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """NaN as null, numpy scalars as Python numbers (JSON lines)."""
+    import math
+
+    out = {}
+    for key, value in row.items():
+        value = value.item() if hasattr(value, "item") else value
+        out[key] = None if isinstance(value, float) and math.isnan(value) else value
+    return out
+

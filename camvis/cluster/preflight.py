@@ -1,0 +1,72 @@
+"""What a launch checks before it submits anything: every job's store exists, is a camvis store this
+camvis reads and has the job's fold, factors and a usable patch size; the outputs and jobs folders
+can be written. A problem found here costs a second; found by the jobs, it costs a queue wait each.
+
+Reads store metadata only (camvis.data.store_info, no zarr, no torch): the launcher must start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+from camvis.cluster.grid import JobSpec
+from camvis.data.store_info import StoreInfo
+
+
+def problems(jobs: Sequence[JobSpec], outputs: str | Path, jobs_dir: str | Path, experiment: str) -> list[str]:
+    """Every problem, one line each (empty: good to go)."""
+    out: list[str] = []
+    stores = StoreInfo.cache()
+    by_store: dict[str, list[JobSpec]] = {}
+    for job in jobs:
+        by_store.setdefault(job.config.data.store, []).append(job)
+    for store, specs in by_store.items():
+        out += _store_problems(store, specs, stores)
+    for what, folder in (("--outputs", Path(outputs) / experiment), ("--jobs-dir", Path(jobs_dir) / experiment)):
+        problem = _writable(folder)
+        if problem:
+            out.append(f"{what}: {problem}")
+    return out
+
+
+def _store_problems(store: str, jobs: list[JobSpec], stores: Callable[..., StoreInfo | None]) -> list[str]:
+    if not Path(store).exists():
+        return [f"data.store: {store} does not exist (jobs {_names(jobs)}); build it with "
+                f"camvis-data build RAW_DIR {store}, or point data.store=... at a built store"]
+    errors: list[str] = []
+    info = stores(store, errors)
+    if info is None:
+        return errors
+    for job in jobs:
+        info.check(job.config, f"job {job.name}", errors)
+    factors = {f for job in jobs for f in job.config.data.factors}
+    return errors + info.problems(factors)
+
+
+def _names(jobs: list[JobSpec], most: int = 4) -> str:
+    names = [j.name for j in jobs]
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _writable(folder: Path) -> str | None:
+    """None when `folder` exists and can be written, or could be created; else why not."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        return f"{existing} is a file, not a folder ({folder} cannot be made)"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        verb = "written" if existing == folder else "made"
+        return f"{existing} is not writable by this user ({folder} cannot be {verb})"
+    return None
+
+
+def message(found: list[str]) -> str:
+    """One error for every problem: a launch submits nothing while any is left."""
+    if len(found) == 1:
+        return f"preflight: {found[0]}; nothing submitted"
+    return f"preflight: {len(found)} problems, nothing submitted:\n  " + "\n  ".join(found)

@@ -1,0 +1,53 @@
+"""Per-level normalization statistics of a store, accumulated one image at a time.
+
+camvis.data.store_build feeds every level it writes (RGB uint8 images, log-depth maps with -1 for no
+depth) into NormStats and stores the result as the root attributes norm_mean / norm_std
+(one row per factor: R, G, B on 0..255, log10 depth). Exact integer histograms for RGB and
+float64 sums for log-depth keep memory constant however many images there are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class NormStats:
+    """Per-level running sums: exact integer histograms for RGB, float64 sums for log-depth."""
+
+    def __init__(self, factors: tuple[int, ...]) -> None:
+        self.factors = factors
+        self.rgb = {f: np.zeros((3, 256), np.int64) for f in factors}
+        self.depth = {f: [0, 0.0, 0.0] for f in factors}   # n, sum, sum of squares
+
+    def add_rgb(self, f: int, level: np.ndarray) -> None:
+        for c in range(3):
+            self.rgb[f][c] += np.bincount(level[..., c].ravel(), minlength=256)
+
+    def add_depth(self, f: int, level: np.ndarray) -> None:
+        valid = level[level != -1.0].astype(np.float64)
+        acc = self.depth[f]
+        acc[0] += valid.size
+        acc[1] += float(valid.sum())
+        acc[2] += float(np.square(valid).sum())
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        mean = np.zeros((len(self.factors), 4), np.float64)
+        std = np.ones((len(self.factors), 4), np.float64)
+        values = np.arange(256, dtype=np.int64)
+        for k, f in enumerate(self.factors):
+            for c in range(3):
+                hist = self.rgb[f][c]
+                # Python ints: the squared sums overflow int64 on paper-size data.
+                n, s1, s2 = int(hist.sum()), int(hist @ values), int(hist @ values**2)
+                mean[k, c], std[k, c] = _mean_std(n, s1, s2)
+            mean[k, 3], std[k, 3] = _mean_std(*self.depth[f])
+        return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _mean_std(n: int | float, s1: float, s2: float) -> tuple[float, float]:
+    """Population mean and std from sums; (0, 1) without data, std 1 for a constant channel."""
+    if n == 0:
+        return 0.0, 1.0
+    mean = s1 / n
+    std = float(np.sqrt(max(s2 / n - mean * mean, 0.0)))
+    return mean, std if std > 0 else 1.0

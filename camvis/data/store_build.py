@@ -1,0 +1,300 @@
+"""Building the Zarr patch store that camvis.data.store opens (its layout is described there).
+
+`build` reads camvis2's raw layout in one pass (camvis.data.raw.RawReader: each file decoded and
+checked once), writes every level of each image and view, draws the patch centres with
+depth-balanced sampling (camvis.data.sampling), accumulates the normalization statistics
+(camvis.data.norm_stats) and writes the root attributes last. The store is staged beside its
+final name and renamed in when complete (camvis.data.staging).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from camvis import __version__
+from camvis.data import raw
+from camvis.data import staging
+from camvis.data import store_verify
+from camvis.errors import RawDataError, StoreError
+from camvis.io import format_bytes, reap_stale_tmp
+from camvis.data.norm_stats import NormStats
+from camvis.progress import progress_bar
+from camvis.data.sampling import N_DEPTH_BINS, sample_centres_with_histogram
+from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_figure
+from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
+
+# Build parameters that decide whether an existing store can be kept as it is.
+_BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed")
+
+
+def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
+          factors: Sequence[int] = (2, 4, 8, 16, 32), patch_size: int = 128,
+          patches_per_image: int = 500, seed: int = 0, force: bool = False, progress: bool = True,
+          figure_image: str | None = None, figure: bool | str | os.PathLike = True) -> PatchStore:
+    """Build the store at `store_path` from camvis2's raw layout in `raw_dir`.
+
+    An existing store built with the same parameters (raw dir, factors, patch size,
+    patches per image, seed; raw file contents are not compared) is kept and returned;
+    one built otherwise is a StoreError unless force=True, which replaces it once the new
+    one is complete; one built with the same parameters in an older store format version is
+    rebuilt. The store is written under `.NAME.tmp-<host>-<pid>` beside it and renamed at
+    the end, so a failed build leaves nothing under the final name. Memory holds
+    about one full-size image, its labels and its view's depth at a time.
+    The sampling figure of `figure_image` (default: the first image) goes to
+    `figure` (True: `STORE.sampling.png` beside the store, False: none, or a path).
+    """
+    raw_dir, final = Path(raw_dir).resolve(), Path(store_path).resolve()
+    factors = _check_args(factors, patch_size, patches_per_image, seed)
+    params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
+              "patches_per_image": patches_per_image, "seed": seed}
+    staging.remove_stale(final)
+    reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
+    if final.exists() and not force and not _older_format_of(final, params):
+        return _keep_existing(final, params)
+    if final.exists():
+        _check_replaceable(final)
+    # One pass over the raw data: each file is decoded once, checked (as raw.check) and
+    # written; its problems are raised before the rename, so a bad raw dir leaves nothing.
+    reader = raw.RawReader(raw_dir)
+    try:
+        if reader.problems:  # broken layout: nothing to build; raise every problem, as raw.check
+            raise RawDataError("raw layout problems")
+        shape = _prepare(reader.dataset, factors, patch_size, figure, figure_image)
+    except (RawDataError, StoreError, OSError, ValueError):
+        reader.read_all(progress)  # raw problems first (all of them), as when check ran first
+        reader.raise_problems()
+        raise
+    # A full disk is a DiskFullError naming the store; the scratch goes whatever happens.
+    needed = _raw_size(shape, factors, len(reader.dataset.images), len(reader.dataset.views))
+    with staging.scratch_dir(final, f"up to {format_bytes(needed)}") as tmp:
+        _write_store(tmp, reader, shape, factors, patch_size, patches_per_image, seed, params,
+                     progress)
+        staging.swap_in(tmp, final)
+    store = open_store(final)
+    if figure is not False:
+        out = final.with_name(final.name + ".sampling.png") if figure is True else Path(figure)
+        sampling_figure(store, figure_image, out)
+    return store
+
+
+def _raw_size(shape: tuple[int, int], factors: tuple[int, ...], n_img: int, n_view: int) -> int:
+    """Bytes of every level uncompressed (3 uint8 + 1 float32 per pixel): what a full disk
+    reports as needed; compression writes less."""
+    return sum((n_img * 3 + n_view * 4) * (shape[0] // f) * (shape[1] // f) for f in factors)
+
+
+def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,
+                seed: int) -> tuple[int, ...]:
+    facs = tuple(int(f) for f in factors)
+    if not facs or any(f < 1 for f in facs) or len(set(facs)) != len(facs):
+        raise StoreError(f"factors must be distinct positive integers, got {list(factors)}")
+    if patch_size < 2:
+        raise StoreError(f"patch_size must be >= 2, got {patch_size}")
+    if patches_per_image < 1:
+        raise StoreError(f"patches_per_image must be >= 1, got {patches_per_image}")
+    if seed < 0:
+        raise StoreError(f"seed must be >= 0, got {seed}")
+    return tuple(sorted(facs))
+
+
+def _keep_existing(final: Path, params: dict[str, Any]) -> PatchStore:
+    store = open_store(final)
+    built = store.attrs.get("build", {})
+    differ = [k for k in _BUILD_KEYS if built.get(k) != params[k]]
+    if differ:
+        got = ", ".join(f"{k}={built.get(k)!r} (asked {params[k]!r})" for k in differ)
+        raise StoreError(f"{final} exists and was built with {got}; "
+                         "pass force=True (camvis-data build --force) to rebuild it")
+    return store
+
+
+def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
+    """Whether `final` is this build in an older format version (so rebuilding loses nothing)."""
+    try:
+        attrs = dict(zarr.open_group(final, mode="r").attrs)
+    except (FileNotFoundError, ValueError, OSError):
+        return False
+    built = attrs.get("build")
+    return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
+            and isinstance(built, dict) and all(built.get(k) == params[k] for k in _BUILD_KEYS))
+
+
+def _check_replaceable(final: Path) -> None:
+    """force replaces camvis stores (any version) and empty directories, never other data."""
+    if final.is_dir() and not any(final.iterdir()):
+        return
+    try:
+        attrs = dict(zarr.open_group(final, mode="r").attrs)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise StoreError(f"{final} exists and is not a camvis store; refusing to replace it") from e
+    if attrs.get("format") != FORMAT_NAME:
+        raise StoreError(f"{final} exists and is not a camvis store (no format "
+                         f"{FORMAT_NAME!r}); refusing to replace it")
+
+
+def _image_shape(ds: raw.RawDataset) -> tuple[int, int]:
+    """The one (H, W) of every view's depth map (memory-mapped, not read)."""
+    shapes = {v: tuple(np.load(ds.depth_path(v), mmap_mode="r").shape[:2]) for v in ds.views}
+    if len(set(shapes.values())) != 1:
+        listing = ", ".join(f"{v}: {s}" for v, s in shapes.items())
+        raise RawDataError(f"{ds.root}: all views must share one image shape, got {listing}")
+    return next(iter(shapes.values()))  # type: ignore[return-value]
+
+
+def _prepare(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
+             figure: bool | str | os.PathLike, figure_image: str | None) -> tuple[int, int]:
+    """The store's image shape, once the arguments are known to fit the raw data."""
+    if figure is not False and figure_image is not None and figure_image not in {
+            img.name for img in ds.images}:
+        raise StoreError(f"figure_image {figure_image!r} is not an image of {ds.root}")
+    shape = _image_shape(ds)
+    if any(shape[0] // f < 1 or shape[1] // f < 1 for f in factors):
+        raise StoreError(f"{ds.root}: factors {list(factors)} too large for images of "
+                         f"{shape[0]} x {shape[1]}")
+    if 2 * (patch_size // 2) >= min(shape):
+        raise StoreError(f"{ds.root}: patch_size {patch_size} leaves no patch centre in "
+                         f"{shape[0]} x {shape[1]} images (centres stay half a patch from "
+                         "the border)")
+    return shape
+
+
+def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
+                 factors: tuple[int, ...], patch_size: int, per_image: int, seed: int,
+                 params: dict[str, Any], progress: bool) -> None:
+    """Write while `reader` decodes and checks each file once; its problems are raised
+    before anything marks the directory as a store."""
+    ds = reader.dataset
+    index = {img.name: i for i, img in enumerate(ds.images)}
+    root = zarr.open_group(tmp, mode="w", zarr_format=3)
+    levels = {f: _create_level(root, f, shape, len(ds.images), len(ds.views)) for f in factors}
+    stats = NormStats(factors)
+    rows: list[dict[str, np.ndarray]] = []
+    counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
+    edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
+    written: set[str] = set()
+    with progress_bar("building store", len(ds.images), enabled=progress) as advance:
+        # Views in order, each view's images by name: the depth map is loaded once per view,
+        # and the statistics accumulate in a fixed order (same seed -> same store).
+        for img, rgb, labels, depth in reader.images():
+            i, v = index[img.name], ds.views.index(img.view)
+            if img.view not in written:
+                _write_depth(levels, stats, v, depth)
+                written.add(img.view)
+            _write_image(levels, stats, i, rgb)
+            rng = np.random.default_rng([seed, i])  # per image: order-independent
+            h, w, _, counts[i], edges[i] = sample_centres_with_histogram(
+                labels, depth, per_image, patch_size, rng)
+            rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
+            del rgb, labels, depth  # none held while the next image is decoded
+            advance()
+    reader.raise_problems()  # every problem of the raw data, as raw.check lists them
+    _write_table(root, rows, ds)
+    root.create_array("sampling/counts", data=counts)
+    root.create_array("sampling/edges", data=edges)
+    mean, std = stats.result()
+    attrs = _root_attrs(ds, factors, patch_size, shape, mean, std, params)
+    # What open_store and check-store verify: every block as written (read back, so as zarr
+    # decodes it), and a digest of the attributes as they read back from JSON.
+    attrs["checksums"] = store_verify.record_checksums(root, [
+        *(f"levels/{f}/{kind}" for f in factors for kind in ("images", "depth")),
+        *(f"patches/{c}" for c in TABLE_COLUMNS), "sampling/counts", "sampling/edges"])
+    attrs["digest"] = store_verify.attrs_digest(json.loads(json.dumps(attrs)))
+    # The format attribute is written last: without it nothing counts as a store.
+    root.attrs.update(attrs)
+
+
+def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,
+                  n_view: int) -> tuple[zarr.Array, zarr.Array]:
+    hf, wf = shape[0] // f, shape[1] // f
+    images = root.create_array(f"levels/{f}/images", shape=(n_img, 3, hf, wf),
+                               chunks=(1, 3, hf, wf), dtype="uint8", fill_value=0)
+    depth = root.create_array(f"levels/{f}/depth", shape=(n_view, 1, hf, wf),
+                              chunks=(1, 1, hf, wf), dtype="float32", fill_value=-1.0)
+    return images, depth
+
+
+def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, i: int,
+                 rgb: np.ndarray) -> None:
+    pil = Image.fromarray(rgb)
+    for f, (images, _) in levels.items():
+        level = rgb_level(pil, f)
+        images[i] = level.transpose(2, 0, 1)
+        stats.add_rgb(f, level)
+
+
+def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
+    """Level f of an RGB image, uint8 (H // f, W // f, 3) (camvis.job.predict builds the same)."""
+    wf, hf = pil.width // f, pil.height // f
+    # box= crops to a multiple of f, so BOX is the exact f x f block mean.
+    return np.asarray(pil.resize((wf, hf), Image.Resampling.BOX, box=(0, 0, wf * f, hf * f)))
+
+
+def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, v: int,
+                 depth: np.ndarray) -> None:
+    for f, (_, depth_arr) in levels.items():
+        level = depth_level(depth, f)
+        depth_arr[v, 0] = level
+        stats.add_depth(f, level)
+
+
+def depth_level(depth: np.ndarray, f: int) -> np.ndarray:
+    """Level f of a depth map: each block's centre pixel as log10 metres (-1 for none)."""
+    hf, wf = depth.shape[0] // f, depth.shape[1] // f
+    return log_depth(depth[f // 2::f, f // 2::f][:hf, :wf])
+
+
+def log_depth(depth: np.ndarray) -> np.ndarray:
+    """log10 of depth in metres as float32; NaN, non-finite or non-positive depth -> -1."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.log10(depth.astype(np.float32))
+    out[~np.isfinite(out) | ~(depth > 0)] = -1.0
+    return out
+
+
+def _table_rows(h: np.ndarray, w: np.ndarray, label: np.ndarray, depth: np.ndarray, i: int,
+                v: int) -> dict[str, np.ndarray]:
+    return {"center_h": h, "center_w": w, "label": label.astype(np.uint8),
+            "depth": depth.astype(np.float32), "image": np.full(h.size, i, np.int32),
+            "view": np.full(h.size, v, np.int32)}
+
+
+def _write_table(root: zarr.Group, rows: list[dict[str, np.ndarray]], ds: raw.RawDataset) -> None:
+    table = {k: np.concatenate([r[k] for r in rows]).astype(dt) if rows else np.zeros(0, dt)
+             for k, dt in TABLE_COLUMNS.items()}
+    if table["label"].size == 0:
+        raise StoreError(f"{ds.root}: no patch centres in any image (labelled pixels with "
+                         "finite depth at least half a patch from the border); smaller patch_size?")
+    # Rows are grouped by view; sort by image so each image's patches are contiguous.
+    order = np.argsort(table["image"], kind="stable")
+    for name, column in table.items():
+        root.create_array(f"patches/{name}", data=column[order])
+
+
+def _root_attrs(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
+                shape: tuple[int, int], mean: np.ndarray, std: np.ndarray,
+                params: dict[str, Any]) -> dict[str, Any]:
+    visibility = raw.read_visibility(ds.root)
+    synth_json = ds.root / "synth.json"  # camvis.data.synth's parameters, when it made the data
+    synth = json.loads(synth_json.read_text()) if synth_json.is_file() else None
+    return {
+        "factors": list(factors), "patch_size": patch_size, "image_shape": list(shape),
+        "views": list(ds.views), "images": [img.name for img in ds.images],
+        "image_view": [ds.views.index(img.view) for img in ds.images],
+        "visibility_m": [visibility.get(img.name) if visibility else None for img in ds.images],
+        "norm_mean": mean.tolist(), "norm_std": std.tolist(), "n_depth_bins": N_DEPTH_BINS,
+        "build": params,
+        "provenance": {"raw_dir": str(ds.root), "synth_sidecar": visibility is not None,
+                       "synth": synth,
+                       "seed": params["seed"], "patches_per_image": params["patches_per_image"],
+                       "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       "camvis_version": __version__},
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+    }

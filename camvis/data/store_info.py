@@ -1,0 +1,95 @@
+"""What the launcher needs of a built store (its views = folds, and its levels), read from
+the store's root metadata without importing zarr, and checked against each job's config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from camvis.config import JobConfig
+from camvis.errors import ConfigError
+
+FORMAT_NAME = "camvis-patch-store"
+"""The `format` root attribute of a store (camvis.data.store_build writes it, both readers check it)."""
+FORMAT_VERSION = 2
+"""The store layout version this camvis writes and reads (root attribute `format_version`)."""
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What the launcher needs of a built store: its views (= folds) and levels."""
+
+    path: str
+    views: tuple[str, ...]
+    factors: tuple[int, ...]
+    patch_size: object = None  # as the attributes say; problems() checks it
+
+    @staticmethod
+    def read(store: str) -> StoreInfo | None:
+        """From the store's root attributes; None while it does not exist. Reads the Zarr v3
+        root metadata document (zarr.json) directly: importing zarr costs more than a launch."""
+        path = Path(store)
+        if not path.exists():
+            return None
+        try:
+            attrs = json.loads((path / "zarr.json").read_text()).get("attributes", {})
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigError(f"data.store: {store} is not a Zarr v3 store ({e}); rebuild it with camvis-data build")
+        views, factors = attrs.get("views"), attrs.get("factors")
+        if attrs.get("format") != FORMAT_NAME or not isinstance(views, list) or not isinstance(factors, list):
+            raise ConfigError(f"data.store: {store} has no {FORMAT_NAME} attributes (format, views, factors); "
+                              f"rebuild it with camvis-data build")
+        if attrs.get("format_version") != FORMAT_VERSION:
+            found = attrs.get("format_version")
+            raise ConfigError(f"data.store: {store} has store format version {found!r}, "
+                              f"this camvis reads version {FORMAT_VERSION}; rebuild it with "
+                              f"camvis-data build RAW_DIR {store} --force")
+        if not all(isinstance(f, int) and not isinstance(f, bool) for f in factors):
+            raise ConfigError(f"data.store: {store}: attribute factors {factors!r} is not a list of ints; "
+                              f"rebuild it with camvis-data build")
+        return StoreInfo(store, tuple(map(str, views)), tuple(factors), attrs.get("patch_size"))
+
+    @staticmethod
+    def cache() -> Callable[..., StoreInfo | None]:
+        """A reader that opens each store once and records its problems in `errors`."""
+        seen: dict[str, StoreInfo | None] = {}
+
+        def get(store: str, errors: list[str]) -> StoreInfo | None:
+            if store not in seen:
+                try:
+                    seen[store] = StoreInfo.read(store)
+                except ConfigError as e:
+                    errors.append(str(e))
+                    seen[store] = None
+            return seen[store]
+        return get
+
+    def check(self, cfg: JobConfig, where: str, errors: list[str]) -> str | None:
+        """The job's held-out view; records a fold or factor the store does not have."""
+        missing = [f for f in cfg.data.factors if f not in self.factors]
+        if missing:
+            errors.append(f"{where}: data.factors {list(cfg.data.factors)}: {missing} not levels of store "
+                          f"{self.path} (it has {list(self.factors)})")
+        if not 1 <= cfg.data.fold <= len(self.views):
+            errors.append(f"{where}: data.fold {cfg.data.fold} out of range; store {self.path} has "
+                          f"{len(self.views)} views")
+            return None
+        return self.views[cfg.data.fold - 1]
+
+    def problems(self, factors: set[int]) -> list[str]:
+        """What jobs using `factors` would trip over after queueing, read from metadata only: a
+        patch size the model cannot take, a level whose arrays are not there."""
+        out = []
+        p = self.patch_size
+        if isinstance(p, bool) or not isinstance(p, int) or p < 4 or p & (p - 1):
+            out.append(f"data.store: {self.path}: attribute patch_size {p!r} is not a power of 2 >= 4 "
+                       f"(the model halves a patch down to 1 x 1); rebuild it with camvis-data build")
+        for f in sorted(factors & set(self.factors)):
+            for array in ("images", "depth"):
+                meta = Path(self.path) / "levels" / str(f) / array / "zarr.json"
+                if not meta.is_file():
+                    out.append(f"data.store: {self.path}: level {f} has no {array} array ({meta} is missing); "
+                               f"rebuild it with camvis-data build")
+        return out

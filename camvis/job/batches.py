@@ -1,0 +1,430 @@
+"""Patch indices -> normalized multi-magnification batches, gathered on the training device.
+
+`BatchSource` moves the pyramid levels a job uses to its device once (images stay uint8,
+padded so that every window lies inside the padded level) and then builds each batch with a
+handful of batched tensor ops, or on the CPU with one call of a C kernel that does the same
+in one pass over memory (camvis/job/batch_kernel.c): no per-sample Python, no DataLoader workers.
+`fold_split` makes camvis2's leave-one-view-out folds; `EpochSampler` draws each epoch's
+class-rebalanced, shuffled training patches and shards them over the ranks with
+`shard_batches` (which validation uses too).
+
+Crop rule (the store's contract): a patch centred at full-resolution (h, w) is centred at
+(h // f, w // f) on level f and covers rows [h // f - P // 2, h // f - P // 2 + P), same for
+columns; outside the level image RGB reads 0 and log-depth -1, before normalization.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from camvis.job import native
+from camvis.errors import ConfigError, StoreError
+from camvis.data.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
+
+if TYPE_CHECKING:
+    from camvis.data.store import PatchStore
+
+# Without the C kernel, the CPU builds a batch with torch ops a few samples at a time, so
+# that each part is widened and normalized while it is still in cache; measured in
+# benchmarks/bench_batches.py. Devices with their own memory take the batch whole.
+CPU_CHUNK_BYTES = 8 * 2**20
+# The C kernel writes a batch at least this large with streaming stores (bypassing caches
+# it would not fit in anyway); smaller ones stay in cache for the model to read.
+STREAM_MIN_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class _Levels:
+    """The chosen levels on the device, each padded, concatenated level after level in
+    one flat uint8 RGB buffer and one flat float32 (normalized) depth buffer.
+
+    `rgb_rows[k]` / `depth_rows[k]` is the P-element run starting at flat offset k (a
+    strided view, no copy), so the crops of all levels are one `index_select` of runs.
+    Per-level geometry is held as (L,) int64 tensors so window offsets are computed for
+    all levels at once. Padding on both axes: P // 2 before, as much as the last window
+    needs after.
+    """
+
+    rgb: torch.Tensor           # uint8, level l: (n_images, 3, height[l], width[l]), padded with 0
+    depth: torch.Tensor         # float32, level l: (n_views, height[l], width[l]), padded with -1
+    rgb_rows: torch.Tensor      # view (rgb.numel() - P + 1, P)
+    depth_rows: torch.Tensor    # view (depth.numel() - P + 1, P)
+    factor: torch.Tensor        # (L,) int64
+    height: torch.Tensor        # (L,) padded rows
+    width: torch.Tensor         # (L,) padded columns
+    rgb_start: torch.Tensor     # (L,) flat offset of each level in rgb
+    depth_start: torch.Tensor   # (L,) flat offset of each level in depth
+    rgb_lanes: torch.Tensor     # (L, 3, P): flat offset of channel c, window row k
+    depth_lanes: torch.Tensor   # (L, P): flat offset of window row k
+    geometry: torch.Tensor      # (5, L): factor, height, width, rgb_start, depth_start (C kernel)
+
+
+class BatchSource:
+    """Builds normalized (B, L*4, P, P) batches from patch indices, on one device.
+
+    Channels are level-major: [R, G, B, D] of factors[0], then of factors[1], ...
+    Normalization: (x - mean) / std with the store's statistics of each chosen factor
+    (RGB on the 0..255 scale, D = log10 depth). Device memory: the chosen levels' uint8
+    images and float32 depth maps, each a little larger for the padding.
+    `kernel`: on the CPU, build batches with the C kernel where it compiles (else torch
+    ops, with a warning); the two give equal batches, bit for bit.
+    """
+
+    def __init__(self, store: PatchStore, factors: Sequence[int], device: torch.device | str = "cpu",
+                 kernel: bool = True) -> None:
+        self.store = store
+        self.factors = _check_factors(store, factors)
+        self.device = torch.device(device)
+        self.patch_size = int(store.patch_size)
+        rows = [store.factors.index(f) for f in self.factors]
+        mean = np.asarray(store.norm_mean, dtype=np.float32)[rows]
+        std = np.asarray(store.norm_std, dtype=np.float32)[rows]
+        if not np.all(std > 0):
+            raise StoreError(f"store {store.path}: norm_std of factors {list(self.factors)} must be > 0, "
+                             f"got {std.reshape(-1).tolist()}")
+        self.mean = torch.from_numpy(mean.reshape(-1)).to(self.device).view(1, -1, 1, 1)
+        self.std = torch.from_numpy(std.reshape(-1)).to(self.device).view(1, -1, 1, 1)
+        # RGB statistics shaped to broadcast over a (B, L, 3, P, P) view of the batch.
+        self._rgb_mean = self.mean.view(1, -1, 4, 1, 1)[:, :, :3].contiguous()
+        self._rgb_std = self.std.view(1, -1, 4, 1, 1)[:, :, :3].contiguous()
+        self._check_table(store)
+        image = np.asarray(store.table["image"], dtype=np.int64)
+        view = np.asarray(store.image_view, dtype=np.int64)[image]  # depth map of the patch's image
+        self._columns = {
+            "center_h": self._tensor(store.table["center_h"], torch.int64),
+            "center_w": self._tensor(store.table["center_w"], torch.int64),
+            "image": self._tensor(image, torch.int64),
+            "view": self._tensor(view, torch.int64),
+        }
+        self.labels = self._tensor(store.table["label"], torch.float32)
+        self.depths = self._tensor(store.table["depth"], torch.float32)
+        self._levels = self._load_levels(store)
+        sample_bytes = 4 * self.n_channels * self.patch_size ** 2
+        self._chunk = max(1, CPU_CHUNK_BYTES // sample_bytes) if self.device.type == "cpu" else None
+        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" else None
+
+    @property
+    def uses_kernel(self) -> bool:
+        """Whether batches are built by the C kernel (else by torch ops)."""
+        return self._kernel is not None
+
+    @property
+    def n_channels(self) -> int:
+        return 4 * len(self.factors)
+
+    @property
+    def nbytes(self) -> int:
+        """Device memory held by the padded pyramid."""
+        return self._levels.rgb.nbytes + self._levels.depth.nbytes
+
+    def batch(self, idx: torch.Tensor, channels_last: bool = False,
+              out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x, label, depth) of the patches `idx` (int64, any device; may be empty).
+
+        x float32 (B, L*4, P, P) normalized, contiguous (or channels_last);
+        label float32 (B,) in {0, 1}; depth float32 (B,) in metres.
+        `out`: a float32 (B, L*4, P, P) tensor on the device to fill and return as x (any
+        memory format) instead of a fresh one. On the CPU, page faults on a fresh batch cost
+        more than building it, so a loop that is done with x before the next call can pass
+        the previous x back in.
+        """
+        idx = torch.as_tensor(idx).to(self.device, torch.int64).reshape(-1)
+        n, p, n_levels = idx.numel(), self.patch_size, len(self.factors)
+        shape = (n, self.n_channels, p, p)
+        if out is None:
+            out = self._empty(shape, channels_last)
+        elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
+            raise ValueError(f"out must be float32 {shape} on {self.device}, "
+                             f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        if self._kernel is not None and out.is_contiguous():
+            self._kernel_batch(idx, out)
+            return out, self.labels.index_select(0, idx), self.depths.index_select(0, idx)
+        rgb_runs, depth_runs = self._window_runs(idx)
+        x = out.view(n, n_levels, 4, p, p)
+        lv, step = self._levels, self._chunk or max(n, 1)
+        for start in range(0, n, step):
+            part = slice(start, min(n, start + step))
+            k = part.stop - part.start
+            rgb = x[part, :, :3]
+            rgb.copy_(lv.rgb_rows.index_select(0, rgb_runs[part].reshape(-1)).view(k, n_levels, 3, p, p))
+            rgb.sub_(self._rgb_mean).div_(self._rgb_std)
+            x[part, :, 3] = lv.depth_rows.index_select(0, depth_runs[part].reshape(-1)).view(k, n_levels, p, p)
+        return out, self.labels.index_select(0, idx), self.depths.index_select(0, idx)
+
+    def iter_batches(self, batches: Sequence[torch.Tensor], channels_last: bool = False
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(idx, x, label, depth) of each index batch, on the device, as `batch` makes them.
+
+        x is one buffer refilled batch after batch (a smaller batch uses its first rows): no
+        fresh 100s-of-MB allocation per step, whose page faults dominate on the CPU. The
+        caller must be done with x (forward and backward run) before taking the next batch.
+        """
+        buffer: torch.Tensor | None = None
+        for idx in batches:
+            idx = torch.as_tensor(idx).to(self.device, torch.int64, non_blocking=True).reshape(-1)
+            n, p = idx.numel(), self.patch_size
+            if buffer is None or len(buffer) < n:
+                buffer = None  # freed before its successor is allocated
+                buffer = self._empty((n, self.n_channels, p, p), channels_last)
+            x, label, depth = self.batch(idx, out=buffer[:n])
+            yield idx, x, label, depth
+
+    def _kernel_batch(self, idx: torch.Tensor, out: torch.Tensor) -> bool:
+        """Fills out with the C kernel, which trusts its indices: they are checked here.
+        Returns whether the kernel streamed its writes."""
+        n = idx.numel()
+        if n == 0:
+            return False
+        low, high = int(idx.min()), int(idx.max())
+        if low < 0 or high >= len(self.labels):
+            raise IndexError(f"patch indices must be in 0..{len(self.labels) - 1}, got {low}..{high}")
+        idx, lv, col = idx.contiguous(), self._levels, self._columns
+        return bool(self._kernel(
+            lv.rgb.data_ptr(), lv.depth.data_ptr(), lv.geometry.data_ptr(), col["center_h"].data_ptr(),
+            col["center_w"].data_ptr(), col["image"].data_ptr(), col["view"].data_ptr(), idx.data_ptr(), n,
+            self.mean.data_ptr(), self.std.data_ptr(), out.data_ptr(), len(self.factors), self.patch_size,
+            torch.get_num_threads(), STREAM_MIN_BYTES))
+
+    def _window_runs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat offsets of every window row of `idx`, all levels at once:
+        RGB (B, L, 3, P) and depth (B, L, P)."""
+        lv, col = self._levels, self._columns
+        # With P // 2 rows of padding before, the window's first padded row is h // f.
+        row = col["center_h"].index_select(0, idx)[:, None] // lv.factor
+        column = col["center_w"].index_select(0, idx)[:, None] // lv.factor
+        image = col["image"].index_select(0, idx)[:, None]
+        view = col["view"].index_select(0, idx)[:, None]
+        rgb = lv.rgb_start + (image * 3 * lv.height + row) * lv.width + column
+        depth = lv.depth_start + (view * lv.height + row) * lv.width + column
+        return rgb[:, :, None, None] + lv.rgb_lanes, depth[:, :, None] + lv.depth_lanes
+
+    # ----------------------------------------------------------------------- setup
+
+    def _tensor(self, values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(values)).to(self.device, dtype)
+
+    def _empty(self, shape: tuple[int, int, int, int], channels_last: bool) -> torch.Tensor:
+        if self.device.type != "cpu":
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            return torch.empty(shape, dtype=torch.float32, device=self.device, memory_format=fmt)
+        # numpy asks for transparent huge pages on large buffers; torch's CPU allocator does
+        # not, and first-touch page faults on a fresh 300 MB batch cost more than the gather.
+        # Aligned to 64 bytes, so that the C kernel can stream whole rows.
+        n, c, h, w = shape
+        count = n * c * h * w
+        raw = np.empty(count + 16, dtype=np.float32)
+        start = (-raw.ctypes.data % 64) // 4
+        x = torch.from_numpy(raw[start:start + count])
+        return x.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else x.view(shape)
+
+    def _check_table(self, store: PatchStore) -> None:
+        """Centres inside the image and valid image indices, so every window is in bounds."""
+        height, width = store.image_shape
+        h, w = np.asarray(store.table["center_h"]), np.asarray(store.table["center_w"])
+        image = np.asarray(store.table["image"])
+        where = f"patch table of store {store.path}" if store.path else "patch table"
+        bad = (h < 0) | (h >= height) | (w < 0) | (w >= width)
+        if bad.any():
+            raise StoreError(f"{where}: {int(bad.sum())} patch centres lie outside the image "
+                             f"shape {height}x{width} (first: patch {int(np.argmax(bad))})")
+        if image.size and (image.min() < 0 or image.max() >= len(store.images)):
+            raise StoreError(f"{where}: image indices must be in 0..{len(store.images) - 1}, "
+                             f"got {int(image.min())}..{int(image.max())}")
+
+    def _load_levels(self, store: PatchStore) -> _Levels:
+        """Copies the chosen levels to the device once, one image at a time (bounded host memory).
+
+        The depth maps are small (one per view), so they are normalized here once, padding
+        included, and batches only copy them.
+        """
+        p, before = self.patch_size, self.patch_size // 2
+        n_views = len(store.views)
+        shapes = [self._padded_shape(store, f) for f in self.factors]
+        n_images = len(store.images)
+        rgb_sizes = [n_images * 3 * hp * wp for hp, wp in shapes]
+        depth_sizes = [n_views * hp * wp for hp, wp in shapes]
+        rgb = torch.zeros(sum(rgb_sizes), dtype=torch.uint8, device=self.device)
+        dep = torch.full((sum(depth_sizes),), -1.0, dtype=torch.float32, device=self.device)
+        rgb_start, depth_start = np.cumsum([0, *rgb_sizes])[:-1], np.cumsum([0, *depth_sizes])[:-1]
+        for k, (f, (hp, wp)) in enumerate(zip(self.factors, shapes)):
+            hf, wf = store.levels[f][0].shape[2:]
+            level_rgb = rgb[rgb_start[k]:rgb_start[k] + rgb_sizes[k]].view(n_images, 3, hp, wp)
+            for i in range(n_images):
+                level_rgb[i, :, before:before + hf, before:before + wf] = torch.from_numpy(store.read_image(f, i))
+            level_depth = dep[depth_start[k]:depth_start[k] + depth_sizes[k]].view(n_views, hp, wp)
+            for v in range(n_views):
+                level_depth[v, before:before + hf, before:before + wf] = torch.from_numpy(
+                    np.asarray(store.read_depth(f, v)[0], dtype=np.float32))
+            level_depth.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
+        geometry = self._tensor(np.array([self.factors, *zip(*shapes), rgb_start, depth_start]), torch.int64)
+        factor, height, width, rgb_start, depth_start = geometry
+        row = torch.arange(p, device=self.device)
+        return _Levels(
+            rgb=rgb, depth=dep, rgb_rows=rgb.unfold(0, p, 1), depth_rows=dep.unfold(0, p, 1),
+            factor=factor, height=height, width=width, rgb_start=rgb_start, depth_start=depth_start,
+            rgb_lanes=(torch.arange(3, device=self.device)[None, :, None] * (height * width)[:, None, None]
+                       + row[None, None, :] * width[:, None, None]),
+            depth_lanes=row[None, :] * width[:, None], geometry=geometry,
+        )
+
+    def _padded_shape(self, store: PatchStore, f: int) -> tuple[int, int]:
+        """(rows, columns) of level f padded for every window; checks the level's arrays."""
+        images, depth = store.levels[f]
+        n_img, _, hf, wf = images.shape
+        if (tuple(images.shape[:2]) != (len(store.images), 3)
+                or tuple(depth.shape) != (len(store.views), 1, hf, wf)):
+            raise StoreError(f"store {store.path}: level {f} has images {tuple(images.shape)} and depth "
+                             f"{tuple(depth.shape)}; expected ({len(store.images)}, 3, H, W) and "
+                             f"({len(store.views)}, 1, H, W)")
+        p, before = self.patch_size, self.patch_size // 2
+        # The last window starts at row (H - 1) // f, which may be one past the level's end.
+        after_h = max(0, (store.image_shape[0] - 1) // f + p - before - hf)
+        after_w = max(0, (store.image_shape[1] - 1) // f + p - before - wf)
+        return hf + before + after_h, wf + before + after_w
+
+
+def _cpu_kernel() -> ctypes._CFuncPtr | None:
+    """camvis_batch of camvis/job/batch_kernel.c, or None (with a warning) where it cannot be built."""
+    try:
+        kernel = native.load("batch_kernel").camvis_batch
+    except native.NativeUnavailable as e:
+        warnings.warn(f"{e}; CPU batches fall back to torch ops (about 2x slower)", RuntimeWarning, stacklevel=3)
+        return None
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    kernel.argtypes = [*[pointer] * 8, size, *[pointer] * 3, size, size, size, size]
+    kernel.restype = ctypes.c_int
+    return kernel
+
+
+def _check_factors(store: PatchStore, factors: Sequence[int]) -> tuple[int, ...]:
+    factors = tuple(int(f) for f in factors)
+    where = f"store {store.path}" if store.path else "the store"
+    if not factors:
+        raise ConfigError("data.factors must name at least one level, got []")
+    missing = [f for f in factors if f not in store.factors]
+    if missing:
+        raise ConfigError(f"data.factors {list(factors)}: {missing} not among the levels of {where} "
+                          f"(levels: {list(store.factors)})")
+    if len(set(factors)) != len(factors):
+        raise ConfigError(f"data.factors must not repeat a factor, got {list(factors)}")
+    return factors
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def fold_split(store: PatchStore, fold: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """camvis2's leave-one-view-out fold: (train indices, val indices, held-out view).
+
+    Fold k (1-based) holds out the k-th view in sorted order; training uses the patches
+    of every other view. Indices are int64 and ascending.
+    """
+    views = sorted(store.views)
+    if not isinstance(fold, (int, np.integer)) or isinstance(fold, bool) or not 1 <= fold <= len(views):
+        listing = ", ".join(f"{k}={v}" for k, v in enumerate(views, start=1))
+        raise ConfigError(f"data.fold = {fold!r} is out of range: expected an integer in 1..{len(views)}, "
+                          f"one fold per view in sorted order ({listing})")
+    view = views[fold - 1]
+    held_out = np.asarray(store.table["view"]) == store.views.index(view)
+    return np.flatnonzero(~held_out).astype(np.int64), np.flatnonzero(held_out).astype(np.int64), view
+
+
+# --------------------------------------------------------------------------- sampling and sharding
+
+
+class EpochSampler:
+    """Per-epoch class rebalancing, seeded shuffle and sharding over ranks.
+
+    Each epoch takes every non-visible training patch plus as many visible ones (all of
+    them if there are fewer), drawn afresh without replacement; then at most
+    `epoch_patches` of those (a random subset); then shuffles. All randomness comes from a
+    generator seeded by (seed, epoch) alone, so every rank computes the same epoch and
+    `shard_batches` hands each rank its part. `labels` is the store's label column
+    (indexed by patch index), not the labels of `train_idx`.
+    """
+
+    def __init__(self, train_idx: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                 batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 epoch_patches: int | None = None) -> None:
+        _check_shard_args(batch_size, rank, world_size)
+        if epoch_patches is not None and epoch_patches < 1:
+            raise ValueError(f"epoch_patches must be >= 1 or None, got {epoch_patches}")
+        train_idx = np.asarray(train_idx, dtype=np.int64).reshape(-1)
+        labels = np.asarray(labels).reshape(-1)
+        if train_idx.size and (train_idx.min() < 0 or train_idx.max() >= labels.size):
+            raise ValueError(f"train_idx must index the label column (0..{labels.size - 1}), "
+                             f"got {train_idx.min()}..{train_idx.max()}")
+        self.negatives = np.sort(train_idx[labels[train_idx] == LABEL_NONVISIBLE])
+        self.positives = np.sort(train_idx[labels[train_idx] == LABEL_VISIBLE])
+        if train_idx.size and not self.negatives.size:
+            raise StoreError("the training patches hold no non-visible (label 0) patch: class rebalancing "
+                             "would leave every epoch empty")
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.epoch_patches = epoch_patches
+
+    @property
+    def epoch_size(self) -> int:
+        """Patches per epoch over all ranks (the same every epoch)."""
+        n = len(self.negatives) + min(len(self.positives), len(self.negatives))
+        return n if self.epoch_patches is None else min(n, self.epoch_patches)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches per epoch on every rank."""
+        return _steps(self.epoch_size, self.batch_size, self.world_size)
+
+    def epoch_indices(self, epoch: int) -> np.ndarray:
+        """The whole epoch's patches in training order (identical on every rank)."""
+        rng = np.random.default_rng([self.seed, epoch])
+        n_pos = min(len(self.positives), len(self.negatives))
+        chosen = np.concatenate([self.negatives, rng.choice(self.positives, n_pos, replace=False)])
+        if self.epoch_patches is not None and self.epoch_patches < chosen.size:
+            chosen = rng.choice(chosen, self.epoch_patches, replace=False)
+        return rng.permutation(chosen)
+
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        """This rank's index batches of `epoch`; the same count on every rank."""
+        return shard_batches(self.epoch_indices(epoch), self.batch_size, self.rank, self.world_size)
+
+
+def shard_batches(indices: np.ndarray | torch.Tensor | Sequence[int], batch_size: int,
+                  rank: int, world_size: int) -> list[torch.Tensor]:
+    """This rank's batches of `indices`: every rank gets the same number of batches.
+
+    The indices are cut into `world_size` near-equal contiguous parts (sizes differ by at
+    most one); with S = ceil(ceil(N / world_size) / batch_size) steps, every rank cuts its
+    part into exactly S near-equal batches of at most `batch_size`. Every index lands in
+    exactly one batch of one rank. Batches are empty only when a part is shorter than S,
+    i.e. when N < world_size * S (tiny N): callers must accept empty batches then (a rank
+    with an empty batch still has to join the step's collectives).
+    """
+    _check_shard_args(batch_size, rank, world_size)
+    if isinstance(indices, torch.Tensor):
+        idx = indices.detach().to("cpu", torch.int64).reshape(-1)
+    else:
+        idx = torch.from_numpy(np.asarray(indices, dtype=np.int64).reshape(-1))
+    steps = _steps(idx.numel(), batch_size, world_size)
+    if steps == 0:
+        return []
+    part = torch.tensor_split(idx, world_size)[rank]
+    return [b.clone() for b in torch.tensor_split(part, steps)]
+
+
+def _steps(n: int, batch_size: int, world_size: int) -> int:
+    per_rank = -(-n // world_size)
+    return -(-per_rank // batch_size)
+
+
+def _check_shard_args(batch_size: int, rank: int, world_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..world_size-1 with world_size >= 1, "
+                         f"got rank={rank}, world_size={world_size}")

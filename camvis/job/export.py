@@ -1,0 +1,231 @@
+"""A self-contained model bundle: one folder that predicts with nothing else (camvis-export).
+
+    OUT/weights.pt    the network's state_dict, a plain dict of tensors (torch.load(weights_only=True))
+    OUT/model.json    architecture, factors, patch size, preprocessing, normalization statistics,
+                      training config and its hash, camvis version, held-out scores, the ONNX check
+    OUT/model.onnx    the network with a sigmoid: input "x" (B, L*4, P, P) float32, output
+                      "p_visible" (B,); checked against torch with onnxruntime at export
+
+Weights are a weights_only state_dict rather than safetensors: torch's own restricted unpickler
+reads it without running code, and safetensors would be a new dependency for no gain here.
+ONNX needs the optional extra `camvis[onnx]` (onnx, onnxruntime, onnxscript); `--no-onnx`
+writes a bundle without the graph. The bundle is written beside OUT and renamed in at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from camvis.data import staging
+from camvis.errors import PredictError
+from camvis.io import write_json
+
+MODEL_JSON, WEIGHTS, ONNX = "model.json", "weights.pt", "model.onnx"
+OPSET = 18
+ONNX_TOLERANCE = 1e-4  # max |p_onnx - p_torch| accepted at export
+CHECK_BATCH = 8
+FORMAT = "camvis-model-bundle"
+FORMAT_VERSION = 1
+
+
+def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = True, force: bool = False
+           ) -> dict[str, Any]:
+    """Write the bundle of the job in `job_dir` to `out`; returns its model.json content."""
+    import torch
+
+    from camvis.job.predict import load_model
+
+    final = Path(out).resolve()
+    if final.exists() and not (force or _is_bundle(final)):
+        raise PredictError(f"{final} exists and is not a camvis model bundle; refusing to replace it")
+    model = load_model(job_dir, device="cpu")
+    if model.network is None:
+        raise PredictError(f"{job_dir}: expected a job folder (best.pt and config.yaml) to export")
+    info = {**model.info, "format": FORMAT, "format_version": FORMAT_VERSION,
+            "weights": {"file": WEIGHTS, "format": "torch state_dict; torch.load(path, weights_only=True)"}}
+    staging.remove_stale(final)
+    tmp = staging.scratch_path(final, "tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}, tmp / WEIGHTS)
+        info["onnx"] = export_onnx(model.network, tmp / ONNX, model) if onnx else None
+        write_json(tmp / MODEL_JSON, info)
+        staging.swap_in(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
+def _is_bundle(path: Path) -> bool:
+    try:
+        return json.loads((path / MODEL_JSON).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _probability(net: Any) -> Any:
+    """The network followed by a sigmoid: the graph outputs p(visible), as predictions do."""
+    import torch
+
+    class Probability(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.net(x))
+
+    return Probability().eval()
+
+
+def export_onnx(net: Any, path: Path, model: Any) -> dict[str, Any]:
+    """The ONNX graph of `net` at `path`, run with onnxruntime against torch on a batch."""
+    import torch
+
+    _require_onnx()
+    wrapped = _probability(net)
+    x = check_batch(model)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(wrapped, (x,), dynamo=True, input_names=["x"], output_names=["p_visible"],
+                                        dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False)
+        program.save(str(path))
+    except Exception as e:  # the exporter raises many kinds; the bundle is not written then
+        raise PredictError(f"ONNX export of {model.model_id} failed: {type(e).__name__}: {e}") from e
+    with torch.inference_mode():
+        expected = wrapped(x).numpy()
+    got = run_onnx(path, x.numpy())
+    diff = float(np.max(np.abs(got - expected)))
+    print(f"ONNX check: max |p_onnx - p_torch| = {diff:.3g} over a batch of {len(x)} (tolerance {ONNX_TOLERANCE:g})")
+    if not diff <= ONNX_TOLERANCE:
+        raise PredictError(f"{path}: the ONNX graph differs from torch by {diff:.3g} > {ONNX_TOLERANCE:g} "
+                           f"(opset {OPSET}); the bundle is not written")
+    return {"file": ONNX, "opset": OPSET, "input": "x", "output": "p_visible",
+            "check": {"batch": len(x), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE}}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs and warns about operator sets camvis does not use (torchvision's)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_batch(model: Any) -> Any:
+    """A seeded batch shaped like the model's input; normalized inputs are about N(0, 1)."""
+    import torch
+
+    channels = 4 * len(model.factors)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(CHECK_BATCH, channels, model.patch_size, model.patch_size, generator=generator)
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise PredictError(f"ONNX export and --runtime onnx need the optional extra: pip install 'camvis[onnx]' "
+                           f"({e}); or export without the graph: camvis-export --no-onnx") from e
+
+
+def _session(path: Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime's own exception types
+        raise PredictError(f"{path}: onnxruntime cannot load the graph ({e})") from e
+
+
+def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    return np.asarray(_session(path).run(["p_visible"], {"x": np.ascontiguousarray(x, np.float32)})[0]).reshape(-1)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+REQUIRED = ("model_id", "architecture", "factors", "patch_size", "norm_mean", "norm_std")
+
+
+def read_info(bundle: Path) -> dict[str, Any]:
+    path = bundle / MODEL_JSON
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PredictError(f"{path}: cannot read the bundle's description ({e})") from e
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise PredictError(f"{path}: not a camvis model bundle (format {FORMAT!r} expected)")
+    if info.get("format_version") != FORMAT_VERSION:
+        raise PredictError(f"{path}: bundle format version {info.get('format_version')!r}, this camvis reads "
+                           f"{FORMAT_VERSION}; export it again")
+    missing = [k for k in REQUIRED if k not in info]
+    if missing:
+        raise PredictError(f"{path}: missing key(s) {', '.join(missing)}")
+    n = len(info["factors"])
+    for key in ("norm_mean", "norm_std"):
+        if np.asarray(info[key]).shape != (n, 4):
+            raise PredictError(f"{path}: {key} must be {n} x 4 (one row per factor), "
+                               f"got {np.asarray(info[key]).shape}")
+    return info
+
+
+def load_bundle(bundle: str | os.PathLike, *, device: str = "auto", runtime: str = "torch") -> Any:
+    """A camvis.job.predict.Model from the bundle folder alone."""
+    from camvis.job import predict
+
+    bundle = Path(bundle)
+    info = read_info(bundle)
+    if runtime == "onnx":
+        return _onnx_model(bundle, info)
+    state = predict.read_weights(bundle / WEIGHTS)
+    net = predict.build_network(info["architecture"], state, bundle / WEIGHTS)
+    target = predict._device(device)
+    return predict.torch_model(net.to(target), info, info["model_id"], target)
+
+
+def _onnx_model(bundle: Path, info: dict[str, Any]) -> Any:
+    import torch
+
+    from camvis.job.batches import shard_batches
+    from camvis.job.predict import Model
+
+    _require_onnx()
+    if not info.get("onnx"):
+        raise PredictError(f"{bundle}: the bundle has no ONNX graph (exported with --no-onnx); use --runtime torch")
+    session = _session(bundle / info["onnx"]["file"])
+
+    def run(source: Any, indices: np.ndarray, batch_size: int) -> np.ndarray:
+        parts = [np.zeros(0, np.float32)]
+        for _, x, _, _ in source.iter_batches(shard_batches(indices, batch_size, 0, 1)):
+            parts.append(np.asarray(session.run(["p_visible"], {"x": x.numpy()})[0], np.float32).reshape(-1))
+        return np.concatenate(parts)
+
+    return Model(model_id=info["model_id"], factors=tuple(int(f) for f in info["factors"]),
+                 patch_size=int(info["patch_size"]), norm_mean=np.asarray(info["norm_mean"], np.float32),
+                 norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"), run=run,
+                 info=info)

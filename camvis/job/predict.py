@@ -1,0 +1,463 @@
+"""Visibility in metres on new, unlabelled webcam images: a trained model, an image, its view's depth map.
+
+`load_model` opens a job folder (best.pt + config.yaml; the normalization statistics come from
+the store the job trained on) or an exported bundle (camvis.job.export: needs nothing but its
+folder). `visibility(image, depth_map, model)` is the whole per-image path, the one the CLI
+(camvis-predict) runs too:
+
+1. patch centres over the terrain (finite positive depth, half a patch from the border), drawn
+   with the store's depth-balanced rule (camvis.data.sampling, no labels: every terrain pixel is a
+   candidate), or a regular grid (`stride`), or given;
+2. the image's pyramid built with the store's own level functions (camvis.data.store_build) into an
+   in-memory store of one image, so `BatchSource` makes exactly the batches training and
+   camvis-eval make (same crops, padding and normalization);
+3. p(visible) per patch (torch, through camvis.job.evaluate.predict, or the bundle's ONNX graph);
+4. the logistic fit of camvis.job.visibility: metres, its flag and a fit quality.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from camvis.job import visibility as vis
+from camvis.errors import CamvisError, PredictError
+from camvis.data.raw import NAME_PATTERN, view_of
+
+if TYPE_CHECKING:
+    import torch
+
+    from camvis.job.batches import BatchSource
+
+DEFAULT_PATCHES = 500
+DEFAULT_BATCH = 256
+# What a model's batches are made of, recorded in model.json: the contract a runtime outside
+# camvis must reproduce to feed the ONNX graph.
+PREPROCESSING = ("level-major channels [R, G, B, D] per factor; level f is the f x f block mean of the "
+                 "image (uint8, 0..255) and the block-centre depth as log10 metres (-1 where none); "
+                 "a patch centred at full-resolution (h, w) covers rows h // f - P // 2 ... on level f, "
+                 "reading 0 (RGB) and -1 (depth) outside; then (x - norm_mean) / norm_std per channel")
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass(frozen=True, eq=False)
+class Model:
+    """A trained network and what its inputs must look like.
+
+    `run(source, indices, batch_size)` -> p(visible) per patch index (float32, in order).
+    `info`: the model.json description (architecture, factors, statistics, scores, ...).
+    """
+
+    model_id: str
+    factors: tuple[int, ...]
+    patch_size: int
+    norm_mean: np.ndarray       # float32 (L, 4): one row per factor, R, G, B, log-depth
+    norm_std: np.ndarray        # float32 (L, 4)
+    device: Any                 # torch.device the batches are built on
+    run: Callable[[BatchSource, np.ndarray, int], np.ndarray] = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)
+    network: Any = field(default=None, repr=False)  # the torch module (None for an ONNX runtime)
+
+
+def load_model(path: str | os.PathLike | Model, *, device: str = "auto", runtime: str = "torch") -> Model:
+    """A Model from a job folder (best.pt + config.yaml) or an exported bundle (model.json).
+
+    `runtime`: "torch", or "onnx" (bundles only: their ONNX graph through onnxruntime).
+    """
+    if isinstance(path, Model):
+        return path
+    path = Path(path)
+    if runtime not in ("torch", "onnx"):
+        raise PredictError(f"runtime must be 'torch' or 'onnx', got {runtime!r}")
+    from camvis.job import export
+
+    if (path / export.MODEL_JSON).is_file():
+        return export.load_bundle(path, device=device, runtime=runtime)
+    if runtime == "onnx":
+        raise PredictError(f"{path}: --runtime onnx needs an exported bundle (camvis-export {path} OUT), "
+                           f"not a job folder")
+    if (path / "best.pt").is_file() and (path / "config.yaml").is_file():
+        return _load_job(path, _device(device))
+    raise PredictError(f"{path}: not a model: expected a job folder (best.pt and config.yaml) or a bundle "
+                       f"made by camvis-export ({export.MODEL_JSON})")
+
+
+def _device(name: str) -> torch.device:
+    from camvis.job.distributed import pick_device
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise PredictError(f"device must be auto, cpu or cuda, got {name!r}")
+    return pick_device(name, 0)
+
+
+def _load_job(job: Path, device: torch.device) -> Model:
+    """The job's network and the statistics of the store it trained on (cfg.data.store)."""
+    from camvis.config import config_hash, load_job_config
+    from camvis.data.store import open_store
+
+    cfg = load_job_config(job / "config.yaml")
+    try:
+        store = open_store(cfg.data.store)
+    except CamvisError as e:
+        raise PredictError(f"{job}: the normalization statistics are in the job's store, data.store="
+                           f"{cfg.data.store} ({e}); run from where the store is, or predict with a bundle "
+                           f"(camvis-export)") from e
+    missing = [f for f in cfg.data.factors if f not in store.factors]
+    if missing:
+        raise PredictError(f"{job}: data.factors {list(cfg.data.factors)}: {missing} not among the levels of "
+                           f"{store.path} ({list(store.factors)})")
+    rows = [store.factors.index(f) for f in cfg.data.factors]
+    net = build_network(cfg_architecture(cfg, store.patch_size), read_weights(job / "best.pt"), job / "best.pt")
+    info = describe(cfg, net, store.norm_mean[rows], store.norm_std[rows], job)
+    return torch_model(net.to(device), info, f"{cfg.experiment}/{cfg.name}@{config_hash(cfg)}", device)
+
+
+def cfg_architecture(cfg: Any, patch_size: int) -> dict[str, Any]:
+    """The constructor arguments of a job config's network (MultiMagnificationNet.hparams)."""
+    from camvis.model import NUM_CHANNELS
+
+    m = cfg.model
+    return {"num_levels": len(cfg.data.factors), "num_channels": NUM_CHANNELS, "size_hidden": m.size_hidden,
+            "share_weights": m.share_weights, "use_mlp": m.use_mlp, "align_features": m.align_features,
+            "patch_size": int(patch_size)}
+
+
+def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The state_dict of a camvis checkpoint ({"model": ..., "config": ...}) or a bare one; loaded
+    with weights_only=True, so reading it runs no code."""
+    import torch
+
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt file raises anything from UnpicklingError to struct.error
+        raise PredictError(f"{checkpoint}: not a readable torch checkpoint ({e})") from e
+    state = payload.get("model", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PredictError(f"{checkpoint}: expected a state_dict or a dict with key 'model' holding one")
+    if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def build_network(architecture: dict[str, Any], state: dict[str, Any], where: Path) -> torch.nn.Module:
+    from camvis.model import MultiMagnificationNet
+
+    try:
+        net = MultiMagnificationNet(**architecture)
+        net.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise PredictError(f"{where}: the weights do not fit the architecture {architecture}: {e}") from e
+    return net.eval()
+
+
+def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path) -> dict[str, Any]:
+    """model.json's content for a job: everything a runtime needs besides the weights."""
+    from camvis import __version__
+    from camvis.config import config_hash, to_dict
+    from camvis.jobdir import SCORES, read_json
+    from camvis.model import find_architecture
+
+    m = cfg.model
+    scores = read_json(job / SCORES) or {}
+    return {
+        "model_id": f"{cfg.experiment}/{cfg.name}@{config_hash(cfg)}",
+        "architecture": net.hparams(),
+        "architecture_name": find_architecture(m.share_weights, m.use_mlp, m.align_features).name,
+        "factors": [int(f) for f in cfg.data.factors], "patch_size": int(net.patch_size),
+        "preprocessing": PREPROCESSING,
+        "norm_mean": np.asarray(mean, np.float32).tolist(), "norm_std": np.asarray(std, np.float32).tolist(),
+        "config_hash": config_hash(cfg), "train_hash": scores.get("train_hash"),
+        "camvis_version": __version__, "config": to_dict(cfg),
+        "held_out": {k: scores.get(k) for k in ("view", "metrics", "ci", "visibility", "n_val")} if scores else None,
+    }
+
+
+def torch_model(net: Any, info: dict[str, Any], model_id: str, device: Any) -> Model:
+    def run(source: BatchSource, indices: np.ndarray, batch_size: int) -> np.ndarray:
+        from camvis.job.evaluate import predict
+
+        return predict(net, source, indices, batch_size, device, progress=False)["score"]
+
+    return Model(model_id=model_id, factors=tuple(int(f) for f in info["factors"]),
+                 patch_size=int(info["patch_size"]), norm_mean=np.asarray(info["norm_mean"], np.float32),
+                 norm_std=np.asarray(info["norm_std"], np.float32), device=device, run=run, info=info,
+                 network=net)
+
+
+# --------------------------------------------------------------------------- one image
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The prediction of one image: visibility in metres, the fit's flag and quality, the patches."""
+
+    image: str
+    view: str
+    timestamp: str
+    visibility_m: float
+    flag: str
+    fit_quality: float
+    n_patches: int
+    model: str
+    fit: vis.VisibilityFit | None = field(repr=False)
+    patches: pd.DataFrame = field(repr=False)  # center_h, center_w, depth_m, p_visible
+
+    def row(self) -> dict[str, Any]:
+        """The output row (CSV / JSON lines)."""
+        return {"image": self.image, "view": self.view, "timestamp": self.timestamp,
+                "visibility_m": self.visibility_m, "flag": self.flag, "fit_quality": self.fit_quality,
+                "n_patches": self.n_patches, "model": self.model}
+
+
+ROW_COLUMNS = ("image", "view", "timestamp", "visibility_m", "flag", "fit_quality", "n_patches", "model")
+
+
+def visibility(image: str | os.PathLike | np.ndarray, depth_map: str | os.PathLike | np.ndarray,
+               model: str | os.PathLike | Model, *, patches: int = DEFAULT_PATCHES, stride: int | None = None,
+               seed: int = 0, centres: tuple[np.ndarray, np.ndarray] | None = None,
+               batch_size: int = DEFAULT_BATCH, name: str | None = None, view: str | None = None,
+               depth_name: str | None = None) -> ImageResult:
+    """Predicted visibility (metres) of one image from its view's depth map.
+
+    image: a file or uint8 (H, W, 3); depth_map: a .npy file or float (H, W[, C]) metres, NaN = no
+    terrain (channel 0 of camvis2's (H, W, 4)). Centres: `patches` depth-balanced ones (seeded by
+    `seed` alone, so a rerun or another chunking draws the same), a `stride` grid, or `centres`
+    (rows, columns). A PredictError names the file and what was expected.
+    """
+    model = load_model(model)
+    name = name or (Path(image).stem if not isinstance(image, np.ndarray) else "image")
+    rgb = read_image(image)
+    depth = read_depth(depth_map)
+    check_inputs(rgb, depth, model, _label(image, name), depth_name or _label(depth_map, "the depth map"))
+    if centres is not None:
+        rows, cols = (np.asarray(c, np.int64).reshape(-1) for c in centres)
+    elif stride is not None:
+        rows, cols = grid_centres(depth, model.patch_size, stride)
+    else:
+        rows, cols = sampled_centres(depth, model.patch_size, patches, seed)
+    depth_m = depth[rows, cols].astype(np.float32)
+    scores = predict_patches(rgb, depth, rows, cols, model, batch_size) if rows.size else np.zeros(0, np.float32)
+    view = view or view_of(name) or (Path(depth_map).stem if not isinstance(depth_map, np.ndarray) else "")
+    table = pd.DataFrame({"center_h": rows, "center_w": cols, "depth_m": depth_m, "p_visible": scores})
+    if not rows.size:
+        return ImageResult(name, view, timestamp_of(name), math.nan, "no_patches", math.nan, 0, model.model_id,
+                           None, table)
+    fit = vis.estimate(depth_m, scores)
+    return ImageResult(name, view, timestamp_of(name), float(fit.visibility_m), fit.flag, fit.quality,
+                       int(rows.size), model.model_id, fit, table)
+
+
+def _label(source: Any, fallback: str) -> str:
+    return fallback if isinstance(source, np.ndarray) else str(source)
+
+
+def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) from a file (any format Pillow reads) or an array."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise PredictError(f"image: expected uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        return image
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise PredictError(f"{image}: cannot read the image ({e})") from e
+
+
+def read_depth(depth_map: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """float32 (H, W) metres from (H, W) or (H, W, C) with depth in channel 0 (camvis2's layout)."""
+    where = _label(depth_map, "depth map")
+    if isinstance(depth_map, np.ndarray):
+        arr = depth_map
+    else:
+        try:
+            arr = np.load(depth_map, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise PredictError(f"{where}: cannot read the depth map ({e})") from e
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] < 1) or arr.dtype.kind != "f":
+        raise PredictError(f"{where}: expected a float array (H, W) or (H, W, 4) with depth in metres in "
+                           f"channel 0, got {arr.dtype} {arr.shape}")
+    return np.array(arr if arr.ndim == 2 else arr[:, :, 0], dtype=np.float32)
+
+
+def check_inputs(rgb: np.ndarray, depth: np.ndarray, model: Model, image: str, depth_name: str) -> None:
+    """The image matches its depth map, and the model's levels and patch size fit the image."""
+    (h, w), p = rgb.shape[:2], model.patch_size
+    if depth.shape != (h, w):
+        raise PredictError(f"{image}: image is {h} x {w} but {depth_name} is {depth.shape[0]} x {depth.shape[1]}; "
+                           "expected the depth map of the image's view, same size")
+    small = [f for f in model.factors if h // f < 1 or w // f < 1]
+    if small:
+        raise PredictError(f"{image}: the model's factors {small} are too large for a {h} x {w} image "
+                           f"(model {model.model_id}, factors {list(model.factors)})")
+    if 2 * (p // 2) >= min(h, w):
+        raise PredictError(f"{image}: the model's patch size {p} leaves no patch centre in a {h} x {w} image "
+                           f"(centres stay half a patch from the border; model {model.model_id})")
+
+
+def terrain_mask(depth: np.ndarray, patch_size: int) -> np.ndarray:
+    """Possible centres: finite positive depth, half a patch from the border (camvis.data.sampling's rule)."""
+    from camvis.data.sampling import _candidate_mask
+
+    return _candidate_mask(np.zeros(depth.shape, np.uint8), depth, patch_size)
+
+
+def sampled_centres(depth: np.ndarray, patch_size: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`n` depth-balanced centres over the terrain (every terrain pixel a candidate: no labels)."""
+    from camvis.data.sampling import sample_centres
+
+    if n < 1:
+        raise PredictError(f"patches must be >= 1, got {n}")
+    rows, cols, _ = sample_centres(np.zeros(depth.shape, np.uint8), depth, n, patch_size,
+                                   np.random.default_rng(seed))
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def grid_centres(depth: np.ndarray, patch_size: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `stride`-th pixel on both axes that is a possible centre (maps)."""
+    if stride < 1:
+        raise PredictError(f"stride must be >= 1 pixel, got {stride}")
+    mask = np.zeros(depth.shape, bool)
+    mask[::stride, ::stride] = True
+    rows, cols = np.nonzero(mask & terrain_mask(depth, patch_size))
+    return rows.astype(np.int64), cols.astype(np.int64)
+
+
+def image_store(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: Model) -> Any:
+    """A one-image PatchStore in memory: the model's levels made by the store's own functions."""
+    from PIL import Image
+
+    from camvis.data.store import PatchStore
+    from camvis.data.store_build import depth_level, rgb_level
+
+    pil = Image.fromarray(rgb)
+    levels = {f: (np.array(rgb_level(pil, f).transpose(2, 0, 1)[None]), depth_level(depth, f)[None, None])
+              for f in model.factors}
+    n = rows.size
+    table = {"center_h": rows.astype(np.int32), "center_w": cols.astype(np.int32),
+             "label": np.zeros(n, np.uint8), "depth": depth[rows, cols].astype(np.float32),
+             "image": np.zeros(n, np.int32), "view": np.zeros(n, np.int32)}
+    return PatchStore(path=None, factors=model.factors, patch_size=model.patch_size, image_shape=rgb.shape[:2],
+                      views=("view",), images=("image",), image_view=np.zeros(1, np.int32), table=table,
+                      norm_mean=model.norm_mean, norm_std=model.norm_std, levels=levels, attrs={})
+
+
+def predict_patches(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: Model,
+                    batch_size: int = DEFAULT_BATCH) -> np.ndarray:
+    """p(visible) at the centres, float32, batched on the model's device as camvis-eval does."""
+    from camvis.job.batches import BatchSource
+
+    source = BatchSource(image_store(rgb, depth, rows, cols, model), model.factors, model.device)
+    return np.asarray(model.run(source, np.arange(rows.size, dtype=np.int64), batch_size), np.float32)
+
+
+def timestamp_of(name: str) -> str:
+    """ISO time from camvis2's `{cam}_{pos}_{YYYY-MM-DD}_{HHMM}` stem, '' for other names."""
+    match = NAME_PATTERN.match(name)
+    if not match:
+        return ""
+    t = match["time"]
+    return f"{match['date']}T{t[:2]}:{t[2:]}"
+
+
+# --------------------------------------------------------------------------- many images
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to predict and its view's depth map."""
+
+    image: Path
+    depth: Path
+
+
+def list_items(images: Sequence[str], depth: str | None, raw_dir: str | None) -> tuple[list[Item], list[str]]:
+    """(items, problems): images (files, or folders of them) with their depth maps.
+
+    --depth: one depth map for all; --raw: RAW/depth_maps/{view}.npy by each image's name (images
+    default to RAW/images). Mask files of camvis2's layout are skipped. A problem names its file.
+    """
+    from camvis.data.raw import IMAGE_SUFFIXES, NONVISIBLE_SUFFIX, VISIBLE_SUFFIX
+
+    if (depth is None) == (raw_dir is None):
+        raise PredictError("give exactly one of --depth DEPTH_MAP (one view) or --raw RAW_DIR "
+                           "(each image's view's depth map by name)")
+    if raw_dir is not None and not Path(raw_dir).is_dir():
+        raise PredictError(f"{raw_dir}: --raw expects camvis2's raw folder (images/, depth_maps/)")
+    sources = list(images) or ([str(Path(raw_dir) / "images")] if raw_dir else [])
+    if not sources:
+        raise PredictError("no images given")
+    paths: list[Path] = []
+    problems: list[str] = []
+    for source in sources:
+        p = Path(source)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES
+                            and not q.name.endswith((VISIBLE_SUFFIX, NONVISIBLE_SUFFIX)))
+        elif p.is_file():
+            if not p.name.endswith((VISIBLE_SUFFIX, NONVISIBLE_SUFFIX)):  # a shell glob's masks
+                paths.append(p)
+        else:
+            problems.append(f"{p}: no such image file or folder")
+    items = []
+    for p in paths:
+        if depth is not None:
+            items.append(Item(p, Path(depth)))
+            continue
+        view = view_of(p.stem)
+        if view is None:
+            problems.append(f"{p}: the name is not camvis2's {{cam}}_{{pos}}_{{YYYY-MM-DD}}_{{HHMM}}, so --raw "
+                            "cannot find its view's depth map; pass --depth")
+        else:
+            items.append(Item(p, Path(raw_dir) / "depth_maps" / f"{view}.npy"))
+    return items, problems
+
+
+def predict_items(items: Sequence[Item], model: Model, *, patches: int = DEFAULT_PATCHES, stride: int | None = None,
+                  seed: int = 0, batch_size: int = DEFAULT_BATCH, map_dir: str | os.PathLike | None = None,
+                  on_done: Callable[[], None] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """(rows, problems) of `items` in order; a bad image is one problem line, the others go on."""
+    rows, problems = [], []
+    depth_cache: dict[Path, np.ndarray] = {}  # an archive has thousands of images per depth map
+    for item in items:
+        try:
+            if item.depth not in depth_cache:
+                depth_cache.clear()
+                depth_cache[item.depth] = read_depth(item.depth)
+            result = visibility(item.image, depth_cache[item.depth], model, patches=patches, stride=stride,
+                                seed=seed, batch_size=batch_size, name=item.image.stem, depth_name=str(item.depth))
+            result = _named_depth(result, item)
+            rows.append({**result.row(), "path": str(item.image)})
+            if map_dir is not None:
+                write_map(result, read_image(item.image), depth_cache[item.depth], Path(map_dir))
+        except PredictError as e:
+            problems.append(str(e))
+        if on_done is not None:
+            on_done()
+    return rows, problems
+
+
+def _named_depth(result: ImageResult, item: Item) -> ImageResult:
+    """The view of an image whose name is not camvis2's: its depth map's stem."""
+    if result.view:
+        return result
+    from dataclasses import replace
+
+    return replace(result, view=item.depth.stem)
+
+
+def write_map(result: ImageResult, rgb: np.ndarray, depth: np.ndarray, folder: Path) -> Path:
+    from camvis.plots.prediction import plot_prediction_map
+
+    return plot_prediction_map(result, rgb, depth, folder / f"{result.image}.png")

@@ -1,0 +1,155 @@
+"""One grid point end to end: train (resuming its own checkpoint), then evaluate.
+
+`TrainEvalTask` is what the launcher submits through submitit: on a timeout or a
+preemption submitit calls `checkpoint()`, which requeues the same call; the new run finds
+the job's checkpoint.pt and carries on from the last finished epoch. Before anything is
+written, camvis.job.identity keeps the folder to this config's training: another training's
+outputs (or, under --restart, an earlier run's) move to previous/ and training starts afresh;
+a finished training with another eval section is only re-evaluated.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from camvis import locks
+from camvis.config import JobConfig, job_dir, to_dict, train_hash
+from camvis.errors import CamvisError
+from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
+from camvis.jobdir import ERROR, PROGRESS, read_json
+
+
+def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None) -> dict[str, Any]:
+    """Train then evaluate `cfg` under outputs/<experiment>/<name>/; returns the scores dict.
+
+    `restart`: a restart id (camvis.cluster.plan.new_run_id): train from scratch unless the folder's
+    training was started by this same id (a requeued restart resumes its own training).
+    """
+    from camvis.job import distributed
+    from camvis.job.evaluate import evaluate_job
+    from camvis.job.train import open_inputs, train, write_progress
+
+    directory = job_dir(cfg, outputs)
+    _limit_threads()
+    env = distributed.setup(cfg.train.device)
+    lock = ExitStack()
+    try:
+        def prepare() -> None:  # one runner per job folder: a second one fails here, touching nothing
+            lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name))
+            _start(directory, cfg, env.world_size, restart)
+
+        _main_first(env, prepare)
+        inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
+        state = train(cfg, directory, env, inputs, run_id=restart)
+        last = state.history[-1] if state.history else None
+        if env.is_main:
+            write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
+        scores = evaluate_job(cfg, directory, device=env.device, source=inputs.source, epochs=state.epoch,
+                              train_hash=train_hash(cfg))
+        if env.is_main:
+            write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
+        return scores
+    except locks.JobLockedError:
+        raise
+    except Exception as e:
+        if env.is_main:  # a domain error is its one line; anything else its traceback
+            text = f"error: {e}\n" if isinstance(e, CamvisError) else traceback.format_exc()
+            _mark_failed(directory, cfg, text, env.world_size)
+        raise
+    finally:
+        lock.close()
+        distributed.teardown()
+
+
+def _main_first(env: Any, fn: Any, *args: Any) -> None:
+    """fn(*args) on rank 0 while the other ranks wait; its failure fails every rank (they would
+    otherwise wait at the barrier for good, e.g. on a refused checkpoint)."""
+    error: Exception | None = None
+    if env.is_main:
+        try:
+            fn(*args)
+        except Exception as e:
+            error = e
+    failure = (str(error) or type(error).__name__) if error is not None else None
+    if env.distributed:
+        failure = _broadcast(failure)
+    if error is not None:
+        raise error
+    if failure is not None:
+        raise CamvisError(f"rank 0 failed to prepare the job folder: {failure}")
+
+
+def _broadcast(message: str | None) -> str | None:
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _start(directory: Path, cfg: JobConfig, world_size: int, restart: str | None = None) -> None:
+    """Keep the folder to this config's training (earlier outputs to previous/), then a (re)started
+    job is running, not failed: drop the last run's error and say so at once."""
+    from camvis.job import identity
+
+    directory.mkdir(parents=True, exist_ok=True)
+    moved = identity.settle(directory, cfg, restart)
+    if moved is not None:
+        print(f"{cfg.name}: {moved[1]}: earlier outputs moved to {moved[0]}", flush=True)
+    reap_stale_tmp(directory, recursive=True)  # .tmp files of a killed run (checkpoint.pt's ...)
+    (directory / ERROR).unlink(missing_ok=True)
+    write_text(directory / "config.yaml", yaml_dump(to_dict(cfg)))
+    _set_phase(directory, cfg, "starting", world_size)
+
+
+def _set_phase(directory: Path, cfg: JobConfig, phase: str, world_size: int) -> None:
+    """Change the phase in progress.json, keeping the epochs and scores a requeued run already has."""
+    from camvis.job.train import TrainState, write_progress
+
+    progress = read_json(directory / PROGRESS)
+    if progress is None:
+        write_progress(directory, cfg, TrainState(), None, phase=phase, world_size=world_size)
+        return
+    progress.update(state=phase, updated=now_iso(), world_size=world_size)
+    write_json(directory / PROGRESS, progress)
+
+
+def yaml_dump(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _limit_threads() -> None:
+    """One intra-op thread per allotted CPU: ranks and jobs sharing a node must not oversubscribe it."""
+    import torch
+
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("CAMVIS_NUM_THREADS")
+    if cpus and cpus.isdigit() and int(cpus) > 0:
+        torch.set_num_threads(int(cpus))
+
+
+def _mark_failed(directory: Path, cfg: JobConfig, trace: str, world_size: int) -> None:
+    """Leave the error beside the outputs so `camvis-status` can show it without SLURM logs."""
+    try:
+        write_text(directory / ERROR, trace)
+        _set_phase(directory, cfg, "failed", world_size)
+    except OSError:  # never hide the job's own exception behind a file-system one
+        pass
+
+
+class TrainEvalTask(submitit.helpers.Checkpointable):
+    """The submitit callable: `TrainEvalTask(restart)(cfg, outputs)`; requeued as it is (same
+    restart id) on timeout, so a requeued --restart resumes the training it started."""
+
+    def __init__(self, restart: str | None = None) -> None:
+        self.restart = restart
+
+    def __call__(self, cfg: JobConfig, outputs: str = "outputs") -> dict[str, Any]:
+        return run_job(cfg, outputs, restart=getattr(self, "restart", None))  # tasks pickled before it

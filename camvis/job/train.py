@@ -1,0 +1,359 @@
+"""Training one grid point: DDP over every rank of the job, resumable from its last epoch.
+
+Adam + BCE with logits, ReduceLROnPlateau on the selection metric, stop at min_lr or
+max_epochs, best checkpoint by the selection metric. Every epoch ends with a full
+checkpoint (model, optimizer, scheduler, RNG states, epoch, best score) written
+atomically, so a requeued job resumes where it stopped and ends with the same result as
+an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restored).
+Checkpoints record the config's train_hash and resume only under the same one; they are read
+with weights_only=True (camvis.job.checkpoints). A loss that is no longer finite stops the job.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from camvis import metrics
+from camvis.job import checkpoints
+from camvis.job.batches import BatchSource, EpochSampler, fold_split
+from camvis.config import JobConfig, to_dict, train_hash
+from camvis.job.distributed import DistEnv
+from camvis.errors import CamvisError
+from camvis.job.evaluate import predict
+from camvis.io import now_iso, write_json, write_torch
+from camvis.jobdir import BEST, CHECKPOINT, PROGRESS
+from camvis.model import build_model
+from camvis.progress import Advance, progress_bar
+from camvis.data.store import PatchStore, open_store
+
+
+@dataclass
+class TrainState:
+    """What survives a requeue besides the weights and optimizer."""
+
+    epoch: int = 0  # next epoch to run
+    best_value: float | None = None
+    best_epoch: int | None = None
+    finished: bool = False
+    restarts: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    run_id: str | None = None  # the --restart that started this training (None: a plain run)
+
+
+class DivergedError(CamvisError):
+    """The loss is no longer finite: the weights are lost, nothing is evaluated."""
+
+
+@dataclass
+class TrainInputs:
+    store: PatchStore
+    source: BatchSource
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    view: str
+
+
+def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None = None) -> TrainInputs:
+    """Open the store and move the pyramid to the device once, for training and evaluation alike.
+
+    BatchSource checks data.factors against the store's levels, fold_split data.fold against its views.
+    """
+    store = store if store is not None else open_store(cfg.data.store)
+    train_idx, val_idx, view = fold_split(store, cfg.data.fold)
+    source = BatchSource(store, cfg.data.factors, device)
+    return TrainInputs(store, source, train_idx, val_idx, view)
+
+
+def improved(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt,
+        mode="min" if cfg.train.selection_metric == "loss" else "max",
+        factor=0.1,
+        patience=cfg.train.plateau_patience,
+        threshold=1e-4,
+    )
+    return opt, sched
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: TrainState, cfg: JobConfig) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "state": asdict(state),
+        "config": to_dict(cfg),
+        "train_hash": train_hash(cfg),
+        "run_id": state.run_id,
+    }
+    write_torch(path, payload)  # atomic; a full disk is a DiskFullError
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng_cpu", "rng_cuda", "state")
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConfig) -> TrainState:
+    """Restore a checkpoint of `cfg`'s training; another training's or a foreign file is a CheckpointError."""
+    payload = checkpoints.read(path, required=CHECKPOINT_KEYS)
+    found, wanted = checkpoints.recorded_train_hash(payload), train_hash(cfg)
+    if found != wanted:
+        raise checkpoints.CheckpointError(f"{path}: trained with another config (train hash {found}, this "
+                                          f"config's {wanted}); {checkpoints.RESTART_HINT}")
+    try:
+        model.load_state_dict(payload["model"])
+        opt.load_state_dict(payload["optimizer"])
+        sched.load_state_dict(payload["scheduler"])
+        torch.set_rng_state(payload["rng_cpu"])
+        if payload["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng_cuda"])
+        return TrainState(**payload["state"])
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise checkpoints.CheckpointError(f"{path}: not a checkpoint of this job's model ({_one_line(e)}); "
+                                          f"{checkpoints.RESTART_HINT}") from e
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobConfig) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "epoch": state.best_epoch,
+        "metric": cfg.train.selection_metric,
+        "value": state.best_value,
+        "config": to_dict(cfg),
+        "train_hash": train_hash(cfg),
+        "run_id": state.run_id,
+    }
+    write_torch(path, payload)  # atomic; a full disk is a DiskFullError
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], env: DistEnv,
+                advance: Advance | None = None) -> float:
+    """One pass over this rank's batches; returns the mean training loss over all ranks."""
+    model.train()
+    use_bf16 = env.device.type == "cuda"
+    total = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, samples
+    for idx, x, y, _ in source.iter_batches(batches, channels_last=use_bf16):
+        with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total[0] += loss.detach().double() * len(idx)
+        total[1] += len(idx)
+        if advance is not None:
+            advance(len(idx))
+    if env.distributed:
+        dist.all_reduce(total)
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[str, float]:
+    """Loss, macro accuracy and macro F1 on the held-out view, every patch counted once over the ranks."""
+    preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
+    return metrics.scores(preds["score"], preds["label"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | None = None, *,
+          run_id: str | None = None) -> TrainState:
+    """Train (or resume training) one job; returns the final state. Only rank 0 writes.
+
+    `inputs`: the job's open store and device pyramid (opened here if None), which the
+    caller can hand on to the evaluation instead of loading the pyramid a second time.
+    `run_id`: recorded in a fresh training's checkpoints (a --restart's id; camvis.job.identity).
+    A checkpoint of another training is an error: camvis.job.identity.settle moves it aside first.
+    """
+    job_dir = Path(job_dir)
+    inputs = inputs if inputs is not None else open_inputs(cfg, env.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg, inputs.store.patch_size).to(env.device)
+    if env.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt, sched = make_optimizer(cfg, model)
+    state = _resume(cfg, job_dir / CHECKPOINT, model, opt, sched, env, run_id)
+    if state.finished:
+        return state
+    net = _wrap_ddp(model, env)
+    sampler = EpochSampler(inputs.train_idx, inputs.store.table["label"], batch_size=cfg.train.batch_size,
+                           seed=cfg.train.seed, rank=env.rank, world_size=env.world_size,
+                           epoch_patches=cfg.train.epoch_patches)
+    writer = _tensorboard(job_dir, env, state.epoch)
+    epoch_times: list[float] = []
+    try:
+        while not state.finished:
+            start = time.perf_counter()
+            batches = sampler.batches(state.epoch)
+            n_samples = sum(len(b) for b in batches)
+            # A bar on rank 0 on a terminal only; the epoch's log line below is printed either way.
+            with progress_bar(f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples,
+                              enabled=None if env.is_main else False, transient=True) as advance:
+                train_loss = train_epoch(net, opt, inputs.source, batches, env, advance)
+            check_finite(cfg, state, "training loss", train_loss)
+            samples_per_s = n_samples * env.world_size / max(time.perf_counter() - start, 1e-9)
+            record = {"train_loss": train_loss, **_validate_and_step(model, inputs, cfg, env, sched, state, job_dir),
+                      "samples_per_s": samples_per_s}
+            _finish_epoch(cfg, job_dir, env, model, opt, sched, state, record)
+            epoch_times.append(time.perf_counter() - start)
+            if env.is_main:
+                _log_epoch(writer, state, record, epoch_times[-1])
+                write_progress(job_dir, cfg, state, record, eta_s=_eta(cfg, state, epoch_times),
+                               world_size=env.world_size)
+                log(env, _epoch_line(cfg, state, record))
+    finally:
+        if writer is not None:
+            writer.close()
+    return state
+
+
+def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv, run_id: str | None) -> TrainState:
+    """The state of the last finished epoch if a checkpoint exists (weights, optimizer, RNG restored)."""
+    if not ckpt.exists():
+        return TrainState(run_id=run_id)
+    state = load_checkpoint(ckpt, model, opt, sched, cfg)
+    state.restarts += 1
+    state.finished = is_finished(cfg, state, opt.param_groups[0]["lr"])
+    if state.finished:
+        log(env, f"{cfg.name}: training finished at epoch {state.epoch} ({ckpt}): no training, re-evaluating")
+    else:
+        log(env, f"resuming {cfg.name} from {ckpt} at epoch {state.epoch}")
+    return state
+
+
+def _wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
+    if not env.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
+
+
+def _validate_and_step(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv, sched, state: TrainState,
+                       job_dir: Path) -> dict[str, float]:
+    """Validate, step the plateau schedule on the selection metric, keep the best weights."""
+    val = validate(model, inputs, cfg, env)
+    check_finite(cfg, state, "validation loss", val["loss"])
+    value = val[cfg.train.selection_metric]
+    sched.step(value)
+    if improved(cfg.train.selection_metric, value, state.best_value):
+        state.best_value, state.best_epoch = value, state.epoch
+        if env.is_main:
+            save_best(job_dir / BEST, model, state, cfg)
+    lr = sched.optimizer.param_groups[0]["lr"]
+    return {"val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"], "lr": lr}
+
+
+def _finish_epoch(cfg: JobConfig, job_dir: Path, env: DistEnv, model, opt, sched, state: TrainState,
+                  record: dict[str, float]) -> None:
+    """Close the epoch in the state and make it durable: a requeue resumes after it."""
+    state.history.append(record)
+    state.epoch += 1
+    state.finished = is_finished(cfg, state, record["lr"])
+    if env.is_main:
+        save_checkpoint(job_dir / CHECKPOINT, model, opt, sched, state, cfg)
+
+
+def check_finite(cfg: JobConfig, state: TrainState, what: str, value: float) -> None:
+    """Stop before a diverged epoch is checkpointed or selected (the value is the same on every rank)."""
+    if not math.isfinite(value):
+        raise DivergedError(f"{cfg.experiment}/{cfg.name}: the {what} became {value} in epoch {state.epoch + 1} "
+                            f"(train.lr={cfg.train.lr:g}): training diverged and stopped, no scores written; lower "
+                            f"train.lr (or check the data) and relaunch")
+
+
+def is_finished(cfg: JobConfig, state: TrainState, lr: float) -> bool:
+    """Stop at max_epochs or once the plateau schedule has taken the rate down to min_lr."""
+    return state.epoch >= cfg.train.max_epochs or lr <= cfg.train.min_lr * (1 + 1e-6)
+
+
+def _eta(cfg: JobConfig, state: TrainState, epoch_times: list[float]) -> float | None:
+    if state.finished:
+        return 0.0
+    return float(np.mean(epoch_times)) * (cfg.train.max_epochs - state.epoch) if epoch_times else None
+
+
+def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dict | None,
+                   *, phase: str | None = None, eta_s: float | None = None, world_size: int = 1) -> None:
+    """progress.json for camvis-status: where the job is, in one small atomic file."""
+    phase = phase or ("evaluating" if state.finished else "training")
+    write_json(
+        Path(job_dir) / PROGRESS,
+        {
+            "state": phase,
+            "epoch": state.epoch,
+            "max_epochs": cfg.train.max_epochs,
+            "metrics": {k: v for k, v in (record or {}).items() if k != "samples_per_s"},
+            "best": {"metric": cfg.train.selection_metric, "value": state.best_value, "epoch": state.best_epoch},
+            "samples_per_s": (record or {}).get("samples_per_s"),
+            "eta_s": eta_s,
+            "updated": now_iso(),
+            "host": socket.gethostname(),
+            "restarts": state.restarts,
+            "world_size": world_size,
+            "train_hash": train_hash(cfg),
+        },
+    )
+
+
+def _tensorboard(job_dir: Path, env: DistEnv, start_epoch: int):
+    if not env.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops events a killed run logged past its last checkpoint
+    return SummaryWriter(log_dir=str(job_dir / "tensorboard"), purge_step=start_epoch)
+
+
+def _log_epoch(writer, state: TrainState, record: dict, epoch_time: float) -> None:
+    step = state.epoch - 1
+    writer.add_scalars("Loss", {"train": record["train_loss"], "val": record["val_loss"]}, step)
+    writer.add_scalar("Accuracy/val", record["val_acc"], step)
+    writer.add_scalar("F1/val", record["val_f1"], step)
+    writer.add_scalar("LearningRate", record["lr"], step)
+    writer.add_scalar("Time/epoch_s", epoch_time, step)
+    writer.add_scalar("Throughput/samples_per_s", record["samples_per_s"], step)
+    writer.flush()
+
+
+def _epoch_line(cfg: JobConfig, state: TrainState, record: dict) -> str:
+    return (
+        f"[{cfg.name}] epoch {state.epoch}/{cfg.train.max_epochs} "
+        f"train_loss {record['train_loss']:.4f} val_loss {record['val_loss']:.4f} "
+        f"val_acc {record['val_acc']:.4f} val_f1 {record['val_f1']:.4f} lr {record['lr']:.1e} "
+        f"{record['samples_per_s']:.0f} samples/s best {cfg.train.selection_metric} "
+        f"{state.best_value:.4f} (epoch {state.best_epoch + 1})"
+    )
+
+
+def log(env: DistEnv, message: str) -> None:
+    if env.is_main:
+        print(message, flush=True)

@@ -1,0 +1,211 @@
+"""Visibility in metres from patch predictions: one logistic fit per image.
+
+Per image, the predicted probability of "visible" is modelled as a function of distance,
+p(d) = sigmoid(a - b log10 d), fitted to the patch scores (soft targets) by Newton steps on the
+mean cross-entropy. The predicted visibility is the distance where p falls to 0.5:
+V = 10 ** (a / b), clipped to the depth range of the image's patches.
+
+A fit is flagged (`VisibilityFit.flag`):
+- "ok": the crossing lies inside the depth range and the fit explains the scores
+  (`quality`, a pseudo-R², at least POOR_FIT_R2 = 0.5);
+- "poor_fit": patches lie on both sides of 0.5 but the fit is poor: its quality is under
+  POOR_FIT_R2, or its crossing falls outside the patches' depth range (then V is clipped to it);
+- "beyond_max": every patch is predicted visible: V is reported as the farthest patch depth
+  (a lower bound of the true estimate);
+- "below_min": every patch is predicted non-visible: V is the nearest patch depth (an upper bound);
+- "inverted": the fitted probability rises with distance (b <= 0): no estimate, V is NaN.
+So beyond_max and below_min mean exactly "all patches on one side of 0.5".
+A small ridge penalty on the slope keeps it finite when the scores separate perfectly in
+distance (the expected case for a good model), so the crossing stays in the gap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+RIDGE = 1e-5  # on the slope b (per log10 metre), relative to the mean cross-entropy
+RIDGE_INTERCEPT = 1e-8  # keeps the intercept finite when every score is 0 or 1
+MAX_ITER = 50
+TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class VisibilityFit:
+    a: float
+    b: float
+    visibility_m: float
+    flag: str
+    depth_min: float
+    depth_max: float
+    n: int
+    quality: float = math.nan  # fit_quality: pseudo-R² of the fit against a constant
+
+    def probability(self, depth: np.ndarray) -> np.ndarray:
+        """The fitted p(d) at `depth` metres."""
+        return _sigmoid(self.a - self.b * np.log10(depth))
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * z))  # stable for large |z|
+
+
+def _objective(c: float, b: float, xc: np.ndarray, s: np.ndarray) -> float:
+    z = c - b * xc
+    # mean cross-entropy with soft targets s: softplus(z) - s z
+    ce = np.logaddexp(0, z) - s * z
+    return float(ce.mean() + 0.5 * RIDGE * b * b + 0.5 * RIDGE_INTERCEPT * c * c)
+
+
+def fit_logistic(log10_depth: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(a, b) of p = sigmoid(a - b log10 d) fitted to `scores` by damped Newton steps."""
+    x = np.asarray(log10_depth, dtype=np.float64)
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0, 1)
+    centre = float(x.mean())
+    xc = x - centre  # centred so the intercept and slope decouple
+    theta = np.zeros(2)  # (c, b) with z = c - b xc
+    design = np.stack([np.ones_like(xc), -xc], axis=1)
+    ridge = np.diag([RIDGE_INTERCEPT, RIDGE])
+    value = _objective(*theta, xc, s)
+    for _ in range(MAX_ITER):
+        p = _sigmoid(design @ theta)
+        grad = design.T @ (p - s) / x.size + ridge @ theta
+        hess = (design * (p * (1 - p))[:, None]).T @ design / x.size + ridge
+        step = np.linalg.solve(hess, grad)
+        t = 1.0
+        while t > 1e-6:  # backtracking: Newton may overshoot on nearly separable data
+            trial = theta - t * step
+            trial_value = _objective(*trial, xc, s)
+            if trial_value <= value:
+                break
+            t /= 2
+        else:
+            break
+        converged = value - trial_value < TOL
+        theta, value = trial, trial_value
+        if converged:
+            break
+    c, b = theta
+    return float(c + b * centre), float(b)
+
+
+def estimate(depth: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> VisibilityFit:
+    """The visibility of one image from its patches' depths (metres) and scores."""
+    depth = np.asarray(depth, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if depth.size == 0:
+        raise ValueError("no patches to estimate a visibility from")
+    lo, hi = float(depth.min()), float(depth.max())
+    a, b = fit_logistic(np.log10(depth), scores)
+    quality = fit_quality(VisibilityFit(a, b, math.nan, "", lo, hi, depth.size), depth, scores)
+    visible = scores >= threshold
+    if visible.all():
+        return VisibilityFit(a, b, hi, "beyond_max", lo, hi, depth.size, quality)
+    if not visible.any():
+        return VisibilityFit(a, b, lo, "below_min", lo, hi, depth.size, quality)
+    if b <= 0:
+        return VisibilityFit(a, b, math.nan, "inverted", lo, hi, depth.size, quality)
+    log_v = a / b
+    if not math.log10(lo) < log_v < math.log10(hi):  # scores on both sides, yet no crossing between
+        return VisibilityFit(a, b, min(max(10**log_v, lo), hi), "poor_fit", lo, hi, depth.size, quality)
+    return VisibilityFit(a, b, 10**log_v, flag_quality("ok", quality), lo, hi, depth.size, quality)
+
+
+def estimate_images(image: np.ndarray, depth: np.ndarray, scores: np.ndarray) -> dict[int, VisibilityFit]:
+    """One fit per image index present in `image` (images are few: a loop is fine)."""
+    image = np.asarray(image)
+    order = np.argsort(image, kind="stable")
+    ids, starts = np.unique(image[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    return {int(i): estimate(depth[g], scores[g]) for i, g in zip(ids, groups)}
+
+
+def abs_log10_error(predicted: float, true: float | None) -> float:
+    """|log10 V_pred - log10 V_true|; NaN when either is unknown."""
+    if true is None or not (predicted > 0 and true > 0):
+        return math.nan
+    return abs(math.log10(predicted) - math.log10(true))
+
+
+def visibility_table(
+    fits: Mapping[int, VisibilityFit],
+    image_names: tuple[str, ...] | list[str],
+    image_views: Mapping[int, str],
+    true_visibility: Mapping[str, float] | None,
+) -> list[dict[str, Any]]:
+    """Rows of visibility.csv: image, view, predicted_visibility_m, true_visibility_m,
+    abs_log10_error, flag, fit_quality, n_patches (NaN where unknown)."""
+    rows = []
+    for i, fit in sorted(fits.items()):
+        name = image_names[i]
+        true = (true_visibility or {}).get(name)
+        rows.append({
+            "image": name,
+            "view": image_views[i],
+            "predicted_visibility_m": fit.visibility_m,
+            "true_visibility_m": math.nan if true is None else float(true),
+            "abs_log10_error": abs_log10_error(fit.visibility_m, true),
+            "flag": fit.flag,
+            "fit_quality": fit.quality,
+            "n_patches": fit.n,
+        })
+    return rows
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """scores.json's "visibility": median |log10 error| over images with a truth and an estimate."""
+    errors = np.array([r["abs_log10_error"] for r in rows], dtype=np.float64)
+    errors = errors[np.isfinite(errors)]
+    return {
+        "median_abs_log10_error": float(np.median(errors)) if errors.size else None,
+        "n_images": len(rows),
+        "n_scored": int(errors.size),
+        "flagged": sum(r["flag"] != "ok" for r in rows),
+    }
+
+
+def true_visibility(images: tuple[str, ...] | list[str], attrs: Mapping[str, Any]) -> dict[str, float] | None:
+    """True V (metres) per image stem: the store's `visibility_m` attribute (aligned with its
+    images, recorded at build time), else the raw dir's visibility.csv named in the provenance;
+    None when neither is available."""
+    recorded = attrs.get("visibility_m")
+    if recorded is not None and any(v is not None for v in recorded):
+        return {name: float(v) for name, v in zip(images, recorded) if v is not None}
+    raw_dir = (attrs.get("provenance") or {}).get("raw_dir")
+    if not raw_dir or not Path(raw_dir).is_dir():
+        return None
+    from camvis.data.raw import read_visibility  # only when needed: raw reading is upstream
+
+    return read_visibility(raw_dir)
+
+
+# A fit whose quality (pseudo-R², below) is under this explains less than half of the scores'
+# deviance from a constant: its crossing is not trusted, and an "ok" fit is flagged "poor_fit".
+POOR_FIT_R2 = 0.5
+
+
+def fit_quality(fit: VisibilityFit, depth: np.ndarray, scores: np.ndarray) -> float:
+    """Pseudo-R² of the fit: 1 - D_fit / D_null, deviances (mean cross-entropy in excess of the
+    scores' own entropy) of p(d) and of a constant p = mean score. 1: the logistic explains the
+    scores; 0: no better than a constant; NaN when the scores are constant (nothing to explain)."""
+    s = np.clip(np.asarray(scores, dtype=np.float64), 0, 1)
+    p_fit = np.clip(fit.probability(np.asarray(depth, dtype=np.float64)), 1e-12, 1 - 1e-12)
+    p_null = np.clip(s.mean(), 1e-12, 1 - 1e-12)
+    floor = _cross_entropy(s, np.clip(s, 1e-12, 1 - 1e-12))
+    d_null = _cross_entropy(s, p_null) - floor
+    if d_null <= 1e-12:
+        return math.nan
+    return float(1 - (_cross_entropy(s, p_fit) - floor) / d_null)
+
+
+def _cross_entropy(s: np.ndarray, p: np.ndarray | float) -> float:
+    return float(np.mean(-(s * np.log(p) + (1 - s) * np.log1p(-p))))
+
+
+def flag_quality(flag: str, quality: float) -> str:
+    """An "ok" fit of quality under POOR_FIT_R2 becomes "poor_fit"; other flags stand."""
+    return "poor_fit" if flag == "ok" and quality < POOR_FIT_R2 else flag

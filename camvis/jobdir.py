@@ -1,0 +1,45 @@
+"""A job folder's files, named once for the job that writes them and for every reader, and the
+rule that says a job is finished. Base layer: the job side (compute nodes) and the login node's
+bookkeeping (camvis.cluster, camvis.results) both read it; it imports nothing of camvis.
+
+outputs/<experiment>/<job>/ holds checkpoint.pt, best.pt, config.yaml, progress.json, error.txt,
+the evaluation's files and, last, scores.json; earlier outputs are kept under previous/
+(camvis.job.identity). The formats: docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# The files of a job directory, named once for the job that writes them and every reader.
+SCORES, PROGRESS, CHECKPOINT, BEST, ERROR = "scores.json", "progress.json", "checkpoint.pt", "best.pt", "error.txt"
+JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object, or None when missing or unreadable (a monitor must not crash on one bad file)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def as_int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def is_finished(scores: dict[str, Any] | None, config_hash: str | None) -> bool:
+    """Finished = scores.json exists and was written for the same config (contract).
+
+    The same rule as camvis.cluster.plan's: scores without a config_hash do not count when the job's
+    hash is known. `config_hash` None (a job folder with no manifest entry): nothing to compare.
+    """
+    if scores is None:
+        return False
+    return config_hash is None or scores.get("config_hash") == config_hash

@@ -1,0 +1,387 @@
+"""`camvis-aggregate`: every finished job's scores -> per-group summary, paired comparisons, figures.
+
+Statistics (all vectorized over bootstrap resamples):
+- per group and metric: the per-fold point estimates (scores.json), their mean, and a percentile
+  bootstrap interval of that mean: resample r of the mean = mean over folds of each fold's r-th
+  bootstrap value (bootstrap.csv);
+- per pair of groups: paired per-fold differences over the folds both finished, a bootstrap
+  interval from the paired resamples (same fold = same held-out patches and same bootstrap seed,
+  so row r of both jobs resampled the same patches), and the corrected resampled t-test of
+  Nadeau & Bengio (2003), Student's t with k-1 degrees of freedom (no scipy: incomplete beta), and
+  Holm's adjusted p-value over the pairs of each metric (camvis.results.compare builds this table).
+The statistics themselves (Student's t, the corrected t-test, the bootstrap intervals of a mean
+over folds and of a paired difference, Holm) live in camvis.results.stats; this module reads the jobs,
+builds the other tables and writes the files.
+
+No torch here: this also runs as the dependent aggregate job and on login nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from camvis.results import aggregate_visibility
+from camvis.cluster import jobfiles
+from camvis.cluster import monitor
+from camvis.results.compare import compare
+from camvis.config import experiment_dir
+from camvis.console import default_console
+from camvis.errors import CamvisError
+from camvis.io import write_csv, write_text
+from camvis.metrics import METRICS
+from camvis.progress import track
+from camvis.results.stats import fold_mean_ci
+
+CAMVIS2_COLUMNS = ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    name: str
+    group: str  # the grid point without its fold (a group, plus plain axes if any)
+    fold: int
+    view: str
+    model_name: str
+    metrics: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    boot: np.ndarray  # float64 (n_resamples, len(METRICS)), rows in resample order
+    n_val: float | None = None
+    n_train: float | None = None
+
+
+def read_bootstrap(path: Path) -> np.ndarray:
+    """bootstrap.csv (resample, loss, acc, f1) -> float64 (n, 3) in resample order."""
+    df = pd.read_csv(path)
+    missing = [c for c in METRICS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (expected resample, loss, acc, f1)")
+    if "resample" in df.columns:
+        df = df.sort_values("resample", kind="stable")
+    values = df[list(METRICS)].to_numpy(dtype=np.float64)
+    if len(values) == 0 or not np.isfinite(values).all():
+        raise ValueError(f"{path}: empty or non-finite bootstrap values")
+    return values
+
+
+def load_job(info: jobfiles.JobInfo, folder: Path) -> FinishedJob:
+    """A finished job's scores.json + bootstrap.csv; ValueError naming the file if unusable."""
+    path = folder / jobfiles.SCORES
+    scores = jobfiles.read_json(path)
+    if scores is None:
+        raise ValueError(f"{path}: unreadable")
+    try:
+        metrics = {m: float(scores["metrics"][m]) for m in METRICS}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: metrics.loss/acc/f1 missing or not numbers") from e
+    fold = jobfiles.as_int(scores.get("fold"))
+    fold = fold if fold is not None else info.fold
+    if fold is None:
+        raise ValueError(f"{path}: no fold")
+    boot_file = (scores.get("bootstrap") or {}).get("file") or "bootstrap.csv"
+    ci = scores.get("ci") or {}
+    return FinishedJob(
+        name=info.name,
+        group=jobfiles.variant_label(info.name, str(scores.get("group") or info.group)),
+        fold=fold,
+        view=str(scores.get("view") or info.view or ""),
+        model_name=str(scores.get("model_name") or info.name),
+        metrics=metrics,
+        ci={m: tuple(map(float, ci[m])) for m in METRICS if isinstance(ci.get(m), (list, tuple)) and len(ci[m]) == 2},
+        boot=read_bootstrap(folder / boot_file),
+        n_val=_positive(scores.get("n_val")),
+        n_train=_positive(scores.get("n_train")),
+    )
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out > 0 and math.isfinite(out) else None
+
+
+def _unfinished_reason(status: monitor.JobStatus) -> str:
+    p = status.progress or {}
+    where = f", epoch {p.get('epoch')}/{p.get('max_epochs')}" if p.get("epoch") is not None else ""
+    source = "" if status.source == "files" else f" ({status.source})"
+    if status.state == "COMPLETED":
+        return f"no scores.json although the job is COMPLETED{source}"
+    error = f": {status.error}" if status.error else ""
+    return f"not finished: {status.state}{source}{where}{error}"
+
+
+def load_finished(
+    status: monitor.ExperimentStatus, outputs: str | Path, show_progress: bool = False
+) -> tuple[list[FinishedJob], dict[str, str]]:
+    """(finished jobs, {name: why it is left out}) for every expected job."""
+    finished: list[FinishedJob] = []
+    problems: dict[str, str] = {}
+    seen: dict[tuple[str, int], str] = {}
+    base = Path(outputs) / status.experiment
+    for job in track(status.jobs, "reading scores", enabled=show_progress, transient=True):
+        name = job.info.name
+        if not job.finished:
+            stale = (base / name / jobfiles.SCORES).exists()
+            problems[name] = "stale scores.json (written for another config hash)" if stale else _unfinished_reason(job)
+            continue
+        try:
+            loaded = load_job(job.info, base / name)
+        except (OSError, ValueError) as e:
+            problems[name] = f"unusable outputs: {e}"
+            continue
+        key = (loaded.group, loaded.fold)
+        if key in seen:
+            problems[name] = f"duplicate of {seen[key]} (group {loaded.group}, fold {loaded.fold})"
+            continue
+        seen[key] = name
+        finished.append(loaded)
+    return finished, problems
+
+
+def align_bootstraps(jobs: Sequence[FinishedJob], seed: int | None) -> tuple[np.ndarray, list[str]]:
+    """Stack every job's resamples into (n_jobs, R, metrics), R = the smallest count (resample
+    r stays resample r, so pairs stay paired). With a seed, each fold's resamples are put in a
+    seeded order shared by every group on that fold: pairs are unchanged, and folds whose
+    bootstraps drew the same index sequence (same eval seed and size) no longer move together."""
+    counts = {len(j.boot) for j in jobs}
+    r = min(counts)
+    notes = []
+    if len(counts) > 1:
+        notes.append(f"bootstrap sizes differ ({', '.join(map(str, sorted(counts)))}): using the first {r} resamples")
+    boots = np.stack([j.boot[:r] for j in jobs])
+    if seed is not None:
+        for fold in sorted({j.fold for j in jobs}):
+            order = np.random.default_rng([seed, fold]).permutation(r)
+            rows = [i for i, j in enumerate(jobs) if j.fold == fold]
+            boots[rows] = boots[rows][:, order]
+    return boots, notes
+
+
+def per_fold_frame(jobs: Sequence[FinishedJob]) -> pd.DataFrame:
+    """One row per finished job: group, fold, view, job and the point estimates (+ per-fold CI)."""
+    rows = []
+    for j in jobs:
+        row: dict[str, Any] = {"group": j.group, "fold": j.fold, "view": j.view, "job": j.name, **j.metrics}
+        for m, (lo, hi) in j.ci.items():
+            row[f"{m}_ci_low"], row[f"{m}_ci_high"] = lo, hi
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values(["group", "fold"], kind="stable").reset_index(drop=True)
+
+
+def summarize(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float) -> pd.DataFrame:
+    """Per group and metric: per-fold point estimates, their mean, sd and a bootstrap CI of the mean."""
+    folds = sorted({j.fold for j in jobs})
+    rows = []
+    for group in sorted({j.group for j in jobs}):
+        idx = [i for i, j in enumerate(jobs) if j.group == group]
+        low, high = fold_mean_ci(boots[idx], confidence)
+        for k, metric in enumerate(METRICS):
+            points = {jobs[i].fold: jobs[i].metrics[metric] for i in idx}
+            values = np.array(list(points.values()))
+            rows.append({
+                "group": group, "metric": metric, "n_folds": len(values), "mean": values.mean(),
+                "ci_low": low[k], "ci_high": high[k], "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
+                **{f"fold_{f}": points.get(f, math.nan) for f in folds},
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _csv_field(value: object) -> str:
+    """One CSV field, quoted when needed, with '%' escaped for the row format below."""
+    text = str(value)
+    if any(c in text for c in ',"\n'):
+        text = '"' + text.replace('"', '""') + '"'
+    return text.replace("%", "%%")
+
+
+def camvis2_csv_text(jobs: Sequence[FinishedJob]) -> str:
+    """camvis2's per-fold scores CSV (model_name,fold,view,loss,acc,f1,group; 4 decimals): one row per
+    bootstrap resample per job, what its visualize_scores.py reads. One format operation per job."""
+    parts = [",".join(CAMVIS2_COLUMNS) + "\n"]
+    for j in jobs:
+        head = ",".join(_csv_field(v) for v in (j.model_name, j.fold, j.view))
+        row = f"{head},%.4f,%.4f,%.4f,{_csv_field(j.group)}\n"
+        parts.append((row * len(j.boot)) % tuple(j.boot.ravel().tolist()))
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "-" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub Markdown table (no tabulate dependency)."""
+    header = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
+    body = ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def summary_wide(summary: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    """group x metric as 'mean [low, high]' for printing."""
+    out = summary.assign(cell=[f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
+                               zip(summary["mean"], summary["ci_low"], summary["ci_high"])])  # fmt: skip
+    wide = out.pivot(index="group", columns="metric", values="cell")[list(METRICS)]
+    wide.columns = [f"{m} ({confidence:.0%} CI)" for m in METRICS]
+    folds = summary.groupby("group")["n_folds"].first()
+    return wide.assign(folds=folds).reset_index()
+
+
+def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
+    """The comparisons as a compact Markdown table: one row per pair and metric."""
+    c = comparisons
+    compact = pd.DataFrame({
+        "metric": c["metric"], "a - b": c["group_a"] + " - " + c["group_b"], "folds": c["n_folds"],
+        "mean a": c["mean_a"], "mean b": c["mean_b"],
+        f"difference ({confidence:.0%} CI)": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+                                              for d, lo, hi in zip(c["mean_diff"], c["ci_low"], c["ci_high"])],
+        "t": c["t"], "p": c["p_value"], "p (Holm)": c["p_holm"],
+    })  # fmt: skip
+    return markdown_table(compact)
+
+
+def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
+    conf = result.confidence
+    lines = [f"# {result.experiment}: aggregate", "",
+             f"{result.n_finished} of {result.n_expected} jobs finished; {result.n_resamples} bootstrap resamples "
+             f"per job; {conf:.0%} percentile bootstrap intervals.", "",
+             "## Summary (mean over folds of the per-fold scores)", "",
+             markdown_table(summary_wide(result.summary, conf)), ""]  # fmt: skip
+    for metric in METRICS:
+        table = per_fold.pivot(index="group", columns="fold", values=metric)
+        table.columns = [f"fold {c}" for c in table.columns]
+        lines += [f"## Per-fold {metric}", "", markdown_table(table.reset_index()), ""]
+    lines += ["## Paired comparisons (a - b over common folds)", "",
+              "Interval: paired bootstrap of the mean difference (test-set resampling only, given the trained "
+              "models). t and p: corrected resampled t-test (Nadeau & Bengio 2003) over the per-fold "
+              "differences d, t = mean(d) / sqrt((1/k + n_test/n_train) var(d)), k-1 dof: it also counts "
+              "fold-to-fold variation. p (Holm): Holm-adjusted over all pairs of the same metric, for "
+              "judging many pairs at once (family-wise error). All columns in comparisons.csv.", ""]  # fmt: skip
+    lines += [comparisons_markdown(result.comparisons, conf) if len(result.comparisons)
+              else "(no two groups share a fold)", ""]  # fmt: skip
+    if result.visibility is not None:
+        lines += aggregate_visibility.markdown(result.visibility, conf)
+    if result.figures:
+        lines += ["## Figures", "", *(f"![{m}]({p.name})" for m, p in result.figures.items()), ""]
+    if result.missing:
+        lines += ["## Missing or failed jobs", "", *(f"- {n}: {why}" for n, why in result.missing.items()), ""]
+    if result.notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in result.notes), ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@dataclass
+class AggregateResult:
+    experiment: str
+    directory: Path
+    summary_csv: Path
+    comparisons_csv: Path
+    point_estimates_csv: Path
+    camvis2_csv: Path
+    markdown: Path
+    figures: dict[str, Path]
+    n_expected: int
+    n_finished: int
+    n_resamples: int
+    confidence: float
+    missing: dict[str, str]
+    summary: pd.DataFrame = field(repr=False)
+    comparisons: pd.DataFrame = field(repr=False)
+    notes: list[str] = field(default_factory=list)
+    visibility: dict[str, Any] | None = field(default=None, repr=False)  # camvis.results.aggregate_visibility.write
+
+    def paths(self) -> dict[str, Path]:
+        return {"summary_csv": self.summary_csv, "comparisons_csv": self.comparisons_csv,
+                "point_estimates_csv": self.point_estimates_csv, "camvis2_csv": self.camvis2_csv,
+                "markdown": self.markdown, **{f"figure_{m}": p for m, p in self.figures.items()}}  # fmt: skip
+
+
+def aggregate(
+    experiment: str,
+    outputs: str | Path = "outputs",
+    jobs: str | Path = "jobs",
+    *,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+    figures: bool = True,
+    console: Console | None = None,
+) -> AggregateResult:
+    """Aggregate every finished job of `experiment`; write CSV, Markdown and figures under
+    outputs/<experiment>/ (atomically); list missing or failed jobs without failing."""
+    if not 0.0 < confidence < 1.0:
+        raise CamvisError(f"confidence must be in (0, 1), got {confidence}")
+    console = console or default_console()
+    directory = experiment_dir(experiment, outputs)  # a name, and its folder under outputs/
+    status = monitor.collect(experiment, jobs, outputs)
+    finished, missing = load_finished(status, outputs, show_progress=console.is_terminal)
+    if not finished:
+        listed = "; ".join(f"{n}: {w}" for n, w in list(missing.items())[:10])
+        raise CamvisError(f"experiment {experiment!r}: no finished job to aggregate ({listed or 'no jobs'})")
+    boots, notes = align_bootstraps(finished, seed)
+    result = AggregateResult(
+        experiment=experiment, directory=directory, summary_csv=directory / "summary.csv",
+        comparisons_csv=directory / "comparisons.csv", point_estimates_csv=directory / "point_estimates.csv",
+        camvis2_csv=directory / "scores_per_fold.csv", markdown=directory / "summary.md", figures={},
+        n_expected=len(status.jobs), n_finished=len(finished), n_resamples=boots.shape[1], confidence=confidence,
+        missing=missing, summary=summarize(finished, boots, confidence),
+        comparisons=compare(finished, boots, confidence), notes=notes,
+    )  # fmt: skip
+    per_fold = per_fold_frame(finished)
+    write_csv(result.summary, result.summary_csv)
+    write_csv(result.comparisons, result.comparisons_csv)
+    write_csv(per_fold, result.point_estimates_csv)
+    write_text(result.camvis2_csv, camvis2_csv_text(finished))
+    result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment)
+    if figures:
+        from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
+
+        for metric in METRICS:
+            path = directory / f"{metric}.png"  # beside the tables, as camvis2's <name>/<metric>.png
+            result.figures[metric] = metric_figure(per_fold, result.summary, metric, path, experiment)
+    write_text(result.markdown, report_markdown(result, per_fold))
+    print_summary(result, console)
+    return result
+
+
+def print_summary(result: AggregateResult, console: Console) -> None:
+    table = Table(title=f"{result.experiment}: {result.n_finished}/{result.n_expected} jobs", title_justify="left")
+    wide = summary_wide(result.summary, result.confidence)
+    for column in wide.columns:
+        table.add_column(str(column), justify="left" if column == "group" else "right")
+    for row in wide.itertuples(index=False):
+        table.add_row(*map(str, row))
+    console.print(table)
+    if result.visibility is not None:  # metres: per group over all folds
+        overall = result.visibility["summary"].query("fold == 'all'")
+        for r in overall.itertuples(index=False):
+            console.print(f"visibility {r.group}: median |log10 error| {r.median_abs_log10_error:.3f} "
+                          f"[{r.median_ci_low:.3f}, {r.median_ci_high:.3f}], {r.within_factor2:.0%} within a "
+                          f"factor 2, over {r.n_images} images")
+    for name, why in result.missing.items():
+        console.print(f"[yellow]warning:[/] {name}: {why}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    names = [result.summary_csv, result.comparisons_csv, result.point_estimates_csv, result.camvis2_csv,
+             *result.figures.values()]  # fmt: skip
+    console.print(f"wrote {result.markdown} and, beside it, {', '.join(p.name for p in names)}", soft_wrap=True)
+

@@ -1,0 +1,93 @@
+"""Metres in camvis-aggregate: the visibility columns against a hand computation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_aggregate import N_BOOT, fabricate_job, run, write_manifest  # tests/ is on sys.path
+
+from rich.console import Console
+
+from camvis.results import aggregate as agg
+from camvis.results import aggregate_visibility as av
+from camvis.cluster import slurm_query
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# (group, fold) -> per-image |log10 error|, images named i0, i1, ...
+ERRORS = {("a", 1): [0.1, 0.2, 0.5], ("a", 2): [0.05, 0.4],
+          ("b", 1): [0.3, 0.1, 0.2], ("b", 2): [0.6, 0.2]}
+FLAGS = {("a", 1): ["ok", "poor_fit", "beyond_max"], ("a", 2): ["ok", "ok"],
+         ("b", 1): ["ok", "ok", "ok"], ("b", 2): ["below_min", "ok"]}
+
+
+@pytest.fixture(autouse=True)
+def _no_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slurm_query, "tool_on_path", lambda name: False)
+
+
+def _fabricate(root: Path) -> None:
+    noise = np.random.default_rng(0).normal(0, 0.01, (N_BOOT, 3))
+    entries = {}
+    for (group, fold), errors in ERRORS.items():
+        folder = fabricate_job(root, group, fold, {"loss": 0.3, "acc": 0.8, "f1": 0.8}, noise)
+        truth = 1000.0 * (fold + np.arange(len(errors)))
+        predicted = truth * 10 ** np.asarray(errors)
+        rows = pd.DataFrame({"image": [f"i{k}" for k in range(len(errors))], "view": f"cam{fold}_1",
+                             "predicted_visibility_m": predicted, "true_visibility_m": truth,
+                             "abs_log10_error": errors, "flag": FLAGS[group, fold], "fit_quality": 0.9,
+                             "n_patches": 500})
+        if (group, fold) == ("a", 2):  # an image without an estimate: counted, not scored
+            rows.loc[len(rows)] = ["i9", "cam2_1", math.nan, 5000.0, math.nan, "inverted", math.nan, 500]
+        rows.to_csv(folder / "visibility.csv", index=False)
+        entries[f"{group}_fold{fold}"] = {"group": group, "fold": fold}
+    write_manifest(root, entries)
+
+
+def test_visibility_columns_match_a_hand_computation(tmp_path: Path) -> None:
+    _fabricate(tmp_path)
+    console = Console(record=True, width=160)
+    result = agg.aggregate("exp", tmp_path / "outputs", tmp_path / "jobs", console=console)
+    summary = pd.read_csv(tmp_path / "outputs" / "exp" / "visibility_summary.csv", dtype={"fold": str})
+    row = summary.set_index(["group", "fold"])
+    # a, fold 1: errors 0.1 0.2 0.5 -> median 0.2; within factor 2 (<= 0.30103): 2 of 3
+    assert row.loc[("a", "1"), "median_abs_log10_error"] == pytest.approx(0.2)
+    assert row.loc[("a", "1"), "within_factor2"] == pytest.approx(2 / 3)
+    assert tuple(row.loc[("a", "1"), ["n_images", "n_flagged", "n_poor_fit"]]) == (3, 2, 1)
+    # a, all folds pooled: 0.05 0.1 0.2 0.4 0.5 -> median 0.2, 3 of 5 within; i9 unscored, inverted flagged
+    assert row.loc[("a", "all"), "median_abs_log10_error"] == pytest.approx(0.2)
+    assert row.loc[("a", "all"), "within_factor2"] == pytest.approx(3 / 5)
+    assert tuple(row.loc[("a", "all"), ["n_images", "n_unscored", "n_flagged"]]) == (5, 1, 3)
+    # b, all: 0.1 0.2 0.2 0.3 0.6 -> median 0.2, 4 of 5 within (0.3 <= log10 2)
+    assert row.loc[("b", "all"), "within_factor2"] == pytest.approx(4 / 5)
+    for _, r in summary.iterrows():
+        assert r["median_ci_low"] <= r["median_abs_log10_error"] <= r["median_ci_high"]
+        assert r["within_factor2_ci_low"] <= r["within_factor2"] <= r["within_factor2_ci_high"]
+    comparisons = pd.read_csv(tmp_path / "outputs" / "exp" / "visibility_comparisons.csv").set_index("statistic")
+    # paired over the 5 images both scored (i9 only a has): a 0.1 0.2 0.5 0.05 0.4, b 0.3 0.1 0.2 0.6 0.2
+    share = comparisons.loc["within_factor2"]
+    assert share["n_images"] == 5 and share["diff"] == pytest.approx(3 / 5 - 4 / 5)
+    assert share["ci_low"] <= share["diff"] <= share["ci_high"] and 0 <= share["p_value"] <= 1
+    assert comparisons.loc["median_abs_log10_error", "diff"] == pytest.approx(0.2 - 0.2)
+    assert (tmp_path / "outputs" / "exp" / "visibility.png").read_bytes()[:8] == PNG_MAGIC
+    assert "visibility a: median |log10 error| 0.200 [" in console.export_text()
+    text = result.markdown.read_text()
+    assert "## Visibility in metres" in text and "60.0% [" in text
+
+
+def test_jobs_without_visibility_csv_add_no_section(tmp_path: Path) -> None:
+    noise = np.zeros((N_BOOT, 3))
+    fabricate_job(tmp_path, "a", 1, {"loss": 0.3, "acc": 0.8, "f1": 0.8}, noise)
+    write_manifest(tmp_path, {"a_fold1": {"group": "a", "fold": 1}})
+    result = run(tmp_path)
+    assert result.visibility is None and "Visibility in metres" not in result.markdown.read_text()
+    assert not (tmp_path / "outputs" / "exp" / "visibility_summary.csv").exists()
+
+
+def test_a_perfect_group_has_a_degenerate_interval() -> None:
+    tables = {("g", 1): pd.DataFrame({"image": ["x", "y"], "abs_log10_error": [0.0, 0.0], "flag": ["ok", "ok"]})}
+    s = av.summarize(tables, 0.95, n_boot=50)
+    assert s.loc[0, "median_ci_low"] == s.loc[0, "median_ci_high"] == 0.0 and s.loc[0, "within_factor2"] == 1.0
