@@ -23,6 +23,8 @@ import yaml
 
 from camvis.errors import ConfigError
 
+MAX_LR = 10.0
+"""Largest train.lr accepted: Adam moves each weight by about lr per step."""
 SELECTION_METRICS = ("acc", "f1", "loss")
 
 
@@ -428,8 +430,8 @@ def validate_values(cfg: JobConfig) -> list[str]:
                        ("eval.batch_size", e.batch_size)):
         if value < 1:
             errors.append(f"{key} must be >= 1, got {value}")
-    if t.lr <= 0:
-        errors.append(f"train.lr must be > 0, got {t.lr}")
+    if not 0 < t.lr <= MAX_LR:  # Adam's step is about lr: far above 1 it overflows to inf, then NaN
+        errors.append(f"train.lr must be in (0, {MAX_LR:g}], got {t.lr}")
     if not 0 <= t.min_lr < t.lr:
         errors.append(f"train.min_lr must be in [0, train.lr={t.lr}), got {t.min_lr}")
     if t.plateau_patience < 0:

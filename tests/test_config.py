@@ -75,7 +75,7 @@ def test_value_rules():
     with pytest.raises(ConfigError) as err:
         job_config_from_dict({"train": {"lr": -1.0}, "eval": {"confidence": 2.0}, "data": {"fold": 0}}, "x.yaml")
     message = str(err.value)
-    assert "train.lr must be > 0, got -1.0" in message
+    assert "train.lr must be in (0, 10], got -1.0" in message
     assert "eval.confidence must be in (0, 1), got 2.0" in message
     assert "data.fold must be >= 1" in message
 

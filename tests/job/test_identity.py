@@ -269,10 +269,15 @@ def test_a_foreign_torch_file_is_not_a_camvis_checkpoint(synth_store, tmp_path):
 # --------------------------------------------------------------------------- non-finite losses
 
 
-def test_diverged_training_stops_with_error_and_no_scores(synth_store, tmp_path):
+def test_diverged_training_stops_with_error_and_no_scores(synth_store, tmp_path, monkeypatch):
+    """A loss that turns NaN (here forced: a learning rate that diverges is refused by the config
+    since train.lr is capped) stops the job before the epoch is saved."""
+    real = torch.nn.functional.binary_cross_entropy_with_logits
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
+                        lambda logits, target, **kw: real(logits, target, **kw) * float("nan"))
     job = tmp_path / "e" / "j"
     with pytest.raises(DivergedError, match=r"training loss became nan in epoch 1"):
-        run_job(_cfg(synth_store, "train.lr=1e20"), tmp_path)
+        run_job(_cfg(synth_store), tmp_path)
     error = (job / "error.txt").read_text()
     assert error.startswith("error: e/j: the training loss became nan") and "train.lr" in error
     assert not (job / "scores.json").exists() and not (job / "checkpoint.pt").exists()
