@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from camvis.errors import ConfigError
+from camvis.io import json_copy
 
 SELECTION_METRICS = ("acc", "f1", "loss")
 
@@ -255,7 +256,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A deep copy of `raw` with each dotted `key=value` set (validation happens later)."""
-    result = json.loads(json.dumps(raw, default=list))
+    result = json_copy(raw)
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(result, key, value)
@@ -482,7 +483,7 @@ def factors_double(factors: tuple[int, ...]) -> bool:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples as lists), ready for YAML/JSON."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return json_copy(dataclasses.asdict(cfg))
 
 
 TRAIN_SECTIONS = ("data", "model", "train")

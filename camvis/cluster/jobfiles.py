@@ -19,7 +19,7 @@ from typing import Any
 from camvis.cluster import manifest
 from camvis.errors import ConfigError
 from camvis.jobdir import (BEST, CHECKPOINT, ERROR, JOB_FILES, PROGRESS, SCORES,  # noqa: F401
-                           as_int, is_finished, read_json)
+                           as_int, as_number, is_finished, read_json)
 
 _FOLD = re.compile(r"_fold(\d+)")
 

@@ -28,6 +28,7 @@ from camvis.cluster.jobfiles import (
     aggregate_ids,
     array_ids,
     as_int,
+    as_number,
     cancelled_by_camvis,
     earlier_run_files,
     expected_jobs,
@@ -173,25 +174,17 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{days}d {clock}" if days else clock
 
 
-def _num(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
     """(epoch, best, samples/s, ETA) from progress.json; '-' for what is not known."""
     p = status.progress or {}
     epoch, max_epochs = as_int(p.get("epoch")), as_int(p.get("max_epochs"))
     epoch_cell = "-" if epoch is None else f"{epoch}/{max_epochs}" if max_epochs else str(epoch)
     best = p.get("best") if isinstance(p.get("best"), dict) else {}
-    value = _num(best.get("value"))
+    value = as_number(best.get("value"))
     best_cell = "-" if value is None else f"{best.get('metric', '')} {value:.4f}".strip()
-    rate = _num(p.get("samples_per_s"))
+    rate = as_number(p.get("samples_per_s"))
     rate_cell = "-" if rate is None else f"{rate:,.0f}"
-    eta = _num(p.get("eta_s")) if is_active(status.state) else None
+    eta = as_number(p.get("eta_s")) if is_active(status.state) else None
     return epoch_cell, best_cell, rate_cell, fmt_duration(eta)
 
 

@@ -36,6 +36,7 @@ from camvis.config import experiment_dir
 from camvis.console import default_console
 from camvis.errors import CamvisError
 from camvis.io import write_csv, write_text
+from camvis.jobdir import as_number
 from camvis.metrics import METRICS
 from camvis.progress import track
 from camvis.results.stats import fold_mean_ci
@@ -99,17 +100,9 @@ def load_job(info: jobfiles.JobInfo, folder: Path) -> FinishedJob:
         metrics=metrics,
         ci={m: tuple(map(float, ci[m])) for m in METRICS if isinstance(ci.get(m), (list, tuple)) and len(ci[m]) == 2},
         boot=read_bootstrap(folder / boot_file),
-        n_val=_positive(scores.get("n_val")),
-        n_train=_positive(scores.get("n_train")),
+        n_val=as_number(scores.get("n_val"), positive=True),
+        n_train=as_number(scores.get("n_train"), positive=True),
     )
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if out > 0 and math.isfinite(out) else None
 
 
 def _unfinished_reason(status: monitor.JobStatus) -> str:
