@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             monitor.print_logs(logs, console)
         elif args.cancel:
             job = None if args.cancel == _WHOLE_EXPERIMENT else args.cancel
-            for line in monitor.cancel(args.experiment, job, args.jobs_dir, args.outputs):
+            for line in monitor.cancel_experiment(args.experiment, job, args.jobs_dir, args.outputs):
                 console.print(line)
         else:
             monitor.show(args.experiment, args.jobs_dir, args.outputs, console=console, watch=args.watch)

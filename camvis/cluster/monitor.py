@@ -328,7 +328,7 @@ def print_logs(logs: list[tuple[str, str | None, list[str] | None]], console: Co
         console.print(Text("\n".join(body)) if body else Text("(no file)", style="dim"))
 
 
-def cancel(
+def cancel_experiment(
     experiment: str,
     job: str | None = None,
     jobs: str | Path = "jobs",
@@ -374,6 +374,6 @@ def _any_active(array_or_job: str, rows: dict[str, SlurmRow]) -> bool:
 
 
 def _scancel(ids: list[str], runner: slurm_query.Runner | None) -> None:
-    result = slurm_query.cancel(ids, runner)
+    result = slurm_query.scancel(ids, runner)
     if result.returncode != 0:
         raise SubmissionError(f"scancel {' '.join(ids)} failed: {(result.stderr or result.stdout).strip()}")
