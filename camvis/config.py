@@ -412,12 +412,7 @@ def validate_values(cfg: JobConfig) -> list[str]:
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     if d.fold < 1:
         errors.append(f"data.fold must be >= 1 (folds are 1-based), got {d.fold}")
-    if not d.factors:
-        errors.append("data.factors must name at least one level, got []")
-    if any(f < 1 for f in d.factors):
-        errors.append(f"data.factors must be positive integers, got {list(d.factors)}")
-    if len(set(d.factors)) != len(d.factors):
-        errors.append(f"data.factors must not repeat a factor, got {list(d.factors)}")
+    errors.extend(factor_problems(d.factors))
     if m.align_features and not factors_double(d.factors):
         errors.append(
             f"model.align_features needs data.factors that are consecutive powers of 2 "
@@ -470,6 +465,18 @@ def check_name(key: str, value: Any) -> str:
     if problem:
         raise ConfigError(problem)
     return value
+
+
+def factor_problems(factors: tuple[int, ...]) -> list[str]:
+    """data.factors' own rules (the store's levels are camvis.data.store_info.missing_levels')."""
+    problems = []
+    if not factors:
+        problems.append("data.factors must name at least one level, got []")
+    if any(f < 1 for f in factors):
+        problems.append(f"data.factors must be positive integers, got {list(factors)}")
+    if len(set(factors)) != len(factors):
+        problems.append(f"data.factors must not repeat a factor, got {list(factors)}")
+    return problems
 
 
 def factors_double(factors: tuple[int, ...]) -> bool:

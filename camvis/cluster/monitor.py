@@ -38,7 +38,7 @@ from camvis.cluster.jobfiles import (
     last_error_line,
     list_experiments,
     read_json,
-    read_manifest,
+    experiment_manifest,
     state_from_files,
     tail,
 )
@@ -129,7 +129,7 @@ def collect(
     runner: slurm_query.Runner | None = None,
 ) -> ExperimentStatus:
     """Everything `camvis-status EXPERIMENT` shows, with at most ONE batched SLURM query."""
-    manifest = read_manifest(jobs, experiment)
+    manifest = experiment_manifest(jobs, experiment)
     infos = expected_jobs(experiment, jobs, outputs, manifest)
     if manifest is None and not infos:
         known = ", ".join(list_experiments(jobs)) or "none"
@@ -153,7 +153,7 @@ def collect_all(
 ) -> list[ExperimentStatus]:
     """Every experiment under jobs/, sharing one batched SLURM query across them."""
     names = list_experiments(jobs)
-    manifests = {n: read_manifest(jobs, n) for n in names}
+    manifests = {n: experiment_manifest(jobs, n) for n in names}
     ids = [i for n in names for i in slurm_task_ids(expected_jobs(n, jobs, outputs, manifests[n]))]
     ids += [a for n in names for a in aggregate_ids(manifests[n])]
     slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
@@ -344,7 +344,7 @@ def cancel_experiment(
         _scancel([info.job_id], runner)
         record_cancelled(Path(jobs) / experiment, [info.job_id], "camvis-status --cancel")
         return [f"cancelled {info.name} ({info.job_id})"]
-    manifest = read_manifest(jobs, experiment)
+    manifest = experiment_manifest(jobs, experiment)
     if manifest is None:
         raise ConfigError(f"cannot cancel {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'}")
     roles = {a: "job array" for a in array_ids(manifest)} | {a: "aggregate job" for a in aggregate_ids(manifest)}
