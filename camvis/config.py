@@ -286,7 +286,7 @@ def job_config_from_dict(raw: Mapping[str, Any], source: str) -> JobConfig:
         if key not in top_fields:
             errors.append(unknown_key_message(str(key), top_fields))
         elif key in SECTIONS:
-            sections[key] = _section_from_dict(SECTIONS[key], key, value, errors)
+            sections[key] = section_from_dict(SECTIONS[key], key, value, errors)
         else:
             sections[key] = _check_type(key, value, str, errors)
     for name, cls in SECTIONS.items():
@@ -319,19 +319,27 @@ def printable(key: Any) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
+def section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
+    """The one validator of a config section: a dataclass `cls` built from the mapping `value`,
+    each key checked against the type of its field (`section.key: expected ...`) and every problem
+    recorded in `errors`; a key with a problem keeps its default. The job config's sections and the
+    grid's slurm settings are read with it."""
     if value is None:
         return cls()
     if not isinstance(value, Mapping):
         errors.append(f"{section}: expected a mapping, got {type(value).__name__} {value!r}")
         return cls()
-    hints = typing.get_type_hints(cls)
+    hints = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, item in value.items():
         if key not in hints:
             errors.append(unknown_key_message(str(key), hints, prefix=f"{section}."))
             continue
-        kwargs[key] = _check_type(f"{section}.{key}", item, hints[key], errors)
+        ok, coerced = _coerce(item, hints[key])
+        if ok:
+            kwargs[key] = coerced
+        else:
+            errors.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {type(item).__name__} {item!r}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # only reachable through a type error already reported
@@ -357,6 +365,8 @@ def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
             if ok:
                 return True, coerced
         return False, value
+    if origin is dict:
+        return isinstance(value, dict), value
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(expected)
         if not isinstance(value, (list, tuple)):
