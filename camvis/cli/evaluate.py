@@ -46,7 +46,10 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
 
     from camvis.job import distributed
     from camvis.config import job_dir, load_job_config
-    from camvis.job.evaluate import evaluate_job
+    from camvis.data.store import open_store
+    from camvis.job.batches import BatchSource
+    from camvis.job.evaluate import EvalInputs, evaluate_job
+    from camvis.jobdir import BEST
 
     cfg = load_job_config(config, overrides)
     directory = Path(args.job_dir) if args.job_dir else job_dir(cfg, args.outputs)
@@ -57,7 +60,9 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
 
             keep_earlier_evaluation(directory, cfg)
         distributed.barrier()
-        scores = evaluate_job(cfg, directory, device=env.device, checkpoint=args.checkpoint)
+        source = BatchSource(open_store(cfg.data.store), cfg.data.factors, env.device)
+        inputs = EvalInputs.load(cfg, args.checkpoint or directory / BEST, source)
+        scores = evaluate_job(cfg, directory, inputs)
     finally:
         distributed.teardown()
     if env.is_main:

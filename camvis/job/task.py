@@ -22,7 +22,7 @@ from camvis import locks
 from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
-from camvis.jobdir import ERROR, PROGRESS, read_json
+from camvis.jobdir import BEST, ERROR, PROGRESS, read_json
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None,
@@ -35,7 +35,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     None: SLURM's CPUs per task, else CAMVIS_NUM_THREADS, else torch's default.
     """
     from camvis.job import distributed
-    from camvis.job.evaluate import evaluate_job
+    from camvis.job.evaluate import EvalInputs, evaluate_job
     from camvis.job.train import open_inputs, train, write_progress
 
     directory = job_dir(cfg, outputs)
@@ -53,8 +53,8 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
         last = state.history[-1] if state.history else None
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
-        scores = evaluate_job(cfg, directory, device=env.device, source=inputs.source, epochs=state.epoch,
-                              train_hash=train_hash(cfg))
+        best = EvalInputs.load(cfg, directory / BEST, inputs.source, train_hash=train_hash(cfg))
+        scores = evaluate_job(cfg, directory, best, epochs=state.epoch)
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores
