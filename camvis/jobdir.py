@@ -45,7 +45,7 @@ def as_int(value: Any) -> int | None:
 
 
 def is_finished(scores: dict[str, Any] | None, config_hash: str | None) -> bool:
-    """Finished = scores.json exists and was written for the same config (contract).
+    """Finished = scores.json exists and was written for the same config (docs/contracts.md).
 
     The same rule as camvis.cluster.plan's: scores without a config_hash do not count when the job's
     hash is known. `config_hash` None (a job folder with no manifest entry): nothing to compare.

@@ -255,7 +255,7 @@ def compute_results(cfg: JobConfig, store: PatchStore, preds: Mapping[str, np.nd
 
 def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val: int, n_train: int,
                 epochs: int) -> dict[str, Any]:
-    """The scores.json payload (contract "Job outputs"; NaN written as null)."""
+    """The scores.json payload (docs/contracts.md, "scores.json"; NaN written as null)."""
     from camvis.model import find_architecture
 
     m = cfg.model
