@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import config_and_overrides, fail
+from camvis.cli import config_and_overrides, fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -21,12 +21,9 @@ to JOB_DIR/previous/<time>_eval-<its config hash>/ first.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="camvis-eval", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = new_parser("camvis-eval", __doc__, EPILOG, outputs="root of the job outputs")
     parser.add_argument("config", nargs="?", help="job config YAML (the one the job was trained with)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. eval.bootstrap=2000")
-    parser.add_argument("--outputs", default="outputs", help="root of the job outputs (default: outputs)")
     parser.add_argument("--job-dir", help="where to read best.pt and write the outputs "
                         "(default: OUTPUTS/<experiment>/<name>)")
     parser.add_argument("--checkpoint", help="weights to evaluate (default: JOB_DIR/best.pt)")
