@@ -61,14 +61,14 @@ class Outcome:
     notes: list[str] = field(default_factory=list)          # what went wrong after the submission
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LaunchResult(Outcome):
-    """What a launch did; the CLI prints it, tests assert on it."""
+    """What a launch did (what it decided, then its runner's Outcome); the CLI prints it, tests assert on it."""
 
-    grid: Grid = None  # type: ignore[assignment]  # always given; fields after the Outcome's defaults
-    mode: str = "slurm"
-    dry_run: bool = False
-    decisions: list[Decision] = field(default_factory=list)
+    grid: Grid
+    mode: str
+    dry_run: bool
+    decisions: list[Decision]
     scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
     problems: list[str] = field(default_factory=list)       # dry run: what preflight found
     launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # its record in the manifest
@@ -130,20 +130,21 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
                               decisions=_plan(jobs, outputs, force, restart, active, mode),
                               restart=new_run_id() if restart else None)
         todo = [d.job for d in result.decisions if d.submit]
-        base, task = result.record(), _task(result.restart)
+        base = result.record()
         if not todo:  # nothing to run: record the look, submit nothing
             result.manifest = record(exp_dir, grid, base, outputs, {})
         elif mode == "slurm":
-            result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, task, _arrays(active)))
+            result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, _task(result.restart),
+                                     _arrays(active)))
         elif mode == "local":
             result.take(run_local(grid, todo, exp_dir, outputs, jobs_dir, base, result.restart, console))
         else:
-            result.take(run_debug(grid, todo[0], exp_dir, outputs, base, task))
+            result.take(run_debug(grid, todo[0], exp_dir, outputs, base, _task(result.restart)))
     return result
 
 
 def _task(restart: str | None, threads: int | None = None) -> Any:
-    from camvis.job.task import TrainEvalTask  # torch-free to import; only when jobs really run
+    from camvis.job.task import TrainEvalTask  # imports submitit: only when jobs really run
 
     return TrainEvalTask(restart, threads)
 

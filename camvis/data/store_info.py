@@ -4,6 +4,7 @@ the store's root metadata without importing zarr, and checked against each job's
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -20,9 +21,10 @@ FORMAT_VERSION = 2
 def fold_view(views: Sequence[str], fold: object) -> str | None:
     """camvis2's leave-one-view-out folds, the one rule: fold k (1-based) holds out the k-th view
     in sorted order. None when `fold` is not an integer in 1..len(views)."""
-    if isinstance(fold, bool) or not hasattr(fold, "__index__") or not 1 <= int(fold) <= len(views):  # type: ignore[call-overload]
+    if isinstance(fold, bool) or not hasattr(fold, "__index__"):  # ints and numpy's, not floats or text
         return None
-    return sorted(views)[int(fold) - 1]  # type: ignore[call-overload]
+    k = operator.index(fold)
+    return sorted(views)[k - 1] if 1 <= k <= len(views) else None
 
 
 def missing_levels(factors: Sequence[int], levels: Sequence[int], where: str) -> str | None:
