@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from camvis.errors import ConfigError
+from camvis.io import json_copy
 
 MAX_LR = 10.0
 """Largest train.lr accepted: Adam moves each weight by about lr per step."""
@@ -257,7 +258,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """A deep copy of `raw` with each dotted `key=value` set (validation happens later)."""
-    result = json.loads(json.dumps(raw, default=list))
+    result = json_copy(raw)
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(result, key, value)
@@ -287,7 +288,7 @@ def job_config_from_dict(raw: Mapping[str, Any], source: str) -> JobConfig:
         if key not in top_fields:
             errors.append(unknown_key_message(str(key), top_fields))
         elif key in SECTIONS:
-            sections[key] = _section_from_dict(SECTIONS[key], key, value, errors)
+            sections[key] = section_from_dict(SECTIONS[key], key, value, errors)
         else:
             sections[key] = _check_type(key, value, str, errors)
     for name, cls in SECTIONS.items():
@@ -320,19 +321,27 @@ def printable(key: Any) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
+def section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
+    """The one validator of a config section: a dataclass `cls` built from the mapping `value`,
+    each key checked against the type of its field (`section.key: expected ...`) and every problem
+    recorded in `errors`; a key with a problem keeps its default. The job config's sections and the
+    grid's slurm settings are read with it."""
     if value is None:
         return cls()
     if not isinstance(value, Mapping):
         errors.append(f"{section}: expected a mapping, got {type(value).__name__} {value!r}")
         return cls()
-    hints = typing.get_type_hints(cls)
+    hints = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, item in value.items():
         if key not in hints:
             errors.append(unknown_key_message(str(key), hints, prefix=f"{section}."))
             continue
-        kwargs[key] = _check_type(f"{section}.{key}", item, hints[key], errors)
+        ok, coerced = _coerce(item, hints[key])
+        if ok:
+            kwargs[key] = coerced
+        else:
+            errors.append(f"{section}.{key}: expected {_type_name(hints[key])}, got {type(item).__name__} {item!r}")
     try:
         return cls(**kwargs)
     except TypeError as e:  # only reachable through a type error already reported
@@ -358,6 +367,8 @@ def _coerce(value: Any, expected: Any) -> tuple[bool, Any]:
             if ok:
                 return True, coerced
         return False, value
+    if origin is dict:
+        return isinstance(value, dict), value
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(expected)
         if not isinstance(value, (list, tuple)):
@@ -413,12 +424,7 @@ def validate_values(cfg: JobConfig) -> list[str]:
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     if d.fold < 1:
         errors.append(f"data.fold must be >= 1 (folds are 1-based), got {d.fold}")
-    if not d.factors:
-        errors.append("data.factors must name at least one level, got []")
-    if any(f < 1 for f in d.factors):
-        errors.append(f"data.factors must be positive integers, got {list(d.factors)}")
-    if len(set(d.factors)) != len(d.factors):
-        errors.append(f"data.factors must not repeat a factor, got {list(d.factors)}")
+    errors.extend(factor_problems(d.factors))
     if m.align_features and not factors_double(d.factors):
         errors.append(
             f"model.align_features needs data.factors that are consecutive powers of 2 "
@@ -473,6 +479,18 @@ def check_name(key: str, value: Any) -> str:
     return value
 
 
+def factor_problems(factors: tuple[int, ...]) -> list[str]:
+    """data.factors' own rules (the store's levels are camvis.data.store_info.missing_levels')."""
+    problems = []
+    if not factors:
+        problems.append("data.factors must name at least one level, got []")
+    if any(f < 1 for f in factors):
+        problems.append(f"data.factors must be positive integers, got {list(factors)}")
+    if len(set(factors)) != len(factors):
+        problems.append(f"data.factors must not repeat a factor, got {list(factors)}")
+    return problems
+
+
 def factors_double(factors: tuple[int, ...]) -> bool:
     """True for consecutive powers of 2 in increasing order, e.g. (2, 4, 8)."""
     first = factors[0] if factors else 0
@@ -484,7 +502,7 @@ def factors_double(factors: tuple[int, ...]) -> bool:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples as lists), ready for YAML/JSON."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    return json_copy(dataclasses.asdict(cfg))
 
 
 TRAIN_SECTIONS = ("data", "model", "train")

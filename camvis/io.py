@@ -204,6 +204,12 @@ def write_torch(path: str | os.PathLike, payload: Any) -> None:
     write_bytes(path, buffer.getbuffer())
 
 
+def json_copy(obj: Any) -> Any:
+    """A deep copy in JSON's own types (tuples and sets as lists, keys as strings): what a YAML or
+    JSON file would give back, so configs and digests see the same value however it was built."""
+    return json.loads(json.dumps(obj, default=list))
+
+
 def _jsonable(value: Any) -> Any:
     """numpy scalars and arrays, paths: what json cannot write by itself."""
     if hasattr(value, "tolist"):

@@ -10,6 +10,7 @@ the evaluation's files and, last, scores.json; earlier outputs are kept under pr
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,24 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def as_int(value: Any) -> int | None:
+def as_number(value: Any, kind: type = float, positive: bool = False) -> Any:
+    """`kind(value)` when it is a finite number (> 0 with `positive`), else None: the one parser
+    for the numbers read from job files, whose values a monitor cannot trust."""
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        out = kind(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    if not math.isfinite(out) or (positive and out <= 0):
+        return None
+    return out
+
+
+def as_int(value: Any) -> int | None:
+    return as_number(value, int)
 
 
 def is_finished(scores: dict[str, Any] | None, config_hash: str | None) -> bool:
-    """Finished = scores.json exists and was written for the same config (contract).
+    """Finished = scores.json exists and was written for the same config (docs/contracts.md).
 
     The same rule as camvis.cluster.plan's: scores without a config_hash do not count when the job's
     hash is known. `config_hash` None (a job folder with no manifest entry): nothing to compare.

@@ -203,12 +203,12 @@ def test_manifest_that_does_not_fit_keeps_the_last_one_and_reaps(disk: Path, tmp
     killed = exp_dir / f".manifest.json.{io.host()}.{DEAD}.abcdefgh.tmp"
     exp_dir.mkdir(parents=True)
     killed.write_text("{half")
-    path = manifest.record(exp_dir, result.grid, result, tmp_path / "outputs", {})
+    path = manifest.record(exp_dir, result.grid, result.record(), tmp_path / "outputs", {})
     assert not killed.exists()
     first = path.read_text()
     fill(disk, 0)
     with pytest.raises(DiskFullError, match=rf"disk full: cannot write {path}; it needs \d+\.\d KiB, 0 B free"):
-        manifest.record(exp_dir, result.grid, result, tmp_path / "outputs", {})
+        manifest.record(exp_dir, result.grid, result.record(), tmp_path / "outputs", {})
     assert path.read_text() == first
     assert listing(exp_dir) == [".manifest.lock", "manifest.json"]
 

@@ -178,7 +178,7 @@ def test_images_are_fitted_separately_and_errors_summarized():
     assert [r["image"] for r in rows] == ["img1", "img2", "img4"]
     assert math.isnan(rows[1]["true_visibility_m"]) and math.isnan(rows[1]["abs_log10_error"])
     assert rows[2]["abs_log10_error"] == pytest.approx(math.log10(2), abs=0.02)
-    summary = visibility.summary(rows)
+    summary = visibility.image_summary(rows)
     assert summary["n_images"] == 3 and summary["n_scored"] == 2
     assert summary["median_abs_log10_error"] == pytest.approx(np.median([rows[0]["abs_log10_error"],
                                                                          rows[2]["abs_log10_error"]]))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
+from camvis import __version__
 from camvis.errors import CamvisError
 
 
@@ -28,3 +30,18 @@ def config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str 
     if config is not None and "=" in config:
         return None, [config, *overrides]
     return config, list(overrides)
+
+
+def new_parser(prog: str, description: str | None, examples: str | None = None, *,
+                 outputs: str | None = None, jobs_dir: str | None = None) -> argparse.ArgumentParser:
+    """The one way a camvis CLI builds its parser: `prog`, the module docstring as description,
+    `examples` as the epilog (kept as written), `--version`, and the shared `--outputs` /
+    `--jobs-dir` arguments when given the sentence of what this command does with them."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=examples,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    if outputs is not None:
+        parser.add_argument("--outputs", default="outputs", help=f"{outputs} (default: outputs)")
+    if jobs_dir is not None:
+        parser.add_argument("--jobs-dir", default="jobs", help=f"{jobs_dir} (default: jobs)")
+    return parser

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import fail
+from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -20,13 +20,9 @@ resample), loss.png, acc.png, f1.png. Missing or failed jobs are listed, not fat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="camvis-aggregate", description=__doc__, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    p = new_parser("camvis-aggregate", __doc__, EPILOG, outputs="where the jobs wrote",
+                     jobs_dir="where the manifests live")
     p.add_argument("experiment", help="experiment name (outputs/<experiment>/, jobs/<experiment>/manifest.json)")
-    p.add_argument("--outputs", default="outputs", help="where the jobs wrote (default: outputs)")
-    p.add_argument("--jobs-dir", default="jobs", help="where the manifests live (default: jobs)")
     p.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals (default 0.95)")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds each fold's order of resamples, decoupling folds; pairs are unaffected (default 0)")

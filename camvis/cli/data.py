@@ -7,7 +7,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from camvis.cli import fail
+from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError, ConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -51,9 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="camvis-data", description="Make, check and package camvis data.",
-        epilog="run `camvis-data COMMAND --help` for each command's options and examples")
+    parser = new_parser("camvis-data", "Make, check and package camvis data.",
+                          "run `camvis-data COMMAND --help` for each command's options and examples")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     _add_check(sub)

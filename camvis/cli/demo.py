@@ -8,11 +8,11 @@ Re-running is cheap: existing data, store and finished jobs are reused.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
+from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
 RAW = Path("data/raw/demo")
@@ -100,8 +100,7 @@ def predict_held_out(console, out: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m camvis.cli.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("python -m camvis.cli.demo", __doc__)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for configs/demo.yaml")
     args = parser.parse_args(argv)
 
@@ -116,14 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         console.rule("4/5 train and evaluate the demo grid locally, then aggregate")
         result = launch(GRID, args.overrides, mode="local", console=console)
     except CamvisError as e:
-        console.print(f"[red]error:[/] {e}")
-        return 2
+        return fail(e)
     out = Path("outputs") / result.grid.experiment
     try:
         predicted = predict_held_out(console, out)
     except CamvisError as e:
-        console.print(f"[red]error:[/] {e}")
-        return 2
+        return fail(e)
     console.rule(f"done in {time.perf_counter() - start:.0f} s")
     if result.failed:
         console.print(f"[red]failed:[/] {result.failed}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import config_and_overrides, fail
+from camvis.cli import config_and_overrides, fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -21,12 +21,9 @@ to JOB_DIR/previous/<time>_eval-<its config hash>/ first.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="camvis-eval", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = new_parser("camvis-eval", __doc__, EPILOG, outputs="root of the job outputs")
     parser.add_argument("config", nargs="?", help="job config YAML (the one the job was trained with)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. eval.bootstrap=2000")
-    parser.add_argument("--outputs", default="outputs", help="root of the job outputs (default: outputs)")
     parser.add_argument("--job-dir", help="where to read best.pt and write the outputs "
                         "(default: OUTPUTS/<experiment>/<name>)")
     parser.add_argument("--checkpoint", help="weights to evaluate (default: JOB_DIR/best.pt)")
@@ -46,7 +43,10 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
 
     from camvis.job import distributed
     from camvis.config import job_dir, load_job_config
-    from camvis.job.evaluate import evaluate_job
+    from camvis.data.store import open_store
+    from camvis.job.batches import BatchSource
+    from camvis.job.evaluate import EvalInputs, evaluate_job
+    from camvis.jobdir import BEST
 
     cfg = load_job_config(config, overrides)
     directory = Path(args.job_dir) if args.job_dir else job_dir(cfg, args.outputs)
@@ -57,7 +57,9 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
 
             keep_earlier_evaluation(directory, cfg)
         distributed.barrier()
-        scores = evaluate_job(cfg, directory, device=env.device, checkpoint=args.checkpoint)
+        source = BatchSource(open_store(cfg.data.store), cfg.data.factors, env.device)
+        inputs = EvalInputs.load(cfg, args.checkpoint or directory / BEST, source)
+        scores = evaluate_job(cfg, directory, inputs)
     finally:
         distributed.teardown()
     if env.is_main:

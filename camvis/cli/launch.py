@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from camvis.cli import fail
+from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -33,8 +33,8 @@ slurm/profiles/example-site.yaml) supplies defaults such as partition and accoun
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="camvis-launch", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("camvis-launch", __doc__, EPILOG, outputs="where jobs write",
+                     jobs_dir="where manifests and SLURM logs go")
     p.add_argument("grid", help="grid YAML, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override a base config key (train.lr=1e-4) or a SLURM setting (slurm.time=60)")
@@ -49,8 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resubmit finished jobs too: they re-evaluate best.pt (no training)")
     again.add_argument("--restart", action="store_true",
                        help="retrain the selected jobs from scratch; earlier outputs move to <job>/previous/")
-    p.add_argument("--outputs", default="outputs", help="where jobs write (default: outputs)")
-    p.add_argument("--jobs-dir", default="jobs", help="where manifests and SLURM logs go (default: jobs)")
     p.add_argument("--profile", default=os.environ.get("CAMVIS_PROFILE"),
                    help="site profile YAML with slurm defaults (default: $CAMVIS_PROFILE)")
     return p

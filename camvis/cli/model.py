@@ -12,7 +12,7 @@ import sys
 
 from rich.table import Table
 
-from camvis.cli import config_and_overrides, fail
+from camvis.cli import config_and_overrides, fail, new_parser
 from camvis.console import default_console
 from camvis.errors import CamvisError, ConfigError
 
@@ -20,8 +20,7 @@ DEFAULT_PATCH_SIZE = 128
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camvis-model", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = new_parser("camvis-model", __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser(
         "summary", help="parameters and training GFLOPs of the 8 variants for a config",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import fail
+from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -26,8 +26,7 @@ below_min (an upper bound: the nearest patch), inverted (no estimate).
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="camvis-predict", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = new_parser("camvis-predict", __doc__, EPILOG)
     p.add_argument("model", help="job folder (best.pt + config.yaml) or bundle folder (camvis-export)")
     p.add_argument("images", nargs="*", help="image files or folders (default with --raw: RAW/images)")
     where = p.add_mutually_exclusive_group()

@@ -7,7 +7,7 @@ import sys
 
 from camvis.cluster import jobfiles
 from camvis.cluster import monitor
-from camvis.cli import fail
+from camvis.cli import fail, new_parser
 from camvis.config import check_name
 from camvis.errors import CamvisError
 
@@ -24,9 +24,8 @@ EPILOG = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="camvis-status", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = new_parser("camvis-status", __doc__, EPILOG, outputs="where the jobs write",
+                     jobs_dir="where the manifests live")
     p.add_argument("experiment", nargs="?", help="experiment name (default: a summary of every experiment)")
     actions = p.add_mutually_exclusive_group()
     actions.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
@@ -35,8 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument("--cancel", nargs="?", const=_WHOLE_EXPERIMENT, metavar="JOB",
                          help="scancel JOB, or without JOB the whole experiment (no confirmation)")  # fmt: skip
     p.add_argument("--lines", type=int, default=40, help="lines per log tail for --logs (default 40)")
-    p.add_argument("--jobs-dir", default="jobs", help="where the manifests live (default: jobs)")
-    p.add_argument("--outputs", default="outputs", help="where the jobs write (default: outputs)")
     return p
 
 
@@ -56,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             monitor.print_logs(logs, console)
         elif args.cancel:
             job = None if args.cancel == _WHOLE_EXPERIMENT else args.cancel
-            for line in monitor.cancel(args.experiment, job, args.jobs_dir, args.outputs):
+            for line in monitor.cancel_experiment(args.experiment, job, args.jobs_dir, args.outputs):
                 console.print(line)
         else:
             monitor.show(args.experiment, args.jobs_dir, args.outputs, console=console, watch=args.watch)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from camvis.cli import config_and_overrides, fail
+from camvis.cli import config_and_overrides, fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -21,12 +20,9 @@ A grid file (with axes:) is launched with camvis-launch, not camvis-train.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="camvis-train", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = new_parser("camvis-train", __doc__, EPILOG, outputs="root of the job outputs")
     parser.add_argument("config", nargs="?", help="job config YAML (sections data, model, train, eval); defaults if omitted")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
-    parser.add_argument("--outputs", default="outputs", help="root of the job outputs (default: outputs)")
     parser.add_argument("--restart", action="store_true",
                         help="train from scratch; earlier outputs move to the job's previous/ folder")
     args = parser.parse_args(argv)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from camvis import config as cfgmod
 from camvis.config import JobConfig, config_hash, set_dotted, unknown_key_message
 from camvis.errors import ConfigError
+from camvis.io import json_copy
 from camvis.cluster.slurm_settings import SlurmSettings, parse_slurm_settings
 from camvis.data.store_info import StoreInfo
 
@@ -101,7 +102,7 @@ def _with_profile(raw: dict[str, Any], profile: str | Path) -> dict[str, Any]:
 
 def apply_grid_overrides(raw: Mapping[str, Any], overrides: Sequence[str], source: str) -> dict[str, Any]:
     """`slurm.time=30` goes to slurm, `experiment=x`/`folds=9` to the top, other keys to base."""
-    result = json.loads(json.dumps(raw, default=list))
+    result = json_copy(raw)
     axis_keys = _axis_keys(result.get("axes"))
     for text in overrides:
         key, value = cfgmod.parse_override(text)
@@ -257,7 +258,7 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _merged(base: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
-    result = json.loads(json.dumps(base, default=list))
+    result = json_copy(base)
     for key, value in settings.items():
         set_dotted(result, key, value)
     return result

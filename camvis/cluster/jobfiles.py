@@ -19,7 +19,7 @@ from typing import Any
 from camvis.cluster import manifest
 from camvis.errors import ConfigError
 from camvis.jobdir import (BEST, CHECKPOINT, ERROR, JOB_FILES, PROGRESS, SCORES,  # noqa: F401
-                           as_int, is_finished, read_json)
+                           as_int, as_number, is_finished, read_json)
 
 _FOLD = re.compile(r"_fold(\d+)")
 
@@ -58,7 +58,7 @@ def fold_from_name(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def read_manifest(jobs: str | Path, experiment: str) -> dict[str, Any] | None:
+def experiment_manifest(jobs: str | Path, experiment: str) -> dict[str, Any] | None:
     """jobs/<experiment>/manifest.json, or None when the experiment was never launched."""
     return manifest.read_manifest(Path(jobs) / experiment / "manifest.json") or None
 
@@ -108,7 +108,7 @@ def expected_jobs(
 ) -> list[JobInfo]:
     """The manifest's jobs when there is a manifest, else every job folder; sorted by grid point."""
     if manifest is None:
-        manifest = read_manifest(jobs, experiment)
+        manifest = experiment_manifest(jobs, experiment)
     if manifest is not None:
         infos = [_info_from_manifest(n, e if isinstance(e, dict) else {}) for n, e in manifest["jobs"].items()]
     else:

@@ -12,13 +12,14 @@ Modes:
 Before anything is submitted, camvis.cluster.preflight checks the stores and folders. Then one launch
 of an experiment at a time (camvis.locks, jobs/<experiment>/.launch.lock): what is still queued,
 the plan, the submission and the manifest update. Every launch merges itself into
-jobs/<experiment>/manifest.json (camvis.cluster.manifest; see contracts: "Grid, manifest"); the sbatch
+jobs/<experiment>/manifest.json (camvis.cluster.manifest; the format: docs/contracts.md); the sbatch
 parameters and scripts come from camvis.cluster.sbatch. No torch here, and camvis.job.task is imported only
 when jobs are really submitted: this runs on login nodes and must start fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ from camvis.errors import SubmissionError
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
 from camvis.io import now_iso
 from camvis.cluster.jobfiles import aggregate_ids
-from camvis.cluster.manifest import job_entry, read_manifest, record, record_cancelled
+from camvis.cluster.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled
 from camvis.cluster.plan import Decision, new_run_id, plan
 from camvis.progress import progress_bar
 from camvis.cluster.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
@@ -46,24 +47,30 @@ LOCAL_POLL_S = 1.0
 
 
 @dataclass
-class LaunchResult:
-    """What a launch did; the CLI prints it, tests assert on it."""
+class Outcome:
+    """What one mode's runner did (returned, merged into the LaunchResult by `launch`)."""
 
-    grid: Grid
-    mode: str
-    dry_run: bool
-    decisions: list[Decision]
     job_ids: dict[str, str] = field(default_factory=dict)
     array_id: str | None = None
     aggregate_id: str | None = None
     sbatch_calls: int = 0
     manifest: Path | None = None
-    scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
     failed: dict[str, str] = field(default_factory=dict)    # local/debug: name -> error
     aggregated: bool = False
-    problems: list[str] = field(default_factory=list)       # dry run: what preflight found
     cancelled: list[str] = field(default_factory=list)      # earlier pending aggregate jobs cancelled
     notes: list[str] = field(default_factory=list)          # what went wrong after the submission
+
+
+@dataclass(kw_only=True)
+class LaunchResult(Outcome):
+    """What a launch did (what it decided, then its runner's Outcome); the CLI prints it, tests assert on it."""
+
+    grid: Grid
+    mode: str
+    dry_run: bool
+    decisions: list[Decision]
+    scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
+    problems: list[str] = field(default_factory=list)       # dry run: what preflight found
     launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # its record in the manifest
     restart: str | None = None  # --restart: the id every submitted job carries (camvis.job.identity)
 
@@ -74,6 +81,20 @@ class LaunchResult:
     @property
     def skipped(self) -> dict[str, str]:
         return {d.job.name: d.reason for d in self.decisions if not d.submit}
+
+    def record(self) -> LaunchRecord:
+        """This launch for the manifest, before anything is submitted."""
+        return LaunchRecord(self.launch_id, self.mode, tuple(d.job for d in self.decisions), (), self.skipped)
+
+    def take(self, outcome: Outcome) -> None:
+        for f in dataclasses.fields(Outcome):
+            setattr(self, f.name, getattr(outcome, f.name))
+
+
+def _so_far(base: LaunchRecord, out: Outcome) -> LaunchRecord:
+    """The manifest's record of a launch with what its runner has done until now."""
+    return dataclasses.replace(base, submitted=tuple(out.job_ids), array_id=out.array_id,
+                               aggregate_id=out.aggregate_id, sbatch_calls=out.sbatch_calls)
 
 
 def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
@@ -94,7 +115,8 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
     found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment)
     exp_dir = Path(jobs_dir) / grid.experiment
     if dry_run:
-        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, restart, {}, mode), problems=found)
+        result = LaunchResult(grid=grid, mode=mode, dry_run=dry_run,
+                              decisions=_plan(jobs, outputs, force, restart, {}, mode), problems=found)
         if result.submitted and mode == "slurm":
             result.scripts = dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir)
         return result
@@ -104,18 +126,27 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
         check_slurm()
     with locks.launch_lock(exp_dir, grid.experiment, mode, lock_timeout, _waiting(console, grid.experiment)):
         active = active_jobs(exp_dir / "manifest.json")
-        result = LaunchResult(grid, mode, dry_run, _plan(jobs, outputs, force, restart, active, mode),
+        result = LaunchResult(grid=grid, mode=mode, dry_run=dry_run,
+                              decisions=_plan(jobs, outputs, force, restart, active, mode),
                               restart=new_run_id() if restart else None)
         todo = [d.job for d in result.decisions if d.submit]
+        base = result.record()
         if not todo:  # nothing to run: record the look, submit nothing
-            result.manifest = record(exp_dir, grid, result, outputs, {})
+            result.manifest = record(exp_dir, grid, base, outputs, {})
         elif mode == "slurm":
-            submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, result, _arrays(active))
+            result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, _task(result.restart),
+                                     _arrays(active)))
         elif mode == "local":
-            run_local(grid, todo, exp_dir, outputs, jobs_dir, result, console)
+            result.take(run_local(grid, todo, exp_dir, outputs, jobs_dir, base, result.restart, console))
         else:
-            run_debug(grid, todo[0], exp_dir, outputs, result)
+            result.take(run_debug(grid, todo[0], exp_dir, outputs, base, _task(result.restart)))
     return result
+
+
+def _task(restart: str | None, threads: int | None = None) -> Any:
+    from camvis.job.task import TrainEvalTask  # imports submitit: only when jobs really run
+
+    return TrainEvalTask(restart, threads)
 
 
 def _plan(jobs: list[JobSpec], outputs: str | Path, force: bool, restart: bool, active: dict[str, str],
@@ -165,41 +196,39 @@ def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
 
 
 def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
-                 result: LaunchResult, earlier_arrays: Sequence[str] = ()) -> None:
+                 base: LaunchRecord, task: Any, earlier_arrays: Sequence[str] = ()) -> Outcome:
     """One sbatch for the array, one for the aggregate; the manifest is written after each. The
     aggregate job also waits for `earlier_arrays` (still active), and supersedes the earlier
     launches' aggregate jobs that are still pending: those are cancelled."""
     from submitit.core.utils import FailedJobError
 
-    from camvis.job.task import TrainEvalTask
-
     executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
     executor.update_parameters(**executor_parameters(grid, len(todo)))
     submitted = now_iso()  # before sbatch: every file these jobs write is newer
     try:
-        jobs = executor.map_array(TrainEvalTask(result.restart), [j.config for j in todo], [str(outputs)] * len(todo))
+        jobs = executor.map_array(task, [j.config for j in todo], [str(outputs)] * len(todo))
     except FailedJobError as e:
         raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
-    result.sbatch_calls = 1
-    result.array_id = str(jobs[0].job_id).split("_")[0]
-    entries = {spec.name: job_entry(spec, "slurm", job, result.array_id, i, submitted) for i, (spec, job) in
+    out = Outcome(sbatch_calls=1, array_id=str(jobs[0].job_id).split("_")[0])
+    entries = {spec.name: job_entry(spec, "slurm", job, out.array_id, i, submitted) for i, (spec, job) in
                enumerate(zip(todo, jobs))}
-    result.job_ids = {name: e["job_id"] for name, e in entries.items()}
-    result.manifest = record(exp_dir, grid, result, outputs, entries)
+    out.job_ids = {name: e["job_id"] for name, e in entries.items()}
+    out.manifest = record(exp_dir, grid, _so_far(base, out), outputs, entries)
     earlier = aggregate_ids(read_manifest(exp_dir / "manifest.json"))
     agg = _executor(job_folder(exp_dir), "slurm", 0)
-    after = ":".join([result.array_id, *(a for a in earlier_arrays if a != result.array_id)])
+    after = ":".join([out.array_id, *(a for a in earlier_arrays if a != out.array_id)])
     agg.update_parameters(**aggregate_parameters(grid, after))
     try:
         agg_job = agg.submit(run_aggregate, grid.experiment, str(outputs), str(jobs_dir))
     except FailedJobError as e:
-        raise SubmissionError(f"the jobs were submitted as array {result.array_id}, but sbatch refused the "
+        raise SubmissionError(f"the jobs were submitted as array {out.array_id}, but sbatch refused the "
                               f"aggregate job: {_last_line(e)}; run camvis-aggregate {grid.experiment} "
                               f"once they are done") from e
-    result.sbatch_calls = 2
-    result.aggregate_id = str(agg_job.job_id)
-    record(exp_dir, grid, result, outputs, {}, update_last=True)
-    _cancel_pending_aggregates(earlier, exp_dir, result)
+    out.sbatch_calls = 2
+    out.aggregate_id = str(agg_job.job_id)
+    record(exp_dir, grid, _so_far(base, out), outputs, {}, update_last=True)
+    out.cancelled, out.notes = _cancel_pending_aggregates(earlier, exp_dir, out.aggregate_id)
+    return out
 
 
 def _arrays(active: dict[str, str]) -> list[str]:
@@ -207,22 +236,22 @@ def _arrays(active: dict[str, str]) -> list[str]:
     return sorted({value.split()[0].split("_")[0] for value in active.values()}, key=int)
 
 
-def _cancel_pending_aggregates(earlier: list[str], exp_dir: Path, result: LaunchResult) -> None:
+def _cancel_pending_aggregates(earlier: list[str], exp_dir: Path, replacement: str) -> tuple[list[str], list[str]]:
     """An earlier launch's aggregate job still pending would summarize the experiment twice (the
-    first time on partial results): the new one, which also waits for its arrays, replaces it."""
+    first time on partial results): the new one, which also waits for its arrays, replaces it.
+    Returns (the ids cancelled, notes on what could not be)."""
     from camvis.cluster import slurm_query
 
     rows = slurm_query.query(earlier).rows if earlier else {}
     pending = [i for i in earlier if i in rows and rows[i].state == "PENDING"]
     if not pending:
-        return
-    done = slurm_query.cancel(pending)
+        return [], []
+    done = slurm_query.scancel(pending)
     if done.returncode != 0:
-        result.notes.append(f"could not cancel the earlier pending aggregate job(s) {' '.join(pending)}: "
-                            f"{(done.stderr or done.stdout).strip()}")
-        return
-    record_cancelled(exp_dir, pending, "camvis-launch", f"superseded by aggregate job {result.aggregate_id}")
-    result.cancelled = pending
+        return [], [f"could not cancel the earlier pending aggregate job(s) {' '.join(pending)}: "
+                    f"{(done.stderr or done.stdout).strip()}"]
+    record_cancelled(exp_dir, pending, "camvis-launch", f"superseded by aggregate job {replacement}")
+    return pending, []
 
 
 def _last_line(error: BaseException) -> str:
@@ -255,14 +284,18 @@ def active_jobs(manifest_path: Path) -> dict[str, str]:
 # --------------------------------------------------------------------------- local and debug
 
 
-def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
-              result: LaunchResult, console: Any = None) -> None:
-    """Every job through submitit's LocalExecutor, at most array_parallelism at once (waits)."""
-    from camvis.job.task import TrainEvalTask
+def local_threads(parallel: int) -> int:
+    """Threads per job when `parallel` jobs share this machine's cores; CAMVIS_NUM_THREADS overrides."""
+    given = os.environ.get("CAMVIS_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else max(1, (os.cpu_count() or 1) // parallel)
 
+
+def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
+              base: LaunchRecord, restart: str | None = None, console: Any = None) -> Outcome:
+    """Every job through submitit's LocalExecutor, at most array_parallelism at once (waits)."""
     s = grid.slurm
-    # share this machine's cores between the jobs running at once (read by camvis.job.task)
-    os.environ.setdefault("CAMVIS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // s.array_parallelism)))
+    task = _task(restart, local_threads(s.array_parallelism))  # the cores shared by the jobs at once
+    out = Outcome()
     executor = _executor(job_folder(exp_dir), "local", s.max_requeues)
     executor.update_parameters(timeout_min=s.time, tasks_per_node=s.ntasks,
                                **({"gpus_per_node": s.gpus_per_node} if s.gpus_per_node else {}))
@@ -274,44 +307,47 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
                 while queue and len(running) < s.array_parallelism:  # the throttle, as on SLURM
                     i, spec = queue.pop(0)
                     submitted = now_iso()
-                    running[spec.name] = job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
-                    result.job_ids[spec.name] = str(job.job_id)
-                    result.manifest = record(exp_dir, grid, result, outputs,
-                                             {spec.name: job_entry(spec, "local", job, None, i, submitted)},
-                                             update_last=result.manifest is not None)
+                    running[spec.name] = job = executor.submit(task, spec.config, str(outputs))
+                    out.job_ids[spec.name] = str(job.job_id)
+                    out.manifest = record(exp_dir, grid, _so_far(base, out), outputs,
+                                          {spec.name: job_entry(spec, "local", job, None, i, submitted)},
+                                          update_last=out.manifest is not None)
                 for name in [n for n, job in running.items() if job.done()]:
                     error = running.pop(name).exception()
                     if error is not None:
-                        result.failed[name] = _last_line(error)
+                        out.failed[name] = _last_line(error)
                     advance(name, error is None)
                 time.sleep(LOCAL_POLL_S if running else 0)
         except KeyboardInterrupt:
             for job in running.values():
                 job.cancel(check=False)
             raise
-    if len(result.failed) < len(todo):
-        _aggregate_here(grid, outputs, jobs_dir, result)
+    if len(out.failed) < len(todo):
+        out.aggregated, problem = _aggregate_here(grid, outputs, jobs_dir)
+        out.failed.update({"aggregate": problem} if problem else {})
+    return out
 
 
-def _aggregate_here(grid: Grid, outputs: str | Path, jobs_dir: str | Path, result: LaunchResult) -> None:
+def _aggregate_here(grid: Grid, outputs: str | Path, jobs_dir: str | Path) -> tuple[bool, str | None]:
+    """(aggregated, why not)."""
     try:
         run_aggregate(grid.experiment, str(outputs), str(jobs_dir))
-        result.aggregated = True
+        return True, None
     except Exception as e:  # the jobs' results stand; say why the summary is missing
-        result.failed["aggregate"] = f"{type(e).__name__}: {_last_line(e)}"
+        return False, f"{type(e).__name__}: {_last_line(e)}"
 
 
-def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, result: LaunchResult) -> None:
+def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, base: LaunchRecord,
+              task: Any) -> Outcome:
     """One job in this process (submitit's debug executor drops into pdb on an exception)."""
-    from camvis.job.task import TrainEvalTask
-
     executor = _executor(job_folder(exp_dir), "debug", 0)
     submitted = now_iso()
-    job = executor.submit(TrainEvalTask(result.restart), spec.config, str(outputs))
-    result.job_ids[spec.name] = str(job.job_id)
-    result.manifest = record(exp_dir, grid, result, outputs,
-                             {spec.name: job_entry(spec, "debug", job, None, 0, submitted)})
+    job = executor.submit(task, spec.config, str(outputs))
+    out = Outcome(job_ids={spec.name: str(job.job_id)})
+    out.manifest = record(exp_dir, grid, _so_far(base, out), outputs,
+                          {spec.name: job_entry(spec, "debug", job, None, 0, submitted)})
     job.result()
+    return out
 
 
 @contextmanager

@@ -2,7 +2,7 @@
 
 One entry per job (its grid point, config, hash and SLURM/local ids; skipped jobs keep their
 earlier entry), one per launch (mode, ids, submitted/skipped, code version) and the SLURM ids camvis
-cancelled (SLURM keeps no row for a cancelled pending array task); see contracts: "Grid, manifest".
+cancelled (SLURM keeps no row for a cancelled pending array task); the format: docs/contracts.md.
 No torch here: the launcher runs on login nodes.
 """
 
@@ -12,6 +12,7 @@ import functools
 import json
 import subprocess
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -22,7 +23,21 @@ from camvis.io import now_iso, reap_stale_tmp, write_json
 
 if TYPE_CHECKING:
     from camvis.cluster.grid import Grid, JobSpec
-    from camvis.cluster.launch import LaunchResult
+
+
+@dataclass(frozen=True)
+class LaunchRecord:
+    """One launch as the manifest keeps it: plain values camvis-launch fills (the manifest knows
+    nothing of the launcher's own result)."""
+
+    id: str
+    mode: str
+    planned: tuple[JobSpec, ...]    # every job looked at: a skipped one keeps its earlier entry
+    submitted: tuple[str, ...]      # the names handed to SLURM (or run) so far
+    skipped: dict[str, str]         # name -> why not
+    array_id: str | None = None
+    aggregate_id: str | None = None
+    sbatch_calls: int = 0
 
 
 def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int,
@@ -65,7 +80,7 @@ def _locked(exp_dir: Path) -> Iterator[None]:
         yield
 
 
-def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
+def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
            entries: dict[str, dict[str, Any]], update_last: bool = False) -> Path:
     """Merge this launch into jobs/<exp>/manifest.json (atomically, under a lock).
     `update_last` rewrites this launch's record (found by its id) instead of appending a new one."""
@@ -74,11 +89,11 @@ def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
         reap_stale_tmp(exp_dir)  # manifest.json.tmp files of killed launches
         manifest = read_manifest(path)
         jobs = manifest.get("jobs", {})
-        for decision in result.decisions:  # skipped jobs keep their earlier entry
-            jobs.setdefault(decision.job.name, _skipped_entry(decision.job))
+        for spec in launch.planned:  # skipped jobs keep their earlier entry
+            jobs.setdefault(spec.name, _skipped_entry(spec))
         jobs.update(entries)
         launches = manifest.get("launches", [])
-        entry = _launch_entry(result)
+        entry = _launch_entry(launch, grid)
         mine = [i for i, x in enumerate(launches) if isinstance(x, dict) and x.get("id") == entry["id"]]
         if update_last and mine:
             entry["time"] = launches[mine[-1]]["time"]
@@ -107,12 +122,11 @@ def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -
         write_json(path, manifest)
 
 
-def _launch_entry(result: LaunchResult) -> dict[str, Any]:
-    submitted = [n for n in result.submitted if n in result.job_ids]
-    return {"id": result.launch_id, "time": now_iso(), "mode": result.mode, "array_id": result.array_id,
-            "aggregate_id": result.aggregate_id,
-            "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
-            "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
+def _launch_entry(launch: LaunchRecord, grid: Grid) -> dict[str, Any]:
+    return {"id": launch.id, "time": now_iso(), "mode": launch.mode, "array_id": launch.array_id,
+            "aggregate_id": launch.aggregate_id,
+            "submitted": list(launch.submitted), "skipped": dict(launch.skipped), "code_version": code_version(),
+            "sbatch_calls": launch.sbatch_calls, "overrides": list(grid.overrides)}
 
 
 @functools.cache

@@ -28,6 +28,7 @@ from camvis.cluster.jobfiles import (
     aggregate_ids,
     array_ids,
     as_int,
+    as_number,
     cancelled_by_camvis,
     earlier_run_files,
     expected_jobs,
@@ -37,7 +38,7 @@ from camvis.cluster.jobfiles import (
     last_error_line,
     list_experiments,
     read_json,
-    read_manifest,
+    experiment_manifest,
     state_from_files,
     tail,
 )
@@ -128,7 +129,7 @@ def collect(
     runner: slurm_query.Runner | None = None,
 ) -> ExperimentStatus:
     """Everything `camvis-status EXPERIMENT` shows, with at most ONE batched SLURM query."""
-    manifest = read_manifest(jobs, experiment)
+    manifest = experiment_manifest(jobs, experiment)
     infos = expected_jobs(experiment, jobs, outputs, manifest)
     if manifest is None and not infos:
         known = ", ".join(list_experiments(jobs)) or "none"
@@ -152,7 +153,7 @@ def collect_all(
 ) -> list[ExperimentStatus]:
     """Every experiment under jobs/, sharing one batched SLURM query across them."""
     names = list_experiments(jobs)
-    manifests = {n: read_manifest(jobs, n) for n in names}
+    manifests = {n: experiment_manifest(jobs, n) for n in names}
     ids = [i for n in names for i in slurm_task_ids(expected_jobs(n, jobs, outputs, manifests[n]))]
     ids += [a for n in names for a in aggregate_ids(manifests[n])]
     slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
@@ -173,25 +174,17 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{days}d {clock}" if days else clock
 
 
-def _num(value: Any) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
 def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
     """(epoch, best, samples/s, ETA) from progress.json; '-' for what is not known."""
     p = status.progress or {}
     epoch, max_epochs = as_int(p.get("epoch")), as_int(p.get("max_epochs"))
     epoch_cell = "-" if epoch is None else f"{epoch}/{max_epochs}" if max_epochs else str(epoch)
     best = p.get("best") if isinstance(p.get("best"), dict) else {}
-    value = _num(best.get("value"))
+    value = as_number(best.get("value"))
     best_cell = "-" if value is None else f"{best.get('metric', '')} {value:.4f}".strip()
-    rate = _num(p.get("samples_per_s"))
+    rate = as_number(p.get("samples_per_s"))
     rate_cell = "-" if rate is None else f"{rate:,.0f}"
-    eta = _num(p.get("eta_s")) if is_active(status.state) else None
+    eta = as_number(p.get("eta_s")) if is_active(status.state) else None
     return epoch_cell, best_cell, rate_cell, fmt_duration(eta)
 
 
@@ -335,7 +328,7 @@ def print_logs(logs: list[tuple[str, str | None, list[str] | None]], console: Co
         console.print(Text("\n".join(body)) if body else Text("(no file)", style="dim"))
 
 
-def cancel(
+def cancel_experiment(
     experiment: str,
     job: str | None = None,
     jobs: str | Path = "jobs",
@@ -351,7 +344,7 @@ def cancel(
         _scancel([info.job_id], runner)
         record_cancelled(Path(jobs) / experiment, [info.job_id], "camvis-status --cancel")
         return [f"cancelled {info.name} ({info.job_id})"]
-    manifest = read_manifest(jobs, experiment)
+    manifest = experiment_manifest(jobs, experiment)
     if manifest is None:
         raise ConfigError(f"cannot cancel {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'}")
     roles = {a: "job array" for a in array_ids(manifest)} | {a: "aggregate job" for a in aggregate_ids(manifest)}
@@ -381,6 +374,6 @@ def _any_active(array_or_job: str, rows: dict[str, SlurmRow]) -> bool:
 
 
 def _scancel(ids: list[str], runner: slurm_query.Runner | None) -> None:
-    result = slurm_query.cancel(ids, runner)
+    result = slurm_query.scancel(ids, runner)
     if result.returncode != 0:
         raise SubmissionError(f"scancel {' '.join(ids)} failed: {(result.stderr or result.stdout).strip()}")

@@ -34,7 +34,7 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def job_status(job: JobSpec, outputs: str | Path) -> tuple[str, str]:
+def outputs_status(job: JobSpec, outputs: str | Path) -> tuple[str, str]:
     """(status, reason) of a job from its output directory alone."""
     directory = job_dir(job.config, outputs)
     scores_path = directory / SCORES
@@ -71,7 +71,7 @@ def plan(jobs: Iterable[JobSpec], outputs: str | Path, *, force: bool = False, r
     "123_4 RUNNING") are never submitted twice."""
     decisions = []
     for job in jobs:
-        status, reason = job_status(job, outputs)
+        status, reason = outputs_status(job, outputs)
         if active and job.name in active:
             decisions.append(Decision(job, False, f"still queued/running as {active[job.name]}", "active"))
         elif restart:

@@ -15,6 +15,7 @@ No torch at module level: the parent of a SLURM array only lists, submits and me
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -45,6 +46,7 @@ class Options:
     seed: int = 0
     batch_size: int = 256
     map_dir: str | None = None
+    threads: int | None = None  # a local run's share of the cores; None: CAMVIS_NUM_THREADS or torch's
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def predict_chunk(items: Sequence[Any], options: Options, part: str, progress: b
     """One chunk: predict, then write the rows and the problems (each atomically). Runs in jobs."""
     from camvis.job.predict import predict_items
 
-    threads = os.environ.get("CAMVIS_NUM_THREADS")
+    threads = options.threads or os.environ.get("CAMVIS_NUM_THREADS")
     if threads:
         import torch
 
@@ -181,8 +183,10 @@ def _run_submitit(jobs: list[tuple[int, list[Any], Path]], options: Options, res
                                        [str(p) for _, _, p in jobs])
         pending: list[Any] = []
     else:
-        # the cores are shared between the chunks that run at once (read by predict_chunk)
-        os.environ.setdefault("CAMVIS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // resources.parallel)))
+        from camvis.cluster.launch import local_threads
+
+        # the cores are shared between the chunks that run at once
+        options = dataclasses.replace(options, threads=local_threads(resources.parallel))
         executor = _executor(folder, "local", resources, len(jobs))
         submitted, pending = [], list(jobs)
     with progress_bar(f"chunks ({mode})", len(jobs), enabled=progress) as advance:

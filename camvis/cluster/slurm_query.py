@@ -200,7 +200,7 @@ def _call(runner: Runner, cmd: list[str]) -> subprocess.CompletedProcess | None:
         return None
 
 
-def cancel(job_ids: Sequence[str], runner: Runner | None = None) -> subprocess.CompletedProcess:
+def scancel(job_ids: Sequence[str], runner: Runner | None = None) -> subprocess.CompletedProcess:
     """scancel every id in one call ("123" cancels a whole array, "123_4" one task)."""
     if runner is None:
         if not tool_on_path("scancel"):

@@ -7,10 +7,11 @@ ConfigError naming the grid file). No torch here: the launcher runs on login nod
 from __future__ import annotations
 
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from camvis.config import unknown_key_message
+from camvis.config import section_from_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,13 +54,6 @@ class SlurmSettings:
         return self.tasks_per_node or 1
 
 
-_SLURM_TYPES: dict[str, tuple[type, ...]] = {
-    "partition": (str, type(None)), "account": (str, type(None)), "qos": (str, type(None)),
-    "time": (int,), "nodes": (int,), "gpus_per_node": (int,), "tasks_per_node": (int, type(None)),
-    "cpus_per_task": (int,), "mem_gb": (int, float, type(None)), "array_parallelism": (int,),
-    "constraint": (str, type(None)), "max_requeues": (int,), "signal_delay_s": (int,),
-    "aggregate_time": (int,), "aggregate_partition": (str, type(None)), "additional": (dict,),
-}
 MAX_TIME_MIN = 365 * 24 * 60
 """Longest time limit accepted (minutes): a year. SLURM keeps minutes in 32 bits, and sites cap far lower
 (sinfo's TIMELIMIT); more is a typo such as seconds given as minutes."""
@@ -83,28 +77,19 @@ _SLURM_MINIMUM = {"time": 1, "nodes": 1, "gpus_per_node": 0, "tasks_per_node": 1
                   "aggregate_time": 1}
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SlurmSettings)}
+
+
 def parse_slurm_settings(raw: Any, errors: list[str]) -> SlurmSettings:
-    if raw is None:
-        return SlurmSettings()
-    if not isinstance(raw, dict):
-        errors.append(f"slurm: expected a mapping, got {type(raw).__name__} {raw!r}")
-        return SlurmSettings()
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in _SLURM_TYPES:
-            errors.append(unknown_key_message(str(key), list(_SLURM_TYPES), prefix="slurm."))
-            continue
-        types_ = _SLURM_TYPES[key]
-        if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
-            names = " or ".join("null" if t is type(None) else t.__name__ for t in types_)
-            errors.append(f"slurm.{key}: expected {names}, got {type(value).__name__} {value!r}")
-            continue
-        minimum = _SLURM_MINIMUM.get(key)
-        if minimum is not None and value is not None and value < minimum:
+    """Types by the dataclass's fields (camvis.config.section_from_dict), then SLURM's own ranges."""
+    settings = section_from_dict(SlurmSettings, "slurm", raw, errors)
+    low = {}
+    for key, minimum in _SLURM_MINIMUM.items():
+        value = getattr(settings, key)
+        if value is not None and value < minimum:
             errors.append(f"slurm.{key}: must be >= {minimum}, got {value}")
-            continue
-        kwargs[key] = value
-    settings = SlurmSettings(**kwargs)
+            low[key] = _DEFAULTS.get(key)  # as before: a value out of range keeps its default
+    settings = dataclasses.replace(settings, **low)
     if settings.gpus_per_node and settings.tasks_per_node not in (None, settings.gpus_per_node):
         errors.append(f"slurm.tasks_per_node: jobs run one task per GPU, so it must equal gpus_per_node "
                       f"({settings.gpus_per_node}) or be left out, got {settings.tasks_per_node}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from camvis.errors import RawDataError
+from camvis.errors import CamvisError, RawDataError
 from camvis.progress import track
 
 if TYPE_CHECKING:
@@ -216,13 +216,24 @@ def load_labels(img: RawImage) -> np.ndarray:
 def load_depth(ds: RawDataset, view: str) -> np.ndarray:
     """float32 (H, W) metres, NaN = no terrain. Accepts (H, W, C) with depth in channel 0, or (H, W)."""
     path = ds.depth_path(view)
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RawDataError(f"{path}: cannot read the depth map ({e})") from e
+    return depth_metres(path, str(path), RawDataError)
+
+
+def depth_metres(depth_map: str | os.PathLike | np.ndarray, where: str,
+                 error: type[CamvisError] = RawDataError) -> np.ndarray:
+    """The one reader of camvis2's depth maps (the store build's and camvis-predict's): float32
+    (H, W) metres from an (H, W) or (H, W, C) float array or .npy file, depth in channel 0.
+    `error` (naming `where`) when it cannot be read or is not such an array."""
+    if isinstance(depth_map, np.ndarray):
+        arr = depth_map
+    else:
+        try:
+            arr = np.load(depth_map, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise error(f"{where}: cannot read the depth map ({e})") from e
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] < 1) or arr.dtype.kind != "f":
-        raise RawDataError(f"{path}: expected a float array (H, W, 4) with depth in channel 0, "
-                           f"got {arr.dtype} {arr.shape}")
+        raise error(f"{where}: expected a float array (H, W) or (H, W, 4) with depth in metres in "
+                    f"channel 0, got {arr.dtype} {arr.shape}")
     return np.array(arr if arr.ndim == 2 else arr[:, :, 0], dtype=np.float32)
 
 

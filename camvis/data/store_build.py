@@ -24,7 +24,7 @@ from camvis.data import raw
 from camvis.data import staging
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
-from camvis.io import format_bytes, reap_stale_tmp
+from camvis.io import format_bytes, json_copy, reap_stale_tmp
 from camvis.data.norm_stats import NormStats
 from camvis.progress import progress_bar
 from camvis.data.sampling import N_DEPTH_BINS, sample_centres_with_histogram
@@ -206,7 +206,7 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     attrs["checksums"] = store_verify.record_checksums(root, [
         *(f"levels/{f}/{kind}" for f in factors for kind in ("images", "depth")),
         *(f"patches/{c}" for c in TABLE_COLUMNS), "sampling/counts", "sampling/edges"])
-    attrs["digest"] = store_verify.attrs_digest(json.loads(json.dumps(attrs)))
+    attrs["digest"] = store_verify.attrs_digest(json_copy(attrs))
     # The format attribute is written last: without it nothing counts as a store.
     root.attrs.update(attrs)
 

@@ -4,9 +4,10 @@ the store's root metadata without importing zarr, and checked against each job's
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from camvis.config import JobConfig
 from camvis.errors import ConfigError
@@ -15,6 +16,23 @@ FORMAT_NAME = "camvis-patch-store"
 """The `format` root attribute of a store (camvis.data.store_build writes it, both readers check it)."""
 FORMAT_VERSION = 2
 """The store layout version this camvis writes and reads (root attribute `format_version`)."""
+
+
+def fold_view(views: Sequence[str], fold: object) -> str | None:
+    """camvis2's leave-one-view-out folds, the one rule: fold k (1-based) holds out the k-th view
+    in sorted order. None when `fold` is not an integer in 1..len(views)."""
+    if isinstance(fold, bool) or not hasattr(fold, "__index__"):  # ints and numpy's, not floats or text
+        return None
+    k = operator.index(fold)
+    return sorted(views)[k - 1] if 1 <= k <= len(views) else None
+
+
+def missing_levels(factors: Sequence[int], levels: Sequence[int], where: str) -> str | None:
+    """The problem when data.factors names a level the store (`where`) has not built, else None."""
+    missing = [f for f in factors if f not in levels]
+    if not missing:
+        return None
+    return f"data.factors {list(factors)}: {missing} not levels of {where} (levels: {list(levels)})"
 
 
 @dataclass(frozen=True)
@@ -68,15 +86,14 @@ class StoreInfo:
 
     def check(self, cfg: JobConfig, where: str, errors: list[str]) -> str | None:
         """The job's held-out view; records a fold or factor the store does not have."""
-        missing = [f for f in cfg.data.factors if f not in self.factors]
+        missing = missing_levels(cfg.data.factors, self.factors, f"store {self.path}")
         if missing:
-            errors.append(f"{where}: data.factors {list(cfg.data.factors)}: {missing} not levels of store "
-                          f"{self.path} (it has {list(self.factors)})")
-        if not 1 <= cfg.data.fold <= len(self.views):
+            errors.append(f"{where}: {missing}")
+        view = fold_view(self.views, cfg.data.fold)
+        if view is None:
             errors.append(f"{where}: data.fold {cfg.data.fold} out of range; store {self.path} has "
                           f"{len(self.views)} views")
-            return None
-        return self.views[cfg.data.fold - 1]
+        return view
 
     def problems(self, factors: set[int]) -> list[str]:
         """What jobs using `factors` would trip over after queueing, read from metadata only: a

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from camvis.job import native
+from camvis.config import factor_problems
+from camvis.data.store_info import fold_view, missing_levels
 from camvis.errors import ConfigError, StoreError
 from camvis.data.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
 
@@ -304,16 +306,12 @@ def _cpu_kernel() -> ctypes._CFuncPtr | None:
 
 
 def _check_factors(store: PatchStore, factors: Sequence[int]) -> tuple[int, ...]:
+    """The config's rules (camvis.config.factor_problems) and the store's (store_info.missing_levels)."""
     factors = tuple(int(f) for f in factors)
-    where = f"store {store.path}" if store.path else "the store"
-    if not factors:
-        raise ConfigError("data.factors must name at least one level, got []")
-    missing = [f for f in factors if f not in store.factors]
-    if missing:
-        raise ConfigError(f"data.factors {list(factors)}: {missing} not among the levels of {where} "
-                          f"(levels: {list(store.factors)})")
-    if len(set(factors)) != len(factors):
-        raise ConfigError(f"data.factors must not repeat a factor, got {list(factors)}")
+    problems = factor_problems(factors)
+    missing = missing_levels(factors, store.factors, f"store {store.path}" if store.path else "the store")
+    if problems or missing:
+        raise ConfigError(problems[0] if problems else missing)
     return factors
 
 
@@ -326,12 +324,12 @@ def fold_split(store: PatchStore, fold: int) -> tuple[np.ndarray, np.ndarray, st
     Fold k (1-based) holds out the k-th view in sorted order; training uses the patches
     of every other view. Indices are int64 and ascending.
     """
-    views = sorted(store.views)
-    if not isinstance(fold, (int, np.integer)) or isinstance(fold, bool) or not 1 <= fold <= len(views):
+    view = fold_view(store.views, fold)
+    if view is None:
+        views = sorted(store.views)
         listing = ", ".join(f"{k}={v}" for k, v in enumerate(views, start=1))
         raise ConfigError(f"data.fold = {fold!r} is out of range: expected an integer in 1..{len(views)}, "
                           f"one fold per view in sorted order ({listing})")
-    view = views[fold - 1]
     held_out = np.asarray(store.table["view"]) == store.views.index(view)
     return np.flatnonzero(~held_out).astype(np.int64), np.flatnonzero(held_out).astype(np.int64), view
 

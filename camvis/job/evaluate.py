@@ -10,7 +10,7 @@ and last scores.json, whose presence means the job is finished.
 from __future__ import annotations
 
 import math
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,7 +30,7 @@ from camvis.errors import CamvisError
 from camvis.io import now_iso, write_csv, write_json
 from camvis.jobdir import BEST, PROGRESS, SCORES, as_int, read_json
 from camvis.progress import progress_bar
-from camvis.data.store import PatchStore, open_store
+from camvis.data.store import PatchStore
 
 FIGURES = "figures"
 
@@ -173,50 +173,45 @@ def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: 
 # --------------------------------------------------------------------------- the job
 
 
-def evaluate_job(
-    cfg: JobConfig,
-    job_dir: str | Path,
-    model: torch.nn.Module | None = None,
-    store: PatchStore | None = None,
-    device: torch.device | str | None = None,
-    *,
-    source: BatchSource | None = None,
-    checkpoint: str | Path | None = None,
-    epochs: int | None = None,
-    progress: bool | None = None,
-    train_hash: str | None = None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalInputs:
+    """What evaluate_job evaluates, each given one way: the patches come from `source` (the store
+    on its device: training's, or a new BatchSource), the predictions from `model`; `weights`
+    names the model in errors."""
+
+    source: BatchSource
+    model: torch.nn.Module
+    weights: str = "the model passed in"
+
+    @staticmethod
+    def load(cfg: JobConfig, checkpoint: str | Path, source: BatchSource, *,
+             train_hash: str | None = None) -> EvalInputs:
+        """The config's model with the weights of `checkpoint` on the source's device.
+        `train_hash`: the training the checkpoint must record (a job's own best.pt)."""
+        if _rank_world()[1] > 1:
+            dist.barrier()  # rank 0 may still be renaming the last best.pt into place
+        model = load_model(cfg, checkpoint, source.store.patch_size, source.device, train_hash=train_hash)
+        return EvalInputs(source, model, str(checkpoint))
+
+
+def evaluate_job(cfg: JobConfig, job_dir: str | Path, inputs: EvalInputs, *, epochs: int | None = None,
+                 progress: bool | None = None) -> dict[str, Any]:
     """Evaluate a job on its held-out view (cfg.data.fold) and write its outputs under `job_dir`.
 
-    `model` None: the config's model with the weights of `checkpoint` (default job_dir/best.pt).
-    `device` None: the model's device, or the config's (train.device, LOCAL_RANK) without a model.
-    `source`: a BatchSource of the store already on the device (training's), to reuse it.
-    `epochs` None: read from job_dir/progress.json (0 if absent). `train_hash`: the training the
-    checkpoint must record (a job's own best.pt). Every rank returns the scores
+    `epochs` None: read from job_dir/progress.json (0 if absent). Every rank returns the scores
     dict; only rank 0 writes, and scores.json goes last (an old one is removed first, so a
     failed evaluation never leaves a stale "finished" marker).
     """
     job_dir = Path(job_dir)
-    rank, world = _rank_world()
-    if device is None:
-        device = next(model.parameters()).device if model is not None else _default_device(cfg)
-    device = torch.device(device)
-    if store is None:
-        store = source.store if source is not None else open_store(cfg.data.store)
+    rank, _ = _rank_world()
+    source, store, device = inputs.source, inputs.source.store, inputs.source.device
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
     if len(val_idx) == 0:
         raise CamvisError(f"{store.path}: fold {cfg.data.fold} (view {view}) has no patches to evaluate")
-    if world > 1:
-        dist.barrier()  # rank 0 may still be renaming the last best.pt into place
-    weights = str(checkpoint or job_dir / BEST) if model is None else "the model passed in"
-    if model is None:
-        model = load_model(cfg, checkpoint or job_dir / BEST, store.patch_size, device, train_hash=train_hash)
     if rank == 0:
         (job_dir / SCORES).unlink(missing_ok=True)
-    if source is None:
-        source = BatchSource(store, cfg.data.factors, device)
-    preds = predict(model, source, val_idx, cfg.eval.batch_size, device, progress=progress)
-    check_finite_predictions(cfg, preds, weights)
+    preds = predict(inputs.model, source, val_idx, cfg.eval.batch_size, device, progress=progress)
+    check_finite_predictions(cfg, preds, inputs.weights)
     results = compute_results(cfg, store, preds)
     scores = scores_dict(cfg, view, results, n_val=len(val_idx), n_train=len(train_idx),
                          epochs=epochs if epochs is not None else _epochs_run(job_dir))
@@ -233,13 +228,6 @@ def check_finite_predictions(cfg: JobConfig, preds: Mapping[str, np.ndarray], we
         raise CamvisError(f"{cfg.experiment}/{cfg.name}: {bad} of {len(preds['score'])} held-out predictions are "
                           f"not finite (weights: {weights}): the model diverged, no scores written; retrain "
                           f"with a lower train.lr")
-
-
-def _default_device(cfg: JobConfig) -> torch.device:
-    from camvis.job.distributed import pick_device
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    return pick_device(cfg.train.device, local_rank)
 
 
 def _epochs_run(job_dir: Path) -> int:
@@ -267,7 +255,7 @@ def compute_results(cfg: JobConfig, store: PatchStore, preds: Mapping[str, np.nd
 
 def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val: int, n_train: int,
                 epochs: int) -> dict[str, Any]:
-    """The scores.json payload (contract "Job outputs"; NaN written as null)."""
+    """The scores.json payload (docs/contracts.md, "scores.json"; NaN written as null)."""
     from camvis.model import find_architecture
 
     m = cfg.model
@@ -287,7 +275,7 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
                       "file": "bootstrap.csv"},
         "confusion": results["confusion"].tolist(),
         "threshold": metrics.THRESHOLD,
-        "visibility": visibility.summary(results["visibility"]),
+        "visibility": visibility.image_summary(results["visibility"]),
         "n_val": int(n_val),
         "n_train": int(n_train),
         "epochs": int(epochs),

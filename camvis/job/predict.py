@@ -29,7 +29,7 @@ import pandas as pd
 
 from camvis.job import visibility as vis
 from camvis.errors import CamvisError, PredictError
-from camvis.data.raw import NAME_PATTERN, view_of
+from camvis.data.raw import NAME_PATTERN, depth_metres, view_of
 
 if TYPE_CHECKING:
     import torch
@@ -277,18 +277,7 @@ def read_image(image: str | os.PathLike | np.ndarray) -> np.ndarray:
 
 def read_depth(depth_map: str | os.PathLike | np.ndarray) -> np.ndarray:
     """float32 (H, W) metres from (H, W) or (H, W, C) with depth in channel 0 (camvis2's layout)."""
-    where = _label(depth_map, "depth map")
-    if isinstance(depth_map, np.ndarray):
-        arr = depth_map
-    else:
-        try:
-            arr = np.load(depth_map, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise PredictError(f"{where}: cannot read the depth map ({e})") from e
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] < 1) or arr.dtype.kind != "f":
-        raise PredictError(f"{where}: expected a float array (H, W) or (H, W, 4) with depth in metres in "
-                           f"channel 0, got {arr.dtype} {arr.shape}")
-    return np.array(arr if arr.ndim == 2 else arr[:, :, 0], dtype=np.float32)
+    return depth_metres(depth_map, _label(depth_map, "depth map"), PredictError)
 
 
 def check_inputs(rgb: np.ndarray, depth: np.ndarray, model: Model, image: str, depth_name: str) -> None:

@@ -22,21 +22,24 @@ from camvis import locks
 from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
-from camvis.jobdir import ERROR, PROGRESS, read_json
+from camvis.jobdir import BEST, ERROR, PROGRESS, read_json
 
 
-def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None) -> dict[str, Any]:
+def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None,
+            threads: int | None = None) -> dict[str, Any]:
     """Train then evaluate `cfg` under outputs/<experiment>/<name>/; returns the scores dict.
 
     `restart`: a restart id (camvis.cluster.plan.new_run_id): train from scratch unless the folder's
     training was started by this same id (a requeued restart resumes its own training).
+    `threads`: intra-op threads (a local launch shares the machine's cores between its jobs);
+    None: SLURM's CPUs per task, else CAMVIS_NUM_THREADS, else torch's default.
     """
     from camvis.job import distributed
-    from camvis.job.evaluate import evaluate_job
+    from camvis.job.evaluate import EvalInputs, evaluate_job
     from camvis.job.train import open_inputs, train, write_progress
 
     directory = job_dir(cfg, outputs)
-    _limit_threads()
+    _limit_threads(threads)
     env = distributed.setup(cfg.train.device)
     lock = ExitStack()
     try:
@@ -50,8 +53,8 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
         last = state.history[-1] if state.history else None
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
-        scores = evaluate_job(cfg, directory, device=env.device, source=inputs.source, epochs=state.epoch,
-                              train_hash=train_hash(cfg))
+        best = EvalInputs.load(cfg, directory / BEST, inputs.source, train_hash=train_hash(cfg))
+        scores = evaluate_job(cfg, directory, best, epochs=state.epoch)
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores
@@ -126,11 +129,11 @@ def yaml_dump(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-def _limit_threads() -> None:
+def _limit_threads(threads: int | None = None) -> None:
     """One intra-op thread per allotted CPU: ranks and jobs sharing a node must not oversubscribe it."""
     import torch
 
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("CAMVIS_NUM_THREADS")
+    cpus = str(threads or "") or os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("CAMVIS_NUM_THREADS")
     if cpus and cpus.isdigit() and int(cpus) > 0:
         torch.set_num_threads(int(cpus))
 
@@ -148,8 +151,10 @@ class TrainEvalTask(submitit.helpers.Checkpointable):
     """The submitit callable: `TrainEvalTask(restart)(cfg, outputs)`; requeued as it is (same
     restart id) on timeout, so a requeued --restart resumes the training it started."""
 
-    def __init__(self, restart: str | None = None) -> None:
+    def __init__(self, restart: str | None = None, threads: int | None = None) -> None:
         self.restart = restart
+        self.threads = threads  # a local launch's share of the cores; None on SLURM
 
     def __call__(self, cfg: JobConfig, outputs: str = "outputs") -> dict[str, Any]:
-        return run_job(cfg, outputs, restart=getattr(self, "restart", None))  # tasks pickled before it
+        return run_job(cfg, outputs, restart=getattr(self, "restart", None),  # tasks pickled before them
+                       threads=getattr(self, "threads", None))

@@ -243,7 +243,7 @@ def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv, run_id:
         return TrainState(run_id=run_id)
     state = load_checkpoint(ckpt, model, opt, sched, cfg)
     state.restarts += 1
-    state.finished = is_finished(cfg, state, opt.param_groups[0]["lr"])
+    state.finished = training_done(cfg, state, opt.param_groups[0]["lr"])
     if state.finished:
         log(env, f"{cfg.name}: training finished at epoch {state.epoch} ({ckpt}): no training, re-evaluating")
     else:
@@ -277,7 +277,7 @@ def _finish_epoch(cfg: JobConfig, job_dir: Path, env: DistEnv, model, opt, sched
     """Close the epoch in the state and make it durable: a requeue resumes after it."""
     state.history.append(record)
     state.epoch += 1
-    state.finished = is_finished(cfg, state, record["lr"])
+    state.finished = training_done(cfg, state, record["lr"])
     if env.is_main:
         save_checkpoint(job_dir / CHECKPOINT, model, opt, sched, state, cfg)
 
@@ -290,7 +290,7 @@ def check_finite(cfg: JobConfig, state: TrainState, what: str, value: float) -> 
                             f"train.lr (or check the data) and relaunch")
 
 
-def is_finished(cfg: JobConfig, state: TrainState, lr: float) -> bool:
+def training_done(cfg: JobConfig, state: TrainState, lr: float) -> bool:
     """Stop at max_epochs or once the plateau schedule has taken the rate down to min_lr."""
     return state.epoch >= cfg.train.max_epochs or lr <= cfg.train.min_lr * (1 + 1e-6)
 

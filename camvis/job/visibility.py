@@ -156,7 +156,7 @@ def visibility_table(
     return rows
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def image_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """scores.json's "visibility": median |log10 error| over images with a truth and an estimate."""
     errors = np.array([r["abs_log10_error"] for r in rows], dtype=np.float64)
     errors = errors[np.isfinite(errors)]

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from camvis.io import write_csv
+from camvis.results.finished import FinishedJob
 from camvis.results.stats import holm_adjust
 
-if TYPE_CHECKING:
-    from camvis.results.aggregate import FinishedJob
 
 VISIBILITY_CSV = "visibility.csv"
 FACTOR_2 = math.log10(2.0)

@@ -14,16 +14,15 @@ No torch here, like camvis.results.aggregate.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from camvis.metrics import METRICS
+from camvis.results.finished import FinishedJob
 from camvis.results.stats import corrected_t_test, holm_adjust, paired_difference_ci
 
-if TYPE_CHECKING:  # aggregate imports this module: the job type is needed for the hints only
-    from camvis.results.aggregate import FinishedJob
 
 COLUMNS = ["metric", "group_a", "group_b", "n_folds", "folds", "mean_a", "mean_b", "mean_diff",
            "ci_low", "ci_high", "t", "dof", "p_value", "p_holm", "test_train_ratio"]  # fmt: skip

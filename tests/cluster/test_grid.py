@@ -15,7 +15,7 @@ from camvis.config import config_hash
 from camvis.errors import ConfigError
 from camvis.cluster.grid import job_name, load_grid, select
 from camvis.jobdir import is_finished
-from camvis.cluster.plan import job_status, plan
+from camvis.cluster.plan import outputs_status, plan
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -418,12 +418,12 @@ def test_force_resubmits_finished_but_never_active(tmp_path: Path) -> None:
 
 
 def test_scores_without_hash_is_resubmitted(tmp_path: Path) -> None:
-    # The same rule as camvis-status (jobfiles.is_finished): no hash, not this config's scores.
+    # The same rule as camvis-status (jobdir.is_finished): no hash, not this config's scores.
     outputs = tmp_path / "outputs"
     job = load_grid(write(tmp_path / "g.yaml", small(tmp_path))).jobs[0]
     (outputs / "exp" / job.name).mkdir(parents=True)
     (outputs / "exp" / job.name / "scores.json").write_text(json.dumps({"metrics": {"acc": 0.9}}))
-    assert job_status(job, outputs)[0] == "stale"
+    assert outputs_status(job, outputs)[0] == "stale"
     assert not is_finished(json.loads((outputs / "exp" / job.name / "scores.json").read_text()), job.hash)
 
 
@@ -432,4 +432,4 @@ def test_unreadable_scores_is_resubmitted(tmp_path: Path) -> None:
     job = load_grid(write(tmp_path / "g.yaml", small(tmp_path))).jobs[0]
     (outputs / "exp" / job.name).mkdir(parents=True)
     (outputs / "exp" / job.name / "scores.json").write_text("{not json")
-    assert job_status(job, outputs)[0] == "stale"
+    assert outputs_status(job, outputs)[0] == "stale"

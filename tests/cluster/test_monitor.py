@@ -181,11 +181,11 @@ def test_every_active_check_uses_is_active(tmp_path: Path) -> None:
     status = monitor.collect(EXP, tmp_path / "jobs", tmp_path / "outputs", runner=FakeSlurm(sacct=held))
     assert status.aggregate == [("124", "SPECIAL_EXIT")] and status.active
     fake = FakeSlurm(sacct=held)
-    assert monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", fake) == ["cancelled aggregate job 124"]
+    assert monitor.cancel_experiment(EXP, None, tmp_path / "jobs", tmp_path / "outputs", fake) == ["cancelled aggregate job 124"]
     revoked = held.replace("SPECIAL_EXIT", "REVOKED")
     status = monitor.collect(EXP, tmp_path / "jobs", tmp_path / "outputs", runner=FakeSlurm(sacct=revoked))
     assert not status.active
-    assert monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm(sacct=revoked)) == [
+    assert monitor.cancel_experiment(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm(sacct=revoked)) == [
         "nothing to cancel: every SLURM job has ended"]
 
 
@@ -387,14 +387,14 @@ def test_logs_by_name_or_slurm_id(tmp_path: Path) -> None:
 def test_cancel_one_task(tmp_path: Path) -> None:
     make_experiment(tmp_path)
     fake = FakeSlurm()
-    lines = monitor.cancel(EXP, "cat_fold3", tmp_path / "jobs", tmp_path / "outputs", fake)
+    lines = monitor.cancel_experiment(EXP, "cat_fold3", tmp_path / "jobs", tmp_path / "outputs", fake)
     assert fake.calls == [["scancel", "123_2"]] and lines == ["cancelled cat_fold3 (123_2)"]
 
 
 def test_cancel_whole_experiment_cancels_arrays_and_aggregate(tmp_path: Path) -> None:
     make_experiment(tmp_path)
     fake = FakeSlurm()
-    lines = monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", fake)
+    lines = monitor.cancel_experiment(EXP, None, tmp_path / "jobs", tmp_path / "outputs", fake)
     assert fake.calls[-1] == ["scancel", "123", "124"] and len(fake.calls) == 2  # one query, one scancel
     assert lines == ["cancelled job array 123", "cancelled aggregate job 124"]
 
@@ -403,29 +403,29 @@ def test_cancel_skips_what_has_ended(tmp_path: Path) -> None:
     make_experiment(tmp_path)
     done = "\n".join(f"123_{i}|COMPLETED|n|00:01:00|0:0" for i in range(8)) + "\n124|CANCELLED by 0|n|0|0:0\n"
     fake = FakeSlurm(sacct=done)
-    assert monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", fake) == ["nothing to cancel: every SLURM job has ended"]
+    assert monitor.cancel_experiment(EXP, None, tmp_path / "jobs", tmp_path / "outputs", fake) == ["nothing to cancel: every SLURM job has ended"]
     assert all(c[0] != "scancel" for c in fake.calls)
 
 
 def test_cancel_errors(tmp_path: Path) -> None:
     make_experiment(tmp_path, mode="local")
     with pytest.raises(ConfigError, match="local run"):
-        monitor.cancel(EXP, "cat_fold1", tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())
+        monitor.cancel_experiment(EXP, "cat_fold1", tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())
     with pytest.raises(ConfigError, match="no SLURM jobs"):
-        monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())
+        monitor.cancel_experiment(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())
     make_experiment(tmp_path, "s")
 
     def refuse(cmd: Sequence[str]) -> subprocess.CompletedProcess:
         return subprocess.CompletedProcess(list(cmd), 1, "", "scancel: error: Kill job error on job id 123_2\n")
 
     with pytest.raises(SubmissionError, match="Kill job error"):
-        monitor.cancel("s", "cat_fold3", tmp_path / "jobs", tmp_path / "outputs", refuse)
+        monitor.cancel_experiment("s", "cat_fold3", tmp_path / "jobs", tmp_path / "outputs", refuse)
 
 
 def test_a_pending_task_camvis_cancelled_reads_cancelled(tmp_path: Path) -> None:
     """SLURM keeps no row for a pending array task cancelled: camvis's record in the manifest says it."""
     make_experiment(tmp_path)
-    monitor.cancel(EXP, "align_fold2", tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())  # task 123_5
+    monitor.cancel_experiment(EXP, "align_fold2", tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())  # task 123_5
     manifest = json.loads((tmp_path / "jobs" / EXP / "manifest.json").read_text())
     assert manifest["cancelled"]["123_5"]["by"] == "camvis-status --cancel"
     after = SACCT.replace("123_[4-7%2]", "123_[4,6-7%2]")  # what sacct shows then: no 123_5 at all
@@ -439,7 +439,7 @@ def test_a_pending_task_camvis_cancelled_reads_cancelled(tmp_path: Path) -> None
 
 def test_a_whole_experiment_camvis_cancelled_reads_cancelled(tmp_path: Path) -> None:
     make_experiment(tmp_path)
-    monitor.cancel(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())
+    monitor.cancel_experiment(EXP, None, tmp_path / "jobs", tmp_path / "outputs", FakeSlurm())
     forgotten = "123_0|COMPLETED|node1|00:05:00|0:0\n"  # only the finished task is still known
     status = collect(tmp_path, FakeSlurm(sacct=forgotten, squeue=None, squeue_err="Invalid job id specified"))
     states = {j.info.name: j.state for j in status.jobs}
@@ -552,7 +552,7 @@ def test_batched_query_against_the_real_cluster(tmp_path: Path) -> None:
         assert time.time() < deadline, f"tasks not all visible: {sorted(result.rows)}"
         time.sleep(1)
     assert {result.rows[i].state for i in ids[:4]} <= {"PENDING", "RUNNING"}
-    slurm_query.cancel([array])
+    slurm_query.scancel([array])
     deadline = time.time() + 60
     while time.time() < deadline:
         rows = slurm_query.query(ids[:4]).rows
@@ -588,7 +588,7 @@ def test_query_without_accounting_falls_back_on_the_real_squeue(tmp_path: Path) 
             time.sleep(1)
         assert {result.rows[i].state for i in ids} <= {"PENDING", "RUNNING"}
     finally:
-        slurm_query.cancel([array])
+        slurm_query.scancel([array])
 
 def test_status_and_aggregate_never_import_torch() -> None:
     code = ("import sys, camvis.cluster.jobfiles, camvis.cluster.monitor, camvis.results.aggregate, camvis.results.stats, camvis.cluster.slurm_query, "

@@ -155,7 +155,7 @@ def test_cancelled_job_shows_cancelled(launched: dict[str, Any]) -> None:
     cancel: LaunchResult = launched["cancel"]
     job_id = cancel.job_ids["cat_fold3"]
     wait_for("the job to run", lambda: states([job_id]).get(job_id, None) and states([job_id])[job_id].state == "RUNNING")
-    slurm_query.cancel([job_id, cancel.aggregate_id])
+    slurm_query.scancel([job_id, cancel.aggregate_id])
     row = wait_for("CANCELLED", lambda: (r := states([job_id]).get(job_id)) and r.state == "CANCELLED" and r)
     assert row.raw_state.startswith("CANCELLED")
     assert not (launched["root"] / "outputs" / "it-cancel" / "cat_fold3" / "scores.json").exists()
@@ -180,7 +180,7 @@ def test_time_limit_requeues_and_resumes_from_checkpoint(launched: dict[str, Any
     assert states([job_id])[job_id].state in ("RUNNING", "PENDING", "REQUEUED")  # the same id, still going
     restarts = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
     assert "Restarts=0" not in restarts
-    slurm_query.cancel([job_id, requeue.aggregate_id])
+    slurm_query.scancel([job_id, requeue.aggregate_id])
 
 
 # --------------------------------------------------------------------------- one launch at a time (held jobs)
@@ -255,7 +255,7 @@ def test_a_cancelled_pending_task_shows_cancelled(held: Any) -> None:
 
     root = held["root"]
     job_id = json.loads((root / "jobs" / "it-lock" / "manifest.json").read_text())["jobs"]["cat_fold1"]["job_id"]
-    assert monitor.cancel("it-lock", "cat_fold1", root / "jobs", root / "outputs") == [f"cancelled cat_fold1 ({job_id})"]
+    assert monitor.cancel_experiment("it-lock", "cat_fold1", root / "jobs", root / "outputs") == [f"cancelled cat_fold1 ({job_id})"]
 
     def states() -> dict[str, str] | None:
         jobs = monitor.collect("it-lock", root / "jobs", root / "outputs").jobs

@@ -43,6 +43,15 @@ def _save_best(cfg: JobConfig, store, job: Path) -> torch.nn.Module:
     return model
 
 
+def _best(cfg, store, job):
+    """The job's own best.pt on the CPU, as camvis-eval reads it."""
+    return evaluate.EvalInputs.load(cfg, job / evaluate.BEST, BatchSource(store, cfg.data.factors))
+
+
+def _given(cfg, store):
+    return evaluate.EvalInputs(BatchSource(store, cfg.data.factors), _model(cfg, store))
+
+
 @pytest.fixture(scope="module")
 def evaluated(synth_store, tmp_path_factory):
     """One job evaluated from its best.pt, shared by the read-only checks below."""
@@ -50,7 +59,7 @@ def evaluated(synth_store, tmp_path_factory):
     job = tmp_path_factory.mktemp("eval") / "job"
     _save_best(cfg, synth_store, job)
     (job / "progress.json").write_text(json.dumps({"epoch": 3}))
-    scores = evaluate.evaluate_job(cfg, job, store=synth_store, progress=False)
+    scores = evaluate.evaluate_job(cfg, job, _best(cfg, synth_store, job), progress=False)
     return cfg, job, scores
 
 
@@ -147,7 +156,7 @@ def test_predict_matches_the_model_and_restores_its_mode(synth_store):
 
 def test_passing_a_model_skips_the_checkpoint_and_figures_can_be_off(synth_store, tmp_path):
     cfg = _cfg(synth_store, "eval.figures=false", "eval.bootstrap=0")
-    scores = evaluate.evaluate_job(cfg, tmp_path, model=_model(cfg, synth_store), store=synth_store, progress=False)
+    scores = evaluate.evaluate_job(cfg, tmp_path, _given(cfg, synth_store), progress=False)
     assert not (tmp_path / "figures").exists()
     assert scores["ci"] == {name: [None, None] for name in metrics.METRICS}  # no bootstrap, no interval
     assert len(pd.read_csv(tmp_path / "bootstrap.csv")) == 0
@@ -163,7 +172,7 @@ def test_failed_evaluation_leaves_no_stale_scores(synth_store, tmp_path, monkeyp
 
     monkeypatch.setattr(evaluate, "_write_csv", broken)
     with pytest.raises(OSError, match="disk full"):
-        evaluate.evaluate_job(cfg, tmp_path, model=_model(cfg, synth_store), store=synth_store, progress=False)
+        evaluate.evaluate_job(cfg, tmp_path, _given(cfg, synth_store), progress=False)
     assert not (tmp_path / "scores.json").exists()
 
 
@@ -234,7 +243,8 @@ def _worker(rank: int, world: int, port: int, store_path: str, out_dir: str) -> 
         gathered = evaluate.gather_predictions(rows)
         # the whole evaluation on two ranks: both return the scores, rank 0 writes them
         job_cfg = _cfg(store, "eval.figures=false")
-        scores = evaluate.evaluate_job(job_cfg, Path(out_dir) / "job", store=store, progress=False)
+        scores = evaluate.evaluate_job(job_cfg, Path(out_dir) / "job", _best(job_cfg, store, Path(out_dir) / "job"),
+                                        progress=False)
         torch.save({"preds": preds, "gathered": gathered, "scores": scores}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()

@@ -17,7 +17,8 @@ from camvis.job import train as train_mod
 from camvis.job.checkpoints import CheckpointError
 from camvis.cli.train import main as train_main
 from camvis.config import config_hash, load_job_config, train_hash
-from camvis.job.evaluate import evaluate_job
+from camvis.job.batches import BatchSource
+from camvis.job.evaluate import EvalInputs, evaluate_job
 from camvis.job.identity import PREVIOUS
 from camvis.job.task import run_job
 from camvis.model import build_model
@@ -294,7 +295,7 @@ def test_evaluation_of_diverged_weights_writes_no_scores(synth_store, tmp_path):
         next(model.parameters()).fill_(float("nan"))
     job = tmp_path / "j"
     with pytest.raises(CamvisError, match=r"held-out predictions are not finite .*diverged"):
-        evaluate_job(cfg, job, model=model, store=synth_store, progress=False)
+        evaluate_job(cfg, job, EvalInputs(BatchSource(synth_store, cfg.data.factors), model), progress=False)
     assert not (job / "scores.json").exists()
 
 

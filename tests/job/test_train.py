@@ -51,7 +51,7 @@ def test_fold_the_store_lacks_is_a_clear_error(synth_store, tmp_path):
 
 
 def test_factors_the_store_lacks_are_a_clear_error(synth_store, tmp_path):
-    with pytest.raises(ConfigError, match=r"data.factors \[8, 16\]: \[16\] not among the levels"):
+    with pytest.raises(ConfigError, match=r"data.factors \[8, 16\]: \[16\] not levels of"):
         train(_cfg(synth_store, "data.factors=[8,16]"), tmp_path / "job", _env())
 
 
