@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
-from camvis.job import checkpoints
+from camvis.job import checkpoints, memory
 from camvis.job.batches import BatchSource, EpochSampler, fold_split
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
@@ -67,10 +67,12 @@ class TrainInputs:
 def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None = None) -> TrainInputs:
     """Open the store and move the pyramid to the device once, for training and evaluation alike.
 
-    BatchSource checks data.factors against the store's levels, fold_split data.fold against its views.
+    BatchSource checks data.factors against the store's levels, fold_split data.fold against its views;
+    a job whose allocation cannot hold what it loads fails here (camvis.job.memory).
     """
     store = store if store is not None else open_store(cfg.data.store)
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
+    memory.check_job(store, cfg.data.factors, on_gpu=device.type == "cuda")  # before the OOM killer would
     source = BatchSource(store, cfg.data.factors, device)
     return TrainInputs(store, source, train_idx, val_idx, view)
 
