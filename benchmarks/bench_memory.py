@@ -24,6 +24,14 @@ GIB = 1 << 30
 FACTORS = [2, 4, 8, 16, 32]
 
 
+def _peak_bytes() -> int:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not inherited from the parent across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _child(store_path: str) -> None:
     """In a fresh process: a job's start on the CPU; print peak RSS and the estimate as JSON."""
     import torch
@@ -32,10 +40,10 @@ def _child(store_path: str) -> None:
     from camvis.job import memory
     from camvis.job.train import open_inputs
 
-    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    imported = _peak_bytes()
     cfg = load_job_config(None, [f"data.store={store_path}", f"data.factors={FACTORS}"])
     inputs = open_inputs(cfg, torch.device("cpu"))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_bytes()
     store = inputs.store
     shapes = memory.padded_shapes(store, FACTORS)
     print(json.dumps({
@@ -51,12 +59,14 @@ def _child(store_path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", help="measure this store instead of synthesizing one")
+    p.add_argument("--keep", help="synthesize and build under this folder and keep it (reuse with --store)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         _child(args.child)
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         store = args.store
         if store is None:
             from camvis.data import store_build, synth
