@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast slurm-up slurm-down bench clean-demo
+.PHONY: demo test test-fast slurm-up slurm-down bench clean-demo gpu-check
 
 $(STAMP): requirements.lock pyproject.toml
 	@# A C compiler builds camvis's CPU batch kernel on first use (camvis/job/native.py);
@@ -33,6 +33,11 @@ test: $(STAMP)
 # The fast suite: no cluster, SLURM tests skip with the reason.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slurm"
+
+# Everything that needs CUDA in one run (< 8 minutes on one GPU): benchmarks/results/gpu_check.json.
+# On a machine without CUDA every part reports "skipped: no CUDA".
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
 
 slurm-up:
 	bash slurm/cluster.sh start

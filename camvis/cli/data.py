@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -100,6 +101,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="patch sampling seed (default: 0)")
     p.add_argument("--force", action="store_true", help="replace an existing store built otherwise")
     p.add_argument("--figure", metavar="IMAGE_NAME", help="image of the sampling figure (default: the first)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes building images at once, same bytes as 1 (default: the CPUs available)")
     p.set_defaults(func=_build)
 
 
@@ -160,12 +163,18 @@ def _build(args: argparse.Namespace) -> int:
 
     built = store_build.build(args.raw_dir, args.store, factors=tuple(args.factors), patch_size=args.patch_size,
                               patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
-                              progress=sys.stderr.isatty(), figure_image=args.figure)
+                              progress=sys.stderr.isatty(), figure_image=args.figure,
+                              workers=args.workers if args.workers is not None else _cpus())
     print(store.format_summary(built))
     figure = built.path.with_name(built.path.name + ".sampling.png") if built.path else None
     if figure is not None and figure.exists():
         print(f"sampling figure: {figure}")
     return 0
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (a SLURM allocation's, not the node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -20,8 +20,11 @@ class NormStats:
         self.depth = {f: [0, 0.0, 0.0] for f in factors}   # n, sum, sum of squares
 
     def add_rgb(self, f: int, level: np.ndarray) -> None:
-        for c in range(3):
-            self.rgb[f][c] += np.bincount(level[..., c].ravel(), minlength=256)
+        self.add_rgb_histogram(f, rgb_histogram(level))
+
+    def add_rgb_histogram(self, f: int, hist: np.ndarray) -> None:
+        """A level's rgb_histogram, made elsewhere (a parallel build's worker): integers, so any order."""
+        self.rgb[f] += hist
 
     def add_depth(self, f: int, level: np.ndarray) -> None:
         valid = level[level != -1.0].astype(np.float64)
@@ -42,6 +45,11 @@ class NormStats:
                 mean[k, c], std[k, c] = _mean_std(n, s1, s2)
             mean[k, 3], std[k, 3] = _mean_std(*self.depth[f])
         return mean.astype(np.float32), std.astype(np.float32)
+
+
+def rgb_histogram(level: np.ndarray) -> np.ndarray:
+    """(3, 256) int64 counts of each channel's values of a uint8 (H, W, 3) level."""
+    return np.stack([np.bincount(level[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.int64)
 
 
 def _mean_std(n: int | float, s1: float, s2: float) -> tuple[float, float]:

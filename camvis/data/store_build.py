@@ -25,7 +25,7 @@ from camvis.data import staging
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
 from camvis.io import format_bytes, json_copy, reap_stale_tmp
-from camvis.data.norm_stats import NormStats
+from camvis.data.norm_stats import NormStats, rgb_histogram
 from camvis.progress import progress_bar
 from camvis.data.sampling import N_DEPTH_BINS, sample_centres_with_histogram
 from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_figure
@@ -38,7 +38,8 @@ _BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed")
 def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
           factors: Sequence[int] = (2, 4, 8, 16, 32), patch_size: int = 128,
           patches_per_image: int = 500, seed: int = 0, force: bool = False, progress: bool = True,
-          figure_image: str | None = None, figure: bool | str | os.PathLike = True) -> PatchStore:
+          figure_image: str | None = None, figure: bool | str | os.PathLike = True,
+          workers: int = 1) -> PatchStore:
     """Build the store at `store_path` from camvis2's raw layout in `raw_dir`.
 
     An existing store built with the same parameters (raw dir, factors, patch size,
@@ -50,9 +51,11 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     about one full-size image, its labels and its view's depth at a time.
     The sampling figure of `figure_image` (default: the first image) goes to
     `figure` (True: `STORE.sampling.png` beside the store, False: none, or a path).
+    `workers` > 1 decodes, checks and writes that many images at once in separate processes;
+    the store's bytes are the same as a serial build's (memory: one image per worker).
     """
     raw_dir, final = Path(raw_dir).resolve(), Path(store_path).resolve()
-    factors = _check_args(factors, patch_size, patches_per_image, seed)
+    factors = _check_args(factors, patch_size, patches_per_image, seed, workers)
     params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
               "patches_per_image": patches_per_image, "seed": seed}
     staging.remove_stale(final)
@@ -76,7 +79,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     needed = _raw_size(shape, factors, len(reader.dataset.images), len(reader.dataset.views))
     with staging.scratch_dir(final, f"up to {format_bytes(needed)}") as tmp:
         _write_store(tmp, reader, shape, factors, patch_size, patches_per_image, seed, params,
-                     progress)
+                     progress, workers)
         staging.swap_in(tmp, final)
     store = open_store(final)
     if figure is not False:
@@ -92,7 +95,7 @@ def _raw_size(shape: tuple[int, int], factors: tuple[int, ...], n_img: int, n_vi
 
 
 def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,
-                seed: int) -> tuple[int, ...]:
+                seed: int, workers: int = 1) -> tuple[int, ...]:
     facs = tuple(int(f) for f in factors)
     if not facs or any(f < 1 for f in facs) or len(set(facs)) != len(facs):
         raise StoreError(f"factors must be distinct positive integers, got {list(factors)}")
@@ -102,6 +105,8 @@ def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,
         raise StoreError(f"patches_per_image must be >= 1, got {patches_per_image}")
     if seed < 0:
         raise StoreError(f"seed must be >= 0, got {seed}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise StoreError(f"workers must be an integer >= 1, got {workers!r}")
     return tuple(sorted(facs))
 
 
@@ -168,9 +173,9 @@ def _prepare(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
 
 def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
                  factors: tuple[int, ...], patch_size: int, per_image: int, seed: int,
-                 params: dict[str, Any], progress: bool) -> None:
+                 params: dict[str, Any], progress: bool, workers: int = 1) -> None:
     """Write while `reader` decodes and checks each file once; its problems are raised
-    before anything marks the directory as a store."""
+    before anything marks the directory as a store. `workers` > 1: images in that many processes."""
     ds = reader.dataset
     index = {img.name: i for i, img in enumerate(ds.images)}
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
@@ -180,20 +185,27 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
     edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
     written: set[str] = set()
+    if workers > 1:
+        from camvis.data.parallel_build import parallel_images
+
+        results = parallel_images(reader, tmp, factors, patch_size, per_image, seed, workers)
+    else:
+        results = ((img, depth, image_part({f: a for f, (a, _) in levels.items()}, index[img.name], ds.views.index(
+            img.view), rgb, labels, depth, patch_size, per_image, seed)) for img, rgb, labels, depth in reader.images())
     with progress_bar("building store", len(ds.images), enabled=progress) as advance:
-        # Views in order, each view's images by name: the depth map is loaded once per view,
-        # and the statistics accumulate in a fixed order (same seed -> same store).
-        for img, rgb, labels, depth in reader.images():
-            i, v = index[img.name], ds.views.index(img.view)
+        # Views in order, each view's images by name: the depth map is written once per view,
+        # and the statistics accumulate in a fixed order (same seed -> same store, however many
+        # workers wrote the images).
+        for img, depth, part in results:
+            i = part["i"]
             if img.view not in written:
-                _write_depth(levels, stats, v, depth)
+                _write_depth(levels, stats, ds.views.index(img.view), depth)
                 written.add(img.view)
-            _write_image(levels, stats, i, rgb)
-            rng = np.random.default_rng([seed, i])  # per image: order-independent
-            h, w, _, counts[i], edges[i] = sample_centres_with_histogram(
-                labels, depth, per_image, patch_size, rng)
-            rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
-            del rgb, labels, depth  # none held while the next image is decoded
+            for f, hist in part["hists"].items():
+                stats.add_rgb_histogram(f, hist)
+            counts[i], edges[i] = part["counts"], part["edges"]
+            rows.append(part["rows"])
+            del depth, part
             advance()
     reader.raise_problems()  # every problem of the raw data, as raw.check lists them
     _write_table(root, rows, ds)
@@ -221,13 +233,20 @@ def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,
     return images, depth
 
 
-def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, i: int,
-                 rgb: np.ndarray) -> None:
+def image_part(images: dict[int, zarr.Array], i: int, v: int, rgb: np.ndarray, labels: np.ndarray,
+               depth: np.ndarray, patch_size: int, per_image: int, seed: int) -> dict[str, Any]:
+    """Write image i's levels; its RGB histograms, patch rows and sampling histogram, for the
+    caller to merge in image order (each image is its own chunk: workers may write in parallel)."""
     pil = Image.fromarray(rgb)
-    for f, (images, _) in levels.items():
+    hists = {}
+    for f, array in images.items():
         level = rgb_level(pil, f)
-        images[i] = level.transpose(2, 0, 1)
-        stats.add_rgb(f, level)
+        array[i] = level.transpose(2, 0, 1)
+        hists[f] = rgb_histogram(level)
+    rng = np.random.default_rng([seed, i])  # per image: order-independent
+    h, w, _, counts, edges = sample_centres_with_histogram(labels, depth, per_image, patch_size, rng)
+    return {"i": i, "hists": hists, "counts": counts, "edges": edges,
+            "rows": _table_rows(h, w, labels[h, w], depth[h, w], i, v)}
 
 
 def rgb_level(pil: Image.Image, f: int) -> np.ndarray:

@@ -33,6 +33,8 @@ from camvis.progress import progress_bar
 from camvis.data.store import PatchStore
 
 FIGURES = "figures"
+ACTIVATION_LIMIT = 2**31
+"""Elements one tensor may hold in a forward pass: CUDA kernels index with int32 past it."""
 
 
 # --------------------------------------------------------------------------- predictions
@@ -69,6 +71,9 @@ def predict(
     was_training = net.training
     net.eval()
     use_bf16 = device.type == "cuda"
+    if use_bf16:  # like the inputs: a contiguous model would convert every activation back
+        net.to(memory_format=torch.channels_last)
+    rows = max_forward_rows(net, source.patch_size)
     parts: dict[str, list[torch.Tensor]] = {"patch": [], "score": [], "label": [], "depth": []}
     # rank 0 only; progress=None: a bar when stderr is a terminal
     bar = progress_bar("predicting", sum(len(b) for b in batches), enabled=progress if rank == 0 else False,
@@ -79,7 +84,7 @@ def predict(
                 if len(batch) == 0:  # shard_batches may hand out empty batches for tiny N
                     continue
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = net(x)
+                    logits = torch.cat([net(part) for part in x.split(rows)])
                 parts["patch"].append(batch)
                 parts["score"].append(torch.sigmoid(logits.float()).reshape(-1))
                 parts["label"].append(label.to(torch.uint8))
@@ -92,6 +97,14 @@ def predict(
     out = gather_predictions(local)
     out["image"] = np.asarray(source.store.table["image"])[out["patch"]].astype(np.int32)
     return out
+
+
+def max_forward_rows(model: torch.nn.Module, patch_size: int) -> int:
+    """Samples per forward pass that keep the first block's activation (size_hidden x P x P per
+    sample and level) under ACTIVATION_LIMIT: eval.batch_size 1024 at the paper's 128 x 128
+    patches and 128 channels is exactly 2**31."""
+    per_sample = int(getattr(model, "size_hidden", 1)) * patch_size * patch_size
+    return max(1, (ACTIVATION_LIMIT - 1) // per_sample)
 
 
 def gather_predictions(local: Mapping[str, torch.Tensor | np.ndarray], key: str = "patch") -> dict[str, np.ndarray]:

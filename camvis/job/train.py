@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
-from camvis.job import checkpoints
+from camvis.job import checkpoints, memory
 from camvis.job.batches import BatchSource, EpochSampler, fold_split
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
@@ -67,10 +67,12 @@ class TrainInputs:
 def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None = None) -> TrainInputs:
     """Open the store and move the pyramid to the device once, for training and evaluation alike.
 
-    BatchSource checks data.factors against the store's levels, fold_split data.fold against its views.
+    BatchSource checks data.factors against the store's levels, fold_split data.fold against its views;
+    a job whose allocation cannot hold what it loads fails here (camvis.job.memory).
     """
     store = store if store is not None else open_store(cfg.data.store)
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
+    memory.check_job(store, cfg.data.factors, on_gpu=device.type == "cuda")  # before the OOM killer would
     source = BatchSource(store, cfg.data.factors, device)
     return TrainInputs(store, source, train_idx, val_idx, view)
 
@@ -96,13 +98,16 @@ def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> tuple[torch.optim.
 # --------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: TrainState, cfg: JobConfig) -> None:
+def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: TrainState, cfg: JobConfig,
+                    device: torch.device | None = None) -> None:
+    """`device`: the job's own GPU, whose RNG state alone is saved (not every visible GPU's: a
+    requeue onto a node that shows fewer GPUs must still resume)."""
     payload = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "rng_cuda": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "state": asdict(state),
         "config": to_dict(cfg),
         "train_hash": train_hash(cfg),
@@ -114,8 +119,10 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: Train
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "rng_cpu", "rng_cuda", "state")
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConfig) -> TrainState:
-    """Restore a checkpoint of `cfg`'s training; another training's or a foreign file is a CheckpointError."""
+def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConfig,
+                    device: torch.device | None = None) -> TrainState:
+    """Restore a checkpoint of `cfg`'s training; another training's or a foreign file is a CheckpointError.
+    `device`: the job's GPU, which gets the saved CUDA RNG state."""
     payload = checkpoints.read(path, required=CHECKPOINT_KEYS)
     found, wanted = checkpoints.recorded_train_hash(payload), train_hash(cfg)
     if found != wanted:
@@ -126,12 +133,25 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConf
         opt.load_state_dict(payload["optimizer"])
         sched.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["rng_cpu"])
-        if payload["rng_cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(payload["rng_cuda"])
+        cuda_state = device_rng_state(payload["rng_cuda"], device)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
         return TrainState(**payload["state"])
     except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise checkpoints.CheckpointError(f"{path}: not a checkpoint of this job's model ({_one_line(e)}); "
                                           f"{checkpoints.RESTART_HINT}") from e
+
+
+def device_rng_state(saved, device: torch.device | None) -> torch.Tensor | None:
+    """The saved CUDA RNG state for the job's `device` (None: nothing to restore). Checkpoints
+    before this one hold a list, one state per GPU the saving job saw: take the device's own,
+    or none when the node now shows fewer GPUs than the saving one did."""
+    if saved is None or device is None or device.type != "cuda":
+        return None
+    if isinstance(saved, (list, tuple)):
+        index = device.index or 0
+        return saved[index] if index < len(saved) else None
+    return saved
 
 
 def _one_line(error: BaseException) -> str:
@@ -164,11 +184,12 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
     for idx, x, y, _ in source.iter_batches(batches, channels_last=use_bf16):
         with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        # summed: the mean of an empty batch (a rank's share of a tiny epoch) is NaN
+        loss_sum = F.binary_cross_entropy_with_logits(logits.float(), y, reduction="sum")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss_sum / max(len(idx), 1)).backward()
         opt.step()
-        total[0] += loss.detach().double() * len(idx)
+        total[0] += loss_sum.detach().double()
         total[1] += len(idx)
         if advance is not None:
             advance(len(idx))
@@ -178,9 +199,31 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
 
 
 def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[str, float]:
-    """Loss, macro accuracy and macro F1 on the held-out view, every patch counted once over the ranks."""
+    """Loss, macro accuracy and macro F1 on the held-out view, every patch counted once over the ranks.
+
+    Every rank validates with rank 0's BatchNorm statistics (the ones best.pt saves): DDP only
+    broadcasts them at the next training forward, and each rank's running stats follow its own batches.
+    """
+    broadcast_buffers(model, env)
     preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
     return metrics.scores(preds["score"], preds["label"])
+
+
+def broadcast_buffers(model: torch.nn.Module, env: DistEnv) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank."""
+    if not env.distributed:
+        return
+    net = model.module if isinstance(model, DistributedDataParallel) else model
+    for buffer in net.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def epoch_on_device(batches: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The epoch's index batches moved to the device in one copy, not one per step."""
+    if device.type == "cpu" or not batches:
+        return batches
+    sizes = [len(b) for b in batches]
+    return list(torch.cat(batches).to(device).split(sizes))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -201,6 +244,7 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
     model = build_model(cfg, inputs.store.patch_size).to(env.device)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest conv algorithms, found once
     opt, sched = make_optimizer(cfg, model)
     state = _resume(cfg, job_dir / CHECKPOINT, model, opt, sched, env, run_id)
     if state.finished:
@@ -214,7 +258,7 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
     try:
         while not state.finished:
             start = time.perf_counter()
-            batches = sampler.batches(state.epoch)
+            batches = epoch_on_device(sampler.batches(state.epoch), env.device)
             n_samples = sum(len(b) for b in batches)
             # A bar on rank 0 on a terminal only; the epoch's log line below is printed either way.
             with progress_bar(f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples,
@@ -241,7 +285,7 @@ def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv, run_id:
     """The state of the last finished epoch if a checkpoint exists (weights, optimizer, RNG restored)."""
     if not ckpt.exists():
         return TrainState(run_id=run_id)
-    state = load_checkpoint(ckpt, model, opt, sched, cfg)
+    state = load_checkpoint(ckpt, model, opt, sched, cfg, env.device)
     state.restarts += 1
     state.finished = training_done(cfg, state, opt.param_groups[0]["lr"])
     if state.finished:
@@ -279,7 +323,7 @@ def _finish_epoch(cfg: JobConfig, job_dir: Path, env: DistEnv, model, opt, sched
     state.epoch += 1
     state.finished = training_done(cfg, state, record["lr"])
     if env.is_main:
-        save_checkpoint(job_dir / CHECKPOINT, model, opt, sched, state, cfg)
+        save_checkpoint(job_dir / CHECKPOINT, model, opt, sched, state, cfg, env.device)
 
 
 def check_finite(cfg: JobConfig, state: TrainState, what: str, value: float) -> None:

@@ -177,15 +177,15 @@ def test_interrupted_forced_rebuild_keeps_old_store(synth_raw: Path, tmp_path: P
     first = store_build.build(synth_raw, path, **BUILD, figure=False)
     before = _identity(path)
     calls = []
-    real = store_build._write_image
+    real = store_build.image_part
 
-    def failing(*args: object, **kwargs: object) -> None:
+    def failing(*args: object, **kwargs: object) -> object:
         calls.append(1)
         if len(calls) >= 3:
             raise RuntimeError("disk full (simulated)")
-        real(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(store_build, "_write_image", failing)
+    monkeypatch.setattr(store_build, "image_part", failing)
     with pytest.raises(RuntimeError, match="simulated"):
         store_build.build(synth_raw, path, **{**BUILD, "seed": 5}, force=True, figure=False)
     kept = store.open_store(path)
