@@ -119,6 +119,16 @@ def test_dry_run_resources_from_overrides(tmp_path: Path) -> None:
     assert result.submitted == ["cat_fold1", "cat_fold2", "cat_fold3", "cat_fold4"]
 
 
+def test_dry_run_script_runs_the_setup_lines_first(tmp_path: Path) -> None:
+    result = launch_mod.launch(DEMO, ["slurm.setup=[module load cuda/12, 'export A=\"b c\"']"], dry_run=True,
+                               outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+    for script in result.scripts.values():
+        lines = script.splitlines()
+        first, second = lines.index("module load cuda/12"), lines.index('export A="b c"')
+        srun = next(i for i, line in enumerate(lines) if line.startswith("srun"))
+        assert first < second < srun
+
+
 def test_cpu_ranks_from_tasks_per_node(tmp_path: Path) -> None:
     result = launch_mod.launch(DEMO, ["slurm.tasks_per_node=2"], dry_run=True, outputs=tmp_path / "o",
                                jobs_dir=tmp_path / "j")
