@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from camvis.errors import CamvisError
+
+
+def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`--version` on a command: its name and camvis's version (for bug reports and job logs)."""
+    from camvis import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s (camvis {__version__})")
+    return parser
 
 
 def fail(error: CamvisError | OSError) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import fail
+from camvis.cli import add_version, fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="camvis-aggregate", description=__doc__, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    add_version(p)
     p.add_argument("experiment", help="experiment name (outputs/<experiment>/, jobs/<experiment>/manifest.json)")
     p.add_argument("--outputs", default="outputs", help="where the jobs wrote (default: outputs)")
     p.add_argument("--jobs-dir", default="jobs", help="where the manifests live (default: jobs)")

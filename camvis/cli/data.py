@@ -7,7 +7,7 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from camvis.cli import fail
+from camvis.cli import add_version, fail
 from camvis.errors import CamvisError, ConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camvis-data", description="Make, check and package camvis data.",
         epilog="run `camvis-data COMMAND --help` for each command's options and examples")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     _add_check(sub)

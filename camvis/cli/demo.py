@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from camvis.cli import add_version
 from camvis.errors import CamvisError
 
 RAW = Path("data/raw/demo")
@@ -102,6 +103,7 @@ def predict_held_out(console, out: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m camvis.cli.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for configs/demo.yaml")
     args = parser.parse_args(argv)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import config_and_overrides, fail
+from camvis.cli import add_version, config_and_overrides, fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="camvis-eval", description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_version(parser)
     parser.add_argument("config", nargs="?", help="job config YAML (the one the job was trained with)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. eval.bootstrap=2000")
     parser.add_argument("--outputs", default="outputs", help="root of the job outputs (default: outputs)")

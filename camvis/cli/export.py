@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import fail
+from camvis.cli import add_version, fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -24,6 +24,7 @@ job's store is: its normalization statistics go into the bundle.
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="camvis-export", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     parser.add_argument("job_dir", help="a job folder: best.pt and config.yaml")
     parser.add_argument("out", help="the bundle folder to write (an earlier bundle there is replaced)")
     parser.add_argument("--no-onnx", action="store_true", help="no ONNX graph (needs no onnx packages)")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from camvis.cli import fail
+from camvis.cli import add_version, fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -35,6 +35,7 @@ slurm/profiles/example-site.yaml) supplies defaults such as partition and accoun
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="camvis-launch", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(p)
     p.add_argument("grid", help="grid YAML, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override a base config key (train.lr=1e-4) or a SLURM setting (slurm.time=60)")

@@ -12,7 +12,7 @@ import sys
 
 from rich.table import Table
 
-from camvis.cli import config_and_overrides, fail
+from camvis.cli import add_version, config_and_overrides, fail
 from camvis.console import default_console
 from camvis.errors import CamvisError, ConfigError
 
@@ -22,6 +22,7 @@ DEFAULT_PATCH_SIZE = 128
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camvis-model", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser(
         "summary", help="parameters and training GFLOPs of the 8 variants for a config",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import fail
+from camvis.cli import add_version, fail
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -28,6 +28,7 @@ below_min (an upper bound: the nearest patch), inverted (no estimate).
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="camvis-predict", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(p)
     p.add_argument("model", help="job folder (best.pt + config.yaml) or bundle folder (camvis-export)")
     p.add_argument("images", nargs="*", help="image files or folders (default with --raw: RAW/images)")
     where = p.add_mutually_exclusive_group()

@@ -84,6 +84,15 @@ def job_folder(exp_dir: Path) -> Path:
     return exp_dir / "%j"  # one folder per job: jobs/<exp>/<array>_<task>/ (submitit writes %A_%a)
 
 
+def drop_unexpanded_folder(exp_dir: Path) -> None:
+    """Remove the empty literal `%j` folder that submitit's local job controller makes beside the real
+    per-job folders (it mkdirs its folder before expanding %j); never a folder with files in it."""
+    try:
+        job_folder(exp_dir).rmdir()
+    except OSError:  # absent, or not empty: then it holds something, keep it
+        pass
+
+
 def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path) -> dict[str, str]:
     """The sbatch scripts submitit would write for the array and the aggregate job."""
     folder = job_folder(exp_dir)

@@ -33,7 +33,7 @@ from camvis.cluster import jobfiles
 from camvis.cluster import monitor
 from camvis.results.compare import compare
 from camvis.config import experiment_dir
-from camvis.console import default_console
+from camvis.console import default_console, plural
 from camvis.errors import CamvisError
 from camvis.io import write_csv, write_text
 from camvis.metrics import METRICS
@@ -260,7 +260,7 @@ def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
 def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
     conf = result.confidence
     lines = [f"# {result.experiment}: aggregate", "",
-             f"{result.n_finished} of {result.n_expected} jobs finished; {result.n_resamples} bootstrap resamples "
+             f"{result.n_finished} of {plural(result.n_expected, 'job')} finished; {result.n_resamples} bootstrap resamples "
              f"per job; {conf:.0%} percentile bootstrap intervals.", "",
              "## Summary (mean over folds of the per-fold scores)", "",
              markdown_table(summary_wide(result.summary, conf)), ""]  # fmt: skip

@@ -401,7 +401,7 @@ def test_dry_run_reports_preflight_problems(tmp_path: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "would submit" in out and "#SBATCH --array=0-7%2" in out  # the table and scripts still shown
     assert f"preflight: data.store: {missing} does not exist" in out.replace("\n", "")
-    assert "a launch would refuse: 1 preflight problem(s)" in out
+    assert "a launch would refuse: 1 preflight problem" in out
     assert cli.main(demo_args(tmp_path, "--dry-run")) == 0  # a good store: no problem
 
 
@@ -425,6 +425,7 @@ def test_local_runs_throttled_then_aggregates(synth_store, tmp_path: Path) -> No
     assert scores[0]["finished"] <= second_started
     assert manifest["launches"][-1]["mode"] == "local" and manifest["jobs"]["cat_fold1"]["mode"] == "local"
     assert any((outputs / "demo").glob("summary.*"))
+    assert not (jobs / "demo" / "%j").exists()  # no literal folder from the local controller
     again = launch_mod.launch(DEMO, [f"data.store={synth_store.path}", *TINY, "slurm.array_parallelism=1"],
                               mode="local", only=["group=cat", "fold=1,2"], outputs=outputs, jobs_dir=jobs)
     assert again.submitted == []

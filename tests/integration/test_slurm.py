@@ -146,7 +146,7 @@ def test_setup_lines_ran_in_every_job_script(launched: dict[str, Any]) -> None:
     run: LaunchResult = launched["run"]
     ids = [run.job_ids["cat_fold1"], run.job_ids["align_fold1"], run.aggregate_id]
     wait_for("the demo array and its aggregate job",
-             lambda: all(r.state in slurm_query.TERMINAL_STATES for r in states(ids).values()) or None)
+             lambda: all(i in (rows := states(ids)) and rows[i].state in slurm_query.TERMINAL_STATES for i in ids) or None)
     marks = sorted(p.name for p in launched["root"].glob("setup-ran-*"))
     assert len(marks) == 3, marks  # two array tasks (each its own SLURM_JOB_ID) and the aggregate job
 
