@@ -85,8 +85,8 @@ def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
             launches[mine[-1]] = entry
         else:
             launches.append(entry)
-        manifest.update(experiment=grid.experiment, grid=str(grid.path), outputs=str(outputs), updated=now_iso(),
-                        launches=launches, jobs=jobs)
+        manifest.update(experiment=grid.experiment, grid=str(grid.path), description=grid.description,
+                        outputs=str(outputs), updated=now_iso(), launches=launches, jobs=jobs)
         write_json(path, manifest)
     return path
 
@@ -112,7 +112,15 @@ def _launch_entry(result: LaunchResult) -> dict[str, Any]:
     return {"id": result.launch_id, "time": now_iso(), "mode": result.mode, "array_id": result.array_id,
             "aggregate_id": result.aggregate_id,
             "submitted": submitted, "skipped": result.skipped, "code_version": code_version(),
-            "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides)}
+            "sbatch_calls": result.sbatch_calls, "overrides": list(result.grid.overrides),
+            "resources": _resources(result)}
+
+
+def _resources(result: LaunchResult) -> dict[str, Any]:
+    """What each job of this launch asked for (summary.md shows it per group)."""
+    s = result.grid.slurm
+    return {"mode": result.mode, "nodes": s.nodes, "ranks_per_node": s.ntasks, "gpus_per_node": s.gpus_per_node,
+            "cpus_per_task": s.cpus_per_task, "mem_gb": s.mem_gb, "time_min": s.time}
 
 
 @functools.cache

@@ -28,7 +28,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from camvis.results import aggregate_visibility
+from camvis.results import aggregate_visibility, run_facts
 from camvis.cluster import jobfiles
 from camvis.cluster import monitor
 from camvis.results.compare import compare
@@ -259,11 +259,13 @@ def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
 
 def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
     conf = result.confidence
-    lines = [f"# {result.experiment}: aggregate", "",
+    about = [result.description, ""] if result.description else []
+    lines = [f"# {result.experiment}: aggregate", "", *about,
              f"{result.n_finished} of {plural(result.n_expected, 'job')} finished; {result.n_resamples} bootstrap resamples "
              f"per job; {conf:.0%} percentile bootstrap intervals.", "",
              "## Summary (mean over folds of the per-fold scores)", "",
              markdown_table(summary_wide(result.summary, conf)), ""]  # fmt: skip
+    lines += run_facts.markdown(result.run_rows, run_facts.TIME_NOTE)
     for metric in METRICS:
         table = per_fold.pivot(index="group", columns="fold", values=metric)
         table.columns = [f"fold {c}" for c in table.columns]
@@ -309,6 +311,8 @@ class AggregateResult:
     comparisons: pd.DataFrame = field(repr=False)
     notes: list[str] = field(default_factory=list)
     visibility: dict[str, Any] | None = field(default=None, repr=False)  # camvis.results.aggregate_visibility.write
+    description: str = ""  # the grid's description (manifest)
+    run_rows: list[dict[str, str]] = field(default_factory=list, repr=False)  # run_facts.group_rows
 
     def paths(self) -> dict[str, Path]:
         return {"summary_csv": self.summary_csv, "comparisons_csv": self.comparisons_csv,
@@ -346,6 +350,9 @@ def aggregate(
         missing=missing, summary=summarize(finished, boots, confidence),
         comparisons=compare(finished, boots, confidence), notes=notes,
     )  # fmt: skip
+    manifest = jobfiles.read_manifest(jobs, experiment)
+    result.description = run_facts.description(manifest)
+    result.run_rows = run_facts.group_rows(status, manifest, outputs, {j.name for j in finished})
     per_fold = per_fold_frame(finished)
     write_csv(result.summary, result.summary_csv)
     write_csv(result.comparisons, result.comparisons_csv)
