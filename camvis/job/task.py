@@ -33,7 +33,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     """
     from camvis.job import distributed
     from camvis.job.evaluate import evaluate_job
-    from camvis.job.train import open_inputs, train, write_progress
+    from camvis.job.train import log_hparams, open_inputs, train, write_progress
 
     directory = job_dir(cfg, outputs)
     _limit_threads()
@@ -53,6 +53,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
         scores = evaluate_job(cfg, directory, device=env.device, source=inputs.source, epochs=state.epoch,
                               train_hash=train_hash(cfg))
         if env.is_main:
+            log_hparams(directory, cfg, scores)  # TensorBoard's HParams tab: this job's row of the grid
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores
     except locks.JobLockedError:

@@ -167,3 +167,26 @@ def test_eval_of_an_unreadable_checkpoint_is_one_line(synth_store, tmp_path, cap
     assert code == 2
     assert err.startswith("error: ") and "garbage.pt: not a readable torch checkpoint" in err
     assert "Traceback" not in err
+
+
+def test_tensorboard_is_one_run_with_train_beside_val_and_hparams(synth_store, tmp_path):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    scores = run_job(_cfg(synth_store, "train.max_epochs=2", "name=j", "experiment=e"), tmp_path)
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "e"))
+    runs.Reload()
+    assert list(runs.Runs()) == [os.path.join("j", "tensorboard")]  # one run per job, no sub-run per series
+    run = runs.GetAccumulator(os.path.join("j", "tensorboard"))
+    tags = set(run.Tags()["scalars"])
+    assert {"Loss/train", "Loss/val", "Accuracy/train", "Accuracy/val", "F1/val", "LearningRate",
+            "Throughput/samples_per_s", "Test/acc", "Test/f1", "Test/loss"} <= tags
+    assert [e.step for e in run.Scalars("Accuracy/train")] == [0, 1]
+    assert all(0.0 <= e.value <= 1.0 for e in run.Scalars("Accuracy/train"))
+    assert run.Scalars("Test/acc")[-1].value == pytest.approx(scores["metrics"]["acc"])
+    content = run.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["fold"].number_value == 1 and start.hparams["group"].string_value
+    assert start.hparams["lr"].number_value > 0
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"Test/loss", "Test/acc", "Test/f1"}
