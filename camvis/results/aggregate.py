@@ -312,6 +312,7 @@ class AggregateResult:
     notes: list[str] = field(default_factory=list)
     visibility: dict[str, Any] | None = field(default=None, repr=False)  # camvis.results.aggregate_visibility.write
     description: str = ""  # the grid's description (manifest)
+    figure_files: list[Path] = field(default_factory=list)  # every format of every metric figure
     run_rows: list[dict[str, str]] = field(default_factory=list, repr=False)  # run_facts.group_rows
 
     def paths(self) -> dict[str, Path]:
@@ -328,6 +329,7 @@ def aggregate(
     confidence: float = 0.95,
     seed: int | None = 0,
     figures: bool = True,
+    formats: tuple[str, ...] = ("png",),
     console: Console | None = None,
 ) -> AggregateResult:
     """Aggregate every finished job of `experiment`; write CSV, Markdown and figures under
@@ -362,9 +364,13 @@ def aggregate(
     if figures:
         from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
 
+        order = list(dict.fromkeys(j.group for j in finished))  # the grid's order (the manifest's)
         for metric in METRICS:
             path = directory / f"{metric}.png"  # beside the tables, as camvis2's <name>/<metric>.png
-            result.figures[metric] = metric_figure(per_fold, result.summary, metric, path, experiment)
+            written = metric_figure(per_fold, result.summary, metric, path, experiment, order=order,
+                                    comparisons=result.comparisons, confidence=confidence, formats=formats)
+            result.figures[metric] = written[0]
+            result.figure_files += written
     write_text(result.markdown, report_markdown(result, per_fold))
     print_summary(result, console)
     return result
@@ -389,6 +395,6 @@ def print_summary(result: AggregateResult, console: Console) -> None:
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     names = [result.summary_csv, result.comparisons_csv, result.point_estimates_csv, result.camvis2_csv,
-             *result.figures.values()]  # fmt: skip
+             *(result.figure_files or result.figures.values())]  # fmt: skip
     console.print(f"wrote {result.markdown} and, beside it, {', '.join(p.name for p in names)}", soft_wrap=True)
 

@@ -367,3 +367,18 @@ def test_slurm_elapsed_in_seconds(text: str, seconds: float | None) -> None:
     from camvis.results.run_facts import elapsed_seconds
 
     assert elapsed_seconds(text) == seconds
+
+
+def test_cli_writes_each_figure_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.6}, folds=2)
+    argv = [EXP, "--outputs", str(tmp_path / "outputs"), "--jobs-dir", str(tmp_path / "jobs")]
+    assert cli.main([*argv, "--format", "svg,png"]) == 0
+    out = tmp_path / "outputs" / EXP
+    for metric in agg.METRICS:
+        assert (out / f"{metric}.svg").read_bytes().lstrip().startswith(b"<?xml")
+        with Image.open(out / f"{metric}.png") as img:
+            assert round(img.info["dpi"][0]) == 200
+    assert "![acc](acc.svg)" in (out / "summary.md").read_text()  # the first format asked
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--format", "png,gif"])
+    assert info.value.code == 2 and "expected a comma-separated list of png, pdf, svg, got 'png,gif'" in capsys.readouterr().err
