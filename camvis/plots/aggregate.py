@@ -104,9 +104,10 @@ def draw_metric(
     handles = [Line2D([], [], marker="o", ls="", color=colors[f], markeredgecolor="black", markeredgewidth=0.5,
                       label=_fold_label(per_fold, f)) for f in folds]
     handles.append(Line2D([], [], marker="D", ls="-", color="black",
-                          label=f"mean over folds, {confidence:.0%} bootstrap CI"))
+                          label=f"mean over folds,\n{confidence:.0%} bootstrap CI"))
     if boxes:
         handles.append(Line2D([], [], color="0.6", lw=6, alpha=0.4, label="box: quartiles over folds"))
+    # the caption line: no marker, wrapped to the legend's width
     handles.append(Line2D([], [], ls="", label=significance))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - (LEGEND_IN - 0.1) / width, 1 - 0.4 / height),
                frameon=False, fontsize="small")  # fmt: skip
@@ -141,14 +142,14 @@ def _draw_means(ax: Axes, summary: pd.DataFrame, groups: list[str], metric: str)
 def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[str], metric: str) -> str:
     """Brackets with stars over the pairs whose Holm-adjusted corrected t-test p is below ALPHA, stacked above
     the data; returns the legend's line saying what the stars mean (or that no pair differs)."""
-    test = "corrected t-test (Nadeau-Bengio), Holm-adjusted"
+    test = "corrected t-test\n(Nadeau-Bengio), Holm-adjusted"  # legend lines fit LEGEND_IN
     if comparisons is None or not len(comparisons):
-        return f"no pair tested ({test})"
+        return f"no pair tested:\n{test}"
     rows = comparisons[(comparisons["metric"] == metric) & (comparisons["p_holm"] < ALPHA)
                        & comparisons["group_a"].isin(groups) & comparisons["group_b"].isin(groups)]
     rows = rows.sort_values("p_holm", kind="stable")
     if not len(rows):
-        return f"no pair differs at p < {ALPHA} ({test})"
+        return f"no pair differs at p < {ALPHA}:\n{test}"
     shown = rows.head(MAX_BRACKETS)
     low, high = ax.get_ylim()
     step = 0.07 * (high - low)
@@ -159,8 +160,8 @@ def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[
         ax.plot([a, a, b, b], [y - step * 0.25, y, y, y - step * 0.25], color="0.2", lw=0.8)
         ax.text((a + b) / 2, y, stars(float(r.p_holm)), ha="center", va="bottom", fontsize=9)
     ax.set_ylim(low, high + step * (len(shown) + 0.6))
-    more = f"; {len(rows) - len(shown)} more not marked" if len(rows) > len(shown) else ""
-    return f"* p<.05 ** p<.01 *** p<.001: {test}{more}"
+    more = f"\n({len(rows) - len(shown)} more pairs not marked)" if len(rows) > len(shown) else ""
+    return f"* p<.05 ** p<.01 *** p<.001:\n{test}{more}"
 
 
 def visibility_figure(points: pd.DataFrame, path: str | Path, experiment: str | None = None) -> Path:
