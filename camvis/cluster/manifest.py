@@ -86,6 +86,7 @@ def record(exp_dir: Path, grid: Grid, result: LaunchResult, outputs: str | Path,
         else:
             launches.append(entry)
         manifest.update(experiment=grid.experiment, grid=str(grid.path), description=grid.description,
+                        order=[j.name for j in grid.jobs],  # the grid's order: figures keep it
                         outputs=str(outputs), updated=now_iso(), launches=launches, jobs=jobs)
         write_json(path, manifest)
     return path

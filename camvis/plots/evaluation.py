@@ -43,7 +43,7 @@ def plot_image_map(
 ) -> Path:
     """Truth (left) and predicted probability of "visible" (right) at the patch centres over the image
     (draw_image_map), written atomically."""
-    return save_png(draw_image_map(image, rows, cols, labels, scores, title), path, dpi=150)
+    return save_png(draw_image_map(image, rows, cols, labels, scores, title), path)
 
 
 def draw_image_map(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray,

@@ -364,7 +364,7 @@ def aggregate(
     if figures:
         from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
 
-        order = list(dict.fromkeys(j.group for j in finished))  # the grid's order (the manifest's)
+        order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
         for metric in METRICS:
             path = directory / f"{metric}.png"  # beside the tables, as camvis2's <name>/<metric>.png
             written = metric_figure(per_fold, result.summary, metric, path, experiment, order=order,

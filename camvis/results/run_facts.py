@@ -22,6 +22,20 @@ def description(manifest: dict[str, Any] | None) -> str:
     return str((manifest or {}).get("description") or "").strip()
 
 
+def group_order(manifest: dict[str, Any] | None, jobs: Sequence[tuple[str, str]]) -> list[str]:
+    """The groups of `jobs` ((name, group) pairs) in the grid's order: the manifest's `order` of job names,
+    else its array task indices; groups it does not place follow, sorted."""
+    entries = (manifest or {}).get("jobs") or {}
+    order = (manifest or {}).get("order")
+    if isinstance(order, list):
+        rank = {str(name): i for i, name in enumerate(order)}
+    else:
+        rank = {n: e["task"] for n, e in entries.items() if isinstance(e, dict) and isinstance(e.get("task"), int)}
+    placed = sorted((rank[n], g) for n, g in jobs if n in rank)
+    groups = list(dict.fromkeys(g for _, g in placed))
+    return groups + sorted({g for _, g in jobs} - set(groups))
+
+
 def job_resources(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """{job: the `resources` of the last launch that submitted it}."""
     out: dict[str, dict[str, Any]] = {}

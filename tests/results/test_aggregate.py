@@ -382,3 +382,14 @@ def test_cli_writes_each_figure_in_every_format(tmp_path: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as info:
         cli.main([*argv, "--format", "png,gif"])
     assert info.value.code == 2 and "expected a comma-separated list of png, pdf, svg, got 'png,gif'" in capsys.readouterr().err
+
+
+def test_groups_keep_the_grids_order() -> None:
+    from camvis.results.run_facts import group_order
+
+    jobs = [("align_fold1", "align"), ("base_fold1", "base"), ("cat_fold1", "cat"), ("cat_fold2", "cat")]
+    manifest = {"order": ["cat_fold1", "cat_fold2", "align_fold1"], "jobs": {}}
+    assert group_order(manifest, jobs) == ["cat", "align", "base"]  # base: not placed, after
+    by_task = {"jobs": {"align_fold1": {"task": 2}, "cat_fold1": {"task": 0}, "cat_fold2": {"task": 1}}}
+    assert group_order(by_task, jobs) == ["cat", "align", "base"]
+    assert group_order(None, jobs) == ["align", "base", "cat"]
