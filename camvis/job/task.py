@@ -11,6 +11,7 @@ a finished training with another eval section is only re-evaluated.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from contextlib import ExitStack
 from pathlib import Path
@@ -31,7 +32,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     `restart`: a restart id (camvis.cluster.plan.new_run_id): train from scratch unless the folder's
     training was started by this same id (a requeued restart resumes its own training).
     """
-    from camvis.job import distributed
+    from camvis.job import distributed, efficiency
     from camvis.job.evaluate import evaluate_job
     from camvis.job.train import log_hparams, open_inputs, train, write_progress
 
@@ -45,14 +46,20 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
             _start(directory, cfg, env.world_size, restart)
 
         _main_first(env, prepare)
+        clock = [time.perf_counter()]
         inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
+        clock.append(time.perf_counter())
         state = train(cfg, directory, env, inputs, run_id=restart)
+        clock.append(time.perf_counter())
         last = state.history[-1] if state.history else None
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
         scores = evaluate_job(cfg, directory, device=env.device, source=inputs.source, epochs=state.epoch,
                               train_hash=train_hash(cfg))
+        clock.append(time.perf_counter())
         if env.is_main:
+            phases = dict(zip(("load_s", "train_s", "evaluate_s"), (b - a for a, b in zip(clock, clock[1:]))))
+            scores = efficiency.record(directory, scores, phases, env.device)
             log_hparams(directory, cfg, scores)  # TensorBoard's HParams tab: this job's row of the grid
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores

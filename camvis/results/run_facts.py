@@ -130,5 +130,5 @@ def markdown(rows: list[dict[str, str]], about: str) -> list[str]:
     return lines + ["", about, ""]
 
 
-TIME_NOTE = ("Time: the job's own training time where it recorded one (job), else the SLURM task's elapsed "
-             "time, queue waits excluded, evaluation and requeued attempts included (SLURM).")
+TIME_NOTE = ("Time: the job's own training time where it recorded one (job: scores.json timing.train_s, its last "
+             "attempt's), else the SLURM task's elapsed time, queue waits excluded, evaluation included (SLURM).")

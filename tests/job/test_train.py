@@ -65,6 +65,8 @@ def test_job_writes_checkpoints_progress_and_scores(synth_store, tmp_path):
     assert progress["state"] == "done" and progress["epoch"] == 2 and progress["samples_per_s"] > 0
     assert set(progress["metrics"]) >= {"train_loss", "val_loss", "val_acc", "val_f1", "lr"}
     assert scores == json.loads((job / "scores.json").read_text())
+    assert set(scores["timing"]) == {"load_s", "train_s", "evaluate_s"} and scores["timing"]["train_s"] > 0
+    assert 0.01 < scores["peak_host_mem_gb"] < 1000 and "peak_device_mem_gb" not in scores  # a CPU job
     assert list((job / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(job.glob(".*.tmp")), "no temporary file may be left behind"
     # the saved config reproduces the job
