@@ -20,3 +20,8 @@ def default_console(width: int | None = None, *, stderr: bool = False) -> Consol
     if console.is_terminal:
         return console
     return Console(stderr=stderr, width=max(console.width, width or NON_TERMINAL_WIDTH))
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`1 job`, `2 jobs` (`words` for irregular plurals)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"

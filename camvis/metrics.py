@@ -64,6 +64,11 @@ def _from_counts(tn: np.ndarray, fp: np.ndarray, fn: np.ndarray, tp: np.ndarray)
     return _nanmean2(recall), _nanmean2(f1)
 
 
+def accuracy_from_counts(tn: float, fp: float, fn: float, tp: float) -> float:
+    """camvis2's macro accuracy from confusion counts (training's running counts, say)."""
+    return float(_from_counts(tn, fp, fn, tp)[0])
+
+
 def _nanmean2(values: np.ndarray) -> np.ndarray:
     """Mean over axis 0 ignoring NaN (both NaN cannot happen with at least one sample)."""
     ok = ~np.isnan(values)

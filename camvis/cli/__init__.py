@@ -39,7 +39,7 @@ def new_parser(prog: str, description: str | None, examples: str | None = None, 
     `--jobs-dir` arguments when given the sentence of what this command does with them."""
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=examples,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (camvis {__version__})")
     if outputs is not None:
         parser.add_argument("--outputs", default="outputs", help=f"{outputs} (default: outputs)")
     if jobs_dir is not None:

@@ -11,11 +11,12 @@ from camvis.errors import CamvisError
 EPILOG = """examples:
   camvis-aggregate cat_vs_align                    writes outputs/cat_vs_align/summary.md, *.csv, *.png
   camvis-aggregate cat_vs_align --confidence 0.9   90% bootstrap intervals
+  camvis-aggregate cat_vs_align --format png,pdf   each figure as a 200-dpi PNG and a vector PDF
 
 writes under outputs/<experiment>/: summary.md (all tables), summary.csv (per group: per-fold scores,
 mean, bootstrap CI), comparisons.csv (paired per-fold differences, corrected resampled t-test, Holm-adjusted p),
 point_estimates.csv (one row per job), scores_per_fold.csv (camvis2's format: one row per bootstrap
-resample), loss.png, acc.png, f1.png. Missing or failed jobs are listed, not fatal.
+resample), loss.png, acc.png, f1.png (per-fold points, mean and CI, significant pairs starred). Missing or failed jobs are listed, not fatal.
 """
 
 
@@ -27,7 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seeds each fold's order of resamples, decoupling folds; pairs are unaffected (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    p.add_argument("--format", default="png", type=_formats, metavar="png,pdf,svg",
+                   help="figure formats, comma-separated (default png; PNGs at 200 dpi, PDF and SVG vector)")
     return p
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from camvis.plots import parse_formats  # matplotlib is imported only where figures are drawn
+
+    try:
+        return parse_formats(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         aggregate(args.experiment, args.outputs, args.jobs_dir, confidence=args.confidence, seed=args.seed,
-                  figures=not args.no_figures)  # fmt: skip
+                  figures=not args.no_figures, formats=args.format)  # fmt: skip
     except CamvisError as e:
         return fail(e)
     return 0

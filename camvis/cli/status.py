@@ -16,8 +16,11 @@ _WHOLE_EXPERIMENT = "\0all"
 EPILOG = """examples:
   camvis-status                          one row per experiment under jobs/
   camvis-status cat_vs_align             table by grid point: state, node, epoch, best, samples/s, ETA
-  camvis-status cat_vs_align --watch 30  refresh every 30 s until every job has ended (Ctrl-C stops)
+  camvis-status cat_vs_align --watch 30  refresh every 30 s until every job has ended (Ctrl-C stops);
+                                         piped or redirected: one timestamped snapshot after another
+  camvis-status cat_vs_align --watch --interval 60 --count 3 > status.log   three snapshots a minute apart
   camvis-status cat_vs_align --logs cat_fold3      stdout/stderr tails (name or SLURM id like 123_4)
+  camvis-status cat_vs_align --logs cat_fold3 --follow   follow its stdout, across requeues, until it ends
   camvis-status cat_vs_align --cancel 123_4        scancel one task
   camvis-status cat_vs_align --cancel              scancel the whole experiment (arrays + aggregate job)
 """
@@ -34,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument("--cancel", nargs="?", const=_WHOLE_EXPERIMENT, metavar="JOB",
                          help="scancel JOB, or without JOB the whole experiment (no confirmation)")  # fmt: skip
     p.add_argument("--lines", type=int, default=40, help="lines per log tail for --logs (default 40)")
+    p.add_argument("--follow", action="store_true", help="with --logs: follow the job's stdout until it ends")
+    p.add_argument("--interval", type=float, metavar="SECONDS",
+                   help="seconds between refreshes of --watch (as its value) and polls of --follow (default 2)")
+    p.add_argument("--count", type=int, metavar="N", help="stop --watch or --follow after N snapshots or polls")
     return p
 
 
@@ -44,11 +51,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--logs and --cancel need an EXPERIMENT")
     if args.watch is not None and args.watch <= 0:
         parser.error(f"--watch needs a positive number of seconds, got {args.watch}")
+    if args.interval is not None and args.interval <= 0:
+        parser.error(f"--interval needs a positive number of seconds, got {args.interval}")
+    if args.count is not None and args.count < 1:
+        parser.error(f"--count needs at least 1, got {args.count}")
+    if args.follow and not args.logs:
+        parser.error("--follow goes with --logs JOB")
+    watch = args.interval if args.watch is not None and args.interval is not None else args.watch
     console = monitor.default_console()
     try:
         if args.experiment is not None:
             check_name("experiment", args.experiment)
-        if args.logs:
+        if args.logs and args.follow:
+            monitor.follow_log(args.experiment, args.logs, args.jobs_dir, args.outputs,
+                               every=args.interval or 2.0, count=args.count)
+        elif args.logs:
             logs = jobfiles.job_logs(args.experiment, args.logs, args.jobs_dir, args.outputs, args.lines)
             monitor.print_logs(logs, console)
         elif args.cancel:
@@ -56,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in monitor.cancel_experiment(args.experiment, job, args.jobs_dir, args.outputs):
                 console.print(line)
         else:
-            monitor.show(args.experiment, args.jobs_dir, args.outputs, console=console, watch=args.watch)
+            monitor.show(args.experiment, args.jobs_dir, args.outputs, console=console, watch=watch,
+                         count=args.count)
     except CamvisError as e:
         return fail(e)
     return 0

@@ -97,6 +97,8 @@ def _with_profile(raw: dict[str, Any], profile: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{profile}: a site profile holds one `slurm:` mapping, got keys {sorted(prof)}")
     site, own = prof.get("slurm") or {}, raw.get("slurm") or {}
     slurm = {**site, **own, "additional": {**(site.get("additional") or {}), **(own.get("additional") or {})}}
+    if isinstance(site.get("setup"), list) and isinstance(own.get("setup"), list):
+        slurm["setup"] = [*site["setup"], *own["setup"]]  # the site's module loads, then the grid's lines
     return {**raw, "slurm": slurm}
 
 

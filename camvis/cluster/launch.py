@@ -34,13 +34,15 @@ from typing import Any, Callable, Iterator, Sequence
 from camvis import locks
 from camvis.cluster import preflight
 from camvis.errors import SubmissionError
+from camvis.console import plural
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
 from camvis.io import now_iso
 from camvis.cluster.jobfiles import aggregate_ids
 from camvis.cluster.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled
 from camvis.cluster.plan import Decision, new_run_id, plan
 from camvis.progress import progress_bar
-from camvis.cluster.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters, job_folder
+from camvis.cluster.sbatch import (aggregate_parameters, drop_unexpanded_folder, dry_run_scripts, executor_parameters,
+                                   job_folder)
 
 MODES = ("slurm", "local", "debug")
 LOCAL_POLL_S = 1.0
@@ -322,6 +324,8 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
             for job in running.values():
                 job.cancel(check=False)
             raise
+        finally:
+            drop_unexpanded_folder(exp_dir)
     if len(out.failed) < len(todo):
         out.aggregated, problem = _aggregate_here(grid, outputs, jobs_dir)
         out.failed.update({"aggregate": problem} if problem else {})
@@ -400,24 +404,24 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
     if result.dry_run:
         for problem in result.problems:
             console.print(f"[red]preflight:[/] {problem}", highlight=False)
-        refuse = f"; a launch would refuse: {len(result.problems)} preflight problem(s)" if result.problems else ""
+        refuse = f"; a launch would refuse: {plural(len(result.problems), 'preflight problem')}" if result.problems else ""
         console.print("dry run: nothing submitted, nothing written" + refuse)
         return
     if not result.submitted:
         console.print("nothing to run: every selected job is finished or still queued "
                       "(--force re-evaluates finished ones, --restart retrains them)")
     elif result.mode == "slurm":
-        console.print(f"submitted {len(result.submitted)} jobs as array {result.array_id} "
+        console.print(f"submitted {plural(len(result.submitted), 'job')} as array {result.array_id} "
                       f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "
                       f"{result.aggregate_id} after it; {result.sbatch_calls} sbatch calls")
         if result.cancelled:
-            console.print(f"cancelled the earlier pending aggregate job(s) {' '.join(result.cancelled)}: "
+            console.print(f"cancelled the earlier pending aggregate {plural(len(result.cancelled), 'job')} {' '.join(result.cancelled)}: "
                           f"{result.aggregate_id} replaces them")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     else:
         ok = [n for n in result.submitted if n in result.job_ids and n not in result.failed]
-        console.print(f"{result.mode}: {len(ok)} job(s) finished" +
+        console.print(f"{result.mode}: {plural(len(ok), 'job')} finished" +
                       (f", {len(result.failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in result.failed.items())
                        if result.failed else ""))
     if result.manifest:

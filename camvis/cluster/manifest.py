@@ -100,8 +100,9 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
             launches[mine[-1]] = entry
         else:
             launches.append(entry)
-        manifest.update(experiment=grid.experiment, grid=str(grid.path), outputs=str(outputs), updated=now_iso(),
-                        launches=launches, jobs=jobs)
+        manifest.update(experiment=grid.experiment, grid=str(grid.path), description=grid.description,
+                        order=[j.name for j in grid.jobs],  # the grid's order: figures keep it
+                        outputs=str(outputs), updated=now_iso(), launches=launches, jobs=jobs)
         write_json(path, manifest)
     return path
 
@@ -126,7 +127,15 @@ def _launch_entry(launch: LaunchRecord, grid: Grid) -> dict[str, Any]:
     return {"id": launch.id, "time": now_iso(), "mode": launch.mode, "array_id": launch.array_id,
             "aggregate_id": launch.aggregate_id,
             "submitted": list(launch.submitted), "skipped": dict(launch.skipped), "code_version": code_version(),
-            "sbatch_calls": launch.sbatch_calls, "overrides": list(grid.overrides)}
+            "sbatch_calls": launch.sbatch_calls, "overrides": list(grid.overrides),
+            "resources": _resources(launch.mode, grid)}
+
+
+def _resources(mode: str, grid: Grid) -> dict[str, Any]:
+    """What each job of this launch asked for (summary.md shows it per group)."""
+    s = grid.slurm
+    return {"mode": mode, "nodes": s.nodes, "ranks_per_node": s.ntasks, "gpus_per_node": s.gpus_per_node,
+            "cpus_per_task": s.cpus_per_task, "mem_gb": s.mem_gb, "time_min": s.time}
 
 
 @functools.cache

@@ -8,6 +8,7 @@ tables) so that both can be tested without a cluster. No torch here: this runs o
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from rich.text import Text
 
 from camvis.cluster import jobfiles
 from camvis.cluster import slurm_query
-from camvis.console import default_console
+from camvis.console import default_console, plural
 from camvis.errors import ConfigError, SubmissionError
 from camvis.cluster.jobfiles import (
     JobInfo,
@@ -194,7 +195,7 @@ def state_text(state: str) -> Text:
 
 
 def build_table(status: ExperimentStatus) -> Table:
-    table = Table(title=f"{status.experiment}: {len(status.jobs)} jobs", title_justify="left")
+    table = Table(title=f"{status.experiment}: {plural(len(status.jobs), 'job')}", title_justify="left")
     for column, justify in [("job", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
                             ("from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
                             ("samples/s", "right"), ("ETA", "right")]:  # fmt: skip
@@ -295,8 +296,11 @@ def show(
     console: Console | None = None,
     watch: float | None = None,
     runner: slurm_query.Runner | None = None,
+    count: int | None = None,
 ) -> None:
-    """Print the status once, or refresh it live every `watch` seconds until nothing is active (or Ctrl-C)."""
+    """Print the status once, or refresh it every `watch` seconds until nothing is active, `count`
+    snapshots were shown, or Ctrl-C: in place on a terminal, else one timestamped snapshot after another
+    (a log file or a pipe gets every refresh)."""
     console = console or default_console()
 
     def snapshot() -> tuple[RenderableType, bool]:
@@ -311,15 +315,84 @@ def show(
         console.print(renderable)
         return
     try:
-        with Live(renderable, console=console, auto_refresh=False) as live:
-            while active:
-                time.sleep(watch)
-                renderable, active = snapshot()
-                live.update(renderable, refresh=True)
+        if console.is_terminal:
+            _watch_live(console, renderable, active, watch, snapshot, count)
+        else:
+            _watch_plain(console, renderable, active, watch, snapshot, count)
     except KeyboardInterrupt:
         pass
-    if not console.is_terminal:  # Live leaves the last line open when not on a terminal
-        console.line()
+
+
+def _watch_live(console: Console, renderable: RenderableType, active: bool, every: float, snapshot: Any,
+                count: int | None) -> None:
+    shown = 1
+    with Live(renderable, console=console, auto_refresh=False) as live:
+        while active and (count is None or shown < count):
+            time.sleep(every)
+            renderable, active = snapshot()
+            live.update(renderable, refresh=True)
+            shown += 1
+
+
+def _watch_plain(console: Console, renderable: RenderableType, active: bool, every: float, snapshot: Any,
+                 count: int | None) -> None:
+    """Not a terminal: rich's Live would print nothing until the end, so each refresh is printed whole."""
+    shown = 0
+    while True:
+        shown += 1
+        console.rule(f"{time.strftime('%Y-%m-%d %H:%M:%S')} snapshot {shown}", style="dim")
+        console.print(renderable)
+        if not active or (count is not None and shown >= count):
+            return
+        time.sleep(every)
+        renderable, active = snapshot()
+
+
+def follow_log(
+    experiment: str,
+    job: str,
+    jobs: str | Path = "jobs",
+    outputs: str | Path = "outputs",
+    every: float = 2.0,
+    count: int | None = None,
+    write: Any = None,
+    runner: slurm_query.Runner | None = None,
+) -> None:
+    """`tail -f` of a job's stdout until the job has ended (or `count` polls, or Ctrl-C). The job and its log
+    path are looked up again at every poll: a requeued or relaunched job that writes a new log, or starts its
+    log again, is followed there, with a line saying so."""
+    write = write or (lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+    path: str | None = None
+    offset, polls = 0, 0
+    try:
+        while True:
+            polls += 1
+            info = find_job(experiment, job, jobs, outputs)
+            if info.stdout != path or (path and Path(path).exists() and Path(path).stat().st_size < offset):
+                if path is not None:
+                    write(f"--- {job}: log now {info.stdout} (requeued or relaunched) ---\n")
+                path, offset = info.stdout, 0
+            offset = _copy_new(path, offset, write)
+            status = next((j for j in collect(experiment, jobs, outputs, runner=runner).jobs
+                           if j.info.name == info.name), None)
+            if status is None or not is_active(status.state) or (count is not None and polls >= count):
+                return
+            time.sleep(every)
+    except KeyboardInterrupt:
+        pass
+
+
+def _copy_new(path: str | None, offset: int, write: Any) -> int:
+    """Write what `path` holds past `offset` (whole lines only); the new offset."""
+    if not path or not Path(path).exists():
+        return offset
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    end = data.rfind(b"\n") + 1  # a line still being written waits for the next poll
+    if end:
+        write(data[:end].decode("utf-8", "replace"))
+    return offset + end
 
 
 def print_logs(logs: list[tuple[str, str | None, list[str] | None]], console: Console) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from camvis.errors import ConfigError
 from camvis.cluster.grid import Grid, JobSpec
-from camvis.cluster.slurm_settings import sbatch_value_problem
+from camvis.cluster.slurm_settings import sbatch_value_problem, setup_line_problem
 
 
 def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
@@ -38,6 +38,8 @@ def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
             params[f"slurm_{key}"] = getattr(s, key)
     if s.additional:
         params["slurm_additional_parameters"] = dict(s.additional)
+    if s.setup:
+        params["slurm_setup"] = list(s.setup)  # submitit writes them before the srun line
     return _checked(params)
 
 
@@ -54,6 +56,8 @@ def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
     partition = s.aggregate_partition or s.partition
     if partition is not None:
         params["slurm_partition"] = partition
+    if s.setup:
+        params["slurm_setup"] = list(s.setup)  # the aggregate needs the same environment
     for key in ("account", "qos"):
         if getattr(s, key) is not None:
             params[f"slurm_{key}"] = getattr(s, key)
@@ -66,7 +70,11 @@ def _checked(params: dict[str, Any]) -> dict[str, Any]:
     """`params`, once no value would inject a line or an option into the sbatch script (the settings were
     checked when parsed; this guards every way a Grid can be built)."""
     for key, value in {**params, **params.get("slurm_additional_parameters", {})}.items():
-        problem = sbatch_value_problem(key, value)
+        problem = None if key == "slurm_setup" else sbatch_value_problem(key, value)
+        if problem:
+            raise ConfigError(problem)
+    for i, line in enumerate(params.get("slurm_setup", [])):
+        problem = setup_line_problem(f"slurm.setup[{i}]", line)
         if problem:
             raise ConfigError(problem)
     return params
@@ -74,6 +82,15 @@ def _checked(params: dict[str, Any]) -> dict[str, Any]:
 
 def job_folder(exp_dir: Path) -> Path:
     return exp_dir / "%j"  # one folder per job: jobs/<exp>/<array>_<task>/ (submitit writes %A_%a)
+
+
+def drop_unexpanded_folder(exp_dir: Path) -> None:
+    """Remove the empty literal `%j` folder that submitit's local job controller makes beside the real
+    per-job folders (it mkdirs its folder before expanding %j); never a folder with files in it."""
+    try:
+        job_folder(exp_dir).rmdir()
+    except OSError:  # absent, or not empty: then it holds something, keep it
+        pass
 
 
 def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path) -> dict[str, str]:

@@ -45,6 +45,9 @@ class SlurmSettings:
     """Partition of the aggregate job (None: the same as the jobs)."""
     additional: dict[str, Any] = field(default_factory=dict)
     """Extra sbatch options, e.g. {reservation: x, mail-type: END}."""
+    setup: tuple[str, ...] = ()
+    """Shell lines run in the job script before the job (module load, venv activate, exports): submitit's
+    `setup` parameter, one line each, in order."""
 
     @property
     def ntasks(self) -> int:
@@ -62,6 +65,7 @@ MAX_SIGNAL_DELAY_S = 65535
 _SBATCH_STRINGS = ("partition", "account", "qos", "constraint", "aggregate_partition")
 _SBATCH_KEY = re.compile(r"[a-z][a-z0-9_-]*")
 _UNSAFE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")  # whitespace or control characters
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # control characters but tab
 
 
 def sbatch_value_problem(key: str, value: Any) -> str | None:
@@ -90,12 +94,35 @@ def parse_slurm_settings(raw: Any, errors: list[str]) -> SlurmSettings:
             errors.append(f"slurm.{key}: must be >= {minimum}, got {value}")
             low[key] = _DEFAULTS.get(key)  # as before: a value out of range keeps its default
     settings = dataclasses.replace(settings, **low)
+    settings = dataclasses.replace(settings, setup=tuple(_setup_lines(list(settings.setup), errors)))
     if settings.gpus_per_node and settings.tasks_per_node not in (None, settings.gpus_per_node):
         errors.append(f"slurm.tasks_per_node: jobs run one task per GPU, so it must equal gpus_per_node "
                       f"({settings.gpus_per_node}) or be left out, got {settings.tasks_per_node}")
     _check_limits(settings, errors)
     _check_sbatch_text(settings, errors)
     return settings
+
+
+def _setup_lines(lines: list[Any], errors: list[str]) -> list[str]:
+    """The `setup:` lines that are one shell line each: a newline or another control character would
+    smuggle a second command (or hide one from --dry-run) in the job script."""
+    good = []
+    for i, line in enumerate(lines):
+        if not isinstance(line, str):
+            errors.append(f"slurm.setup[{i}]: expected a shell line (text), got {type(line).__name__} {line!r}")
+        elif _CONTROL.search(line):
+            what = "a newline (give each command its own list item)" if "\n" in line else "a control character"
+            errors.append(f"slurm.setup[{i}]: {what} cannot go into a job script line, got {line!r}")
+        else:
+            good.append(line)
+    return good
+
+
+def setup_line_problem(key: str, line: Any) -> str | None:
+    """Why `line` cannot be a line of the job script, or None (guards Grids built without parsing)."""
+    if not isinstance(line, str) or _CONTROL.search(line):
+        return f"{key}: expected one shell line without control characters, got {line!r}"
+    return None
 
 
 def _check_limits(s: SlurmSettings, errors: list[str]) -> None:

@@ -316,8 +316,9 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
     (tn, fp), (fn, tp) = results["confusion"]
     _write_csv(job_dir / "confusion.csv", pd.DataFrame(
         {"truth": [0, 1], "predicted_0": [tn, fn], "predicted_1": [fp, tp]}))
+    view = store.views[int(store.image_view[preds["image"][0]])] if len(preds["image"]) else "?"
     plots.plot_confusion(results["confusion"], job_dir / "confusion.png",
-                         title=f"{cfg.experiment}/{cfg.name} (fold {cfg.data.fold})")
+                         title=f"{cfg.experiment}/{cfg.name}: fold {cfg.data.fold}, held-out view {view}")
     boot = results["bootstrap"]
     _write_csv(job_dir / "bootstrap.csv", pd.DataFrame(
         {"resample": np.arange(len(boot["loss"])), **{k: boot[k] for k in metrics.METRICS}}))
@@ -325,15 +326,22 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
         "image", "view", "predicted_visibility_m", "true_visibility_m", "abs_log10_error", "flag", "fit_quality",
         "n_patches"]))
     if cfg.eval.figures:
-        write_figures(job_dir / FIGURES, store, preds, results)
+        write_figures(job_dir / FIGURES, store, preds, results, job=f"{cfg.experiment}/{cfg.name}")
 
 
 def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_csv(frame, path, float_format="%.9g", na_rep="")
 
 
+def map_title(job: str, image: str, fit: Any, true_m: float | None) -> str:
+    """`exp/job: image — predicted V 1,234 m (ok), true V 1,500 m` (true V only where it is known)."""
+    true = f", true V {true_m:,.0f} m" if true_m is not None and math.isfinite(true_m) else ", true V unknown"
+    head = f"{job}: {image}" if job else image
+    return f"{head} — predicted V {fit.visibility_m:,.0f} m ({fit.flag}){true}"
+
+
 def write_figures(directory: Path, store: PatchStore, preds: Mapping[str, np.ndarray],
-                  results: Mapping[str, Any]) -> list[Path]:
+                  results: Mapping[str, Any], job: str = "") -> list[Path]:
     """Per source image: truth and prediction over the image, and prediction vs distance."""
     from camvis.plots import evaluation as plots
 
@@ -346,7 +354,8 @@ def write_figures(directory: Path, store: PatchStore, preds: Mapping[str, np.nda
         h = store.table["center_h"][preds["patch"][rows]] / factor
         w = store.table["center_w"][preds["patch"][rows]] / factor
         written.append(plots.plot_image_map(image, h, w, preds["label"][rows], preds["score"][rows],
-                                            directory / f"{name}_map.png", title=name))
+                                            directory / f"{name}_map.png",
+                                            title=map_title(job, name, fit, results["truth"].get(name))))
         written.append(plots.plot_distance(
             preds["depth"][rows], preds["score"][rows], preds["label"][rows], directory / f"{name}_distance.png",
             fit_a=fit.a, fit_b=fit.b, predicted_m=fit.visibility_m, true_m=results["truth"].get(name),

@@ -11,6 +11,7 @@ a finished training with another eval section is only re-evaluated.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from contextlib import ExitStack
 from pathlib import Path
@@ -34,9 +35,9 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     `threads`: intra-op threads (a local launch shares the machine's cores between its jobs);
     None: SLURM's CPUs per task, else CAMVIS_NUM_THREADS, else torch's default.
     """
-    from camvis.job import distributed
+    from camvis.job import distributed, efficiency
     from camvis.job.evaluate import EvalInputs, evaluate_job
-    from camvis.job.train import open_inputs, train, write_progress
+    from camvis.job.train import log_hparams, open_inputs, train, write_progress
 
     directory = job_dir(cfg, outputs)
     _limit_threads(threads)
@@ -48,14 +49,21 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
             _start(directory, cfg, env.world_size, restart)
 
         _main_first(env, prepare)
+        clock = [time.perf_counter()]
         inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
+        clock.append(time.perf_counter())
         state = train(cfg, directory, env, inputs, run_id=restart)
+        clock.append(time.perf_counter())
         last = state.history[-1] if state.history else None
         if env.is_main:
             write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
         best = EvalInputs.load(cfg, directory / BEST, inputs.source, train_hash=train_hash(cfg))
         scores = evaluate_job(cfg, directory, best, epochs=state.epoch)
+        clock.append(time.perf_counter())
         if env.is_main:
+            phases = dict(zip(("load_s", "train_s", "evaluate_s"), (b - a for a, b in zip(clock, clock[1:]))))
+            scores = efficiency.record(directory, scores, phases, env.device)
+            log_hparams(directory, cfg, scores)  # TensorBoard's HParams tab: this job's row of the grid
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
         return scores
     except locks.JobLockedError:

@@ -176,8 +176,9 @@ def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobCon
 
 
 def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], env: DistEnv,
-                advance: Advance | None = None) -> float:
-    """One pass over this rank's batches; returns the mean training loss over all ranks."""
+                advance: Advance | None = None, counts: torch.Tensor | None = None) -> float:
+    """One pass over this rank's batches; returns the mean training loss over all ranks. `counts` (4 zeros on
+    the device), if given, receives the epoch's confusion counts (tn, fp, fn, tp) of the training logits."""
     model.train()
     use_bf16 = env.device.type == "cuda"
     total = torch.zeros(2, dtype=torch.float64, device=env.device)  # loss sum, samples
@@ -191,10 +192,14 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
         opt.step()
         total[0] += loss_sum.detach().double()
         total[1] += len(idx)
+        if counts is not None:  # on the device, no sync: the logits' sign is the prediction at p = 0.5
+            counts += torch.bincount((2 * y.long() + (logits.detach() >= 0).long()).reshape(-1), minlength=4)
         if advance is not None:
             advance(len(idx))
     if env.distributed:
         dist.all_reduce(total)
+        if counts is not None:
+            dist.all_reduce(counts)
     return float(total[0] / total[1].clamp(min=1))
 
 
@@ -263,10 +268,12 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
             # A bar on rank 0 on a terminal only; the epoch's log line below is printed either way.
             with progress_bar(f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples,
                               enabled=None if env.is_main else False, transient=True) as advance:
-                train_loss = train_epoch(net, opt, inputs.source, batches, env, advance)
+                counts = torch.zeros(4, dtype=torch.long, device=env.device)  # tn, fp, fn, tp
+                train_loss = train_epoch(net, opt, inputs.source, batches, env, advance, counts)
             check_finite(cfg, state, "training loss", train_loss)
             samples_per_s = n_samples * env.world_size / max(time.perf_counter() - start, 1e-9)
-            record = {"train_loss": train_loss, **_validate_and_step(model, inputs, cfg, env, sched, state, job_dir),
+            record = {"train_loss": train_loss, "train_acc": metrics.accuracy_from_counts(*counts.tolist()),
+                      **_validate_and_step(model, inputs, cfg, env, sched, state, job_dir),
                       "samples_per_s": samples_per_s}
             _finish_epoch(cfg, job_dir, env, model, opt, sched, state, record)
             epoch_times.append(time.perf_counter() - start)
@@ -369,23 +376,55 @@ def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dic
 
 
 def _tensorboard(job_dir: Path, env: DistEnv, start_epoch: int):
+    """One TensorBoard run per job: its folder's tensorboard/ (every tag below is a scalar of this run, so
+    a grid's jobs line up as runs in one `tensorboard --logdir outputs/<experiment>`)."""
     if not env.is_main:
         return None
     from torch.utils.tensorboard import SummaryWriter
 
     # purge_step drops events a killed run logged past its last checkpoint
-    return SummaryWriter(log_dir=str(job_dir / "tensorboard"), purge_step=start_epoch)
+    return SummaryWriter(log_dir=str(job_dir / TENSORBOARD), purge_step=start_epoch)
+
+
+TENSORBOARD = "tensorboard"
+_SCALARS = {"Loss/train": "train_loss", "Loss/val": "val_loss", "Accuracy/train": "train_acc",
+            "Accuracy/val": "val_acc", "F1/val": "val_f1", "LearningRate": "lr",
+            "Throughput/samples_per_s": "samples_per_s"}
 
 
 def _log_epoch(writer, state: TrainState, record: dict, epoch_time: float) -> None:
+    """The epoch's scalars, train beside val under one tag prefix each (add_scalar, never add_scalars:
+    that makes a sub-run per series, which the runs list and the HParams tab then show as extra jobs)."""
     step = state.epoch - 1
-    writer.add_scalars("Loss", {"train": record["train_loss"], "val": record["val_loss"]}, step)
-    writer.add_scalar("Accuracy/val", record["val_acc"], step)
-    writer.add_scalar("F1/val", record["val_f1"], step)
-    writer.add_scalar("LearningRate", record["lr"], step)
+    for tag, key in _SCALARS.items():
+        if record.get(key) is not None:
+            writer.add_scalar(tag, record[key], step)
     writer.add_scalar("Time/epoch_s", epoch_time, step)
-    writer.add_scalar("Throughput/samples_per_s", record["samples_per_s"], step)
     writer.flush()
+
+
+HPARAM_METRICS = ("loss", "acc", "f1")
+
+
+def log_hparams(job_dir: Path, cfg: JobConfig, scores: dict) -> None:
+    """At the end of a job: its hyper-parameters and final held-out scores as TensorBoard hparams, in the
+    job's own run, so the HParams tab compares every job of a grid (one row each)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    m, t = cfg.model, cfg.train
+    params = {"group": cfg.group, "fold": cfg.data.fold, "size_hidden": m.size_hidden,
+              "share_weights": m.share_weights, "use_mlp": m.use_mlp, "align_features": m.align_features,
+              "lr": t.lr, "batch_size": t.batch_size, "weight_decay": t.weight_decay, "seed": t.seed,
+              "selection_metric": t.selection_metric, "factors": ",".join(map(str, cfg.data.factors))}
+    final = {f"Test/{k}": float(v) for k, v in (scores.get("metrics") or {}).items()
+             if k in HPARAM_METRICS and v is not None}
+    step = int(scores.get("epochs") or 0)
+    with SummaryWriter(log_dir=str(job_dir / TENSORBOARD)) as writer:  # the same run: same folder
+        for summary in hparams(params, final):
+            writer.file_writer.add_summary(summary)
+        for tag, value in final.items():
+            writer.add_scalar(tag, value, step)
 
 
 def _epoch_line(cfg: JobConfig, state: TrainState, record: dict) -> str:

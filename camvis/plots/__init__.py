@@ -24,6 +24,42 @@ VISIBLE_COLOUR = (0.0, 0.8, 0.0)
 NONVISIBLE_COLOUR = (0.85, 0.0, 0.85)
 # indexed by label: 0 non-visible, 1 visible
 LABEL_COLOURS = np.array([NONVISIBLE_COLOUR, VISIBLE_COLOUR])
+# Okabe & Ito's colour-blind-safe pair for figures meant for a paper: blue visible, vermillion non-visible.
+CB_VISIBLE, CB_NONVISIBLE = (0.0, 0.447, 0.698), (0.835, 0.369, 0.0)
+CB_LABEL_COLOURS = np.array([CB_NONVISIBLE, CB_VISIBLE])
+CB_SCORE_CMAP = "cividis"  # sequential, colour-blind safe and monotone in lightness (prints in grey)
+
+FORMATS = ("png", "pdf", "svg")
+PAPER_DPI = 200
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """`png,pdf,svg` -> ("png", "pdf", "svg"); ValueError naming what is accepted."""
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
+    return formats
+
+
+def save_figure(fig: Figure, path: str | Path, formats: tuple[str, ...] = ("png",), dpi: int = PAPER_DPI,
+                bbox_inches: str | None = "tight") -> list[Path]:
+    """Write `fig` once per format beside `path` (its suffix replaced), each atomically, then close it.
+    PDF and SVG are vector (text stays text); `dpi` sets the PNG's resolution."""
+    path = Path(path)
+    written = []
+    try:
+        for fmt in formats:
+            data = BytesIO()
+            fig.savefig(data, format=fmt, dpi=dpi, bbox_inches=bbox_inches)
+            target = path.with_suffix(f".{fmt}")
+            write_bytes(target, data.getbuffer())
+            written.append(target)
+    finally:
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.close(fig)
+    return written
 
 
 def save_png(fig: Figure, path: str | Path, dpi: int = 110, bbox_inches: str | None = "tight") -> Path:

@@ -1,12 +1,15 @@
-"""camvis-aggregate's figures: per-fold scores per group, coloured by fold, with the group mean and CI.
+"""camvis-aggregate's figures, drawn for a paper: per metric, each group's per-fold scores as a strip of
+points, the mean over folds with its bootstrap interval, boxes only from 8 folds up (fewer points make a
+box a misleading summary), groups in grid order, and the corrected t-test's significant pairs marked.
 
 Readable for 8+ groups: the figure grows with the group count, long or many labels are rotated,
-the legend sits outside the axes.
+the legend sits outside the axes. Colours are colour-blind safe (Okabe & Ito), points outlined.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 import numpy as np
@@ -15,13 +18,22 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from camvis.plots import save_png
+from camvis.plots import PAPER_DPI, save_figure, save_png
 
 METRIC_LABELS = {"acc": "macro accuracy", "f1": "macro F1", "loss": "BCE loss"}
+# Okabe & Ito's palette (black left for the means) and Tol's wine: 9 folds, camvis2's cross-validation
+FOLD_PALETTE = ("#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999", "#882255")
+BOX_MIN_FOLDS = 8
+"""Boxes from this many folds per group up: below it, quartiles of a handful of points mislead."""
+ALPHA = 0.05
+MAX_BRACKETS = 12
+"""Significant pairs marked at most (the smallest p first); the legend says when more were left out."""
 
 
 def _fold_colors(folds: list[int]) -> dict[int, tuple[float, ...]]:
-    cmap = matplotlib.colormaps["tab10" if len(folds) <= 10 else "tab20"]
+    if len(folds) <= len(FOLD_PALETTE):
+        return {f: matplotlib.colors.to_rgba(FOLD_PALETTE[i]) for i, f in enumerate(folds)}
+    cmap = matplotlib.colormaps["tab20"]
     return {f: cmap(i % cmap.N) for i, f in enumerate(folds)}
 
 
@@ -31,31 +43,52 @@ def _fold_label(per_fold: pd.DataFrame, fold: int) -> str:
     return f"fold {fold} ({view})" if view else f"fold {fold}"
 
 
-LEGEND_IN = 2.0  # inches kept right of the axes for the legend
+LEGEND_IN = 2.6  # inches kept right of the axes for the legend
+
+
+def stars(p: float) -> str:
+    return "***" if p < 0.001 else "**" if p < 0.01 else "*" if p < ALPHA else ""
 
 
 def metric_figure(
-    per_fold: pd.DataFrame, summary: pd.DataFrame, metric: str, path: str | Path, experiment: str | None = None
-) -> Path:
-    """Draw one metric: a box per group over its per-fold scores, each fold a coloured point (with
-    its own bootstrap CI when known), and the group mean with its CI in black. Written atomically."""
-    groups = sorted(per_fold["group"].unique())
+    per_fold: pd.DataFrame, summary: pd.DataFrame, metric: str, path: str | Path, experiment: str | None = None,
+    *, comparisons: pd.DataFrame | None = None, confidence: float = 0.95, order: Sequence[str] | None = None,
+    formats: tuple[str, ...] = ("png",), dpi: int = PAPER_DPI,
+) -> list[Path]:  # fmt: skip
+    """Draw one metric (draw_metric) and write it in each of `formats` beside `path`, atomically."""
+    fig = draw_metric(per_fold, summary, metric, experiment, comparisons=comparisons, confidence=confidence,
+                      order=order)
+    return save_figure(fig, path, formats, dpi=dpi, bbox_inches=None)
+
+
+def draw_metric(
+    per_fold: pd.DataFrame, summary: pd.DataFrame, metric: str, experiment: str | None = None,
+    *, comparisons: pd.DataFrame | None = None, confidence: float = 0.95, order: Sequence[str] | None = None,
+) -> Figure:  # fmt: skip
+    """The figure of one metric: per group (in `order`, the grid's; else sorted) a strip of per-fold points
+    coloured by fold (each with its own bootstrap interval when known), the mean over folds with its
+    bootstrap interval in black, boxes from BOX_MIN_FOLDS folds up, brackets with stars over the pairs the
+    corrected t-test (Holm-adjusted) finds different."""
+    present = set(per_fold["group"])
+    groups = [g for g in (order or []) if g in present] + sorted(present - set(order or []))
     folds = sorted(int(f) for f in per_fold["fold"].unique())
     colors = _fold_colors(folds)
     longest = max((len(g) for g in groups), default=0)
     rotate = len(groups) > 4 or longest > 10
     width = max(6.0, 0.9 * len(groups) + 2.0) + LEGEND_IN
     bottom_in = 0.5 + (0.075 * longest if rotate else 0.0)  # rotated labels need room below
-    height = 4.2 + bottom_in
+    height = 4.4 + bottom_in
     fig = Figure(figsize=(width, height))
     # fixed margins in inches instead of a layout engine: one draw per figure instead of two
     fig.subplots_adjust(left=0.8 / width, right=1 - LEGEND_IN / width, bottom=bottom_in / height, top=1 - 0.4 / height)
     ax = fig.subplots()
     data = [per_fold.loc[per_fold["group"] == g, metric].to_numpy(dtype=float) for g in groups]
-    grey = {"color": "0.6"}
-    ax.boxplot(data, positions=range(len(groups)), widths=0.55, showfliers=False, patch_artist=True, zorder=1,
-               boxprops={"facecolor": "0.93", "edgecolor": "0.6"}, medianprops={"color": "0.35"},
-               whiskerprops=grey, capprops=grey)  # fmt: skip
+    boxes = min((len(d) for d in data), default=0) >= BOX_MIN_FOLDS
+    if boxes:
+        grey = {"color": "0.6"}
+        ax.boxplot(data, positions=range(len(groups)), widths=0.55, showfliers=False, patch_artist=True, zorder=1,
+                   boxprops={"facecolor": "0.93", "edgecolor": "0.6"}, medianprops={"color": "0.35"},
+                   whiskerprops=grey, capprops=grey)  # fmt: skip
     offsets = dict(zip(folds, np.linspace(-0.2, 0.2, len(folds)) if len(folds) > 1 else [0.0]))
     _draw_folds(ax, per_fold, groups, metric, colors, offsets)
     _draw_means(ax, summary, groups, metric)
@@ -66,11 +99,19 @@ def metric_figure(
     label = f"{METRIC_LABELS.get(metric, metric)} per fold"
     ax.set_title(f"{experiment}: {label}" if experiment else label)
     ax.grid(axis="y", alpha=0.4)
-    handles = [Line2D([], [], marker="o", ls="", color=colors[f], label=_fold_label(per_fold, f)) for f in folds]
-    handles.append(Line2D([], [], marker="D", ls="", color="black", label="mean over folds, CI"))
+    ax.spines[["top", "right"]].set_visible(False)
+    significance = _draw_significance(ax, comparisons, groups, metric)
+    handles = [Line2D([], [], marker="o", ls="", color=colors[f], markeredgecolor="black", markeredgewidth=0.5,
+                      label=_fold_label(per_fold, f)) for f in folds]
+    handles.append(Line2D([], [], marker="D", ls="-", color="black",
+                          label=f"mean over folds,\n{confidence:.0%} bootstrap CI"))
+    if boxes:
+        handles.append(Line2D([], [], color="0.6", lw=6, alpha=0.4, label="box: quartiles over folds"))
+    # the caption line: no marker, wrapped to the legend's width
+    handles.append(Line2D([], [], ls="", label=significance))
     fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - (LEGEND_IN - 0.1) / width, 1 - 0.4 / height),
                frameon=False, fontsize="small")  # fmt: skip
-    return save_png(fig, path, dpi=100, bbox_inches=None)
+    return fig
 
 
 def _draw_folds(
@@ -87,7 +128,7 @@ def _draw_folds(
         known = per_fold[[low, high]].notna().all(axis=1).to_numpy()
         ax.vlines(x[known], per_fold[low].to_numpy(float)[known], per_fold[high].to_numpy(float)[known],
                   colors=[c for c, k in zip(rgba, known) if k], linewidths=0.8, alpha=0.7, zorder=2)  # fmt: skip
-    ax.scatter(x, y, c=rgba, s=28, edgecolors="white", linewidths=0.5, zorder=3)
+    ax.scatter(x, y, c=rgba, s=30, edgecolors="black", linewidths=0.5, zorder=3)
 
 
 def _draw_means(ax: Axes, summary: pd.DataFrame, groups: list[str], metric: str) -> None:
@@ -96,6 +137,31 @@ def _draw_means(ax: Axes, summary: pd.DataFrame, groups: list[str], metric: str)
     mean = rows["mean"].to_numpy(float)
     err = np.vstack([mean - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - mean]).clip(min=0)
     ax.errorbar(x, mean, yerr=err, fmt="D", color="black", markersize=5, capsize=3, zorder=4)
+
+
+def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[str], metric: str) -> str:
+    """Brackets with stars over the pairs whose Holm-adjusted corrected t-test p is below ALPHA, stacked above
+    the data; returns the legend's line saying what the stars mean (or that no pair differs)."""
+    test = "corrected t-test\n(Nadeau-Bengio), Holm-adjusted"  # legend lines fit LEGEND_IN
+    if comparisons is None or not len(comparisons):
+        return f"no pair tested:\n{test}"
+    rows = comparisons[(comparisons["metric"] == metric) & (comparisons["p_holm"] < ALPHA)
+                       & comparisons["group_a"].isin(groups) & comparisons["group_b"].isin(groups)]
+    rows = rows.sort_values("p_holm", kind="stable")
+    if not len(rows):
+        return f"no pair differs at p < {ALPHA}:\n{test}"
+    shown = rows.head(MAX_BRACKETS)
+    low, high = ax.get_ylim()
+    step = 0.07 * (high - low)
+    where = {g: i for i, g in enumerate(groups)}
+    for k, r in enumerate(shown.itertuples(index=False)):
+        a, b = sorted((where[r.group_a], where[r.group_b]))
+        y = high + step * (k + 0.3)
+        ax.plot([a, a, b, b], [y - step * 0.25, y, y, y - step * 0.25], color="0.2", lw=0.8)
+        ax.text((a + b) / 2, y, stars(float(r.p_holm)), ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(low, high + step * (len(shown) + 0.6))
+    more = f"\n({len(rows) - len(shown)} more pairs not marked)" if len(rows) > len(shown) else ""
+    return f"* p<.05 ** p<.01 *** p<.001:\n{test}{more}"
 
 
 def visibility_figure(points: pd.DataFrame, path: str | Path, experiment: str | None = None) -> Path:

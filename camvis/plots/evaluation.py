@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
-from camvis.plots import LABEL_COLOURS, save_png
+from matplotlib.lines import Line2D
+
+from camvis.plots import CB_LABEL_COLOURS, CB_NONVISIBLE, CB_SCORE_CMAP, CB_VISIBLE, LABEL_COLOURS, save_png
 
 CLASS_NAMES = ("non-visible", "visible")
 
@@ -38,22 +41,32 @@ def plot_image_map(
     path: str | Path,
     title: str = "",
 ) -> Path:
-    """Truth (left) and predicted probability of "visible" (right) at the patch centres over the image.
+    """Truth (left) and predicted probability of "visible" (right) at the patch centres over the image
+    (draw_image_map), written atomically."""
+    return save_png(draw_image_map(image, rows, cols, labels, scores, title), path)
 
-    `image` is (h, w, 3) uint8; `rows`/`cols` are centres already scaled to it.
-    """
+
+def draw_image_map(image: np.ndarray, rows: np.ndarray, cols: np.ndarray, labels: np.ndarray,
+                   scores: np.ndarray, title: str = "") -> Any:
+    """The map's figure: colour-blind-safe colours (Okabe & Ito's blue/vermillion for the truth, cividis
+    for p(visible)), markers outlined in black to stand out on any terrain, a labelled colour bar.
+    `image` is (h, w, 3) uint8; `rows`/`cols` are centres already scaled to it."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for ax in axes:
         ax.imshow(image)
         ax.set_axis_off()
-    marker = {"s": 10, "edgecolors": "white", "linewidths": 0.3}  # a white rim shows on any terrain
-    axes[0].scatter(cols, rows, c=LABEL_COLOURS[np.asarray(labels, dtype=int)], **marker)
-    axes[0].set_title("truth (green visible, magenta non-visible)", fontsize=9)
-    points = axes[1].scatter(cols, rows, c=scores, cmap="PiYG", vmin=0, vmax=1, **marker)
-    axes[1].set_title("prediction: p(visible)", fontsize=9)
-    fig.colorbar(points, ax=axes[1], fraction=0.03)
+    marker = {"s": 14, "edgecolors": "black", "linewidths": 0.4}
+    axes[0].scatter(cols, rows, c=CB_LABEL_COLOURS[np.asarray(labels, dtype=int)], **marker)
+    axes[0].set_title("truth", fontsize=9)
+    axes[0].legend(handles=[Line2D([], [], marker="o", ls="", color=c, markeredgecolor="black", label=name)
+                            for c, name in ((CB_VISIBLE, "visible"), (CB_NONVISIBLE, "non-visible"))],
+                   loc="lower left", fontsize=8, framealpha=0.85)  # fmt: skip
+    points = axes[1].scatter(cols, rows, c=scores, cmap=CB_SCORE_CMAP, vmin=0, vmax=1, **marker)
+    axes[1].set_title("prediction", fontsize=9)
+    bar = fig.colorbar(points, ax=axes[1], fraction=0.03)
+    bar.set_label("predicted p(visible)")
     fig.suptitle(title, fontsize=10)
-    return save_png(fig, path)
+    return fig
 
 
 def plot_distance(

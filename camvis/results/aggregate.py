@@ -28,12 +28,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from camvis.results import aggregate_visibility
+from camvis.results import aggregate_visibility, run_facts
+from camvis.cluster import jobfiles
 from camvis.cluster import monitor
 from camvis.results.compare import compare
 from camvis.results.finished import FinishedJob, load_finished
 from camvis.config import experiment_dir
-from camvis.console import default_console
+from camvis.console import default_console, plural
 from camvis.errors import CamvisError
 from camvis.io import write_csv, write_text
 from camvis.metrics import METRICS
@@ -151,11 +152,13 @@ def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
 
 def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
     conf = result.confidence
-    lines = [f"# {result.experiment}: aggregate", "",
-             f"{result.n_finished} of {result.n_expected} jobs finished; {result.n_resamples} bootstrap resamples "
+    about = [result.description, ""] if result.description else []
+    lines = [f"# {result.experiment}: aggregate", "", *about,
+             f"{result.n_finished} of {plural(result.n_expected, 'job')} finished; {result.n_resamples} bootstrap resamples "
              f"per job; {conf:.0%} percentile bootstrap intervals.", "",
              "## Summary (mean over folds of the per-fold scores)", "",
              markdown_table(summary_wide(result.summary, conf)), ""]  # fmt: skip
+    lines += run_facts.markdown(result.run_rows, run_facts.TIME_NOTE)
     for metric in METRICS:
         table = per_fold.pivot(index="group", columns="fold", values=metric)
         table.columns = [f"fold {c}" for c in table.columns]
@@ -201,6 +204,9 @@ class AggregateResult:
     comparisons: pd.DataFrame = field(repr=False)
     notes: list[str] = field(default_factory=list)
     visibility: dict[str, Any] | None = field(default=None, repr=False)  # camvis.results.aggregate_visibility.write
+    description: str = ""  # the grid's description (manifest)
+    figure_files: list[Path] = field(default_factory=list)  # every format of every metric figure
+    run_rows: list[dict[str, str]] = field(default_factory=list, repr=False)  # run_facts.group_rows
 
     def paths(self) -> dict[str, Path]:
         return {"summary_csv": self.summary_csv, "comparisons_csv": self.comparisons_csv,
@@ -216,6 +222,7 @@ def aggregate(
     confidence: float = 0.95,
     seed: int | None = 0,
     figures: bool = True,
+    formats: tuple[str, ...] = ("png",),
     console: Console | None = None,
 ) -> AggregateResult:
     """Aggregate every finished job of `experiment`; write CSV, Markdown and figures under
@@ -238,6 +245,9 @@ def aggregate(
         missing=missing, summary=summarize(finished, boots, confidence),
         comparisons=compare(finished, boots, confidence), notes=notes,
     )  # fmt: skip
+    manifest = jobfiles.read_manifest(jobs, experiment)
+    result.description = run_facts.description(manifest)
+    result.run_rows = run_facts.group_rows(status, manifest, outputs, {j.name for j in finished})
     per_fold = per_fold_frame(finished)
     write_csv(result.summary, result.summary_csv)
     write_csv(result.comparisons, result.comparisons_csv)
@@ -247,9 +257,13 @@ def aggregate(
     if figures:
         from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
 
+        order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
         for metric in METRICS:
             path = directory / f"{metric}.png"  # beside the tables, as camvis2's <name>/<metric>.png
-            result.figures[metric] = metric_figure(per_fold, result.summary, metric, path, experiment)
+            written = metric_figure(per_fold, result.summary, metric, path, experiment, order=order,
+                                    comparisons=result.comparisons, confidence=confidence, formats=formats)
+            result.figures[metric] = written[0]
+            result.figure_files += written
     write_text(result.markdown, report_markdown(result, per_fold))
     print_summary(result, console)
     return result
@@ -274,6 +288,6 @@ def print_summary(result: AggregateResult, console: Console) -> None:
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     names = [result.summary_csv, result.comparisons_csv, result.point_estimates_csv, result.camvis2_csv,
-             *result.figures.values()]  # fmt: skip
+             *(result.figure_files or result.figures.values())]  # fmt: skip
     console.print(f"wrote {result.markdown} and, beside it, {', '.join(p.name for p in names)}", soft_wrap=True)
 

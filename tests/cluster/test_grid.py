@@ -350,6 +350,23 @@ def test_site_profile_sits_under_the_grid(tmp_path: Path) -> None:
         load_grid(path, profile=write(tmp_path / "bad.yaml", {"base": {}}))
 
 
+def test_setup_lines_site_first_then_grid(tmp_path: Path) -> None:
+    profile = write(tmp_path / "site.yaml", {"slurm": {"setup": ["module load cuda"]}})
+    path = write(tmp_path / "g.yaml", small(tmp_path, slurm={"setup": ["source .venv/bin/activate"]}))
+    assert load_grid(path, profile=profile).slurm.setup == ("module load cuda", "source .venv/bin/activate")
+    assert load_grid(path).slurm.setup == ("source .venv/bin/activate",)
+
+
+@pytest.mark.parametrize("setup, expected", [
+    (["echo a\necho b"], "slurm.setup[0]: a newline"),
+    (["ok", "x\x1b[2J"], "slurm.setup[1]: a control character"),
+    ([3], "slurm.setup[0]: expected a shell line"),
+    ("module load x", "slurm.setup: expected list"),
+])
+def test_bad_setup_lines(tmp_path: Path, setup: object, expected: str) -> None:
+    assert expected in error_of(write(tmp_path / "g.yaml", small(tmp_path, slurm={"setup": setup})))
+
+
 def test_example_site_profile_is_valid(tmp_path: Path) -> None:
     profile = CONFIGS.parent / "slurm" / "profiles" / "example-site.yaml"
     grid = load_grid(CONFIGS / "cat_vs_align.yaml", profile=profile)

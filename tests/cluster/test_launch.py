@@ -119,6 +119,16 @@ def test_dry_run_resources_from_overrides(tmp_path: Path) -> None:
     assert result.submitted == ["cat_fold1", "cat_fold2", "cat_fold3", "cat_fold4"]
 
 
+def test_dry_run_script_runs_the_setup_lines_first(tmp_path: Path) -> None:
+    result = launch_mod.launch(DEMO, ["slurm.setup=[module load cuda/12, 'export A=\"b c\"']"], dry_run=True,
+                               outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+    for script in result.scripts.values():
+        lines = script.splitlines()
+        first, second = lines.index("module load cuda/12"), lines.index('export A="b c"')
+        srun = next(i for i, line in enumerate(lines) if line.startswith("srun"))
+        assert first < second < srun
+
+
 def test_cpu_ranks_from_tasks_per_node(tmp_path: Path) -> None:
     result = launch_mod.launch(DEMO, ["slurm.tasks_per_node=2"], dry_run=True, outputs=tmp_path / "o",
                                jobs_dir=tmp_path / "j")
@@ -391,7 +401,7 @@ def test_dry_run_reports_preflight_problems(tmp_path: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "would submit" in out and "#SBATCH --array=0-7%2" in out  # the table and scripts still shown
     assert f"preflight: data.store: {missing} does not exist" in out.replace("\n", "")
-    assert "a launch would refuse: 1 preflight problem(s)" in out
+    assert "a launch would refuse: 1 preflight problem" in out
     assert cli.main(demo_args(tmp_path, "--dry-run")) == 0  # a good store: no problem
 
 
@@ -415,6 +425,7 @@ def test_local_runs_throttled_then_aggregates(synth_store, tmp_path: Path) -> No
     assert scores[0]["finished"] <= second_started
     assert manifest["launches"][-1]["mode"] == "local" and manifest["jobs"]["cat_fold1"]["mode"] == "local"
     assert any((outputs / "demo").glob("summary.*"))
+    assert not (jobs / "demo" / "%j").exists()  # no literal folder from the local controller
     again = launch_mod.launch(DEMO, [f"data.store={synth_store.path}", *TINY, "slurm.array_parallelism=1"],
                               mode="local", only=["group=cat", "fold=1,2"], outputs=outputs, jobs_dir=jobs)
     assert again.submitted == []

@@ -595,3 +595,69 @@ def test_status_and_aggregate_never_import_torch() -> None:
             "camvis.plots.aggregate, camvis.cli.status, camvis.cli.aggregate; print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_watch_piped_prints_one_snapshot_per_refresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_experiment(tmp_path, mode="local")  # jobs still running: --watch would go on without --count
+    assert cli.main([EXP, "--watch", "--interval", "0.01", "--count", "3", "--jobs-dir", str(tmp_path / "jobs"),
+                     "--outputs", str(tmp_path / "outputs")]) == 0
+    out = capsys.readouterr().out
+    assert [line.split("snapshot ")[1].split()[0] for line in out.splitlines() if " snapshot " in line] == ["1", "2", "3"]
+    assert out.count(f"{EXP}: 8 jobs") == 3 and out.count("RUNNING") >= 3
+    assert max(len(line) for line in out.splitlines()) > 80  # a wide table: not wrapped at 80 columns
+
+
+def test_follow_prints_new_lines_and_follows_a_restarted_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_experiment(tmp_path, mode="local")
+    log = tmp_path / "jobs" / EXP / "logs" / "cat_fold3.out"
+    log.write_text("epoch 1\n")
+    steps = iter([lambda: log.write_text("epoch 1\nepoch 2\npart"),  # a line still being written waits
+                  lambda: log.write_text("again 3\n")])  # a run that starts the log again (shorter)
+    monkeypatch.setattr(monitor.time, "sleep", lambda s: next(steps)())
+    out: list[str] = []
+    monitor.follow_log(EXP, "cat_fold3", tmp_path / "jobs", tmp_path / "outputs", every=1, count=3, write=out.append)
+    text = "".join(out)
+    assert text.startswith("epoch 1\nepoch 2\n--- cat_fold3: log now") and text.endswith("again 3\n")
+    assert "part" not in text
+
+
+def test_follow_moves_to_a_relaunched_jobs_new_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_experiment(tmp_path, mode="local")
+    manifest_path = tmp_path / "jobs" / EXP / "manifest.json"
+    new_log = tmp_path / "jobs" / EXP / "logs" / "cat_fold3.relaunched.out"
+    new_log.write_text("second run\n")
+
+    def relaunch(seconds: float) -> None:
+        manifest = json.loads(manifest_path.read_text())
+        manifest["jobs"]["cat_fold3"]["stdout"] = str(new_log)
+        manifest_path.write_text(json.dumps(manifest))
+
+    monkeypatch.setattr(monitor.time, "sleep", relaunch)
+    out: list[str] = []
+    monitor.follow_log(EXP, "cat_fold3", tmp_path / "jobs", tmp_path / "outputs", every=1, count=2, write=out.append)
+    assert out == [f"--- cat_fold3: log now {new_log} (requeued or relaunched) ---\n", "second run\n"]
+
+
+def test_follow_stops_once_the_job_has_ended(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_experiment(tmp_path, mode="local")
+    (tmp_path / "jobs" / EXP / "logs" / "cat_fold1.out").write_text("done\n")
+    monkeypatch.setattr(monitor.time, "sleep", lambda s: pytest.fail("slept after the job had ended"))
+    out: list[str] = []
+    monitor.follow_log(EXP, "cat_fold1", tmp_path / "jobs", tmp_path / "outputs", write=out.append)
+    assert out == ["done\n"]
+
+
+def test_every_command_has_version() -> None:
+    import importlib
+
+    for name in ("aggregate", "data", "demo", "evaluate", "export", "launch", "model", "predict", "status", "train"):
+        parser = importlib.import_module(f"camvis.cli.{name}")
+        with pytest.raises(SystemExit) as info:
+            parser.main(["--version"])
+        assert info.value.code == 0, name
+
+
+def test_plural() -> None:
+    from camvis.console import plural
+
+    assert (plural(1, "job"), plural(2, "job"), plural(0, "job")) == ("1 job", "2 jobs", "0 jobs")

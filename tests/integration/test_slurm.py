@@ -67,7 +67,9 @@ def launched(cluster: None, synth_store: Any, tmp_path_factory: pytest.TempPathF
     runs = {
         "requeue": go("it-requeue", [*ENDLESS, "slurm.time=2", "slurm.signal_delay_s=30", "slurm.max_requeues=5"],
                       ["name=align_fold2"]),
-        "run": go("it-run", ["train.max_epochs=1", "slurm.array_parallelism=1"], ["fold=1"]),
+        "run": go("it-run", ["train.max_epochs=1", "slurm.array_parallelism=1",
+                             f"slurm.setup=['export CAMVIS_SETUP_MARK=set', 'touch {root}/setup-ran-$SLURM_JOB_ID']"],
+                  ["fold=1"]),
         "cancel": go("it-cancel", ENDLESS, ["name=cat_fold3"]),
     }
     yield {"root": root, "common": common, **runs}
@@ -138,6 +140,15 @@ def test_jobs_complete_then_aggregate_runs(launched: dict[str, Any]) -> None:
     first, second, agg = (times[i] for i in ids)
     assert second[0] >= first[1], "array_parallelism=1: task 1 started before task 0 ended"
     assert agg[0] >= max(first[1], second[1]), "the aggregate job started before the array ended"
+
+
+def test_setup_lines_ran_in_every_job_script(launched: dict[str, Any]) -> None:
+    run: LaunchResult = launched["run"]
+    ids = [run.job_ids["cat_fold1"], run.job_ids["align_fold1"], run.aggregate_id]
+    wait_for("the demo array and its aggregate job",
+             lambda: all(i in (rows := states(ids)) and rows[i].state in slurm_query.TERMINAL_STATES for i in ids) or None)
+    marks = sorted(p.name for p in launched["root"].glob("setup-ran-*"))
+    assert len(marks) == 3, marks  # two array tasks (each its own SLURM_JOB_ID) and the aggregate job
 
 
 def test_second_launch_submits_nothing(launched: dict[str, Any]) -> None:

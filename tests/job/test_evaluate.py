@@ -272,3 +272,28 @@ def test_two_ranks_predict_every_held_out_patch_once(synth_store, tmp_path):
         assert scores == {k: v for k, v in on_disk.items() if k != "finished"}
     pred = pd.read_csv(tmp_path / "job" / "predictions.csv")
     assert pred["patch"].tolist() == fold_split(synth_store, 1)[1].tolist()
+
+
+def test_figure_titles_name_job_fold_view_image_and_visibility(synth_store, tmp_path, monkeypatch):
+    from camvis.plots import evaluation as plots
+
+    titles: dict[str, list[str]] = {"confusion": [], "map": []}
+    real_confusion, real_map = plots.plot_confusion, plots.plot_image_map
+
+    def confusion(matrix, path, title=""):  # the real figure, its title kept for the check
+        titles["confusion"].append(title)
+        return real_confusion(matrix, path, title)
+
+    def image_map(*args, title=""):
+        titles["map"].append(title)
+        return real_map(*args, title=title)
+
+    monkeypatch.setattr(plots, "plot_confusion", confusion)
+    monkeypatch.setattr(plots, "plot_image_map", image_map)
+    cfg = _cfg(synth_store, "data.fold=1", "eval.bootstrap=0")
+    _save_best(cfg, synth_store, tmp_path)
+    evaluate.evaluate_job(cfg, tmp_path, store=synth_store, progress=False)
+    _, _, view = fold_split(synth_store, 1)
+    assert titles["confusion"] == [f"e/j: fold 1, held-out view {view}"]
+    assert titles["map"] and all(t.startswith("e/j: ") and "predicted V " in t and "true V " in t
+                                 for t in titles["map"])

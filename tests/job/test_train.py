@@ -65,6 +65,8 @@ def test_job_writes_checkpoints_progress_and_scores(synth_store, tmp_path):
     assert progress["state"] == "done" and progress["epoch"] == 2 and progress["samples_per_s"] > 0
     assert set(progress["metrics"]) >= {"train_loss", "val_loss", "val_acc", "val_f1", "lr"}
     assert scores == json.loads((job / "scores.json").read_text())
+    assert set(scores["timing"]) == {"load_s", "train_s", "evaluate_s"} and scores["timing"]["train_s"] > 0
+    assert 0.01 < scores["peak_host_mem_gb"] < 1000 and "peak_device_mem_gb" not in scores  # a CPU job
     assert list((job / "tensorboard").glob("events.out.tfevents.*"))
     assert not list(job.glob(".*.tmp")), "no temporary file may be left behind"
     # the saved config reproduces the job
@@ -167,3 +169,26 @@ def test_eval_of_an_unreadable_checkpoint_is_one_line(synth_store, tmp_path, cap
     assert code == 2
     assert err.startswith("error: ") and "garbage.pt: not a readable torch checkpoint" in err
     assert "Traceback" not in err
+
+
+def test_tensorboard_is_one_run_with_train_beside_val_and_hparams(synth_store, tmp_path):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    scores = run_job(_cfg(synth_store, "train.max_epochs=2", "name=j", "experiment=e"), tmp_path)
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path / "e"))
+    runs.Reload()
+    assert list(runs.Runs()) == [os.path.join("j", "tensorboard")]  # one run per job, no sub-run per series
+    run = runs.GetAccumulator(os.path.join("j", "tensorboard"))
+    tags = set(run.Tags()["scalars"])
+    assert {"Loss/train", "Loss/val", "Accuracy/train", "Accuracy/val", "F1/val", "LearningRate",
+            "Throughput/samples_per_s", "Test/acc", "Test/f1", "Test/loss"} <= tags
+    assert [e.step for e in run.Scalars("Accuracy/train")] == [0, 1]
+    assert all(0.0 <= e.value <= 1.0 for e in run.Scalars("Accuracy/train"))
+    assert run.Scalars("Test/acc")[-1].value == pytest.approx(scores["metrics"]["acc"])
+    content = run.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["fold"].number_value == 1 and start.hparams["group"].string_value
+    assert start.hparams["lr"].number_value > 0
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"Test/loss", "Test/acc", "Test/f1"}

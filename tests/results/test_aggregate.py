@@ -336,3 +336,60 @@ def test_a_single_group_has_a_summary_and_no_comparisons(tmp_path: Path) -> None
     assert list(result.summary.group.unique()) == ["mymodel"] and result.comparisons.empty
     assert "(no two groups share a fold)" in result.markdown.read_text()
     assert list(pd.read_csv(result.comparisons_csv).columns)[:3] == ["metric", "group_a", "group_b"]
+
+
+def test_summary_says_how_the_grid_ran(tmp_path: Path) -> None:
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=2)
+    path = tmp_path / "jobs" / EXP / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["description"] = "cat vs align, a tiny test grid"
+    manifest["launches"][0]["resources"] = {"mode": "slurm", "nodes": 1, "ranks_per_node": 2, "gpus_per_node": 2,
+                                            "cpus_per_task": 8, "mem_gb": 32, "time_min": 120}
+    path.write_text(json.dumps(manifest))
+    scores_path = tmp_path / "outputs" / EXP / "cat_fold2" / "scores.json"
+    scores = json.loads(scores_path.read_text())
+    scores_path.write_text(json.dumps({**scores, "epochs": 14}))
+    for fold, seconds in ((1, 600.0), (2, 1200.0)):
+        p = tmp_path / "outputs" / EXP / f"cat_fold{fold}" / "scores.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), "timing": {"train_s": seconds}}))
+    text = run(tmp_path).markdown.read_text()
+    assert text.splitlines()[2] == "cat vs align, a tiny test grid"
+    section = text.split("## How it ran")[1].split("##")[0]
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in section.splitlines() if line.startswith("| ")}
+    assert rows["cat"][1:6] == ["2", "10-14", "30.0 min", "15.0 min", "job"]
+    assert rows["align"][1:6] == ["2", "10", "-", "-", "-"]  # no time recorded and no SLURM: not guessed
+    assert "1 node x 2 rank, 2 GPU/node, 8 CPU/rank, 32 GB, 120 min" in rows["cat"][6]
+
+
+@pytest.mark.parametrize("text, seconds", [("00:05:00", 300.0), ("1-02:00:00", 93600.0), ("12:30", 750.0),
+                                           ("", None), ("bad", None)])
+def test_slurm_elapsed_in_seconds(text: str, seconds: float | None) -> None:
+    from camvis.results.run_facts import elapsed_seconds
+
+    assert elapsed_seconds(text) == seconds
+
+
+def test_cli_writes_each_figure_in_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.6}, folds=2)
+    argv = [EXP, "--outputs", str(tmp_path / "outputs"), "--jobs-dir", str(tmp_path / "jobs")]
+    assert cli.main([*argv, "--format", "svg,png"]) == 0
+    out = tmp_path / "outputs" / EXP
+    for metric in agg.METRICS:
+        assert (out / f"{metric}.svg").read_bytes().lstrip().startswith(b"<?xml")
+        with Image.open(out / f"{metric}.png") as img:
+            assert round(img.info["dpi"][0]) == 200
+    assert "![acc](acc.svg)" in (out / "summary.md").read_text()  # the first format asked
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--format", "png,gif"])
+    assert info.value.code == 2 and "expected a comma-separated list of png, pdf, svg, got 'png,gif'" in capsys.readouterr().err
+
+
+def test_groups_keep_the_grids_order() -> None:
+    from camvis.results.run_facts import group_order
+
+    jobs = [("align_fold1", "align"), ("base_fold1", "base"), ("cat_fold1", "cat"), ("cat_fold2", "cat")]
+    manifest = {"order": ["cat_fold1", "cat_fold2", "align_fold1"], "jobs": {}}
+    assert group_order(manifest, jobs) == ["cat", "align", "base"]  # base: not placed, after
+    by_task = {"jobs": {"align_fold1": {"task": 2}, "cat_fold1": {"task": 0}, "cat_fold2": {"task": 1}}}
+    assert group_order(by_task, jobs) == ["cat", "align", "base"]
+    assert group_order(None, jobs) == ["align", "base", "cat"]

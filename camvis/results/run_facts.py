@@ -1,0 +1,134 @@
+"""What summary.md says about how the grid ran: its description, and per group the epochs run, the
+training time and the resources asked for.
+
+Read from what exists on the login node: the manifest (the grid's description and each launch's
+resources, recorded by camvis.cluster.manifest), each job's scores.json (epochs; `timing.train_s` when the
+job recorded it) and SLURM's elapsed time of the job's task when there is no recorded timing. Anything
+missing is shown as "-", never guessed. No torch here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from camvis.cluster import jobfiles
+from camvis.cluster.monitor import ExperimentStatus, JobStatus
+
+
+def description(manifest: dict[str, Any] | None) -> str:
+    """The grid's `description:` as the manifest recorded it ("" if none)."""
+    return str((manifest or {}).get("description") or "").strip()
+
+
+def group_order(manifest: dict[str, Any] | None, jobs: Sequence[tuple[str, str]]) -> list[str]:
+    """The groups of `jobs` ((name, group) pairs) in the grid's order: the manifest's `order` of job names,
+    else its array task indices; groups it does not place follow, sorted."""
+    entries = (manifest or {}).get("jobs") or {}
+    order = (manifest or {}).get("order")
+    if isinstance(order, list):
+        rank = {str(name): i for i, name in enumerate(order)}
+    else:
+        rank = {n: e["task"] for n, e in entries.items() if isinstance(e, dict) and isinstance(e.get("task"), int)}
+    placed = sorted((rank[n], g) for n, g in jobs if n in rank)
+    groups = list(dict.fromkeys(g for _, g in placed))
+    return groups + sorted({g for _, g in jobs} - set(groups))
+
+
+def job_resources(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """{job: the `resources` of the last launch that submitted it}."""
+    out: dict[str, dict[str, Any]] = {}
+    for launch in (manifest or {}).get("launches") or []:
+        if isinstance(launch, dict) and isinstance(launch.get("resources"), dict):
+            for name in launch.get("submitted") or []:
+                out[str(name)] = launch["resources"]
+    return out
+
+
+def resources_text(r: dict[str, Any] | None) -> str:
+    """`1 node x 2 ranks, 1 GPU/node, 8 CPUs/rank, 32 GB, 120 min` from a launch's recorded resources."""
+    if not r:
+        return "-"
+    parts = [f"{r.get('nodes', 1)} node x {r.get('ranks_per_node', 1)} rank"]
+    if r.get("gpus_per_node"):
+        parts.append(f"{r['gpus_per_node']} GPU/node")
+    parts.append(f"{r.get('cpus_per_task', 1)} CPU/rank")
+    if r.get("mem_gb") is not None:
+        parts.append(f"{r['mem_gb']:g} GB")
+    if r.get("time_min") is not None:
+        parts.append(f"{r['time_min']} min")
+    mode = r.get("mode")
+    return ", ".join(parts) + (f" ({mode})" if mode and mode != "slurm" else "")
+
+
+def elapsed_seconds(text: str | None) -> float | None:
+    """SLURM's elapsed time ([D-]HH:MM:SS, MM:SS) in seconds, None if unreadable."""
+    if not text:
+        return None
+    days, _, clock = text.rpartition("-")
+    try:
+        fields = [float(x) for x in clock.split(":")]
+        seconds = sum(v * 60**i for i, v in enumerate(reversed(fields)))
+        return seconds + (float(days) * 86400 if days else 0.0)
+    except ValueError:
+        return None
+
+
+def job_facts(job: JobStatus, scores: dict[str, Any] | None) -> tuple[int | None, float | None, str]:
+    """(epochs run, training seconds, where the time comes from) of one finished job."""
+    scores = scores or {}
+    epochs = jobfiles.as_int(scores.get("epochs"))
+    train_s = (scores.get("timing") or {}).get("train_s") if isinstance(scores.get("timing"), dict) else None
+    if isinstance(train_s, (int, float)) and math.isfinite(train_s):
+        return epochs, float(train_s), "job"
+    if job.slurm is not None and elapsed_seconds(job.slurm.elapsed) is not None:
+        return epochs, elapsed_seconds(job.slurm.elapsed), "SLURM"
+    return epochs, None, ""
+
+
+def fmt_hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def group_rows(status: ExperimentStatus, manifest: dict[str, Any] | None, outputs: str | Path,
+               names: Sequence[str]) -> list[dict[str, str]]:
+    """One row per group (in first-seen order) over the finished jobs `names`."""
+    resources = job_resources(manifest)
+    base = Path(outputs) / status.experiment
+    groups: dict[str, list[tuple[int | None, float | None, str, str]]] = {}
+    for job in status.jobs:
+        if job.info.name not in names:
+            continue
+        epochs, seconds, source = job_facts(job, jobfiles.read_json(base / job.info.name / jobfiles.SCORES))
+        groups.setdefault(job.info.variant, []).append((epochs, seconds, source, resources_text(
+            resources.get(job.info.name))))
+    rows = []
+    for group, facts in groups.items():
+        epochs = [e for e, _, _, _ in facts if e is not None]
+        seconds = [s for _, s, _, _ in facts if s is not None]
+        sources = sorted({src for _, s, src, _ in facts if s is not None})
+        rows.append({
+            "group": group, "jobs": str(len(facts)),
+            "epochs run": (f"{min(epochs)}-{max(epochs)}" if min(epochs) != max(epochs) else str(epochs[0]))
+            if epochs else "-",
+            "time (total)": fmt_hours(sum(seconds)) if seconds else "-",
+            "time per job": fmt_hours(sum(seconds) / len(seconds)) if seconds else "-",
+            "time from": " + ".join(sources) if sources else "-",
+            "resources per job": "; ".join(sorted({r for _, _, _, r in facts})),
+        })  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict[str, str]], about: str) -> list[str]:
+    """The "How it ran" section of summary.md."""
+    if not rows:
+        return []
+    header = list(rows[0])
+    lines = ["## How it ran", "", "| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r[h] for h in header) + " |" for r in rows]
+    return lines + ["", about, ""]
+
+
+TIME_NOTE = ("Time: the job's own training time where it recorded one (job: scores.json timing.train_s, its last "
+             "attempt's), else the SLURM task's elapsed time, queue waits excluded, evaluation included (SLURM).")
