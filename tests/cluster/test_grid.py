@@ -360,11 +360,16 @@ def test_setup_lines_site_first_then_grid(tmp_path: Path) -> None:
 @pytest.mark.parametrize("setup, expected", [
     (["echo a\necho b"], "slurm.setup[0]: a newline"),
     (["ok", "x\x1b[2J"], "slurm.setup[1]: a control character"),
-    ([3], "slurm.setup[0]: expected a shell line"),
-    ("module load x", "slurm.setup: expected list"),
+    ([3], "slurm.setup: expected a list of str, got list [3]"),
 ])
 def test_bad_setup_lines(tmp_path: Path, setup: object, expected: str) -> None:
     assert expected in error_of(write(tmp_path / "g.yaml", small(tmp_path, slurm={"setup": setup})))
+
+
+def test_one_setup_line_may_be_given_as_text(tmp_path: Path) -> None:
+    """Like every list key (data.factors: 4 is [4]), a single line needs no list."""
+    path = write(tmp_path / "g.yaml", small(tmp_path, slurm={"setup": "module load x"}))
+    assert load_grid(path).slurm.setup == ("module load x",)
 
 
 def test_example_site_profile_is_valid(tmp_path: Path) -> None:
