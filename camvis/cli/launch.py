@@ -15,6 +15,8 @@ EPILOG = """examples:
   camvis-launch configs/cat_vs_align.yaml train.lr=1e-4 slurm.time=240 slurm.partition=gpu
                                                            overrides: base config keys, slurm.* for resources
   camvis-launch configs/cat_vs_align.yaml --only group=cat --only fold=1,3
+  camvis-launch configs/cat_vs_align.yaml --dry-run "slurm.setup=[module load cuda, source .venv/bin/activate]"
+                                                           shell lines the job scripts run before the job
   camvis-launch configs/cat_vs_align.yaml --local          the same jobs on this machine (array_parallelism at once)
   camvis-launch configs/demo.yaml --debug                  first job to run, in this process (pdb on errors)
 
@@ -28,7 +30,7 @@ re-evaluates best.pt without training (the earlier evaluation moves to previous/
   --restart  resubmit every selected job to retrain from scratch (earlier outputs kept under
              previous/); a --restart job that SLURM requeues resumes its own fresh training
 A site profile (--profile FILE or $CAMVIS_PROFILE: a YAML file with a `slurm:` section, e.g.
-slurm/profiles/example-site.yaml) supplies defaults such as partition and account.
+slurm/profiles/example-site.yaml) supplies defaults such as partition, account and setup lines.
 """
 
 

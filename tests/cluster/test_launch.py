@@ -21,8 +21,9 @@ from camvis.data.store_info import FORMAT_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
-MANIFEST_KEYS = {"experiment", "grid", "outputs", "updated", "launches", "jobs"}
-LAUNCH_KEYS = {"time", "mode", "array_id", "aggregate_id", "submitted", "skipped", "code_version", "sbatch_calls"}
+MANIFEST_KEYS = {"experiment", "grid", "description", "order", "outputs", "updated", "launches", "jobs"}
+LAUNCH_KEYS = {"time", "mode", "array_id", "aggregate_id", "submitted", "skipped", "code_version", "sbatch_calls",
+               "resources"}
 JOB_KEYS = {"group", "fold", "view", "axes", "hash", "config", "mode", "job_id", "array_id", "task", "submitted",
             "stdout", "stderr"}
 SHIMS = {
@@ -187,6 +188,9 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
     assert (launch["mode"], launch["array_id"], launch["aggregate_id"], launch["sbatch_calls"]) == \
         ("slurm", "100", "101", 2)
     assert launch["submitted"] == ["cat_fold1", "cat_fold2", "align_fold1", "align_fold2"]
+    assert launch["resources"] == {"mode": "slurm", "nodes": 1, "ranks_per_node": 1, "gpus_per_node": 0,
+                                   "cpus_per_task": 1, "mem_gb": 2, "time_min": 10}
+    assert manifest["order"][:2] == ["cat_fold1", "cat_fold2"] and manifest["description"].startswith("cat vs align")
     jobs = manifest["jobs"]
     assert set(jobs) == set(launch["submitted"])
     entry = jobs["align_fold2"]
