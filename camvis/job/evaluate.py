@@ -55,8 +55,8 @@ def predict(
 ) -> dict[str, np.ndarray]:
     """Probabilities of "visible" for the patches `indices`, one row per patch, sorted by patch.
 
-    Returns numpy arrays patch (int64), image (int32), score (float32), label (uint8),
-    depth (float32, metres). Runs under inference mode in eval mode (the model's mode is
+    Returns numpy arrays patch (int64), image (int32), score (float32), logit (float32, for the
+    exact loss), label (uint8), depth (float32, metres). Runs under inference mode in eval mode (the model's mode is
     restored), with bf16 autocast on CUDA. Under torch.distributed each rank predicts its
     shard and every rank gets all of them back (gather_predictions).
     """
@@ -69,7 +69,7 @@ def predict(
     was_training = net.training
     net.eval()
     use_bf16 = device.type == "cuda"
-    parts: dict[str, list[torch.Tensor]] = {"patch": [], "score": [], "label": [], "depth": []}
+    parts: dict[str, list[torch.Tensor]] = {"patch": [], "score": [], "logit": [], "label": [], "depth": []}
     # rank 0 only; progress=None: a bar when stderr is a terminal
     bar = progress_bar("predicting", sum(len(b) for b in batches), enabled=progress if rank == 0 else False,
                        transient=True)
@@ -82,12 +82,14 @@ def predict(
                     logits = net(x)
                 parts["patch"].append(batch)
                 parts["score"].append(torch.sigmoid(logits.float()).reshape(-1))
+                parts["logit"].append(logits.float().reshape(-1))
                 parts["label"].append(label.to(torch.uint8))
                 parts["depth"].append(depth.float())
                 advance(len(batch))
     finally:
         net.train(was_training)
-    dtypes = {"patch": torch.int64, "score": torch.float32, "label": torch.uint8, "depth": torch.float32}
+    dtypes = {"patch": torch.int64, "score": torch.float32, "logit": torch.float32, "label": torch.uint8,
+              "depth": torch.float32}
     local = {k: torch.cat(v) if v else torch.zeros(0, dtype=dtypes[k], device=device) for k, v in parts.items()}
     out = gather_predictions(local)
     out["image"] = np.asarray(source.store.table["image"])[out["patch"]].astype(np.int32)
@@ -249,13 +251,13 @@ def _epochs_run(job_dir: Path) -> int:
 def compute_results(cfg: JobConfig, store: PatchStore, preds: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Metrics, bootstrap and CIs, confusion matrix and per-image visibility of the predictions."""
     score, label = preds["score"], preds["label"]
-    boot = metrics.bootstrap(score, label, n=cfg.eval.bootstrap, seed=cfg.eval.seed)
+    boot = metrics.bootstrap(score, label, n=cfg.eval.bootstrap, seed=cfg.eval.seed, logits=preds["logit"])
     fits = visibility.estimate_images(preds["image"], preds["depth"], score)
     views = {i: store.views[int(store.image_view[i])] for i in fits}
     truth = visibility.true_visibility(store.images, store.attrs)
     rows = visibility.visibility_table(fits, store.images, views, truth)
     return {
-        "metrics": metrics.scores(score, label),
+        "metrics": metrics.scores(score, label, logits=preds["logit"]),
         "bootstrap": boot,
         "ci": {k: metrics.percentile_ci(v, cfg.eval.confidence) for k, v in boot.items()},
         "confusion": metrics.confusion(score, label),
@@ -311,7 +313,7 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
     names = np.asarray(store.images, dtype=object)
     _write_csv(job_dir / "predictions.csv", pd.DataFrame({
         "patch": preds["patch"], "image": names[preds["image"]], "score": preds["score"],
-        "label": preds["label"], "depth": preds["depth"]}))
+        "logit": preds["logit"], "label": preds["label"], "depth": preds["depth"]}))
     (tn, fp), (fn, tp) = results["confusion"]
     _write_csv(job_dir / "confusion.csv", pd.DataFrame(
         {"truth": [0, 1], "predicted_0": [tn, fn], "predicted_1": [fp, tp]}))

@@ -180,7 +180,7 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
 def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[str, float]:
     """Loss, macro accuracy and macro F1 on the held-out view, every patch counted once over the ranks."""
     preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
-    return metrics.scores(preds["score"], preds["label"])
+    return metrics.scores(preds["score"], preds["label"], logits=preds["logit"])
 
 
 # --------------------------------------------------------------------------- the loop
