@@ -33,8 +33,11 @@ class MissingExtra(CamvisError):
 
 
 def check_mode(mode: str) -> str:
+    """`mode` if it is a mode this camvis can build (camvis2: OpenCV installed), else an error."""
     if mode not in MODES:
         raise StoreError(f"preprocessing must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == CAMVIS2:
+        _cv2()
     return mode
 
 

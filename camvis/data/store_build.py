@@ -20,7 +20,7 @@ import zarr
 from PIL import Image
 
 from camvis import __version__
-from camvis.data import raw
+from camvis.data import camvis2, raw
 from camvis.data import staging
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
@@ -32,13 +32,19 @@ from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_fi
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 
 # Build parameters that decide whether an existing store can be kept as it is.
-_BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed")
+_BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed", "preprocessing")
+_BUILD_DEFAULTS = {"preprocessing": camvis2.EXACT}  # stores built before the key existed
+
+
+def _built(built: dict[str, Any], key: str) -> Any:
+    return built.get(key, _BUILD_DEFAULTS.get(key))
 
 
 def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
           factors: Sequence[int] = (2, 4, 8, 16, 32), patch_size: int = 128,
           patches_per_image: int = 500, seed: int = 0, force: bool = False, progress: bool = True,
-          figure_image: str | None = None, figure: bool | str | os.PathLike = True) -> PatchStore:
+          figure_image: str | None = None, figure: bool | str | os.PathLike = True,
+          preprocessing: str = camvis2.EXACT) -> PatchStore:
     """Build the store at `store_path` from camvis2's raw layout in `raw_dir`.
 
     An existing store built with the same parameters (raw dir, factors, patch size,
@@ -50,11 +56,13 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     about one full-size image, its labels and its view's depth at a time.
     The sampling figure of `figure_image` (default: the first image) goes to
     `figure` (True: `STORE.sampling.png` beside the store, False: none, or a path).
+    `preprocessing`: "exact" (camvis's rules) or "camvis2" (camvis2's, camvis.data.camvis2).
     """
     raw_dir, final = Path(raw_dir).resolve(), Path(store_path).resolve()
     factors = _check_args(factors, patch_size, patches_per_image, seed)
     params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
-              "patches_per_image": patches_per_image, "seed": seed}
+              "patches_per_image": patches_per_image, "seed": seed,
+              "preprocessing": camvis2.check_mode(preprocessing)}
     staging.remove_stale(final)
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
     if final.exists() and not force and not _older_format_of(final, params):
@@ -108,9 +116,9 @@ def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,
 def _keep_existing(final: Path, params: dict[str, Any]) -> PatchStore:
     store = open_store(final)
     built = store.attrs.get("build", {})
-    differ = [k for k in _BUILD_KEYS if built.get(k) != params[k]]
+    differ = [k for k in _BUILD_KEYS if _built(built, k) != params[k]]
     if differ:
-        got = ", ".join(f"{k}={built.get(k)!r} (asked {params[k]!r})" for k in differ)
+        got = ", ".join(f"{k}={_built(built, k)!r} (asked {params[k]!r})" for k in differ)
         raise StoreError(f"{final} exists and was built with {got}; "
                          "pass force=True (camvis-data build --force) to rebuild it")
     return store
@@ -124,7 +132,7 @@ def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
         return False
     built = attrs.get("build")
     return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
-            and isinstance(built, dict) and all(built.get(k) == params[k] for k in _BUILD_KEYS))
+            and isinstance(built, dict) and all(_built(built, k) == params[k] for k in _BUILD_KEYS))
 
 
 def _check_replaceable(final: Path) -> None:
@@ -174,8 +182,11 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     ds = reader.dataset
     index = {img.name: i for i, img in enumerate(ds.images)}
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
-    levels = {f: _create_level(root, f, shape, len(ds.images), len(ds.views)) for f in factors}
-    stats = NormStats(factors)
+    mode = params["preprocessing"]
+    levels = {f: _create_level(root, f, camvis2.level_shape(shape, f, mode), len(ds.images), len(ds.views))
+              for f in factors}
+    stats = camvis2.Camvis2Stats(factors) if mode == camvis2.CAMVIS2 else NormStats(factors)
+    shared_rng = _camvis2_rng(ds, seed) if mode == camvis2.CAMVIS2 else None
     rows: list[dict[str, np.ndarray]] = []
     counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
     edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
@@ -186,12 +197,14 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
         for img, rgb, labels, depth in reader.images():
             i, v = index[img.name], ds.views.index(img.view)
             if img.view not in written:
-                _write_depth(levels, stats, v, depth)
+                _write_depth(levels, stats, v, depth, mode)
                 written.add(img.view)
-            _write_image(levels, stats, i, rgb)
+            _write_image(levels, stats, i, rgb, mode)
             rng = np.random.default_rng([seed, i])  # per image: order-independent
             h, w, _, counts[i], edges[i] = sample_centres_with_histogram(
-                labels, depth, per_image, patch_size, rng)
+                labels, depth, 0 if shared_rng else per_image, patch_size, rng)
+            if shared_rng is not None:  # camvis2's draw; the histogram above stays for the figure
+                h, w = camvis2.sample_centres(labels, depth, per_image, patch_size, shared_rng)
             rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
             del rgb, labels, depth  # none held while the next image is decoded
             advance()
@@ -211,9 +224,19 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     root.attrs.update(attrs)
 
 
-def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,
+def _camvis2_rng(ds: raw.RawDataset, seed: int) -> np.random.RandomState:
+    """camvis2 draws every image's centres from one RandomState, images in name order: the
+    reader's order (views in order, images by name) must be that order."""
+    names = [img.name for img in sorted(ds.images, key=lambda img: (ds.views.index(img.view), img.name))]
+    if names != sorted(names):
+        raise StoreError(f"{ds.root}: preprocessing camvis2 needs the images' name order to group them by view "
+                         "(camvis2 samples in name order); rename the views or build with preprocessing exact")
+    return np.random.RandomState(seed)
+
+
+def _create_level(root: zarr.Group, f: int, level: tuple[int, int], n_img: int,
                   n_view: int) -> tuple[zarr.Array, zarr.Array]:
-    hf, wf = shape[0] // f, shape[1] // f
+    hf, wf = level
     images = root.create_array(f"levels/{f}/images", shape=(n_img, 3, hf, wf),
                                chunks=(1, 3, hf, wf), dtype="uint8", fill_value=0)
     depth = root.create_array(f"levels/{f}/depth", shape=(n_view, 1, hf, wf),
@@ -222,10 +245,10 @@ def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,
 
 
 def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, i: int,
-                 rgb: np.ndarray) -> None:
+                 rgb: np.ndarray, mode: str = camvis2.EXACT) -> None:
     pil = Image.fromarray(rgb)
     for f, (images, _) in levels.items():
-        level = rgb_level(pil, f)
+        level = camvis2.rgb_level(rgb, f) if mode == camvis2.CAMVIS2 else rgb_level(pil, f)
         images[i] = level.transpose(2, 0, 1)
         stats.add_rgb(f, level)
 
@@ -238,9 +261,9 @@ def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
 
 
 def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, v: int,
-                 depth: np.ndarray) -> None:
+                 depth: np.ndarray, mode: str = camvis2.EXACT) -> None:
     for f, (_, depth_arr) in levels.items():
-        level = depth_level(depth, f)
+        level = camvis2.depth_level(depth, f) if mode == camvis2.CAMVIS2 else depth_level(depth, f)
         depth_arr[v, 0] = level
         stats.add_depth(f, level)
 
@@ -290,6 +313,7 @@ def _root_attrs(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
         "image_view": [ds.views.index(img.view) for img in ds.images],
         "visibility_m": [visibility.get(img.name) if visibility else None for img in ds.images],
         "norm_mean": mean.tolist(), "norm_std": std.tolist(), "n_depth_bins": N_DEPTH_BINS,
+        "preprocessing": params["preprocessing"],
         "build": params,
         "provenance": {"raw_dir": str(ds.root), "synth_sidecar": visibility is not None,
                        "synth": synth,

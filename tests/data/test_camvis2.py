@@ -13,13 +13,12 @@ import pytest
 
 from camvis.data import camvis2, raw, synth
 
-pytest.importorskip("cv2")
-
 FIXTURE = Path(__file__).parent / "camvis2" / "reference.npz"
 
 
 @pytest.fixture(scope="module")
 def ref():
+    pytest.importorskip("cv2")  # camvis[camvis2]; requirements.lock installs it
     return dict(np.load(FIXTURE))
 
 
@@ -94,3 +93,82 @@ def test_statistics_equal_camvis2s_to_float32_rounding(ref, decoded):
     scale = np.array([255, 255, 255, 1], np.float32)
     np.testing.assert_allclose((mean / scale).ravel(), ref["norm_mean"], rtol=2e-6)
     np.testing.assert_allclose((std / scale).ravel(), ref["norm_std"], rtol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def store(ref, raw_dir, tmp_path_factory):
+    from camvis.data import store_build
+
+    return store_build.build(raw_dir, tmp_path_factory.mktemp("c2s") / "c2.zarr",
+                             factors=tuple(int(f) for f in ref["factors"]), patch_size=int(ref["patch_size"]),
+                             patches_per_image=int(ref["patch_number"]), seed=int(ref["seed"]), progress=False,
+                             figure=False, preprocessing="camvis2")
+
+
+def _store_rows(store, ref):
+    """The store's patch rows in camvis2's metadata order (images by name, centres in raster order)."""
+    names = np.asarray(store.images)[store.table["image"]]
+    return np.lexsort((store.table["center_w"], store.table["center_h"], names))
+
+
+def test_store_in_camvis2_mode_holds_camvis2s_levels_table_and_statistics(store, ref):
+    assert store.attrs["preprocessing"] == "camvis2" and store.attrs["build"]["preprocessing"] == "camvis2"
+    order = [list(store.images).index(n) for n in ref["images"]]
+    for f in ref["factors"]:
+        images = np.asarray(store.levels[int(f)][0])[order].astype(np.int16)
+        assert images.shape == ref[f"images_x{f}"].shape
+        assert np.abs(images - ref[f"images_x{f}"]).max() <= 1
+        np.testing.assert_allclose(np.asarray(store.levels[int(f)][1]), ref[f"depths_x{f}"], atol=1e-6, rtol=0)
+    rows = _store_rows(store, ref)
+    np.testing.assert_array_equal(store.table["center_h"][rows], ref["meta_h_canvas"])
+    np.testing.assert_array_equal(store.table["center_w"][rows], ref["meta_w_canvas"])
+    np.testing.assert_array_equal(store.table["label"][rows], ref["meta_label"])
+    np.testing.assert_array_equal(store.table["depth"][rows], ref["meta_depth"])
+    scale = np.array([255, 255, 255, 1], np.float32)
+    np.testing.assert_allclose((store.norm_mean / scale).ravel(), ref["norm_mean"], rtol=2e-6)
+    np.testing.assert_allclose((store.norm_std / scale).ravel(), ref["norm_std"], rtol=2e-6)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_batches_of_a_camvis2_store_equal_camvis2s_patches(store, ref, kernel):
+    import torch
+
+    from camvis.job.batches import BatchSource
+
+    source = BatchSource(store, tuple(int(f) for f in ref["factors"]), kernel=kernel)
+    assert not source.uses_kernel  # the C kernel knows only the exact crop rule
+    rows = _store_rows(store, ref)[ref["batch_index"]]
+    x, _, _ = source.batch(torch.as_tensor(rows))
+    np.testing.assert_allclose(x.numpy(), ref["batch_x"], atol=2e-5, rtol=1e-5)
+
+
+def test_level_centre_rounds_half_to_even():
+    import torch
+
+    from camvis.job.batches import level_centre
+
+    h = torch.arange(0, 40)
+    for f in (2, 4, 8, 16, 32):
+        expected = [int(round(v / f)) for v in range(40)]
+        assert level_centre(h, torch.tensor(f), "camvis2").tolist() == expected
+        assert level_centre(h, torch.tensor(f)).tolist() == [v // f for v in range(40)]
+
+
+def test_info_shows_the_preprocessing(store, capsys):
+    from camvis.cli import data as cli
+
+    cli.main(["info", str(store.path)])
+    assert "camvis2" in capsys.readouterr().out
+
+
+def test_without_opencv_the_error_names_the_extra(monkeypatch, tmp_path, capsys):
+    from camvis.cli import data as cli
+
+    monkeypatch.setitem(__import__("sys").modules, "cv2", None)  # as if not installed: import raises
+    with pytest.raises(camvis2.MissingExtra, match=r"pip install 'camvis\[camvis2\]'"):
+        camvis2.rgb_level(np.zeros((8, 8, 3), np.uint8), 2)
+    raw_dir = synth.synthesize(tmp_path / "raw", views=2, images_per_view=1, size=(64, 96), progress=False)
+    assert cli.main(["build", str(raw_dir), str(tmp_path / "s.zarr"), "--factors", "2", "--patch-size", "16",
+                     "--preprocessing", "camvis2"]) == 2
+    assert capsys.readouterr().err.startswith("error: preprocessing camvis2 needs OpenCV")
+    assert not (tmp_path / "s.zarr").exists()
