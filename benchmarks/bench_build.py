@@ -26,19 +26,19 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _child_build(raw_dir: str, out: str) -> None:
+def _child_build(raw_dir: str, out: str, preprocessing: str) -> None:
     """Runs in the child: build, print seconds and peak RSS as JSON."""
     from camvis.data import store_build
 
     start = time.perf_counter()
-    s = store_build.build(raw_dir, out, progress=False, figure=False)
+    s = store_build.build(raw_dir, out, progress=False, figure=False, preprocessing=preprocessing)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"build_s": seconds, "peak_mib": peak_mib, "patches": s.n_patches}))
 
 
 def _case(name: str, work: Path, views: int, images_per_view: int,
-          size: tuple[int, int] | None = None) -> dict[str, object]:
+          size: tuple[int, int] | None = None, preprocessing: str = "exact") -> dict[str, object]:
     """size None: camvis.data.synth's default size."""
     from camvis.data import synth
 
@@ -48,12 +48,12 @@ def _case(name: str, work: Path, views: int, images_per_view: int,
     synth.synthesize(raw_dir, views=views, images_per_view=images_per_view, progress=False,
                      force=True, **extra)
     synth_s = time.perf_counter() - start
-    child = subprocess.run([sys.executable, __file__, "--child", str(raw_dir), str(out)],
+    child = subprocess.run([sys.executable, __file__, "--child", str(raw_dir), str(out), preprocessing],
                            check=True, capture_output=True, text=True)
     result = json.loads(child.stdout.strip().splitlines()[-1])
     n_images = views * images_per_view
     height, width = json.loads((raw_dir / "synth.json").read_text())["size"]
-    return {"case": name, "images": n_images, "size": f"{height}x{width}",
+    return {"case": f"{name} ({preprocessing})", "images": n_images, "size": f"{height}x{width}",
             "synth_s": synth_s, "build_s": result["build_s"],
             "per_image_s": result["build_s"] / n_images, "peak_mib": result["peak_mib"],
             "patches": result["patches"], "raw_mib": _size(raw_dir) / 2**20,
@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-paper", action="store_true", help="demo data set only")
     parser.add_argument("--workdir", help="where raw data and stores go (default: a temp dir)")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--preprocessing", choices=("exact", "camvis2"), default="exact",
+                        help="the stores' preprocessing (camvis2 needs camvis[camvis2]) (default: exact)")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child_build(*args.child)
@@ -89,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
-        rows = [_case("demo", work, 4, 6)]
+        rows = [_case("demo", work, 4, 6, preprocessing=args.preprocessing)]
         if not args.no_paper:
-            rows.append(_case("paper", work, 1, 1 if args.quick else 2, synth.PAPER_SIZE))
+            rows.append(_case("paper", work, 1, 1 if args.quick else 2, synth.PAPER_SIZE, args.preprocessing))
     print(f"# store build on {platform.node()} ({os.cpu_count()} CPUs), "
           f"python {platform.python_version()}")
     print(_table(rows))
