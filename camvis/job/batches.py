@@ -338,6 +338,20 @@ def _check_factors(store: PatchStore, factors: Sequence[int]) -> tuple[int, ...]
 # --------------------------------------------------------------------------- folds
 
 
+def inner_split(store: PatchStore, train_idx: np.ndarray, fraction: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, inner validation indices) of `train_idx`, split by whole images: a seeded
+    `fraction` of its images (at least one, at most all but one) go to the inner split."""
+    image = np.asarray(store.table["image"])[train_idx]
+    images = np.unique(image)
+    if len(images) < 2:
+        raise ConfigError(f"train.selection inner needs at least 2 training images, got {len(images)}")
+    n_inner = min(max(1, int(round(fraction * len(images)))), len(images) - 1)
+    inner = np.random.default_rng([seed, 1]).choice(images, n_inner, replace=False)
+    is_inner = np.isin(image, inner)
+    return train_idx[~is_inner], train_idx[is_inner]
+
+
 def fold_split(store: PatchStore, fold: int) -> tuple[np.ndarray, np.ndarray, str]:
     """camvis2's leave-one-view-out fold: (train indices, val indices, held-out view).
 

@@ -289,6 +289,7 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
                       "file": "bootstrap.csv"},
         "confusion": results["confusion"].tolist(),
         "threshold": metrics.THRESHOLD,
+        "selection": cfg.train.selection,
         "visibility": visibility.summary(results["visibility"]),
         "n_val": int(n_val),
         "n_train": int(n_train),

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
 from camvis.job import checkpoints
-from camvis.job.batches import BatchSource, EpochSampler, fold_split
+from camvis.job.batches import BatchSource, EpochSampler, fold_split, inner_split
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
 from camvis.errors import CamvisError
@@ -71,6 +71,8 @@ def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None =
     """
     store = store if store is not None else open_store(cfg.data.store)
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
+    if cfg.train.selection == "inner":  # validate on training images: the held-out view is scored once
+        train_idx, val_idx = inner_split(store, train_idx, cfg.train.inner_fraction, cfg.train.seed)
     source = BatchSource(store, cfg.data.factors, device)
     return TrainInputs(store, source, train_idx, val_idx, view)
 
@@ -178,7 +180,8 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
 
 
 def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[str, float]:
-    """Loss, macro accuracy and macro F1 on the held-out view, every patch counted once over the ranks."""
+    """Loss, macro accuracy and macro F1 on the validation patches (the held-out view, or the inner
+    split under train.selection inner), every patch counted once over the ranks."""
     preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
     return metrics.scores(preds["score"], preds["label"], logits=preds["logit"])
 
