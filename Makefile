@@ -15,7 +15,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.lock
-	@# requirements.lock pins the optional extras too (camvis[onnx]: the tests check the ONNX graph)
+	@# requirements.lock pins the optional extras too (camvis[onnx]: the tests check the ONNX graph;
+	@# camvis[camvis2]: OpenCV, the camvis2 preprocessing tests)
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

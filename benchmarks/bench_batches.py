@@ -46,14 +46,18 @@ from camvis.data.store import PatchStore
 
 
 def synthetic_store(n_images: int, n_views: int, shape: tuple[int, int], factors: Sequence[int],
-                    patch_size: int, n_patches: int, seed: int = 0) -> PatchStore:
-    """An in-memory store with the level shapes of `shape`; centres avoid a half-patch border."""
+                    patch_size: int, n_patches: int, seed: int = 0, preprocessing: str = "exact") -> PatchStore:
+    """An in-memory store with the level shapes of `shape` (as `preprocessing` sizes them); centres
+    avoid a half-patch border."""
+    from camvis.data.camvis2 import level_shape
+
     rng = np.random.default_rng(seed)
     height, width = shape
     levels = {}
     for f in factors:
-        images = rng.integers(0, 256, (n_images, 3, height // f, width // f), dtype=np.uint8)
-        depth = rng.uniform(0.5, 5.0, (n_views, 1, height // f, width // f)).astype(np.float32)
+        hf, wf = level_shape(shape, f, preprocessing)
+        images = rng.integers(0, 256, (n_images, 3, hf, wf), dtype=np.uint8)
+        depth = rng.uniform(0.5, 5.0, (n_views, 1, hf, wf)).astype(np.float32)
         levels[f] = (images, depth)
     image_view = (np.arange(n_images) % n_views).astype(np.int32)
     image = rng.integers(0, n_images, n_patches).astype(np.int32)
@@ -71,7 +75,7 @@ def synthetic_store(n_images: int, n_views: int, shape: tuple[int, int], factors
         image_view=image_view, table=table,
         norm_mean=rng.uniform(50, 150, (len(factors), 4)).astype(np.float32),
         norm_std=rng.uniform(10, 60, (len(factors), 4)).astype(np.float32),
-        levels=levels, attrs={},
+        levels=levels, attrs={"preprocessing": preprocessing},
     )
 
 
@@ -92,6 +96,8 @@ class PerSampleReference:
             images, depth = self.store.levels[f]
             hf, wf = images.shape[2:]
             h, w = int(t["center_h"][j]) // f, int(t["center_w"][j]) // f
+            if self.store.attrs.get("preprocessing") == "camvis2":  # camvis2's dataset.py
+                h, w = int(round(t["center_h"][j] / f)), int(round(t["center_w"][j] / f))
             h0, h1, w0, w1 = max(h - p // 2, 0), min(h - p // 2 + p, hf), max(w - p // 2, 0), min(w - p // 2 + p, wf)
             pad = ((h0 - (h - p // 2), (h - p // 2 + p) - h1), (w0 - (w - p // 2), (w - p // 2 + p) - w1))
             rgb = images[img, :, h0:h1, w0:w1].astype(np.float32)
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-stream", action="store_true", help="C kernel: never use streaming stores")
     parser.add_argument("--baseline-isa", action="store_true",
                         help="C kernel: build for the baseline ISA of this architecture, not -march=native")
+    parser.add_argument("--preprocessing", choices=("exact", "camvis2"), default="exact",
+                        help="the store's preprocessing: level sizes and crop-centre rule (default: exact)")
     parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
     args = parser.parse_args(argv)
 
@@ -204,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    store = synthetic_store(args.images, args.views, tuple(args.shape), args.factors, args.patch_size, 50_000)
+    store = synthetic_store(args.images, args.views, tuple(args.shape), args.factors, args.patch_size, 50_000,
+                            preprocessing=args.preprocessing)
     t1 = time.perf_counter()
     if args.chunk_mib:
         batch_module.CPU_CHUNK_BYTES = int(args.chunk_mib * 2**20)

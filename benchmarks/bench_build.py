@@ -28,12 +28,13 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _child_build(raw_dir: str, out: str, workers: int = 1) -> None:
+def _child_build(raw_dir: str, out: str, workers: int = 1, preprocessing: str = "exact") -> None:
     """Runs in the child: build, print seconds and peak RSS as JSON (workers: the largest worker's)."""
     from camvis.data import store_build
 
     start = time.perf_counter()
-    s = store_build.build(raw_dir, out, progress=False, figure=False, workers=workers)
+    s = store_build.build(raw_dir, out, progress=False, figure=False, workers=workers,
+                            preprocessing=preprocessing)
     seconds = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     worker_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -42,7 +43,8 @@ def _child_build(raw_dir: str, out: str, workers: int = 1) -> None:
 
 
 def _case(name: str, work: Path, views: int, images_per_view: int,
-          size: tuple[int, int] | None = None, workers: tuple[int, ...] = (1,)) -> list[dict[str, object]]:
+          size: tuple[int, int] | None = None, workers: tuple[int, ...] = (1,),
+          preprocessing: str = "exact") -> list[dict[str, object]]:
     """size None: camvis.data.synth's default size."""
     from camvis.data import synth
 
@@ -54,12 +56,13 @@ def _case(name: str, work: Path, views: int, images_per_view: int,
     synth_s = time.perf_counter() - start
     rows = []
     for n in workers:
-        child = subprocess.run([sys.executable, __file__, "--child", str(raw_dir), str(out), str(n)],
+        child = subprocess.run([sys.executable, __file__, "--child", str(raw_dir), str(out), str(n),
+                                preprocessing],
                                check=True, capture_output=True, text=True)
         result = json.loads(child.stdout.strip().splitlines()[-1])
         n_images = views * images_per_view
         height, width = json.loads((raw_dir / "synth.json").read_text())["size"]
-        rows.append({"case": name, "workers": n, "images": n_images, "size": f"{height}x{width}",
+        rows.append({"case": f"{name} ({preprocessing})", "workers": n, "images": n_images, "size": f"{height}x{width}",
                      "synth_s": synth_s, "build_s": result["build_s"],
                      "per_image_s": result["build_s"] / n_images, "peak_mib": result["peak_mib"],
                      "worker_peak_mib": result["worker_peak_mib"],
@@ -91,10 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-demo", action="store_true", help="paper size only")
     parser.add_argument("--workers", type=int, nargs="+", default=[1],
                         help="build each case with these worker counts (default: 1)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--preprocessing", choices=("exact", "camvis2"), default="exact",
+                        help="the stores' preprocessing (camvis2 needs camvis[camvis2]) (default: exact)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child_build(args.child[0], args.child[1], int(args.child[2]))
+        _child_build(args.child[0], args.child[1], int(args.child[2]), args.child[3])
         return 0
     from camvis.data import synth
     from camvis.io import write_json
@@ -102,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         work = Path(tmp)
         workers = tuple(args.workers)
-        rows = [] if args.no_demo else _case("demo", work, 4, 6, workers=workers)
+        rows = [] if args.no_demo else _case("demo", work, 4, 6, workers=workers,
+                                                         preprocessing=args.preprocessing)
         if not args.no_paper:
-            rows += _case("paper", work, 1, 1 if args.quick else 2, synth.PAPER_SIZE, workers)
+            rows += _case("paper", work, 1, 1 if args.quick else 2, synth.PAPER_SIZE, workers, args.preprocessing)
     print(f"# store build on {platform.node()} ({os.cpu_count()} CPUs), "
           f"python {platform.python_version()}")
     print(_table(rows))

@@ -73,6 +73,12 @@ class TrainConfig:
     """auto: CUDA when available, else CPU."""
     epoch_patches: int | None = None
     """Cap on training patches per epoch (after rebalancing); None: all of them."""
+    selection: Literal["heldout", "inner"] = "heldout"
+    """What validates each epoch (best checkpoint, plateau schedule): heldout, the held-out view
+    (camvis2's rule, optimistic); inner, an inner split of the training images, so the held-out
+    view is scored once, by the selected weights."""
+    inner_fraction: float = 0.2
+    """selection inner: share of the training images (whole images) in the inner split, seeded by train.seed."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -440,6 +446,8 @@ def validate_values(cfg: JobConfig) -> list[str]:
         errors.append(f"train.lr must be in (0, {MAX_LR:g}], got {t.lr}")
     if not 0 <= t.min_lr < t.lr:
         errors.append(f"train.min_lr must be in [0, train.lr={t.lr}), got {t.min_lr}")
+    if not 0 < t.inner_fraction < 1:
+        errors.append(f"train.inner_fraction must be in (0, 1), got {t.inner_fraction}")
     if t.plateau_patience < 0:
         errors.append(f"train.plateau_patience must be >= 0, got {t.plateau_patience}")
     if t.epoch_patches is not None and t.epoch_patches < 1:

@@ -1,13 +1,18 @@
 """Binary classification metrics of a job and their bootstrap, in numpy.
 
 The three scores camvis2 reports for a held-out view:
-- loss: mean binary cross-entropy of the predicted probabilities (clipped to [EPS, 1 - EPS]);
+- loss: mean binary cross-entropy, computed from the logits when they are given (log-sum-exp, no
+  clipping: equal to torch's binary_cross_entropy_with_logits to float64 rounding), else from the
+  probabilities, unclipped too (a certain wrong prediction costs inf, as it should);
 - acc: camvis2's "macro accuracy", taken here as the balanced accuracy, i.e. the mean over the
   two classes of the per-class recall (TP / (TP + FN) for class 1, TN / (TN + FP) for class 0);
 - f1: macro F1, the mean of the F1 score of class 1 and of class 0.
 A class absent from the truth has no recall and is left out of the mean (the mean is then the
 other class's recall); likewise a class with no true and no predicted sample has no F1.
-Predictions are `score >= THRESHOLD` on the probability. Every score is computed from the four
+Predictions are `score > THRESHOLD` on the float32 probability: a score of exactly 0.5 counts as
+not visible, as in camvis2, whose `torch.round` rounds half to even (0.5 -> 0); the rule is on the
+probability, not on `logit > 0`, so that camvis and camvis2 agree where float32's sigmoid rounds a
+tiny positive logit to 0.5. Every score is computed from the four
 confusion counts, so the single value and each bootstrap resample use the same formulas.
 """
 
@@ -17,8 +22,7 @@ from typing import Any
 
 import numpy as np
 
-EPS = 1e-7
-THRESHOLD = 0.5
+THRESHOLD = 0.5  # visible iff score > THRESHOLD (strictly; see the module docstring)
 METRICS = ("loss", "acc", "f1")
 # elements of one chunk of the (resamples, N) index matrix: 8M int32 = 32 MB (+ gathers)
 CHUNK_ELEMENTS = 8_000_000
@@ -35,12 +39,12 @@ def _check(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def per_sample_bce(scores: np.ndarray, labels: np.ndarray, *, logits: bool = False) -> np.ndarray:
-    """Per-sample BCE (float64) from probabilities (clipped) or, with logits=True, from logits."""
+    """Per-sample BCE (float64) from probabilities or, with logits=True, from logits; never clipped."""
     x, y = _check(scores, labels)
-    if logits:  # stable form of BCE-with-logits: max(x, 0) - x y + log(1 + exp(-|x|))
+    if logits:  # log-sum-exp: log(1 + e^x) - x y = max(x, 0) + log1p(e^-|x|) - x y, finite for any x
         return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    p = np.clip(x, EPS, 1 - EPS)
-    return -np.where(y, np.log(p), np.log1p(-p))
+    with np.errstate(divide="ignore"):  # p = 0 or 1 on the wrong side: inf, the true value
+        return -np.where(y, np.log(x), np.log1p(-x))
 
 
 def bce_loss(scores: np.ndarray, labels: np.ndarray, *, logits: bool = False) -> float:
@@ -48,10 +52,19 @@ def bce_loss(scores: np.ndarray, labels: np.ndarray, *, logits: bool = False) ->
     return float(per_sample_bce(scores, labels, logits=logits).mean())
 
 
+def _losses(scores: np.ndarray, labels: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
+    """Per-sample BCE from the logits when given (exact), else from the probabilities."""
+    if logits is None:
+        return per_sample_bce(scores, labels)
+    if np.shape(logits) != np.shape(scores):
+        raise ValueError(f"logits and scores differ in shape: {np.shape(logits)} vs {np.shape(scores)}")
+    return per_sample_bce(logits, labels, logits=True)
+
+
 def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
-    """2x2 int64 confusion matrix: rows the truth (0, 1), columns the prediction (score >= threshold)."""
+    """2x2 int64 confusion matrix: rows the truth (0, 1), columns the prediction (score > threshold)."""
     p, y = _check(scores, labels)
-    code = 2 * y.astype(np.int64) + (p >= threshold)
+    code = 2 * y.astype(np.int64) + (p > threshold)
     return np.bincount(code, minlength=4).reshape(2, 2)
 
 
@@ -87,25 +100,27 @@ def macro_f1(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(_from_counts(tn, fp, fn, tp)[1])
 
 
-def scores(scores: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """{"loss", "acc", "f1"} of probabilities `scores` against 0/1 `labels`."""
+def scores(scores: np.ndarray, labels: np.ndarray, *, logits: np.ndarray | None = None) -> dict[str, float]:
+    """{"loss", "acc", "f1"} of probabilities `scores` against 0/1 `labels`; the loss from `logits` if given."""
     (tn, fp), (fn, tp) = confusion(scores, labels)
     acc, f1 = _from_counts(tn, fp, fn, tp)
-    return {"loss": bce_loss(scores, labels), "acc": float(acc), "f1": float(f1)}
+    return {"loss": float(_losses(scores, labels, logits).mean()), "acc": float(acc), "f1": float(f1)}
 
 
 def bootstrap(
-    scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0, *, chunk_elements: int = CHUNK_ELEMENTS
+    scores: np.ndarray, labels: np.ndarray, n: int = 1000, seed: int = 0, *, logits: np.ndarray | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> dict[str, np.ndarray]:
     """Every one of `n` seeded resamples (with replacement, size N) scored: {"loss", "acc", "f1"} -> (n,).
 
+    The loss comes from `logits` when given, as in `scores`.
     The (n, N) index matrix is drawn in row chunks of at most `chunk_elements` entries to bound
     memory; the generator's stream is consumed row after row, so the result does not depend on the
     chunk size. Counts per resample are sums of boolean arrays along axis 1.
     """
     p, y = _check(scores, labels)
-    losses = per_sample_bce(p, y)
-    code = (2 * y.astype(np.uint8) + (p >= THRESHOLD)).astype(np.uint8)  # 0 tn, 1 fp, 2 fn, 3 tp
+    losses = _losses(p, y, None if logits is None else np.asarray(logits).ravel())
+    code = (2 * y.astype(np.uint8) + (p > THRESHOLD)).astype(np.uint8)  # 0 tn, 1 fp, 2 fn, 3 tp
     size = p.size
     rng = np.random.default_rng(seed)
     dtype = np.int32 if size < 2**31 else np.int64

@@ -2,8 +2,12 @@
 
 import math
 
+import mpmath
 import numpy as np
 import pytest
+
+import torch
+import torch.nn.functional as F
 
 from camvis import metrics
 from camvis.job import visibility
@@ -17,8 +21,12 @@ def test_confusion_rows_are_truth_columns_prediction():
     assert metrics.confusion(SCORES, LABELS).tolist() == [[1, 0], [1, 2]]
 
 
-def test_threshold_half_counts_as_visible():
-    assert metrics.confusion(np.array([0.5, 0.4999]), np.array([1, 1])).tolist() == [[0, 0], [1, 1]]
+def test_threshold_half_counts_as_not_visible_as_camvis2s_round():
+    scores = np.array([0.5, 0.5000001, 0.4999], dtype=np.float32)
+    assert metrics.confusion(scores, np.array([1, 1, 1])).tolist() == [[0, 0], [2, 1]]
+    # camvis2 predicts torch.round(sigmoid(logit)): half to even, so 0.5 -> 0
+    assert torch.round(torch.from_numpy(scores)).tolist() == [0.0, 1.0, 0.0]
+    assert metrics.scores(np.full(4, 0.5), np.array([0, 0, 1, 1]))["acc"] == 0.5  # all called not visible
 
 
 def test_balanced_accuracy_is_mean_per_class_recall():
@@ -38,8 +46,35 @@ def test_loss_is_mean_binary_cross_entropy():
     assert got == pytest.approx({"loss": expected, "acc": 5 / 6, "f1": (0.8 + 2 / 3) / 2})
 
 
-def test_loss_clips_certain_wrong_predictions():
-    assert metrics.bce_loss(np.array([0.0, 1.0]), np.array([1, 0])) == pytest.approx(-math.log(metrics.EPS))
+def test_loss_is_not_clipped():
+    assert metrics.bce_loss(np.array([0.0, 1.0]), np.array([1, 0])) == math.inf
+    # the case: logits [30, -30, 20] all wrong; a clip at 1e-7 gave 10.75
+    x, y = np.array([30.0, -30.0, 20.0]), np.array([0, 1, 0])
+    exact = (80 + 2 * math.log1p(math.exp(-30)) + math.log1p(math.exp(-20))) / 3  # ~26.67, each term log(1 + e^|x|)
+    assert metrics.scores(1 / (1 + np.exp(-x)), y, logits=x)["loss"] == pytest.approx(exact, rel=1e-15)
+
+
+def test_loss_from_logits_equals_torch_bce_with_logits_to_float64_rounding():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 8, 5000), [-800.0, -40.0, -1e-9, 0.0, 1e-9, 40.0, 800.0]])
+    y = (rng.random(x.size) < 0.5).astype(np.uint8)
+    ref = F.binary_cross_entropy_with_logits(torch.from_numpy(x), torch.from_numpy(y).double(), reduction="none")
+    ours = metrics.per_sample_bce(x, y, logits=True)
+    # torch takes log(1 + e^x) where this takes log1p: they differ by float64 rounding of terms of size 1
+    np.testing.assert_allclose(ours, ref.numpy(), rtol=4e-16, atol=1e-14)
+    with mpmath.workdps(60):
+        exact = [float(mpmath.log1p(mpmath.exp(mpmath.mpf(v))) - v * int(t)) for v, t in zip(x[:200], y[:200])]
+    np.testing.assert_allclose(ours[:200], exact, rtol=4e-16)  # and it is the exactly rounded value
+    p = 1 / (1 + np.exp(-x))
+    mean = F.binary_cross_entropy_with_logits(torch.from_numpy(x), torch.from_numpy(y).double()).item()
+    assert metrics.scores(p, y, logits=x)["loss"] == pytest.approx(mean, rel=1e-14)
+    assert metrics.bootstrap(p, y, n=2, logits=x)["loss"] == pytest.approx(
+        metrics.bootstrap(p, y, n=2, logits=x.astype(np.float32).astype(np.float64))["loss"], rel=1e-6)
+
+
+def test_logits_of_another_shape_are_rejected():
+    with pytest.raises(ValueError, match="logits and scores differ"):
+        metrics.scores(np.zeros(3), np.zeros(3), logits=np.zeros(2))
 
 
 def test_loss_from_logits_matches_direct_formula_and_stays_finite():

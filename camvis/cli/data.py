@@ -29,6 +29,8 @@ BUILD_EXAMPLES = """\
 examples:
   camvis-data build data/raw data/processed/demo.zarr --factors 2 4 8 --patch-size 32
   camvis-data build data/raw data/processed/paper.zarr          # camvis2's defaults
+  camvis-data build data/raw data/processed/c2.zarr --preprocessing camvis2   # camvis2's pipeline, rule for rule
+  camvis-data build data/raw data/processed/c2.zarr --preprocessing camvis2 --seed 42   # and its draw (seed 42)
   camvis-data build data/raw data/processed/demo.zarr --force   # rebuild with new parameters
 """
 INFO_EXAMPLES = """\
@@ -103,6 +105,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--figure", metavar="IMAGE_NAME", help="image of the sampling figure (default: the first)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes building images at once, same bytes as 1 (default: the CPUs available)")
+    p.add_argument("--preprocessing", choices=("exact", "camvis2"), default="exact",
+                   help="exact: camvis's rules; camvis2: camvis2's level sizes, Lanczos-4 resize (needs "
+                        "camvis[camvis2]), ln depth, statistics, sampling and crop centres (default: exact)")
     p.set_defaults(func=_build)
 
 
@@ -164,7 +169,8 @@ def _build(args: argparse.Namespace) -> int:
     built = store_build.build(args.raw_dir, args.store, factors=tuple(args.factors), patch_size=args.patch_size,
                               patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
                               progress=sys.stderr.isatty(), figure_image=args.figure,
-                              workers=args.workers if args.workers is not None else _cpus())
+                              workers=args.workers if args.workers is not None else _cpus(),
+                              preprocessing=args.preprocessing)
     print(store.format_summary(built))
     figure = built.path.with_name(built.path.name + ".sampling.png") if built.path else None
     if figure is not None and figure.exists():

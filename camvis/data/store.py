@@ -119,6 +119,7 @@ def summary(store: PatchStore | str | os.PathLike) -> dict[str, Any]:
               for k, f in enumerate(store.factors)]
     return {"path": str(store.path) if store.path else None,
             "format_version": store.attrs.get("format_version"),
+            "preprocessing": store.attrs.get("preprocessing", "exact"),
             "images": len(store.images), "views": views, "patches": store.n_patches,
             "patch_size": store.patch_size, "image_shape": list(store.image_shape),
             "levels": levels, "size_bytes": _disk_size(store.path) if store.path else None,
@@ -138,7 +139,7 @@ def format_summary(store: PatchStore | str | os.PathLike | dict[str, Any]) -> st
                   f"{_human(size) if size is not None else '?'} on disk)")
     console.print(f"{info['images']} images of {info['image_shape'][0]} x "
                   f"{info['image_shape'][1]}, {len(info['views'])} views, {info['patches']} "
-                  f"patches of {info['patch_size']} px")
+                  f"patches of {info['patch_size']} px; preprocessing {info.get('preprocessing', 'exact')}")
     views = Table("view", "images", "visible", "non-visible", title="patches per view")
     for row in info["views"]:
         views.add_row(row["view"], *(str(row[k]) for k in ("images", "visible", "nonvisible")))

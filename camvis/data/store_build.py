@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ import zarr
 from PIL import Image
 
 from camvis import __version__
-from camvis.data import raw
+from camvis.data import camvis2, raw
 from camvis.data import staging
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
@@ -32,14 +33,19 @@ from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_fi
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 
 # Build parameters that decide whether an existing store can be kept as it is.
-_BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed")
+_BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed", "preprocessing")
+_BUILD_DEFAULTS = {"preprocessing": camvis2.EXACT}  # stores built before the key existed
+
+
+def _built(built: dict[str, Any], key: str) -> Any:
+    return built.get(key, _BUILD_DEFAULTS.get(key))
 
 
 def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
           factors: Sequence[int] = (2, 4, 8, 16, 32), patch_size: int = 128,
           patches_per_image: int = 500, seed: int = 0, force: bool = False, progress: bool = True,
           figure_image: str | None = None, figure: bool | str | os.PathLike = True,
-          workers: int = 1) -> PatchStore:
+          workers: int = 1, preprocessing: str = camvis2.EXACT) -> PatchStore:
     """Build the store at `store_path` from camvis2's raw layout in `raw_dir`.
 
     An existing store built with the same parameters (raw dir, factors, patch size,
@@ -53,11 +59,14 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     `figure` (True: `STORE.sampling.png` beside the store, False: none, or a path).
     `workers` > 1 decodes, checks and writes that many images at once in separate processes;
     the store's bytes are the same as a serial build's (memory: one image per worker).
+    `preprocessing`: "exact" (camvis's rules) or "camvis2" (camvis2's, camvis.data.camvis2).
+    camvis2 stores are built serially (camvis2 draws every image's centres from one generator).
     """
     raw_dir, final = Path(raw_dir).resolve(), Path(store_path).resolve()
     factors = _check_args(factors, patch_size, patches_per_image, seed, workers)
     params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
-              "patches_per_image": patches_per_image, "seed": seed}
+              "patches_per_image": patches_per_image, "seed": seed,
+              "preprocessing": camvis2.check_mode(preprocessing)}
     staging.remove_stale(final)
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
     if final.exists() and not force and not _older_format_of(final, params):
@@ -113,9 +122,9 @@ def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,
 def _keep_existing(final: Path, params: dict[str, Any]) -> PatchStore:
     store = open_store(final)
     built = store.attrs.get("build", {})
-    differ = [k for k in _BUILD_KEYS if built.get(k) != params[k]]
+    differ = [k for k in _BUILD_KEYS if _built(built, k) != params[k]]
     if differ:
-        got = ", ".join(f"{k}={built.get(k)!r} (asked {params[k]!r})" for k in differ)
+        got = ", ".join(f"{k}={_built(built, k)!r} (asked {params[k]!r})" for k in differ)
         raise StoreError(f"{final} exists and was built with {got}; "
                          "pass force=True (camvis-data build --force) to rebuild it")
     return store
@@ -129,7 +138,7 @@ def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
         return False
     built = attrs.get("build")
     return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
-            and isinstance(built, dict) and all(built.get(k) == params[k] for k in _BUILD_KEYS))
+            and isinstance(built, dict) and all(_built(built, k) == params[k] for k in _BUILD_KEYS))
 
 
 def _check_replaceable(final: Path) -> None:
@@ -179,34 +188,19 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     ds = reader.dataset
     index = {img.name: i for i, img in enumerate(ds.images)}
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
-    levels = {f: _create_level(root, f, shape, len(ds.images), len(ds.views)) for f in factors}
-    stats = NormStats(factors)
+    mode = params["preprocessing"]
+    levels = {f: _create_level(root, f, camvis2.level_shape(shape, f, mode), len(ds.images), len(ds.views))
+              for f in factors}
+    stats = camvis2.Camvis2Stats(factors) if mode == camvis2.CAMVIS2 else NormStats(factors)
     rows: list[dict[str, np.ndarray]] = []
     counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
     edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
-    written: set[str] = set()
-    if workers > 1:
-        from camvis.data.parallel_build import parallel_images
-
-        results = parallel_images(reader, tmp, factors, patch_size, per_image, seed, workers)
-    else:
-        results = ((img, depth, image_part({f: a for f, (a, _) in levels.items()}, index[img.name], ds.views.index(
-            img.view), rgb, labels, depth, patch_size, per_image, seed)) for img, rgb, labels, depth in reader.images())
+    sink = _Sink(levels, stats, mode, rows, counts, edges)
     with progress_bar("building store", len(ds.images), enabled=progress) as advance:
-        # Views in order, each view's images by name: the depth map is written once per view,
-        # and the statistics accumulate in a fixed order (same seed -> same store, however many
-        # workers wrote the images).
-        for img, depth, part in results:
-            i = part["i"]
-            if img.view not in written:
-                _write_depth(levels, stats, ds.views.index(img.view), depth)
-                written.add(img.view)
-            for f, hist in part["hists"].items():
-                stats.add_rgb_histogram(f, hist)
-            counts[i], edges[i] = part["counts"], part["edges"]
-            rows.append(part["rows"])
-            del depth, part
-            advance()
+        if mode == camvis2.CAMVIS2:  # one generator over every image in order: serial by nature
+            _camvis2_images(reader, index, sink, patch_size, per_image, seed, advance)
+        else:
+            _exact_images(reader, index, sink, tmp, factors, patch_size, per_image, seed, workers, advance)
     reader.raise_problems()  # every problem of the raw data, as raw.check lists them
     _write_table(root, rows, ds)
     root.create_array("sampling/counts", data=counts)
@@ -223,9 +217,83 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     root.attrs.update(attrs)
 
 
-def _create_level(root: zarr.Group, f: int, shape: tuple[int, int], n_img: int,
+@dataclass
+class _Sink:
+    """Where each image's share of the store goes, in image order (statistics add up in a fixed order:
+    same seed -> same store)."""
+
+    levels: dict[int, tuple[zarr.Array, zarr.Array]]
+    stats: Any
+    mode: str
+    rows: list[dict[str, np.ndarray]]
+    counts: np.ndarray
+    edges: np.ndarray
+    written: set[str] = field(default_factory=set)
+
+    def depth(self, ds: raw.RawDataset, view: str, depth: np.ndarray) -> None:
+        """The view's depth map, once per view."""
+        if view not in self.written:
+            _write_depth(self.levels, self.stats, ds.views.index(view), depth, self.mode)
+            self.written.add(view)
+
+
+def _exact_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, tmp: Path,
+                  factors: tuple[int, ...], patch_size: int, per_image: int, seed: int, workers: int,
+                  advance: Any) -> None:
+    """camvis's rules, images in `workers` processes (views in order, each view's images by name)."""
+    ds = reader.dataset
+    if workers > 1:
+        from camvis.data.parallel_build import parallel_images
+
+        results = parallel_images(reader, tmp, factors, patch_size, per_image, seed, workers)
+    else:
+        images = {f: a for f, (a, _) in sink.levels.items()}
+        results = ((img, depth, image_part(images, index[img.name], ds.views.index(img.view), rgb, labels, depth,
+                                           patch_size, per_image, seed))
+                   for img, rgb, labels, depth in reader.images())
+    for img, depth, part in results:
+        i = part["i"]
+        sink.depth(ds, img.view, depth)
+        for f, hist in part["hists"].items():
+            sink.stats.add_rgb_histogram(f, hist)
+        sink.counts[i], sink.edges[i] = part["counts"], part["edges"]
+        sink.rows.append(part["rows"])
+        del depth, part
+        advance()
+
+
+def _camvis2_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, patch_size: int,
+                    per_image: int, seed: int, advance: Any) -> None:
+    """camvis2's rules: its levels and statistics, and its centres drawn from one generator over
+    every image in name order (so one process)."""
+    ds = reader.dataset
+    shared_rng = _camvis2_rng(ds, seed)
+    for img, rgb, labels, depth in reader.images():
+        i, v = index[img.name], ds.views.index(img.view)
+        sink.depth(ds, img.view, depth)
+        _write_image(sink.levels, sink.stats, i, rgb, sink.mode)
+        # the candidates' depth histogram only, for the sampling figure
+        _, _, _, sink.counts[i], sink.edges[i] = sample_centres_with_histogram(
+            labels, depth, 0, patch_size, np.random.default_rng([seed, i]))
+        h, w = camvis2.sample_centres(labels, depth, per_image, patch_size, shared_rng)
+        sink.rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
+        del rgb, labels, depth  # none held while the next image is decoded
+        advance()
+
+
+def _camvis2_rng(ds: raw.RawDataset, seed: int) -> np.random.RandomState:
+    """camvis2 draws every image's centres from one RandomState, images in name order: the
+    reader's order (views in order, images by name) must be that order."""
+    names = [img.name for img in sorted(ds.images, key=lambda img: (ds.views.index(img.view), img.name))]
+    if names != sorted(names):
+        raise StoreError(f"{ds.root}: preprocessing camvis2 needs the images' name order to group them by view "
+                         "(camvis2 samples in name order); rename the views or build with preprocessing exact")
+    return np.random.RandomState(seed)
+
+
+def _create_level(root: zarr.Group, f: int, level: tuple[int, int], n_img: int,
                   n_view: int) -> tuple[zarr.Array, zarr.Array]:
-    hf, wf = shape[0] // f, shape[1] // f
+    hf, wf = level
     images = root.create_array(f"levels/{f}/images", shape=(n_img, 3, hf, wf),
                                chunks=(1, 3, hf, wf), dtype="uint8", fill_value=0)
     depth = root.create_array(f"levels/{f}/depth", shape=(n_view, 1, hf, wf),
@@ -249,6 +317,15 @@ def image_part(images: dict[int, zarr.Array], i: int, v: int, rgb: np.ndarray, l
             "rows": _table_rows(h, w, labels[h, w], depth[h, w], i, v)}
 
 
+def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, i: int,
+                 rgb: np.ndarray, mode: str = camvis2.EXACT) -> None:
+    pil = Image.fromarray(rgb)
+    for f, (images, _) in levels.items():
+        level = camvis2.rgb_level(rgb, f) if mode == camvis2.CAMVIS2 else rgb_level(pil, f)
+        images[i] = level.transpose(2, 0, 1)
+        stats.add_rgb(f, level)
+
+
 def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
     """Level f of an RGB image, uint8 (H // f, W // f, 3) (camvis.job.predict builds the same)."""
     wf, hf = pil.width // f, pil.height // f
@@ -257,9 +334,9 @@ def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
 
 
 def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, v: int,
-                 depth: np.ndarray) -> None:
+                 depth: np.ndarray, mode: str = camvis2.EXACT) -> None:
     for f, (_, depth_arr) in levels.items():
-        level = depth_level(depth, f)
+        level = camvis2.depth_level(depth, f) if mode == camvis2.CAMVIS2 else depth_level(depth, f)
         depth_arr[v, 0] = level
         stats.add_depth(f, level)
 
@@ -309,6 +386,7 @@ def _root_attrs(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
         "image_view": [ds.views.index(img.view) for img in ds.images],
         "visibility_m": [visibility.get(img.name) if visibility else None for img in ds.images],
         "norm_mean": mean.tolist(), "norm_std": std.tolist(), "n_depth_bins": N_DEPTH_BINS,
+        "preprocessing": params["preprocessing"],
         "build": params,
         "provenance": {"raw_dir": str(ds.root), "synth_sidecar": visibility is not None,
                        "synth": synth,

@@ -32,6 +32,7 @@ from zarr.api import asynchronous as zarr_async
 from zarr.core.sync import sync  # runs a coroutine on zarr's event loop, as zarr's own sync API does
 
 from camvis.errors import StoreError
+from camvis.data.camvis2 import EXACT, MODES, level_shape
 from camvis.data.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ class Schema:
     norm_mean: np.ndarray      # float32 (n_factors, 4)
     norm_std: np.ndarray       # float32 (n_factors, 4)
     checksums: dict[str, Any]
+    preprocessing: str = "exact"  # camvis.data.camvis2.MODES: decides the level sizes
 
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Every level array the attributes promise, with its shape and dtype."""
@@ -164,8 +166,9 @@ class Schema:
         n_img, n_view = len(self.images), len(self.views)
         out: dict[str, tuple[tuple[int, ...], str]] = {}
         for f in self.factors:
-            out[f"levels/{f}/images"] = ((n_img, 3, h // f, w // f), "uint8")
-            out[f"levels/{f}/depth"] = ((n_view, 1, h // f, w // f), "float32")
+            hf, wf = level_shape((h, w), f, self.preprocessing)
+            out[f"levels/{f}/images"] = ((n_img, 3, hf, wf), "uint8")
+            out[f"levels/{f}/depth"] = ((n_view, 1, hf, wf), "float32")
         return out
 
 
@@ -187,8 +190,11 @@ def check_attrs(where: str, attrs: Mapping[str, Any]) -> Schema:
     std = _float_array(where, attrs, "norm_std", (len(factors), 4))
     if not np.all(std > 0):
         raise _bad(where, "norm_std", attrs["norm_std"], "standard deviations > 0")
+    mode = attrs.get("preprocessing", EXACT)
+    if mode not in MODES:
+        raise _bad(where, "preprocessing", mode, " or ".join(MODES))
     schema = Schema(factors, patch_size, (image_shape[0], image_shape[1]), views, images,
-                    np.asarray(image_view, np.int32), mean, std, {})
+                    np.asarray(image_view, np.int32), mean, std, {}, mode)
     checksums = _checksums(where, attrs, schema)
     _check_digest(where, attrs)
     return Schema(**{**schema.__dict__, "checksums": checksums})

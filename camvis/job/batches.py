@@ -10,7 +10,10 @@ class-rebalanced, shuffled training patches and shards them over the ranks with
 
 Crop rule (the store's contract): a patch centred at full-resolution (h, w) is centred at
 (h // f, w // f) on level f and covers rows [h // f - P // 2, h // f - P // 2 + P), same for
-columns; outside the level image RGB reads 0 and log-depth -1, before normalization.
+columns; outside the level image RGB reads 0 and log-depth -1, before normalization. A store
+built with `preprocessing: camvis2` records camvis2's rule instead, int(round(h / f)) half to
+even; `level_centre` holds both rules (the C kernel computes h // f itself, so it serves only
+the exact rule and camvis2 stores build batches with torch ops).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class BatchSource:
     def __init__(self, store: PatchStore, factors: Sequence[int], device: torch.device | str = "cpu",
                  kernel: bool = True) -> None:
         self.store = store
+        self._rule = store.attrs.get("preprocessing", "exact")  # the crop-centre rule, see level_centre
         self.factors = _check_factors(store, factors)
         self.device = torch.device(device)
         self.patch_size = int(store.patch_size)
@@ -110,7 +114,7 @@ class BatchSource:
         self._levels = self._load_levels(store)
         sample_bytes = 4 * self.n_channels * self.patch_size ** 2
         self._chunk = max(1, CPU_CHUNK_BYTES // sample_bytes) if self.device.type == "cpu" else None
-        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" else None
+        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" and self._rule == "exact" else None
 
     @property
     def uses_kernel(self) -> bool:
@@ -198,9 +202,9 @@ class BatchSource:
         """Flat offsets of every window row of `idx`, all levels at once:
         RGB (B, L, 3, P) and depth (B, L, P)."""
         lv, col = self._levels, self._columns
-        # With P // 2 rows of padding before, the window's first padded row is h // f.
-        row = col["center_h"].index_select(0, idx)[:, None] // lv.factor
-        column = col["center_w"].index_select(0, idx)[:, None] // lv.factor
+        # With P // 2 rows of padding before, the window's first padded row is the level centre.
+        row = level_centre(col["center_h"].index_select(0, idx)[:, None], lv.factor, self._rule)
+        column = level_centre(col["center_w"].index_select(0, idx)[:, None], lv.factor, self._rule)
         image = col["image"].index_select(0, idx)[:, None]
         view = col["view"].index_select(0, idx)[:, None]
         rgb = lv.rgb_start + (image * 3 * lv.height + row) * lv.width + column
@@ -286,10 +290,24 @@ class BatchSource:
                              f"{tuple(depth.shape)}; expected ({len(store.images)}, 3, H, W) and "
                              f"({len(store.views)}, 1, H, W)")
         p, before = self.patch_size, self.patch_size // 2
-        # The last window starts at row (H - 1) // f, which may be one past the level's end.
-        after_h = max(0, (store.image_shape[0] - 1) // f + p - before - hf)
-        after_w = max(0, (store.image_shape[1] - 1) // f + p - before - wf)
+        # The last window starts at the centre of row H - 1, which may be one past the level's end.
+        last_h, last_w = (int(level_centre(torch.tensor(n - 1), torch.tensor(f), self._rule))
+                          for n in store.image_shape)
+        after_h = max(0, last_h + p - before - hf)
+        after_w = max(0, last_w + p - before - wf)
         return hf + before + after_h, wf + before + after_w
+
+
+def level_centre(h: torch.Tensor, f: torch.Tensor, rule: str = "exact") -> torch.Tensor:
+    """Level-f coordinate of full-resolution coordinate h: h // f ("exact", camvis's rule, the
+    block that holds h) or int(round(h / f)) with ties to even ("camvis2", camvis2's dataset.py)."""
+    q = torch.div(h, f, rounding_mode="floor")
+    if rule == "exact":
+        return q
+    if rule != "camvis2":
+        raise StoreError(f"store attribute preprocessing = {rule!r}: expected exact or camvis2")
+    r2 = 2 * (h - q * f)
+    return q + ((r2 > f) | ((r2 == f) & (q % 2 == 1))).to(q.dtype)
 
 
 def _cpu_kernel() -> ctypes._CFuncPtr | None:
@@ -316,6 +334,20 @@ def _check_factors(store: PatchStore, factors: Sequence[int]) -> tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- folds
+
+
+def inner_split(store: PatchStore, train_idx: np.ndarray, fraction: float, seed: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, inner validation indices) of `train_idx`, split by whole images: a seeded
+    `fraction` of its images (at least one, at most all but one) go to the inner split."""
+    image = np.asarray(store.table["image"])[train_idx]
+    images = np.unique(image)
+    if len(images) < 2:
+        raise ConfigError(f"train.selection inner needs at least 2 training images, got {len(images)}")
+    n_inner = min(max(1, int(round(fraction * len(images)))), len(images) - 1)
+    inner = np.random.default_rng([seed, 1]).choice(images, n_inner, replace=False)
+    is_inner = np.isin(image, inner)
+    return train_idx[~is_inner], train_idx[is_inner]
 
 
 def fold_split(store: PatchStore, fold: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -28,7 +28,7 @@ from camvis.config import JobConfig, config_hash, eval_hash
 from camvis.config import train_hash as config_train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, write_csv, write_json
-from camvis.jobdir import BEST, PROGRESS, SCORES, as_int, read_json
+from camvis.jobdir import PROGRESS, SCORES, as_int, read_json
 from camvis.progress import progress_bar
 from camvis.data.store import PatchStore
 
@@ -57,8 +57,8 @@ def predict(
 ) -> dict[str, np.ndarray]:
     """Probabilities of "visible" for the patches `indices`, one row per patch, sorted by patch.
 
-    Returns numpy arrays patch (int64), image (int32), score (float32), label (uint8),
-    depth (float32, metres). Runs under inference mode in eval mode (the model's mode is
+    Returns numpy arrays patch (int64), image (int32), score (float32), logit (float32, for the
+    exact loss), label (uint8), depth (float32, metres). Runs under inference mode in eval mode (the model's mode is
     restored), with bf16 autocast on CUDA. Under torch.distributed each rank predicts its
     shard and every rank gets all of them back (gather_predictions).
     """
@@ -74,7 +74,7 @@ def predict(
     if use_bf16:  # like the inputs: a contiguous model would convert every activation back
         net.to(memory_format=torch.channels_last)
     rows = max_forward_rows(net, source.patch_size)
-    parts: dict[str, list[torch.Tensor]] = {"patch": [], "score": [], "label": [], "depth": []}
+    parts: dict[str, list[torch.Tensor]] = {"patch": [], "score": [], "logit": [], "label": [], "depth": []}
     # rank 0 only; progress=None: a bar when stderr is a terminal
     bar = progress_bar("predicting", sum(len(b) for b in batches), enabled=progress if rank == 0 else False,
                        transient=True)
@@ -87,12 +87,14 @@ def predict(
                     logits = torch.cat([net(part) for part in x.split(rows)])
                 parts["patch"].append(batch)
                 parts["score"].append(torch.sigmoid(logits.float()).reshape(-1))
+                parts["logit"].append(logits.float().reshape(-1))
                 parts["label"].append(label.to(torch.uint8))
                 parts["depth"].append(depth.float())
                 advance(len(batch))
     finally:
         net.train(was_training)
-    dtypes = {"patch": torch.int64, "score": torch.float32, "label": torch.uint8, "depth": torch.float32}
+    dtypes = {"patch": torch.int64, "score": torch.float32, "logit": torch.float32, "label": torch.uint8,
+              "depth": torch.float32}
     local = {k: torch.cat(v) if v else torch.zeros(0, dtype=dtypes[k], device=device) for k, v in parts.items()}
     out = gather_predictions(local)
     out["image"] = np.asarray(source.store.table["image"])[out["patch"]].astype(np.int32)
@@ -250,13 +252,13 @@ def _epochs_run(job_dir: Path) -> int:
 def compute_results(cfg: JobConfig, store: PatchStore, preds: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Metrics, bootstrap and CIs, confusion matrix and per-image visibility of the predictions."""
     score, label = preds["score"], preds["label"]
-    boot = metrics.bootstrap(score, label, n=cfg.eval.bootstrap, seed=cfg.eval.seed)
+    boot = metrics.bootstrap(score, label, n=cfg.eval.bootstrap, seed=cfg.eval.seed, logits=preds["logit"])
     fits = visibility.estimate_images(preds["image"], preds["depth"], score)
     views = {i: store.views[int(store.image_view[i])] for i in fits}
     truth = visibility.true_visibility(store.images, store.attrs)
     rows = visibility.visibility_table(fits, store.images, views, truth)
     return {
-        "metrics": metrics.scores(score, label),
+        "metrics": metrics.scores(score, label, logits=preds["logit"]),
         "bootstrap": boot,
         "ci": {k: metrics.percentile_ci(v, cfg.eval.confidence) for k, v in boot.items()},
         "confusion": metrics.confusion(score, label),
@@ -288,6 +290,7 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
                       "file": "bootstrap.csv"},
         "confusion": results["confusion"].tolist(),
         "threshold": metrics.THRESHOLD,
+        "selection": cfg.train.selection,
         "visibility": visibility.image_summary(results["visibility"]),
         "n_val": int(n_val),
         "n_train": int(n_train),
@@ -312,7 +315,7 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
     names = np.asarray(store.images, dtype=object)
     _write_csv(job_dir / "predictions.csv", pd.DataFrame({
         "patch": preds["patch"], "image": names[preds["image"]], "score": preds["score"],
-        "label": preds["label"], "depth": preds["depth"]}))
+        "logit": preds["logit"], "label": preds["label"], "depth": preds["depth"]}))
     (tn, fp), (fn, tp) = results["confusion"]
     _write_csv(job_dir / "confusion.csv", pd.DataFrame(
         {"truth": [0, 1], "predicted_0": [tn, fn], "predicted_1": [fp, tp]}))

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
 from camvis.job import checkpoints, memory
-from camvis.job.batches import BatchSource, EpochSampler, fold_split
+from camvis.job.batches import BatchSource, EpochSampler, fold_split, inner_split
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
 from camvis.errors import CamvisError
@@ -73,6 +73,8 @@ def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None =
     store = store if store is not None else open_store(cfg.data.store)
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
     memory.check_job(store, cfg.data.factors, on_gpu=device.type == "cuda")  # before the OOM killer would
+    if cfg.train.selection == "inner":  # validate on training images: the held-out view is scored once
+        train_idx, val_idx = inner_split(store, train_idx, cfg.train.inner_fraction, cfg.train.seed)
     source = BatchSource(store, cfg.data.factors, device)
     return TrainInputs(store, source, train_idx, val_idx, view)
 
@@ -204,14 +206,15 @@ def train_epoch(model, opt, source: BatchSource, batches: list[torch.Tensor], en
 
 
 def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[str, float]:
-    """Loss, macro accuracy and macro F1 on the held-out view, every patch counted once over the ranks.
+    """Loss, macro accuracy and macro F1 on the validation patches (the held-out view, or the inner
+    split under train.selection inner), every patch counted once over the ranks.
 
     Every rank validates with rank 0's BatchNorm statistics (the ones best.pt saves): DDP only
     broadcasts them at the next training forward, and each rank's running stats follow its own batches.
     """
     broadcast_buffers(model, env)
     preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
-    return metrics.scores(preds["score"], preds["label"])
+    return metrics.scores(preds["score"], preds["label"], logits=preds["logit"])
 
 
 def broadcast_buffers(model: torch.nn.Module, env: DistEnv) -> None:

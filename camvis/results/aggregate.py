@@ -156,6 +156,10 @@ def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
     lines = [f"# {result.experiment}: aggregate", "", *about,
              f"{result.n_finished} of {plural(result.n_expected, 'job')} finished; {result.n_resamples} bootstrap resamples "
              f"per job; {conf:.0%} percentile bootstrap intervals.", "",
+             "loss: binary cross-entropy from the logits, exact (no clipping); a score of exactly 0.5 counts as "
+             "not visible, as camvis2's round. scores_per_fold.csv has camvis2's columns, but camvis2's own "
+             "reported loss applied BCE-with-logits to the probabilities, so its loss values are not comparable "
+             "with these (acc and f1 are).", "",
              "## Summary (mean over folds of the per-fold scores)", "",
              markdown_table(summary_wide(result.summary, conf)), ""]  # fmt: skip
     lines += run_facts.markdown(result.run_rows, run_facts.TIME_NOTE)

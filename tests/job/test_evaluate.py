@@ -95,14 +95,15 @@ def test_scores_json_follows_the_contract_and_matches_predictions(evaluated, syn
     assert (scores["n_val"], scores["n_train"]) == (len(val_idx), len(train_idx))
     assert scores["bootstrap"] == {"n": 40, "seed": 0, "confidence": 0.95, "file": "bootstrap.csv"}
     pred = pd.read_csv(job / "predictions.csv")
-    assert list(pred.columns) == ["patch", "image", "score", "label", "depth"]
+    assert list(pred.columns) == ["patch", "image", "score", "logit", "label", "depth"]
     assert pred["patch"].tolist() == val_idx.tolist()  # every held-out patch exactly once, in order
     np.testing.assert_array_equal(pred["label"], synth_store.table["label"][val_idx])
     np.testing.assert_allclose(pred["depth"], synth_store.table["depth"][val_idx], rtol=1e-6)
     names = np.asarray(synth_store.images)[synth_store.table["image"][val_idx]]
     assert pred["image"].tolist() == names.tolist()
-    recomputed = metrics.scores(pred["score"].to_numpy(), pred["label"].to_numpy())
+    recomputed = metrics.scores(pred["score"].to_numpy(), pred["label"].to_numpy(), logits=pred["logit"].to_numpy())
     assert scores["metrics"] == pytest.approx(recomputed, rel=1e-6)
+    np.testing.assert_allclose(pred["score"], 1 / (1 + np.exp(-pred["logit"])), rtol=1e-6)
     confusion = metrics.confusion(pred["score"].to_numpy(), pred["label"].to_numpy())
     assert scores["confusion"] == confusion.tolist()
     csv = pd.read_csv(job / "confusion.csv")
@@ -115,7 +116,8 @@ def test_bootstrap_csv_holds_every_resample_and_the_ci(evaluated):
     assert list(boot.columns) == ["resample", "loss", "acc", "f1"]
     assert boot["resample"].tolist() == list(range(cfg.eval.bootstrap))
     pred = pd.read_csv(job / "predictions.csv")
-    again = metrics.bootstrap(pred["score"].to_numpy(), pred["label"].to_numpy(), n=40, seed=cfg.eval.seed)
+    again = metrics.bootstrap(pred["score"].to_numpy(), pred["label"].to_numpy(), n=40, seed=cfg.eval.seed,
+                              logits=pred["logit"].to_numpy())
     for name in metrics.METRICS:
         np.testing.assert_allclose(boot[name], again[name], rtol=1e-6)
         assert scores["ci"][name] == pytest.approx(list(metrics.percentile_ci(boot[name], 0.95)), rel=1e-6)

@@ -289,6 +289,7 @@ def test_markdown_report_has_tables(tmp_path: Path) -> None:
     assert "| --- | --- | --- | --- | --- |" in text
     assert "## Paired comparisons" in text and "| acc | align - cat | 3 |" in text
     assert "## Per-fold acc" in text and "fold 3" in text
+    assert "camvis2's own reported loss applied BCE-with-logits to the probabilities" in text
 
 
 def test_without_manifest_every_job_folder_counts_and_outputs_are_not_jobs(tmp_path: Path) -> None:
