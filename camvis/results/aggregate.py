@@ -249,7 +249,7 @@ def aggregate(
         missing=missing, summary=summarize(finished, boots, confidence),
         comparisons=compare(finished, boots, confidence), notes=notes,
     )  # fmt: skip
-    manifest = jobfiles.read_manifest(jobs, experiment)
+    manifest = jobfiles.experiment_manifest(jobs, experiment)
     result.description = run_facts.description(manifest)
     result.run_rows = run_facts.group_rows(status, manifest, outputs, {j.name for j in finished})
     per_fold = per_fold_frame(finished)

@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from camvis import metrics
+from camvis.jobdir import BEST
 from camvis.job import evaluate
 from camvis.data import raw
 from camvis.job.batches import BatchSource, fold_split
@@ -39,13 +40,13 @@ def _model(cfg: JobConfig, store) -> torch.nn.Module:
 def _save_best(cfg: JobConfig, store, job: Path) -> torch.nn.Module:
     model = _model(cfg, store)
     job.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "epoch": 0, "config": to_dict(cfg)}, job / evaluate.BEST)
+    torch.save({"model": model.state_dict(), "epoch": 0, "config": to_dict(cfg)}, job / BEST)
     return model
 
 
 def _best(cfg, store, job):
     """The job's own best.pt on the CPU, as camvis-eval reads it."""
-    return evaluate.EvalInputs.load(cfg, job / evaluate.BEST, BatchSource(store, cfg.data.factors))
+    return evaluate.EvalInputs.load(cfg, job / BEST, BatchSource(store, cfg.data.factors))
 
 
 def _given(cfg, store):
@@ -294,7 +295,7 @@ def test_figure_titles_name_job_fold_view_image_and_visibility(synth_store, tmp_
     monkeypatch.setattr(plots, "plot_image_map", image_map)
     cfg = _cfg(synth_store, "data.fold=1", "eval.bootstrap=0")
     _save_best(cfg, synth_store, tmp_path)
-    evaluate.evaluate_job(cfg, tmp_path, store=synth_store, progress=False)
+    evaluate.evaluate_job(cfg, tmp_path, _best(cfg, synth_store, tmp_path), progress=False)
     _, _, view = fold_split(synth_store, 1)
     assert titles["confusion"] == [f"e/j: fold 1, held-out view {view}"]
     assert titles["map"] and all(t.startswith("e/j: ") and "predicted V " in t and "true V " in t
