@@ -595,3 +595,11 @@ def test_status_and_aggregate_never_import_torch() -> None:
             "camvis.plots.aggregate, camvis.cli.status, camvis.cli.aggregate; print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_node_list_of_a_multi_node_job_is_expanded():
+    from camvis.cluster.monitor import node_list
+
+    assert node_list("n[1-2]") == ["n1", "n2"]
+    assert node_list("gpu[01-03,7],cpu5") == ["gpu01", "gpu02", "gpu03", "gpu7", "cpu5"]
+    assert node_list("vm") == ["vm"]

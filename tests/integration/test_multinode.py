@@ -7,6 +7,8 @@ with every other one, bit for bit:
 - node death: n2 is killed whole (cluster.sh kill-node) mid-training: NODE_FAIL, SLURM requeues
   the job, it waits for n2, resumes from its checkpoint and ends identical to the reference;
   the aggregate job (afterany on the array) waits for the requeued run;
+- SIGKILL of one rank: the job FAILS (SLURM requeues node failures, not lost tasks); the
+  next camvis-launch resubmits it and it resumes identically;
 - preemption: `scontrol requeue` of the running 2-node job: resumes identically;
 - drain: a node drained while an array runs: the remaining tasks run on the other node.
 The faults run one after the other (a node death would kill any job sharing the node).
@@ -17,6 +19,8 @@ run completes: these tests judge by the job's files and a fresh sacct query only
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -195,6 +199,45 @@ def test_a_killed_node_requeues_the_job_which_resumes_identically(reference: dic
     assert (root / "outputs" / "mn-kill" / "summary.md").exists()
     status = monitor.collect("mn-kill", root / "jobs", root / "outputs").jobs[0]
     assert status.state == "COMPLETED" and status.progress["restarts"] == 1
+
+
+# --------------------------------------------------------------------------- SIGKILL of one rank
+
+
+def rank_pids(job_id: str, rank: int) -> list[int]:
+    """Host pids of the job's Python processes of one rank (found by their SLURM environment)."""
+    raw = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%A"], capture_output=True, text=True).stdout.split()
+    if not raw:
+        return []
+    want = {f"SLURM_JOB_ID={raw[0]}".encode(), f"SLURM_PROCID={rank}".encode()}
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if cmdline[0].endswith(b"python") or b"python" in cmdline[0].rsplit(b"/", 1)[-1]:
+                if b"submitit.core._submit" in cmdline and want <= set((proc / "environ").read_bytes().split(b"\0")):
+                    pids.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def test_a_rank_killed_fails_the_job_and_a_relaunch_resumes_identically(reference: dict[str, Any],
+                                                                        synth_store: Any, root: Path) -> None:
+    run = go(root, synth_store, "mn-sigkill", TWO_NODES)
+    job_id = run.job_ids[NAME]
+    wait_for("the 2-node job mid-training", lambda: mid_training(root, "mn-sigkill"), timeout=600, every=0.5)
+    pids = wait_for("rank 1's process", lambda: rank_pids(job_id, 1), timeout=60, every=0.5)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    row = wait_for(f"{job_id} to end", lambda: ended(job_id), timeout=300)
+    assert row["state"] == "FAILED", row  # a lost rank is not requeued by SLURM: the launcher resubmits it
+    again = go(root, synth_store, "mn-sigkill", TWO_NODES)
+    assert again.submitted == [NAME], again.decisions
+    completed(again, again.job_ids[NAME])
+    assert "resuming" in log_tail(again)
+    assert_identical(job_dir(root, "mn-2x1"), job_dir(root, "mn-sigkill"))
+    subprocess.run(["scancel", *(r.aggregate_id for r in (run, again) if r.aggregate_id)], capture_output=True)
 
 
 # --------------------------------------------------------------------------- preemption
