@@ -26,9 +26,10 @@ demo: $(STAMP)
 	$(BIN)/python -m camvis.cli.demo
 
 # The full suite, SLURM integration tests included: the local cluster is
-# installed and started first (slurm/cluster.sh, needs root and apt).
+# installed and started first (slurm/cluster.sh, needs root and apt), with the
+# 2 nodes the multi-node tests need (tests/integration/test_multinode.py).
 test: $(STAMP)
-	bash slurm/cluster.sh start
+	bash slurm/cluster.sh start --nodes 2
 	CAMVIS_SLURM=1 $(BIN)/python -m pytest
 
 # The fast suite: no cluster, SLURM tests skip with the reason.
@@ -41,7 +42,7 @@ gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
 
 slurm-up:
-	bash slurm/cluster.sh start
+	bash slurm/cluster.sh start --nodes 2
 
 slurm-down:
 	bash slurm/cluster.sh stop

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on this machine (Debian 12, root, no systemd), for the
-# integration tests and for trying camvis-launch without a cluster.
+# A real SLURM cluster of 1 or more nodes on this machine (Debian 12, root, no systemd), for
+# the integration tests and for trying camvis-launch without a cluster.
 #
-#   bash slurm/cluster.sh start [--no-accounting]   install what is missing, configure, start
+#   bash slurm/cluster.sh start [--nodes N] [--no-accounting]   install what is missing, configure, start
 #   bash slurm/cluster.sh stop                      stop every daemon, in reverse order
-#   bash slurm/cluster.sh status                    one line per daemon + the node (exit 3 if down)
-#   bash slurm/cluster.sh restart [--no-accounting]
+#   bash slurm/cluster.sh status                    one line per daemon + one per node (exit 3 if down)
+#   bash slurm/cluster.sh restart [--nodes N] [--no-accounting]
+#   bash slurm/cluster.sh kill-node NAME            a node death: SIGKILL its PID namespace, jobs and all
+#   bash slurm/cluster.sh revive-node NAME          start that node's slurmd again, wait until it is idle
+#
+# --nodes N (default: the layout of the last start, else 1): one node is named $(hostname -s),
+# N > 1 are n1..nN; each node is its own slurmd (own port, spool, log) running as PID 1 of its
+# own PID namespace, so killing the namespace's init kills everything on that node.
 #
 # Facts behind every choice here: slurm/README.md. Environment knobs:
 #   CAMVIS_SLURM_STATE (default /var/lib/camvis-slurm), CAMVIS_SLURM_PARTITION (debug),
@@ -15,14 +21,16 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STATE="${CAMVIS_SLURM_STATE:-/var/lib/camvis-slurm}"
 PARTITION="${CAMVIS_SLURM_PARTITION:-debug}"
-CPUS="${CAMVIS_SLURM_CPUS:-8}"
+CPUS="${CAMVIS_SLURM_CPUS:-8}"        # over all nodes together
+NODES=""                              # --nodes, else $STATE/nodes, else 1
+BASE_PORT=17000                       # node i listens on BASE_PORT + i
 CONF_DIR=/etc/slurm
 SLURM_CONF="$CONF_DIR/slurm.conf"
 DBD_CONF="$CONF_DIR/slurmdbd.conf"
 MYSQL_SOCK=/run/mysqld/mysqld.sock
 MYSQL_PID="$STATE/mysql/mariadbd.pid"   # a dir of its own: mariadbd writes as user mysql
 MUNGE_PID=/run/munge/munged.pid
-NODE="$(hostname -s)"
+HOST="$(hostname -s)"
 ACCOUNTING=1
 
 say() { printf 'slurm: %s\n' "$*"; }
@@ -69,18 +77,33 @@ install_packages() {
 
 # ------------------------------------------------------------------ configuration
 
+node_names() {  # one name per line: the host's for a single node (as ever), else n1..nN
+  if ((NODES == 1)); then echo "$HOST"; else for ((i = 1; i <= NODES; i++)); do echo "n$i"; done; fi
+}
+
+node_lines() {  # node_lines CPUS MEM: one NodeName line per node, as sed's \n-joined text
+  local i=0 name out=""
+  while read -r name; do
+    i=$((i + 1))
+    out+="NodeName=$name NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((BASE_PORT + i)) CPUs=$1 RealMemory=$2 State=UNKNOWN\\n"
+  done < <(node_names)
+  printf '%s' "${out%\\n}"
+}
+
 render() {  # render TEMPLATE: substitute @VARS@ to stdout
-  local mem defmem acct
+  local mem defmem acct cpn
   mem=$(slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
   [[ -n $mem ]] || die "slurmd -C reported no RealMemory"
-  mem=$((mem * 95 / 100))       # <= slurmd -C, else the node goes 'inval'
-  defmem=$((mem / CPUS))        # without DefMemPerCPU each job takes the whole node
+  cpn=$((CPUS / NODES)); ((cpn >= 2)) || cpn=2   # the nodes share the machine: split its CPUs
+  mem=$((mem * 95 / 100 / NODES))   # <= slurmd -C, else the node goes 'inval'; shared like the CPUs
+  defmem=$((mem / cpn))         # without DefMemPerCPU each job takes the whole node
   if ((ACCOUNTING)); then
     acct='AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\nJobAcctGatherType=jobacct_gather/linux'
   else
     acct='AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none'
   fi
-  sed -e "s|@NODE@|$NODE|g" -e "s|@CPUS@|$CPUS|g" -e "s|@MEM@|$mem|g" -e "s|@DEFMEM@|$defmem|g" \
+  sed -e "s|@NODE@|$HOST|g" -e "s|@NODELINES@|$(node_lines "$cpn" "$mem")|" \
+      -e "s|@NODELIST@|$(node_names | paste -sd,)|g" -e "s|@DEFMEM@|$defmem|g" \
       -e "s|@STATE@|$STATE|g" -e "s|@PARTITION@|$PARTITION|g" -e "s|@ACCOUNTING@|$acct|g" \
       -e "s|@DBPASS@|$(db_password)|g" "$1"
 }
@@ -102,16 +125,16 @@ write_if_changed() {  # write_if_changed DEST MODE < content; returns 0 if it ch
 
 configure() {
   mkdir -p "$STATE"/{ctld,d,run,log} "$CONF_DIR"
-  local changed=0
+  local changed=0 name
+  while read -r name; do mkdir -p "$STATE/d/$name"; done < <(node_names)
   render "$HERE/slurm.conf.in" | write_if_changed "$SLURM_CONF" 644 && changed=1
   if ((ACCOUNTING)); then
     render "$HERE/slurmdbd.conf.in" | write_if_changed "$DBD_CONF" 600 && changed=1
   fi
-  if ((changed)) && { pid_of "$STATE/run/slurmctld.pid" || pid_of "$STATE/run/slurmd.pid"; } >/dev/null; then
-    say "configuration changed while running: 'bash slurm/cluster.sh restart' applies it"
-  fi
-  return 0
+  ((changed)) && return 0 || return 1
 }
+
+running() { pid_of "$STATE/run/slurmctld.pid" >/dev/null || ls "$STATE"/run/node-*.pid >/dev/null 2>&1; }
 
 # ------------------------------------------------------------------ daemons
 
@@ -157,24 +180,53 @@ start_slurmctld() {
   wait_for 30 slurmctld scontrol ping
 }
 
-start_slurmd() {
-  pid_of "$STATE/run/slurmd.pid" >/dev/null && return 0
-  slurmd </dev/null >>"$STATE/log/slurmd.out" 2>&1
+node_pidfile() { echo "$STATE/run/node-$1.pid"; }   # the host pid of the node's `unshare`
+
+node_init() {  # the host pid of a node's PID-namespace init (the pid file inside it may say 1)
+  local u first
+  u=$(pid_of "$(node_pidfile "$1")") || return 1
+  first=$(cat "/proc/$u/task/$u/children" 2>/dev/null) || return 1   # "pid " with no newline
+  first=${first%% *}
+  [[ -n $first ]] && echo "$first"
 }
 
-node_state() { sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
+start_node() {  # slurmd -N NAME as PID 1 of a new PID namespace (a node death kills the namespace)
+  local name=$1
+  pid_of "$(node_pidfile "$name")" >/dev/null && return 0
+  mkdir -p "$STATE/d/$name"
+  # PID 1 ignores TERM without a handler: the trap passes it on to slurmd, so `stop` works.
+  setsid unshare --pid --fork --kill-child --mount-proc bash -c \
+    'trap "kill -TERM \$p" TERM; slurmd -D -N "$0" & p=$!; while kill -0 $p 2>/dev/null; do wait $p; done' \
+    "$name" </dev/null >>"$STATE/log/slurmd-$name.out" 2>&1 &
+  echo $! >"$(node_pidfile "$name")"
+}
 
-wait_node_idle() {
+node_state() { sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n1; }
+
+wait_node_idle() {  # wait_node_idle NAME
   local state
   for ((i = 0; i < 150; i++)); do
-    state=$(node_state)
+    state=$(node_state "$1")
     case $state in
       idle|mixed|allocated|completing) return 0 ;;
-      down*|drain*|fail*) scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true ;;
+      down*|drain*|fail*) scontrol update NodeName="$1" State=RESUME >/dev/null 2>&1 || true ;;
     esac
     sleep 0.2
   done
-  die "node $NODE is '${state:-unknown}', not idle, after 30s (logs: $STATE/log/)"
+  die "node $1 is '${state:-unknown}', not idle, after 30s (logs: $STATE/log/)"
+}
+
+stop_node() {  # TERM to the namespace's init (its trap stops slurmd); the namespace then ends
+  local name=$1 u init
+  u=$(pid_of "$(node_pidfile "$name")") || { rm -f "$(node_pidfile "$name")"; return 0; }
+  init=$(node_init "$name") && kill -TERM "$init" 2>/dev/null || kill -TERM "$u" 2>/dev/null || true
+  for ((i = 0; i < 150; i++)); do
+    kill -0 "$u" 2>/dev/null || { rm -f "$(node_pidfile "$name")"; say "stopped node $name"; return 0; }
+    sleep 0.2
+  done
+  kill -KILL "${init:-$u}" "$u" 2>/dev/null || true
+  rm -f "$(node_pidfile "$name")"
+  say "killed node $name (did not exit on TERM within 30s)"
 }
 
 stop_pid() {  # stop_pid NAME PIDFILE: TERM, wait for exit (KILL after 30 s)
@@ -191,27 +243,64 @@ stop_pid() {  # stop_pid NAME PIDFILE: TERM, wait for exit (KILL after 30 s)
 
 # ------------------------------------------------------------------ commands
 
+known_node() { grep -qxF "$1" < <(sinfo -h -N -o %N 2>/dev/null) || die "no node '$1' (nodes: $(sinfo -h -N -o %N | sort -u | paste -sd' '))"; }
+
+cmd_kill_node() {  # a node death: SIGKILL the namespace init; the kernel kills every process in it
+  local name=$1 u init
+  known_node "$name"
+  u=$(pid_of "$(node_pidfile "$name")") || die "node $name is not running"
+  init=$(node_init "$name") || die "node $name has no namespace init (pid $u)"
+  kill -KILL "$init"
+  for ((i = 0; i < 50; i++)); do kill -0 "$u" 2>/dev/null || break; sleep 0.2; done
+  rm -f "$(node_pidfile "$name")"
+  say "killed node $name (SIGKILL to its init, host pid $init; SLURM marks it DOWN in ~12 s)"
+}
+
+cmd_revive_node() {
+  local name=$1
+  known_node "$name"
+  start_node "$name"
+  wait_node_idle "$name"
+  say "node $name is back: $(node_state "$name")"
+}
+
+layout() {  # NODES from --nodes, else the last start's layout, else 1
+  [[ -n $NODES ]] && return 0
+  NODES=$(cat "$STATE/nodes" 2>/dev/null || echo 1)
+  [[ $NODES =~ ^[1-9][0-9]*$ ]] || NODES=1
+}
+
 cmd_start() {
   mkdir -p "$STATE/log"
+  layout
   if ((ACCOUNTING)) && [[ -f $SLURM_CONF ]] && grep -q 'accounting_storage/none' "$SLURM_CONF" \
      && pid_of "$STATE/run/slurmctld.pid" >/dev/null; then
     say "running without accounting; 'bash slurm/cluster.sh restart' to enable it"
     ACCOUNTING=0
   fi
   install_packages
-  configure
-  local t0=$SECONDS
+  if configure && running; then
+    say "configuration changed (layout or template): restarting to apply it"
+    cmd_stop
+  fi
+  echo "$NODES" >"$STATE/nodes"
+  local t0=$SECONDS name
   start_munge
   if ((ACCOUNTING)); then start_mariadb; start_slurmdbd; fi
   start_slurmctld
-  start_slurmd
-  wait_node_idle
+  while read -r name; do start_node "$name"; done < <(node_names)
+  while read -r name; do wait_node_idle "$name"; done < <(node_names)
   ((SECONDS - t0 > 0)) && say "started in $((SECONDS - t0))s"
   cmd_status
 }
 
 cmd_stop() {
-  stop_pid slurmd "$STATE/run/slurmd.pid"
+  local file
+  stop_pid slurmd "$STATE/run/slurmd.pid"   # a slurmd of the layout before nodes had namespaces
+  for file in "$STATE"/run/node-*.pid; do
+    [[ -e $file ]] || continue
+    file=${file##*/node-}; stop_node "${file%.pid}"
+  done
   stop_pid slurmctld "$STATE/run/slurmctld.pid"
   stop_pid slurmdbd "$STATE/run/slurmdbd.pid"
   stop_pid mariadbd "$MYSQL_PID"
@@ -222,40 +311,58 @@ cmd_stop() {
 cmd_status() {
   local down=0 pid name file acct=0
   [[ -f $SLURM_CONF ]] && grep -q 'accounting_storage/slurmdbd' "$SLURM_CONF" && acct=1
-  for entry in "munged:$MUNGE_PID" "mariadbd:$MYSQL_PID" "slurmdbd:$STATE/run/slurmdbd.pid" \
-               "slurmctld:$STATE/run/slurmctld.pid" "slurmd:$STATE/run/slurmd.pid"; do
+  layout
+  local entries=("munged:$MUNGE_PID" "mariadbd:$MYSQL_PID" "slurmdbd:$STATE/run/slurmdbd.pid"
+                 "slurmctld:$STATE/run/slurmctld.pid")
+  while read -r name; do entries+=("slurmd $name:$(node_pidfile "$name")"); done < <(node_names)
+  for entry in "${entries[@]}"; do
     name=${entry%%:*}; file=${entry#*:}
     if [[ $name == mariadbd || $name == slurmdbd ]] && ((!acct)); then continue; fi
     if pid=$(pid_of "$file"); then
-      printf '  %-10s running (pid %s)\n' "$name" "$pid"
+      printf '  %-12s running (pid %s)\n' "$name" "$pid"
     else
-      printf '  %-10s stopped\n' "$name"; down=1
+      printf '  %-12s stopped\n' "$name"; down=1
     fi
   done
-  if ((down)); then
+  if ! pid_of "$STATE/run/slurmctld.pid" >/dev/null; then
     say "down ('bash slurm/cluster.sh start' starts it)"
     return 3
   fi
-  local line
-  line=$(sinfo -h -o '%P %T %c %m' 2>/dev/null | head -n1)
-  say "up: node $NODE, partition/state/cpus/mem: ${line:-?}; accounting: $( ((acct)) && echo slurmdbd || echo none)"
+  sinfo -h -N -o '  node %N: %T, cpus %c, mem %m MB, partition %P' 2>/dev/null || true
+  if ((down)); then
+    say "partly down ('bash slurm/cluster.sh start' starts what is missing, revive-node one node)"
+    return 3
+  fi
+  say "up: $NODES node(s), accounting: $( ((acct)) && echo slurmdbd || echo none)"
 }
 
 main() {
-  local cmd=${1:-}
+  local cmd=${1:-} target=""
   shift || true
-  for arg in "$@"; do
-    case $arg in
+  if [[ $cmd == kill-node || $cmd == revive-node ]]; then
+    target=${1:-}; shift || true
+    [[ -n $target ]] || die "$cmd needs a node name (see: bash slurm/cluster.sh status)"
+  fi
+  while (($#)); do
+    case $1 in
       --no-accounting) ACCOUNTING=0 ;;
-      *) die "unknown option '$arg' (known: --no-accounting)" ;;
+      --nodes) NODES=${2:-}; shift
+               [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes needs a whole number >= 1, got '$NODES'" ;;
+      --nodes=*) NODES=${1#--nodes=}
+               [[ $NODES =~ ^[1-9][0-9]*$ ]] || die "--nodes needs a whole number >= 1, got '$NODES'" ;;
+      *) die "unknown option '$1' (known: --nodes N, --no-accounting)" ;;
     esac
+    shift
   done
   case $cmd in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    restart) cmd_stop; cmd_start ;;
-    *) echo "usage: bash slurm/cluster.sh {start|stop|status|restart} [--no-accounting]" >&2; exit 2 ;;
+    restart) layout; cmd_stop; cmd_start ;;
+    kill-node) cmd_kill_node "$target" ;;
+    revive-node) cmd_revive_node "$target" ;;
+    *) echo "usage: bash slurm/cluster.sh {start|stop|status|restart} [--nodes N] [--no-accounting]" \
+            "| {kill-node|revive-node} NAME" >&2; exit 2 ;;
   esac
 }
 

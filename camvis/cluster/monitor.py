@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -189,9 +190,25 @@ def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
     return epoch_cell, best_cell, rate_cell, fmt_duration(eta)
 
 
-def state_text(state: str) -> Text:
-    style = STATE_STYLE.get(state, "red" if state in FAILED_STATES else "magenta")
-    return Text(state, style=style)
+def node_list(nodes: str) -> list[str]:
+    """SLURM's compressed node list of a job ("n[1-3,7]", "gpu[01-02],cpu5") as names."""
+    names: list[str] = []
+    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodes):
+        if plain:
+            names.append(plain)
+            continue
+        for part in ranges.split(","):
+            low, _, high = part.partition("-")
+            names.extend(f"{prefix}{i:0{len(low)}d}" for i in range(int(low), int(high or low) + 1))
+    return names
+
+
+def state_text(state: str, restarts: int = 0) -> Text:
+    """The state, and how often the job was requeued (node failure, preemption, time limit)."""
+    text = Text(state, style=STATE_STYLE.get(state, "red" if state in FAILED_STATES else "magenta"))
+    if restarts:
+        text.append(f" (restarts {restarts})", style="dim")
+    return text
 
 
 def build_table(status: ExperimentStatus) -> Table:
@@ -206,8 +223,9 @@ def build_table(status: ExperimentStatus) -> Table:
         if info.job_id:
             name.append(f" {info.job_id}", style="dim")
         fold = "-" if info.fold is None else str(info.fold)
-        table.add_row(name, info.group, fold, state_text(job.state), Text(job.source_text, style="dim"),
-                      row.node if row and row.node else "-",
+        restarts = int((job.progress or {}).get("restarts") or 0)
+        table.add_row(name, info.group, fold, state_text(job.state, restarts), Text(job.source_text, style="dim"),
+                      ",".join(node_list(row.node)) if row and row.node else "-",
                       row.elapsed if row and row.elapsed else "-", *progress_cells(job))  # fmt: skip
     return table
 

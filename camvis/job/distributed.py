@@ -8,6 +8,9 @@ environment. NCCL on CUDA, gloo on the CPU.
 from __future__ import annotations
 
 import os
+import re
+import socket
+import subprocess
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +45,38 @@ def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def rendezvous_address(node: str) -> str:
+    """The address rank 0 listens on, for MASTER_ADDR.
+
+    submitit names the job's first node (from SLURM_JOB_NODELIST). On real clusters node names
+    resolve (DNS, /etc/hosts) and the name is kept. Where they do not (several slurmd on one
+    machine, some container sites) SLURM's own NodeAddr for that node is used.
+    """
+    try:
+        socket.getaddrinfo(node, None)
+        return node
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ConfigError(f"the job's first node '{node}' does not resolve and `scontrol show node {node}` "
+                          f"failed ({e}): set MASTER_ADDR to its address") from e
+    match = re.search(r"\bNodeAddr=(\S+)", out)
+    if not match:
+        raise ConfigError(f"the job's first node '{node}' does not resolve and `scontrol show node {node}` "
+                          f"names no NodeAddr: set MASTER_ADDR to its address")
+    return match.group(1)
+
+
 def _export_submitit_env() -> None:
-    """Inside a multi-task submitit job, export MASTER_ADDR/PORT, RANK, WORLD_SIZE for env://."""
+    """Inside a multi-task submitit job, export MASTER_ADDR/PORT, RANK, WORLD_SIZE for env://.
+
+    With overwrite: sites pre-set some of these (MASTER_PORT, LOCAL_RANK, WORLD_SIZE...) and
+    submitit refuses to export over them otherwise. A pre-set MASTER_PORT is kept (submitit
+    reads it). torchrun sets RANK itself: then nothing is exported.
+    """
     if "RANK" in os.environ:
         return
     try:
@@ -53,7 +86,9 @@ def _export_submitit_env() -> None:
     except RuntimeError:  # not inside a submitit job
         return
     if job_env.num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        torch_env = submitit.helpers.TorchDistributedEnvironment()
+        torch_env.master_addr = rendezvous_address(torch_env.master_addr)
+        torch_env.export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def setup(device_preference: str = "auto") -> DistEnv:
@@ -65,9 +100,11 @@ def setup(device_preference: str = "auto") -> DistEnv:
     device = pick_device(device_preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
+        extra = {}
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size)
+            extra["device_id"] = device  # binds NCCL to this GPU at once (no guess, eager init)
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **extra)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

@@ -661,3 +661,11 @@ def test_plural() -> None:
     from camvis.console import plural
 
     assert (plural(1, "job"), plural(2, "job"), plural(0, "job")) == ("1 job", "2 jobs", "0 jobs")
+
+
+def test_node_list_of_a_multi_node_job_is_expanded():
+    from camvis.cluster.monitor import node_list
+
+    assert node_list("n[1-2]") == ["n1", "n2"]
+    assert node_list("gpu[01-03,7],cpu5") == ["gpu01", "gpu02", "gpu03", "gpu7", "cpu5"]
+    assert node_list("vm") == ["vm"]

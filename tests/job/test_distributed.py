@@ -1,7 +1,9 @@
 """DDP over 2 gloo ranks: the averaged gradients equal one rank's gradients on the combined batch."""
 
 import os
+import shutil
 import socket
+import subprocess
 
 import pytest
 import torch
@@ -86,3 +88,61 @@ def test_cuda_requested_without_gpu_is_an_error():
     with pytest.raises(ConfigError, match="train.device=cuda"):
         distributed.pick_device("cuda")
     assert distributed.pick_device("auto").type == "cpu"
+
+
+# --------------------------------------------------------------------------- submitit's environment
+
+SITE_PRESETS = {"MASTER_ADDR": "site-head-node.invalid", "LOCAL_RANK": "7", "WORLD_SIZE": "64",
+                "LOCAL_WORLD_SIZE": "8"}  # what some sites export into every job; MASTER_PORT below
+
+
+def _rank_in_submitit_job(rank: int, port: int, out: str) -> None:
+    """One task of a 2-task SLURM job as submitit sees it, with a site's variables pre-set."""
+    for key in ("RANK", "TORCHELASTIC_RUN_ID"):
+        os.environ.pop(key, None)
+    os.environ.update(SITE_PRESETS, MASTER_PORT=str(port), SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4242",
+                      SLURM_NTASKS="2", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost",
+                      SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))
+    env = distributed.setup("cpu")
+    total = torch.tensor([rank + 1.0])
+    torch.distributed.all_reduce(total)
+    if rank == 0:
+        torch.save({"total": total.item(), "env": (env.rank, env.world_size, env.local_rank),
+                    "vars": {k: os.environ[k] for k in (*SITE_PRESETS, "MASTER_PORT")}}, out)
+    distributed.teardown()
+
+
+@pytest.mark.slow
+def test_submitit_export_overwrites_a_sites_preset_variables(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    port = _free_port()
+    mp.spawn(_rank_in_submitit_job, args=(port, out), nprocs=2, join=True)
+    got = torch.load(out)
+    assert got["total"] == 3.0 and got["env"] == (0, 2, 0)
+    assert got["vars"] == {"MASTER_ADDR": "localhost", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                           "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": str(port)}  # the site's port is kept
+
+
+def test_a_resolvable_first_node_is_kept_as_the_rendezvous_address():
+    assert distributed.rendezvous_address("localhost") == "localhost"
+
+
+def test_an_unresolvable_node_without_scontrol_is_an_error_naming_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol: the SLURM fallback cannot answer
+    with pytest.raises(ConfigError, match=r"first node 'no-such-node\.invalid' does not resolve.*MASTER_ADDR"):
+        distributed.rendezvous_address("no-such-node.invalid")
+
+
+def test_an_unresolvable_node_takes_its_address_from_slurm(tmp_path, monkeypatch):
+    """Where node names do not resolve, SLURM's NodeAddr of the first node is the address."""
+    if not shutil.which("scontrol") or subprocess.run(["scontrol", "ping"], capture_output=True).returncode:
+        pytest.skip("needs a running SLURM controller (bash slurm/cluster.sh start --nodes 2)")
+    node = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True).stdout.split()[0]
+    addr = subprocess.run(["scontrol", "show", "node", node], capture_output=True, text=True).stdout
+    expected = addr.split("NodeAddr=")[1].split()[0]
+    try:
+        socket.getaddrinfo(node, None)
+        pytest.skip(f"node name {node} resolves here: the fallback is not used")
+    except OSError:
+        pass
+    assert distributed.rendezvous_address(node) == expected
