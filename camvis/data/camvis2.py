@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from camvis.data.norm_stats import NormStats
 from camvis.errors import CamvisError, StoreError
 
 EXACT, CAMVIS2 = "exact", "camvis2"
@@ -106,40 +107,16 @@ def sample_centres(labels: np.ndarray, depth: np.ndarray, n: int, patch_size: in
     return hh.astype(np.int32), ww.astype(np.int32)
 
 
-class Camvis2Stats:
-    """camvis2's normalization statistics, accumulated level by level (NormStats's interface).
+class Camvis2Stats(NormStats):
+    """camvis2's normalization statistics: the -1 no-depth sentinel counts in the log-depth
+    statistics, and the std is the sample std (n - 1), as torch's mean / std of the stacked
+    levels; RGB on camvis's 0..255 scale."""
 
-    RGB: exact integer histograms; depth: float64 sums with the -1 sentinel included. Mean and
-    sample std (n - 1), as torch's mean / std of the stacked levels, RGB on camvis's 0..255 scale.
-    """
+    skip_sentinel = False
 
-    def __init__(self, factors: tuple[int, ...]) -> None:
-        self.factors = factors
-        self.rgb = {f: np.zeros((3, 256), np.int64) for f in factors}
-        self.depth = {f: [0, 0.0, 0.0] for f in factors}
-
-    def add_rgb(self, f: int, level: np.ndarray) -> None:
-        for c in range(3):
-            self.rgb[f][c] += np.bincount(level[..., c].ravel(), minlength=256)
-
-    def add_depth(self, f: int, level: np.ndarray) -> None:
-        values = level.astype(np.float64).ravel()
-        acc = self.depth[f]
-        acc[0] += values.size
-        acc[1] += float(values.sum())
-        acc[2] += float(np.square(values).sum())
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        mean = np.zeros((len(self.factors), 4), np.float64)
-        std = np.ones((len(self.factors), 4), np.float64)
-        values = np.arange(256, dtype=np.int64)
-        for k, f in enumerate(self.factors):
-            for c in range(3):
-                hist = self.rgb[f][c]
-                n, s1, s2 = int(hist.sum()), int(hist @ values), int(hist @ values**2)
-                mean[k, c], std[k, c] = _sample_mean_std(n, s1, s2)
-            mean[k, 3], std[k, 3] = _sample_mean_std(*self.depth[f])
-        return mean.astype(np.float32), std.astype(np.float32)
+    @staticmethod
+    def mean_std(n: int | float, s1: float, s2: float) -> tuple[float, float]:
+        return _sample_mean_std(n, s1, s2)
 
 
 def _sample_mean_std(n: int | float, s1: float, s2: float) -> tuple[float, float]:

@@ -12,7 +12,16 @@ import numpy as np
 
 
 class NormStats:
-    """Per-level running sums: exact integer histograms for RGB, float64 sums for log-depth."""
+    """Per-level running sums: exact integer histograms for RGB, float64 sums for log-depth.
+
+    camvis's rule: log-depth statistics over pixels with depth (the -1 sentinel left out),
+    population std. Subclasses change the two (camvis.data.camvis2.Camvis2Stats)."""
+
+    skip_sentinel = True
+
+    @staticmethod
+    def mean_std(n: int | float, s1: float, s2: float) -> tuple[float, float]:
+        return _mean_std(n, s1, s2)
 
     def __init__(self, factors: tuple[int, ...]) -> None:
         self.factors = factors
@@ -27,7 +36,7 @@ class NormStats:
         self.rgb[f] += hist
 
     def add_depth(self, f: int, level: np.ndarray) -> None:
-        valid = level[level != -1.0].astype(np.float64)
+        valid = (level[level != -1.0] if self.skip_sentinel else level).astype(np.float64).ravel()
         acc = self.depth[f]
         acc[0] += valid.size
         acc[1] += float(valid.sum())
@@ -42,8 +51,8 @@ class NormStats:
                 hist = self.rgb[f][c]
                 # Python ints: the squared sums overflow int64 on paper-size data.
                 n, s1, s2 = int(hist.sum()), int(hist @ values), int(hist @ values**2)
-                mean[k, c], std[k, c] = _mean_std(n, s1, s2)
-            mean[k, 3], std[k, 3] = _mean_std(*self.depth[f])
+                mean[k, c], std[k, c] = self.mean_std(n, s1, s2)
+            mean[k, 3], std[k, 3] = self.mean_std(*self.depth[f])
         return mean.astype(np.float32), std.astype(np.float32)
 
 
