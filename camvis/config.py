@@ -73,7 +73,7 @@ class TrainConfig:
     """auto: CUDA when available, else CPU."""
     epoch_patches: int | None = None
     """Cap on training patches per epoch (after rebalancing); None: all of them."""
-    selection: Literal["heldout", "inner"] = "heldout"
+    selection: Literal["heldout", "inner"] = "inner"
     """What validates each epoch (best checkpoint, plateau schedule): heldout, the held-out view
     (camvis2's rule, optimistic); inner, an inner split of the training images, so the held-out
     view is scored once, by the selected weights."""

@@ -32,6 +32,7 @@ class FinishedJob:
     boot: np.ndarray  # float64 (n_resamples, len(METRICS)), rows in resample order
     n_val: float | None = None
     n_train: float | None = None
+    selection: str = "heldout"  # which validation chose the epoch: heldout (camvis2's rule) or inner
 
 
 def read_bootstrap(path: Path) -> np.ndarray:
@@ -75,6 +76,7 @@ def load_job(info: jobfiles.JobInfo, folder: Path) -> FinishedJob:
         boot=read_bootstrap(folder / boot_file),
         n_val=as_number(scores.get("n_val"), positive=True),
         n_train=as_number(scores.get("n_train"), positive=True),
+        selection=str(scores.get("selection") or "heldout"),  # scores of before the key: camvis2's rule
     )
 
 

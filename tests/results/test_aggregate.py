@@ -394,3 +394,17 @@ def test_groups_keep_the_grids_order() -> None:
     by_task = {"jobs": {"align_fold1": {"task": 2}, "cat_fold1": {"task": 0}, "cat_fold2": {"task": 1}}}
     assert group_order(by_task, jobs) == ["cat", "align", "base"]
     assert group_order(None, jobs) == ["align", "base", "cat"]
+
+
+def test_summary_says_which_rule_selected_each_groups_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """scores.json's selection reaches summary.csv and the printed table; scores written before
+    the key read as camvis2's held-out rule."""
+    fabricate_grid(tmp_path, {"cat": 0.80, "align": 0.75}, folds=2)
+    out = tmp_path / "outputs" / EXP
+    for path in out.glob("cat_fold*/scores.json"):
+        write_json(path, {**json.loads(path.read_text()), "selection": "inner"})
+    result = run(tmp_path)
+    summary = pd.read_csv(result.summary_csv).drop_duplicates("group").set_index("group")["selection"]
+    assert summary.to_dict() == {"align": "heldout", "cat": "inner"}
+    agg.print_summary(result, Console(width=200, force_terminal=False))
+    assert "inner" in capsys.readouterr().out
