@@ -27,13 +27,25 @@ def test_inner_split_takes_whole_training_images_seeded(synth_store):
 
 def test_open_inputs_validates_on_the_inner_split_only_when_asked(synth_store):
     base = {"data": {"store": str(synth_store.path), "factors": list(synth_store.factors)[:1]}}
-    held = open_inputs(job_config_from_dict(base, "x.yaml"), torch.device("cpu"), synth_store)
+    held_cfg = job_config_from_dict({**base, "train": {"selection": "heldout"}}, "x.yaml")
+    held = open_inputs(held_cfg, torch.device("cpu"), synth_store)
     inner_cfg = job_config_from_dict({**base, "train": {"selection": "inner", "inner_fraction": 0.3}}, "x.yaml")
     inner = open_inputs(inner_cfg, torch.device("cpu"), synth_store)
     view = np.asarray(synth_store.table["view"])
     assert set(view[held.val_idx]) == {0}  # fold 1: the first view
     assert 0 not in set(view[inner.val_idx]) and 0 not in set(view[inner.train_idx])
     assert len(inner.train_idx) + len(inner.val_idx) == len(held.train_idx)
+
+
+def test_new_configs_select_on_the_inner_split_and_the_paper_grids_on_the_held_out_view():
+    from pathlib import Path
+
+    import yaml
+
+    assert job_config_from_dict({}, "x.yaml").train.selection == "inner"
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for name in ("mymodel.yaml", "cat_vs_align.yaml", "all_architectures.yaml"):
+        assert yaml.safe_load((configs / name).read_text())["base"]["train"]["selection"] == "heldout", name
 
 
 def test_selection_keys_are_checked():
