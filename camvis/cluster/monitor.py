@@ -203,12 +203,21 @@ def node_list(nodes: str) -> list[str]:
     return names
 
 
-def state_text(state: str, restarts: int = 0) -> Text:
-    """The state, and how often the job was requeued (node failure, preemption, time limit)."""
+def state_text(state: str, restarts: int = 0, history: Sequence[str] = ()) -> Text:
+    """The state, how its earlier attempts ended (sacct -D: node failure, preemption, time limit) and
+    how often the job resumed (progress.json): "RUNNING (after NODE_FAIL; restarts 1)"."""
     text = Text(state, style=STATE_STYLE.get(state, "red" if state in FAILED_STATES else "magenta"))
-    if restarts:
-        text.append(f" (restarts {restarts})", style="dim")
+    notes = [f"after {attempts_text(history)}"] if history else []
+    notes += [f"restarts {restarts}"] if restarts else []
+    if notes:
+        text.append(f" ({'; '.join(notes)})", style="dim")
     return text
+
+
+def attempts_text(history: Sequence[str]) -> str:
+    """('NODE_FAIL', 'NODE_FAIL', 'REQUEUED') -> 'NODE_FAIL x2, REQUEUED': each end once, in order."""
+    counts = Counter(history)  # insertion order: first appearance
+    return ", ".join(state if n == 1 else f"{state} x{n}" for state, n in counts.items())
 
 
 def build_table(status: ExperimentStatus) -> Table:
@@ -224,7 +233,8 @@ def build_table(status: ExperimentStatus) -> Table:
             name.append(f" {info.job_id}", style="dim")
         fold = "-" if info.fold is None else str(info.fold)
         restarts = int((job.progress or {}).get("restarts") or 0)
-        table.add_row(name, info.group, fold, state_text(job.state, restarts), Text(job.source_text, style="dim"),
+        state = state_text(job.state, restarts, row.history if row else ())
+        table.add_row(name, info.group, fold, state, Text(job.source_text, style="dim"),
                       ",".join(node_list(row.node)) if row and row.node else "-",
                       row.elapsed if row and row.elapsed else "-", *progress_cells(job))  # fmt: skip
     return table

@@ -1,7 +1,8 @@
 """Batched, read-mostly SLURM queries shared by `camvis-status` and `camvis-aggregate`.
 
-One `sacct` call for every job of an experiment (accounting on), else one `squeue -t all`
-call (which forgets finished jobs after MinJobAge). Parsing is kept apart from the
+One `sacct -D` call for every job of an experiment (accounting on: one row per attempt, so a
+requeued job's earlier attempts are known too), else one `squeue -t all` call (which forgets
+finished jobs after MinJobAge and keeps no attempts). Parsing is kept apart from the
 subprocess calls so that it can be tested on captured output. No torch here: this runs on
 a login node.
 """
@@ -45,6 +46,9 @@ class SlurmRow:
     node: str = ""
     elapsed: str = ""
     exit_code: str = ""
+    # How the job's earlier attempts ended, oldest first ("NODE_FAIL", "REQUEUED", ...): sacct -D
+    # only; empty for a job run once and for squeue, which knows the current attempt alone.
+    history: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,9 @@ def expand_job_id(job_id: str) -> list[str]:
 
 
 def parse_rows(text: str, fields: Sequence[str]) -> dict[str, SlurmRow]:
-    """Parse '|'-separated sacct/squeue lines; job steps are skipped, the last row of an id wins
-    (a requeued task shows one row per attempt, the latest last), pending ranges are expanded."""
+    """Parse '|'-separated sacct/squeue lines; job steps are skipped, pending ranges are expanded.
+    sacct -D shows a requeued job once per attempt, the latest last: the last row of an id is its
+    current state, the earlier ones its history."""
     rows: dict[str, SlurmRow] = {}
     for line in text.splitlines():
         if not line.strip():
@@ -115,8 +120,17 @@ def parse_rows(text: str, fields: Sequence[str]) -> dict[str, SlurmRow]:
                 node=_none_to_empty(values.get("NodeList", "")),
                 elapsed=values.get("Elapsed", ""),
                 exit_code=values.get("ExitCode", ""),
+                history=_history(rows.get(one)),
             )
     return rows
+
+
+def _history(earlier: SlurmRow | None) -> tuple[str, ...]:
+    """The attempts before a row: the earlier row's, and the earlier row itself if it ran (a PENDING
+    row is no attempt: a pending array range that sacct still lists beside the task split off it)."""
+    if earlier is None:
+        return ()
+    return earlier.history if earlier.state == "PENDING" else (*earlier.history, earlier.state)
 
 
 def parse_sacct(text: str) -> dict[str, SlurmRow]:
@@ -152,7 +166,8 @@ def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
 
 
 def sacct_command(ids: Sequence[str]) -> list[str]:
-    return ["sacct", "-X", "-j", ",".join(ids), "-P", "-n", "-o", SACCT_FIELDS]
+    # -X: jobs, not steps; -D: every attempt of a requeued job (duplicates), not only the latest.
+    return ["sacct", "-X", "-D", "-j", ",".join(ids), "-P", "-n", "-o", SACCT_FIELDS]
 
 
 def squeue_command(ids: Sequence[str]) -> list[str]:

@@ -196,7 +196,7 @@ def test_query_is_one_batched_sacct_call_per_array() -> None:
     fake = FakeSlurm()
     result = slurm_query.query(["123_0", "123_7", "124", None, "123_3"], fake)
     assert result.source == "sacct" and len(result.rows) == 9
-    assert fake.calls == [["sacct", "-X", "-j", "123,124", "-P", "-n", "-o", "JobID,State,NodeList,Elapsed,ExitCode"]]
+    assert fake.calls == [["sacct", "-X", "-D", "-j", "123,124", "-P", "-n", "-o", "JobID,State,NodeList,Elapsed,ExitCode"]]
 
 
 def test_query_falls_back_on_squeue_when_accounting_is_off() -> None:
@@ -350,6 +350,42 @@ def test_table_renders_every_column_counts_and_failure_tails(tmp_path: Path) -> 
     assert "RuntimeError: boom" in text and "noise line 47" in text and "noise line 46" not in text
     assert "CANCELLED by 0" in text  # cancelled jobs are failures too: their (empty) stderr is reported
     assert text.index("align_fold1") < text.index("align_fold4") < text.index("cat_fold1")
+
+
+def state_cells(status: monitor.ExperimentStatus) -> dict[str, str]:
+    """The table's state cell of each job, as printed."""
+    text = render(monitor.build_table(status))
+    return {ln.split()[1]: ln.split("│")[4].strip() for ln in text.splitlines() if "_fold" in ln}
+
+
+def test_state_cell_says_how_earlier_attempts_ended(tmp_path: Path) -> None:
+    """sacct -D rows: a node death then the requeued run (which resumed once, progress.json), a task
+    requeued after a node death and waiting, a task preempted twice; a task run once says nothing more."""
+    make_experiment(tmp_path)
+    write_json(tmp_path / "outputs" / EXP / "cat_fold3" / "progress.json", progress("training", restarts=1))
+    attempts = """\
+123_0|COMPLETED|node1|00:05:00|0:0
+123_2|NODE_FAIL|node[1-2]|00:01:10|0:0
+123_2.batch|CANCELLED|node1|00:01:10|0:15
+123_2|RUNNING|node[1-2]|00:00:30|0:0
+123_3|NODE_FAIL|node2|00:00:40|0:0
+123_3|PENDING|None assigned|00:00:00|0:0
+123_4|REQUEUED|node1|00:00:20|0:0
+123_4|REQUEUED|node2|00:00:25|0:0
+123_4|RUNNING|node1|00:00:02|0:0
+"""
+    cells = state_cells(collect(tmp_path, FakeSlurm(sacct=attempts)))
+    assert cells["cat_fold3"] == "RUNNING (after NODE_FAIL; restarts 1)"
+    assert cells["cat_fold4"] == "PENDING (after NODE_FAIL)"
+    assert cells["align_fold1"] == "RUNNING (after REQUEUED x2)"
+    assert cells["cat_fold1"] == "COMPLETED"
+
+
+def test_state_cell_without_accounting_is_the_current_state_and_restarts(tmp_path: Path) -> None:
+    make_experiment(tmp_path)
+    write_json(tmp_path / "outputs" / EXP / "cat_fold3" / "progress.json", progress("training", restarts=1))
+    cells = state_cells(collect(tmp_path, FakeSlurm(sacct=None)))  # squeue: 123_2 RUNNING, no attempts
+    assert cells["cat_fold3"] == "RUNNING (restarts 1)"
 
 
 def test_overview_makes_one_query_for_every_experiment(tmp_path: Path) -> None:

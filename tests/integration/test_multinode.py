@@ -199,6 +199,8 @@ def test_a_killed_node_requeues_the_job_which_resumes_identically(reference: dic
     assert (root / "outputs" / "mn-kill" / "summary.md").exists()
     status = monitor.collect("mn-kill", root / "jobs", root / "outputs").jobs[0]
     assert status.state == "COMPLETED" and status.progress["restarts"] == 1
+    table = monitor.build_table(monitor.collect("mn-kill", root / "jobs", root / "outputs"))
+    assert str(table.columns[3]._cells[0]) == "COMPLETED (after NODE_FAIL; restarts 1)"  # sacct -D: what happened
 
 
 # --------------------------------------------------------------------------- SIGKILL of one rank
