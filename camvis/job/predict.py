@@ -40,10 +40,18 @@ DEFAULT_PATCHES = 500
 DEFAULT_BATCH = 256
 # What a model's batches are made of, recorded in model.json: the contract a runtime outside
 # camvis must reproduce to feed the ONNX graph.
-PREPROCESSING = ("level-major channels [R, G, B, D] per factor; level f is the f x f block mean of the "
-                 "image (uint8, 0..255) and the block-centre depth as log10 metres (-1 where none); "
-                 "a patch centred at full-resolution (h, w) covers rows h // f - P // 2 ... on level f, "
-                 "reading 0 (RGB) and -1 (depth) outside; then (x - norm_mean) / norm_std per channel")
+PREPROCESSING = {
+    "exact": ("level-major channels [R, G, B, D] per factor; level f is the f x f block mean of the "
+              "image (uint8, 0..255) and the block-centre depth as log10 metres (-1 where none); "
+              "a patch centred at full-resolution (h, w) covers rows h // f - P // 2 ... on level f, "
+              "reading 0 (RGB) and -1 (depth) outside; then (x - norm_mean) / norm_std per channel"),
+    "camvis2": ("level-major channels [R, G, B, D] per factor; level f is the image resized to "
+                "round(H / f) x round(W / f) by OpenCV's Lanczos-4 (uint8) and the depth as ln metres, "
+                "nearest, -1 where none; a patch centred at full-resolution (h, w) is centred at "
+                "round(h / f) (half to even) on level f, reading 0 (RGB) and -1 (depth) outside; then "
+                "(x - norm_mean) / norm_std per channel"),
+}
+"""What a model's batches are made of, per store preprocessing mode (camvis.data.camvis2)."""
 
 
 # --------------------------------------------------------------------------- the model
@@ -66,6 +74,12 @@ class Model:
     run: Callable[[BatchSource, np.ndarray, int], np.ndarray] = field(repr=False)
     info: dict[str, Any] = field(default_factory=dict, repr=False)
     network: Any = field(default=None, repr=False)  # the torch module (None for an ONNX runtime)
+
+    @property
+    def preprocessing(self) -> str:
+        """The store rules the model trained on: exact, or camvis2 (bundles of older camvis: exact)."""
+        mode = self.info.get("preprocessing", "exact")
+        return mode if mode in PREPROCESSING else "exact"
 
 
 def load_model(path: str | os.PathLike | Model, *, device: str = "auto", runtime: str = "torch") -> Model:
@@ -117,7 +131,8 @@ def _load_job(job: Path, device: torch.device) -> Model:
                            f"{store.path} ({list(store.factors)})")
     rows = [store.factors.index(f) for f in cfg.data.factors]
     net = build_network(cfg_architecture(cfg, store.patch_size), read_weights(job / "best.pt"), job / "best.pt")
-    info = describe(cfg, net, store.norm_mean[rows], store.norm_std[rows], job)
+    mode = store.attrs.get("preprocessing", "exact")  # the rules the model's inputs were made with
+    info = describe(cfg, net, store.norm_mean[rows], store.norm_std[rows], job, mode)
     return torch_model(net.to(device), info, f"{cfg.experiment}/{cfg.name}@{config_hash(cfg)}", device)
 
 
@@ -159,7 +174,8 @@ def build_network(architecture: dict[str, Any], state: dict[str, Any], where: Pa
     return net.eval()
 
 
-def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path) -> dict[str, Any]:
+def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
+             mode: str = "exact") -> dict[str, Any]:
     """model.json's content for a job: everything a runtime needs besides the weights."""
     from camvis import __version__
     from camvis.config import config_hash, to_dict
@@ -173,7 +189,7 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path) -
         "architecture": net.hparams(),
         "architecture_name": find_architecture(m.share_weights, m.use_mlp, m.align_features).name,
         "factors": [int(f) for f in cfg.data.factors], "patch_size": int(net.patch_size),
-        "preprocessing": PREPROCESSING,
+        "preprocessing": mode, "preprocessing_rule": PREPROCESSING[mode],
         "norm_mean": np.asarray(mean, np.float32).tolist(), "norm_std": np.asarray(std, np.float32).tolist(),
         "config_hash": config_hash(cfg), "train_hash": scores.get("train_hash"),
         "camvis_version": __version__, "config": to_dict(cfg),
@@ -327,19 +343,26 @@ def image_store(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.n
     """A one-image PatchStore in memory: the model's levels made by the store's own functions."""
     from PIL import Image
 
+    from camvis.data import camvis2
     from camvis.data.store import PatchStore
     from camvis.data.store_build import depth_level, rgb_level
 
-    pil = Image.fromarray(rgb)
-    levels = {f: (np.array(rgb_level(pil, f).transpose(2, 0, 1)[None]), depth_level(depth, f)[None, None])
-              for f in model.factors}
+    mode = model.preprocessing
+    if mode == camvis2.CAMVIS2:  # the model saw camvis2's levels: make the same
+        levels = {f: (camvis2.rgb_level(rgb, f).transpose(2, 0, 1)[None], camvis2.depth_level(depth, f)[None, None])
+                  for f in model.factors}
+    else:
+        pil = Image.fromarray(rgb)
+        levels = {f: (np.array(rgb_level(pil, f).transpose(2, 0, 1)[None]), depth_level(depth, f)[None, None])
+                  for f in model.factors}
     n = rows.size
     table = {"center_h": rows.astype(np.int32), "center_w": cols.astype(np.int32),
              "label": np.zeros(n, np.uint8), "depth": depth[rows, cols].astype(np.float32),
              "image": np.zeros(n, np.int32), "view": np.zeros(n, np.int32)}
     return PatchStore(path=None, factors=model.factors, patch_size=model.patch_size, image_shape=rgb.shape[:2],
                       views=("view",), images=("image",), image_view=np.zeros(1, np.int32), table=table,
-                      norm_mean=model.norm_mean, norm_std=model.norm_std, levels=levels, attrs={})
+                      norm_mean=model.norm_mean, norm_std=model.norm_std, levels=levels,
+                      attrs={"preprocessing": mode})  # BatchSource's crop-centre rule
 
 
 def predict_patches(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: Model,

@@ -66,6 +66,30 @@ def test_same_probabilities_as_camvis_eval_for_the_same_centres(synth_store, syn
     assert result.n_patches == idx.size and result.view == view and result.image == name
 
 
+def test_a_model_of_a_camvis2_store_predicts_with_camvis2_levels(synth_raw, tmp_path):
+    """A model trained on a `--preprocessing camvis2` store sees camvis2's levels and crop centres at
+    prediction too: the same probabilities as camvis-eval on its store."""
+    pytest.importorskip("cv2")
+    from camvis.data import store_build
+
+    store = store_build.build(synth_raw, tmp_path / "c2.zarr", factors=(2, 4, 8), patch_size=16,
+                              patches_per_image=32, seed=0, progress=False, figure=False, preprocessing="camvis2")
+    job = make_job(store, tmp_path / "job")
+    model = predict.load_model(job, device="cpu")
+    assert model.preprocessing == "camvis2" and model.info["preprocessing"] == "camvis2"
+    cfg = load_job_config(job / "config.yaml")
+    net = evaluate.load_model(cfg, job / "best.pt", store.patch_size, torch.device("cpu"))
+    _, val_idx, view = fold_split(store, 1)
+    image = int(store.table["image"][val_idx[0]])
+    idx = np.flatnonzero(store.table["image"] == image)
+    expected = evaluate.predict(net, BatchSource(store, cfg.data.factors), idx, 64, "cpu", progress=False)
+    centres = (store.table["center_h"][idx], store.table["center_w"][idx])
+    name = store.images[image]
+    result = predict.visibility(synth_raw / "images" / f"{name}.png", synth_raw / "depth_maps" / f"{view}.npy",
+                                model, centres=centres)
+    np.testing.assert_allclose(result.patches["p_visible"], expected["score"], rtol=0, atol=1e-6)
+
+
 def test_visibility_api_samples_seeded_terrain_centres(synth_raw, job):
     image, depth_path = _image(synth_raw, "1148_1"), synth_raw / "depth_maps" / "1148_1.npy"
     model = predict.load_model(job, device="cpu")
