@@ -9,6 +9,7 @@ final name and renamed in when complete (camvis.data.staging).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -251,15 +252,18 @@ def _exact_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, tmp
         results = ((img, depth, image_part(images, index[img.name], ds.views.index(img.view), rgb, labels, depth,
                                            patch_size, per_image, seed))
                    for img, rgb, labels, depth in reader.images())
-    for img, depth, part in results:
-        i = part["i"]
-        sink.depth(ds, img.view, depth)
-        for f, hist in part["hists"].items():
-            sink.stats.add_rgb_histogram(f, hist)
-        sink.counts[i], sink.edges[i] = part["counts"], part["edges"]
-        sink.rows.append(part["rows"])
-        del depth, part
-        advance()
+    # closing: on an error the workers are stopped (and joined) before the scratch folder goes,
+    # else they would write on into it
+    with contextlib.closing(results):
+        for img, depth, part in results:
+            i = part["i"]
+            sink.depth(ds, img.view, depth)
+            for f, hist in part["hists"].items():
+                sink.stats.add_rgb_histogram(f, hist)
+            sink.counts[i], sink.edges[i] = part["counts"], part["edges"]
+            sink.rows.append(part["rows"])
+            del depth, part
+            advance()
 
 
 def _camvis2_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, patch_size: int,
