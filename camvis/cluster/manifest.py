@@ -35,7 +35,8 @@ class LaunchRecord:
     planned: tuple[JobSpec, ...]    # every job looked at: a skipped one keeps its earlier entry
     submitted: tuple[str, ...]      # the names handed to SLURM (or run) so far
     skipped: dict[str, str]         # name -> why not
-    array_id: str | None = None
+    array_id: str | None = None     # the first array (kept for readers of one array per launch)
+    array_ids: tuple[str, ...] = () # every array: a grid over MaxArraySize is split into several
     aggregate_id: str | None = None
     sbatch_calls: int = 0
 
@@ -125,7 +126,7 @@ def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -
 
 def _launch_entry(launch: LaunchRecord, grid: Grid) -> dict[str, Any]:
     return {"id": launch.id, "time": now_iso(), "mode": launch.mode, "array_id": launch.array_id,
-            "aggregate_id": launch.aggregate_id,
+            "array_ids": list(launch.array_ids), "aggregate_id": launch.aggregate_id,
             "submitted": list(launch.submitted), "skipped": dict(launch.skipped), "code_version": code_version(),
             "sbatch_calls": launch.sbatch_calls, "overrides": list(grid.overrides),
             "resources": _resources(launch.mode, grid)}
