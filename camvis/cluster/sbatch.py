@@ -45,12 +45,20 @@ def split_arrays(n_jobs: int, max_size: int) -> list[range]:
 
 
 def throttles(parallelism: int, sizes: Sequence[int]) -> list[int]:
-    """Each array's %K: SLURM throttles per array, so array_parallelism is divided over the arrays
-    (the first ones get the remainder), at least 1 each and never more than an array's tasks. The
-    arrays then run side by side with at most array_parallelism tasks in all, or one per array when
-    there are more arrays than that."""
-    share, extra = divmod(parallelism, max(len(sizes), 1))
-    return [max(1, min(size, share + (i < extra))) for i, size in enumerate(sizes)]
+    """Each array's %K. SLURM throttles per array, so array_parallelism is divided over the arrays,
+    which run side by side: evenly (the first arrays get the remainder), an array never more than
+    its tasks (what a small one cannot use goes to the others), at least 1 each. At most
+    array_parallelism tasks run at once in all, or one per array when there are more arrays than
+    that. A share stays with its array: once an array has ended the others do not take it over."""
+    shares, left, rest = [0] * len(sizes), parallelism, list(range(len(sizes)))
+    while small := [i for i in rest if sizes[i] * len(rest) <= left]:  # fit in a fair share: all their tasks
+        for i in small:
+            shares[i], left = sizes[i], left - sizes[i]
+        rest = [i for i in rest if i not in small]
+    share, extra = divmod(max(left, 0), max(len(rest), 1))
+    for n, i in enumerate(rest):
+        shares[i] = share + (n < extra)
+    return [max(1, k) for k in shares]
 
 
 def executor_parameters(grid: Grid, n_jobs: int, parallelism: int | None = None) -> dict[str, Any]:

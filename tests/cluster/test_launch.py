@@ -228,9 +228,17 @@ def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_p
     assert ids == {"cat_fold1": ("100_0", "100", 0), "cat_fold2": ("100_1", "100", 1),
                    "cat_fold3": ("100_2", "100", 2), "cat_fold4": ("101_0", "101", 0),
                    "align_fold1": ("101_1", "101", 1)}
-    from camvis.cluster.jobfiles import array_ids
+    # camvis-status sees every task of both arrays (one batched sacct), --cancel cancels both and the aggregate
+    from camvis.cluster import monitor
 
-    assert array_ids(manifest) == ["100", "101"]  # what camvis-status --cancel cancels
+    (fake_slurm / "all_pending").touch()
+    (fake_slurm / "sacct.txt").write_text("102|PENDING|None assigned|00:00:00|0:0\n")
+    status = monitor.collect("demo", tmp_path / "jobs", tmp_path / "outputs")
+    assert {j.info.job_id: j.state for j in status.jobs} == {i: "PENDING" for i, _, _ in ids.values()}
+    assert status.aggregate == [("102", "PENDING")]
+    assert monitor.cancel_experiment("demo", None, tmp_path / "jobs", tmp_path / "outputs") == \
+        ["cancelled job array 100", "cancelled job array 101", "cancelled aggregate job 102"]
+    assert (fake_slurm / "scancel.txt").read_text().split() == ["100", "101", "102"]
 
 
 def test_max_array_size_from_scontrol_or_the_default(fake_slurm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
