@@ -36,9 +36,9 @@ class LaunchRecord:
     submitted: tuple[str, ...]      # the names handed to SLURM (or run) so far
     skipped: dict[str, str]         # name -> why not
     array_id: str | None = None     # the first array (kept for readers of one array per launch)
-    array_ids: tuple[str, ...] = () # every array: a grid over MaxArraySize is split into several
     aggregate_id: str | None = None
     sbatch_calls: int = 0
+    array_ids: tuple[str, ...] = ()  # every array: a grid over MaxArraySize is split into several
 
 
 def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int,
