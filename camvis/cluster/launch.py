@@ -233,12 +233,14 @@ def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | 
 def _submit_arrays(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, base: LaunchRecord,
                    task: Any, out: Outcome) -> None:
     """The jobs as arrays of at most MaxArraySize tasks, each throttled to its share of
-    array_parallelism; every array is in the manifest before the next is submitted."""
+    array_parallelism; the manifest is written once they are all submitted (each write of a
+    5,000-job manifest costs a second), or before raising when sbatch refuses a later one."""
     from submitit.core.utils import FailedJobError
 
     chunks = split_arrays(len(todo), max_array_size())
     shares = throttles(grid.slurm.array_parallelism, [len(c) for c in chunks])
     executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
+    entries: dict[str, dict[str, Any]] = {}
     for n, (chunk, share) in enumerate(zip(chunks, shares)):
         specs = [todo[i] for i in chunk]
         executor.update_parameters(**executor_parameters(grid, len(specs), share))
@@ -246,16 +248,18 @@ def _submit_arrays(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str 
         try:
             jobs = executor.map_array(task, [j.config for j in specs], [str(outputs)] * len(specs))
         except FailedJobError as e:
-            done = f" ({_arrays_text(out.array_ids)} already submitted, in the manifest)" if out.array_ids else ""
-            raise SubmissionError(f"sbatch refused the job array{f' {n + 1} of {len(chunks)}' if len(chunks) > 1 else ''} "
-                                  f"of {grid.path}: {_last_line(e)}{done}") from e
+            which = f" {n + 1} of {len(chunks)}" if len(chunks) > 1 else ""
+            if entries:  # the arrays already queued must be in the manifest (status, cancel)
+                out.manifest = record(exp_dir, grid, _so_far(base, out), outputs, entries)
+            done = f" ({_arrays_text(out.array_ids)} already submitted, in the manifest)" if entries else ""
+            raise SubmissionError(f"sbatch refused the job array{which} of {grid.path}: {_last_line(e)}{done}") from e
         array_id = str(jobs[0].job_id).split("_")[0]
         out.array_ids.append(array_id)
         out.array_id, out.sbatch_calls, out.at_once = out.array_ids[0], out.sbatch_calls + 1, out.at_once + share
-        entries = {spec.name: job_entry(spec, "slurm", job, array_id, i, submitted)
-                   for i, (spec, job) in enumerate(zip(specs, jobs))}
-        out.job_ids.update({name: e["job_id"] for name, e in entries.items()})
-        out.manifest = record(exp_dir, grid, _so_far(base, out), outputs, entries, update_last=n > 0)
+        for i, (spec, job) in enumerate(zip(specs, jobs)):
+            entries[spec.name] = job_entry(spec, "slurm", job, array_id, i, submitted)
+            out.job_ids[spec.name] = entries[spec.name]["job_id"]
+    out.manifest = record(exp_dir, grid, _so_far(base, out), outputs, entries)
 
 
 def _arrays_text(ids: Sequence[str]) -> str:
@@ -429,7 +433,6 @@ def print_report(result: LaunchResult, console: Any) -> None:
 
 def _print_outcome(result: LaunchResult, console: Any) -> None:
     exp = result.grid.experiment
-    s = result.grid.slurm
     if result.dry_run:
         for problem in result.problems:
             console.print(f"[red]preflight:[/] {problem}", highlight=False)
@@ -447,8 +450,8 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
         if result.cancelled:
             console.print(f"cancelled the earlier pending aggregate {plural(len(result.cancelled), 'job')} {' '.join(result.cancelled)}: "
                           f"{result.aggregate_id} replaces them")
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
     else:
         ok = [n for n in result.submitted if n in result.job_ids and n not in result.failed]
         console.print(f"{result.mode}: {plural(len(ok), 'job')} finished" +

@@ -91,7 +91,8 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
         manifest = read_manifest(path)
         jobs = manifest.get("jobs", {})
         for spec in launch.planned:  # skipped jobs keep their earlier entry
-            jobs.setdefault(spec.name, _skipped_entry(spec))
+            if spec.name not in jobs:  # (not setdefault: a 5,000-job grid's entries are costly to build)
+                jobs[spec.name] = _skipped_entry(spec)
         jobs.update(entries)
         launches = manifest.get("launches", [])
         entry = _launch_entry(launch, grid)

@@ -216,6 +216,7 @@ def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_p
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "as arrays 100, 101 (3 at a time in all)" in out and "aggregate job 102 after them" in out
+    assert "finished" not in out  # a SLURM launch returns at once: nothing has run
     assert "#SBATCH --array=0-2%2\n" in (fake_slurm / "script_100.sh").read_text()
     assert "#SBATCH --array=0-1%1\n" in (fake_slurm / "script_101.sh").read_text()
     assert "#SBATCH --dependency=afterany:100:101\n" in (fake_slurm / "script_102.sh").read_text()
