@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from camvis import __version__, locks
 from camvis.config import to_dict
 from camvis.errors import ConfigError
-from camvis.io import now_iso, reap_stale_tmp, write_json
+from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
 
 if TYPE_CHECKING:
     from camvis.cluster.grid import Grid, JobSpec
@@ -90,10 +90,10 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
         reap_stale_tmp(exp_dir)  # manifest.json.tmp files of killed launches
         manifest = read_manifest(path)
         jobs = manifest.get("jobs", {})
+        jobs.update(entries)
         for spec in launch.planned:  # skipped jobs keep their earlier entry
             if spec.name not in jobs:  # (not setdefault: a 5,000-job grid's entries are costly to build)
                 jobs[spec.name] = _skipped_entry(spec)
-        jobs.update(entries)
         launches = manifest.get("launches", [])
         entry = _launch_entry(launch, grid)
         mine = [i for i, x in enumerate(launches) if isinstance(x, dict) and x.get("id") == entry["id"]]
@@ -105,8 +105,20 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
         manifest.update(experiment=grid.experiment, grid=str(grid.path), description=grid.description,
                         order=[j.name for j in grid.jobs],  # the grid's order: figures keep it
                         outputs=str(outputs), updated=now_iso(), launches=launches, jobs=jobs)
-        write_json(path, manifest)
+        _write(path, manifest)
     return path
+
+
+INDENT_UP_TO = 1000  # jobs; a bigger manifest is written on one line
+
+
+def _write(path: Path, manifest: dict[str, Any]) -> None:
+    """Indented for people up to INDENT_UP_TO jobs; beyond, compact: json's C encoder does not
+    indent, and the pure-Python one takes seconds over a 5,000-job manifest (written twice per launch)."""
+    if len(manifest.get("jobs", {})) <= INDENT_UP_TO:
+        write_json(path, manifest)
+    else:
+        write_text(path, json.dumps(manifest, sort_keys=True, default=str) + "\n")
 
 
 def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -> None:
@@ -122,7 +134,7 @@ def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -
         for job_id in ids:
             cancelled[str(job_id)] = {"time": now_iso(), "by": by, **({"reason": reason} if reason else {})}
         manifest.update(cancelled=cancelled, updated=now_iso())
-        write_json(path, manifest)
+        _write(path, manifest)
 
 
 def _launch_entry(launch: LaunchRecord, grid: Grid) -> dict[str, Any]:

@@ -204,8 +204,12 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
 
 
 def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
+                                                          capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     (fake_slurm / "max_array").write_text("3\n")  # arrays of at most 3 tasks (indices 0..2)
+    from camvis.cluster import manifest as manifest_mod
+
+    monkeypatch.setattr(manifest_mod, "INDENT_UP_TO", 4)  # 5 jobs: the compact manifest of big grids
     five = "name=cat_fold1,cat_fold2,cat_fold3,cat_fold4,align_fold1"
     args = demo_args(tmp_path, "--only", five, "slurm.array_parallelism=3")
     assert cli.main([*args, "--dry-run"]) == 0
@@ -221,7 +225,9 @@ def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_p
     assert "#SBATCH --array=0-1%1\n" in (fake_slurm / "script_101.sh").read_text()
     assert "#SBATCH --dependency=afterany:100:101\n" in (fake_slurm / "script_102.sh").read_text()
     assert not (fake_slurm / "script_103.sh").exists()
-    manifest = json.loads((tmp_path / "jobs" / "demo" / "manifest.json").read_text())
+    text = (tmp_path / "jobs" / "demo" / "manifest.json").read_text()
+    assert len(text.splitlines()) == 1
+    manifest = json.loads(text)
     (launch,) = manifest["launches"]
     assert (launch["array_id"], launch["array_ids"], launch["aggregate_id"], launch["sbatch_calls"]) == \
         ("100", ["100", "101"], "102", 3)
