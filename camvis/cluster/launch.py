@@ -47,6 +47,7 @@ from camvis.cluster.sbatch import (aggregate_parameters, drop_unexpanded_folder,
                                    job_folder, max_array_size, split_arrays, throttles)
 
 MODES = ("slurm", "local", "debug")
+TABLE_ROWS = 500  # the job table shows the first ones of a bigger grid
 LOCAL_POLL_S = 1.0
 
 
@@ -413,7 +414,7 @@ def print_report(result: LaunchResult, console: Any) -> None:
     table = Table(title=title, title_justify="left")
     for column in ("job", "group", "fold", "view", "hash", "action", "reason", "job id"):
         table.add_column(column, no_wrap=column not in ("reason", "view"))
-    for d in result.decisions:
+    for d in result.decisions[:TABLE_ROWS]:
         action = ("submit" if not result.dry_run else "would submit") if d.submit else "skip"
         job_id = result.job_ids.get(d.job.name, "")
         if d.job.axes:
@@ -425,6 +426,10 @@ def print_report(result: LaunchResult, console: Any) -> None:
         table.add_row(d.job.name, d.job.group, str(d.job.fold), d.job.view or "-", d.job.hash,
                       f"[{style}]{action}[/]", reason, job_id)
     console.print(table)
+    if len(result.decisions) > TABLE_ROWS:  # rich takes seconds over thousands of rows; the manifest has them all
+        rest = result.decisions[TABLE_ROWS:]
+        console.print(f"... and {plural(len(rest), 'more job')} ({sum(d.submit for d in rest)} to run): "
+                      f"--only key=value shows a part of the grid")
     for name, text in result.scripts.items():
         console.rule(f"sbatch script: {name}" + (" (submitted after the arrays end: afterany)" if name == "aggregate" else ""))
         console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -210,6 +210,7 @@ def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_p
     from camvis.cluster import manifest as manifest_mod
 
     monkeypatch.setattr(manifest_mod, "INDENT_UP_TO", 4)  # 5 jobs: the compact manifest of big grids
+    monkeypatch.setattr(launch_mod, "TABLE_ROWS", 2)  # the job table of a big grid: its first rows
     five = "name=cat_fold1,cat_fold2,cat_fold3,cat_fold4,align_fold1"
     args = demo_args(tmp_path, "--only", five, "slurm.array_parallelism=3")
     assert cli.main([*args, "--dry-run"]) == 0
@@ -217,6 +218,7 @@ def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_p
     assert "sbatch script: array 1 of 2" in dry and "sbatch script: array 2 of 2" in dry
     assert "#SBATCH --array=0-2%2\n" in dry and "#SBATCH --array=0-1%1\n" in dry  # 3 + 2 tasks, throttle 2 + 1
     assert "afterany:<array 1 id>:<array 2 id>" in dry.replace("'", "")
+    assert "cat_fold2" in dry and "cat_fold3" not in dry and "... and 3 more jobs (3 to run)" in dry
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "as arrays 100, 101 (3 at a time in all)" in out and "aggregate job 102 after them" in out
