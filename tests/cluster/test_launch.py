@@ -250,6 +250,23 @@ def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_p
     assert (fake_slurm / "scancel.txt").read_text().split() == ["100", "101", "102"]
 
 
+def test_each_array_script_is_the_dry_runs(fake_slurm: Path, tmp_path: Path) -> None:
+    (fake_slurm / "max_array").write_text("2\n")
+    kwargs = dict(only=["group=cat"], outputs=str(tmp_path / "o"), jobs_dir=str(tmp_path / "j"))
+    dry = launch_mod.launch(DEMO, dry_run=True, **kwargs)
+    assert list(dry.scripts) == ["array 1 of 2", "array 2 of 2", "aggregate"]
+    launch_mod.launch(DEMO, **kwargs)
+    assert (fake_slurm / "script_100.sh").read_text() == dry.scripts["array 1 of 2"]
+    assert (fake_slurm / "script_101.sh").read_text() == dry.scripts["array 2 of 2"]
+
+
+def test_array_ids_of_old_and_new_manifests() -> None:
+    from camvis.cluster.jobfiles import array_ids
+
+    launches = [{"array_id": "7"}, {"array_id": "9", "array_ids": ["9", "10"]}, {"array_id": None}, "bad"]
+    assert array_ids({"launches": launches}) == ["7", "9", "10"]
+
+
 def test_max_array_size_from_scontrol_or_the_default(fake_slurm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from camvis.cluster.sbatch import DEFAULT_MAX_ARRAY_SIZE, max_array_size
 
