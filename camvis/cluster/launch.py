@@ -207,7 +207,7 @@ def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
 def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
                  base: LaunchRecord, task: Any, earlier_arrays: Sequence[str] = ()) -> Outcome:
     """One sbatch per array (one array unless the jobs outnumber MaxArraySize), one for the aggregate;
-    the manifest is written after each. The aggregate job also waits for `earlier_arrays` (still
+    the manifest is written after the arrays, then after the aggregate. The aggregate job also waits for `earlier_arrays` (still
     active), and supersedes the earlier launches' aggregate jobs that are still pending: those are
     cancelled."""
     out = Outcome()

@@ -260,6 +260,20 @@ def test_each_array_script_is_the_dry_runs(fake_slurm: Path, tmp_path: Path) -> 
     assert (fake_slurm / "script_101.sh").read_text() == dry.scripts["array 2 of 2"]
 
 
+def test_a_refused_second_array_leaves_the_first_in_the_manifest(fake_slurm: Path, tmp_path: Path) -> None:
+    (fake_slurm / "max_array").write_text("2\n")
+    (fake_slurm / "sbatch").write_text('#!/bin/sh\nn=$(( $(cat "$SHIM/count" 2>/dev/null || echo 99) + 1 ))\n'
+                                       '[ $n = 101 ] && { echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2; exit 1; }\n'
+                                       'echo $n > "$SHIM/count"; echo "Submitted batch job $n"\n')
+    with pytest.raises(SubmissionError, match=r"array 2 of 2 .*QOSMaxSubmitJobPerUserLimit \(array 100 already "
+                                              r"submitted, in the manifest\)"):
+        launch_mod.launch(DEMO, only=["group=cat"], outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+    manifest = json.loads((tmp_path / "j" / "demo" / "manifest.json").read_text())
+    assert manifest["launches"][-1]["array_ids"] == ["100"] and manifest["launches"][-1]["aggregate_id"] is None
+    assert {n: e["job_id"] for n, e in manifest["jobs"].items() if e["job_id"]} == {"cat_fold1": "100_0",
+                                                                                   "cat_fold2": "100_1"}
+
+
 def test_array_ids_of_old_and_new_manifests() -> None:
     from camvis.cluster.jobfiles import array_ids
 
