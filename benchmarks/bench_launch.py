@@ -3,6 +3,11 @@
     bash slurm/cluster.sh start
     .venv/bin/python benchmarks/bench_launch.py                       # 3 repeats, target <= 3 s, 2 sbatch
     .venv/bin/python benchmarks/bench_launch.py --repeats 5 --json benchmarks/results/launch.json
+    .venv/bin/python benchmarks/bench_launch.py --jobs 5000 --hold    # a grid over MaxArraySize
+
+--jobs N launches a grid of exactly N jobs instead: all_architectures.yaml's base and resources
+with one axis, train.seed = 0..N-1 (fold 1). Over the cluster's MaxArraySize (scontrol show config,
+1001 by default) it is split into several arrays: the expected sbatch calls are then the arrays + 1.
 
 Each repeat runs the real command, `camvis-launch configs/all_architectures.yaml`, as a fresh
 process (interpreter start and imports included) with a fresh experiment name, and measures
@@ -10,8 +15,8 @@ wall-clock seconds from the command's start until it has returned, when every jo
 (sbatch returns only once slurmctld has accepted the job; checked with squeue afterwards).
 sbatch calls are counted by a shim first on PATH that logs each call and runs the real
 sbatch. The local node has no GPU and 22 GB, so the paper resources are overridden to
-fit (slurm.gpus_per_node=0, slurm.mem_gb=1) and the jobs are submitted held (--hold): they
-never run. Everything is cancelled (scancel) afterwards.
+fit (slurm.gpus_per_node=0, slurm.mem_gb=1) and the jobs are submitted held (--hold, the
+default; slurm.additional.hold=true): they never run. Everything is cancelled (scancel) afterwards.
 """
 
 from __future__ import annotations
@@ -31,8 +36,33 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "all_architectures.yaml"
 TARGET_S = 3.0
-TARGET_SBATCH = 2
-FIT_LOCAL = ["slurm.gpus_per_node=0", "slurm.mem_gb=1", "slurm.cpus_per_task=1", "slurm.additional.hold=true"]
+TARGET_SBATCH = 2  # the array and the aggregate job (--jobs N: one sbatch per array + 1)
+FIT_LOCAL = ["slurm.gpus_per_node=0", "slurm.mem_gb=1", "slurm.cpus_per_task=1"]
+HOLD = "slurm.additional.hold=true"
+
+
+def grid_of(jobs: int, folder: Path) -> Path:
+    """A grid of exactly `jobs` jobs: all_architectures.yaml's base and slurm, one axis train.seed."""
+    import yaml
+
+    raw = yaml.safe_load(GRID.read_text())
+    raw.update(experiment=f"bench_launch_{jobs}", description=f"{jobs} jobs for bench_launch.py",
+               axes={"train.seed": list(range(jobs))})
+    raw["base"]["data"]["store"] = str(ROOT / raw["base"]["data"]["store"])  # the grid is written elsewhere
+    raw.pop("folds", None)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"grid_{jobs}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def expected_sbatch(jobs: int | None) -> int:
+    """The arrays camvis-launch splits `jobs` into under this cluster's MaxArraySize, + the aggregate."""
+    if jobs is None:
+        return TARGET_SBATCH
+    from camvis.cluster.sbatch import max_array_size, split_arrays
+
+    return len(split_arrays(jobs, max_array_size())) + 1
 
 
 def shim(folder: Path) -> Path:
@@ -51,11 +81,11 @@ def queued(job_id: str) -> int:
     return len(out.split())
 
 
-def one_launch(work: Path, index: int) -> dict:
+def one_launch(work: Path, index: int, grid: Path, overrides: list[str]) -> dict:
     exp = f"bench_launch_{os.getpid()}_{index}"
     shim_dir = shim(work / f"shim{index}")
     env = {**os.environ, "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"}
-    command = [str(Path(sys.executable).parent / "camvis-launch"), str(GRID), f"experiment={exp}", *FIT_LOCAL,
+    command = [str(Path(sys.executable).parent / "camvis-launch"), str(grid), f"experiment={exp}", *overrides,
                "--outputs", str(work / "outputs"), "--jobs-dir", str(work / "jobs")]
     t0 = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -65,35 +95,45 @@ def one_launch(work: Path, index: int) -> dict:
     manifest = json.loads((work / "jobs" / exp / "manifest.json").read_text())
     launch = manifest["launches"][-1]
     calls = len((shim_dir / "calls.log").read_text().splitlines())
-    in_queue = queued(launch["array_id"]) + queued(launch["aggregate_id"])
-    subprocess.run(["scancel", launch["array_id"], launch["aggregate_id"]], check=True)
+    arrays = launch.get("array_ids") or [launch["array_id"]]
+    in_queue = sum(queued(a) for a in arrays) + queued(launch["aggregate_id"])
+    subprocess.run(["scancel", *arrays, launch["aggregate_id"]], check=True)
     return {"seconds": seconds, "sbatch_calls": calls, "manifest_sbatch_calls": launch["sbatch_calls"],
-            "jobs": len(launch["submitted"]), "queued_after_return": in_queue}
+            "jobs": len(launch["submitted"]), "arrays": len(arrays), "queued_after_return": in_queue}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--jobs", type=int, help="a grid of exactly this many jobs (default: all_architectures, 72)")
+    parser.add_argument("--hold", action=argparse.BooleanOptionalAction, default=True,
+                        help="submit the jobs held (default): they never run")
     args = parser.parse_args(argv)
+    overrides = [*FIT_LOCAL, *([HOLD] if args.hold else [])]
+    target_sbatch = expected_sbatch(args.jobs)
     with tempfile.TemporaryDirectory(prefix="bench_launch_") as tmp:
-        runs = [one_launch(Path(tmp), i) for i in range(args.repeats)]
+        grid = GRID if args.jobs is None else grid_of(args.jobs, Path(tmp))
+        runs = [one_launch(Path(tmp), i, grid, overrides) for i in range(args.repeats)]
     seconds = [r["seconds"] for r in runs]
+    what = "all_architectures.yaml (72 jobs)" if args.jobs is None else f"a {args.jobs}-job grid (--jobs)"
     result = {
-        "benchmark": "launch all_architectures.yaml (72 jobs) on the local SLURM",
-        "command": "camvis-launch configs/all_architectures.yaml " + " ".join(FIT_LOCAL),
+        "benchmark": f"launch {what} on the local SLURM",
+        "command": "python benchmarks/bench_launch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "overrides": overrides,
         "repeats": runs, "median_s": statistics.median(seconds), "max_s": max(seconds),
-        "sbatch_calls": max(r["sbatch_calls"] for r in runs), "target_s": TARGET_S, "target_sbatch": TARGET_SBATCH,
+        "sbatch_calls": max(r["sbatch_calls"] for r in runs), "target_s": TARGET_S, "target_sbatch": target_sbatch,
         "machine": f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_avg": os.getloadavg(),
     }
     for i, r in enumerate(runs):
-        print(f"repeat {i}: {r['seconds']:.2f} s, {r['sbatch_calls']} sbatch calls, {r['jobs']} jobs, "
+        print(f"repeat {i}: {r['seconds']:.2f} s, {r['sbatch_calls']} sbatch calls, {r['jobs']} jobs in "
+              f"{r['arrays']} array(s), "
               f"{r['queued_after_return']} in the queue when the command returned")
-    ok = result["median_s"] <= TARGET_S and result["sbatch_calls"] == TARGET_SBATCH and \
+    ok = result["median_s"] <= TARGET_S and result["sbatch_calls"] == target_sbatch and \
         all(r["queued_after_return"] == r["jobs"] + 1 for r in runs)
     print(f"median {result['median_s']:.2f} s (max {result['max_s']:.2f} s), {result['sbatch_calls']} sbatch calls; "
-          f"target <= {TARGET_S} s and {TARGET_SBATCH} calls: {'met' if ok else 'NOT met'}")
+          f"target <= {TARGET_S} s and {target_sbatch} calls: {'met' if ok else 'NOT met'}")
     if args.json:
         from camvis.io import write_json
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -327,6 +328,14 @@ def printable(key: Any) -> str:
     return text if text.isprintable() else repr(text)
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of each field of `cls` (typing.get_type_hints evaluates every annotation
+    string: once per class, not per job of a 5,000-job grid)."""
+    types_ = typing.get_type_hints(cls)
+    return {f.name: types_[f.name] for f in dataclasses.fields(cls)}
+
+
 def section_from_dict(cls: type, section: str, value: Any, errors: list[str]) -> Any:
     """The one validator of a config section: a dataclass `cls` built from the mapping `value`,
     each key checked against the type of its field (`section.key: expected ...`) and every problem
@@ -337,7 +346,7 @@ def section_from_dict(cls: type, section: str, value: Any, errors: list[str]) ->
     if not isinstance(value, Mapping):
         errors.append(f"{section}: expected a mapping, got {type(value).__name__} {value!r}")
         return cls()
-    hints = {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    hints = _field_types(cls)
     kwargs = {}
     for key, item in value.items():
         if key not in hints:

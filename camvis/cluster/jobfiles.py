@@ -128,8 +128,15 @@ def aggregate_ids(manifest: dict[str, Any] | None) -> list[str]:
 
 
 def array_ids(manifest: dict[str, Any] | None) -> list[str]:
-    launches = (manifest or {}).get("launches") or []
-    return [str(x["array_id"]) for x in launches if isinstance(x, dict) and x.get("array_id")]
+    """SLURM ids of every launch's job arrays (`array_ids`; a manifest written before launches
+    could split a grid has only `array_id`)."""
+    ids: list[str] = []
+    for x in (manifest or {}).get("launches") or []:
+        if not isinstance(x, dict):
+            continue
+        many = x.get("array_ids") if isinstance(x.get("array_ids"), list) else [x.get("array_id")]
+        ids += [str(a) for a in many if a and str(a) not in ids]
+    return ids
 
 
 # --------------------------------------------------------------------------- what a job's files say

@@ -2,8 +2,10 @@
 
 Modes:
 - slurm (default): ONE job array through submitit (sbatch --array=0-N%K, K = the grid's
-  array_parallelism) and ONE dependent CPU job that aggregates the experiment once every task
-  has ended (afterany); then it returns, it never waits.
+  array_parallelism), or several when the jobs outnumber the cluster's MaxArraySize (read once per
+  launch from `scontrol show config`; K divided over them: camvis.cluster.sbatch.throttles), and ONE
+  dependent CPU job that aggregates the experiment once every task of every array has ended
+  (afterany:a:b); then it returns, it never waits.
 - local: the same jobs through submitit's LocalExecutor on this machine, at most K at a time,
   then the aggregate in this process.
 - debug: the first job to run, in this process (submitit's debug executor: pdb on errors).
@@ -42,9 +44,10 @@ from camvis.cluster.manifest import LaunchRecord, job_entry, read_manifest, reco
 from camvis.cluster.plan import Decision, new_run_id, plan
 from camvis.progress import progress_bar
 from camvis.cluster.sbatch import (aggregate_parameters, drop_unexpanded_folder, dry_run_scripts, executor_parameters,
-                                   job_folder)
+                                   job_folder, max_array_size, split_arrays, throttles)
 
 MODES = ("slurm", "local", "debug")
+TABLE_ROWS = 500  # the job table shows the first ones of a bigger grid
 LOCAL_POLL_S = 1.0
 
 
@@ -53,7 +56,9 @@ class Outcome:
     """What one mode's runner did (returned, merged into the LaunchResult by `launch`)."""
 
     job_ids: dict[str, str] = field(default_factory=dict)
-    array_id: str | None = None
+    array_id: str | None = None                             # the first array (compatibility)
+    array_ids: list[str] = field(default_factory=list)      # every array of this launch
+    at_once: int = 0                                        # the arrays' throttles summed
     aggregate_id: str | None = None
     sbatch_calls: int = 0
     manifest: Path | None = None
@@ -71,7 +76,7 @@ class LaunchResult(Outcome):
     mode: str
     dry_run: bool
     decisions: list[Decision]
-    scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array"/"aggregate" -> sbatch text
+    scripts: dict[str, str] = field(default_factory=dict)   # dry run: "array" (or "array i of N")/"aggregate" -> sbatch text
     problems: list[str] = field(default_factory=list)       # dry run: what preflight found
     launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # its record in the manifest
     restart: str | None = None  # --restart: the id every submitted job carries (camvis.job.identity)
@@ -96,7 +101,8 @@ class LaunchResult(Outcome):
 def _so_far(base: LaunchRecord, out: Outcome) -> LaunchRecord:
     """The manifest's record of a launch with what its runner has done until now."""
     return dataclasses.replace(base, submitted=tuple(out.job_ids), array_id=out.array_id,
-                               aggregate_id=out.aggregate_id, sbatch_calls=out.sbatch_calls)
+                               array_ids=tuple(out.array_ids), aggregate_id=out.aggregate_id,
+                               sbatch_calls=out.sbatch_calls)
 
 
 def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
@@ -120,7 +126,8 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
         result = LaunchResult(grid=grid, mode=mode, dry_run=dry_run,
                               decisions=_plan(jobs, outputs, force, restart, {}, mode), problems=found)
         if result.submitted and mode == "slurm":
-            result.scripts = dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir)
+            result.scripts = dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir,
+                                             max_array_size())
         return result
     if found:
         raise SubmissionError(preflight.message(found))
@@ -199,38 +206,65 @@ def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
 
 def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
                  base: LaunchRecord, task: Any, earlier_arrays: Sequence[str] = ()) -> Outcome:
-    """One sbatch for the array, one for the aggregate; the manifest is written after each. The
-    aggregate job also waits for `earlier_arrays` (still active), and supersedes the earlier
-    launches' aggregate jobs that are still pending: those are cancelled."""
-    from submitit.core.utils import FailedJobError
-
-    executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
-    executor.update_parameters(**executor_parameters(grid, len(todo)))
-    submitted = now_iso()  # before sbatch: every file these jobs write is newer
-    try:
-        jobs = executor.map_array(task, [j.config for j in todo], [str(outputs)] * len(todo))
-    except FailedJobError as e:
-        raise SubmissionError(f"sbatch refused the job array of {grid.path}: {_last_line(e)}") from e
-    out = Outcome(sbatch_calls=1, array_id=str(jobs[0].job_id).split("_")[0])
-    entries = {spec.name: job_entry(spec, "slurm", job, out.array_id, i, submitted) for i, (spec, job) in
-               enumerate(zip(todo, jobs))}
-    out.job_ids = {name: e["job_id"] for name, e in entries.items()}
-    out.manifest = record(exp_dir, grid, _so_far(base, out), outputs, entries)
+    """One sbatch per array (one array unless the jobs outnumber MaxArraySize), one for the aggregate;
+    the manifest is written after the arrays, then after the aggregate. The aggregate job also waits for `earlier_arrays` (still
+    active), and supersedes the earlier launches' aggregate jobs that are still pending: those are
+    cancelled."""
+    out = Outcome()
+    _submit_arrays(grid, todo, exp_dir, outputs, base, task, out)
     earlier = aggregate_ids(read_manifest(exp_dir / "manifest.json"))
     agg = _executor(job_folder(exp_dir), "slurm", 0)
-    after = ":".join([out.array_id, *(a for a in earlier_arrays if a != out.array_id)])
-    agg.update_parameters(**aggregate_parameters(grid, after))
+    agg.update_parameters(**aggregate_parameters(grid, [*out.array_ids, *(a for a in earlier_arrays
+                                                                            if a not in out.array_ids)]))
+    from submitit.core.utils import FailedJobError
+
     try:
         agg_job = agg.submit(run_aggregate, grid.experiment, str(outputs), str(jobs_dir))
     except FailedJobError as e:
-        raise SubmissionError(f"the jobs were submitted as array {out.array_id}, but sbatch refused the "
+        raise SubmissionError(f"the jobs were submitted as {_arrays_text(out.array_ids)}, but sbatch refused the "
                               f"aggregate job: {_last_line(e)}; run camvis-aggregate {grid.experiment} "
                               f"once they are done") from e
-    out.sbatch_calls = 2
+    out.sbatch_calls += 1
     out.aggregate_id = str(agg_job.job_id)
     record(exp_dir, grid, _so_far(base, out), outputs, {}, update_last=True)
     out.cancelled, out.notes = _cancel_pending_aggregates(earlier, exp_dir, out.aggregate_id)
     return out
+
+
+def _submit_arrays(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, base: LaunchRecord,
+                   task: Any, out: Outcome) -> None:
+    """The jobs as arrays of at most MaxArraySize tasks, each throttled to its share of
+    array_parallelism; the manifest is written once they are all submitted (each write of a
+    5,000-job manifest costs a second), or before raising when sbatch refuses a later one."""
+    from submitit.core.utils import FailedJobError
+
+    chunks = split_arrays(len(todo), max_array_size())
+    shares = throttles(grid.slurm.array_parallelism, [len(c) for c in chunks])
+    executor = _executor(job_folder(exp_dir), "slurm", grid.slurm.max_requeues)
+    entries: dict[str, dict[str, Any]] = {}
+    for n, (chunk, share) in enumerate(zip(chunks, shares)):
+        specs = [todo[i] for i in chunk]
+        executor.update_parameters(**executor_parameters(grid, len(specs), share))
+        submitted = now_iso()  # before sbatch: every file these jobs write is newer
+        try:
+            jobs = executor.map_array(task, [j.config for j in specs], [str(outputs)] * len(specs))
+        except FailedJobError as e:
+            which = f" {n + 1} of {len(chunks)}" if len(chunks) > 1 else ""
+            if entries:  # the arrays already queued must be in the manifest (status, cancel)
+                out.manifest = record(exp_dir, grid, _so_far(base, out), outputs, entries)
+            done = f" ({_arrays_text(out.array_ids)} already submitted, in the manifest)" if entries else ""
+            raise SubmissionError(f"sbatch refused the job array{which} of {grid.path}: {_last_line(e)}{done}") from e
+        array_id = str(jobs[0].job_id).split("_")[0]
+        out.array_ids.append(array_id)
+        out.array_id, out.sbatch_calls, out.at_once = out.array_ids[0], out.sbatch_calls + 1, out.at_once + share
+        for i, (spec, job) in enumerate(zip(specs, jobs)):
+            entries[spec.name] = job_entry(spec, "slurm", job, array_id, i, submitted)
+            out.job_ids[spec.name] = entries[spec.name]["job_id"]
+    out.manifest = record(exp_dir, grid, _so_far(base, out), outputs, entries)
+
+
+def _arrays_text(ids: Sequence[str]) -> str:
+    return f"array {ids[0]}" if len(ids) == 1 else f"arrays {', '.join(ids)}"
 
 
 def _arrays(active: dict[str, str]) -> list[str]:
@@ -380,7 +414,7 @@ def print_report(result: LaunchResult, console: Any) -> None:
     table = Table(title=title, title_justify="left")
     for column in ("job", "group", "fold", "view", "hash", "action", "reason", "job id"):
         table.add_column(column, no_wrap=column not in ("reason", "view"))
-    for d in result.decisions:
+    for d in result.decisions[:TABLE_ROWS]:
         action = ("submit" if not result.dry_run else "would submit") if d.submit else "skip"
         job_id = result.job_ids.get(d.job.name, "")
         if d.job.axes:
@@ -392,15 +426,18 @@ def print_report(result: LaunchResult, console: Any) -> None:
         table.add_row(d.job.name, d.job.group, str(d.job.fold), d.job.view or "-", d.job.hash,
                       f"[{style}]{action}[/]", reason, job_id)
     console.print(table)
+    if len(result.decisions) > TABLE_ROWS:  # rich takes seconds over thousands of rows; the manifest has them all
+        rest = result.decisions[TABLE_ROWS:]
+        console.print(f"... and {plural(len(rest), 'more job')} ({sum(d.submit for d in rest)} to run): "
+                      f"--only key=value shows a part of the grid")
     for name, text in result.scripts.items():
-        console.rule(f"sbatch script: {name}" + (" (submitted after the array ends: afterany)" if name == "aggregate" else ""))
+        console.rule(f"sbatch script: {name}" + (" (submitted after the arrays end: afterany)" if name == "aggregate" else ""))
         console.print(text, markup=False, highlight=False, soft_wrap=True)
     _print_outcome(result, console)
 
 
 def _print_outcome(result: LaunchResult, console: Any) -> None:
     exp = result.grid.experiment
-    s = result.grid.slurm
     if result.dry_run:
         for problem in result.problems:
             console.print(f"[red]preflight:[/] {problem}", highlight=False)
@@ -411,14 +448,15 @@ def _print_outcome(result: LaunchResult, console: Any) -> None:
         console.print("nothing to run: every selected job is finished or still queued "
                       "(--force re-evaluates finished ones, --restart retrains them)")
     elif result.mode == "slurm":
-        console.print(f"submitted {plural(len(result.submitted), 'job')} as array {result.array_id} "
-                      f"({min(s.array_parallelism, len(result.submitted))} at a time), aggregate job "
-                      f"{result.aggregate_id} after it; {result.sbatch_calls} sbatch calls")
+        console.print(f"submitted {plural(len(result.submitted), 'job')} as {_arrays_text(result.array_ids)} "
+                      f"({result.at_once} at a time{' in all' if len(result.array_ids) > 1 else ''}), aggregate "
+                      f"job {result.aggregate_id} after {'it' if len(result.array_ids) == 1 else 'them'}; "
+                      f"{result.sbatch_calls} sbatch calls")
         if result.cancelled:
             console.print(f"cancelled the earlier pending aggregate {plural(len(result.cancelled), 'job')} {' '.join(result.cancelled)}: "
                           f"{result.aggregate_id} replaces them")
-    for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
     else:
         ok = [n for n in result.submitted if n in result.job_ids and n not in result.failed]
         console.print(f"{result.mode}: {plural(len(ok), 'job')} finished" +

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from camvis import __version__, locks
 from camvis.config import to_dict
 from camvis.errors import ConfigError
-from camvis.io import now_iso, reap_stale_tmp, write_json
+from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
 
 if TYPE_CHECKING:
     from camvis.cluster.grid import Grid, JobSpec
@@ -35,9 +35,10 @@ class LaunchRecord:
     planned: tuple[JobSpec, ...]    # every job looked at: a skipped one keeps its earlier entry
     submitted: tuple[str, ...]      # the names handed to SLURM (or run) so far
     skipped: dict[str, str]         # name -> why not
-    array_id: str | None = None
+    array_id: str | None = None     # the first array (kept for readers of one array per launch)
     aggregate_id: str | None = None
     sbatch_calls: int = 0
+    array_ids: tuple[str, ...] = ()  # every array: a grid over MaxArraySize is split into several
 
 
 def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: int,
@@ -89,9 +90,10 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
         reap_stale_tmp(exp_dir)  # manifest.json.tmp files of killed launches
         manifest = read_manifest(path)
         jobs = manifest.get("jobs", {})
-        for spec in launch.planned:  # skipped jobs keep their earlier entry
-            jobs.setdefault(spec.name, _skipped_entry(spec))
         jobs.update(entries)
+        for spec in launch.planned:  # skipped jobs keep their earlier entry
+            if spec.name not in jobs:  # (not setdefault: a 5,000-job grid's entries are costly to build)
+                jobs[spec.name] = _skipped_entry(spec)
         launches = manifest.get("launches", [])
         entry = _launch_entry(launch, grid)
         mine = [i for i, x in enumerate(launches) if isinstance(x, dict) and x.get("id") == entry["id"]]
@@ -103,8 +105,20 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
         manifest.update(experiment=grid.experiment, grid=str(grid.path), description=grid.description,
                         order=[j.name for j in grid.jobs],  # the grid's order: figures keep it
                         outputs=str(outputs), updated=now_iso(), launches=launches, jobs=jobs)
-        write_json(path, manifest)
+        _write(path, manifest)
     return path
+
+
+INDENT_UP_TO = 1000  # jobs; a bigger manifest is written on one line
+
+
+def _write(path: Path, manifest: dict[str, Any]) -> None:
+    """Indented for people up to INDENT_UP_TO jobs; beyond, compact: json's C encoder does not
+    indent, and the pure-Python one takes seconds over a 5,000-job manifest (written twice per launch)."""
+    if len(manifest.get("jobs", {})) <= INDENT_UP_TO:
+        write_json(path, manifest)
+    else:
+        write_text(path, json.dumps(manifest, sort_keys=True, default=str) + "\n")
 
 
 def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -> None:
@@ -120,12 +134,12 @@ def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -
         for job_id in ids:
             cancelled[str(job_id)] = {"time": now_iso(), "by": by, **({"reason": reason} if reason else {})}
         manifest.update(cancelled=cancelled, updated=now_iso())
-        write_json(path, manifest)
+        _write(path, manifest)
 
 
 def _launch_entry(launch: LaunchRecord, grid: Grid) -> dict[str, Any]:
     return {"id": launch.id, "time": now_iso(), "mode": launch.mode, "array_id": launch.array_id,
-            "aggregate_id": launch.aggregate_id,
+            "array_ids": list(launch.array_ids), "aggregate_id": launch.aggregate_id,
             "submitted": list(launch.submitted), "skipped": dict(launch.skipped), "code_version": code_version(),
             "sbatch_calls": launch.sbatch_calls, "overrides": list(grid.overrides),
             "resources": _resources(launch.mode, grid)}

@@ -1,32 +1,78 @@
 """The grid's SLURM settings as submitit parameters, and the sbatch scripts they make.
 
-One job array (one task per grid point, array_parallelism at once) and one dependent CPU job
-that aggregates the experiment. render_sbatch gives submitit's own sbatch text without SLURM,
-for dry runs. No torch here: the launcher runs on login nodes.
+Job arrays (one task per grid point; several when the grid has more jobs than the cluster's
+MaxArraySize allows in one, the throttle array_parallelism shared between them) and one dependent
+CPU job that aggregates the experiment. render_sbatch gives submitit's own sbatch text without
+SLURM, for dry runs. No torch here: the launcher runs on login nodes.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from camvis.errors import ConfigError
 from camvis.cluster.grid import Grid, JobSpec
 from camvis.cluster.slurm_settings import sbatch_value_problem, setup_line_problem
 
 
-def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
-    """AutoExecutor.update_parameters() arguments of the job array."""
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize (indices 0..1000)
+_MAX_ARRAY = re.compile(r"^\s*MaxArraySize\s*=\s*(\d+)\s*$", re.MULTILINE)
+
+
+def max_array_size() -> int:
+    """The cluster's MaxArraySize (an array holds at most that many tasks, indices 0..N-1), from
+    `scontrol show config`; SLURM's default when scontrol is missing, fails or does not say."""
+    if shutil.which("scontrol") is None:
+        return DEFAULT_MAX_ARRAY_SIZE
+    try:
+        proc = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return DEFAULT_MAX_ARRAY_SIZE
+    match = _MAX_ARRAY.search(proc.stdout) if proc.returncode == 0 else None
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else DEFAULT_MAX_ARRAY_SIZE
+
+
+def split_arrays(n_jobs: int, max_size: int) -> list[range]:
+    """The jobs' indices cut into consecutive arrays of at most `max_size` tasks."""
+    size = max(1, max_size)
+    return [range(start, min(start + size, n_jobs)) for start in range(0, n_jobs, size)]
+
+
+def throttles(parallelism: int, sizes: Sequence[int]) -> list[int]:
+    """Each array's %K. SLURM throttles per array, so array_parallelism is divided over the arrays,
+    which run side by side: evenly (the first arrays get the remainder), an array never more than
+    its tasks (what a small one cannot use goes to the others), at least 1 each. At most
+    array_parallelism tasks run at once in all, or one per array when there are more arrays than
+    that. A share stays with its array: once an array has ended the others do not take it over."""
+    shares, left, rest = [0] * len(sizes), parallelism, list(range(len(sizes)))
+    while small := [i for i in rest if sizes[i] * len(rest) <= left]:  # fit in a fair share: all their tasks
+        for i in small:
+            shares[i], left = sizes[i], left - sizes[i]
+        rest = [i for i in rest if i not in small]
+    share, extra = divmod(max(left, 0), max(len(rest), 1))
+    for n, i in enumerate(rest):
+        shares[i] = share + (n < extra)
+    return [max(1, k) for k in shares]
+
+
+def executor_parameters(grid: Grid, n_jobs: int, parallelism: int | None = None) -> dict[str, Any]:
+    """AutoExecutor.update_parameters() arguments of one job array of `n_jobs` tasks, `parallelism`
+    (default the grid's array_parallelism) at once."""
     s = grid.slurm
+    parallelism = s.array_parallelism if parallelism is None else parallelism
     params: dict[str, Any] = {
         "name": f"camvis-{grid.experiment}",
         "timeout_min": s.time,
         "nodes": s.nodes,
         "tasks_per_node": s.ntasks,  # one task (DDP rank) per GPU
         "cpus_per_task": s.cpus_per_task,
-        "slurm_array_parallelism": min(s.array_parallelism, max(n_jobs, 1)),
+        "slurm_array_parallelism": min(parallelism, max(n_jobs, 1)),
         "slurm_signal_delay_s": s.signal_delay_s,
     }
     if s.gpus_per_node:
@@ -43,8 +89,8 @@ def executor_parameters(grid: Grid, n_jobs: int) -> dict[str, Any]:
     return _checked(params)
 
 
-def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
-    """The dependent aggregate job: one CPU task after every task of the array has ended."""
+def aggregate_parameters(grid: Grid, array_ids: str | Sequence[str]) -> dict[str, Any]:
+    """The dependent aggregate job: one CPU task after every task of every array has ended."""
     s = grid.slurm
     params: dict[str, Any] = {
         "name": f"camvis-{grid.experiment}-aggregate",
@@ -62,7 +108,8 @@ def aggregate_parameters(grid: Grid, array_id: str) -> dict[str, Any]:
         if getattr(s, key) is not None:
             params[f"slurm_{key}"] = getattr(s, key)
     _checked(params)
-    params["slurm_additional_parameters"] = {"dependency": f"afterany:{array_id}"}  # ours: a dry run's is text
+    after = array_ids if isinstance(array_ids, str) else ":".join(array_ids)
+    params["slurm_additional_parameters"] = {"dependency": f"afterany:{after}"}  # ours: a dry run's is text
     return params
 
 
@@ -93,13 +140,19 @@ def drop_unexpanded_folder(exp_dir: Path) -> None:
         pass
 
 
-def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path) -> dict[str, str]:
-    """The sbatch scripts submitit would write for the array and the aggregate job."""
+def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path,
+                    max_size: int = DEFAULT_MAX_ARRAY_SIZE) -> dict[str, str]:
+    """The sbatch scripts submitit would write: "array" (or "array 1 of N", ... when the jobs are
+    split into N arrays of at most `max_size` tasks) and "aggregate"."""
     folder = job_folder(exp_dir)
-    return {
-        "array": render_sbatch(executor_parameters(grid, len(todo)), folder, len(todo)),
-        "aggregate": render_sbatch(aggregate_parameters(grid, "<array id>"), folder, None),
-    }
+    chunks = split_arrays(len(todo), max_size)
+    names = ["array"] if len(chunks) == 1 else [f"array {i + 1} of {len(chunks)}" for i in range(len(chunks))]
+    scripts = {name: render_sbatch(executor_parameters(grid, len(chunk), k), folder, len(chunk))
+               for name, chunk, k in zip(names, chunks, throttles(grid.slurm.array_parallelism,
+                                                                  [len(c) for c in chunks]))}
+    ids = ["<array id>"] if len(chunks) == 1 else [f"<array {i + 1} id>" for i in range(len(chunks))]
+    scripts["aggregate"] = render_sbatch(aggregate_parameters(grid, ids), folder, None)
+    return scripts
 
 
 def render_sbatch(params: dict[str, Any], folder: Path, map_count: int | None) -> str:

@@ -22,7 +22,7 @@ from camvis.data.store_info import FORMAT_VERSION
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
 MANIFEST_KEYS = {"experiment", "grid", "description", "order", "outputs", "updated", "launches", "jobs"}
-LAUNCH_KEYS = {"time", "mode", "array_id", "aggregate_id", "submitted", "skipped", "code_version", "sbatch_calls",
+LAUNCH_KEYS = {"time", "mode", "array_id", "array_ids", "aggregate_id", "submitted", "skipped", "code_version", "sbatch_calls",
                "resources"}
 JOB_KEYS = {"group", "fold", "view", "axes", "hash", "config", "mode", "job_id", "array_id", "task", "submitted",
             "stdout", "stderr"}
@@ -38,6 +38,9 @@ SHIMS = {
              'echo "${n}_[0-15]|PENDING|None assigned|00:00:00|0:0"; done; exit 0',
     "squeue": "exit 0",
     "scancel": 'echo "$@" >> "$SHIM/scancel.txt"',
+    # scontrol show config: MaxArraySize from max_array (SLURM's default 1001 without it)
+    "scontrol": 'echo "MaxJobCount             = 10000"; '
+                'echo "MaxArraySize            = $(cat "$SHIM/max_array" 2>/dev/null || echo 1001)"',
 }
 
 
@@ -198,6 +201,97 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
     assert (entry["job_id"], entry["array_id"], entry["task"], entry["mode"]) == ("100_3", "100", 3, "slurm")
     assert entry["config"]["model"]["align_features"] is True and entry["config"]["name"] == "align_fold2"
     assert entry["stdout"].endswith("100_3/100_3_0_log.out")
+
+
+def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    (fake_slurm / "max_array").write_text("3\n")  # arrays of at most 3 tasks (indices 0..2)
+    from camvis.cluster import manifest as manifest_mod
+
+    monkeypatch.setattr(manifest_mod, "INDENT_UP_TO", 4)  # 5 jobs: the compact manifest of big grids
+    monkeypatch.setattr(launch_mod, "TABLE_ROWS", 2)  # the job table of a big grid: its first rows
+    five = "name=cat_fold1,cat_fold2,cat_fold3,cat_fold4,align_fold1"
+    args = demo_args(tmp_path, "--only", five, "slurm.array_parallelism=3")
+    assert cli.main([*args, "--dry-run"]) == 0
+    dry = capsys.readouterr().out
+    assert "sbatch script: array 1 of 2" in dry and "sbatch script: array 2 of 2" in dry
+    assert "#SBATCH --array=0-2%2\n" in dry and "#SBATCH --array=0-1%1\n" in dry  # 3 + 2 tasks, throttle 2 + 1
+    assert "afterany:<array 1 id>:<array 2 id>" in dry.replace("'", "")
+    assert "cat_fold2" in dry and "cat_fold3" not in dry and "... and 3 more jobs (3 to run)" in dry
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "as arrays 100, 101 (3 at a time in all)" in out and "aggregate job 102 after them" in out
+    assert "finished" not in out  # a SLURM launch returns at once: nothing has run
+    assert "#SBATCH --array=0-2%2\n" in (fake_slurm / "script_100.sh").read_text()
+    assert "#SBATCH --array=0-1%1\n" in (fake_slurm / "script_101.sh").read_text()
+    assert "#SBATCH --dependency=afterany:100:101\n" in (fake_slurm / "script_102.sh").read_text()
+    assert not (fake_slurm / "script_103.sh").exists()
+    text = (tmp_path / "jobs" / "demo" / "manifest.json").read_text()
+    assert len(text.splitlines()) == 1
+    manifest = json.loads(text)
+    (launch,) = manifest["launches"]
+    assert (launch["array_id"], launch["array_ids"], launch["aggregate_id"], launch["sbatch_calls"]) == \
+        ("100", ["100", "101"], "102", 3)
+    ids = {name: (e["job_id"], e["array_id"], e["task"]) for name, e in manifest["jobs"].items()}
+    assert ids == {"cat_fold1": ("100_0", "100", 0), "cat_fold2": ("100_1", "100", 1),
+                   "cat_fold3": ("100_2", "100", 2), "cat_fold4": ("101_0", "101", 0),
+                   "align_fold1": ("101_1", "101", 1)}
+    # camvis-status sees every task of both arrays (one batched sacct), --cancel cancels both and the aggregate
+    from camvis.cluster import monitor
+
+    (fake_slurm / "all_pending").touch()
+    (fake_slurm / "sacct.txt").write_text("102|PENDING|None assigned|00:00:00|0:0\n")
+    status = monitor.collect("demo", tmp_path / "jobs", tmp_path / "outputs")
+    assert {j.info.job_id: j.state for j in status.jobs} == {i: "PENDING" for i, _, _ in ids.values()}
+    assert status.aggregate == [("102", "PENDING")]
+    assert monitor.cancel_experiment("demo", None, tmp_path / "jobs", tmp_path / "outputs") == \
+        ["cancelled job array 100", "cancelled job array 101", "cancelled aggregate job 102"]
+    assert (fake_slurm / "scancel.txt").read_text().split() == ["100", "101", "102"]
+
+
+def test_each_array_script_is_the_dry_runs(fake_slurm: Path, tmp_path: Path) -> None:
+    (fake_slurm / "max_array").write_text("2\n")
+    kwargs = dict(only=["group=cat"], outputs=str(tmp_path / "o"), jobs_dir=str(tmp_path / "j"))
+    dry = launch_mod.launch(DEMO, dry_run=True, **kwargs)
+    assert list(dry.scripts) == ["array 1 of 2", "array 2 of 2", "aggregate"]
+    launch_mod.launch(DEMO, **kwargs)
+    assert (fake_slurm / "script_100.sh").read_text() == dry.scripts["array 1 of 2"]
+    assert (fake_slurm / "script_101.sh").read_text() == dry.scripts["array 2 of 2"]
+
+
+def test_a_refused_second_array_leaves_the_first_in_the_manifest(fake_slurm: Path, tmp_path: Path) -> None:
+    (fake_slurm / "max_array").write_text("2\n")
+    (fake_slurm / "sbatch").write_text('#!/bin/sh\nn=$(( $(cat "$SHIM/count" 2>/dev/null || echo 99) + 1 ))\n'
+                                       '[ $n = 101 ] && { echo "sbatch: error: QOSMaxSubmitJobPerUserLimit" >&2; exit 1; }\n'
+                                       'echo $n > "$SHIM/count"; echo "Submitted batch job $n"\n')
+    with pytest.raises(SubmissionError, match=r"array 2 of 2 .*QOSMaxSubmitJobPerUserLimit \(array 100 already "
+                                              r"submitted, in the manifest\)"):
+        launch_mod.launch(DEMO, only=["group=cat"], outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+    manifest = json.loads((tmp_path / "j" / "demo" / "manifest.json").read_text())
+    assert manifest["launches"][-1]["array_ids"] == ["100"] and manifest["launches"][-1]["aggregate_id"] is None
+    assert {n: e["job_id"] for n, e in manifest["jobs"].items() if e["job_id"]} == {"cat_fold1": "100_0",
+                                                                                   "cat_fold2": "100_1"}
+
+
+def test_array_ids_of_old_and_new_manifests() -> None:
+    from camvis.cluster.jobfiles import array_ids
+
+    launches = [{"array_id": "7"}, {"array_id": "9", "array_ids": ["9", "10"]}, {"array_id": None}, "bad"]
+    assert array_ids({"launches": launches}) == ["7", "9", "10"]
+
+
+def test_max_array_size_from_scontrol_or_the_default(fake_slurm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from camvis.cluster.sbatch import DEFAULT_MAX_ARRAY_SIZE, max_array_size
+
+    (fake_slurm / "max_array").write_text("40001\n")
+    assert max_array_size() == 40001
+    (fake_slurm / "scontrol").write_text("#!/bin/sh\necho 'slurm_load_ctl_conf error: Unable to contact' >&2\nexit 1\n")
+    assert max_array_size() == DEFAULT_MAX_ARRAY_SIZE == 1001
+    (fake_slurm / "scontrol").write_text("#!/bin/sh\necho 'MaxJobCount = 5'\n")  # says nothing of arrays
+    assert max_array_size() == 1001
+    monkeypatch.setenv("PATH", str(fake_slurm / "none"))  # no scontrol at all
+    assert max_array_size() == 1001
 
 
 def test_dry_run_script_is_what_submitit_submits(fake_slurm: Path, tmp_path: Path) -> None:

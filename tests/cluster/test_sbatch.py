@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from camvis.cluster.grid import load_grid
-from camvis.cluster.sbatch import aggregate_parameters, dry_run_scripts, executor_parameters
+from camvis.cluster.sbatch import (aggregate_parameters, dry_run_scripts, executor_parameters, split_arrays,
+                                   throttles)
 from camvis.errors import ConfigError
 
 
@@ -47,6 +48,36 @@ def test_the_aggregate_job_waits_for_the_array_on_one_cpu(tmp_path: Path) -> Non
     lines = sbatch_lines(dry_run_scripts(grid, list(grid.jobs), tmp_path)["aggregate"])
     assert {"#SBATCH --time=7", "#SBATCH --partition=small", "#SBATCH --cpus-per-task=1"} <= lines
     assert not any(line.startswith("#SBATCH --array") for line in lines)
+
+
+@pytest.mark.parametrize("n, max_size, sizes", [(5, 3, [3, 2]), (3, 3, [3]), (1152, 1001, [1001, 151]),
+                                                (5000, 1001, [1001] * 4 + [996]), (1, 1001, [1])])
+def test_jobs_are_cut_into_arrays_of_at_most_max_array_size(n: int, max_size: int, sizes: list[int]) -> None:
+    chunks = split_arrays(n, max_size)
+    assert [len(c) for c in chunks] == sizes
+    assert [i for c in chunks for i in c] == list(range(n))  # every job once, in grid order
+
+
+@pytest.mark.parametrize("parallelism, sizes, expected", [
+    (24, [1001, 151], [12, 12]),     # divided
+    (5, [3, 3], [3, 2]),             # the remainder to the first arrays
+    (10, [1001, 2], [8, 2]),         # never more than an array's tasks
+    (2, [3, 3, 3], [1, 1, 1]),       # at least one each: then one per array runs
+    (4, [7], [4]),
+])
+def test_the_throttle_is_shared_between_the_arrays(parallelism: int, sizes: list[int], expected: list[int]) -> None:
+    assert throttles(parallelism, sizes) == expected
+
+
+def test_one_dry_run_script_per_array(tmp_path: Path) -> None:
+    grid = grid_of(tmp_path, array_parallelism=3)  # 3 folds
+    scripts = dry_run_scripts(grid, list(grid.jobs), tmp_path / "jobs" / "s", max_size=2)
+    assert list(scripts) == ["array 1 of 2", "array 2 of 2", "aggregate"]
+    assert "#SBATCH --array=0-1%2" in sbatch_lines(scripts["array 1 of 2"])
+    # one task left: submitit submits it as a plain job (as a one-job launch always was)
+    assert not any(line.startswith("#SBATCH --array") for line in sbatch_lines(scripts["array 2 of 2"]))
+    assert "#SBATCH --dependency='afterany:<array 1 id>:<array 2 id>'" in sbatch_lines(scripts["aggregate"])
+    assert list(dry_run_scripts(grid, list(grid.jobs), tmp_path)) == ["array", "aggregate"]  # the default 1001
 
 
 def test_a_value_that_would_inject_a_line_is_refused(tmp_path: Path) -> None:

@@ -284,3 +284,42 @@ def test_a_missing_store_submits_nothing(cluster: None, tmp_path: Path) -> None:
         launch(DEMO, ["experiment=it-nostore", f"data.store={tmp_path / 'nowhere.zarr'}", "folds=3", *TINY],
                outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
     assert squeue_ids("camvis-it-nostore,camvis-it-nostore-aggregate") == [] and not (tmp_path / "jobs").exists()
+
+
+def test_a_grid_over_max_array_size_is_split_into_held_arrays(cluster: None, synth_store: Any, tmp_path: Path) -> None:
+    """MaxArraySize + 2 held jobs: two arrays (the limit, then 2 tasks), the aggregate after both,
+    the manifest and camvis-status across both; everything cancelled afterwards."""
+    import yaml
+
+    from camvis.cluster import monitor
+    from camvis.cluster.sbatch import max_array_size
+
+    limit = max_array_size()
+    if limit > 5000:
+        pytest.skip(f"MaxArraySize {limit}: a grid over it takes too long to launch in a test")
+    n = limit + 2
+    grid = tmp_path / "big.yaml"
+    grid.write_text(yaml.safe_dump({
+        "experiment": "it-arrays", "base": {"data": {"store": str(synth_store.path), "factors": [2, 4, 8]}},
+        "axes": {"train.seed": list(range(n))},
+        "slurm": {"time": 5, "cpus_per_task": 1, "mem_gb": 1, "array_parallelism": 3, "additional": {"hold": True}}}))
+    result = launch(grid, outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
+    try:
+        first, second = result.array_ids
+        assert result.sbatch_calls == 3 and result.array_id == first and len(result.submitted) == n
+        queued = subprocess.run(["squeue", "-h", "-r", "-j", f"{first},{second}", "-o", "%i"], capture_output=True,
+                                text=True, check=True).stdout.split()
+        assert sorted(queued) == sorted(result.job_ids.values())  # every task held in the queue
+        dep = subprocess.run(["scontrol", "show", "job", result.aggregate_id], capture_output=True, text=True).stdout
+        assert f"afterany:{first}" in dep and f"afterany:{second}" in dep, dep
+        manifest = json.loads(result.manifest.read_text())
+        assert manifest["launches"][-1]["array_ids"] == [first, second]
+        tasks = sorted((e["array_id"], e["task"]) for e in manifest["jobs"].values())
+        assert tasks == sorted([(first, i) for i in range(limit)] + [(second, 0), (second, 1)])
+        status = monitor.collect("it-arrays", tmp_path / "jobs", tmp_path / "outputs")
+        assert status.counts == {"PENDING": n}
+        lines = monitor.cancel_experiment("it-arrays", None, tmp_path / "jobs", tmp_path / "outputs")
+        assert lines == [f"cancelled job array {first}", f"cancelled job array {second}",
+                         f"cancelled aggregate job {result.aggregate_id}"]
+    finally:
+        subprocess.run(["scancel", *result.array_ids, result.aggregate_id], capture_output=True)
