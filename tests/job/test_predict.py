@@ -50,17 +50,24 @@ def _image(raw: Path, view: str, k: int = 0) -> Path:
     return sorted(p for p in (raw / "images").glob(f"{view}_*.png") if not p.name.endswith("visible.png"))[k]
 
 
-def test_same_probabilities_as_camvis_eval_for_the_same_centres(synth_store, synth_raw, job):
+def eval_and_predict(store, raw: Path, job: Path, fold: int, **kw):
+    """camvis-eval's probabilities for every patch of the fold's first held-out image, and
+    camvis-predict's result for the same centres on the raw image: (expected, result, idx, name, view)."""
     cfg = load_job_config(job / "config.yaml")
-    net = evaluate.load_model(cfg, job / "best.pt", synth_store.patch_size, torch.device("cpu"))
-    _, val_idx, view = fold_split(synth_store, 2)
-    image = int(synth_store.table["image"][val_idx[0]])
-    idx = np.flatnonzero(synth_store.table["image"] == image)
-    expected = evaluate.predict(net, BatchSource(synth_store, cfg.data.factors), idx, 64, "cpu", progress=False)
-    name = synth_store.images[image]
-    centres = (synth_store.table["center_h"][idx], synth_store.table["center_w"][idx])
-    result = predict.visibility(synth_raw / "images" / f"{name}.png", synth_raw / "depth_maps" / f"{view}.npy",
-                                predict.load_model(job, device="cpu"), centres=centres, batch_size=7)
+    net = evaluate.load_model(cfg, job / "best.pt", store.patch_size, torch.device("cpu"))
+    _, val_idx, view = fold_split(store, fold)
+    image = int(store.table["image"][val_idx[0]])
+    idx = np.flatnonzero(store.table["image"] == image)
+    expected = evaluate.predict(net, BatchSource(store, cfg.data.factors), idx, 64, "cpu", progress=False)
+    name = store.images[image]
+    centres = (store.table["center_h"][idx], store.table["center_w"][idx])
+    result = predict.visibility(raw / "images" / f"{name}.png", raw / "depth_maps" / f"{view}.npy",
+                                predict.load_model(job, device="cpu"), centres=centres, **kw)
+    return expected, result, idx, name, view
+
+
+def test_same_probabilities_as_camvis_eval_for_the_same_centres(synth_store, synth_raw, job):
+    expected, result, idx, name, view = eval_and_predict(synth_store, synth_raw, job, 2, batch_size=7)
     np.testing.assert_allclose(result.patches["p_visible"], expected["score"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(result.patches["depth_m"], synth_store.table["depth"][idx])
     assert result.n_patches == idx.size and result.view == view and result.image == name
@@ -77,16 +84,7 @@ def test_a_model_of_a_camvis2_store_predicts_with_camvis2_levels(synth_raw, tmp_
     job = make_job(store, tmp_path / "job")
     model = predict.load_model(job, device="cpu")
     assert model.preprocessing == "camvis2" and model.info["preprocessing"] == "camvis2"
-    cfg = load_job_config(job / "config.yaml")
-    net = evaluate.load_model(cfg, job / "best.pt", store.patch_size, torch.device("cpu"))
-    _, val_idx, view = fold_split(store, 1)
-    image = int(store.table["image"][val_idx[0]])
-    idx = np.flatnonzero(store.table["image"] == image)
-    expected = evaluate.predict(net, BatchSource(store, cfg.data.factors), idx, 64, "cpu", progress=False)
-    centres = (store.table["center_h"][idx], store.table["center_w"][idx])
-    name = store.images[image]
-    result = predict.visibility(synth_raw / "images" / f"{name}.png", synth_raw / "depth_maps" / f"{view}.npy",
-                                model, centres=centres)
+    expected, result, *_ = eval_and_predict(store, synth_raw, job, 1)
     np.testing.assert_allclose(result.patches["p_visible"], expected["score"], rtol=0, atol=1e-6)
 
 
