@@ -10,7 +10,6 @@ No torch here: this runs on login nodes.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,7 @@ from typing import Any
 
 from camvis.cluster import manifest
 from camvis.errors import ConfigError
-from camvis.jobdir import (BEST, CHECKPOINT, ERROR, JOB_FILES, PROGRESS, SCORES,  # noqa: F401
-                           as_int, as_number, is_finished, read_json)
+from camvis.jobdir import ERROR, JOB_FILES, PROGRESS, SCORES, as_int, read_json
 
 _FOLD = re.compile(r"_fold(\d+)")
 

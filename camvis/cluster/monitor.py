@@ -25,17 +25,16 @@ from camvis.cluster import jobfiles
 from camvis.cluster import slurm_query
 from camvis.console import default_console, plural
 from camvis.errors import ConfigError, SubmissionError
+from camvis.jobdir import as_number, is_finished
 from camvis.cluster.jobfiles import (
     JobInfo,
     aggregate_ids,
     array_ids,
     as_int,
-    as_number,
     cancelled_by_camvis,
     earlier_run_files,
     expected_jobs,
     find_job,
-    is_finished,
     job_ended_without_scores,
     last_error_line,
     list_experiments,
