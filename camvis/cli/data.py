@@ -32,6 +32,9 @@ examples:
   camvis-data build data/raw data/processed/c2.zarr --preprocessing camvis2   # camvis2's pipeline, rule for rule
   camvis-data build data/raw data/processed/c2.zarr --preprocessing camvis2 --seed 42   # and its draw (seed 42)
   camvis-data build data/raw data/processed/demo.zarr --force   # rebuild with new parameters
+  camvis-data build data/raw data/processed/paper.zarr --slurm --cpus 16 --mem 32 --time 60
+                                      # as one SLURM job (workers = its CPUs); prints its id and log, returns
+  camvis-data build data/raw data/processed/paper.zarr --slurm --profile site.yaml --wait   # and follow it
 """
 INFO_EXAMPLES = """\
 examples:
@@ -108,6 +111,17 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preprocessing", choices=("exact", "camvis2"), default="exact",
                    help="exact: camvis's rules; camvis2: camvis2's level sizes, Lanczos-4 resize (needs "
                         "camvis[camvis2]), ln depth, statistics, sampling and crop centres (default: exact)")
+    job = p.add_argument_group("as a SLURM job (--slurm)")
+    job.add_argument("--slurm", action="store_true", help="submit the build as one SLURM job and return")
+    job.add_argument("--wait", action="store_true", help="with --slurm: wait for the job, exit 2 if it fails")
+    job.add_argument("--time", type=int, default=60, metavar="MIN", help="time limit in minutes (default: 60)")
+    job.add_argument("--cpus", type=int, metavar="N", help="CPUs of the job, its workers (default: --workers, else 4)")
+    job.add_argument("--mem", type=float, metavar="GB", help="memory in GB (default: the cluster's)")
+    for key in ("partition", "account", "qos"):
+        job.add_argument(f"--{key}", help=f"SLURM {key} (default: the profile's, else the cluster's)")
+    job.add_argument("--profile", default=os.environ.get("CAMVIS_PROFILE"),
+                     help="site profile YAML as camvis-launch's (partition, account, setup lines; default: $CAMVIS_PROFILE)")
+    job.add_argument("--jobs-dir", default="jobs", help="the job's log goes to JOBS_DIR/store-builds/<id>/ (default: jobs)")
     p.set_defaults(func=_build)
 
 
@@ -163,6 +177,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
+    if args.slurm:
+        return _build_on_slurm(args)
+    if args.wait:
+        raise ConfigError("--wait goes with --slurm")
     from camvis.data import store
     from camvis.data import store_build
 
@@ -175,6 +193,34 @@ def _build(args: argparse.Namespace) -> int:
     figure = built.path.with_name(built.path.name + ".sampling.png") if built.path else None
     if figure is not None and figure.exists():
         print(f"sampling figure: {figure}")
+    return 0
+
+
+def _build_on_slurm(args: argparse.Namespace) -> int:
+    """One SLURM job builds the store (camvis.cluster.store_job); its id and log are printed at once."""
+    from pathlib import Path
+
+    from camvis.cluster import store_job
+    from camvis.cluster.launch import check_slurm
+
+    if args.force or args.figure:
+        raise ConfigError("--force and --figure are not taken by --slurm: build in place, or remove the store first")
+    build = store_job.cli_build(args.raw_dir, args.store, factors=args.factors, patch_size=args.patch_size,
+                                patches_per_image=args.patches_per_image, seed=args.seed,
+                                preprocessing=args.preprocessing, workers=args.workers, time=args.time,
+                                cpus=args.cpus, mem_gb=args.mem, partition=args.partition, account=args.account,
+                                qos=args.qos, profile=args.profile)
+    check_slurm()
+    from camvis.cluster.sbatch import job_folder
+
+    job = store_job.submit_build(build, job_folder(Path(args.jobs_dir) / "store-builds"),
+                                 f"camvis-store-{Path(args.store).name}")
+    print(f"submitted store build job {job.job_id} ({build.slurm.cpus_per_task} CPUs = workers): {args.store}")
+    print(f"log: {job.stdout}   (errors: {job.stderr})")
+    if not args.wait:
+        print(f"next: squeue -j {job.job_id}   |   tail -f {job.stdout}")
+        return 0
+    print(store_job.wait(job))
     return 0
 
 

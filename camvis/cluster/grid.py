@@ -41,9 +41,10 @@ from camvis.config import JobConfig, config_hash, set_dotted, unknown_key_messag
 from camvis.errors import ConfigError
 from camvis.io import json_copy
 from camvis.cluster.slurm_settings import SlurmSettings, parse_slurm_settings
+from camvis.cluster.store_settings import StoreBuild, parse_store_section
 from camvis.data.store_info import StoreInfo
 
-GRID_KEYS = ("experiment", "description", "folds", "base", "axes", "slurm")
+GRID_KEYS = ("experiment", "description", "folds", "base", "axes", "slurm", "store")
 IDENTITY_KEYS = ("experiment", "name", "group")
 DEFAULT_GROUP = "default"
 
@@ -70,6 +71,7 @@ class Grid:
     slurm: SlurmSettings
     views: tuple[str, ...] | None  # of the base store; None while it is not built
     overrides: tuple[str, ...] = ()
+    store: StoreBuild | None = None  # how the base's data.store is made (the `store:` section)
 
     @property
     def names(self) -> list[str]:
@@ -109,7 +111,7 @@ def apply_grid_overrides(raw: Mapping[str, Any], overrides: Sequence[str], sourc
     for text in overrides:
         key, value = cfgmod.parse_override(text)
         top = key.split(".", 1)[0]
-        if key in ("experiment", "description", "folds") or top == "slurm":
+        if key in ("experiment", "description", "folds") or top in ("slurm", "store"):
             set_dotted(result, key, value)
             continue
         if top == "base":
@@ -178,11 +180,13 @@ def expand(raw: Mapping[str, Any], path: Path, overrides: tuple[str, ...] = ()) 
     if errors:
         raise _grid_error(path, errors)
     jobs = _jobs(str(raw.get("experiment")), base, folds, groups, plain, stores, errors)
+    store = parse_store_section(raw.get("store"), base_cfg.data.store, slurm, [j.config.data.factors for j in jobs],
+                                errors)
     if errors:
         raise _grid_error(path, errors)
     views = info.views if info else None
     return Grid(path, str(raw.get("experiment")), str(raw.get("description") or ""), tuple(jobs), slurm, views,
-                overrides)
+                overrides, store)
 
 
 def _grid_error(path: Path, errors: list[str]) -> ConfigError:

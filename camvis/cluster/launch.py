@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from camvis import locks
-from camvis.cluster import preflight
+from camvis.cluster import preflight, store_job
 from camvis.errors import SubmissionError
 from camvis.console import plural
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
@@ -42,6 +42,7 @@ from camvis.io import now_iso
 from camvis.cluster.jobfiles import aggregate_ids
 from camvis.cluster.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled
 from camvis.cluster.plan import Decision, new_run_id, plan
+from camvis.cluster.store_settings import with_dependency
 from camvis.progress import progress_bar
 from camvis.cluster.sbatch import (aggregate_parameters, drop_unexpanded_folder, dry_run_scripts, executor_parameters,
                                    job_folder, max_array_size, split_arrays, throttles)
@@ -80,6 +81,10 @@ class LaunchResult(Outcome):
     problems: list[str] = field(default_factory=list)       # dry run: what preflight found
     launch_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # its record in the manifest
     restart: str | None = None  # --restart: the id every submitted job carries (camvis.job.identity)
+    store_build: Any = None     # camvis.cluster.store_job.BuildJob the arrays wait for (slurm), if any
+    build_plan: Any = None      # camvis.cluster.store_job.BuildPlan: the missing store the grid builds
+    built_here: str | None = None  # --local/--debug: the summary of the store built in this process
+    released: list[str] = field(default_factory=list)  # tasks stuck behind a failed build, cancelled
 
     @property
     def submitted(self) -> list[str]:
@@ -120,31 +125,41 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
     jobs = select(grid.jobs, only)
     if not jobs:
         raise SubmissionError(f"no job of {grid.path} matches --only {' '.join(only)} (jobs: {', '.join(grid.names)})")
-    found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment)
+    build = store_job.plan_build(grid.store, {j.config.data.store for j in jobs})
+    found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment,
+                               {build.build.store: build.expected} if build else None) + (build.problems if build else [])
     exp_dir = Path(jobs_dir) / grid.experiment
     if dry_run:
         result = LaunchResult(grid=grid, mode=mode, dry_run=dry_run,
-                              decisions=_plan(jobs, outputs, force, restart, {}, mode), problems=found)
+                              decisions=_plan(jobs, outputs, force, restart, {}, mode), problems=found,
+                              build_plan=build)
         if result.submitted and mode == "slurm":
-            result.scripts = dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir,
-                                             max_array_size())
+            result.scripts = store_job.dry_run_build_script(build, exp_dir, grid.experiment)
+            result.scripts.update(dry_run_scripts(grid, [d.job for d in result.decisions if d.submit], exp_dir,
+                                                  max_array_size(), "<store-build-id>" if build else None))
         return result
     if found:
         raise SubmissionError(preflight.message(found))
     if mode == "slurm":
         check_slurm()
     with locks.launch_lock(exp_dir, grid.experiment, mode, lock_timeout, _waiting(console, grid.experiment)):
-        active = active_jobs(exp_dir / "manifest.json")
+        released = store_job.release_stuck(exp_dir, build.build.store) if build and mode == "slurm" else []
+        active = {n: v for n, v in active_jobs(exp_dir / "manifest.json").items() if v.split()[0] not in released}
         result = LaunchResult(grid=grid, mode=mode, dry_run=dry_run,
                               decisions=_plan(jobs, outputs, force, restart, active, mode),
-                              restart=new_run_id() if restart else None)
+                              restart=new_run_id() if restart else None, build_plan=build, released=released)
         todo = [d.job for d in result.decisions if d.submit]
         base = result.record()
+        if build and todo:  # the store first: a job of the arrays (slurm), or here (local, debug)
+            if mode == "slurm":
+                result.store_build = store_job.ensure_build(build.build, exp_dir, grid.experiment, result.launch_id)
+            else:
+                result.built_here = store_job.build_here(build.build)
         if not todo:  # nothing to run: record the look, submit nothing
             result.manifest = record(exp_dir, grid, base, outputs, {})
         elif mode == "slurm":
             result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, _task(result.restart),
-                                     _arrays(active)))
+                                     _arrays(active), result.store_build.job_id if result.store_build else None))
         elif mode == "local":
             result.take(run_local(grid, todo, exp_dir, outputs, jobs_dir, base, result.restart, console))
         else:
@@ -205,13 +220,14 @@ def _executor(folder: Path, cluster: str, max_requeues: int) -> Any:
 
 
 def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
-                 base: LaunchRecord, task: Any, earlier_arrays: Sequence[str] = ()) -> Outcome:
+                 base: LaunchRecord, task: Any, earlier_arrays: Sequence[str] = (),
+                 after_build: str | None = None) -> Outcome:
     """One sbatch per array (one array unless the jobs outnumber MaxArraySize), one for the aggregate;
     the manifest is written after the arrays, then after the aggregate. The aggregate job also waits for `earlier_arrays` (still
     active), and supersedes the earlier launches' aggregate jobs that are still pending: those are
-    cancelled."""
+    cancelled. `after_build`: the store build job the arrays wait for (afterok)."""
     out = Outcome()
-    _submit_arrays(grid, todo, exp_dir, outputs, base, task, out)
+    _submit_arrays(grid, todo, exp_dir, outputs, base, task, out, after_build)
     earlier = aggregate_ids(read_manifest(exp_dir / "manifest.json"))
     agg = _executor(job_folder(exp_dir), "slurm", 0)
     agg.update_parameters(**aggregate_parameters(grid, [*out.array_ids, *(a for a in earlier_arrays
@@ -232,7 +248,7 @@ def submit_slurm(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | 
 
 
 def _submit_arrays(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, base: LaunchRecord,
-                   task: Any, out: Outcome) -> None:
+                   task: Any, out: Outcome, after_build: str | None = None) -> None:
     """The jobs as arrays of at most MaxArraySize tasks, each throttled to its share of
     array_parallelism; the manifest is written once they are all submitted (each write of a
     5,000-job manifest costs a second), or before raising when sbatch refuses a later one."""
@@ -244,7 +260,7 @@ def _submit_arrays(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str 
     entries: dict[str, dict[str, Any]] = {}
     for n, (chunk, share) in enumerate(zip(chunks, shares)):
         specs = [todo[i] for i in chunk]
-        executor.update_parameters(**executor_parameters(grid, len(specs), share))
+        executor.update_parameters(**with_dependency(executor_parameters(grid, len(specs), share), after_build))
         submitted = now_iso()  # before sbatch: every file these jobs write is newer
         try:
             jobs = executor.map_array(task, [j.config for j in specs], [str(outputs)] * len(specs))
@@ -431,13 +447,16 @@ def print_report(result: LaunchResult, console: Any) -> None:
         console.print(f"... and {plural(len(rest), 'more job')} ({sum(d.submit for d in rest)} to run): "
                       f"--only key=value shows a part of the grid")
     for name, text in result.scripts.items():
-        console.rule(f"sbatch script: {name}" + (" (submitted after the arrays end: afterany)" if name == "aggregate" else ""))
+        console.rule(f"sbatch script: {name}" + (" (submitted after the arrays end: afterany)" if name == "aggregate" else
+                                                 " (the arrays wait for it: afterok)" if name == "store build" else ""))
         console.print(text, markup=False, highlight=False, soft_wrap=True)
     _print_outcome(result, console)
 
 
 def _print_outcome(result: LaunchResult, console: Any) -> None:
     exp = result.grid.experiment
+    for line in store_job.launch_lines(result):
+        console.print(line, markup=False, highlight=False)
     if result.dry_run:
         for problem in result.problems:
             console.print(f"[red]preflight:[/] {problem}", highlight=False)

@@ -137,6 +137,20 @@ def record_cancelled(exp_dir: Path, ids: list[str], by: str, reason: str = "") -
         _write(path, manifest)
 
 
+def record_store_build(exp_dir: Path, experiment: str, entry: dict[str, Any]) -> None:
+    """Append a store build job (camvis.cluster.store_job) to `store_builds`, before the arrays that wait
+    for it are submitted: a relaunch finds it there (the manifest is begun if this is the first launch)."""
+    path = exp_dir / "manifest.json"
+    with _locked(exp_dir):
+        manifest = read_manifest(path)
+        manifest.setdefault("experiment", experiment)
+        manifest.setdefault("jobs", {})
+        manifest.setdefault("launches", [])
+        found = manifest.get("store_builds")
+        manifest.update(store_builds=[*(found if isinstance(found, list) else []), entry], updated=now_iso())
+        _write(path, manifest)
+
+
 def _launch_entry(launch: LaunchRecord, grid: Grid) -> dict[str, Any]:
     return {"id": launch.id, "time": now_iso(), "mode": launch.mode, "array_id": launch.array_id,
             "array_ids": list(launch.array_ids), "aggregate_id": launch.aggregate_id,

@@ -12,7 +12,7 @@ import sys
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from camvis.cluster import jobfiles
-from camvis.cluster import slurm_query
+from camvis.cluster import slurm_query, store_job
 from camvis.console import default_console, plural
 from camvis.errors import ConfigError, SubmissionError
 from camvis.jobdir import as_number, is_finished
@@ -99,6 +99,8 @@ class ExperimentStatus:
     slurm: QueryResult
     aggregate: list[tuple[str, str]]  # (SLURM id, state) of the dependent aggregate jobs
     has_slurm_jobs: bool
+    store_builds: list[tuple[str, bool]] = field(default_factory=list)  # store_job.status_line of each build
+    stuck: frozenset[str] = frozenset()  # tasks pending for ever behind a failed build (DependencyNeverSatisfied)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -107,8 +109,9 @@ class ExperimentStatus:
     @property
     def active(self) -> bool:
         """Something may still change: a job or aggregate job is active (slurm_query.is_active)."""
-        states = [j.state for j in self.jobs] + [s for _, s in self.aggregate]
-        return any(is_active(s) for s in states)
+        states = [j.state for j in self.jobs if j.info.job_id not in self.stuck] + [s for _, s in self.aggregate]
+        return any(is_active(s) for s in states) and not (self.stuck and all(
+            j.info.job_id in self.stuck or not is_active(j.state) for j in self.jobs))
 
 
 def state_counts(states: Iterable[str]) -> dict[str, int]:
@@ -139,14 +142,18 @@ def collect(
             f"and no job folders under {Path(outputs) / experiment}/ (known: {known})"
         )
     agg = aggregate_ids(manifest)
-    ids = slurm_task_ids(infos) + agg
+    builds = store_job.latest_per_store(manifest)
+    ids = slurm_task_ids(infos) + agg + [b["job_id"] for b in builds]
     if slurm is None:
         slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
     rows = [job_status(info, slurm, outputs, experiment, manifest) for info in infos]
     cancelled = (manifest or {}).get("cancelled") or {}
     agg_states = [(a, slurm.rows[a].state if a in slurm.rows else "CANCELLED" if a in cancelled else "UNKNOWN")
                   for a in agg]
-    return ExperimentStatus(experiment, rows, slurm, agg_states, bool(ids))
+    lines = [store_job.status_line(b, store_job.build_state(b["job_id"], slurm.rows)) for b in builds]
+    stuck = store_job.never_satisfied([r.info.job_id for r in rows if r.state == "PENDING" and r.info.job_id]) \
+        if any(failed for _, failed in lines) and runner is None else set()
+    return ExperimentStatus(experiment, rows, slurm, agg_states, bool(ids), lines, frozenset(stuck))
 
 
 def collect_all(
@@ -284,7 +291,12 @@ def failure_tails(status: ExperimentStatus, lines: int = 10) -> list[RenderableT
 
 
 def status_renderable(status: ExperimentStatus, tail_lines: int = 10) -> RenderableType:
-    parts: list[RenderableType] = [build_table(status), counts_line(status.counts), slurm_line(status)]
+    parts: list[RenderableType] = [Text(line, style="bold red" if failed else "dim")
+                                   for line, failed in status.store_builds]
+    if status.stuck:
+        parts.append(Text(f"{plural(len(status.stuck), 'job')} pending for ever behind it (squeue: "
+                          f"{store_job.NEVER})", style="red"))
+    parts += [build_table(status), counts_line(status.counts), slurm_line(status)]
     if status.aggregate:
         parts.append(Text("aggregate job: " + ", ".join(f"{i} {s}" for i, s in status.aggregate)))
     hidden = [j.info.name for j in status.jobs if j.hidden]

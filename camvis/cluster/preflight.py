@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from camvis.cluster.grid import JobSpec
 from camvis.data.store_info import StoreInfo
 
 
-def problems(jobs: Sequence[JobSpec], outputs: str | Path, jobs_dir: str | Path, experiment: str) -> list[str]:
-    """Every problem, one line each (empty: good to go)."""
+def problems(jobs: Sequence[JobSpec], outputs: str | Path, jobs_dir: str | Path, experiment: str,
+             to_build: Mapping[str, StoreInfo | None] | None = None) -> list[str]:
+    """Every problem, one line each (empty: good to go). `to_build`: stores not built yet that a build job
+    will make (camvis.cluster.store_job), -> what they will hold (None: checked by the build plan)."""
     out: list[str] = []
     stores = StoreInfo.cache()
     by_store: dict[str, list[JobSpec]] = {}
     for job in jobs:
         by_store.setdefault(job.config.data.store, []).append(job)
     for store, specs in by_store.items():
-        out += _store_problems(store, specs, stores)
+        if to_build is not None and store in to_build:
+            out += _expected_problems(to_build[store], specs)
+        else:
+            out += _store_problems(store, specs, stores)
     for what, folder in (("--outputs", Path(outputs) / experiment), ("--jobs-dir", Path(jobs_dir) / experiment)):
-        problem = _writable(folder)
+        problem = writable_problem(folder)
         if problem:
             out.append(f"{what}: {problem}")
     return out
@@ -45,12 +50,23 @@ def _store_problems(store: str, jobs: list[JobSpec], stores: Callable[..., Store
     return errors + info.problems(factors)
 
 
+def _expected_problems(info: StoreInfo | None, jobs: list[JobSpec]) -> list[str]:
+    """A store still to be built: folds and factors against what the build will write; its levels'
+    arrays are the jobs' to find."""
+    if info is None:
+        return []
+    errors: list[str] = []
+    for job in jobs:
+        info.check(job.config, f"job {job.name} (store to be built)", errors)
+    return errors + info.problems(set())
+
+
 def _names(jobs: list[JobSpec], most: int = 4) -> str:
     names = [j.name for j in jobs]
     return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _writable(folder: Path) -> str | None:
+def writable_problem(folder: Path) -> str | None:
     """None when `folder` exists and can be written, or could be created; else why not."""
     existing = folder
     while not existing.exists():

@@ -141,13 +141,17 @@ def drop_unexpanded_folder(exp_dir: Path) -> None:
 
 
 def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path,
-                    max_size: int = DEFAULT_MAX_ARRAY_SIZE) -> dict[str, str]:
+                    max_size: int = DEFAULT_MAX_ARRAY_SIZE, after_build: str | None = None) -> dict[str, str]:
     """The sbatch scripts submitit would write: "array" (or "array 1 of N", ... when the jobs are
-    split into N arrays of at most `max_size` tasks) and "aggregate"."""
+    split into N arrays of at most `max_size` tasks) and "aggregate"; the arrays wait for the store
+    build job `after_build` (its id, or a placeholder) when there is one."""
+    from camvis.cluster.store_settings import with_dependency
+
     folder = job_folder(exp_dir)
     chunks = split_arrays(len(todo), max_size)
     names = ["array"] if len(chunks) == 1 else [f"array {i + 1} of {len(chunks)}" for i in range(len(chunks))]
-    scripts = {name: render_sbatch(executor_parameters(grid, len(chunk), k), folder, len(chunk))
+    scripts = {name: render_sbatch(with_dependency(executor_parameters(grid, len(chunk), k), after_build), folder,
+                                   len(chunk))
                for name, chunk, k in zip(names, chunks, throttles(grid.slurm.array_parallelism,
                                                                   [len(c) for c in chunks]))}
     ids = ["<array id>"] if len(chunks) == 1 else [f"<array {i + 1} id>" for i in range(len(chunks))]

@@ -1,0 +1,284 @@
+"""Store builds as SLURM jobs: `camvis-data build --slurm`, and a grid's `store:` section at launch.
+
+A launch whose data.store is missing but whose grid says how to make it (camvis.cluster.store_settings)
+submits the build as one job and the arrays with --dependency=afterok:<build>. What preflight can check
+before the store exists (folds against the raw dir's views, factors and patch size against the build's
+parameters) it checks now; the rest (the levels' arrays) is left to the jobs. The build job is recorded
+in jobs/<experiment>/manifest.json (`store_builds`) under the launch lock, so a relaunch while it is
+pending or running waits for the same job instead of submitting another; a relaunch after it failed
+cancels the tasks stuck behind it (DependencyNeverSatisfied) and submits a new build.
+
+The job writes the store as camvis-data build does: staged beside its final name and renamed in when
+complete (camvis.data.staging), so a killed build leaves nothing under that name. No torch here, and
+numpy/zarr only inside the functions that need them: the launcher runs on login nodes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from camvis.cluster import slurm_query
+from camvis.cluster.manifest import read_manifest, record_cancelled, record_store_build
+from camvis.cluster.store_settings import StoreBuild, build_parameters
+from camvis.data.store_info import StoreInfo
+from camvis.errors import RawDataError, StoreError, SubmissionError
+from camvis.io import now_iso
+
+NEVER = "DependencyNeverSatisfied"  # squeue's reason for a job whose afterok dependency failed
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """A launch's missing store that its grid can build: what it will hold, or why it cannot be built."""
+
+    build: StoreBuild
+    expected: StoreInfo | None  # None: the raw dir cannot be built from (see problems)
+    problems: list[str]
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    job_id: str
+    stdout: str | None
+    stderr: str | None
+    reused: bool = False  # an earlier launch's build, still pending or running
+    job: Any = None       # submitit's Job when submitted by this process
+
+
+def plan_build(build: StoreBuild | None, stores: Sequence[str]) -> BuildPlan | None:
+    """The build a launch needs: `build` (the grid's store section) when its store is missing and one of
+    `stores` (the selected jobs' data.store); the raw dir's layout is scanned now (no pixels read)."""
+    if build is None or build.store not in stores or Path(build.store).exists():
+        return None
+    from camvis.cluster.preflight import writable_problem
+    from camvis.data import raw  # numpy, PIL: only when a store is to be built
+
+    problems = []
+    folder = writable_problem(Path(build.store).absolute().parent)
+    if folder:
+        problems.append(f"data.store: {build.store} cannot be built there: {folder}")
+    try:
+        views = raw.scan(build.raw).views
+    except (RawDataError, OSError) as e:
+        return BuildPlan(build, None, problems + [f"store.raw: {e}\n  (data.store {build.store} does not exist "
+                                                  f"and cannot be built from it: fix the raw dir, then launch again)"])
+    expected = StoreInfo(build.store, views, tuple(build.params["factors"]), build.params["patch_size"])
+    return BuildPlan(build, expected, problems)
+
+
+# --------------------------------------------------------------------------- submitting
+
+
+def cli_build(raw_dir: str, store: str, *, factors: Sequence[int], patch_size: int, patches_per_image: int,
+              seed: int, preprocessing: str, workers: int | None, time: int, cpus: int | None,
+              mem_gb: float | None, partition: str | None, account: str | None, qos: str | None,
+              profile: str | None) -> StoreBuild:
+    """camvis-data build --slurm's flags (over a site profile's slurm section) as a StoreBuild; the raw
+    dir's layout is checked now, so a broken one is told here, not in the job's log."""
+    from camvis import config as cfgmod
+    from camvis.cluster.slurm_settings import SlurmSettings, parse_slurm_settings
+    from camvis.cluster.store_settings import parse_store_section
+    from camvis.data import raw
+    from camvis.errors import ConfigError
+
+    site = SlurmSettings()
+    errors: list[str] = []
+    if profile:
+        prof = cfgmod.load_yaml(profile)
+        site = parse_slurm_settings(prof.get("slurm") if isinstance(prof, dict) else None, errors)
+    own = {"time": time, "cpus_per_task": cpus, "mem_gb": mem_gb, "partition": partition, "account": account, "qos": qos}
+    section = {"raw": raw_dir, "factors": list(factors), "patch_size": patch_size, "seed": seed,
+               "patches_per_image": patches_per_image, "preprocessing": preprocessing, "workers": workers,
+               "slurm": {k: v for k, v in own.items() if v is not None}}
+    build = parse_store_section(section, store, site, [], errors)
+    if errors or build is None:
+        raise ConfigError(f"camvis-data build --slurm{f' (profile {profile})' if profile else ''}: " + "; ".join(
+            e.replace("store.slurm.", "--").replace("store.", "--") for e in errors))
+    raw.scan(raw_dir)  # RawDataError listing every layout problem
+    return build
+
+
+def submit_build(build: StoreBuild, folder: Path, name: str) -> BuildJob:
+    """sbatch the build (one job, its CPUs as workers); returns at once."""
+    import submitit  # only when something is submitted
+    from submitit.core.utils import FailedJobError
+
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=0)
+    executor.update_parameters(**build_parameters(build, name))
+    try:
+        job = executor.submit(run_build, str(Path(build.raw).absolute()), str(Path(build.store).absolute()),
+                              dict(build.params), build.workers)
+    except FailedJobError as e:
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        raise SubmissionError(f"sbatch refused the store build job of {build.store}: "
+                              f"{lines[-1] if lines else e}; nothing else submitted") from e
+    return BuildJob(str(job.job_id), str(job.paths.stdout), str(job.paths.stderr), False, job)
+
+
+def ensure_build(build: StoreBuild, exp_dir: Path, experiment: str, launch_id: str) -> BuildJob:
+    """The build job the arrays of this launch wait for: an earlier launch's still pending or running
+    for the same store, else a new one, recorded in the manifest before anything else is submitted.
+    Called under the launch lock: two launches never submit two builds."""
+    entry = latest_build(read_manifest(exp_dir / "manifest.json"), build.store)
+    if entry is not None:
+        row = slurm_query.query([entry["job_id"]]).rows.get(entry["job_id"])
+        if row is not None and slurm_query.is_active(row.state):
+            return BuildJob(entry["job_id"], entry.get("stdout"), entry.get("stderr"), reused=True)
+    from camvis.cluster.sbatch import job_folder
+
+    submitted = now_iso()
+    job = submit_build(build, job_folder(exp_dir), f"camvis-{experiment}-store")
+    record_store_build(exp_dir, experiment, {
+        "job_id": job.job_id, "store": build.store, "raw": build.raw, "params": build.params,
+        "workers": build.workers, "stdout": job.stdout, "stderr": job.stderr, "submitted": submitted,
+        "launch": launch_id})
+    return job
+
+
+def release_stuck(exp_dir: Path, store: str) -> list[str]:
+    """After the recorded build of `store` failed: scancel the tasks of earlier launches that wait on it
+    for ever (DependencyNeverSatisfied), so that the relaunch submits them again behind a new build.
+    Returns the ids cancelled."""
+    manifest = read_manifest(exp_dir / "manifest.json")
+    entry = latest_build(manifest, store)
+    if entry is None or build_state(entry["job_id"]) not in slurm_query.FAILED_STATES:
+        return []
+    ids = [str(e.get("job_id")) for e in manifest.get("jobs", {}).values()
+           if isinstance(e, dict) and e.get("mode") == "slurm" and e.get("job_id")]
+    stuck = sorted(never_satisfied(ids))
+    if stuck:
+        slurm_query.scancel(stuck)
+        record_cancelled(exp_dir, stuck, "camvis-launch", f"store build {entry['job_id']} failed")
+    return stuck
+
+
+def build_here(build: StoreBuild) -> str:
+    """A --local or --debug launch builds the missing store in this process first."""
+    return run_build(build.raw, build.store, dict(build.params), build.workers)
+
+
+def run_build(raw_dir: str, store: str, params: dict[str, Any], workers: int | None) -> str:
+    """What the build job runs: camvis-data build with the job's CPUs as workers; returns the summary."""
+    from camvis.data import store as store_mod
+    from camvis.data import store_build
+
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    print(f"building {store} from {raw_dir} with {workers} workers: {params}", flush=True)
+    built = store_build.build(raw_dir, store, factors=tuple(params["factors"]), patch_size=params["patch_size"],
+                              patches_per_image=params["patches_per_image"], seed=params["seed"],
+                              preprocessing=params["preprocessing"], workers=workers, progress=False)
+    summary = store_mod.format_summary(built)
+    print(summary, flush=True)
+    return summary
+
+
+def wait(job: BuildJob) -> str:
+    """Follow a build job this process submitted until it ends: its summary, or a StoreError naming its log."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    try:
+        return str(job.job.result())
+    except (FailedJobError, UncompletedJobError) as e:
+        lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith(" ")]
+        raise StoreError(f"store build job {job.job_id} failed ({lines[-1] if lines else type(e).__name__}); "
+                         f"see {job.stderr}") from None
+
+
+# --------------------------------------------------------------------------- state
+
+
+def latest_build(manifest: dict[str, Any] | None, store: str | None = None) -> dict[str, Any] | None:
+    """The manifest's last build entry (of `store`, when given)."""
+    entries = [e for e in builds(manifest) if store is None or e.get("store") == store]
+    return entries[-1] if entries else None
+
+
+def builds(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+    found = (manifest or {}).get("store_builds")
+    return [e for e in found if isinstance(e, dict) and e.get("job_id")] if isinstance(found, list) else []
+
+
+def latest_per_store(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+    last: dict[str, dict[str, Any]] = {}
+    for entry in builds(manifest):
+        last[str(entry.get("store"))] = entry
+    return list(last.values())
+
+
+def build_state(job_id: str, rows: dict[str, slurm_query.SlurmRow] | None = None) -> str:
+    rows = slurm_query.query([job_id]).rows if rows is None else rows
+    return rows[job_id].state if job_id in rows else slurm_query.UNKNOWN
+
+
+def never_satisfied(job_ids: Sequence[str]) -> set[str]:
+    """The ids among `job_ids` (tasks "123_4" or jobs) that SLURM keeps pending because a dependency
+    can never be met (squeue's Reason DependencyNeverSatisfied): one squeue call."""
+    arrays = slurm_query.query_ids(job_ids)
+    if not arrays or not slurm_query.tool_on_path("squeue"):
+        return set()
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%r"],
+                              capture_output=True, text=True, timeout=slurm_query.QUERY_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    wanted = set(job_ids)
+    return {i for i, _, reason in (line.partition("|") for line in proc.stdout.splitlines())
+            if reason.strip() == NEVER and (i in wanted or i.split("_")[0] in wanted)}
+
+
+def status_line(entry: dict[str, Any], state: str) -> tuple[str, bool]:
+    """(the line camvis-status shows above its table for a build job, whether it failed)."""
+    job_id, store = entry["job_id"], entry.get("store")
+    if state in slurm_query.FAILED_STATES:
+        return (f"store build failed: see {entry.get('stderr')} (job {job_id} {state}; the jobs waiting on it "
+                f"never start: fix the raw data, then camvis-launch again)", True)
+    if state == "COMPLETED":
+        return f"store build job {job_id} COMPLETED: {store}", False
+    log = f" (log: {entry.get('stdout')})" if slurm_query.is_active(state) else ""
+    return f"store build job {job_id} {state}: {store} from {entry.get('raw')}{log}", False
+
+
+# --------------------------------------------------------------------------- launch output
+
+
+def dry_run_build_script(plan: BuildPlan | None, exp_dir: Path, experiment: str) -> dict[str, str]:
+    """{"store build": the sbatch script submitit would write} when the launch would build the store."""
+    if plan is None or plan.expected is None:
+        return {}
+    from camvis.cluster.sbatch import job_folder, render_sbatch
+
+    params = build_parameters(plan.build, f"camvis-{experiment}-store")
+    return {"store build": render_sbatch(params, job_folder(exp_dir), None)}
+
+
+def launch_lines(result: Any) -> list[str]:
+    """What camvis-launch says about the store build (camvis.cluster.launch.LaunchResult)."""
+    plan: BuildPlan | None = result.build_plan
+    if plan is None or plan.expected is None:
+        return []
+    b, views = plan.build, len(plan.expected.views)
+    deferred = (f"preflight: store {b.store} not built yet; checked now: the raw dir's layout ({views} views), "
+                f"folds, factors and patch size against the build's, the folders; deferred to the jobs: the "
+                f"store's arrays")
+    lines = []
+    if result.dry_run:
+        lines.append(f"data.store {b.store} is missing: a store build job from {b.raw} would be submitted first "
+                     f"(or an earlier launch's still queued one reused), the arrays waiting for it (afterok)")
+    elif result.built_here:
+        lines.append(f"built {b.store} from {b.raw} in this process before the jobs:\n{result.built_here}")
+    elif result.store_build is not None:
+        job: BuildJob = result.store_build
+        if job.reused:
+            lines.append(f"store build: the arrays wait for job {job.job_id} of an earlier launch (still queued or "
+                         f"running; log {job.stdout}): no second build")
+        else:
+            lines.append(f"store build: submitted job {job.job_id} (build {b.store} from {b.raw}; log "
+                         f"{job.stdout}); the arrays wait for it (afterok)")
+    if result.released:
+        lines.append(f"cancelled {len(result.released)} task(s) stuck behind the failed store build "
+                     f"({' '.join(result.released)}): submitted again behind the new one")
+    return lines + [deferred]
