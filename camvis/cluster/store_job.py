@@ -73,6 +73,15 @@ def plan_build(build: StoreBuild | None, stores: Sequence[str]) -> BuildPlan | N
 # --------------------------------------------------------------------------- submitting
 
 
+def _flag_names(problem: str) -> str:
+    """A store-section problem in camvis-data build's words (store.slurm.mem_gb -> --mem)."""
+    for key, flag in (("store.slurm.cpus_per_task", "--cpus"), ("store.slurm.mem_gb", "--mem"),
+                      ("store.slurm.", "--"), ("slurm.", "profile slurm."), ("store.", "--")):
+        if problem.startswith(key):
+            return flag + problem[len(key):]
+    return problem
+
+
 def cli_build(raw_dir: str, store: str, *, factors: Sequence[int], patch_size: int, patches_per_image: int,
               seed: int, preprocessing: str, workers: int | None, time: int, cpus: int | None,
               mem_gb: float | None, partition: str | None, account: str | None, qos: str | None,
@@ -97,7 +106,7 @@ def cli_build(raw_dir: str, store: str, *, factors: Sequence[int], patch_size: i
     build = parse_store_section(section, store, site, [], errors)
     if errors or build is None:
         raise ConfigError(f"camvis-data build --slurm{f' (profile {profile})' if profile else ''}: " + "; ".join(
-            e.replace("store.slurm.", "--").replace("store.", "--") for e in errors))
+            _flag_names(e) for e in errors))
     raw.scan(raw_dir)  # RawDataError listing every layout problem
     return build
 

@@ -97,7 +97,7 @@ def _build_slurm(section: StoreSection, grid: SlurmSettings, errors: list[str]) 
     own = section_from_dict(BuildSlurm, "store.slurm", section.slurm, errors)
     if not 1 <= own.time <= MAX_TIME_MIN:
         errors.append(f"store.slurm.time: expected minutes in 1..{MAX_TIME_MIN}, got {own.time}")
-    cpus = own.cpus_per_task or section.workers or DEFAULT_CPUS
+    cpus = next((c for c in (own.cpus_per_task, section.workers) if c is not None), DEFAULT_CPUS)
     if cpus < 1:
         errors.append(f"store.slurm.cpus_per_task: must be >= 1, got {cpus}")
     if own.mem_gb is not None and own.mem_gb <= 0:
