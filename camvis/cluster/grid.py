@@ -12,6 +12,7 @@ A grid names the experiment, a base job config, the axes to expand and the SLURM
         align: {model.align_features: true}
       train.lr: [1.0e-3, 1.0e-4]   # plain axes: cartesian product
     slurm: {time: 240, gpus_per_node: 1, array_parallelism: 8}
+    store: {raw: data/raw, workers: 8}   # optional: how data.store is built when missing
 
 `fold: all` takes the views from the store's root attributes (zarr.json). While the store is
 not built yet it needs the `folds: N` hint; once it exists the store decides, and a `folds`
@@ -22,7 +23,8 @@ Jobs are named "{group}_fold{k}" plus "_{key}{value}" per plain axis ("cat_fold3
 Every problem is collected into one ConfigError naming the grid file and the key. No torch
 here: the launcher runs on login nodes.
 
-Elsewhere: the `slurm:` section's settings in camvis.cluster.slurm_settings, the store's views and
+Elsewhere: the `slurm:` section's settings in camvis.cluster.slurm_settings, the `store:` section's in
+camvis.cluster.store_settings, the store's views and
 levels in camvis.data.store_info, which jobs to run (skip finished, resubmit the rest) in camvis.cluster.plan.
 """
 

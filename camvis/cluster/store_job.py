@@ -225,18 +225,20 @@ def build_state(job_id: str, rows: dict[str, slurm_query.SlurmRow] | None = None
 
 def never_satisfied(job_ids: Sequence[str]) -> set[str]:
     """The ids among `job_ids` (tasks "123_4" or jobs) that SLURM keeps pending because a dependency
-    can never be met (squeue's Reason DependencyNeverSatisfied): one squeue call."""
+    can never be met: squeue's Reason DependencyNeverSatisfied, or (a held job gives its hold as the
+    reason) a dependency it marks "(failed)". One squeue call."""
     arrays = slurm_query.query_ids(job_ids)
     if not arrays or not slurm_query.tool_on_path("squeue"):
         return set()
     try:
-        proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%r"],
+        proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%r|%E"],
                               capture_output=True, text=True, timeout=slurm_query.QUERY_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError):
         return set()
     wanted = set(job_ids)
-    return {i for i, _, reason in (line.partition("|") for line in proc.stdout.splitlines())
-            if reason.strip() == NEVER and (i in wanted or i.split("_")[0] in wanted)}
+    rows = (line.split("|", 2) for line in proc.stdout.splitlines() if line.count("|") >= 2)
+    return {i for i, reason, dep in rows
+            if (reason.strip() == NEVER or "(failed)" in dep) and (i in wanted or i.split("_")[0] in wanted)}
 
 
 def status_line(entry: dict[str, Any], state: str) -> tuple[str, bool]:
