@@ -22,7 +22,7 @@ EPILOG = """examples:
   camvis-status cat_vs_align --logs cat_fold3      stdout/stderr tails (name or SLURM id like 123_4)
   camvis-status cat_vs_align --logs cat_fold3 --follow   follow its stdout, across requeues, until it ends
   camvis-status cat_vs_align --cancel 123_4        scancel one task
-  camvis-status cat_vs_align --cancel              scancel the whole experiment (arrays + aggregate job)
+  camvis-status cat_vs_align --cancel              scancel the whole experiment (arrays, aggregate and store build jobs)
 """
 
 

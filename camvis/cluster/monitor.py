@@ -459,7 +459,8 @@ def cancel_experiment(
     manifest = experiment_manifest(jobs, experiment)
     if manifest is None:
         raise ConfigError(f"cannot cancel {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'}")
-    roles = {a: "job array" for a in array_ids(manifest)} | {a: "aggregate job" for a in aggregate_ids(manifest)}
+    roles = {a: "job array" for a in array_ids(manifest)} | {a: "aggregate job" for a in aggregate_ids(manifest)} \
+        | {str(b["job_id"]): "store build job" for b in store_job.builds(manifest)}
     for info in expected_jobs(experiment, jobs, outputs, manifest):  # jobs submitted outside an array
         if info.mode == "slurm" and info.job_id:
             roles.setdefault(info.job_id.split("_", 1)[0], "job")

@@ -142,6 +142,8 @@ def test_launches_while_the_build_is_queued_share_it(cluster: None, synth_raw: P
         arrays = [x["array_id"] for x in manifest["launches"]]
         assert len(arrays) == 3 and all(dependency(a) == f"afterok:{build}(unfulfilled)" for a in arrays), arrays
         assert not (tmp_path / "store.zarr").exists()
+        lines = monitor.cancel_experiment("sj-share", None, tmp_path / "jobs", tmp_path / "outputs")
+        assert f"cancelled store build job {build}" in lines and len(lines) == 5, lines  # 3 arrays, the last aggregate
     finally:
         cancel_all(tmp_path, "sj-share")
 
