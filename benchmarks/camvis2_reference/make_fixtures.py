@@ -9,6 +9,7 @@ RGB, ln depth with nearest resize) and `model/dataset.py` (MultiMagnificationPat
 statistics and `__getitem__`) on it, unchanged: only the module constants (paths, image shape,
 patch size 16 and 30 patches per image, to keep the fixtures small) are set from here. CI does
 not run this; tests/data/test_camvis2.py compares camvis's `camvis2` preprocessing with its output.
+make_model_fixture.py (run after this) feeds the batches written here to camvis2's model.
 
 Needs opencv-python-headless, pandas, torch. camvis2 imports tqdm and torchvision.transforms
 (Normalize only); where they are missing, stand-ins are installed: tqdm as a pass-through, and

@@ -9,7 +9,8 @@
  *
  * Layout and arithmetic are those of BatchSource (camvis/batches.py): level l of the flat
  * buffers starts at rgb_start[l] / depth_start[l] and is padded so that the window of a
- * centre (h, w) starts at padded row h / factor, column w / factor; RGB is normalized as
+ * centre (h, w) starts at padded row level_centre(h, factor), column level_centre(w, factor)
+ * (batches.level_centre: h / f, or camvis2's round(h / f) half to even); RGB is normalized as
  * (x - mean) / std in float32 (compiled without contraction, so the result equals torch's
  * bit for bit); depth was normalized when it was loaded and is copied.
  *
@@ -37,7 +38,18 @@ typedef struct {
     float *out;               /* (n, n_levels * 4, patch, patch), contiguous */
     int64_t first, last, n_levels, patch;
     int stream;               /* write with streaming stores (AVX2 rows only) */
+    int round_half_even;      /* crop centre: 0 h / f (exact), 1 round(h / f) ties to even (camvis2) */
 } Work;
+
+/* Level-f coordinate of full-resolution h >= 0 (batches.level_centre): the block h / f, or
+ * camvis2's int(round(h / f)), ties to even. camvis2's float64 h / f is a tie exactly when the
+ * true quotient is (any other lies 1 / (2f) or more from k + 1/2, far beyond float64's error
+ * for image-sized h), so the integer remainder decides the same way. */
+static int64_t level_centre(int64_t h, int64_t f, int round_half_even) {
+    const int64_t q = h / f, r2 = 2 * (h - q * f);
+    if (!round_half_even) return q;
+    return q + (r2 > f || (r2 == f && (q & 1)));
+}
 
 static void rgb_row(const uint8_t *restrict row, float *restrict line, int64_t p, float mean, float std,
                     int stream) {
@@ -87,7 +99,8 @@ static void sample_windows(const Work *w, int64_t j, Window *win) {
     for (int64_t l = 0; l < n_levels; l++, win += 4) {
         const int64_t f = g[FACTOR * n_levels + l], height = g[HEIGHT * n_levels + l],
                       width = g[WIDTH * n_levels + l];
-        const int64_t row = w->center_h[j] / f, column = w->center_w[j] / f;
+        const int64_t row = level_centre(w->center_h[j], f, w->round_half_even),
+                      column = level_centre(w->center_w[j], f, w->round_half_even);
         const uint8_t *rgb = w->rgb + g[RGB_START * n_levels + l]
                              + (w->image[j] * 3 * height + row) * width + column;
         for (int64_t c = 0; c < 3; c++)
@@ -123,13 +136,14 @@ static void *run(void *arg) {
 }
 
 /* Fills out[0..n) from the patches idx[0..n), split over `threads` threads by sample;
- * streams when the batch has at least stream_min_bytes. Returns whether it streamed.
+ * streams when the batch has at least stream_min_bytes; round_half_even picks the crop-centre
+ * rule (0 exact, 1 camvis2). Returns whether it streamed.
  * The caller guarantees idx in range and every window inside its padded level. */
 int camvis_batch(const uint8_t *rgb, const float *depth, const int64_t *geometry,
                   const int64_t *center_h, const int64_t *center_w, const int64_t *image,
                   const int64_t *view, const int64_t *idx, int64_t n, const float *mean,
                   const float *std, float *out, int64_t n_levels, int64_t patch, int64_t threads,
-                  int64_t stream_min_bytes) {
+                  int64_t stream_min_bytes, int64_t round_half_even) {
     Work work[MAX_THREADS];
     pthread_t thread[MAX_THREADS];
     int started[MAX_THREADS] = {0};
@@ -144,7 +158,8 @@ int camvis_batch(const uint8_t *rgb, const float *depth, const int64_t *geometry
 #endif
     for (int64_t t = 0; t < threads; t++) {
         work[t] = (Work){rgb, depth, geometry, center_h, center_w, image, view, idx, mean, std, out,
-                         n * t / threads, n * (t + 1) / threads, n_levels, patch, stream};
+                         n * t / threads, n * (t + 1) / threads, n_levels, patch, stream,
+                         round_half_even != 0};
     }
     for (int64_t t = 1; t < threads; t++) started[t] = pthread_create(&thread[t], NULL, run, &work[t]) == 0;
     run(&work[0]);

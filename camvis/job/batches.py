@@ -12,8 +12,7 @@ Crop rule (the store's contract): a patch centred at full-resolution (h, w) is c
 (h // f, w // f) on level f and covers rows [h // f - P // 2, h // f - P // 2 + P), same for
 columns; outside the level image RGB reads 0 and log-depth -1, before normalization. A store
 built with `preprocessing: camvis2` records camvis2's rule instead, int(round(h / f)) half to
-even; `level_centre` holds both rules (the C kernel computes h // f itself, so it serves only
-the exact rule and camvis2 stores build batches with torch ops).
+even; `level_centre` holds both rules, and the C kernel computes the same two in integers.
 """
 
 from __future__ import annotations
@@ -114,7 +113,7 @@ class BatchSource:
         self._levels = self._load_levels(store)
         sample_bytes = 4 * self.n_channels * self.patch_size ** 2
         self._chunk = max(1, CPU_CHUNK_BYTES // sample_bytes) if self.device.type == "cpu" else None
-        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" and self._rule == "exact" else None
+        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" else None
 
     @property
     def uses_kernel(self) -> bool:
@@ -196,7 +195,7 @@ class BatchSource:
             lv.rgb.data_ptr(), lv.depth.data_ptr(), lv.geometry.data_ptr(), col["center_h"].data_ptr(),
             col["center_w"].data_ptr(), col["image"].data_ptr(), col["view"].data_ptr(), idx.data_ptr(), n,
             self.mean.data_ptr(), self.std.data_ptr(), out.data_ptr(), len(self.factors), self.patch_size,
-            torch.get_num_threads(), STREAM_MIN_BYTES))
+            torch.get_num_threads(), STREAM_MIN_BYTES, int(self._rule == "camvis2")))
 
     def _window_runs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat offsets of every window row of `idx`, all levels at once:
@@ -318,7 +317,7 @@ def _cpu_kernel() -> ctypes._CFuncPtr | None:
         warnings.warn(f"{e}; CPU batches fall back to torch ops (about 2x slower)", RuntimeWarning, stacklevel=3)
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    kernel.argtypes = [*[pointer] * 8, size, *[pointer] * 3, size, size, size, size]
+    kernel.argtypes = [*[pointer] * 8, size, *[pointer] * 3, size, size, size, size, size]
     kernel.restype = ctypes.c_int
     return kernel
 

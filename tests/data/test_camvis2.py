@@ -6,6 +6,8 @@ raw dir is made again here with the same synth call (its files' SHA-256 are in t
 """
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +137,10 @@ def test_batches_of_a_camvis2_store_equal_camvis2s_patches(store, ref, kernel):
 
     from camvis.job.batches import BatchSource
 
+    if kernel and shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler: the C kernel cannot be built here")
     source = BatchSource(store, tuple(int(f) for f in ref["factors"]), kernel=kernel)
-    assert not source.uses_kernel  # the C kernel knows only the exact crop rule
+    assert source.uses_kernel == kernel  # the C kernel knows camvis2's crop rule too
     rows = _store_rows(store, ref)[ref["batch_index"]]
     x, _, _ = source.batch(torch.as_tensor(rows))
     np.testing.assert_allclose(x.numpy(), ref["batch_x"], atol=2e-5, rtol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -34,16 +35,21 @@ def make_source(store: PatchStore, factors: tuple[int, ...], kernel: bool) -> Ba
 
 
 def make_store(height: int, width: int, patch_size: int, *, factors: tuple[int, ...] = STORE_FACTORS,
-               n_views: int = 3, images_per_view: int = 2, random_centres: int = 4, seed: int = 0) -> PatchStore:
-    """An in-memory store with random levels; every image has centres on all four borders."""
+               n_views: int = 3, images_per_view: int = 2, random_centres: int = 4, seed: int = 0,
+               preprocessing: str = "exact") -> PatchStore:
+    """An in-memory store with random levels; every image has centres on all four borders.
+    `preprocessing`: the level sizes and crop-centre rule recorded (exact, or camvis2's rounding)."""
+    from camvis.data.camvis2 import level_shape
+
     rng = np.random.default_rng(seed)
     views = tuple(f"cam{v}_{v + 1}" for v in range(n_views))
     image_view = np.repeat(np.arange(n_views, dtype=np.int32), images_per_view)
     n_img = image_view.size
     levels = {}
     for f in factors:
-        images = rng.integers(0, 256, (n_img, 3, height // f, width // f), dtype=np.uint8)
-        depth = rng.uniform(0.5, 5.0, (n_views, 1, height // f, width // f)).astype(np.float32)
+        hf, wf = level_shape((height, width), f, preprocessing)
+        images = rng.integers(0, 256, (n_img, 3, hf, wf), dtype=np.uint8)
+        depth = rng.uniform(0.5, 5.0, (n_views, 1, hf, wf)).astype(np.float32)
         depth[rng.random(depth.shape) < 0.1] = -1.0  # sky
         levels[f] = (images, depth)
     border = [(0, 0), (0, width - 1), (height - 1, 0), (height - 1, width - 1), (height // 2, 0), (0, width // 2)]
@@ -66,13 +72,16 @@ def make_store(height: int, width: int, patch_size: int, *, factors: tuple[int, 
         image_view=image_view, table=table,
         norm_mean=rng.uniform(50, 150, (len(factors), 4)).astype(np.float32),
         norm_std=rng.uniform(0.5, 60, (len(factors), 4)).astype(np.float32),
-        levels=levels, attrs={},
+        levels=levels, attrs={"preprocessing": preprocessing} if preprocessing != "exact" else {},
     )
 
 
 def reference_batch(store: PatchStore, factors: tuple[int, ...], idx: np.ndarray) -> np.ndarray:
-    """Plain per-sample crop with explicit bounds checks (0 / -1 outside), stack, normalize."""
+    """Plain per-sample crop with explicit bounds checks (0 / -1 outside), stack, normalize.
+    Crop centre h // f, or camvis2's int(round(h / f)) (Python's round) for a camvis2 store."""
     p = store.patch_size
+    centre = ((lambda h, f: int(round(h / f))) if store.attrs.get("preprocessing") == "camvis2"
+              else (lambda h, f: h // f))
     rows = [store.factors.index(f) for f in factors]
     mean = np.asarray(store.norm_mean)[rows].reshape(-1)[:, None, None]
     std = np.asarray(store.norm_std)[rows].reshape(-1)[:, None, None]
@@ -84,8 +93,8 @@ def reference_batch(store: PatchStore, factors: tuple[int, ...], idx: np.ndarray
         for f in factors:
             images, depth = (np.asarray(a) for a in store.levels[f])
             hf, wf = images.shape[2:]
-            top = int(store.table["center_h"][j]) // f - p // 2
-            left = int(store.table["center_w"][j]) // f - p // 2
+            top = centre(int(store.table["center_h"][j]), f) - p // 2
+            left = centre(int(store.table["center_w"][j]), f) - p // 2
             rgb = np.zeros((3, p, p), np.float32)
             dep = np.full((1, p, p), -1.0, np.float32)
             for r in range(p):
@@ -168,6 +177,32 @@ def test_c_kernel_equals_torch_ops_bit_for_bit_on_any_thread_count(threads: int)
         assert torch.equal(kernel.batch(idx[::3])[0], torch_ops.batch(idx[::3])[0])  # strided indices
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("patch_size", [16, 13])
+def test_c_kernel_takes_camvis2s_rounded_centres_bit_for_bit(threads: int, patch_size: int) -> None:
+    # Odd sizes (61 x 45: round(H / f) levels, one row past h // f's) and many centres, so that
+    # every factor meets ties (h % f == f / 2: half to even goes down or up) and round-ups.
+    factors = (1, 2, 3, 4, 8, 16)
+    store = make_store(61, 45, patch_size, factors=factors, random_centres=60, seed=11, preprocessing="camvis2")
+    h = np.concatenate([store.table["center_h"], store.table["center_w"]]).astype(np.int64)
+    for f in (2, 4, 8, 16):
+        ties = h[2 * (h % f) == f]
+        assert (ties // f % 2 == 0).any() and (ties // f % 2 == 1).any(), f"factor {f}: both kinds of tie"
+    idx = torch.from_numpy(np.resize(np.arange(store.n_patches), 3 * store.n_patches)[::-1].copy())
+    kernel, torch_ops = make_source(store, factors, True), make_source(store, factors, False)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, label, depth = kernel.batch(idx)
+        for a, b in zip((x, label, depth), torch_ops.batch(idx)):
+            assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(x, torch.from_numpy(reference_batch(store, factors, idx.numpy())))
+    floor = make_source(dataclasses.replace(store, attrs={}), factors, True)  # same levels, h // f
+    assert not torch.equal(floor.batch(idx)[0], x)  # the rule matters on these centres
 
 
 def test_c_kernel_streams_large_aligned_batches(monkeypatch: pytest.MonkeyPatch) -> None:
