@@ -11,6 +11,7 @@ a login node.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import shutil
 import subprocess
@@ -53,8 +54,17 @@ class SlurmRow:
     # How the job's earlier attempts ended, oldest first ("NODE_FAIL", "REQUEUED", ...): sacct -D
     # only; empty for a job run once and for squeue, which knows the current attempt alone.
     history: tuple[str, ...] = ()
-    # What the current attempt used against its request: sacct only (None for squeue's rows).
-    usage: slurm_usage.Usage | None = None
+    # sacct only: the current attempt's job line ((field, value) pairs) and the MaxRSS, NTasks, NNodes of
+    # its steps that the accounting polled; read into `usage` when asked (a launch's query never does).
+    accounting: tuple[tuple[str, str], ...] | None = None
+    steps: tuple[tuple[str, str, str], ...] = ()
+
+    @functools.cached_property
+    def usage(self) -> slurm_usage.Usage | None:
+        """What the current attempt used against its request (camvis.cluster.usage); None from squeue."""
+        if self.accounting is None:
+            return None
+        return slurm_usage.attempt_usage(dict(self.accounting), self.steps)
 
 
 @dataclass(frozen=True)
@@ -110,20 +120,23 @@ def parse_rows(text: str, fields: Sequence[str]) -> dict[str, SlurmRow]:
     per attempt, the latest last: the last row of an id is its current state, the earlier ones its history.
     Steps ("123_4.batch", "123_4.0") follow their attempt's row: their memory goes to that attempt's usage."""
     rows: dict[str, SlurmRow] = {}
-    steps: dict[str, list[float]] = {}  # job id -> memory per node of its current attempt's steps
+    steps: dict[str, list[tuple[str, str, str]]] = {}  # job id -> its current attempt's polled steps
     accounted = "TotalCPU" in fields
+    at = {f: i for i, f in enumerate(fields)}
+    rss, tasks, nodes = (at.get(f, len(fields)) for f in ("MaxRSS", "NTasks", "NNodes"))
     for line in text.splitlines():
         if not line.strip():
             continue
-        values = dict(zip(fields, (v.strip() for v in line.split("|"))))
-        job_id = values.get("JobID", "")
-        if "." in job_id:
-            memory = slurm_usage.step_memory(values) if accounted else None
-            if memory is not None:
-                steps.setdefault(job_id.split(".", 1)[0], []).append(memory)
+        cells = line.split("|") + [""] * len(fields)  # one more: absent fields are ""
+        job_id = cells[at["JobID"]].strip()
+        if "." in job_id:  # a step: only its memory is read (most lines of a big grid are steps)
+            if accounted and cells[rss].strip():
+                polled = (cells[rss].strip(), cells[tasks].strip(), cells[nodes].strip())
+                steps.setdefault(job_id.split(".", 1)[0], []).append(polled)
             continue
         if not job_id:
             continue
+        values = dict(zip(fields, (v.strip() for v in cells)))
         raw = values.get("State", "")
         for one in expand_job_id(job_id):
             steps.pop(one, None)  # a new attempt: the earlier one's steps are not its own
@@ -135,12 +148,11 @@ def parse_rows(text: str, fields: Sequence[str]) -> dict[str, SlurmRow]:
                 elapsed=values.get("Elapsed", ""),
                 exit_code=values.get("ExitCode", ""),
                 history=_history(rows.get(one)),
-                usage=slurm_usage.job_usage(values) if accounted else None,
+                accounting=tuple(values.items()) if accounted else None,
             )
-    for job_id, memory in steps.items():
-        row = rows.get(job_id)
-        if row is not None and row.usage is not None:
-            rows[job_id] = dataclasses.replace(row, usage=dataclasses.replace(row.usage, mem_used=max(memory)))
+    for job_id, polled in steps.items():
+        if job_id in rows:
+            rows[job_id] = dataclasses.replace(rows[job_id], steps=tuple(polled))
     return rows
 
 

@@ -11,9 +11,11 @@ a job shorter than one poll may have no MaxRSS. No torch here: this runs on a lo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 GIB = 1024**3  # SLURM's G (and submitit's mem_gb) is 1024^3 bytes
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
@@ -87,13 +89,19 @@ def job_usage(values: dict[str, str]) -> Usage:
                  cpus=cpus, nodes=nodes, gpus=gpus(values.get("AllocTRES")), mem_asked=per_node)
 
 
-def step_memory(values: dict[str, str]) -> float | None:
-    """A step line's memory per node: MaxRSS (its largest task) x tasks per node; None when not polled."""
-    rss = memory_bytes(values.get("MaxRSS"))
+def step_memory(max_rss: str, tasks: str = "", nodes: str = "") -> float | None:
+    """A step's memory per node: MaxRSS (its largest task) x tasks per node; None when not polled."""
+    rss = memory_bytes(max_rss)
     if rss is None or rss[0] <= 0:
         return None
-    tasks, nodes = _int(values.get("NTasks")) or 1, _int(values.get("NNodes")) or 1
-    return rss[0] * math.ceil(tasks / nodes)
+    return rss[0] * math.ceil((_int(tasks) or 1) / (_int(nodes) or 1))
+
+
+def attempt_usage(job: dict[str, str], steps: Sequence[tuple[str, str, str]] = ()) -> Usage:
+    """An attempt's usage: its job line (`job`: field -> value) and the (MaxRSS, NTasks, NNodes) of its steps."""
+    usage = job_usage(job)
+    memory = [m for m in (step_memory(*step) for step in steps) if m is not None]
+    return dataclasses.replace(usage, mem_used=max(memory)) if memory else usage
 
 
 def _int(text: str | None) -> int | None:

@@ -68,8 +68,8 @@ def test_memory_per_node_from_old_and_new_reqmem() -> None:
     assert job_usage({**base, "ReqMem": "1Gc"}).mem_asked == 4 * GIB  # older: per CPU, 8 CPUs over 2 nodes
     assert job_usage({**base, "ReqMem": "16G"}).cpu_efficiency == pytest.approx(0.5)
     # a step's largest task times its tasks per node: 4 ranks over 2 nodes, 1 GiB each -> 2 GiB a node
-    assert step_memory({"MaxRSS": "1048576K", "NTasks": "4", "NNodes": "2"}) == 2 * GIB
-    assert step_memory({"MaxRSS": "", "NTasks": "1", "NNodes": "1"}) is None
+    assert step_memory("1048576K", "4", "2") == 2 * GIB
+    assert step_memory("", "1", "1") is None and step_memory("0") is None
 
 
 def test_parse_sacct_attaches_each_attempts_steps() -> None:
