@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from camvis.cluster.slurm_query import TERMINAL_STATES
+from camvis.cluster.slurm_query import FAILED_STATES, TERMINAL_STATES
 from camvis.cluster.usage import GIB
 from camvis.jobdir import as_number
 
@@ -96,13 +96,16 @@ def cell(e: Efficiency) -> str:
 
 def warnings(status: ExperimentStatus) -> list[str]:
     """Jobs far below their request: memory used under a quarter of it (ended jobs: a running one may still
-    grow), a GPU job's GPU mostly idle, CPUs mostly idle. One line per job, or one per kind for many jobs."""
+    grow), a GPU job's GPU mostly idle, CPUs mostly idle. One line per job, or one per kind for many jobs.
+    A failed, cancelled or timed-out job is left out: it may have stopped before it needed what it asked for."""
     kinds: dict[str, list[tuple[str, Efficiency]]] = {"mem": [], "gpu": [], "cpu": []}
     for job in status.jobs:
+        if job.state in FAILED_STATES and not job.finished:
+            continue
         e = of_job(job, status.resources.get(job.info.name))
         if e.final and e.mem_used_gb is not None and e.mem_asked_gb and e.mem_used_gb < MEM_USED_BELOW * e.mem_asked_gb:
             kinds["mem"].append((job.info.name, e))
-        if e.gpus and e.gpu_util is not None and e.gpu_util < GPU_UTIL_BELOW:
+        if e.gpu_util is not None and e.gpu_util < GPU_UTIL_BELOW:  # sampled on CUDA only: a GPU job
             kinds["gpu"].append((job.info.name, e))
         # one CPU mostly idle cannot be asked for less: only a job with several CPUs is warned
         if e.cpu is not None and e.cpu < CPU_EFFICIENCY_BELOW and (e.cpus or 1) > 1:

@@ -132,6 +132,16 @@ def test_many_jobs_with_one_warning_make_one_line(tmp_path: Path) -> None:
         "6 jobs (j0, j1, j2 and 3 more): asked 8 GB, used at most 0.6 GB: lower slurm.mem_gb"]
 
 
+def test_a_job_that_failed_early_is_not_told_to_ask_for_less(tmp_path: Path) -> None:
+    experiment(tmp_path, ["oom", "slow"], mem_gb=8, cpus_per_task=4)
+    sacct = (sacct_line("900_0", "FAILED", "00:01:00", "00:00:10", 4, "8G", "100M")
+             + sacct_line("900_1", "TIMEOUT", "01:00:00", "00:10:00", 4, "8G", "200M"))
+    status = collect(tmp_path, sacct)
+    assert [j.state for j in status.jobs] == ["FAILED", "TIMEOUT"]
+    assert efficiency_view.cell(efficiency_view.of_job(status.jobs[0], status.resources["oom"])) == "cpu 4% · 0.1/8 GB"
+    assert efficiency_view.warnings(status) == []
+
+
 def test_nothing_known_is_a_dash(tmp_path: Path) -> None:
     experiment(tmp_path, ["p"], mem_gb=8)
     status = collect(tmp_path, sacct_line("900_0", "PENDING", "00:00:00", "00:00:00", 1, "8G"))
