@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from camvis.cluster import jobfiles
 from camvis.cluster.efficiency_view import job_resources, requested
+from camvis.cluster.usage import duration_s
 from camvis.cluster.monitor import ExperimentStatus, JobStatus
 
 
@@ -56,15 +57,7 @@ def resources_text(r: dict[str, Any] | None) -> str:
 
 def elapsed_seconds(text: str | None) -> float | None:
     """SLURM's elapsed time ([D-]HH:MM:SS, MM:SS) in seconds, None if unreadable."""
-    if not text:
-        return None
-    days, _, clock = text.rpartition("-")
-    try:
-        fields = [float(x) for x in clock.split(":")]
-        seconds = sum(v * 60**i for i, v in enumerate(reversed(fields)))
-        return seconds + (float(days) * 86400 if days else 0.0)
-    except ValueError:
-        return None
+    return duration_s(text)
 
 
 def job_facts(job: JobStatus, scores: dict[str, Any] | None) -> tuple[int | None, float | None, str]:
@@ -87,23 +80,25 @@ def compute_hours(job: JobStatus, scores: dict[str, Any] | None,
     if it ran on CUDA, one GPU. None when the wall time or the CPUs are unknown."""
     scores = scores or {}
     usage = job.slurm.usage if job.slurm is not None else None
-    wall = usage.elapsed_s if usage is not None else None
-    if wall is None and job.slurm is not None:
-        wall = elapsed_seconds(job.slurm.elapsed)
-    timing = scores.get("timing") if isinstance(scores.get("timing"), dict) else {}
-    if wall is None and timing:
-        parts = [v for v in timing.values() if isinstance(v, (int, float)) and math.isfinite(v)]
-        wall = float(sum(parts)) if parts else None
+    wall = wall_seconds(job, scores)
     cpus, gpus, _ = requested(resources)
     if usage is not None:
         cpus, gpus = usage.cpus or cpus, usage.gpus or gpus
-    threads = jobfiles.as_int(scores.get("threads"))
-    cpus = cpus or threads
+    cpus = cpus or jobfiles.as_int(scores.get("threads"))
     if not gpus and usage is None and (resources or {}).get("mode") != "slurm" and "peak_device_mem_gb" in scores:
         gpus = 1  # a local run on CUDA: one process, one GPU
     if wall is None or not (gpus or cpus):
         return None
     return ("GPU", wall * gpus / 3600) if gpus else ("CPU", wall * (cpus or 0) / 3600)
+
+
+def wall_seconds(job: JobStatus, scores: dict[str, Any]) -> float | None:
+    """The wall time a job held its allocation: SLURM's elapsed time of its last attempt, else its own
+    load + train + evaluate time."""
+    elapsed = elapsed_seconds(job.slurm.elapsed) if job.slurm is not None else None
+    timing = scores.get("timing") if isinstance(scores.get("timing"), dict) else {}
+    parts = [v for v in timing.values() if isinstance(v, (int, float)) and math.isfinite(v)]
+    return elapsed if elapsed is not None else float(sum(parts)) if parts else None
 
 
 def hours_text(spent: Sequence[tuple[str, float]]) -> str:
