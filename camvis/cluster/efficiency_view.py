@@ -89,9 +89,14 @@ def cell(e: Efficiency) -> str:
     parts = [f"gpu {e.gpu_util:.0f}%"] if e.gpu_util is not None else []
     parts += [f"cpu {e.cpu:.0%}"] if e.cpu is not None else []
     if e.mem_used_gb is not None:
-        asked = f"/{e.mem_asked_gb:.3g}" if e.mem_asked_gb is not None else ""
+        asked = f"/{gb(e.mem_asked_gb)}" if e.mem_asked_gb is not None else ""
         parts.append(f"{e.mem_used_gb:.1f}{asked} GB")
     return " · ".join(parts) or "-"
+
+
+def gb(value: float) -> str:
+    """A request as it was asked: 8, 0.5, 1024 (never 1.02e+03)."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def warnings(status: ExperimentStatus) -> list[str]:
@@ -126,7 +131,7 @@ def _what(kind: str, es: Sequence[Efficiency]) -> str:
     if kind == "mem":
         asked = max(e.mem_asked_gb or 0.0 for e in es)
         used = max(e.mem_used_gb or 0.0 for e in es)
-        return f"asked {asked:.3g} GB, used {most}{used:.1f} GB: lower slurm.mem_gb"
+        return f"asked {gb(asked)} GB, used {most}{used:.1f} GB: lower slurm.mem_gb"
     if kind == "gpu":
         util = max(e.gpu_util or 0.0 for e in es)
         return (f"GPU idle, mean utilisation {most}{util:.0f}%: raise train.batch_size, or train on CPUs "
