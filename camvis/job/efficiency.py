@@ -54,6 +54,34 @@ def harmonic_mean(rates: Sequence[float]) -> float | None:
     return len(rates) / sum(1.0 / r for r in rates) if rates else None
 
 
+def model_flops(model: Any) -> int:
+    """Forward + backward FLOPs of one training sample, from the architecture alone.
+
+    The count camvis.model.flops_per_sample measures with FlopCounterMode (2 FLOPs per multiply-add of the
+    convolutions and linear layers; a layer's backward: its weight gradient, plus its input gradient when its
+    input needs one, i.e. not for the first convolution a level's pixels meet), without running the model:
+    that measure's first pass on the meta device costs seconds of one-off start-up in every job.
+    tests/job/test_efficiency.py checks the two agree on every variant.
+    """
+    c, h, p, levels = model.num_channels, model.size_hidden, model.patch_size, model.num_levels
+
+    def conv(cin: int, side: int, grad: bool) -> int:  # a 3 x 3 "same" conv to h channels
+        return 2 * cin * 9 * h * side * side * (3 if grad else 2)
+
+    def encoder(cin: int, grad: bool) -> int:  # blocks 1..n, each halving the side, to 1 x 1
+        return conv(cin, p, grad) + sum(conv(h, p >> k, True) for k in range(1, model.num_blocks))
+
+    if model.align_features:  # level 0's block sees its own pixels only; later levels also the encoding
+        total = sum(conv(c if i == 0 else c + h, p, i > 0) for i in range(levels - 1))
+        total += encoder(c if levels == 1 else c + h, levels > 1)
+        size_in = h
+    else:
+        total = levels * encoder(c, False)
+        size_in = levels * h
+    head = size_in * h + h if model.use_mlp else size_in  # fc1, fc2 or the 1 x 1 conv, one output
+    return total + 2 * head * 3
+
+
 class GpuSampler:
     """The GPU's utilisation (%), asked of NVML every `every` s by a daemon thread between start() and stop().
 
@@ -120,10 +148,8 @@ class Meter:
         self.gpu = GpuSampler(device) if on_cuda and sample_gpu else None
 
     def measure_model(self, model: Any) -> None:
-        """The bare model's forward + backward FLOPs per training sample (camvis.model.flops_per_sample)."""
-        from camvis.model import flops_per_sample
-
-        self.flops_per_sample = flops_per_sample(model)
+        """The bare model's forward + backward FLOPs per training sample (model_flops)."""
+        self.flops_per_sample = model_flops(model)
 
     def start_training(self) -> None:
         if self.gpu is not None:

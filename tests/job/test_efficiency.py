@@ -12,7 +12,7 @@ from camvis.config import load_job_config
 from camvis.job import efficiency
 from camvis.job.task import run_job
 from camvis.jobdir import PROGRESS
-from camvis.model import build_model, flops_per_sample
+from camvis.model import ARCHITECTURES, MultiMagnificationNet, build_model, flops_per_sample
 
 TINY = ["data.factors=[2,4,8]", "model.size_hidden=8", "train.batch_size=32", "train.epoch_patches=128",
         "eval.bootstrap=20", "eval.figures=false"]
@@ -58,6 +58,22 @@ def test_progress_has_the_figures_while_training(synth_store, tmp_path):
     progress = json.loads((tmp_path / "j" / PROGRESS).read_text())
     assert progress["state"] == "evaluating" and progress["epoch"] == 1
     assert {"threads", "cpu_efficiency", "peak_host_mem_gb", "train_tflops"} <= set(progress)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("levels, patch, hidden", [(1, 16, 8), (3, 32, 16), (2, 8, 3)])
+def test_model_flops_from_the_architecture_match_flop_counter_mode(arch, levels, patch, hidden):
+    """The job's count (no model run) is FlopCounterMode's measure (camvis.model.flops_per_sample)."""
+    model = MultiMagnificationNet(num_levels=levels, size_hidden=hidden, patch_size=patch,
+                                  **ARCHITECTURES[arch].flags())
+    assert efficiency.model_flops(model) == flops_per_sample(model)
+
+
+@pytest.mark.parametrize("arch", ["type_1", "type_8"])
+def test_model_flops_of_camvis2s_full_size_model(arch):
+    """128 px patches, 7 blocks, 128 hidden channels, 3 levels: the paper's models."""
+    model = MultiMagnificationNet(num_levels=3, **ARCHITECTURES[arch].flags())
+    assert efficiency.model_flops(model) == flops_per_sample(model) > 1e9
 
 
 def test_harmonic_mean_is_total_samples_over_total_time():
