@@ -15,7 +15,7 @@ _WHOLE_EXPERIMENT = "\0all"
 
 EPILOG = """examples:
   camvis-status                          one row per experiment under jobs/
-  camvis-status cat_vs_align             table by grid point: state, node, epoch, best, samples/s, ETA
+  camvis-status cat_vs_align             by grid point: state, node, epoch, best, samples/s, ETA, efficiency
   camvis-status cat_vs_align --watch 30  refresh every 30 s until every job has ended (Ctrl-C stops);
                                          piped or redirected: one timestamped snapshot after another
   camvis-status cat_vs_align --watch --interval 60 --count 3 > status.log   three snapshots a minute apart

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from camvis.cluster import jobfiles
+from camvis.cluster import efficiency_view, jobfiles
 from camvis.cluster import slurm_query, store_job
 from camvis.console import default_console, plural
 from camvis.errors import ConfigError, SubmissionError
@@ -64,6 +64,7 @@ class JobStatus:
     error: str | None = None  # last line of the job's error.txt (its traceback), if it failed in Python
     folder: Path | None = None  # outputs/<experiment>/<job>/
     hidden: frozenset[str] = frozenset()  # job files of an earlier run, not shown as this job's
+    scores: dict[str, Any] | None = None  # scores.json when finished (the efficiency column reads it)
 
     @property
     def source_text(self) -> str:
@@ -80,16 +81,19 @@ def job_status(info: JobInfo, slurm: QueryResult, outputs: str | Path, experimen
     folder = Path(outputs) / experiment / info.name
     hidden = earlier_run_files(info, folder)
     progress = None if jobfiles.PROGRESS in hidden else read_json(folder / jobfiles.PROGRESS)
-    finished = jobfiles.SCORES not in hidden and is_finished(read_json(folder / jobfiles.SCORES), info.config_hash)
+    scores = None if jobfiles.SCORES in hidden else read_json(folder / jobfiles.SCORES)
+    finished = is_finished(scores, info.config_hash)
+    scores = scores if finished else None
     error = None if finished or jobfiles.ERROR in hidden else last_error_line(folder)
     row = slurm.rows.get(info.job_id) if info.mode == "slurm" and info.job_id else None
     if row is not None:
-        return JobStatus(info, row.state, slurm.source or "slurm", row, progress, finished, error, folder, hidden)
+        return JobStatus(info, row.state, slurm.source or "slurm", row, progress, finished, error, folder, hidden,
+                         scores)
     if not finished and cancelled_by_camvis(info, manifest):
         return JobStatus(info, "CANCELLED", "manifest", None, progress, False, error, folder, hidden)
     ended = not finished and job_ended_without_scores(info, folder)
     state = state_from_files(info, progress, finished, slurm.reachable, ended)
-    return JobStatus(info, state, "files", None, progress, finished, error, folder, hidden)
+    return JobStatus(info, state, "files", None, progress, finished, error, folder, hidden, scores)
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ class ExperimentStatus:
     has_slurm_jobs: bool
     store_builds: list[tuple[str, bool]] = field(default_factory=list)  # store_job.status_line of each build
     stuck: frozenset[str] = frozenset()  # tasks pending for ever behind a failed build (DependencyNeverSatisfied)
+    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # job -> what its launch asked for
 
     @property
     def counts(self) -> dict[str, int]:
@@ -153,7 +158,8 @@ def collect(
     lines = [store_job.status_line(b, store_job.build_state(b["job_id"], slurm.rows)) for b in builds]
     stuck = store_job.never_satisfied([r.info.job_id for r in rows if r.state == "PENDING" and r.info.job_id]) \
         if any(failed for _, failed in lines) and runner is None else set()
-    return ExperimentStatus(experiment, rows, slurm, agg_states, bool(ids), lines, frozenset(stuck))
+    return ExperimentStatus(experiment, rows, slurm, agg_states, bool(ids), lines, frozenset(stuck),
+                            efficiency_view.job_resources(manifest))
 
 
 def collect_all(
@@ -230,7 +236,7 @@ def build_table(status: ExperimentStatus) -> Table:
     table = Table(title=f"{status.experiment}: {plural(len(status.jobs), 'job')}", title_justify="left")
     for column, justify in [("job", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
                             ("from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
-                            ("samples/s", "right"), ("ETA", "right")]:  # fmt: skip
+                            ("samples/s", "right"), ("ETA", "right"), ("efficiency", "left")]:  # fmt: skip
         table.add_column(column, justify=justify, no_wrap=column in ("job", "state"))  # type: ignore[arg-type]
     for job in status.jobs:
         info, row = job.info, job.slurm
@@ -242,7 +248,8 @@ def build_table(status: ExperimentStatus) -> Table:
         state = state_text(job.state, restarts, row.history if row else ())
         table.add_row(name, info.group, fold, state, Text(job.source_text, style="dim"),
                       ",".join(node_list(row.node)) if row and row.node else "-",
-                      row.elapsed if row and row.elapsed else "-", *progress_cells(job))  # fmt: skip
+                      row.elapsed if row and row.elapsed else "-", *progress_cells(job),
+                      efficiency_view.cell(efficiency_view.of_job(job, status.resources.get(info.name))))  # fmt: skip
     return table
 
 
@@ -299,6 +306,7 @@ def status_renderable(status: ExperimentStatus, tail_lines: int = 10) -> Rendera
     parts += [build_table(status), counts_line(status.counts), slurm_line(status)]
     if status.aggregate:
         parts.append(Text("aggregate job: " + ", ".join(f"{i} {s}" for i, s in status.aggregate)))
+    parts += [Text(f"warning: {line}", style="yellow") for line in efficiency_view.warnings(status)]
     hidden = [j.info.name for j in status.jobs if j.hidden]
     if hidden:
         parts.append(Text(f"not shown: an earlier run's files in the folders of {', '.join(hidden)} "

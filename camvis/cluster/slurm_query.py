@@ -1,25 +1,30 @@
 """Batched, read-mostly SLURM queries shared by `camvis-status` and `camvis-aggregate`.
 
 One `sacct -D` call for every job of an experiment (accounting on: one row per attempt, so a
-requeued job's earlier attempts are known too), else one `squeue -t all` call (which forgets
-finished jobs after MinJobAge and keeps no attempts). Parsing is kept apart from the
+requeued job's earlier attempts are known too, each followed by its steps, whose MaxRSS the attempt's
+usage takes: camvis.cluster.usage), else one `squeue -t all` call (which forgets finished jobs after
+MinJobAge and keeps no attempts). Parsing is kept apart from the
 subprocess calls so that it can be tested on captured output. No torch here: this runs on
 a login node.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from camvis.cluster import usage as slurm_usage
 from camvis.errors import SubmissionError
 
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
 
-SACCT_FIELDS = "JobID,State,NodeList,Elapsed,ExitCode"
+# The first five name the job and its state; the rest are what it used (camvis.cluster.usage).
+SACCT_FIELDS = "JobID,State,NodeList,Elapsed,ExitCode,TotalCPU,AllocCPUS,ReqMem,MaxRSS,NNodes,NTasks,AllocTRES"
 SQUEUE_FORMAT = "%i|%T|%N|%M"
 QUERY_TIMEOUT_S = 30.0
 
@@ -49,6 +54,17 @@ class SlurmRow:
     # How the job's earlier attempts ended, oldest first ("NODE_FAIL", "REQUEUED", ...): sacct -D
     # only; empty for a job run once and for squeue, which knows the current attempt alone.
     history: tuple[str, ...] = ()
+    # sacct only: the current attempt's job line ((field, value) pairs) and the MaxRSS, NTasks, NNodes of
+    # its steps that the accounting polled; read into `usage` when asked (a launch's query never does).
+    accounting: tuple[tuple[str, str], ...] | None = None
+    steps: tuple[tuple[str, str, str], ...] = ()
+
+    @functools.cached_property
+    def usage(self) -> slurm_usage.Usage | None:
+        """What the current attempt used against its request (camvis.cluster.usage); None from squeue."""
+        if self.accounting is None:
+            return None
+        return slurm_usage.attempt_usage(dict(self.accounting), self.steps)
 
 
 @dataclass(frozen=True)
@@ -100,19 +116,30 @@ def expand_job_id(job_id: str) -> list[str]:
 
 
 def parse_rows(text: str, fields: Sequence[str]) -> dict[str, SlurmRow]:
-    """Parse '|'-separated sacct/squeue lines; job steps are skipped, pending ranges are expanded.
-    sacct -D shows a requeued job once per attempt, the latest last: the last row of an id is its
-    current state, the earlier ones its history."""
+    """Parse '|'-separated sacct/squeue lines; pending ranges are expanded. sacct -D shows a requeued job once
+    per attempt, the latest last: the last row of an id is its current state, the earlier ones its history.
+    Steps ("123_4.batch", "123_4.0") follow their attempt's row: their memory goes to that attempt's usage."""
     rows: dict[str, SlurmRow] = {}
+    steps: dict[str, list[tuple[str, str, str]]] = {}  # job id -> its current attempt's polled steps
+    accounted = "TotalCPU" in fields
+    at = {f: i for i, f in enumerate(fields)}
+    rss, tasks, nodes = (at.get(f, len(fields)) for f in ("MaxRSS", "NTasks", "NNodes"))
     for line in text.splitlines():
         if not line.strip():
             continue
-        values = dict(zip(fields, (v.strip() for v in line.split("|"))))
-        job_id = values.get("JobID", "")
-        if not job_id or "." in job_id:  # "123_4.batch", "123_4.0": steps, not jobs
+        cells = line.split("|") + [""] * len(fields)  # one more: absent fields are ""
+        job_id = cells[at["JobID"]].strip()
+        if "." in job_id:  # a step: only its memory is read (most lines of a big grid are steps)
+            if accounted and cells[rss].strip():
+                polled = (cells[rss].strip(), cells[tasks].strip(), cells[nodes].strip())
+                steps.setdefault(job_id.split(".", 1)[0], []).append(polled)
             continue
+        if not job_id:
+            continue
+        values = dict(zip(fields, (v.strip() for v in cells)))
         raw = values.get("State", "")
         for one in expand_job_id(job_id):
+            steps.pop(one, None)  # a new attempt: the earlier one's steps are not its own
             rows[one] = SlurmRow(
                 job_id=one,
                 state=normalize_state(raw),
@@ -121,7 +148,11 @@ def parse_rows(text: str, fields: Sequence[str]) -> dict[str, SlurmRow]:
                 elapsed=values.get("Elapsed", ""),
                 exit_code=values.get("ExitCode", ""),
                 history=_history(rows.get(one)),
+                accounting=tuple(values.items()) if accounted else None,
             )
+    for job_id, polled in steps.items():
+        if job_id in rows:
+            rows[job_id] = dataclasses.replace(rows[job_id], steps=tuple(polled))
     return rows
 
 
@@ -166,8 +197,8 @@ def _run(cmd: Sequence[str]) -> subprocess.CompletedProcess:
 
 
 def sacct_command(ids: Sequence[str]) -> list[str]:
-    # -X: jobs, not steps; -D: every attempt of a requeued job (duplicates), not only the latest.
-    return ["sacct", "-X", "-D", "-j", ",".join(ids), "-P", "-n", "-o", SACCT_FIELDS]
+    # -D: every attempt of a requeued job (duplicates), not only the latest; no -X: the steps hold MaxRSS.
+    return ["sacct", "-D", "-j", ",".join(ids), "-P", "-n", "-o", SACCT_FIELDS]
 
 
 def squeue_command(ids: Sequence[str]) -> list[str]:

@@ -49,22 +49,25 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
             _start(directory, cfg, env.world_size, restart)
 
         _main_first(env, prepare)
+        meter = efficiency.Meter(env.device, sample_gpu=env.is_main)
         clock = [time.perf_counter()]
         inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
         clock.append(time.perf_counter())
-        state = train(cfg, directory, env, inputs, run_id=restart)
+        state = train(cfg, directory, env, inputs, run_id=restart, meter=meter)
         clock.append(time.perf_counter())
         last = state.history[-1] if state.history else None
         if env.is_main:
-            write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size)
+            write_progress(directory, cfg, state, last, phase="evaluating", world_size=env.world_size,
+                           figures=meter.progress_fields())
         best = EvalInputs.load(cfg, directory / BEST, inputs.source, train_hash=train_hash(cfg))
         scores = evaluate_job(cfg, directory, best, epochs=state.epoch)
         clock.append(time.perf_counter())
         if env.is_main:
             phases = dict(zip(("load_s", "train_s", "evaluate_s"), (b - a for a, b in zip(clock, clock[1:]))))
-            scores = efficiency.record(directory, scores, phases, env.device)
+            scores = efficiency.record(directory, scores, phases, env.device, meter, state.history)
             log_hparams(directory, cfg, scores)  # TensorBoard's HParams tab: this job's row of the grid
-            write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size)
+            write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size,
+                           figures=meter.progress_fields())
         return scores
     except locks.JobLockedError:
         raise

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
-from camvis.job import checkpoints, memory
+from camvis.job import checkpoints, efficiency, memory
 from camvis.job.batches import BatchSource, EpochSampler, fold_split, inner_split
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
@@ -238,18 +238,22 @@ def epoch_on_device(batches: list[torch.Tensor], device: torch.device) -> list[t
 
 
 def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | None = None, *,
-          run_id: str | None = None) -> TrainState:
+          run_id: str | None = None, meter: efficiency.Meter | None = None) -> TrainState:
     """Train (or resume training) one job; returns the final state. Only rank 0 writes.
 
     `inputs`: the job's open store and device pyramid (opened here if None), which the
     caller can hand on to the evaluation instead of loading the pyramid a second time.
     `run_id`: recorded in a fresh training's checkpoints (a --restart's id; camvis.job.identity).
     A checkpoint of another training is an error: camvis.job.identity.settle moves it aside first.
+    `meter`: the job's efficiency figures (camvis.job.efficiency), written to progress.json every epoch.
     """
     job_dir = Path(job_dir)
     inputs = inputs if inputs is not None else open_inputs(cfg, env.device)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg, inputs.store.patch_size).to(env.device)
+    meter = meter if meter is not None else efficiency.Meter(env.device, sample_gpu=env.is_main)
+    if env.is_main:
+        meter.measure_model(model)
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest conv algorithms, found once
@@ -263,6 +267,7 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
                            epoch_patches=cfg.train.epoch_patches)
     writer = _tensorboard(job_dir, env, state.epoch)
     epoch_times: list[float] = []
+    meter.start_training()  # GPU utilisation is sampled while training runs
     try:
         while not state.finished:
             start = time.perf_counter()
@@ -283,9 +288,10 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
             if env.is_main:
                 _log_epoch(writer, state, record, epoch_times[-1])
                 write_progress(job_dir, cfg, state, record, eta_s=_eta(cfg, state, epoch_times),
-                               world_size=env.world_size)
+                               world_size=env.world_size, figures=meter.progress_fields(samples_per_s))
                 log(env, _epoch_line(cfg, state, record))
     finally:
+        meter.stop_training()
         if writer is not None:
             writer.close()
     return state
@@ -356,8 +362,10 @@ def _eta(cfg: JobConfig, state: TrainState, epoch_times: list[float]) -> float |
 
 
 def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dict | None,
-                   *, phase: str | None = None, eta_s: float | None = None, world_size: int = 1) -> None:
-    """progress.json for camvis-status: where the job is, in one small atomic file."""
+                   *, phase: str | None = None, eta_s: float | None = None, world_size: int = 1,
+                   figures: dict[str, Any] | None = None) -> None:
+    """progress.json for camvis-status: where the job is, in one small atomic file; `figures`: the
+    figures of camvis.job.efficiency.Meter.progress_fields, at the top level."""
     phase = phase or ("evaluating" if state.finished else "training")
     write_json(
         Path(job_dir) / PROGRESS,
@@ -374,6 +382,7 @@ def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dic
             "restarts": state.restarts,
             "world_size": world_size,
             "train_hash": train_hash(cfg),
+            **(figures or {}),
         },
     )
 

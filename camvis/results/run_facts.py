@@ -1,5 +1,6 @@
 """What summary.md says about how the grid ran: its description, and per group the epochs run, the
-training time and the resources asked for.
+training time, the resources asked for and the GPU-hours (jobs with GPUs: wall time x GPUs) or CPU-hours
+(wall time x CPUs) spent.
 
 Read from what exists on the login node: the manifest (the grid's description and each launch's
 resources, recorded by camvis.cluster.manifest), each job's scores.json (epochs; `timing.train_s` when the
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from camvis.cluster import jobfiles
+from camvis.cluster.efficiency_view import job_resources, requested
+from camvis.cluster.usage import duration_s
 from camvis.cluster.monitor import ExperimentStatus, JobStatus
 
 
@@ -36,16 +39,6 @@ def group_order(manifest: dict[str, Any] | None, jobs: Sequence[tuple[str, str]]
     return groups + sorted({g for _, g in jobs} - set(groups))
 
 
-def job_resources(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """{job: the `resources` of the last launch that submitted it}."""
-    out: dict[str, dict[str, Any]] = {}
-    for launch in (manifest or {}).get("launches") or []:
-        if isinstance(launch, dict) and isinstance(launch.get("resources"), dict):
-            for name in launch.get("submitted") or []:
-                out[str(name)] = launch["resources"]
-    return out
-
-
 def resources_text(r: dict[str, Any] | None) -> str:
     """`1 node x 2 ranks, 1 GPU/node, 8 CPUs/rank, 32 GB, 120 min` from a launch's recorded resources."""
     if not r:
@@ -64,15 +57,7 @@ def resources_text(r: dict[str, Any] | None) -> str:
 
 def elapsed_seconds(text: str | None) -> float | None:
     """SLURM's elapsed time ([D-]HH:MM:SS, MM:SS) in seconds, None if unreadable."""
-    if not text:
-        return None
-    days, _, clock = text.rpartition("-")
-    try:
-        fields = [float(x) for x in clock.split(":")]
-        seconds = sum(v * 60**i for i, v in enumerate(reversed(fields)))
-        return seconds + (float(days) * 86400 if days else 0.0)
-    except ValueError:
-        return None
+    return duration_s(text)
 
 
 def job_facts(job: JobStatus, scores: dict[str, Any] | None) -> tuple[int | None, float | None, str]:
@@ -87,6 +72,43 @@ def job_facts(job: JobStatus, scores: dict[str, Any] | None) -> tuple[int | None
     return epochs, None, ""
 
 
+def compute_hours(job: JobStatus, scores: dict[str, Any] | None,
+                  resources: dict[str, Any] | None) -> tuple[str, float] | None:
+    """("GPU" | "CPU", hours) one finished job spent: its wall time (SLURM's elapsed time of the task, else the
+    job's own timing, load + train + evaluate) x the GPUs it held, or x its CPUs when it held none. GPUs and
+    CPUs: sacct's allocation, else what the launch asked SLURM for, else (a local run) the job's own threads and,
+    if it ran on CUDA, one GPU. None when the wall time or the CPUs are unknown."""
+    scores = scores or {}
+    usage = job.slurm.usage if job.slurm is not None else None
+    wall = wall_seconds(job, scores)
+    cpus, gpus, _ = requested(resources)
+    if usage is not None:
+        cpus, gpus = usage.cpus or cpus, usage.gpus or gpus
+    cpus = cpus or jobfiles.as_int(scores.get("threads"))
+    if not gpus and usage is None and (resources or {}).get("mode") != "slurm" and "peak_device_mem_gb" in scores:
+        gpus = 1  # a local run on CUDA: one process, one GPU
+    if wall is None or not (gpus or cpus):
+        return None
+    return ("GPU", wall * gpus / 3600) if gpus else ("CPU", wall * (cpus or 0) / 3600)
+
+
+def wall_seconds(job: JobStatus, scores: dict[str, Any]) -> float | None:
+    """The wall time a job held its allocation: SLURM's elapsed time of its last attempt, else its own
+    load + train + evaluate time."""
+    elapsed = elapsed_seconds(job.slurm.elapsed) if job.slurm is not None else None
+    timing = scores.get("timing") if isinstance(scores.get("timing"), dict) else {}
+    parts = [v for v in timing.values() if isinstance(v, (int, float)) and math.isfinite(v)]
+    return elapsed if elapsed is not None else float(sum(parts)) if parts else None
+
+
+def hours_text(spent: Sequence[tuple[str, float]]) -> str:
+    """'1.25 GPU-h' (or CPU-h; both when a group has both kinds of job); '-' when none is known."""
+    totals: dict[str, float] = {}
+    for kind, hours in spent:
+        totals[kind] = totals.get(kind, 0.0) + hours
+    return " + ".join(f"{hours:.3g} {kind}-h" for kind, hours in sorted(totals.items(), reverse=True)) or "-"
+
+
 def fmt_hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
@@ -97,12 +119,16 @@ def group_rows(status: ExperimentStatus, manifest: dict[str, Any] | None, output
     resources = job_resources(manifest)
     base = Path(outputs) / status.experiment
     groups: dict[str, list[tuple[int | None, float | None, str, str]]] = {}
+    spent: dict[str, list[tuple[str, float]]] = {}
     for job in status.jobs:
         if job.info.name not in names:
             continue
-        epochs, seconds, source = job_facts(job, jobfiles.read_json(base / job.info.name / jobfiles.SCORES))
+        scores = jobfiles.read_json(base / job.info.name / jobfiles.SCORES)
+        epochs, seconds, source = job_facts(job, scores)
         groups.setdefault(job.info.variant, []).append((epochs, seconds, source, resources_text(
             resources.get(job.info.name))))
+        hours = compute_hours(job, scores, resources.get(job.info.name))
+        spent.setdefault(job.info.variant, []).extend([hours] if hours else [])
     rows = []
     for group, facts in groups.items():
         epochs = [e for e, _, _, _ in facts if e is not None]
@@ -116,6 +142,7 @@ def group_rows(status: ExperimentStatus, manifest: dict[str, Any] | None, output
             "time per job": fmt_hours(sum(seconds) / len(seconds)) if seconds else "-",
             "time from": " + ".join(sources) if sources else "-",
             "resources per job": "; ".join(sorted({r for _, _, _, r in facts})),
+            "GPU/CPU hours": hours_text(spent.get(group, [])),
         })  # fmt: skip
     return rows
 
@@ -131,4 +158,6 @@ def markdown(rows: list[dict[str, str]], about: str) -> list[str]:
 
 
 TIME_NOTE = ("Time: the job's own training time where it recorded one (job: scores.json timing.train_s, its last "
-             "attempt's), else the SLURM task's elapsed time, queue waits excluded, evaluation included (SLURM).")
+             "attempt's), else the SLURM task's elapsed time, queue waits excluded, evaluation included (SLURM). "
+             "Hours: each job's wall time (SLURM's elapsed time, else its own load + train + evaluate time; the last "
+             "attempt's) x the GPUs it held (GPU-h), or x its CPUs when it held no GPU (CPU-h), summed over the group.")

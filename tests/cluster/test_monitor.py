@@ -196,7 +196,7 @@ def test_query_is_one_batched_sacct_call_per_array() -> None:
     fake = FakeSlurm()
     result = slurm_query.query(["123_0", "123_7", "124", None, "123_3"], fake)
     assert result.source == "sacct" and len(result.rows) == 9
-    assert fake.calls == [["sacct", "-X", "-D", "-j", "123,124", "-P", "-n", "-o", "JobID,State,NodeList,Elapsed,ExitCode"]]
+    assert fake.calls == [["sacct", "-D", "-j", "123,124", "-P", "-n", "-o", slurm_query.SACCT_FIELDS]]
 
 
 def test_query_falls_back_on_squeue_when_accounting_is_off() -> None:

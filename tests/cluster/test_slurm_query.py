@@ -1,4 +1,4 @@
-"""slurm_query: a requeued job's attempts from the one batched `sacct -X -D` call."""
+"""slurm_query: a requeued job's attempts from the one batched `sacct -D` call."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_query_asks_for_every_attempt_in_the_one_sacct_call() -> None:
         return subprocess.CompletedProcess(list(cmd), 0, SACCT_D, "")
 
     result = slurm_query.query(["44", "59", "61", "70", "123_4", "123_5"], sacct)
-    assert calls == [["sacct", "-X", "-D", "-j", "44,59,61,70,123", "-P", "-n", "-o", slurm_query.SACCT_FIELDS]]
+    assert calls == [["sacct", "-D", "-j", "44,59,61,70,123", "-P", "-n", "-o", slurm_query.SACCT_FIELDS]]
     assert result.source == "sacct" and result.rows["44"].history == ("NODE_FAIL",)
 
 

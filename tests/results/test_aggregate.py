@@ -360,6 +360,24 @@ def test_summary_says_how_the_grid_ran(tmp_path: Path) -> None:
     assert rows["cat"][1:6] == ["2", "10-14", "30.0 min", "15.0 min", "job"]
     assert rows["align"][1:6] == ["2", "10", "-", "-", "-"]  # no time recorded and no SLURM: not guessed
     assert "1 node x 2 rank, 2 GPU/node, 8 CPU/rank, 32 GB, 120 min" in rows["cat"][6]
+    assert rows["cat"][7].strip(" |") == "1 GPU-h"  # (600 s + 1200 s) x 2 GPUs
+    assert rows["align"][7].strip(" |") == "-"
+
+
+def test_summary_has_cpu_hours_per_group(tmp_path: Path) -> None:
+    """A local CPU run: each job's own wall time (load + train + evaluate) x the threads it ran on."""
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=2)
+    for group, timing, threads in (("cat", (60.0, 3000.0, 540.0), 2), ("align", (30.0, 800.0, 70.0), 1)):
+        for fold in (1, 2):
+            p = tmp_path / "outputs" / EXP / f"{group}_fold{fold}" / "scores.json"
+            p.write_text(json.dumps({**json.loads(p.read_text()), "threads": threads,
+                                     "timing": dict(zip(("load_s", "train_s", "evaluate_s"), timing))}))
+    section = run(tmp_path).markdown.read_text().split("## How it ran")[1].split("##")[0]
+    lines = [line.split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    assert lines[0][7].strip(" |") == "GPU/CPU hours"
+    hours = {cells[0].strip("| "): cells[7].strip(" |") for cells in lines[2:]}
+    assert hours == {"cat": "4 CPU-h", "align": "0.5 CPU-h"}  # 2 x 3600 s x 2 threads; 2 x 900 s x 1 thread
+    assert "x its CPUs when it held no GPU (CPU-h)" in section
 
 
 @pytest.mark.parametrize("text, seconds", [("00:05:00", 300.0), ("1-02:00:00", 93600.0), ("12:30", 750.0),
