@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from camvis.data import raw, store_build
@@ -79,3 +80,13 @@ def test_info_says_the_rule(synth_store: PatchStore) -> None:
     folds = summary(synth_store)["folds"]
     assert [f["held_out"] for f in folds] == sorted(synth_store.views)
     assert folds[0]["norm_mean"] == synth_store.normalization(1).mean.tolist()
+
+
+def test_camvis2_stores_keep_camvis2s_global_rule(synth_raw: Path, tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    built = store_build.build(synth_raw, tmp_path / "c2.zarr", **BUILD, preprocessing="camvis2")
+    assert built.attrs["norm_rule"] == "global" and "norm_mean_folds" not in built.attrs
+    norm = built.normalization(1)
+    assert norm.rule == "global" and norm.label == "global (all views)"
+    np.testing.assert_array_equal(norm.mean, built.norm_mean)
+    assert "global: statistics over all views, held-out view included" in " ".join(format_summary(built).split())
