@@ -57,7 +57,7 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
 
             keep_earlier_evaluation(directory, cfg)
         distributed.barrier()
-        source = BatchSource(open_store(cfg.data.store), cfg.data.factors, env.device)
+        source = BatchSource(open_store(cfg.data.store), cfg.data.factors, env.device, fold=cfg.data.fold)
         inputs = EvalInputs.load(cfg, args.checkpoint or directory / BEST, source)
         scores = evaluate_job(cfg, directory, inputs)
     finally:

@@ -4,6 +4,11 @@ camvis.data.store_build feeds every level it writes (RGB uint8 images, log-depth
 depth) into NormStats and stores the result as the root attributes norm_mean / norm_std
 (one row per factor: R, G, B on 0..255, log10 depth). Exact integer histograms for RGB and
 float64 sums for log-depth keep memory constant however many images there are.
+
+`PerViewStats` keeps one NormStats per view, so one pass gives every leave-one-view-out fold's
+statistics over its training views (norm_mean_folds / norm_std_folds): histograms and sums combine
+by addition, and adding the views' sums in view order gives the all-views sums of a single
+accumulator bit for bit.
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ class NormStats:
         acc[1] += float(valid.sum())
         acc[2] += float(np.square(valid).sum())
 
+    @classmethod
+    def combined(cls, parts: "list[NormStats]", factors: tuple[int, ...]) -> "NormStats":
+        """The statistics of the union of `parts`' data (sums added in the parts' order)."""
+        out = cls(factors)
+        for part in parts:
+            for f in factors:
+                out.rgb[f] += part.rgb[f]
+                acc, add = out.depth[f], part.depth[f]
+                for k in range(3):
+                    acc[k] += add[k]
+        return out
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         mean = np.zeros((len(self.factors), 4), np.float64)
         std = np.ones((len(self.factors), 4), np.float64)
@@ -54,6 +71,34 @@ class NormStats:
                 mean[k, c], std[k, c] = self.mean_std(n, s1, s2)
             mean[k, 3], std[k, 3] = self.mean_std(*self.depth[f])
         return mean.astype(np.float32), std.astype(np.float32)
+
+
+class PerViewStats:
+    """One `kind` accumulator per view (its index in the store's views); `result` gives the
+    statistics over all views and, per view v, over every view but v (fold v's training views)."""
+
+    def __init__(self, kind: type[NormStats], factors: tuple[int, ...], n_views: int) -> None:
+        self.kind, self.factors = kind, factors
+        self.views = [kind(factors) for _ in range(n_views)]
+
+    def add_rgb(self, v: int, f: int, level: np.ndarray) -> None:
+        self.views[v].add_rgb(f, level)
+
+    def add_rgb_histogram(self, v: int, f: int, hist: np.ndarray) -> None:
+        self.views[v].add_rgb_histogram(f, hist)
+
+    def add_depth(self, v: int, f: int, level: np.ndarray) -> None:
+        self.views[v].add_depth(f, level)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) over every view: float32 (n_factors, 4)."""
+        return self.kind.combined(self.views, self.factors).result()
+
+    def held_out(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) float32 (n_views, n_factors, 4); row v: over every view but v."""
+        parts = [self.kind.combined([s for u, s in enumerate(self.views) if u != v], self.factors).result()
+                 for v in range(len(self.views))]
+        return np.stack([m for m, _ in parts]), np.stack([s for _, s in parts])
 
 
 def rgb_histogram(level: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Opening and summarizing the Zarr patch store (format "camvis-patch-store", version 2).
+"""Opening and summarizing the Zarr patch store (format "camvis-patch-store", version 3; 2 read too).
 
 A store is one Zarr v3 directory holding, per demagnification factor f, the whole images
 (`levels/{f}/images`, uint8 (n_images, 3, H//f, W//f)) and log-depth maps
@@ -6,7 +6,8 @@ A store is one Zarr v3 directory holding, per demagnification factor f, the whol
 per image; the patch table (`patches/*`, full-resolution centres drawn with camvis2's
 depth-balanced sampling, camvis.data.sampling); per-image candidate depth histograms
 (`sampling/*`, kept for the sampling figure); and root attributes (shapes, views,
-normalization statistics from camvis.data.norm_stats, provenance, a CRC-32 of every block and a
+normalization statistics from camvis.data.norm_stats: over all views, and under `norm_rule`
+per-fold each fold's over its training views; provenance, a CRC-32 of every block and a
 digest of the attributes). camvis.data.store_build writes it; camvis.data.store_verify checks it.
 
 Level pixel j stands for full-resolution pixels [j f, (j + 1) f): images are block means
@@ -27,9 +28,11 @@ import zarr
 
 from camvis.data import raw
 from camvis.data import store_verify
-from camvis.errors import StoreError
+from camvis.errors import ConfigError, StoreError
 # Defined beside the launcher's zarr-free reader; re-exported as store.FORMAT_NAME / FORMAT_VERSION.
 from camvis.data.store_info import FORMAT_NAME as FORMAT_NAME, FORMAT_VERSION as FORMAT_VERSION
+from camvis.data.store_info import fold_view, missing_levels, version_problem
+from camvis.data.store_info import NORM_GLOBAL, NORM_PER_FOLD
 from camvis.data.store_verify import TABLE_COLUMNS as TABLE_COLUMNS
 
 
@@ -49,10 +52,32 @@ class PatchStore:
     norm_std: np.ndarray                   # float32 (n_factors, 4)
     levels: dict[int, tuple[Any, Any]]     # f -> (images, depth): zarr arrays or numpy
     attrs: dict[str, Any]
+    norm_rule: str = NORM_GLOBAL           # store_verify.NORM_RULES: which statistics a fold's job uses
+    norm_mean_folds: np.ndarray | None = None  # float32 (n_views, n_factors, 4) under per-fold; row v:
+    norm_std_folds: np.ndarray | None = None   # over every view but views[v] (the one its fold holds out)
 
     @property
     def n_patches(self) -> int:
         return int(len(self.table["label"]))
+
+    def normalization(self, fold: int | None, factors: Sequence[int] | None = None) -> Normalization:
+        """The statistics a job on `fold` normalizes its inputs with (rows of `factors`, default all):
+        under per-fold its training views' (every view but the held-out one), else the global ones;
+        `fold` None (no fold: predict on new images, info): the global ones."""
+        factors = self.factors if factors is None else tuple(factors)
+        missing = missing_levels(factors, self.factors, f"store {self.path}")
+        if missing:
+            raise ConfigError(missing)
+        rows = [self.factors.index(f) for f in factors]
+        if fold is None or self.norm_rule != NORM_PER_FOLD or self.norm_mean_folds is None:
+            return Normalization(self.norm_mean[rows], self.norm_std[rows], NORM_GLOBAL)
+        view = fold_view(self.views, fold)
+        if view is None:
+            raise ConfigError(f"data.fold = {fold!r} is out of range: expected an integer in 1..{len(self.views)}, "
+                              f"one fold per view of store {self.path} in sorted order")
+        v = self.views.index(view)
+        assert self.norm_std_folds is not None
+        return Normalization(self.norm_mean_folds[v][rows], self.norm_std_folds[v][rows], NORM_PER_FOLD)
 
     def read_image(self, f: int, i: int) -> np.ndarray:
         """Image i of level f, uint8 (3, H // f, W // f), checked against its build-time CRC-32
@@ -66,6 +91,29 @@ class PatchStore:
     def _read(self, name: str, array: Any, k: int) -> np.ndarray:
         return store_verify.read_block(f"store {self.path}", self.path, name, array, k,
                                        self.attrs.get("checksums", {}))
+
+
+@dataclass(frozen=True, eq=False)
+class Normalization:
+    """The statistics a job's inputs are normalized with: float32 (L, 4) rows of its factors, and the
+    rule that chose them (store_verify.NORM_RULES)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    rule: str
+
+    @property
+    def label(self) -> str:
+        """How scores.json and model.json say it."""
+        return NORM_LABELS.get(self.rule, self.rule)
+
+    def record(self) -> dict[str, Any]:
+        """Plain data for checkpoints and model.json: the rule and the exact statistics."""
+        return {"rule": self.rule, "mean": np.asarray(self.mean, np.float32).tolist(),
+                "std": np.asarray(self.std, np.float32).tolist()}
+
+
+NORM_LABELS = {NORM_PER_FOLD: "per-fold (training views)", NORM_GLOBAL: "global (all views)"}
 
 
 # --------------------------------------------------------------------------- opening
@@ -88,10 +136,9 @@ def open_store(path: str | os.PathLike) -> PatchStore:
     if attrs.get("format") != FORMAT_NAME:
         raise StoreError(f"{path}: not a camvis store (attribute format={attrs.get('format')!r}, "
                          f"expected {FORMAT_NAME!r}); an interrupted build or another tool's data?")
-    if attrs.get("format_version") != FORMAT_VERSION:
-        raise StoreError(f"{path}: store format version {attrs.get('format_version')!r}, this "
-                         f"camvis reads version {FORMAT_VERSION}; rebuild it with "
-                         "camvis-data build --force")
+    problem = version_problem(attrs.get("format_version"))
+    if problem is not None:
+        raise StoreError(f"{path}: {problem}; rebuild it with camvis-data build --force")
     where = f"store {path}"
     schema = store_verify.check_attrs(where, attrs)
     levels, table = store_verify.open_arrays(where, path, root, schema)
@@ -99,7 +146,8 @@ def open_store(path: str | os.PathLike) -> PatchStore:
         path=path, factors=schema.factors, patch_size=schema.patch_size,
         image_shape=schema.image_shape, views=schema.views, images=schema.images,
         image_view=schema.image_view, table=table, norm_mean=schema.norm_mean,
-        norm_std=schema.norm_std, levels=levels, attrs=attrs)
+        norm_std=schema.norm_std, levels=levels, attrs=attrs, norm_rule=schema.norm_rule,
+        norm_mean_folds=schema.norm_mean_folds, norm_std_folds=schema.norm_std_folds)
 
 
 # --------------------------------------------------------------------------- summary
@@ -120,10 +168,22 @@ def summary(store: PatchStore | str | os.PathLike) -> dict[str, Any]:
     return {"path": str(store.path) if store.path else None,
             "format_version": store.attrs.get("format_version"),
             "preprocessing": store.attrs.get("preprocessing", "exact"),
+            "norm_rule": store.norm_rule, "norm_rule_recorded": "norm_rule" in store.attrs,
             "images": len(store.images), "views": views, "patches": store.n_patches,
             "patch_size": store.patch_size, "image_shape": list(store.image_shape),
-            "levels": levels, "size_bytes": _disk_size(store.path) if store.path else None,
+            "levels": levels, "folds": _fold_stats(store), "size_bytes": _disk_size(store.path) if store.path else None,
             "provenance": store.attrs.get("provenance", {})}
+
+
+def _fold_stats(store: PatchStore) -> list[dict[str, Any]]:
+    """Per fold (1-based, views in sorted order): its held-out view and the statistics its job uses."""
+    if store.norm_rule != NORM_PER_FOLD:
+        return []
+    out = []
+    for k, view in enumerate(sorted(store.views), start=1):
+        norm = store.normalization(k)
+        out.append({"fold": k, "held_out": view, "norm_mean": norm.mean.tolist(), "norm_std": norm.std.tolist()})
+    return out
 
 
 def format_summary(store: PatchStore | str | os.PathLike | dict[str, Any]) -> str:
@@ -151,12 +211,24 @@ def format_summary(store: PatchStore | str | os.PathLike | dict[str, Any]) -> st
                        _floats(lv["norm_std"]))
     console.print(views)
     console.print(levels)
+    console.print(f"normalization: {_rule_text(info)}")
     prov = info["provenance"]
     console.print("provenance: " + ", ".join(f"{k}={v}" for k, v in prov.items() if k != "synth"))
     if prov.get("synth"):
         keys = ("seed", "views", "images_per_view", "size", "vis_range")
         console.print("synthetic: " + ", ".join(f"{k}={prov['synth'].get(k)}" for k in keys))
     return out.getvalue()
+
+
+def _rule_text(info: dict[str, Any]) -> str:
+    rule = info.get("norm_rule", NORM_GLOBAL)
+    if rule == NORM_PER_FOLD:
+        return ("per-fold: a fold's job uses statistics over its training views (every view but the held-out "
+                "one); the levels table shows those over all views (predict without a fold)")
+    if not info.get("norm_rule_recorded", True):
+        return (f"global: statistics over all views (format version {info.get('format_version')} predates "
+                "per-fold statistics; rebuild with camvis-data build --force to get them)")
+    return "global: statistics over all views, held-out view included (camvis2's rule)"
 
 
 def _floats(values: Sequence[float]) -> str:

@@ -27,10 +27,11 @@ from camvis.data import staging
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
 from camvis.io import format_bytes, json_copy, reap_stale_tmp
-from camvis.data.norm_stats import NormStats, rgb_histogram
+from camvis.data.norm_stats import NormStats, PerViewStats, rgb_histogram
 from camvis.progress import progress_bar
 from camvis.data.sampling import N_DEPTH_BINS, sample_centres_with_histogram
 from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_figure
+from camvis.data.store_info import NORM_GLOBAL, NORM_PER_FOLD
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 
 # Build parameters that decide whether an existing store can be kept as it is.
@@ -192,7 +193,8 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     mode = params["preprocessing"]
     levels = {f: _create_level(root, f, camvis2.level_shape(shape, f, mode), len(ds.images), len(ds.views))
               for f in factors}
-    stats = camvis2.Camvis2Stats(factors) if mode == camvis2.CAMVIS2 else NormStats(factors)
+    kind = camvis2.Camvis2Stats if mode == camvis2.CAMVIS2 else NormStats
+    stats = PerViewStats(kind, factors, len(ds.views))  # per view: every fold's in one pass
     rows: list[dict[str, np.ndarray]] = []
     counts = np.zeros((len(ds.images), N_DEPTH_BINS), np.int64)
     edges = np.zeros((len(ds.images), N_DEPTH_BINS + 1), np.float64)
@@ -206,8 +208,8 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     _write_table(root, rows, ds)
     root.create_array("sampling/counts", data=counts)
     root.create_array("sampling/edges", data=edges)
-    mean, std = stats.result()
-    attrs = _root_attrs(ds, factors, patch_size, shape, mean, std, params)
+    attrs = _root_attrs(ds, factors, patch_size, shape, params)
+    attrs.update(norm_attrs(stats, mode))
     # What open_store and check-store verify: every block as written (read back, so as zarr
     # decodes it), and a digest of the attributes as they read back from JSON.
     attrs["checksums"] = store_verify.record_checksums(root, [
@@ -224,7 +226,7 @@ class _Sink:
     same seed -> same store)."""
 
     levels: dict[int, tuple[zarr.Array, zarr.Array]]
-    stats: Any
+    stats: PerViewStats
     mode: str
     rows: list[dict[str, np.ndarray]]
     counts: np.ndarray
@@ -256,10 +258,10 @@ def _exact_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, tmp
     # else they would write on into it
     with contextlib.closing(results):
         for img, depth, part in results:
-            i = part["i"]
+            i, v = part["i"], ds.views.index(img.view)
             sink.depth(ds, img.view, depth)
             for f, hist in part["hists"].items():
-                sink.stats.add_rgb_histogram(f, hist)
+                sink.stats.add_rgb_histogram(v, f, hist)
             sink.counts[i], sink.edges[i] = part["counts"], part["edges"]
             sink.rows.append(part["rows"])
             del depth, part
@@ -275,7 +277,7 @@ def _camvis2_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, p
     for img, rgb, labels, depth in reader.images():
         i, v = index[img.name], ds.views.index(img.view)
         sink.depth(ds, img.view, depth)
-        _write_image(sink.levels, sink.stats, i, rgb, sink.mode)
+        _write_image(sink.levels, sink.stats, i, v, rgb, sink.mode)
         # the candidates' depth histogram only, for the sampling figure
         _, _, _, sink.counts[i], sink.edges[i] = sample_centres_with_histogram(
             labels, depth, 0, patch_size, np.random.default_rng([seed, i]))
@@ -321,13 +323,13 @@ def image_part(images: dict[int, zarr.Array], i: int, v: int, rgb: np.ndarray, l
             "rows": _table_rows(h, w, labels[h, w], depth[h, w], i, v)}
 
 
-def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, i: int,
+def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: PerViewStats, i: int, v: int,
                  rgb: np.ndarray, mode: str = camvis2.EXACT) -> None:
     pil = Image.fromarray(rgb)
     for f, (images, _) in levels.items():
         level = camvis2.rgb_level(rgb, f) if mode == camvis2.CAMVIS2 else rgb_level(pil, f)
         images[i] = level.transpose(2, 0, 1)
-        stats.add_rgb(f, level)
+        stats.add_rgb(v, f, level)
 
 
 def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
@@ -337,12 +339,12 @@ def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
     return np.asarray(pil.resize((wf, hf), Image.Resampling.BOX, box=(0, 0, wf * f, hf * f)))
 
 
-def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: NormStats, v: int,
+def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: PerViewStats, v: int,
                  depth: np.ndarray, mode: str = camvis2.EXACT) -> None:
     for f, (_, depth_arr) in levels.items():
         level = camvis2.depth_level(depth, f) if mode == camvis2.CAMVIS2 else depth_level(depth, f)
         depth_arr[v, 0] = level
-        stats.add_depth(f, level)
+        stats.add_depth(v, f, level)
 
 
 def depth_level(depth: np.ndarray, f: int) -> np.ndarray:
@@ -378,9 +380,22 @@ def _write_table(root: zarr.Group, rows: list[dict[str, np.ndarray]], ds: raw.Ra
         root.create_array(f"patches/{name}", data=column[order])
 
 
+def norm_attrs(stats: PerViewStats, mode: str) -> dict[str, Any]:
+    """The normalization attributes: norm_mean / norm_std over every view (predict without a fold, info)
+    and the rule jobs follow. exact: per fold, each fold's statistics over its training views only
+    (norm_*_folds[v]: every view but views[v], the one fold v + 1 holds out), so the held-out view's
+    pixels never reach its inputs' normalization; camvis2: camvis2's global rule."""
+    mean, std = stats.result()
+    out: dict[str, Any] = {"norm_mean": mean.tolist(), "norm_std": std.tolist()}
+    if mode == camvis2.CAMVIS2:
+        return {**out, "norm_rule": NORM_GLOBAL}
+    folds_mean, folds_std = stats.held_out()
+    return {**out, "norm_rule": NORM_PER_FOLD, "norm_mean_folds": folds_mean.tolist(),
+            "norm_std_folds": folds_std.tolist()}
+
+
 def _root_attrs(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
-                shape: tuple[int, int], mean: np.ndarray, std: np.ndarray,
-                params: dict[str, Any]) -> dict[str, Any]:
+                shape: tuple[int, int], params: dict[str, Any]) -> dict[str, Any]:
     visibility = raw.read_visibility(ds.root)
     synth_json = ds.root / "synth.json"  # camvis.data.synth's parameters, when it made the data
     synth = json.loads(synth_json.read_text()) if synth_json.is_file() else None
@@ -389,7 +404,7 @@ def _root_attrs(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
         "views": list(ds.views), "images": [img.name for img in ds.images],
         "image_view": [ds.views.index(img.view) for img in ds.images],
         "visibility_m": [visibility.get(img.name) if visibility else None for img in ds.images],
-        "norm_mean": mean.tolist(), "norm_std": std.tolist(), "n_depth_bins": N_DEPTH_BINS,
+        "n_depth_bins": N_DEPTH_BINS,
         "preprocessing": params["preprocessing"],
         "build": params,
         "provenance": {"raw_dir": str(ds.root), "synth_sidecar": visibility is not None,

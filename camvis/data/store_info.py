@@ -14,8 +14,27 @@ from camvis.errors import ConfigError
 
 FORMAT_NAME = "camvis-patch-store"
 """The `format` root attribute of a store (camvis.data.store_build writes it, both readers check it)."""
-FORMAT_VERSION = 2
-"""The store layout version this camvis writes and reads (root attribute `format_version`)."""
+FORMAT_VERSION = 3
+"""The store layout version this camvis writes (root attribute `format_version`); 3 added norm_rule and
+the per-fold statistics (camvis.data.store_verify)."""
+NORM_GLOBAL, NORM_PER_FOLD = "global", "per-fold"
+NORM_RULES = (NORM_GLOBAL, NORM_PER_FOLD)
+"""The `norm_rule` attribute: which statistics a job normalizes its inputs with. global: norm_mean /
+norm_std, over every view (camvis2's rule, and every store of format version 2, which predates the key);
+per-fold: its fold's row of norm_mean_folds / norm_std_folds, over its training views only."""
+READABLE_VERSIONS = (2, 3)
+"""The versions this camvis reads: a version 2 store has only the global statistics (norm_rule global)."""
+NORM_RULE_SINCE = 3
+"""The format version that added norm_rule."""
+
+
+def version_problem(found: object) -> str | None:
+    """Why a store of format version `found` cannot be read, or None."""
+    if isinstance(found, int) and not isinstance(found, bool) and found in READABLE_VERSIONS:
+        return None
+    older = ", ".join(map(str, READABLE_VERSIONS[:-1]))
+    return (f"store format version {found!r}, this camvis reads version {FORMAT_VERSION} "
+            f"(and {older}, with global statistics)")
 
 
 def fold_view(views: Sequence[str], fold: object) -> str | None:
@@ -59,10 +78,9 @@ class StoreInfo:
         if attrs.get("format") != FORMAT_NAME or not isinstance(views, list) or not isinstance(factors, list):
             raise ConfigError(f"data.store: {store} has no {FORMAT_NAME} attributes (format, views, factors); "
                               f"rebuild it with camvis-data build")
-        if attrs.get("format_version") != FORMAT_VERSION:
-            found = attrs.get("format_version")
-            raise ConfigError(f"data.store: {store} has store format version {found!r}, "
-                              f"this camvis reads version {FORMAT_VERSION}; rebuild it with "
+        problem = version_problem(attrs.get("format_version"))
+        if problem is not None:
+            raise ConfigError(f"data.store: {store} has {problem}; rebuild it with "
                               f"camvis-data build RAW_DIR {store} --force")
         if not all(isinstance(f, int) and not isinstance(f, bool) for f in factors):
             raise ConfigError(f"data.store: {store}: attribute factors {factors!r} is not a list of ints; "

@@ -34,6 +34,7 @@ from zarr.core.sync import sync  # runs a coroutine on zarr's event loop, as zar
 from camvis.errors import StoreError
 from camvis.data.camvis2 import EXACT, MODES, level_shape
 from camvis.data.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
+from camvis.data.store_info import NORM_GLOBAL, NORM_RULE_SINCE, NORM_RULES
 
 if TYPE_CHECKING:
     from camvis.data.store import PatchStore
@@ -159,6 +160,9 @@ class Schema:
     norm_std: np.ndarray       # float32 (n_factors, 4)
     checksums: dict[str, Any]
     preprocessing: str = "exact"  # camvis.data.camvis2.MODES: decides the level sizes
+    norm_rule: str = NORM_GLOBAL
+    norm_mean_folds: np.ndarray | None = None  # float32 (n_views, n_factors, 4) under per-fold
+    norm_std_folds: np.ndarray | None = None
 
     def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Every level array the attributes promise, with its shape and dtype."""
@@ -193,11 +197,49 @@ def check_attrs(where: str, attrs: Mapping[str, Any]) -> Schema:
     mode = attrs.get("preprocessing", EXACT)
     if mode not in MODES:
         raise _bad(where, "preprocessing", mode, " or ".join(MODES))
+    rule, folds = _norm_rule(where, attrs, (len(views), len(factors), 4))
     schema = Schema(factors, patch_size, (image_shape[0], image_shape[1]), views, images,
-                    np.asarray(image_view, np.int32), mean, std, {}, mode)
+                    np.asarray(image_view, np.int32), mean, std, {}, mode, rule, *folds)
     checksums = _checksums(where, attrs, schema)
     _check_digest(where, attrs)
     return Schema(**{**schema.__dict__, "checksums": checksums})
+
+
+def _norm_rule(where: str, attrs: Mapping[str, Any], shape: tuple[int, int, int]
+               ) -> tuple[str, tuple[np.ndarray | None, np.ndarray | None]]:
+    """norm_rule and, under per-fold, the per-fold statistics; a store older than the key: global."""
+    version = attrs.get("format_version")
+    if "norm_rule" not in attrs and _is_int(version) and version < NORM_RULE_SINCE:
+        return NORM_GLOBAL, (None, None)
+    rule = _attr(where, attrs, "norm_rule")
+    if rule not in NORM_RULES:
+        raise _bad(where, "norm_rule", rule, " or ".join(NORM_RULES))
+    if rule == NORM_GLOBAL:
+        return rule, (None, None)
+    mean = _float_stack(where, attrs, "norm_mean_folds", shape)
+    std = _float_stack(where, attrs, "norm_std_folds", shape)
+    if not np.all(std > 0):
+        raise _bad(where, "norm_std_folds", attrs["norm_std_folds"], "standard deviations > 0")
+    return rule, (mean, std)
+
+
+def _float_stack(where: str, attrs: Mapping[str, Any], key: str, shape: tuple[int, int, int]) -> np.ndarray:
+    value = _attr(where, attrs, key)
+    try:
+        array = np.asarray(value, np.float64) if isinstance(value, list) else None
+    except (TypeError, ValueError):  # ragged, or not numbers
+        array = None
+    if array is None or array.shape != shape or not np.all(np.isfinite(array)) or not _numbers_only(value):
+        raise _bad(where, key, value, f"{shape[0]} x {shape[1]} x {shape[2]} finite numbers "
+                                      "(views x factors x R, G, B, log-depth)")
+    return array.astype(np.float32)
+
+
+def _numbers_only(value: Any) -> bool:
+    """No bools or strings anywhere in nested lists (numpy would coerce them)."""
+    if isinstance(value, list):
+        return all(_numbers_only(v) for v in value)
+    return _is_number(value)
 
 
 def _checksums(where: str, attrs: Mapping[str, Any], schema: Schema) -> dict[str, Any]:

@@ -75,22 +75,24 @@ class BatchSource:
 
     Channels are level-major: [R, G, B, D] of factors[0], then of factors[1], ...
     Normalization: (x - mean) / std with the store's statistics of each chosen factor
-    (RGB on the 0..255 scale, D = log10 depth). Device memory: the chosen levels' uint8
+    (RGB on the 0..255 scale, D = log10 depth): `fold`'s (PatchStore.normalization: under the
+    store's per-fold rule, over the fold's training views only), or with `fold` None the
+    statistics over all views. Device memory: the chosen levels' uint8
     images and float32 depth maps, each a little larger for the padding.
     `kernel`: on the CPU, build batches with the C kernel where it compiles (else torch
     ops, with a warning); the two give equal batches, bit for bit.
     """
 
     def __init__(self, store: PatchStore, factors: Sequence[int], device: torch.device | str = "cpu",
-                 kernel: bool = True) -> None:
+                 kernel: bool = True, fold: int | None = None) -> None:
         self.store = store
         self._rule = store.attrs.get("preprocessing", "exact")  # the crop-centre rule, see level_centre
         self.factors = _check_factors(store, factors)
         self.device = torch.device(device)
         self.patch_size = int(store.patch_size)
-        rows = [store.factors.index(f) for f in self.factors]
-        mean = np.asarray(store.norm_mean, dtype=np.float32)[rows]
-        std = np.asarray(store.norm_std, dtype=np.float32)[rows]
+        self.normalization = store.normalization(fold, self.factors)
+        mean = np.asarray(self.normalization.mean, dtype=np.float32)
+        std = np.asarray(self.normalization.std, dtype=np.float32)
         if not np.all(std > 0):
             raise StoreError(f"store {store.path}: norm_std of factors {list(self.factors)} must be > 0, "
                              f"got {std.reshape(-1).tolist()}")

@@ -157,10 +157,11 @@ def _all_gather_rows(packed: torch.Tensor) -> torch.Tensor:
 
 
 def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: torch.device, *,
-               train_hash: str | None = None) -> torch.nn.Module:
+               train_hash: str | None = None, normalization: dict[str, Any] | None = None) -> torch.nn.Module:
     """The config's model with the weights of `checkpoint`: camvis's best.pt ({"model": state_dict})
     or a bare state_dict (camvis2's checkpoints). Read with weights_only=True (camvis.job.checkpoints).
-    `train_hash`: the training the weights must come from (a job's own best.pt)."""
+    `train_hash`: the training the weights must come from (a job's own best.pt). `normalization`: the
+    evaluation's inputs' (Normalization.record()); a checkpoint that records other ones is refused."""
     from camvis.model import build_model
 
     checkpoint = Path(checkpoint)
@@ -171,6 +172,7 @@ def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: 
     if train_hash is not None and found != train_hash:
         raise checkpoints.CheckpointError(f"{checkpoint}: trained with another config (train hash {found}, "
                                           f"this config's {train_hash}); {checkpoints.RESTART_HINT}")
+    _check_normalization(checkpoint, payload, normalization)
     state = payload.get("model", payload)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CamvisError(f"{checkpoint}: expected a state_dict or a dict with key 'model' holding one")
@@ -183,6 +185,20 @@ def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: 
         raise CamvisError(f"{checkpoint}: weights do not fit the model of the config "
                           f"(model.* and data.factors must match training): {e}") from e
     return model.to(device)
+
+
+def _check_normalization(checkpoint: Path, payload: dict[str, Any], now: dict[str, Any] | None) -> None:
+    """Weights trained on inputs normalized otherwise than the evaluation's would score other inputs.
+    Checkpoints that record nothing (older camvis, camvis2's) are taken as they are."""
+    recorded = payload.get("normalization")
+    if now is None or not isinstance(recorded, dict):
+        return
+    if recorded.get("rule") != now.get("rule") or recorded.get("mean") != now.get("mean") \
+            or recorded.get("std") != now.get("std"):
+        raise checkpoints.CheckpointError(
+            f"{checkpoint}: trained on inputs normalized with {recorded.get('rule')} statistics "
+            f"{recorded.get('mean')}, the store gives this job {now.get('rule')} {now.get('mean')} (rebuilt?); "
+            f"{checkpoints.RESTART_HINT}")
 
 
 # --------------------------------------------------------------------------- the job
@@ -205,7 +221,8 @@ class EvalInputs:
         `train_hash`: the training the checkpoint must record (a job's own best.pt)."""
         if _rank_world()[1] > 1:
             dist.barrier()  # rank 0 may still be renaming the last best.pt into place
-        model = load_model(cfg, checkpoint, source.store.patch_size, source.device, train_hash=train_hash)
+        model = load_model(cfg, checkpoint, source.store.patch_size, source.device, train_hash=train_hash,
+                           normalization=source.normalization.record())
         return EvalInputs(source, model, str(checkpoint))
 
 
@@ -229,7 +246,8 @@ def evaluate_job(cfg: JobConfig, job_dir: str | Path, inputs: EvalInputs, *, epo
     check_finite_predictions(cfg, preds, inputs.weights)
     results = compute_results(cfg, store, preds)
     scores = scores_dict(cfg, view, results, n_val=len(val_idx), n_train=len(train_idx),
-                         epochs=epochs if epochs is not None else _epochs_run(job_dir))
+                         epochs=epochs if epochs is not None else _epochs_run(job_dir),
+                         normalization=source.normalization.label)
     if rank == 0:
         write_outputs(job_dir, cfg, store, preds, results)
         write_json(job_dir / SCORES, scores)  # last: its presence means the job is finished
@@ -269,8 +287,9 @@ def compute_results(cfg: JobConfig, store: PatchStore, preds: Mapping[str, np.nd
 
 
 def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val: int, n_train: int,
-                epochs: int) -> dict[str, Any]:
-    """The scores.json payload (docs/contracts.md, "scores.json"; NaN written as null)."""
+                epochs: int, normalization: str | None = None) -> dict[str, Any]:
+    """The scores.json payload (docs/contracts.md, "scores.json"; NaN written as null).
+    `normalization`: which statistics the inputs were normalized with (Normalization.label)."""
     from camvis.model import find_architecture
 
     m = cfg.model
@@ -291,6 +310,7 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
         "confusion": results["confusion"].tolist(),
         "threshold": metrics.THRESHOLD,
         "selection": cfg.train.selection,
+        "normalization": normalization,
         "visibility": visibility.image_summary(results["visibility"]),
         "n_val": int(n_val),
         "n_train": int(n_train),

@@ -10,6 +10,11 @@ latest evaluation (scores.json records the full config_hash). Before a job write
   config is moved to previous/<time>_eval-<config_hash>/ first.
 - another training, a --restart of an earlier run, or an unreadable checkpoint under --restart:
   every top-level entry moves to previous/<time>_train-<train_hash>/ and training starts afresh.
+- the same config on other inputs: train_hash covers the config only (the launcher hashes it
+  without opening the store), so checkpoints also record the statistics their inputs were
+  normalized with (rule, mean, std); when the store now gives the job others (rebuilt with
+  per-fold statistics, or from other data), the training is another one and moves aside too.
+  A checkpoint without the record predates per-fold statistics: it was normalized globally.
 
 Hidden entries (locks, writers' .tmp files) stay. camvis-status and camvis-aggregate read a
 job folder's top level only, so previous/ is never taken for the current result.
@@ -21,9 +26,11 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from camvis.job import checkpoints
 from camvis.config import JobConfig, config_hash, train_hash
+from camvis.data.store_info import NORM_GLOBAL
 from camvis.jobdir import BEST, CHECKPOINT, PROGRESS, SCORES, read_json
 
 PREVIOUS = "previous"
@@ -39,6 +46,7 @@ class Trained:
 
     train_hash: str | None
     run_id: str | None
+    normalization: dict[str, Any] | None = None  # train.TrainState.normalization, as saved
 
 
 def trained(directory: Path) -> Trained | None:
@@ -50,13 +58,17 @@ def trained(directory: Path) -> Trained | None:
             payload = checkpoints.read(path, required=("model",))
             state = payload.get("state") if isinstance(payload.get("state"), dict) else {}
             run_id = payload.get("run_id", state.get("run_id"))
-            return Trained(checkpoints.recorded_train_hash(payload), run_id if isinstance(run_id, str) else None)
+            norm = payload.get("normalization")
+            return Trained(checkpoints.recorded_train_hash(payload), run_id if isinstance(run_id, str) else None,
+                           norm if isinstance(norm, dict) else None)
     return None
 
 
-def settle(directory: Path, cfg: JobConfig, restart: str | None = None) -> tuple[Path, str] | None:
+def settle(directory: Path, cfg: JobConfig, restart: str | None = None,
+           inputs: Callable[[], dict[str, Any]] | None = None) -> tuple[Path, str] | None:
     """Make `directory` hold only outputs of `cfg`'s training (see the module doc); returns
-    (where the earlier outputs went, why) or None when nothing moved."""
+    (where the earlier outputs went, why) or None when nothing moved. `inputs`: the job's
+    Normalization.record(), asked for only when there is a training to compare it with."""
     if not directory.is_dir():
         return None
     try:
@@ -69,11 +81,26 @@ def settle(directory: Path, cfg: JobConfig, restart: str | None = None) -> tuple
     if current is not None and current.train_hash != wanted:
         why = f"trained with another config (train hash {current.train_hash} -> {wanted})"
         return move_aside(directory, f"train-{current.train_hash}"), why
+    if current is not None and inputs is not None:
+        why = inputs_differ(current.normalization, inputs())
+        if why:
+            return move_aside(directory, f"train-{current.train_hash}"), why
     if current is not None and restart is not None and current.run_id != restart:
         return move_aside(directory, f"train-{current.train_hash}"), "--restart"
     if current is None and restart is not None and (directory / SCORES).exists():
         return move_aside(directory, "train-none"), "--restart"
     return keep_earlier_evaluation(directory, cfg)
+
+
+def inputs_differ(recorded: dict[str, Any] | None, now: dict[str, Any]) -> str | None:
+    """Why a training recorded with normalization `recorded` is not one on inputs normalized as `now`
+    (both Normalization.record()s), or None when they are the same."""
+    old_rule = recorded.get("rule") if recorded is not None else NORM_GLOBAL  # before the record: global
+    if old_rule != now.get("rule"):
+        return f"trained on inputs normalized with {old_rule} statistics, the store now gives {now.get('rule')}"
+    if recorded is not None and (recorded.get("mean") != now.get("mean") or recorded.get("std") != now.get("std")):
+        return "trained on inputs normalized with other statistics (the store was rebuilt from other data)"
+    return None
 
 
 def keep_earlier_evaluation(directory: Path, cfg: JobConfig) -> tuple[Path, str] | None:

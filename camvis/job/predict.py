@@ -1,7 +1,7 @@
 """Visibility in metres on new, unlabelled webcam images: a trained model, an image, its view's depth map.
 
 `load_model` opens a job folder (best.pt + config.yaml; the normalization statistics come from
-the store the job trained on) or an exported bundle (camvis.job.export: needs nothing but its
+the store the job trained on: its fold's, under the store's per-fold rule) or an exported bundle (camvis.job.export: needs nothing but its
 folder). `visibility(image, depth_map, model)` is the whole per-image path, the one the CLI
 (camvis-predict) runs too:
 
@@ -129,10 +129,10 @@ def _load_job(job: Path, device: torch.device) -> Model:
     if missing:
         raise PredictError(f"{job}: data.factors {list(cfg.data.factors)}: {missing} not among the levels of "
                            f"{store.path} ({list(store.factors)})")
-    rows = [store.factors.index(f) for f in cfg.data.factors]
+    norm = store.normalization(cfg.data.fold, cfg.data.factors)  # what training fed it: its fold's
     net = build_network(cfg_architecture(cfg, store.patch_size), read_weights(job / "best.pt"), job / "best.pt")
     mode = store.attrs.get("preprocessing", "exact")  # the rules the model's inputs were made with
-    info = describe(cfg, net, store.norm_mean[rows], store.norm_std[rows], job, mode)
+    info = describe(cfg, net, norm.mean, norm.std, job, mode, normalization=norm.label)
     return torch_model(net.to(device), info, f"{cfg.experiment}/{cfg.name}@{config_hash(cfg)}", device)
 
 
@@ -175,8 +175,10 @@ def build_network(architecture: dict[str, Any], state: dict[str, Any], where: Pa
 
 
 def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
-             mode: str = "exact") -> dict[str, Any]:
-    """model.json's content for a job: everything a runtime needs besides the weights."""
+             mode: str = "exact", normalization: str | None = None) -> dict[str, Any]:
+    """model.json's content for a job: everything a runtime needs besides the weights. `mean`, `std`:
+    the statistics the job trained with (its fold's under the store's per-fold rule); `normalization`:
+    which ones (Normalization.label)."""
     from camvis import __version__
     from camvis.config import config_hash, to_dict
     from camvis.jobdir import SCORES, read_json
@@ -191,7 +193,7 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
         "factors": [int(f) for f in cfg.data.factors], "patch_size": int(net.patch_size),
         "preprocessing": mode, "preprocessing_rule": PREPROCESSING[mode],
         "norm_mean": np.asarray(mean, np.float32).tolist(), "norm_std": np.asarray(std, np.float32).tolist(),
-        "config_hash": config_hash(cfg), "train_hash": scores.get("train_hash"),
+        "normalization": normalization, "config_hash": config_hash(cfg), "train_hash": scores.get("train_hash"),
         "camvis_version": __version__, "config": to_dict(cfg),
         "held_out": {k: scores.get(k) for k in ("view", "metrics", "ci", "visibility", "n_val")} if scores else None,
     }

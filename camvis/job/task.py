@@ -113,13 +113,20 @@ def _start(directory: Path, cfg: JobConfig, world_size: int, restart: str | None
     from camvis.job import identity
 
     directory.mkdir(parents=True, exist_ok=True)
-    moved = identity.settle(directory, cfg, restart)
+    moved = identity.settle(directory, cfg, restart, inputs=lambda: _normalization(cfg))
     if moved is not None:
         print(f"{cfg.name}: {moved[1]}: earlier outputs moved to {moved[0]}", flush=True)
     reap_stale_tmp(directory, recursive=True)  # .tmp files of a killed run (checkpoint.pt's ...)
     (directory / ERROR).unlink(missing_ok=True)
     write_text(directory / "config.yaml", yaml_dump(to_dict(cfg)))
     _set_phase(directory, cfg, "starting", world_size)
+
+
+def _normalization(cfg: JobConfig) -> dict[str, Any]:
+    """The statistics the job's inputs are normalized with (its fold's), as checkpoints record them."""
+    from camvis.data.store import open_store
+
+    return open_store(cfg.data.store).normalization(cfg.data.fold, cfg.data.factors).record()
 
 
 def _set_phase(directory: Path, cfg: JobConfig, phase: str, world_size: int) -> None:

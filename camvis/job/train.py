@@ -49,6 +49,7 @@ class TrainState:
     restarts: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     run_id: str | None = None  # the --restart that started this training (None: a plain run)
+    normalization: dict[str, Any] | None = None  # the inputs' statistics (Normalization.record): identity
 
 
 class DivergedError(CamvisError):
@@ -75,7 +76,7 @@ def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None =
     memory.check_job(store, cfg.data.factors, on_gpu=device.type == "cuda")  # before the OOM killer would
     if cfg.train.selection == "inner":  # validate on training images: the held-out view is scored once
         train_idx, val_idx = inner_split(store, train_idx, cfg.train.inner_fraction, cfg.train.seed)
-    source = BatchSource(store, cfg.data.factors, device)
+    source = BatchSource(store, cfg.data.factors, device, fold=cfg.data.fold)  # the fold's statistics
     return TrainInputs(store, source, train_idx, val_idx, view)
 
 
@@ -114,6 +115,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt, sched, state: Train
         "config": to_dict(cfg),
         "train_hash": train_hash(cfg),
         "run_id": state.run_id,
+        "normalization": state.normalization,  # camvis.job.identity: resumes only on the same inputs
     }
     write_torch(path, payload)  # atomic; a full disk is a DiskFullError
 
@@ -170,6 +172,7 @@ def save_best(path: Path, model: torch.nn.Module, state: TrainState, cfg: JobCon
         "config": to_dict(cfg),
         "train_hash": train_hash(cfg),
         "run_id": state.run_id,
+        "normalization": state.normalization,  # camvis.job.evaluate checks it against its inputs
     }
     write_torch(path, payload)  # atomic; a full disk is a DiskFullError
 
@@ -259,6 +262,8 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
         torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest conv algorithms, found once
     opt, sched = make_optimizer(cfg, model)
     state = _resume(cfg, job_dir / CHECKPOINT, model, opt, sched, env, run_id)
+    # what the inputs were normalized with (camvis.job.identity.settle has matched a resumed checkpoint's)
+    state.normalization = inputs.source.normalization.record()
     if state.finished:
         return state
     net = _wrap_ddp(model, env)

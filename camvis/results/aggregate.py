@@ -75,7 +75,8 @@ def per_fold_frame(jobs: Sequence[FinishedJob]) -> pd.DataFrame:
 
 def summarize(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float) -> pd.DataFrame:
     """Per group and metric: per-fold point estimates, their mean, sd and a bootstrap CI of the mean,
-    and the model-selection rule of its jobs (heldout scores are optimistic: the view chose the epoch)."""
+    and the model-selection rule of its jobs (heldout scores are optimistic: the view chose the epoch) and
+    their inputs' normalization statistics (per-fold: training views only; global: held-out view included)."""
     folds = sorted({j.fold for j in jobs})
     rows = []
     for group in sorted({j.group for j in jobs}):
@@ -86,6 +87,7 @@ def summarize(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float)
             values = np.array(list(points.values()))
             rows.append({
                 "group": group, "selection": "/".join(sorted({jobs[i].selection for i in idx})),
+                "normalization": "/".join(sorted({jobs[i].normalization for i in idx})),
                 "metric": metric, "n_folds": len(values), "mean": values.mean(),
                 "ci_low": low[k], "ci_high": high[k], "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
                 **{f"fold_{f}": points.get(f, math.nan) for f in folds},
@@ -135,8 +137,9 @@ def summary_wide(summary: pd.DataFrame, confidence: float) -> pd.DataFrame:
                                zip(summary["mean"], summary["ci_low"], summary["ci_high"])])  # fmt: skip
     wide = out.pivot(index="group", columns="metric", values="cell")[list(METRICS)]
     wide.columns = [f"{m} ({confidence:.0%} CI)" for m in METRICS]
-    first = summary.groupby("group")[["n_folds", "selection"]].first()
-    return wide.assign(folds=first["n_folds"], selection=first["selection"]).reset_index()
+    first = summary.groupby("group")[["n_folds", "selection", "normalization"]].first()
+    return wide.assign(folds=first["n_folds"], selection=first["selection"],
+                       normalization=first["normalization"]).reset_index()
 
 
 def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:

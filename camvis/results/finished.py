@@ -33,6 +33,7 @@ class FinishedJob:
     n_val: float | None = None
     n_train: float | None = None
     selection: str = "heldout"  # which validation chose the epoch: heldout (camvis2's rule) or inner
+    normalization: str = "global"  # the inputs' statistics: per-fold (training views) or global (all views)
 
 
 def read_bootstrap(path: Path) -> np.ndarray:
@@ -77,6 +78,8 @@ def load_job(info: jobfiles.JobInfo, folder: Path) -> FinishedJob:
         n_val=as_number(scores.get("n_val"), positive=True),
         n_train=as_number(scores.get("n_train"), positive=True),
         selection=str(scores.get("selection") or "heldout"),  # scores of before the key: camvis2's rule
+        # "per-fold (training views)" -> per-fold; scores of before the key were normalized globally
+        normalization=str(scores.get("normalization") or "global").split(" ")[0],
     )
 
 

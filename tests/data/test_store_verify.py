@@ -58,6 +58,13 @@ def edit_attrs(path: Path, **changes: Any) -> None:
     (path / "zarr.json").write_text(json.dumps(meta))
 
 
+def drop_attrs(path: Path, *keys: str) -> None:
+    meta = json.loads((path / "zarr.json").read_text())
+    for key in keys:
+        meta["attributes"].pop(key)
+    (path / "zarr.json").write_text(json.dumps(meta))
+
+
 def resign(path: Path) -> None:
     """Records the store's current blocks and attributes as the build would, so that only the
     schema and content checks can catch what a test changed."""
@@ -82,7 +89,8 @@ def add_factor(path: Path) -> None:
     """factors gains 8 with consistent statistics and a digest, but no level 8 arrays."""
     a = attrs_of(path)
     edit_attrs(path, factors=[2, 4, 8], norm_mean=a["norm_mean"] + [a["norm_mean"][-1]],
-               norm_std=a["norm_std"] + [a["norm_std"][-1]])
+               norm_std=a["norm_std"] + [a["norm_std"][-1]],
+               **{k: [rows + [rows[-1]] for rows in a[k]] for k in ("norm_mean_folds", "norm_std_folds")})
     a = attrs_of(path)
     a["checksums"].update({"levels/8/images": {"rows": 1, "crc32": [0] * 12},
                            "levels/8/depth": {"rows": 1, "crc32": [0] * 3}})
@@ -126,6 +134,16 @@ CAUGHT_AT_OPEN: dict[str, tuple[Callable[[Path], None], tuple[str, ...]]] = {
     "norm_mean NaN": (lambda p: edit_attrs(p, norm_mean=[[float("nan")] * 4] * 2),
                       ("attribute norm_mean", "finite")),
     "norm_std zero": (lambda p: edit_attrs(p, norm_std=[[0.0] * 4] * 2), ("attribute norm_std", "> 0")),
+    "norm_rule unknown": (lambda p: edit_attrs(p, norm_rule="local"), ("attribute norm_rule", "global or per-fold")),
+    "norm_rule removed": (lambda p: drop_attrs(p, "norm_rule"), ("attribute norm_rule is missing",)),
+    "norm_mean_folds wrong shape": (lambda p: edit_attrs(p, norm_mean_folds=[[[1.0] * 4] * 2]),
+                                    ("attribute norm_mean_folds", "3 x 2 x 4")),
+    "norm_mean_folds of strings": (lambda p: edit_attrs(p, norm_mean_folds=[[["1"] * 4] * 2] * 3),
+                                   ("attribute norm_mean_folds", "finite numbers")),
+    "norm_std_folds zero": (lambda p: edit_attrs(p, norm_std_folds=[[[0.0] * 4] * 2] * 3),
+                            ("attribute norm_std_folds", "> 0")),
+    "norm_mean_folds edited": (lambda p: edit_attrs(p, norm_mean_folds=[[[1.0] * 4] * 2] * 3),
+                               ("attribute norm_mean_folds (changed)", "digest")),
     "image_view out of range": (lambda p: edit_attrs(p, image_view=[7] * 12), ("attribute image_view", "<= 2")),
     "views not strings": (lambda p: edit_attrs(p, views=[1, 2, 3]), ("attribute views", "strings")),
     "checksums removed": (lambda p: edit_attrs(p, checksums={}), ("attribute checksums", "levels/2/images")),
@@ -225,7 +243,7 @@ def test_build_records_a_checksum_per_block_and_a_digest(pristine: Path) -> None
 def test_a_store_of_format_version_1_is_refused_with_a_rebuild_hint(path: Path) -> None:
     """Stores of version 1 have no checksums: they must be rebuilt, not read unverified."""
     edit_attrs(path, format_version=1)
-    with pytest.raises(StoreError, match="version 1, this camvis reads version 2.*--force"):
+    with pytest.raises(StoreError, match="version 1, this camvis reads version 3.*--force"):
         open_store(path)
 
 
@@ -234,3 +252,24 @@ def test_sampling_figure_reads_checked_blocks(path: Path, tmp_path: Path) -> Non
     with pytest.raises(StoreError, match="levels/2/images: block 0 does not match"):
         store.sampling_figure(path, None, tmp_path / "fig.png")
     assert not (tmp_path / "fig.png").exists()
+
+
+def as_format_version_2(path: Path) -> None:
+    """The store as camvis wrote it in format version 2: global statistics only, no norm_rule."""
+    drop_attrs(path, "norm_rule", "norm_mean_folds", "norm_std_folds")
+    edit_attrs(path, format_version=2)
+    a = attrs_of(path)
+    edit_attrs(path, digest=store_verify.attrs_digest(a))
+
+
+def test_a_store_of_format_version_2_opens_with_global_statistics(path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Stores built before per-fold statistics still open; their jobs normalize globally, and info says why."""
+    as_format_version_2(path)
+    opened = open_store(path)
+    assert opened.norm_rule == "global" and opened.norm_mean_folds is None
+    norm = BatchSource(opened, (2, 4), kernel=False, fold=1).normalization
+    assert norm.rule == "global" and norm.label == "global (all views)"
+    np.testing.assert_array_equal(norm.mean, opened.norm_mean)
+    rc, out, _ = run(capsys, "info", str(path))
+    assert rc == 0 and "normalization: global" in out and "format version 2 predates per-fold" in " ".join(out.split())

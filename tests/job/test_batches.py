@@ -433,3 +433,40 @@ def test_real_store_from_synthetic_data(synth_store: PatchStore) -> None:
     assert view == sorted(store.views)[1]
     names = np.array(store.views)[np.asarray(store.table["view"])]
     assert np.all(names[val] == view) and val.size and train.size + val.size == store.n_patches
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_folds_batches_are_normalized_with_its_training_views_statistics(synth_store: PatchStore,
+                                                                           kernel: bool) -> None:
+    """Fold k's batches: (x - mean) / std with the statistics of every view but the one it holds out
+    (the store's per-fold rule), never those over all views."""
+    factors, fold = (2, 8), 3
+    held_out = synth_store.views.index(sorted(synth_store.views)[fold - 1])
+    in_memory = {f: tuple(np.asarray(a[...]) for a in synth_store.levels[f]) for f in synth_store.factors}
+    reference_store = PatchStore(**{**synth_store.__dict__, "levels": in_memory,
+                                    "norm_mean": synth_store.norm_mean_folds[held_out],
+                                    "norm_std": synth_store.norm_std_folds[held_out]})
+    if kernel and shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler: the C kernel cannot be built here")
+    source = BatchSource(synth_store, factors, kernel=kernel, fold=fold)
+    assert source.uses_kernel == kernel and source.normalization.rule == "per-fold"
+    idx = np.random.default_rng(1).permutation(synth_store.n_patches)[:100]
+    x, _, _ = source.batch(torch.from_numpy(idx))
+    torch.testing.assert_close(x, torch.from_numpy(reference_batch(reference_store, factors, idx)))
+    everywhere = BatchSource(synth_store, factors, kernel=kernel)  # no fold: the statistics over all views
+    assert everywhere.normalization.rule == "global"
+    assert not torch.allclose(everywhere.batch(torch.from_numpy(idx))[0], x)
+
+
+def test_a_jobs_inputs_use_its_folds_statistics(synth_store: PatchStore) -> None:
+    from camvis.config import load_job_config
+    from camvis.job.train import open_inputs
+
+    for fold in (1, 2):
+        cfg = load_job_config(None, [f"data.store={synth_store.path}", "data.factors=[4,8]", f"data.fold={fold}",
+                                     "train.device=cpu"])
+        norm = open_inputs(cfg, torch.device("cpu"), synth_store).source.normalization
+        v = synth_store.views.index(sorted(synth_store.views)[fold - 1])
+        np.testing.assert_array_equal(norm.mean, synth_store.norm_mean_folds[v][[1, 2]])
+        np.testing.assert_array_equal(norm.std, synth_store.norm_std_folds[v][[1, 2]])
+        assert norm.rule == "per-fold"

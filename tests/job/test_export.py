@@ -43,8 +43,11 @@ def test_bundle_files_and_model_json(exported, synth_store):
     assert written == json.loads(json.dumps(info))
     assert written["factors"] == [2, 4, 8] and written["patch_size"] == synth_store.patch_size
     assert written["architecture"]["size_hidden"] == 8 and written["architecture_name"] == "type_2"
-    rows = [synth_store.factors.index(f) for f in (2, 4, 8)]
-    np.testing.assert_allclose(written["norm_mean"], synth_store.norm_mean[rows])
+    norm = synth_store.normalization(written["config"]["data"]["fold"], (2, 4, 8))  # the job's fold's
+    np.testing.assert_array_equal(np.float32(written["norm_mean"]), norm.mean)
+    np.testing.assert_array_equal(np.float32(written["norm_std"]), norm.std)
+    assert written["normalization"] == "per-fold (training views)"
+    assert not np.array_equal(norm.mean, synth_store.norm_mean)  # not the statistics over every view
     assert written["held_out"]["metrics"] == {"acc": 0.5} and len(written["config_hash"]) == 12
     assert written["onnx"]["opset"] == export.OPSET and written["onnx"]["check"]["max_abs_diff"] <= 1e-4
     state = torch.load(bundle / "weights.pt", weights_only=True)

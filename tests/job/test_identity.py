@@ -6,6 +6,7 @@ Real tiny jobs on the session's synthetic store."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -404,3 +405,35 @@ def test_slurm_requeued_restart_resumes_its_own_training(synth_store, tmp_path, 
         assert log.count("--restart: earlier outputs moved") == 1 and "resuming cat_fold1 from" in log
     finally:
         subprocess.run(["scancel", result.array_id, result.aggregate_id], capture_output=True)
+
+
+def test_a_training_on_otherwise_normalized_inputs_is_not_resumed(synth_store, tmp_path):
+    """train_hash covers the config only: a checkpoint also records the statistics its inputs were
+    normalized with, and one from before per-fold statistics (no record: global) is not resumed on
+    a store that now gives the job its fold's; best.pt of other statistics is not evaluated."""
+    from camvis.job import identity
+
+    job, cfg = tmp_path / "e" / "j", _cfg(synth_store)
+    run_job(cfg, tmp_path)
+    norm = synth_store.normalization(cfg.data.fold, cfg.data.factors).record()
+    assert _ckpt(job / "checkpoint.pt")["normalization"] == _ckpt(job / "best.pt")["normalization"] == norm
+    assert _scores(job)["normalization"] == "per-fold (training views)"
+    assert identity.settle(job, cfg, inputs=lambda: norm) is None  # the same inputs: kept
+    assert identity.settle(job, cfg, inputs=lambda: {**norm, "rule": "global"}) is not None
+    [moved] = _previous(job)
+    shutil.move(str(moved / "checkpoint.pt"), job / "checkpoint.pt")  # back, without the record:
+    shutil.move(str(moved / "best.pt"), job / "best.pt")              # as camvis wrote it before
+    for name in ("checkpoint.pt", "best.pt"):
+        payload = _ckpt(job / name)
+        payload.pop("normalization")
+        torch.save(payload, job / name)
+    run_job(cfg, tmp_path)
+    assert len(_previous(job)) == 2
+    ckpt = _ckpt(job / "checkpoint.pt")
+    assert ckpt["state"]["restarts"] == 0 and ckpt["normalization"] == norm  # trained afresh
+    # weights recorded with other statistics are refused by the evaluation
+    best = _ckpt(job / "best.pt")
+    best["normalization"] = {**norm, "mean": synth_store.normalization(None, cfg.data.factors).record()["mean"]}
+    torch.save(best, job / "best.pt")
+    with pytest.raises(CheckpointError, match="normalized with per-fold statistics"):
+        EvalInputs.load(cfg, job / "best.pt", BatchSource(synth_store, cfg.data.factors, fold=cfg.data.fold))

@@ -426,3 +426,16 @@ def test_summary_says_which_rule_selected_each_groups_models(tmp_path: Path, cap
     assert summary.to_dict() == {"align": "heldout", "cat": "inner"}
     agg.print_summary(result, Console(width=200, force_terminal=False))
     assert "inner" in capsys.readouterr().out
+
+
+def test_summary_says_which_statistics_normalized_each_groups_inputs(tmp_path: Path) -> None:
+    """scores.json's normalization reaches summary.csv and summary.md; scores written before the key
+    read as global (camvis normalized with the statistics over every view then)."""
+    fabricate_grid(tmp_path, {"cat": 0.80, "align": 0.75}, folds=2)
+    out = tmp_path / "outputs" / EXP
+    for path in out.glob("cat_fold*/scores.json"):
+        write_json(path, {**json.loads(path.read_text()), "normalization": "per-fold (training views)"})
+    result = run(tmp_path)
+    summary = pd.read_csv(result.summary_csv).drop_duplicates("group").set_index("group")["normalization"]
+    assert summary.to_dict() == {"align": "global", "cat": "per-fold"}
+    assert "| normalization |" in result.markdown.read_text()
