@@ -8,8 +8,11 @@ submitted here is cancelled at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -235,6 +238,19 @@ def test_camvis_data_build_slurm_writes_the_bytes_of_a_local_build(cluster: None
         subprocess.run(["scancel", job_id], capture_output=True)
 
 
+def _job_pids(job_id: str) -> list[int]:
+    """The processes of SLURM job `job_id` on this machine (every node of the local cluster runs here),
+    found by SLURM_JOB_ID in their environment: `scontrol listpids` only asks the local slurmd."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                if f"SLURM_JOB_ID={job_id}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+    assert pids, f"no process of job {job_id} found"
+    return pids
+
+
 def test_a_build_job_killed_midway_leaves_no_store(cluster: None, tmp_path: Path) -> None:
     """scancel while the job writes its scratch directory: nothing under the store's name."""
     import time
@@ -254,7 +270,11 @@ def test_a_build_job_killed_midway_leaves_no_store(cluster: None, tmp_path: Path
             assert not store.exists(), "the build ended before it could be killed: make the raw dir bigger"
             time.sleep(0.2)
         assert list(tmp_path.glob(".big.zarr.tmp-*")), "the build job never started writing"
-        subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=True)
+        # SIGKILL to the job's processes themselves (as the OOM killer or a node crash would): scancel
+        # sends SIGTERM, which submitit bypasses, so the build would finish within KillWait.
+        for pid in _job_pids(job_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         wait_for("the build job to end", lambda: ended([job_id]), timeout=120)
         assert not store.exists() and states([job_id])[job_id].state != "COMPLETED"
     finally:
