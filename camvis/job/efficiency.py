@@ -30,10 +30,14 @@ def peak_device_mem_gb(device: Any) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 1e9
 
 
-def record(job_dir: Path, scores: dict[str, Any], seconds: dict[str, float], device: Any) -> dict[str, Any]:
-    """`scores` with `timing` ({load_s, train_s, evaluate_s}) and the peak memories, written to scores.json."""
-    extra = {"timing": {k: round(v, 3) for k, v in seconds.items()},
-             "peak_host_mem_gb": round(peak_host_mem_gb(), 4)}
+def record(job_dir: Path, scores: dict[str, Any], seconds: dict[str, float], device: Any,
+           startup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`scores` with `timing` ({load_s, train_s, evaluate_s}), the peak memories and `startup` (the
+    start's phases, camvis.job.startup), written to scores.json."""
+    extra: dict[str, Any] = {"timing": {k: round(v, 3) for k, v in seconds.items()},
+                             "peak_host_mem_gb": round(peak_host_mem_gb(), 4)}
+    if startup is not None:
+        extra["startup"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in startup.items()}
     device_gb = peak_device_mem_gb(device)
     if device_gb is not None:
         extra["peak_device_mem_gb"] = round(device_gb, 4)
