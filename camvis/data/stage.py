@@ -129,9 +129,11 @@ def copy_problem(staged: Path, digest: str) -> str | None:
         listed = manifest.get("files") if isinstance(manifest.get("files"), dict) else {}
         changed = sorted(set(found.items()) ^ set(listed.items()))
         return f"{len(changed)} files differ from its manifest (first: {changed[0][0] if changed else '?'})"
-    if store_digest(staged) != digest:
-        return "its attributes differ from the source's"
-    return None
+    try:
+        same = store_digest(staged) == digest
+    except StoreError as e:
+        return str(e)
+    return None if same else "its attributes differ from the source's"
 
 
 def copy_id(staged: Path) -> str | None:

@@ -87,7 +87,13 @@ def _extra_file(staged: Path) -> None:
     (staged / "levels" / "stray").write_bytes(b"x")
 
 
-@pytest.mark.parametrize("corrupt", [_truncate_a_chunk, _drop_manifest, _other_digest, _extra_file])
+def _garbled_attributes(staged: Path) -> None:
+    meta = staged / "zarr.json"
+    meta.write_bytes(b"{" * meta.stat().st_size)  # the same size: only the digest check sees it
+
+
+@pytest.mark.parametrize("corrupt", [_truncate_a_chunk, _drop_manifest, _other_digest, _extra_file,
+                                     _garbled_attributes])
 def test_a_corrupt_or_partial_copy_is_refused_and_made_again(synth_store, tmp_path, corrupt):
     staged = stage.stage_store(synth_store.path, tmp_path).path
     corrupt(staged)
