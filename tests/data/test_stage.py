@@ -177,3 +177,11 @@ def test_a_relative_folder_is_a_config_error(value, message):
     with pytest.raises(ConfigError, match=message):
         load_job_config(None, [f"data.stage='{value}'"])
     assert load_job_config(None, ["data.stage=$TMPDIR"]).data.stage == "$TMPDIR"
+
+
+def test_without_room_on_the_node_the_shared_path_is_read(synth_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "FREE_MARGIN", 1 << 60)  # more than any disk has free
+    staged = stage.stage_store(synth_store.path, tmp_path)
+    assert staged.action == "skipped" and staged.path == Path(synth_store.path)
+    assert "data.stage:" in staged.note and "free" in staged.note and str(synth_store.path) in staged.note
+    assert not _staged(synth_store, tmp_path).exists()
