@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_slurm import DEMO, TINY, cluster, log_text, states, wait_for  # noqa: F401 (cluster: a fixture)
+import test_slurm
+from test_slurm import DEMO, TINY, log_text, states, wait_for
 
 from camvis.cluster import slurm_query
 from camvis.cluster.launch import launch
@@ -22,6 +23,7 @@ from camvis.config import TRAIN_SECTIONS, sections_hash
 from camvis.data import stage
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+cluster = test_slurm.cluster  # the fixture: skips without the local cluster, fails if it should be up
 
 
 def test_an_array_stages_the_store_once_and_keeps_its_train_hash(cluster: None, synth_store: Any,
