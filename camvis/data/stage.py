@@ -173,6 +173,9 @@ def stage_store(source: str | os.PathLike, root: Path, on_wait: Callable[[str], 
         ident = uuid.uuid4().hex
         with scratch_dir(final, need) as tmp:
             _copy_files(source, tmp, files)
+            if store_digest(tmp) != digest:  # rebuilt between the digest and the copy
+                raise StoreError(f"{source}: its attributes changed while it was staged: was the store "
+                                 "rebuilt meanwhile? run the job again")
             write_json(tmp / MANIFEST, {"digest": digest, "id": ident, "source": str(source), "host": host(),
                                         "files": files})
             swap_in(tmp, final)
