@@ -38,6 +38,9 @@ class DataConfig:
     """Held-out view, 1-based over the store's views in sorted order (camvis2's folds)."""
     factors: tuple[int, ...] = (2, 4, 8, 16, 32)
     """Demagnification factors used as levels; each must be a level of the store."""
+    stage: str | None = None
+    """Node-local folder ($VARs expanded on the node, e.g. $TMPDIR) to copy the store to once per node
+    before reading it (camvis.data.stage); null: read data.store where it is. Not in any hash."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -439,6 +442,8 @@ def validate_values(cfg: JobConfig) -> list[str]:
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     if d.fold < 1:
         errors.append(f"data.fold must be >= 1 (folds are 1-based), got {d.fold}")
+    if d.stage is not None and (problem := stage_problem(d.stage)):
+        errors.append(problem)
     errors.extend(factor_problems(d.factors))
     if m.align_features and not factors_double(d.factors):
         errors.append(
@@ -542,10 +547,33 @@ def eval_hash(cfg: JobConfig) -> str:
     return sections_hash(to_dict(cfg), ("eval",))
 
 
+NOT_HASHED = {"data": ("stage",)}
+"""Keys that change where a job reads its inputs from, not what it computes: left out of every hash, so
+a staged store keeps the job's train_hash (and configs from before the key keep theirs)."""
+
+
 def sections_hash(config: Mapping[str, Any], sections: tuple[str, ...]) -> str:
     """Hash of some sections of a plain config dict (to_dict's), e.g. one recorded in a checkpoint."""
-    payload = {name: config.get(name) for name in sections}
+    payload = {name: _hashed(name, config.get(name)) for name in sections}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _hashed(section: str, value: Any) -> Any:
+    if not isinstance(value, Mapping) or section not in NOT_HASHED:
+        return value
+    return {k: v for k, v in value.items() if k not in NOT_HASHED[section]}
+
+
+def stage_problem(value: str) -> str | None:
+    """Why data.stage cannot name a node-local folder, before its variables are expanded on the node
+    (camvis.data.stage.resolve_root checks the rest there): None if it can."""
+    if not value.strip():
+        return f"data.stage: expected an absolute folder path or null, got {value!r}"
+    if not (value.startswith("/") or re.match(r"\$(\{\w+\}|\w+)", value)):
+        return (f"data.stage: expected an absolute path or one starting with an environment variable "
+                f"($TMPDIR, ${{SCRATCH}}/x), got the relative path {value!r}: a job's working directory "
+                "is not node-local")
+    return None
 
 
 def job_dir(cfg: JobConfig, outputs: str | Path = "outputs") -> Path:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import ctypes
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,8 @@ CPU_CHUNK_BYTES = 8 * 2**20
 # The C kernel writes a batch at least this large with streaming stores (bypassing caches
 # it would not fit in anyway); smaller ones stay in cache for the model to read.
 STREAM_MIN_BYTES = 64 * 2**20
+# Threads reading the pyramid at a job's start (at most the job's torch threads).
+LOAD_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -246,7 +249,9 @@ class BatchSource:
                              f"got {int(image.min())}..{int(image.max())}")
 
     def _load_levels(self, store: PatchStore) -> _Levels:
-        """Copies the chosen levels to the device once, one image at a time (bounded host memory).
+        """Copies the chosen levels to the device once, one image at a time per thread (bounded host
+        memory: a block per thread). Threads because decoding (zstd) and the CRC-32 check release the
+        GIL: a job with several CPUs reads its pyramid about that many times faster.
 
         The depth maps are small (one per view), so they are normalized here once, padding
         included, and batches only copy them.
@@ -260,16 +265,15 @@ class BatchSource:
         rgb = torch.zeros(sum(rgb_sizes), dtype=torch.uint8, device=self.device)
         dep = torch.full((sum(depth_sizes),), -1.0, dtype=torch.float32, device=self.device)
         rgb_start, depth_start = np.cumsum([0, *rgb_sizes])[:-1], np.cumsum([0, *depth_sizes])[:-1]
-        for k, (f, (hp, wp)) in enumerate(zip(self.factors, shapes)):
-            hf, wf = store.levels[f][0].shape[2:]
-            level_rgb = rgb[rgb_start[k]:rgb_start[k] + rgb_sizes[k]].view(n_images, 3, hp, wp)
-            for i in range(n_images):
-                level_rgb[i, :, before:before + hf, before:before + wf] = torch.from_numpy(store.read_image(f, i))
-            level_depth = dep[depth_start[k]:depth_start[k] + depth_sizes[k]].view(n_views, hp, wp)
-            for v in range(n_views):
-                level_depth[v, before:before + hf, before:before + wf] = torch.from_numpy(
-                    np.asarray(store.read_depth(f, v)[0], dtype=np.float32))
-            level_depth.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
+        with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), LOAD_THREADS))) as pool:
+            for k, (f, (hp, wp)) in enumerate(zip(self.factors, shapes)):
+                hf, wf = store.levels[f][0].shape[2:]
+                level_rgb = rgb[rgb_start[k]:rgb_start[k] + rgb_sizes[k]].view(n_images, 3, hp, wp)
+                inner = (slice(None), slice(before, before + hf), slice(before, before + wf))
+                _fill(pool, level_rgb, inner, lambda i, f=f: store.read_image(f, i))
+                level_depth = dep[depth_start[k]:depth_start[k] + depth_sizes[k]].view(n_views, 1, hp, wp)
+                _fill(pool, level_depth, inner, lambda v, f=f: store.read_depth(f, v))
+                level_depth.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
         geometry = self._tensor(np.array([self.factors, *zip(*shapes), rgb_start, depth_start]), torch.int64)
         factor, height, width, rgb_start, depth_start = geometry
         row = torch.arange(p, device=self.device)
@@ -297,6 +301,22 @@ class BatchSource:
         after_h = max(0, last_h + p - before - hf)
         after_w = max(0, last_w + p - before - wf)
         return hf + before + after_h, wf + before + after_w
+
+
+def _fill(pool: ThreadPoolExecutor, level: torch.Tensor, inner: tuple[slice, ...],
+          read: Callable[[int], np.ndarray]) -> None:
+    """level[j][inner] = read(j) for every j, on the pool's threads; each holds one block at a time.
+    The first failure in j order is raised; the reads not yet started are dropped."""
+    def put(j: int) -> None:
+        level[j][inner] = torch.from_numpy(read(j))
+    futures = [pool.submit(put, j) for j in range(len(level))]
+    try:
+        for future in futures:
+            future.result()
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
 
 
 def level_centre(h: torch.Tensor, f: torch.Tensor, rule: str = "exact") -> torch.Tensor:

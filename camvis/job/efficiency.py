@@ -193,11 +193,14 @@ class Meter:
 
 
 def record(job_dir: Path, scores: dict[str, Any], seconds: dict[str, float], device: Any,
-           meter: Meter | None = None, history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """`scores` with `timing` ({load_s, train_s, evaluate_s}), the peak memories and the meter's figures,
-    written to scores.json."""
-    extra = {"timing": {k: round(v, 3) for k, v in seconds.items()},
-             "peak_host_mem_gb": round(peak_host_mem_gb(), 4)}
+           meter: Meter | None = None, history: Sequence[dict[str, Any]] = (),
+           startup: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`scores` with `timing` ({load_s, train_s, evaluate_s}), the peak memories, the meter's figures and
+    `startup` (the start's phases, camvis.job.startup), written to scores.json."""
+    extra: dict[str, Any] = {"timing": {k: round(v, 3) for k, v in seconds.items()},
+                             "peak_host_mem_gb": round(peak_host_mem_gb(), 4)}
+    if startup is not None:
+        extra["startup"] = {k: round(v, 3) if isinstance(v, float) else v for k, v in startup.items()}
     device_gb = peak_device_mem_gb(device)
     if device_gb is not None:
         extra["peak_device_mem_gb"] = round(device_gb, 4)

@@ -37,8 +37,10 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     """
     from camvis.job import distributed, efficiency
     from camvis.job.evaluate import EvalInputs, evaluate_job
-    from camvis.job.train import log_hparams, open_inputs, train, write_progress
+    from camvis.job.startup import open_job_inputs
+    from camvis.job.train import log_hparams, train, write_progress
 
+    began = time.perf_counter()
     directory = job_dir(cfg, outputs)
     _limit_threads(threads)
     env = distributed.setup(cfg.train.device)
@@ -51,7 +53,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
         _main_first(env, prepare)
         meter = efficiency.Meter(env.device, sample_gpu=env.is_main)
         clock = [time.perf_counter()]
-        inputs = open_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
+        inputs, startup = open_job_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
         clock.append(time.perf_counter())
         state = train(cfg, directory, env, inputs, run_id=restart, meter=meter)
         clock.append(time.perf_counter())
@@ -64,7 +66,9 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
         clock.append(time.perf_counter())
         if env.is_main:
             phases = dict(zip(("load_s", "train_s", "evaluate_s"), (b - a for a, b in zip(clock, clock[1:]))))
-            scores = efficiency.record(directory, scores, phases, env.device, meter, state.history)
+            if inputs.first_step_at is not None:  # None: a finished training, only re-evaluated
+                startup.update(first_step_s=inputs.first_step_at - clock[1], to_first_step_s=inputs.first_step_at - began)
+            scores = efficiency.record(directory, scores, phases, env.device, meter, state.history, startup)
             log_hparams(directory, cfg, scores)  # TensorBoard's HParams tab: this job's row of the grid
             write_progress(directory, cfg, state, last, phase="done", world_size=env.world_size,
                            figures=meter.progress_fields())

@@ -63,6 +63,7 @@ class TrainInputs:
     train_idx: np.ndarray
     val_idx: np.ndarray
     view: str
+    first_step_at: float | None = None  # perf_counter() when the first training step ended (start-up timing)
 
 
 def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None = None) -> TrainInputs:
@@ -282,7 +283,8 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
             with progress_bar(f"epoch {state.epoch + 1}/{cfg.train.max_epochs}", n_samples,
                               enabled=None if env.is_main else False, transient=True) as advance:
                 counts = torch.zeros(4, dtype=torch.long, device=env.device)  # tn, fp, fn, tp
-                train_loss = train_epoch(net, opt, inputs.source, batches, env, advance, counts)
+                step = _first_step_clock(inputs, env.device, advance)
+                train_loss = train_epoch(net, opt, inputs.source, batches, env, step, counts)
             check_finite(cfg, state, "training loss", train_loss)
             samples_per_s = n_samples * env.world_size / max(time.perf_counter() - start, 1e-9)
             record = {"train_loss": train_loss, "train_acc": metrics.accuracy_from_counts(*counts.tolist()),
@@ -300,6 +302,20 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
         if writer is not None:
             writer.close()
     return state
+
+
+def _first_step_clock(inputs: TrainInputs, device: torch.device, advance: Advance) -> Advance:
+    """`advance`, which also notes in `inputs` when the job's first training step ended."""
+    if inputs.first_step_at is not None:
+        return advance
+
+    def step(n: int) -> None:
+        if inputs.first_step_at is None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # once: the step has run, not only been queued
+            inputs.first_step_at = time.perf_counter()
+        advance(n)
+    return step
 
 
 def _resume(cfg: JobConfig, ckpt: Path, model, opt, sched, env: DistEnv, run_id: str | None) -> TrainState:
