@@ -52,3 +52,30 @@ def synth_store(synth_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> An
 
     return store_build.build(synth_raw, tmp_path_factory.mktemp("store") / "synth.zarr", progress=False,
                              figure=False, **SYNTH_STORE)
+
+
+CAMVIS2_FIXTURES = Path(__file__).parent / "data" / "camvis2"
+
+
+@pytest.fixture(scope="session")
+def camvis2_ref() -> dict[str, Any]:
+    """tests/data/camvis2/reference.npz: what camvis2's own code made (make_fixtures.py)."""
+    import numpy as np
+
+    pytest.importorskip("cv2")  # camvis[camvis2]; requirements.lock installs it
+    return dict(np.load(CAMVIS2_FIXTURES / "reference.npz"))
+
+
+@pytest.fixture(scope="session")
+def camvis2_raw_dir(camvis2_ref: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The raw dir make_fixtures.py made, made again with the same synth call (checked by digest)."""
+    import hashlib
+
+    shape = tuple(int(v) for v in camvis2_ref["image_shape"])
+    root = synthesize(tmp_path_factory.mktemp("c2") / "raw", views=2, images_per_view=2, size=shape,
+                      seed=3, progress=False)
+    for key, digest in camvis2_ref.items():
+        if key.startswith("sha256_") and key.endswith((".png", ".npy")):
+            path = root / key.removeprefix("sha256_")
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == str(digest), f"synth no longer makes {path}"
+    return root

@@ -82,18 +82,8 @@ def test_camvis2_weights_give_camvis2s_logits_on_camvis2s_batches(fixture, ref, 
 
 
 @pytest.fixture(scope="module")
-def raw_dir(ref, tmp_path_factory) -> Path:
-    """The raw dir make_fixtures.py made, made again with the same synth call (checked by digest)."""
-    pytest.importorskip("cv2")  # camvis[camvis2]
-    from camvis.data import synth
-
-    root = synth.synthesize(tmp_path_factory.mktemp("c2ckpt") / "raw", views=2, images_per_view=2,
-                            size=tuple(int(v) for v in ref["image_shape"]), seed=3, progress=False)
-    for key, digest in ref.items():
-        if key.startswith("sha256_") and key.endswith((".png", ".npy")):
-            path = root / key.removeprefix("sha256_")
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == str(digest), f"synth no longer makes {path}"
-    return root
+def raw_dir(camvis2_raw_dir: Path) -> Path:
+    return camvis2_raw_dir
 
 
 @pytest.fixture(scope="module")
