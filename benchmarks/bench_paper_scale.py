@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images-per-view", type=int, default=2)
     p.add_argument("--size", default="paper", help="HxW or 'paper' (4140x6198)")
     p.add_argument("--raw", type=Path, default=None, help="an existing raw data dir: no synthesis")
-    p.add_argument("--patches-per-image", type=int, default=16, help="store patches per image (paper: 500)")
+    p.add_argument("--patches-per-image", type=int, default=8, help="store patches per image (paper: 500)")
     p.add_argument("--patch-size", type=int, default=128)
     p.add_argument("--build-workers", type=int, default=2)
     p.add_argument("--archs", nargs="+", default=None, help="groups of the grid (default: all 8)")
@@ -227,6 +227,7 @@ class JobFacts:
     sacct_maxrss_gib: float | None = None
     n_train: int | None = None
     n_val: int | None = None
+    error: str | None = None  # the first line of error.txt of a failed job
 
 
 def job_facts(manifest: dict[str, Any], outputs: Path, experiment: str, pilot: str | None) -> list[JobFacts]:
@@ -248,6 +249,9 @@ def job_facts(manifest: dict[str, Any], outputs: Path, experiment: str, pilot: s
             submit, end = slurm_time(top["Submit"]), slurm_time(top["End"])
             f.queue_s = (start - submit).total_seconds() if start and submit else None
             f.elapsed_s = (end - start).total_seconds() if start and end else None
+        error = outputs / experiment / name / "error.txt"
+        if error.exists():
+            f.error = (error.read_text().strip().splitlines() or [""])[0][:300]
         scores_path = outputs / experiment / name / "scores.json"
         if scores_path.exists():
             scores = json.loads(scores_path.read_text())
@@ -416,13 +420,20 @@ def pilot(b: Bench, group: str, fold: int) -> str:
     return name
 
 
-def grid_mem_gb(b: Bench, facts: list[JobFacts]) -> int:
-    """The pilot's peak (ru_maxrss or sacct, the larger) + 30 %, at least what camvis.job.memory checks."""
-    f = facts[0]
+def grid_mem_gb(b: Bench, facts: list[JobFacts], size: tuple[int, int], images: int) -> int:
+    """The pilot's peak (ru_maxrss or sacct, the larger) + 30 %, and at least the need a job checks against
+    its allocation at start (camvis.job.memory: the process + the padded pyramid), or it would refuse to run."""
+    f = next(f for f in facts if f.pilot)
     peaks = [x for x in (f.peak_host_mem_gb and f.peak_host_mem_gb * 1e9 / GIB, f.sacct_maxrss_gib) if x]
     if not peaks:
-        sys.exit(f"the pilot job {f.name} left no peak memory (state {f.state}): see {b.log} and {b.outputs}")
-    return math.ceil(max(peaks) * 1.3)
+        sys.exit(f"the pilot job {f.name} left no peak memory (state {f.state}: {f.error}): see {b.log}")
+    try:
+        from camvis.job.memory import BASE_BYTES
+    except ImportError:
+        BASE_BYTES = GIB
+    factors = yaml.safe_load(GRID.read_text())["base"]["data"]["factors"]
+    need = (BASE_BYTES + pyramid_bytes(size, factors, b.args.patch_size, images, b.args.views)) / GIB
+    return math.ceil(max(max(peaks) * 1.3, need * 1.05))
 
 
 def launch_grid(b: Bench, mem_gb: int | None) -> tuple[list[str], list[str]]:
@@ -578,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.local and shutil.which("sbatch") is None:
         sys.exit("sbatch is not on PATH: start the local cluster (bash slurm/cluster.sh start --nodes 2) or pass --local")
     b = Bench(a, work)
+    facts: list[JobFacts] = []
     images = a.views * a.images_per_view
     console.print(f"workdir {work}; {a.views} views x {a.images_per_view} images of {size[0]} x {size[1]}; "
                   f"load {loadavg()}; free disk {shutil.disk_usage(work).free / GIB:.0f} GiB")
@@ -597,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         mem_gb = a.mem_gb
         if not a.local and mem_gb is None:
             pilot_name = pilot(b, groups[0], (a.folds or [1])[0])
-            mem_gb = grid_mem_gb(b, job_facts(b.manifest(), b.outputs, b.experiment, pilot_name))
+            mem_gb = grid_mem_gb(b, job_facts(b.manifest(), b.outputs, b.experiment, pilot_name), size, images)
             console.print(f"pilot {pilot_name}: slurm.mem_gb={mem_gb} for the grid")
         arrays, aggregate_job = launch_grid(b, mem_gb)
         if arrays:
@@ -622,7 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
         tmp.replace(a.json)
         console.print(f"wrote {a.json}")
-    return 0
+    failed = [f for f in facts if f.state != "COMPLETED"]
+    for f in failed:
+        console.print(f"[red]{f.name}: {f.state}: {f.error or 'no error.txt'}[/red]", highlight=False)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
