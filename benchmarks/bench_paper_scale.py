@@ -165,6 +165,8 @@ def queued(ids: list[str]) -> bool:
 
 def wait_for(ids: list[str], timeout_s: float, what: str) -> float:
     """Seconds until none of the SLURM jobs `ids` (arrays included) is pending or running."""
+    if not ids:  # the launch submitted nothing (every job finished already)
+        return 0.0
     start = time.perf_counter()
     time.sleep(2)  # sacct learns of a job from slurmctld a moment after sbatch
     last = ""
