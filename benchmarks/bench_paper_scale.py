@@ -19,9 +19,13 @@ evaluation outputs, scheduling.
 
 Per job: its phases from scores.json (`timing`: load_s, train_s, evaluate_s; `peak_host_mem_gb`), sacct's
 Submit/Start/End/MaxRSS (MaxRSS is sampled every JobAcctGatherFrequency, 30 s here: short jobs read low;
-ru_maxrss in scores.json is exact for the job's process), and the start-up: from SLURM's Start to the
-first training step, i.e. scores.json's `finished` - evaluate_s - train_s (1 s resolution), of which load_s
-is opening the store and reading the levels.
+ru_maxrss in scores.json is exact for the job's process), and the start-up: from SLURM's Start (1 s
+resolution) to the start of training (model built, first step next), i.e. the time scores.json was last
+written (right after the evaluation) - evaluate_s - train_s, of which load_s is opening the store and
+reading the levels onto the device.
+
+--report-from JSON re-reads a kept --workdir and an earlier run's JSON (its stages) and writes the per-job
+figures and the extrapolation again, without running anything.
 
 Extrapolation to the paper (121 images of 4140 x 6198 in 9 views, 500 patches per image, 8 x 9 jobs):
 build time x 121 / images built (same workers); per-job memory = measured peak - the measured store's
@@ -91,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None, help="default: a fresh temporary folder")
     p.add_argument("--keep", action="store_true", help="keep the workdir (data, store, outputs)")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "paper_scale.json")
+    p.add_argument("--report-from", type=Path, default=None, metavar="JSON",
+                   help="re-read the kept --workdir of the run that wrote JSON: figures again, nothing run")
     return p.parse_args(argv)
 
 
@@ -263,9 +269,11 @@ def job_facts(manifest: dict[str, Any], outputs: Path, experiment: str, pilot: s
             f.n_train, f.n_val = scores.get("n_train"), scores.get("n_val")
             if f.state == "?":
                 f.state = "COMPLETED"
-            finished = dt.datetime.fromisoformat(scores["finished"])
+            # the job rewrites scores.json with its timing right after the last phase ends (its `finished`
+            # is stamped earlier, before the evaluation's last files): the file's time is the job's end
+            ended = dt.datetime.fromtimestamp(scores_path.stat().st_mtime).astimezone()
             if start and f.train_s is not None and f.evaluate_s is not None:
-                first_step = finished - dt.timedelta(seconds=f.train_s + f.evaluate_s)
+                first_step = ended - dt.timedelta(seconds=f.train_s + f.evaluate_s)
                 f.startup_s = (first_step - start).total_seconds()
         facts.append(f)
     return facts
@@ -542,7 +550,7 @@ def extrapolate(b: Bench, result: dict[str, Any], size: tuple[int, int], images:
     scale = PAPER["images"] / images * (PAPER["size"][0] * PAPER["size"][1]) / (size[0] * size[1])
     build_s = b.stages.get("build", {}).get("seconds")
     summary = result["summary"]
-    done = [f for f in facts if f.elapsed_s is not None]
+    done = [f for f in facts if f.elapsed_s is not None and not f.pilot]  # the grid's array, the pilot before it
     rows = []
     if build_s:
         rows.append(("store build, 121 images", f"{build_s * scale / 60:.1f} min",
@@ -585,6 +593,8 @@ def extrapolate(b: Bench, result: dict[str, Any], size: tuple[int, int], images:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.report_from is not None:
+        return report_again(a)
     size = size_of(a.size)
     if a.workdir is None:
         work = Path(tempfile.mkdtemp(prefix="paper_scale_"))
@@ -594,7 +604,6 @@ def main(argv: list[str] | None = None) -> int:
     if not a.local and shutil.which("sbatch") is None:
         sys.exit("sbatch is not on PATH: start the local cluster (bash slurm/cluster.sh start --nodes 2) or pass --local")
     b = Bench(a, work)
-    facts: list[JobFacts] = []
     images = a.views * a.images_per_view
     console.print(f"workdir {work}; {a.views} views x {a.images_per_view} images of {size[0]} x {size[1]}; "
                   f"load {loadavg()}; free disk {shutil.disk_usage(work).free / GIB:.0f} GiB")
@@ -606,30 +615,64 @@ def main(argv: list[str] | None = None) -> int:
                                          "eval_batch_size": a.eval_batch_size, "bootstrap": a.bootstrap,
                                          "cpus_per_task": a.cpus_per_task, "mode": "local" if a.local else "slurm"}}
     try:
-        raw = synth(b, size)
-        build(b, raw, images)
-        grid = yaml.safe_load(GRID.read_text())
-        groups = a.archs or list(grid["axes"]["group"])
-        pilot_name = None
-        mem_gb = a.mem_gb
-        if not a.local and mem_gb is None:
-            pilot_name = pilot(b, groups[0], (a.folds or [1])[0])
-            mem_gb = grid_mem_gb(b, job_facts(b.manifest(), b.outputs, b.experiment, pilot_name), size, images)
-            console.print(f"pilot {pilot_name}: slurm.mem_gb={mem_gb} for the grid")
-        arrays, aggregate_job = launch_grid(b, mem_gb)
-        if arrays:
-            wait_jobs(b, arrays, aggregate_job)
-        aggregate(b)
-        facts = job_facts(b.manifest(), b.outputs, b.experiment, pilot_name)
-        result.update(stages=b.stages, jobs=[vars(f) for f in facts], summary=summary_of(facts),
-                      finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        result["extrapolation"] = extrapolate(b, result, size, images, facts)
+        pilot_name = run_stages(b, size, images)
+        result.update(stages=b.stages, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        facts = figures(b, result, size, images, pilot_name)
     finally:
         scancel(b.submitted)  # nothing of ours stays queued, whatever happened
         if a.keep:
             console.print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    return report(a, b, result, facts)
+
+
+def run_stages(b: Bench, size: tuple[int, int], images: int) -> str | None:
+    """Every stage in turn; the pilot job's name (None without one)."""
+    a = b.args
+    raw = synth(b, size)
+    build(b, raw, images)
+    groups = a.archs or list(yaml.safe_load(GRID.read_text())["axes"]["group"])
+    pilot_name = None
+    mem_gb = a.mem_gb
+    if not a.local and mem_gb is None:
+        pilot_name = pilot(b, groups[0], (a.folds or [1])[0])
+        mem_gb = grid_mem_gb(b, job_facts(b.manifest(), b.outputs, b.experiment, pilot_name), size, images)
+        console.print(f"pilot {pilot_name}: slurm.mem_gb={mem_gb} for the grid")
+    arrays, aggregate_job = launch_grid(b, mem_gb)
+    if arrays:
+        wait_jobs(b, arrays, aggregate_job)
+    aggregate(b)
+    return pilot_name
+
+
+def figures(b: Bench, result: dict[str, Any], size: tuple[int, int], images: int,
+            pilot_name: str | None) -> list[JobFacts]:
+    """The per-job facts, their summary and the extrapolation, into `result`."""
+    facts = job_facts(b.manifest(), b.outputs, b.experiment, pilot_name)
+    result.update(jobs=[vars(f) for f in facts], summary=summary_of(facts))
+    result["extrapolation"] = extrapolate(b, result, size, images, facts)
+    return facts
+
+
+def report_again(a: argparse.Namespace) -> int:
+    """--report-from: an earlier run's stages and data, its kept workdir's jobs read again."""
+    if a.workdir is None or not (a.workdir / "jobs").is_dir():
+        sys.exit("--report-from needs the --workdir that run kept (--keep)")
+    result = json.loads(a.report_from.read_text())
+    data = result["data"]
+    a.views, a.images_per_view, a.patch_size = data["views"], data["images_per_view"], data["patch_size"]
+    a.build_workers = result["stages"].get("build", {}).get("workers", a.build_workers)
+    a.batch_size, a.eval_batch_size = result["budget"]["batch_size"], result["budget"]["eval_batch_size"]
+    a.local = result["budget"]["mode"] == "local"
+    b = Bench(a, a.workdir.resolve(), stages=result["stages"])
+    pilot_name = next((j["name"] for j in result.get("jobs", []) if j.get("pilot")), None)
+    facts = figures(b, result, tuple(data["size"]), a.views * a.images_per_view, pilot_name)
+    result["reported_again"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return report(a, b, result, facts)
+
+
+def report(a: argparse.Namespace, b: Bench, result: dict[str, Any], facts: list[JobFacts]) -> int:
     console.print(stage_table(b.stages))
     console.print(job_table(facts))
     console.print(extrapolation_table(result))
