@@ -136,7 +136,8 @@ def compare(tables: dict[tuple[str, int], pd.DataFrame], confidence: float, n_bo
                 continue
             rng = np.random.default_rng([seed, len(a), len(b), *map(ord, a + "\0" + b)])
             picks = [rng.integers(0, len(p), (n_boot, len(p))) for p in pairs]
-            both = [np.concatenate([p[k][:, j] for p, k in zip(pairs, picks)], axis=1) for j in (0, 1)]
+            # column j (a or b) of the resampled images: (n_boot, images) per fold
+            both = [np.concatenate([p[:, j][k] for p, k in zip(pairs, picks)], axis=1) for j in (0, 1)]
             diffs = _statistics(both[0]) - _statistics(both[1])  # (n_boot, 2), paired resample by resample
             value_a = _statistics(np.concatenate([p[:, 0] for p in pairs]))
             value_b = _statistics(np.concatenate([p[:, 1] for p in pairs]))

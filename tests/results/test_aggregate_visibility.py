@@ -91,3 +91,17 @@ def test_a_perfect_group_has_a_degenerate_interval() -> None:
     tables = {("g", 1): pd.DataFrame({"image": ["x", "y"], "abs_log10_error": [0.0, 0.0], "flag": ["ok", "ok"]})}
     s = av.summarize(tables, 0.95, n_boot=50)
     assert s.loc[0, "median_ci_low"] == s.loc[0, "median_ci_high"] == 0.0 and s.loc[0, "within_factor2"] == 1.0
+
+
+@pytest.mark.parametrize("images", [1, 3])  # 1: a view with one image (paper-scale benchmark, 9 x 1) raised IndexError
+def test_paired_comparison_resamples_images_not_columns(images: int) -> None:
+    """a misses by 1.0 on every image, b by 0.0: every paired resample differs by exactly 1.0 (the resample
+    once took image j of each draw as if it were column j, so a and b were mixed)."""
+    def table(error: float) -> pd.DataFrame:
+        return pd.DataFrame({"image": [f"i{k}" for k in range(images)], "abs_log10_error": [error] * images,
+                             "flag": ["ok"] * images})
+
+    tables = {("a", 1): table(1.0), ("b", 1): table(0.0), ("a", 2): table(1.0), ("b", 2): table(0.0)}
+    row = av.compare(tables, 0.95, n_boot=50).set_index("statistic").loc["median_abs_log10_error"]
+    assert row["diff"] == row["ci_low"] == row["ci_high"] == 1.0 and row["p_value"] == 0.0
+    assert row["n_images"] == 2 * images
