@@ -250,6 +250,7 @@ def evaluate_job(cfg: JobConfig, job_dir: str | Path, inputs: EvalInputs, *, epo
                          normalization=source.normalization.label)
     if rank == 0:
         write_outputs(job_dir, cfg, store, preds, results)
+        scores["finished"] = now_iso()  # after the figures: the moment the job's outputs are complete
         write_json(job_dir / SCORES, scores)  # last: its presence means the job is finished
     return scores
 
@@ -363,6 +364,9 @@ def map_title(job: str, image: str, fit: Any, true_m: float | None) -> str:
     return f"{head} — predicted V {fit.visibility_m:,.0f} m ({fit.flag}){true}"
 
 
+MAP_WIDTH = 1500  # columns of the image under a per-image map (two panels in an 11-inch figure at 200 dpi)
+
+
 def write_figures(directory: Path, store: PatchStore, preds: Mapping[str, np.ndarray],
                   results: Mapping[str, Any], job: str = "") -> list[Path]:
     """Per source image: truth and prediction over the image, and prediction vs distance."""
@@ -374,8 +378,12 @@ def write_figures(directory: Path, store: PatchStore, preds: Mapping[str, np.nda
         rows = preds["image"] == i
         name = store.images[i]
         image = np.asarray(store.read_image(factor, i)).transpose(1, 2, 0)
-        h = store.table["center_h"][preds["patch"][rows]] / factor
-        w = store.table["center_w"][preds["patch"][rows]] / factor
+        # At most MAP_WIDTH columns: a paper-size level drawn whole made matplotlib resample ~0.5 GB
+        # of floats per figure and took seconds, for a panel some 1,000 pixels wide.
+        step = max(1, math.ceil(image.shape[1] / MAP_WIDTH))
+        image = image[::step, ::step]
+        h = store.table["center_h"][preds["patch"][rows]] / (factor * step)
+        w = store.table["center_w"][preds["patch"][rows]] / (factor * step)
         written.append(plots.plot_image_map(image, h, w, preds["label"][rows], preds["score"][rows],
                                             directory / f"{name}_map.png",
                                             title=map_title(job, name, fit, results["truth"].get(name))))

@@ -300,3 +300,34 @@ def test_figure_titles_name_job_fold_view_image_and_visibility(synth_store, tmp_
     assert titles["confusion"] == [f"e/j: fold 1, held-out view {view}"]
     assert titles["map"] and all(t.startswith("e/j: ") and "predicted V " in t and "true V " in t
                                  for t in titles["map"])
+
+
+def test_maps_of_wide_images_are_thinned_with_their_markers(synth_store, tmp_path, monkeypatch):
+    """A level wider than MAP_WIDTH is drawn every `step` pixels, and the patch centres are divided by
+    the same step, so each marker stays on the pixel its patch is centred on."""
+    from camvis.plots import evaluation as plots
+
+    drawn: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def image_map(image, rows, cols, *args, title=""):
+        drawn.append((image, np.asarray(rows), np.asarray(cols)))
+        return Path(args[-1])
+
+    monkeypatch.setattr(plots, "plot_image_map", image_map)
+    monkeypatch.setattr(evaluate, "MAP_WIDTH", 50)
+    cfg = _cfg(synth_store, "data.fold=1", "eval.bootstrap=0")
+    _save_best(cfg, synth_store, tmp_path)
+    evaluate.evaluate_job(cfg, tmp_path, _best(cfg, synth_store, tmp_path), progress=False)
+    factor = min(synth_store.factors)
+    full = np.asarray(synth_store.read_image(factor, 0)).transpose(1, 2, 0)
+    step = -(-full.shape[1] // 50)
+    assert drawn and step > 1
+    for image, rows, cols in drawn:
+        assert image.shape[1] <= 50 and image.shape[0] == -(-full.shape[0] // step)
+        assert rows.max() < image.shape[0] and cols.max() < image.shape[1]
+    levels = [np.asarray(synth_store.read_image(factor, i)).transpose(1, 2, 0) for i in range(len(synth_store.images))]
+    for image, rows, cols in drawn:  # each map shows one whole level, thinned by `step`
+        assert any(image.shape == level[::step, ::step].shape and np.array_equal(image, level[::step, ::step])
+                   for level in levels)
+    centres = synth_store.table["center_w"] / factor  # the same scale as the drawn columns x step
+    assert np.isin(np.round(drawn[0][2] * step, 6), np.round(centres, 6)).all()
