@@ -11,8 +11,9 @@ from camvis.errors import CamvisError
 EPILOG = """examples:
   camvis-eval configs/job.yaml                 # outputs/<experiment>/<name>/best.pt: the demo's cat_fold1
   camvis-eval configs/job.yaml name=cat_fold3 data.fold=3      # the demo's cat_fold3
-  camvis-eval configs/job.yaml eval.bootstrap=2000 --checkpoint outputs/demo/cat_fold1/best.pt --job-dir outputs/rerun/cat_fold1
-                                               # other eval settings: the weights of one folder, the outputs into another
+  camvis-eval configs/job.yaml eval.bootstrap=2000 --checkpoint outputs/demo/cat_fold1/best.pt --job-dir outputs/rerun
+                                               # other settings; the weights of one folder, the outputs in another
+
 --checkpoint also takes a bare state_dict: camvis2's own .pt files, or a bundle's weights.pt.
 
 Writes predictions.csv, confusion.csv/.png, bootstrap.csv, visibility.csv, figures/ and,

@@ -15,7 +15,7 @@ DEFAULT_PATCH_SIZE = 128
 EPILOG = """examples:
   camvis-model summary                                  # the default config (5 levels, hidden 128)
   camvis-model summary configs/demo.yaml --patch-size 32   # a grid's base model (the demo's patches)
-  camvis-model summary configs/job.yaml model.size_hidden=64 data.factors=[2,4,8]
+  camvis-model summary configs/job.yaml model.size_hidden=64 data.factors=[2,4,8] --patch-size 64
 """
 
 

@@ -9,8 +9,9 @@ Where the examples come from:
   a command (a fenced `python` block is one script). A block that names a program but is not marked
   fails `test_readme_command_blocks_are_marked`, so a new example cannot go untested.
 
-How each runs: in a fresh copy of a shrunk `make demo` (the `demo_run` fixture: the demo's paths,
-data and store, its 8 jobs trained for 1 epoch of 64 patches) with the checkout's configs/, where
+How each runs: in the folder of a shrunk `make demo` (tests/integration/conftest.py: the demo's
+paths, data and store, its 8 jobs trained for 1 epoch of 64 patches), restored as the demo left it
+for each example (a README block's lines run in order in one), with the checkout's configs/ where
 demo.yaml and job.yaml get the same shrinking overrides (so job.yaml stays the demo's cat_fold1 and
 every demo job stays finished). camvis-* commands run in this process through their entry points
 (the shell's part done here: glob expansion, `> FILE`); torchrun as a process. Exit status 0 expected.
@@ -28,6 +29,7 @@ Rules where a cluster, a GPU or root is needed:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import glob
 import importlib
@@ -39,7 +41,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-OTHER_PROGRAMS = ("torchrun", "python", "make", "bash", "tensorboard", "pip")
+RUN = ("torchrun", "python")  # run as processes, as written
+CHECKED = ("make", "bash")     # checked, not run (see the module docstring)
 MARKER = "<!-- example -->"
 SLURM = os.environ.get("CAMVIS_SLURM") == "1"
 
@@ -58,7 +60,7 @@ pytestmark = pytest.mark.slow
 @dataclass(frozen=True)
 class Example:
     source: str              # "camvis-data build --help", "README.md line 42"
-    commands: tuple[str, ...]  # one command line each (comments cut), run in order in one copy
+    commands: tuple[str, ...]  # one command line each (comments cut), run in order in one folder
     python: str | None = None  # a README python block instead
 
     @property
@@ -114,7 +116,7 @@ def program_of(command: str) -> str:
 
 
 def known_program(word: str) -> bool:
-    return word in SCRIPTS or word in OTHER_PROGRAMS
+    return word in SCRIPTS or word in RUN or word in CHECKED
 
 
 def help_examples(text: str, source: str) -> list[str]:
@@ -274,10 +276,11 @@ def run_command(command: str) -> Ran:
         targets = re.findall(r"^([A-Za-z0-9_.-]+):", (REPO / "Makefile").read_text(), re.M)
         missing = [t for t in argv[1:] if not t.startswith("-") and t not in targets]
         return Ran(2 if missing else 0, f"Makefile targets {targets}; missing {missing}")
-    if program == "bash":
+    if program == "bash":  # bash SCRIPT [CMD]: the script has a `CMD)` case
         script = REPO / argv[1]
-        ok = script.is_file() and (len(argv) < 3 or re.search(rf"^\s*{re.escape(argv[2])}\)", script.read_text(), re.M))
-        return Ran(0 if ok else 2, f"{script}: {'handles' if ok else 'has no'} {argv[2:3]}")
+        command_case = rf"^\s*{re.escape(argv[2])}\)" if len(argv) > 2 else ""
+        ok = script.is_file() and bool(re.search(command_case, script.read_text(), re.M))
+        return Ran(0 if ok else 2, f"{script}: {'handles' if ok else 'does not handle'} {argv[2:3]}")
     if program == "camvis-launch" and not {"--local", "--debug", "--dry-run"} & set(argv):
         argv.append("--dry-run")  # SLURM: the job table, the scripts and the preflight
     if program in SCRIPTS:
@@ -315,18 +318,6 @@ class _Buffer(io.StringIO):
 
 def run_example(example: Example, folder: Path) -> None:
     """Runs every command of `example` in `folder` (the cwd), failing on the first that fails."""
-    import time as _t
-    _c = os.times()
-    try:
-        _run_example(example, folder)
-    finally:
-        _d = os.times()
-        if os.environ.get("EXAMPLE_TIMES"):
-            with open(os.environ["EXAMPLE_TIMES"], "a") as _f:
-                _f.write(f"{_d.user - _c.user + _d.system - _c.system:.2f} {_d.children_user - _c.children_user + _d.children_system - _c.children_system:.2f} {example.id}\n")
-
-
-def _run_example(example: Example, folder: Path) -> None:
     if example.python is not None:
         exec(compile(example.python, example.source, "exec"), {"__name__": "__example__"})
         return
