@@ -7,6 +7,7 @@ import contextlib
 import io
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,19 +47,33 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 
 @pytest.fixture
-def after_demo(demo_run: DemoRun, monkeypatch: pytest.MonkeyPatch) -> Path:
+def after_demo(demo_run: DemoRun, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The cwd: the folder `make demo` ran in, as the run left it (restored for each test, at the
     same absolute path: a store records the raw folder it was built from, the manifest its log
-    files). data/ is hard-linked to the pristine copy: camvis replaces files by renaming them
-    into place, never writes into one."""
-    for entry in demo_run.path.iterdir():
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    for entry in demo_run.pristine.iterdir():
-        if entry.name == "data":
-            shutil.copytree(entry, demo_run.path / entry.name, copy_function=os.link)
-        elif entry.is_dir():
-            shutil.copytree(entry, demo_run.path / entry.name, symlinks=True)
-        else:
-            shutil.copy2(entry, demo_run.path / entry.name)
+    files). Its files are hard links to the pristine copy's, as cheap as that for 60 tests:
+    camvis replaces a file by renaming a new one into place, never writes into one (lock files,
+    written in place, are copied). A test that wrote into a linked file fails here."""
+    before = _fingerprint(demo_run.pristine)
+    shutil.rmtree(demo_run.path)
+    shutil.copytree(demo_run.pristine, demo_run.path, symlinks=True, copy_function=_link_or_copy)
     monkeypatch.chdir(demo_run.path)
-    return demo_run.path
+    yield demo_run.path
+    changed = sorted(k for k, v in _fingerprint(demo_run.pristine).items() if before.get(k) != v)
+    assert not changed, f"written in place, not replaced: {changed} (a hard link into the demo's files)"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if src.endswith(".lock"):
+        shutil.copy2(src, dst)
+    else:
+        os.link(src, dst)
+
+
+def _fingerprint(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under root, by relative path."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            stat = os.lstat(os.path.join(folder, name))
+            found[os.path.relpath(os.path.join(folder, name), root)] = (stat.st_size, stat.st_mtime_ns)
+    return found
