@@ -9,9 +9,9 @@ from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
-  camvis-aggregate cat_vs_align                    writes outputs/cat_vs_align/summary.md, *.csv, *.png
-  camvis-aggregate cat_vs_align --confidence 0.9   90% bootstrap intervals
-  camvis-aggregate cat_vs_align --format png,pdf   each figure as a 200-dpi PNG and a vector PDF
+  camvis-aggregate demo                    writes outputs/demo/summary.md, *.csv, *.png
+  camvis-aggregate demo --confidence 0.9   90% bootstrap intervals
+  camvis-aggregate demo --format png,pdf   each figure as a 200-dpi PNG and a vector PDF
 
 writes under outputs/<experiment>/: summary.md (all tables), summary.csv (per group: per-fold scores,
 mean, bootstrap CI), comparisons.csv (paired per-fold differences, corrected resampled t-test, Holm-adjusted p),

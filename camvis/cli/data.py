@@ -16,31 +16,31 @@ if TYPE_CHECKING:
 
 SYNTH_EXAMPLES = """\
 examples:
-  camvis-data synth data/raw                                  # 4 views x 6 images, 192 x 288
-  camvis-data synth data/raw --views 9 --images-per-view 13 --size 384x576
-  camvis-data synth data/raw --size paper --format jp2        # camvis2's 4140 x 6198 images
-  camvis-data synth /tmp/thick --vis-range 50 2000 --seed 3   # thick fog only
+  camvis-data synth data/raw/fresh                            # 4 views x 6 images, 192 x 288
+  camvis-data synth data/raw/wide --views 9 --images-per-view 2 --size 384x576
+  camvis-data synth data/raw/jp2 --images-per-view 2 --format jp2   # --size paper: camvis2's 4140 x 6198
+  camvis-data synth data/raw/thick --vis-range 50 2000 --seed 3     # thick fog only
 """
 CHECK_EXAMPLES = """\
 examples:
-  camvis-data check data/raw      # every problem listed at once (exit 2), else a table per image
+  camvis-data check data/raw/demo   # every problem listed at once (exit 2), else a table per image
 """
 BUILD_EXAMPLES = """\
 examples:
-  camvis-data build data/raw data/processed/demo.zarr --factors 2 4 8 --patch-size 32
-  camvis-data build data/raw data/processed/paper.zarr          # camvis2's defaults
-  camvis-data build data/raw data/processed/c2.zarr --preprocessing camvis2   # camvis2's pipeline, rule for rule
-  camvis-data build data/raw data/processed/c2.zarr --preprocessing camvis2 --seed 42   # and its draw (seed 42)
-  camvis-data build data/raw data/processed/demo.zarr --force   # rebuild with new parameters
-  camvis-data build data/raw data/processed/paper.zarr --slurm --cpus 16 --mem 32 --time 60
-                                      # as one SLURM job (workers = its CPUs); prints its id and log, returns
-  camvis-data build data/raw data/processed/paper.zarr --slurm --profile site.yaml --wait   # and follow it
+  camvis-data build data/raw/demo data/processed/demo.zarr --factors 1 2 4 --patch-size 32 --patches-per-image 400
+                                    # make demo's store: built with the same parameters, so reused as is
+  camvis-data build data/raw/demo data/processed/paper.zarr     # camvis2's defaults (factors 2..32, patch 128)
+  camvis-data build data/raw/demo data/processed/c2.zarr --factors 1 2 4 --patch-size 32 --preprocessing camvis2
+                                    # camvis2's pipeline, rule for rule (--seed 42: and its draw)
+  camvis-data build data/raw/demo data/processed/paper.zarr --patch-size 64 --force   # replace a store built otherwise
+  camvis-data build data/raw/demo data/processed/slurm.zarr --factors 1 2 4 --patch-size 32 --slurm --cpus 2 --mem 2 --time 10 --wait
+                                    # as one SLURM job (workers = its CPUs), followed to its end
 """
 INFO_EXAMPLES = """\
 examples:
   camvis-data info data/processed/demo.zarr
   camvis-data info data/processed/demo.zarr --verify   # and read every block (as check-store)
-  camvis-data info data/processed/demo.zarr --plot 1148_1_2018-01-30_1630 --out sampling.png
+  camvis-data info data/processed/demo.zarr --plot 1148_1_2018-01-30_1630 --out sampling.png   # one image's sampling
 """
 CHECK_STORE_EXAMPLES = """\
 examples:

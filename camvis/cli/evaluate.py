@@ -9,10 +9,12 @@ from camvis.cli import config_and_overrides, fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
-  camvis-eval configs/job.yaml                         # outputs/<experiment>/<name>/best.pt
-  camvis-eval configs/job.yaml data.fold=3 eval.bootstrap=2000
-  camvis-eval configs/job.yaml --checkpoint old/best.pt --job-dir outputs/rerun/fold3
-  camvis-eval configs/job.yaml --checkpoint camvis2_model.pt   # a bare camvis2 state_dict
+  camvis-eval configs/job.yaml                 # outputs/<experiment>/<name>/best.pt: the demo's cat_fold1
+  camvis-eval configs/job.yaml name=cat_fold3 data.fold=3      # the demo's cat_fold3
+  camvis-eval configs/job.yaml eval.bootstrap=2000 --checkpoint outputs/demo/cat_fold1/best.pt --job-dir outputs/rerun
+                                               # other settings; the weights of one folder, the outputs in another
+
+--checkpoint also takes a bare state_dict: camvis2's own .pt files, or a bundle's weights.pt.
 
 Writes predictions.csv, confusion.csv/.png, bootstrap.csv, visibility.csv, figures/ and,
 last, scores.json into the job directory; an earlier evaluation there of another config moves

@@ -10,7 +10,8 @@ from camvis.errors import CamvisError
 EPILOG = """examples:
   camvis-export outputs/demo/cat_fold1 models/cat_fold1
   camvis-export outputs/demo/cat_fold1 models/cat_fold1 --no-onnx     # without the optional onnx extra
-  camvis-predict models/cat_fold1 IMAGE --depth DEPTH.npy --runtime onnx
+  camvis-predict models/demo_cat --raw data/raw/demo data/raw/demo/images/1148_3_2020-*.png --runtime onnx
+                                    # make demo's bundle (its best cat job) through its ONNX graph
 
 The bundle: weights.pt (a state_dict that torch.load(..., weights_only=True) reads), model.json
 (architecture, factors, patch size, preprocessing, normalization statistics, config and its

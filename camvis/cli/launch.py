@@ -10,15 +10,16 @@ from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
-  camvis-launch configs/cat_vs_align.yaml                  one SLURM array (throttled) + a dependent aggregate job
-  camvis-launch configs/cat_vs_align.yaml --dry-run        job table and the sbatch scripts; submits nothing
-  camvis-launch configs/cat_vs_align.yaml train.lr=1e-4 slurm.time=240 slurm.partition=gpu
-                                                           overrides: base config keys, slurm.* for resources
-  camvis-launch configs/cat_vs_align.yaml --only group=cat --only fold=1,3
-  camvis-launch configs/cat_vs_align.yaml --dry-run "slurm.setup=[module load cuda, source .venv/bin/activate]"
-                                                           shell lines the job scripts run before the job
-  camvis-launch configs/cat_vs_align.yaml --local          the same jobs on this machine (array_parallelism at once)
-  camvis-launch configs/demo.yaml --debug                  first job to run, in this process (pdb on errors)
+  camvis-launch configs/demo.yaml                  one SLURM array (throttled) + a dependent aggregate job
+  camvis-launch configs/demo.yaml --dry-run        job table and the sbatch scripts; submits nothing
+  camvis-launch configs/demo.yaml train.lr=1e-4 slurm.time=240 slurm.partition=gpu
+                                                   overrides: base config keys, slurm.* for resources
+  camvis-launch configs/demo.yaml --only group=cat --only fold=1,3
+  camvis-launch configs/demo.yaml --dry-run "slurm.setup=[module load cuda, source .venv/bin/activate]"
+                                                   shell lines the job scripts run before the job
+  camvis-launch configs/demo.yaml --restart --only group=align   retrain the align jobs from scratch
+  camvis-launch configs/demo.yaml --local          the same jobs on this machine (array_parallelism at once)
+  camvis-launch configs/demo.yaml --debug          first job to run, in this process (pdb on errors)
 
 Finished jobs (outputs/<exp>/<job>/scores.json with the same config hash) are skipped; jobs
 still queued or running from an earlier launch are never submitted twice, whatever the flags.

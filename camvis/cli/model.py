@@ -1,9 +1,4 @@
-"""`camvis-model`: inspect MultiMagnificationNet variants.
-
-    camvis-model summary                                  # the default config (5 levels, hidden 128)
-    camvis-model summary configs/demo.yaml --patch-size 32
-    camvis-model summary model.size_hidden=64 data.factors=[2,4,8]
-"""
+"""`camvis-model`: inspect MultiMagnificationNet variants."""
 
 from __future__ import annotations
 
@@ -17,16 +12,22 @@ from camvis.console import default_console
 from camvis.errors import CamvisError, ConfigError
 
 DEFAULT_PATCH_SIZE = 128
+EPILOG = """examples:
+  camvis-model summary                                  # the default config (5 levels, hidden 128)
+  camvis-model summary configs/demo.yaml --patch-size 32   # a grid's base model (the demo's patches)
+  camvis-model summary configs/job.yaml model.size_hidden=64 data.factors=[2,4,8] --patch-size 64
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = new_parser("camvis-model", __doc__)
+    parser = new_parser("camvis-model", __doc__, EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
     summary = commands.add_parser(
         "summary", help="parameters and training GFLOPs of the 8 variants for a config",
         description="For the config's level count and hidden size: each of camvis2's 8 variants "
                     "(type_1..type_8) with its flags, parameter count and forward+backward GFLOPs "
                     "of one training sample. The config's own variant is marked with *.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     summary.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                          help="a job config YAML (optional, first) and dotted overrides")

@@ -9,12 +9,13 @@ from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
-  camvis-predict outputs/demo/cat_fold1 new/1148_1_2024-01-05_1200.png --depth data/raw/demo/depth_maps/1148_1.npy
-  camvis-predict models/cat data/raw/demo/images/1148_2_*.png --raw data/raw/demo --out vis.csv --map maps/
-  camvis-predict models/cat --raw archive/ --runtime onnx                 # every image of archive/images
-  camvis-predict models/cat --raw archive/ --local --chunk-size 200       # chunks as local jobs, resumable
-  camvis-predict models/cat --raw archive/ --slurm --parallel 16 --partition cpu
-  camvis-predict models/cat --raw archive/ --stride 64 --map maps/        # dense maps
+  camvis-predict outputs/demo/cat_fold1 data/raw/demo/images/1148_1_2018-01-30_1630.png --depth data/raw/demo/depth_maps/1148_1.npy
+  camvis-predict models/demo_cat data/raw/demo/images/1148_2_2018-*.png --raw data/raw/demo --out vis.csv --map maps/
+  camvis-predict models/demo_cat --raw data/raw/demo --runtime onnx         # every image of data/raw/demo/images
+  camvis-predict models/demo_cat --raw data/raw/demo --local --chunk-size 12    # chunks as local jobs, resumable
+  camvis-predict models/demo_cat --raw data/raw/demo --slurm --chunk-size 12 --parallel 2   # a SLURM array
+  camvis-predict models/demo_cat --raw data/raw/demo data/raw/demo/images/1148_4_2019-* --stride 16 --map maps/
+                                                                            # dense maps
 
 MODEL: a job folder (best.pt + config.yaml; its store gives the normalization statistics) or a
 bundle from camvis-export. Writes one row per image (image, view, timestamp, visibility_m, flag,

@@ -15,14 +15,14 @@ _WHOLE_EXPERIMENT = "\0all"
 
 EPILOG = """examples:
   camvis-status                          one row per experiment under jobs/
-  camvis-status cat_vs_align             by grid point: state, node, epoch, best, samples/s, ETA, efficiency
-  camvis-status cat_vs_align --watch 30  refresh every 30 s until every job has ended (Ctrl-C stops);
+  camvis-status demo                     table by grid point: state, node, epoch, best, samples/s, ETA, efficiency
+  camvis-status demo --watch 30          refresh every 30 s until every job has ended (Ctrl-C stops);
                                          piped or redirected: one timestamped snapshot after another
-  camvis-status cat_vs_align --watch --interval 60 --count 3 > status.log   three snapshots a minute apart
-  camvis-status cat_vs_align --logs cat_fold3      stdout/stderr tails (name or SLURM id like 123_4)
-  camvis-status cat_vs_align --logs cat_fold3 --follow   follow its stdout, across requeues, until it ends
-  camvis-status cat_vs_align --cancel 123_4        scancel one task
-  camvis-status cat_vs_align --cancel              scancel the whole experiment (arrays, aggregate and store build jobs)
+  camvis-status demo --watch --interval 60 --count 3 > status.log   three snapshots a minute apart
+  camvis-status demo --logs cat_fold3    stdout/stderr tails (name or SLURM id like 123_4)
+  camvis-status demo --logs cat_fold3 --follow   follow its stdout, across requeues, until it ends
+  camvis-status demo --cancel cat_fold3  scancel one job (name or SLURM id like 123_4)
+  camvis-status demo --cancel            scancel the whole experiment (arrays, aggregate and store build jobs)
 """
 
 

@@ -8,9 +8,9 @@ from camvis.cli import config_and_overrides, fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
-  camvis-train configs/job.yaml
-  camvis-train configs/job.yaml data.fold=3 train.lr=1e-4 model.align_features=true
-  torchrun --nproc-per-node 2 -m camvis.cli.train configs/job.yaml    # 2 DDP ranks (gloo on CPU)
+  camvis-train configs/job.yaml     # the demo's cat_fold1: after make demo it is finished, so it re-evaluates
+  camvis-train configs/job.yaml name=cat_fold1_lr1e-3 train.lr=1e-3   # a variant: outputs/demo/cat_fold1_lr1e-3/
+  torchrun --nproc-per-node 2 -m camvis.cli.train configs/job.yaml name=cat_fold1_ddp   # 2 DDP ranks (gloo on CPU)
 
 A rerun resumes outputs/<experiment>/<name>/checkpoint.pt when it was trained with the same
 data, model and train sections; otherwise (or with --restart) it trains from scratch and the

@@ -7,15 +7,12 @@ import pytest
 
 from camvis.cli import demo
 
-SHRINK = ["train.max_epochs=1", "train.epoch_patches=64", "model.size_hidden=4", "eval.bootstrap=10",
-          "eval.figures=false", "slurm.array_parallelism=2"]
-
 
 @pytest.mark.slow
-def test_demo_path_end_to_end(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert demo.main(SHRINK) == 0
-    out = capsys.readouterr().out
+def test_demo_path_end_to_end(demo_run, after_demo):
+    assert demo_run.status == 0
+    out = demo_run.out
+    tmp_path = after_demo  # the folder the demo ran in (the cwd)
     assert "summary table:   outputs/demo/summary.md" in out
     assert (tmp_path / "data/raw/demo/visibility.csv").exists()
     assert (tmp_path / "data/processed/demo.zarr.sampling.png").stat().st_size > 0
@@ -33,6 +30,6 @@ def test_demo_path_end_to_end(tmp_path, monkeypatch, capsys):
     predicted = next((tmp_path / "outputs/demo").glob("predicted_*.csv"))
     assert len(pd.read_csv(predicted)) == 6
     # a second run reuses data, store and finished jobs
-    assert demo.main(SHRINK) == 0
+    assert demo.main(list(demo_run.overrides)) == 0
     manifest = json.loads((tmp_path / "jobs/demo/manifest.json").read_text())
     assert manifest["launches"][-1]["submitted"] == []
