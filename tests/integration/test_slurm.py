@@ -323,3 +323,32 @@ def test_a_grid_over_max_array_size_is_split_into_held_arrays(cluster: None, syn
                          f"cancelled aggregate job {result.aggregate_id}"]
     finally:
         subprocess.run(["scancel", *result.array_ids, result.aggregate_id], capture_output=True)
+
+
+def test_array_tasks_run_their_own_pickles_on_slurm(cluster: None, tmp_path: Path) -> None:
+    """camvis.cluster.array_submit's task pickles through real sbatch and submitit's runner on the
+    nodes: task i returns the name and fold of config i (any mix-up shows)."""
+    import operator
+    import pickle
+
+    import submitit
+    from submitit.core.utils import JobPaths
+
+    from camvis.cluster.array_submit import submit_array
+    from camvis.config import job_config_from_dict
+
+    cfgs = [job_config_from_dict({"experiment": "it-pickles", "name": f"job{i}", "data": {"fold": i + 1}}, "test")
+            for i in range(3)]
+    folder = tmp_path / "jobs" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(name="camvis-it-pickles", timeout_min=5, cpus_per_task=1, mem_gb=1,
+                               slurm_array_parallelism=3)
+    tasks = submit_array(executor, operator.attrgetter("name", "data.fold"), [(c,) for c in cfgs])
+    array = tasks[0].job_id.split("_")[0]
+    try:
+        results = [JobPaths(folder, job_id=t.job_id, task_id=0).result_pickle for t in tasks]
+        wait_for("the 3 tasks' results", lambda: all(p.exists() for p in results), timeout=300)
+        assert [pickle.loads(p.read_bytes()) for p in results] == \
+            [("success", (f"job{i}", i + 1)) for i in range(3)]
+    finally:
+        subprocess.run(["scancel", array], capture_output=True)
