@@ -153,11 +153,18 @@ def test_setup_lines_ran_in_every_job_script(launched: dict[str, Any]) -> None:
 
 def test_second_launch_submits_nothing(launched: dict[str, Any]) -> None:
     run: LaunchResult = launched["run"]
-    wait_for("the first launch", lambda: (launched["root"] / "outputs" / "it-run" / "align_fold1" / "scores.json").exists())
+    ids = list(run.job_ids.values())
+
+    def ended() -> bool:  # scores.json comes before the job's last steps (efficiency, hparams): wait for SLURM too
+        rows = slurm_query.query(ids).rows
+        return (launched["root"] / "outputs" / "it-run" / "align_fold1" / "scores.json").exists() and \
+            all(i in rows and not slurm_query.is_active(rows[i].state) for i in ids)
+
+    wait_for("the first launch", ended)
     again = launch(DEMO, ["experiment=it-run", *launched["common"], "train.max_epochs=1", "slurm.array_parallelism=1"],
                    only=["fold=1"], outputs=launched["root"] / "outputs", jobs_dir=launched["root"] / "jobs")
     assert again.submitted == [] and again.sbatch_calls == 0 and again.array_id is None
-    assert all(reason.startswith("finished") for reason in again.skipped.values())
+    assert all(reason.startswith("finished") for reason in again.skipped.values()), again.skipped
     manifest = json.loads(run.manifest.read_text())
     assert [launch_["sbatch_calls"] for launch_ in manifest["launches"]] == [2, 0]
 
