@@ -16,7 +16,8 @@ wall-clock seconds from the command's start until it has returned, when every jo
 sbatch calls are counted by a shim first on PATH that logs each call and runs the real
 sbatch. `cpu_s` is the CPU time (user + system) of the command and the processes it waited for
 (sbatch, sinfo, scontrol, git), beside the load average when it started: on a shared machine the
-wall-clock time grows with the load, the CPU time much less. --pause S waits S seconds before
+wall-clock time grows with the load, the CPU time much less. `sbatch_s` is the time spent in sbatch
+calls (slurmctld accepting the jobs, measured by the shim). --pause S waits S seconds before
 each repeat after the first: slurmctld answers sbatch slowly while it purges thousands of
 cancelled jobs (MinJobAge), and a repeat should time a launch, not that. The local node has no
 GPU and 22 GB, so the paper resources are overridden to fit (slurm.gpus_per_node=0,
@@ -72,12 +73,14 @@ def expected_sbatch(jobs: int | None) -> int:
 
 
 def shim(folder: Path) -> Path:
-    """A counting sbatch first on PATH: one line per call in calls.log, then the real sbatch."""
+    """A counting sbatch first on PATH: the real sbatch, then one line per call in calls.log with its
+    start and end (seconds): how long slurmctld took to accept the job."""
     real = shutil.which("sbatch")
     if real is None:
         sys.exit("sbatch is not on PATH: start the local cluster first (bash slurm/cluster.sh start)")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> "{folder}/calls.log"\nexec "{real}" "$@"\n')
+    (folder / "sbatch").write_text(f'#!/bin/sh\nstart=$(date +%s.%N)\n"{real}" "$@"\nrc=$?\n'
+                                   f'echo "$start $(date +%s.%N) $*" >> "{folder}/calls.log"\nexit $rc\n')
     (folder / "sbatch").chmod(0o755)
     return folder
 
@@ -104,11 +107,12 @@ def one_launch(work: Path, index: int, grid: Path, overrides: list[str]) -> dict
         sys.exit(f"camvis-launch failed ({proc.returncode}):\n{proc.stderr}{proc.stdout[-2000:]}")
     manifest = json.loads((work / "jobs" / exp / "manifest.json").read_text())
     launch = manifest["launches"][-1]
-    calls = len((shim_dir / "calls.log").read_text().splitlines())
+    lines = [line.split() for line in (shim_dir / "calls.log").read_text().splitlines()]
+    calls, in_sbatch = len(lines), sum(float(end) - float(start) for start, end, *_ in lines)
     arrays = launch.get("array_ids") or [launch["array_id"]]
     in_queue = sum(queued(a) for a in arrays) + queued(launch["aggregate_id"])
     subprocess.run(["scancel", *arrays, launch["aggregate_id"]], check=True)
-    return {"seconds": seconds, "cpu_s": cpu, "load_avg": load, "sbatch_calls": calls,
+    return {"seconds": seconds, "cpu_s": cpu, "sbatch_s": in_sbatch, "load_avg": load, "sbatch_calls": calls,
             "manifest_sbatch_calls": launch["sbatch_calls"],
             "jobs": len(launch["submitted"]), "arrays": len(arrays), "queued_after_return": in_queue}
 
@@ -139,12 +143,14 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": overrides,
         "repeats": runs, "median_s": statistics.median(seconds), "max_s": max(seconds),
         "median_cpu_s": statistics.median(r["cpu_s"] for r in runs),
+        "median_sbatch_s": statistics.median(r["sbatch_s"] for r in runs),
         "sbatch_calls": max(r["sbatch_calls"] for r in runs), "target_s": TARGET_S, "target_sbatch": target_sbatch,
         "machine": f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_avg": os.getloadavg(),
     }
     for i, r in enumerate(runs):
-        print(f"repeat {i}: {r['seconds']:.2f} s ({r['cpu_s']:.2f} s CPU, load {r['load_avg'][0]:.1f}), "
+        print(f"repeat {i}: {r['seconds']:.2f} s ({r['sbatch_s']:.2f} s of it in sbatch; {r['cpu_s']:.2f} s CPU, "
+              f"load {r['load_avg'][0]:.1f}), "
               f"{r['sbatch_calls']} sbatch calls, {r['jobs']} jobs in "
               f"{r['arrays']} array(s), "
               f"{r['queued_after_return']} in the queue when the command returned")
