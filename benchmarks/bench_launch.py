@@ -14,9 +14,15 @@ process (interpreter start and imports included) with a fresh experiment name, a
 wall-clock seconds from the command's start until it has returned, when every job is queued
 (sbatch returns only once slurmctld has accepted the job; checked with squeue afterwards).
 sbatch calls are counted by a shim first on PATH that logs each call and runs the real
-sbatch. The local node has no GPU and 22 GB, so the paper resources are overridden to
-fit (slurm.gpus_per_node=0, slurm.mem_gb=1) and the jobs are submitted held (--hold, the
-default; slurm.additional.hold=true): they never run. Everything is cancelled (scancel) afterwards.
+sbatch. `cpu_s` is the CPU time (user + system) of the command and the processes it waited for
+(sbatch, sinfo, scontrol, git), beside the load average when it started: on a shared machine the
+wall-clock time grows with the load, the CPU time much less. `sbatch_s` is the time spent in sbatch
+calls (slurmctld accepting the jobs, measured by the shim). --pause S waits S seconds before
+each repeat after the first: slurmctld answers sbatch slowly while it purges thousands of
+cancelled jobs (MinJobAge), and a repeat should time a launch, not that. The local node has no
+GPU and 22 GB, so the paper resources are overridden to fit (slurm.gpus_per_node=0,
+slurm.mem_gb=1) and the jobs are submitted held (--hold, the default;
+slurm.additional.hold=true): they never run. Everything is cancelled (scancel) afterwards.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -66,12 +73,14 @@ def expected_sbatch(jobs: int | None) -> int:
 
 
 def shim(folder: Path) -> Path:
-    """A counting sbatch first on PATH: one line per call in calls.log, then the real sbatch."""
+    """A counting sbatch first on PATH: the real sbatch, then one line per call in calls.log with its
+    start and end (seconds): how long slurmctld took to accept the job."""
     real = shutil.which("sbatch")
     if real is None:
         sys.exit("sbatch is not on PATH: start the local cluster first (bash slurm/cluster.sh start)")
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sbatch").write_text(f'#!/bin/sh\necho "$@" >> "{folder}/calls.log"\nexec "{real}" "$@"\n')
+    (folder / "sbatch").write_text(f'#!/bin/sh\nstart=$(date +%s.%N)\n"{real}" "$@"\nrc=$?\n'
+                                   f'echo "$start $(date +%s.%N) $*" >> "{folder}/calls.log"\nexit $rc\n')
     (folder / "sbatch").chmod(0o755)
     return folder
 
@@ -87,24 +96,32 @@ def one_launch(work: Path, index: int, grid: Path, overrides: list[str]) -> dict
     env = {**os.environ, "PATH": f"{shim_dir}{os.pathsep}{os.environ['PATH']}"}
     command = [str(Path(sys.executable).parent / "camvis-launch"), str(grid), f"experiment={exp}", *overrides,
                "--outputs", str(work / "outputs"), "--jobs-dir", str(work / "jobs")]
+    load = os.getloadavg()  # the machine is shared: wall-clock seconds grow with it, CPU seconds much less
+    used0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     seconds = time.perf_counter() - t0
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (used.ru_utime - used0.ru_utime) + (used.ru_stime - used0.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"camvis-launch failed ({proc.returncode}):\n{proc.stderr}{proc.stdout[-2000:]}")
     manifest = json.loads((work / "jobs" / exp / "manifest.json").read_text())
     launch = manifest["launches"][-1]
-    calls = len((shim_dir / "calls.log").read_text().splitlines())
+    lines = [line.split() for line in (shim_dir / "calls.log").read_text().splitlines()]
+    calls, in_sbatch = len(lines), sum(float(end) - float(start) for start, end, *_ in lines)
     arrays = launch.get("array_ids") or [launch["array_id"]]
     in_queue = sum(queued(a) for a in arrays) + queued(launch["aggregate_id"])
     subprocess.run(["scancel", *arrays, launch["aggregate_id"]], check=True)
-    return {"seconds": seconds, "sbatch_calls": calls, "manifest_sbatch_calls": launch["sbatch_calls"],
+    return {"seconds": seconds, "cpu_s": cpu, "sbatch_s": in_sbatch, "load_avg": load, "sbatch_calls": calls,
+            "manifest_sbatch_calls": launch["sbatch_calls"],
             "jobs": len(launch["submitted"]), "arrays": len(arrays), "queued_after_return": in_queue}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds to wait before each repeat after the first (slurmctld purging the last one)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--jobs", type=int, help="a grid of exactly this many jobs (default: all_architectures, 72)")
     parser.add_argument("--hold", action=argparse.BooleanOptionalAction, default=True,
@@ -114,7 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     target_sbatch = expected_sbatch(args.jobs)
     with tempfile.TemporaryDirectory(prefix="bench_launch_") as tmp:
         grid = GRID if args.jobs is None else grid_of(args.jobs, Path(tmp))
-        runs = [one_launch(Path(tmp), i, grid, overrides) for i in range(args.repeats)]
+        runs = []
+        for i in range(args.repeats):
+            time.sleep(args.pause if i else 0)
+            runs.append(one_launch(Path(tmp), i, grid, overrides))
     seconds = [r["seconds"] for r in runs]
     what = "all_architectures.yaml (72 jobs)" if args.jobs is None else f"a {args.jobs}-job grid (--jobs)"
     result = {
@@ -122,12 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/bench_launch.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "overrides": overrides,
         "repeats": runs, "median_s": statistics.median(seconds), "max_s": max(seconds),
+        "median_cpu_s": statistics.median(r["cpu_s"] for r in runs),
+        "median_sbatch_s": statistics.median(r["sbatch_s"] for r in runs),
         "sbatch_calls": max(r["sbatch_calls"] for r in runs), "target_s": TARGET_S, "target_sbatch": target_sbatch,
         "machine": f"{platform.node()} {os.cpu_count()} CPUs, Python {platform.python_version()}",
         "load_avg": os.getloadavg(),
     }
     for i, r in enumerate(runs):
-        print(f"repeat {i}: {r['seconds']:.2f} s, {r['sbatch_calls']} sbatch calls, {r['jobs']} jobs in "
+        print(f"repeat {i}: {r['seconds']:.2f} s ({r['sbatch_s']:.2f} s of it in sbatch; {r['cpu_s']:.2f} s CPU, "
+              f"load {r['load_avg'][0]:.1f}), "
+              f"{r['sbatch_calls']} sbatch calls, {r['jobs']} jobs in "
               f"{r['arrays']} array(s), "
               f"{r['queued_after_return']} in the queue when the command returned")
     ok = result["median_s"] <= TARGET_S and result["sbatch_calls"] == target_sbatch and \

@@ -180,14 +180,43 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, float]) -> float:
     return size
 
 
+try:
+    from yaml.cyaml import CParser as _CParser  # libyaml, where PyYAML was built with it
+except ImportError:  # pragma: no cover - then only the pure-Python loader
+    _CParser = None
+
+if _CParser is not None:
+    class StrictCLoader(_CParser, StrictLoader):  # type: ignore[misc, valid-type]
+        """StrictLoader's constructor and resolvers on libyaml's parser: a grid listing thousands of
+        values parses ~10x faster."""
+
+        def __init__(self, stream: Any) -> None:
+            _CParser.__init__(self, stream)
+            yaml.constructor.SafeConstructor.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+
 def parse_yaml(text: str, source: str, key: str = "") -> Any:
-    """YAML text (of `key`, if one) -> Python objects through StrictLoader; a ConfigError naming `source`."""
+    """YAML text (of `key`, if one) -> Python objects through StrictLoader; a ConfigError naming `source`.
+    libyaml parses first where PyYAML has it; whatever it refuses is parsed again by the pure-Python
+    loader, whose result or error (the messages camvis documents) is what counts."""
+    if _CParser is not None:
+        try:
+            data = yaml.load(text, Loader=StrictCLoader)  # noqa: S506 (a SafeLoader's constructor)
+        except (yaml.YAMLError, RecursionError):
+            pass
+        else:
+            return _finite(data, source, key)
     try:
         data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (StrictLoader is a SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: invalid YAML{_yaml_where(e)}") from e
     except RecursionError as e:
         raise ConfigError(f"{source}: invalid YAML: nested too deeply") from e
+    return _finite(data, source, key)
+
+
+def _finite(data: Any, source: str, key: str) -> Any:
     bad = non_finite(data, key)
     if bad:
         raise ConfigError(f"{source}: {bad[0]}: expected a finite number, got {bad[1]}")
@@ -523,8 +552,32 @@ def factors_double(factors: tuple[int, ...]) -> bool:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists), ready for YAML/JSON."""
-    return json_copy(dataclasses.asdict(cfg))
+    """Plain nested dict (tuples as lists), ready for YAML/JSON: json_copy(dataclasses.asdict(cfg)),
+    built directly (asdict deep-copies every field: seconds over the configs of a 5,000-job grid)."""
+    out = {}
+    for name in _field_names(type(cfg)):
+        value = getattr(cfg, name)
+        out[name] = value if type(value) in _ATOMS else _plain(value)
+    return out
+
+
+_ATOMS = frozenset((str, int, float, bool, type(None)))
+
+
+def _plain(value: Any) -> Any:
+    """What json_copy gives back for a config field's value that is not an exact JSON atom: a list for
+    a tuple or list of atoms, to_dict for a nested config, json_copy itself for anything else."""
+    kind = type(value)
+    if kind in (tuple, list) and all(type(v) in _ATOMS for v in value):
+        return list(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_dict(value)
+    return json_copy(value)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 TRAIN_SECTIONS = ("data", "model", "train")

@@ -261,3 +261,54 @@ def test_keys_with_control_characters_stay_on_one_line():
     with pytest.raises(ConfigError) as err:
         job_config_from_dict({"model": {"a\nb": 1}}, "x.yaml")
     assert "\n" not in str(err.value) and "model.'a\\nb': unknown key" in str(err.value)
+
+
+def test_to_dict_is_the_json_copy_of_asdict():
+    """to_dict builds what json_copy(asdict(cfg)) gives, key order and types included (the config
+    hash and config.yaml depend on both), however the config was built."""
+    import json
+
+    from camvis.config import DataConfig, EvalConfig, JobConfig, ModelConfig, TrainConfig, to_dict
+    from camvis.io import json_copy
+
+    configs = [JobConfig(), JobConfig(name="x", data=DataConfig(factors=(2, 4), fold=3)),
+               JobConfig(train=TrainConfig(lr=1, epoch_patches=None, seed=7, device="cpu"),
+                         model=ModelConfig(size_hidden=3, use_mlp=False), eval=EvalConfig(confidence=0.5)),
+               JobConfig(data=DataConfig(factors=[2, 4]), train=TrainConfig(lr=float("inf")))]
+    for cfg in configs:
+        expected = json_copy(dataclasses.asdict(cfg))
+        got = to_dict(cfg)
+        assert json.dumps(got) == json.dumps(expected)  # values, their JSON types, key order
+        assert got == expected and list(got) == list(expected)
+    assert to_dict(configs[1].data) == {"store": "data/processed/demo.zarr", "fold": 3, "factors": [2, 4]}
+
+
+LOADER_DOCS = ["a: 2024-01-01", "a: 1e-4", "a: 0x1F", "a: 017", "a: yes", "a: ~", "a: [1, 2.5, '3']",
+               "a: &x [1]\nb: *x", "<<: {a: 1}\nb: 2", "a: |\n  x\n", "? k\n: 2", "a: 1_000", "a: \u00e9\U0001F600",
+               "- 1\n- {b: [c, {d: null}]}", "a: !!binary aGVsbG8=", "a: .inf"]
+
+
+@pytest.mark.parametrize("text", LOADER_DOCS)
+def test_libyaml_and_pure_python_loaders_read_the_same(text):
+    import yaml
+
+    from camvis import config as cfgmod
+
+    if getattr(cfgmod, "StrictCLoader", None) is None:
+        pytest.skip("PyYAML without libyaml: only the pure-Python loader")
+    assert yaml.load(text, Loader=cfgmod.StrictCLoader) == yaml.load(text, Loader=cfgmod.StrictLoader)  # noqa: S506
+
+
+@pytest.mark.parametrize("text", ["a: 1\nb: 2\na: 3", "a: [1, 2", "a: 'x", "a: \x07", "a: b: c", "a:\n\t- 1"])
+def test_yaml_errors_are_the_pure_python_loaders(text):
+    """What libyaml refuses is read again by the pure-Python loader: its message, line and column."""
+    import yaml
+
+    from camvis import config as cfgmod
+
+    with pytest.raises(yaml.YAMLError) as python:
+        yaml.load(text, Loader=cfgmod.StrictLoader)  # noqa: S506
+    with pytest.raises(ConfigError) as info:
+        parse_yaml(text, "g.yaml")
+    assert str(info.value) == f"g.yaml: invalid YAML{cfgmod._yaml_where(python.value)}"
+    assert "duplicate key 'a' (first at line 1)" in str(info.value) or not text.startswith("a: 1\n")

@@ -9,12 +9,14 @@ hashes that scores.json and progress.json record. No torch here: the launcher ru
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from camvis.config import job_dir, train_hash
+from camvis.config import experiment_dir, job_dir, name_problem, train_hash
+from camvis.errors import ConfigError
 from camvis.cluster.grid import JobSpec
 from camvis.jobdir import CHECKPOINT, ERROR, PROGRESS, SCORES, is_finished, read_json
 
@@ -70,8 +72,9 @@ def plan(jobs: Iterable[JobSpec], outputs: str | Path, *, force: bool = False, r
     restart: every job retrains); jobs that SLURM still runs or queues (`active`: name ->
     "123_4 RUNNING") are never submitted twice."""
     decisions = []
+    folders = _Folders(outputs)
     for job in jobs:
-        status, reason = outputs_status(job, outputs)
+        status, reason = ("new", "new") if folders.absent(job) else outputs_status(job, outputs)
         if active and job.name in active:
             decisions.append(Decision(job, False, f"still queued/running as {active[job.name]}", "active"))
         elif restart:
@@ -82,3 +85,31 @@ def plan(jobs: Iterable[JobSpec], outputs: str | Path, *, force: bool = False, r
         else:
             decisions.append(Decision(job, status != "finished", reason, status))
     return decisions
+
+
+class _Folders:
+    """Which job folders exist, one listing of outputs/<experiment>/ per experiment: a job without a
+    folder is new without the stat calls and path resolution outputs_status makes (a 5,000-job grid's
+    first launch). Its name is a checked file-system-safe name, so its folder lies under outputs
+    whenever the experiment's folder does; an experiment whose folder cannot be listed or resolves
+    outside outputs leaves every job to outputs_status (and its error)."""
+
+    def __init__(self, outputs: str | Path) -> None:
+        self.outputs = outputs
+        self.listed: dict[str, set[str] | None] = {}
+
+    def absent(self, job: JobSpec) -> bool:
+        experiment = job.config.experiment
+        if experiment not in self.listed:
+            self.listed[experiment] = self._names(experiment)
+        names = self.listed[experiment]
+        return names is not None and job.config.name not in names and name_problem("name", job.config.name) is None
+
+    def _names(self, experiment: str) -> set[str] | None:
+        try:
+            folder = experiment_dir(experiment, self.outputs)
+            return set(os.listdir(folder))
+        except FileNotFoundError:
+            return set()
+        except (ConfigError, OSError):
+            return None

@@ -455,3 +455,68 @@ def test_unreadable_scores_is_resubmitted(tmp_path: Path) -> None:
     (outputs / "exp" / job.name).mkdir(parents=True)
     (outputs / "exp" / job.name / "scores.json").write_text("{not json")
     assert outputs_status(job, outputs)[0] == "stale"
+
+
+# --------------------------------------------------------------------------- fast expansion
+
+
+def reference_expansion(grid) -> list:
+    """Each job's config as the whole validation of its merged raw config gives it (the rule before
+    grid points were derived from their group's config)."""
+    from camvis import config as cfgmod
+    from camvis.cluster import grid as grid_mod
+
+    raw = cfgmod.load_yaml(grid.path)
+    raw = grid_mod.apply_grid_overrides(raw, grid.overrides, str(grid.path))
+    base = {k: v for k, v in (raw.get("base") or {}).items()}
+    groups = (raw.get("axes") or {}).get("group") or {"default": {}}
+    expected = []
+    for job in grid.jobs:
+        merged = grid_mod._merged(base, {**grid_mod._flatten(groups[job.group] or {}), **job.axes,
+                                         "data.fold": job.fold})
+        merged.update(experiment=grid.experiment, name=job.name, group=job.group)
+        expected.append(cfgmod.job_config_from_dict(merged, "reference"))
+    return expected
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_grids_expand_to_the_fully_validated_configs(name: str) -> None:
+    grid = load_grid(CONFIGS / name)
+    expected = reference_expansion(grid)
+    assert [j.config for j in grid.jobs] == expected
+    assert [j.hash for j in grid.jobs] == [config_hash(c) for c in expected]
+
+
+def test_derived_configs_coerce_like_the_full_validation(tmp_path: Path) -> None:
+    """Ints where floats are expected, YAML's "1e-4" strings, lists for tuples, a group on every
+    section: each grid point equal (types included) to its whole validation."""
+    grid_dict = small(tmp_path)
+    grid_dict["base"]["train"] = {"lr": "1e-3", "min_lr": 0}
+    grid_dict["axes"] = {"fold": [1, 3], "train.lr": [1, "1e-4", 0.5], "data.factors": [[2, 4, 8], [2, 4]],
+                         "group": {"a": {"model.use_mlp": False, "eval.bootstrap": 7, "train.weight_decay": 1},
+                                   "b": {"train.epoch_patches": 64}}}
+    grid = load_grid(write(tmp_path / "g.yaml", grid_dict), ["eval.confidence=0.9"])
+    expected = reference_expansion(grid)
+    assert len(grid.jobs) == 2 * 2 * 3 * 2
+    for job, cfg in zip(grid.jobs, expected):
+        assert job.config == cfg and job.hash == config_hash(cfg)
+        assert dataclasses.asdict(job.config) == dataclasses.asdict(cfg)
+        assert type(job.config.train.lr) is float and type(job.config.data.factors) is tuple
+
+
+def test_a_combination_breaking_a_cross_field_rule_names_its_jobs(tmp_path: Path) -> None:
+    """Each axis value is valid on the base; their combination is checked per grid point."""
+    grid_dict = small(tmp_path)
+    grid_dict["axes"]["data.factors"] = [[2, 4, 8], [2, 8]]
+    text = error_of(write(tmp_path / "g.yaml", grid_dict))
+    assert "job align_fold1_factors2-8: model.align_features needs data.factors that are consecutive powers of 2" in text
+    assert "cat_fold1_factors2-8:" not in text and "factors2-4-8" not in text
+
+
+def test_an_axis_value_breaking_a_rule_names_the_value(tmp_path: Path) -> None:
+    grid_dict = small(tmp_path)
+    grid_dict["axes"]["train.lr"] = [1e-3, 20, "fast"]
+    text = error_of(write(tmp_path / "g.yaml", grid_dict))
+    assert "axes.train.lr[1]: train.lr must be in (0, 10], got 20.0" in text
+    assert "axes.train.lr[2]: train.lr: expected a finite float, got str 'fast'" in text
+    assert "axes.train.lr[0]" not in text

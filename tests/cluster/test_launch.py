@@ -203,6 +203,31 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
     assert entry["stdout"].endswith("100_3/100_3_0_log.out")
 
 
+def test_each_task_pickle_holds_its_own_jobs_config(fake_slurm: Path, tmp_path: Path) -> None:
+    """What a node runs for task i of each array (submitit's <id>_<i>_submitted.pkl, written by
+    camvis.cluster.array_submit): TrainEvalTask with the config the manifest records for that task."""
+    from submitit.core.utils import DelayedSubmission
+
+    from camvis.config import job_config_from_dict
+    from camvis.job.task import TrainEvalTask
+
+    (fake_slurm / "max_array").write_text("3\n")  # 8 jobs: arrays of 3, 3 and 2 tasks
+    result = launch_mod.launch(DEMO, ["slurm.max_requeues=4"], outputs=tmp_path / "o", jobs_dir=tmp_path / "j")
+    assert result.array_ids == ["100", "101", "102"]
+    manifest = json.loads(result.manifest.read_text())
+    assert len(manifest["jobs"]) == 8
+    for name, entry in manifest["jobs"].items():
+        job_id = entry["job_id"]
+        delayed = DelayedSubmission.load(tmp_path / "j" / "demo" / job_id / f"{job_id}_submitted.pkl")
+        cfg, outputs = delayed.args
+        assert isinstance(delayed.function, TrainEvalTask) and delayed.kwargs == {}
+        assert (cfg.name, cfg.data.fold, outputs) == (name, entry["fold"], str(tmp_path / "o"))
+        assert cfg == job_config_from_dict(entry["config"], name)
+        assert (delayed._timeout_min, delayed._timeout_countdown) == (10, 4)
+        assert entry["stdout"] == str(tmp_path / "j" / "demo" / job_id / f"{job_id}_0_log.out")
+    assert not list((tmp_path / "j" / "demo").glob("*.pkl"))  # no staged pickle left behind
+
+
 def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import yaml
 from camvis.cluster.grid import load_grid
 from camvis.cluster.plan import RETRAINS, outputs_status, plan
 from camvis.config import job_dir, train_hash
+from camvis.errors import ConfigError
 
 
 @pytest.fixture
@@ -61,3 +62,25 @@ def test_plan_skips_finished_and_active_and_obeys_force_and_restart(jobs, tmp_pa
     restarted = plan(jobs, out, restart=True)
     assert all(d.submit and d.status == "restart" for d in restarted)
     assert [d.reason for d in restarted] == [f"--restart: {RETRAINS}", "--restart: new"]
+
+
+def test_plan_reads_each_folder_only_where_one_exists(jobs, tmp_path: Path) -> None:
+    """One listing of outputs/<experiment>/ tells the new jobs (no stat per job); a job whose folder
+    exists gets outputs_status's reading, whatever the listing's cache saw first."""
+    out = tmp_path / "out"
+    assert [(d.status, d.reason) for d in plan(jobs, out)] == [("new", "new"), ("new", "new")]
+    (out / "p").mkdir(parents=True)
+    assert [d.status for d in plan(jobs, out)] == ["new", "new"]
+    d = folder(jobs[1], out)
+    (d / "error.txt").write_text("error: boom\n")
+    assert [d.status for d in plan(jobs, out)] == ["new", "failed"]
+    assert [d.status for d in plan(jobs, out)] == [outputs_status(j, out)[0] for j in jobs]
+
+
+def test_plan_refuses_an_experiment_folder_outside_outputs(jobs, tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "p").symlink_to(elsewhere)  # outputs/p/ lies outside outputs/: nothing may be written there
+    with pytest.raises(ConfigError, match="outside the outputs root"):
+        plan(jobs, out)

@@ -153,11 +153,18 @@ def test_setup_lines_ran_in_every_job_script(launched: dict[str, Any]) -> None:
 
 def test_second_launch_submits_nothing(launched: dict[str, Any]) -> None:
     run: LaunchResult = launched["run"]
-    wait_for("the first launch", lambda: (launched["root"] / "outputs" / "it-run" / "align_fold1" / "scores.json").exists())
+    ids = list(run.job_ids.values())
+
+    def ended() -> bool:  # scores.json comes before the job's last steps (efficiency, hparams): wait for SLURM too
+        rows = slurm_query.query(ids).rows
+        return (launched["root"] / "outputs" / "it-run" / "align_fold1" / "scores.json").exists() and \
+            all(i in rows and not slurm_query.is_active(rows[i].state) for i in ids)
+
+    wait_for("the first launch", ended)
     again = launch(DEMO, ["experiment=it-run", *launched["common"], "train.max_epochs=1", "slurm.array_parallelism=1"],
                    only=["fold=1"], outputs=launched["root"] / "outputs", jobs_dir=launched["root"] / "jobs")
     assert again.submitted == [] and again.sbatch_calls == 0 and again.array_id is None
-    assert all(reason.startswith("finished") for reason in again.skipped.values())
+    assert all(reason.startswith("finished") for reason in again.skipped.values()), again.skipped
     manifest = json.loads(run.manifest.read_text())
     assert [launch_["sbatch_calls"] for launch_ in manifest["launches"]] == [2, 0]
 
@@ -323,3 +330,32 @@ def test_a_grid_over_max_array_size_is_split_into_held_arrays(cluster: None, syn
                          f"cancelled aggregate job {result.aggregate_id}"]
     finally:
         subprocess.run(["scancel", *result.array_ids, result.aggregate_id], capture_output=True)
+
+
+def test_array_tasks_run_their_own_pickles_on_slurm(cluster: None, tmp_path: Path) -> None:
+    """camvis.cluster.array_submit's task pickles through real sbatch and submitit's runner on the
+    nodes: task i returns the name and fold of config i (any mix-up shows)."""
+    import operator
+    import pickle
+
+    import submitit
+    from submitit.core.utils import JobPaths
+
+    from camvis.cluster.array_submit import submit_array
+    from camvis.config import job_config_from_dict
+
+    cfgs = [job_config_from_dict({"experiment": "it-pickles", "name": f"job{i}", "data": {"fold": i + 1}}, "test")
+            for i in range(3)]
+    folder = tmp_path / "jobs" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(name="camvis-it-pickles", timeout_min=5, cpus_per_task=1, mem_gb=1,
+                               slurm_array_parallelism=3)
+    tasks = submit_array(executor, operator.attrgetter("name", "data.fold"), [(c,) for c in cfgs])
+    array = tasks[0].job_id.split("_")[0]
+    try:
+        results = [JobPaths(folder, job_id=t.job_id, task_id=0).result_pickle for t in tasks]
+        wait_for("the 3 tasks' results", lambda: all(p.exists() for p in results), timeout=300)
+        assert [pickle.loads(p.read_bytes()) for p in results] == \
+            [("success", (f"job{i}", i + 1)) for i in range(3)]
+    finally:
+        subprocess.run(["scancel", array], capture_output=True)
