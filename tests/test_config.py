@@ -280,7 +280,8 @@ def test_to_dict_is_the_json_copy_of_asdict():
         got = to_dict(cfg)
         assert json.dumps(got) == json.dumps(expected)  # values, their JSON types, key order
         assert got == expected and list(got) == list(expected)
-    assert to_dict(configs[1].data) == {"store": "data/processed/demo.zarr", "fold": 3, "factors": [2, 4]}
+    assert to_dict(configs[1].data) == {"store": "data/processed/demo.zarr", "fold": 3, "factors": [2, 4],
+                                        "stage": None}
 
 
 LOADER_DOCS = ["a: 2024-01-01", "a: 1e-4", "a: 0x1F", "a: 017", "a: yes", "a: ~", "a: [1, 2.5, '3']",
