@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from camvis.errors import ConfigError
 from camvis.cluster.grid import Grid, JobSpec
-from camvis.cluster.slurm_settings import sbatch_value_problem, setup_line_problem
+from camvis.cluster.slurm_settings import checked_parameters, site_parameters
 
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize (indices 0..1000)
@@ -77,16 +76,7 @@ def executor_parameters(grid: Grid, n_jobs: int, parallelism: int | None = None)
     }
     if s.gpus_per_node:
         params["gpus_per_node"] = s.gpus_per_node
-    if s.mem_gb is not None:
-        params["mem_gb"] = float(s.mem_gb)
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(s, key) is not None:
-            params[f"slurm_{key}"] = getattr(s, key)
-    if s.additional:
-        params["slurm_additional_parameters"] = dict(s.additional)
-    if s.setup:
-        params["slurm_setup"] = list(s.setup)  # submitit writes them before the srun line
-    return _checked(params)
+    return checked_parameters({**params, **site_parameters(s)})
 
 
 def aggregate_parameters(grid: Grid, array_ids: str | Sequence[str]) -> dict[str, Any]:
@@ -107,23 +97,9 @@ def aggregate_parameters(grid: Grid, array_ids: str | Sequence[str]) -> dict[str
     for key in ("account", "qos"):
         if getattr(s, key) is not None:
             params[f"slurm_{key}"] = getattr(s, key)
-    _checked(params)
+    checked_parameters(params)
     after = array_ids if isinstance(array_ids, str) else ":".join(array_ids)
     params["slurm_additional_parameters"] = {"dependency": f"afterany:{after}"}  # ours: a dry run's is text
-    return params
-
-
-def _checked(params: dict[str, Any]) -> dict[str, Any]:
-    """`params`, once no value would inject a line or an option into the sbatch script (the settings were
-    checked when parsed; this guards every way a Grid can be built)."""
-    for key, value in {**params, **params.get("slurm_additional_parameters", {})}.items():
-        problem = None if key == "slurm_setup" else sbatch_value_problem(key, value)
-        if problem:
-            raise ConfigError(problem)
-    for i, line in enumerate(params.get("slurm_setup", [])):
-        problem = setup_line_problem(f"slurm.setup[{i}]", line)
-        if problem:
-            raise ConfigError(problem)
     return params
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from camvis.config import section_from_dict
+from camvis.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,3 +151,33 @@ def _check_sbatch_text(s: SlurmSettings, errors: list[str]) -> None:
             errors.append(f"{where}: expected a scalar sbatch option value, got {value!r}")
         elif sbatch_value_problem(where, value):
             errors.append(sbatch_value_problem(where, value))
+
+
+def site_parameters(s: Any) -> dict[str, Any]:
+    """The AutoExecutor.update_parameters() arguments every camvis job of these settings shares (the
+    arrays' and a store build's): memory, partition, account, qos, constraint, extra options, set-up lines."""
+    params: dict[str, Any] = {}
+    if s.mem_gb is not None:
+        params["mem_gb"] = float(s.mem_gb)
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(s, key) is not None:
+            params[f"slurm_{key}"] = getattr(s, key)
+    if s.additional:
+        params["slurm_additional_parameters"] = dict(s.additional)
+    if s.setup:
+        params["slurm_setup"] = list(s.setup)  # submitit writes them before the srun line
+    return params
+
+
+def checked_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """`params`, once no value would inject a line or an option into the sbatch script (the settings were
+    checked when parsed; this guards every way a Grid or a store build can be made)."""
+    for key, value in {**params, **params.get("slurm_additional_parameters", {})}.items():
+        problem = None if key == "slurm_setup" else sbatch_value_problem(key, value)
+        if problem:
+            raise ConfigError(problem)
+    for i, line in enumerate(params.get("slurm_setup", [])):
+        problem = setup_line_problem(f"slurm.setup[{i}]", line)
+        if problem:
+            raise ConfigError(problem)
+    return params

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
 from camvis.config import section_from_dict
-from camvis.errors import ConfigError
 from camvis.cluster.slurm_settings import (MAX_TIME_MIN, SlurmSettings, _check_sbatch_text, _setup_lines,
-                                           sbatch_value_problem)
+                                           checked_parameters, site_parameters)
 
 DEFAULT_CPUS = 4
 """CPUs of the build job when neither store.workers nor store.slurm.cpus_per_task says."""
@@ -119,20 +118,7 @@ def build_parameters(build: StoreBuild, name: str) -> dict[str, Any]:
     s = build.slurm
     params: dict[str, Any] = {"name": name, "timeout_min": s.time, "nodes": 1, "tasks_per_node": 1,
                               "cpus_per_task": s.cpus_per_task}
-    if s.mem_gb is not None:
-        params["mem_gb"] = float(s.mem_gb)
-    for key in ("partition", "account", "qos", "constraint"):
-        if getattr(s, key) is not None:
-            params[f"slurm_{key}"] = getattr(s, key)
-    if s.additional:
-        params["slurm_additional_parameters"] = dict(s.additional)
-    if s.setup:
-        params["slurm_setup"] = list(s.setup)
-    for key, value in {**params, **params.get("slurm_additional_parameters", {})}.items():
-        problem = None if key == "slurm_setup" else sbatch_value_problem(key, value)
-        if problem:  # parsed settings never get here; guards StoreBuilds made otherwise
-            raise ConfigError(problem)
-    return params
+    return checked_parameters({**params, **site_parameters(s)})
 
 
 def with_dependency(params: dict[str, Any], build_id: str | None) -> dict[str, Any]:
