@@ -79,3 +79,15 @@ def camvis2_raw_dir(camvis2_ref: dict[str, Any], tmp_path_factory: pytest.TempPa
             path = root / key.removeprefix("sha256_")
             assert hashlib.sha256(path.read_bytes()).hexdigest() == str(digest), f"synth no longer makes {path}"
     return root
+
+
+@pytest.fixture(scope="session")
+def camvis2_store(camvis2_ref: dict[str, Any], camvis2_raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """camvis's `--preprocessing camvis2` store of that raw dir, with the fixture's parameters."""
+    from camvis.data import store_build
+
+    ref = camvis2_ref
+    return store_build.build(camvis2_raw_dir, tmp_path_factory.mktemp("c2s") / "c2.zarr",
+                             factors=tuple(int(f) for f in ref["factors"]), patch_size=int(ref["patch_size"]),
+                             patches_per_image=int(ref["patch_number"]), seed=int(ref["seed"]), progress=False,
+                             figure=False, preprocessing="camvis2")

@@ -30,15 +30,8 @@ SHIMS = {
 
 
 @pytest.fixture
-def shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "shim"
-    folder.mkdir()
-    for name, body in SHIMS.items():
-        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
-        (folder / name).chmod(0o755)
-    monkeypatch.setenv("SHIM", str(folder))
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
-    return folder
+def shim(install_shims) -> Path:
+    return install_shims(SHIMS)
 
 
 def configs(n: int) -> list[JobConfig]:

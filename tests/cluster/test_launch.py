@@ -45,16 +45,9 @@ SHIMS = {
 
 
 @pytest.fixture
-def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fake_slurm(install_shims) -> Path:
     """Stand-in SLURM commands first on PATH; returns their folder (scripts, count, sacct.txt)."""
-    shim = tmp_path / "shim"
-    shim.mkdir()
-    for name, body in SHIMS.items():
-        (shim / name).write_text(f"#!/bin/sh\n{body}\n")
-        (shim / name).chmod(0o755)
-    monkeypatch.setenv("SHIM", str(shim))
-    monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
-    return shim
+    return install_shims(SHIMS)
 
 
 @pytest.fixture(scope="module")

@@ -87,13 +87,8 @@ def raw_dir(camvis2_raw_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def store(ref, raw_dir, tmp_path_factory):
-    from camvis.data import store_build
-
-    return store_build.build(raw_dir, tmp_path_factory.mktemp("c2ckpt_store") / "c2.zarr",
-                             factors=tuple(int(f) for f in ref["factors"]), patch_size=int(ref["patch_size"]),
-                             patches_per_image=int(ref["patch_number"]), seed=int(ref["seed"]), progress=False,
-                             figure=False, preprocessing="camvis2")
+def store(camvis2_store):
+    return camvis2_store
 
 
 def batch_rows(store, ref) -> np.ndarray:
