@@ -474,7 +474,10 @@ def cancel_experiment(
             roles.setdefault(info.job_id.split("_", 1)[0], "job")
     if not roles:
         raise ConfigError(f"experiment {experiment!r} has no SLURM jobs to cancel (local runs: stop their process)")
-    ids = _still_active(list(roles), runner)
+    # An id this experiment already scancelled (a relaunch superseding an aggregate) has ended, though
+    # sacct may show it pending for a few seconds more.
+    done = (manifest or {}).get("cancelled") or {}
+    ids = _still_active([i for i in roles if i not in done], runner)
     if ids:
         _scancel(ids, runner)
         record_cancelled(Path(jobs) / experiment, ids, "camvis-status --cancel")
