@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from camvis import locks
+from camvis.io import host
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -105,6 +107,14 @@ TRAIN = ["experiment=locks", "name=cat_fold1", "data.factors=[2,4,8]", "model.si
 ENDLESS = ["train.max_epochs=100000", "train.min_lr=0", "train.plateau_patience=100000"]
 
 
+def settled_files(folder: Path, writer_pid: int) -> dict[str, int]:
+    """Each file's mtime, but progress.json (rewritten every few steps) and the running writer's
+    in-flight temporaries (.NAME.<host>.<pid>.*.tmp, renamed away at any moment)."""
+    in_flight = re.compile(rf"\..+\.{re.escape(host())}\.{writer_pid}\.[a-z0-9_]+\.tmp")
+    return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()
+            if p.name != "progress.json" and not in_flight.fullmatch(p.name)}
+
+
 @pytest.mark.slow
 def test_a_second_run_of_one_job_fails_fast_and_touches_nothing(synth_store, tmp_path: Path) -> None:
     args = [sys.executable, "-m", "camvis.cli.train", "--outputs", str(tmp_path / "outputs"),
@@ -117,15 +127,16 @@ def test_a_second_run_of_one_job_fails_fast_and_touches_nothing(synth_store, tmp
             assert first.poll() is None, first.communicate()
             assert time.monotonic() < end, "the first run never wrote a checkpoint"
             time.sleep(0.5)
-        before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "progress.json"}
+        before = settled_files(folder, first.pid)
         second = subprocess.run([*args, "train.max_epochs=1"], capture_output=True, text=True, env=ENV, timeout=300)
         assert second.returncode == 2, second.stderr
         lines = second.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: job cat_fold1 is already running (pid {first.pid} on ")
         assert not (folder / "error.txt").exists() and not (folder / "scores.json").exists()
         assert json.loads((folder / "progress.json").read_text())["max_epochs"] == 100000  # still the first run's
-        after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != "progress.json"}
+        after = settled_files(folder, first.pid)
         assert set(after) >= set(before) and after.get("config.yaml") == before.get("config.yaml")
+        assert not [name for name in after if name.endswith(".tmp")], after  # the second run left none
     finally:
         first.kill()
         first.wait()

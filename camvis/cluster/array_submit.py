@@ -1,17 +1,23 @@
-"""One SLURM job array through submitit, its per-task pickles written in milliseconds, not seconds.
+"""One SLURM job array through submitit, its tasks' arguments in ONE file written in milliseconds.
 
 submitit's map_array pickles one DelayedSubmission per task with cloudpickle (its pure-Python
-pickler, ~0.4 ms a task) and, once sbatch has answered, moves each into its task's folder through a
-dozen pathlib objects and a Job object per task: about 5 s of a 5,000-job launch. `submit_array`
-writes the same files: the same DelayedSubmission (the callable, the task's arguments, submitit's
-timeout and requeue countdown) pickled by the C pickler (protocol 5; the callable's class and the
-configs are importable, so they are pickled by reference, as cloudpickle does; anything else falls
-back to cloudpickle) to <folder>/<uuid>.pkl before sbatch, then renamed to
-<array>_<i>/<array>_<i>_submitted.pkl. The rename is the commit: submitit's runner on the node waits
-for that name to exist and reads the file whole, so no fsync per file (submitit makes none either);
-a launch killed before it leaves only <uuid>.pkl files, never a half-written task pickle, and its
-tasks fail on the node for want of one (as with submitit). sbatch itself, its script and its command
-are submitit's own (SlurmExecutor._submit_command, as map_array calls it).
+pickler, ~0.4 ms a task) into a file per task: on a 5,000-job grid, 5,000 file creations and
+renames were most of a launch. `submit_array` pickles the same DelayedSubmissions (the callable, the
+task's arguments, submitit's timeout and requeue countdown) with the C pickler (protocol 5; the
+callable's class and the configs are importable, so they are pickled by reference, as cloudpickle
+does; anything else falls back to cloudpickle) into one tasks file per array,
+<folder's id-free part>/<array>_tasks.pkl: a header (magic, count, offsets), then the pickles.
+
+The array runs `python -m camvis.cluster.array_submit FOLDER` in submitit's own sbatch script
+(SlurmExecutor._submit_command, as map_array calls it). On the node, `run_task` copies the pickle
+of its task (SLURM_ARRAY_TASK_ID) to submitit's <array>_<i>/<array>_<i>_submitted.pkl, unless
+that exists (a requeued task's checkpoint is there), and hands over to submitit's runner: results,
+logs, signals and requeues are submitit's, unchanged.
+
+The tasks file is written under a temporary name before sbatch and renamed after it answers: the
+rename is the commit. A launch killed before leaves a temporary (reaped like every camvis
+temporary), never a half-written tasks file; a task that starts before the rename waits for it, as
+submitit's runner waits for its pickle (60 s), and fails without it.
 
 No torch here: the launcher runs on login nodes.
 """
@@ -20,12 +26,21 @@ from __future__ import annotations
 
 import os
 import pickle
+import shlex
+import struct
+import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from camvis.io import tmp_prefix, write_bytes
+
 PROTOCOL = 5
+MAGIC = b"camvis tasks 1\n"
+COUNT = struct.Struct("<Q")
+WAIT_S = 60  # submitit's runner waits as long for its pickle
 
 
 @dataclass(frozen=True)
@@ -60,34 +75,68 @@ def submit_array(executor: Any, fn: Callable[..., Any], args: Sequence[tuple[Any
         array_ex.update_parameters(**slurm.parameters)
         array_ex.parameters["map_count"] = len(args)
         slurm._throttle()
-        first = array_ex._submit_command(slurm._submitit_command_str)
+        first = array_ex._submit_command(f"{slurm.python} -u -m {__name__} {shlex.quote(str(slurm.folder))}")
     except BaseException:
-        for path in staged:
-            _unlink(path)
+        _unlink(staged)
         raise
-    return _commit(slurm.folder, str(first.job_id), staged)
+    return _commit(slurm.folder, str(first.job_id), staged, len(args))
 
 
-def _stage(slurm: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> list[str]:
-    """Each task's DelayedSubmission, pickled under a temporary name in the folder's id-free part."""
+# --------------------------------------------------------------------------- the tasks file
+
+
+def tasks_file(folder: str | Path, array_id: str) -> Path:
+    """Where an array's tasks file lies: beside its tasks' folders, in the folder's id-free part."""
+    from submitit.core.utils import JobPaths
+
+    return JobPaths.get_first_id_independent_folder(Path(folder).expanduser().absolute()) / f"{array_id}_tasks.pkl"
+
+
+def encode_tasks(pickles: Sequence[bytes]) -> bytes:
+    """MAGIC, the count, count + 1 offsets into the data (little-endian uint64), the data."""
+    offsets = [0]
+    for data in pickles:
+        offsets.append(offsets[-1] + len(data))
+    return b"".join([MAGIC, COUNT.pack(len(pickles)), struct.pack(f"<{len(offsets)}Q", *offsets), *pickles])
+
+
+def read_task(path: str | Path, index: int) -> bytes:
+    """Task `index`'s pickle from a tasks file: two seeks, whatever the array's size."""
+    with open(path, "rb") as f:
+        head = f.read(len(MAGIC) + COUNT.size)
+        if head[:len(MAGIC)] != MAGIC or len(head) < len(MAGIC) + COUNT.size:
+            raise ValueError(f"{path}: not a camvis tasks file (it should start with {MAGIC!r})")
+        (count,) = COUNT.unpack_from(head, len(MAGIC))
+        if not 0 <= index < count:
+            raise ValueError(f"{path}: holds tasks 0-{count - 1}, not task {index}")
+        f.seek(len(head) + 8 * index)
+        start, end = struct.unpack("<2Q", f.read(16))
+        f.seek(len(head) + 8 * (count + 1) + start)
+        data = f.read(end - start)
+    if len(data) != end - start:
+        raise ValueError(f"{path}: truncated: task {index} should be bytes {start}-{end} of its data")
+    return data
+
+
+def _stage(slurm: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> str:
+    """The array's tasks file, written under a temporary name in the folder's id-free part."""
     from submitit.core.utils import DelayedSubmission, JobPaths
 
     folder = JobPaths.get_first_id_independent_folder(slurm.folder)
     folder.mkdir(parents=True, exist_ok=True)
     timeout_min = slurm.parameters.get("time", 5)
-    staged: list[str] = []
+    pickles = []
+    for a in args:
+        delayed = DelayedSubmission(fn, *a)
+        delayed.set_timeout(timeout_min, slurm.max_num_timeout)
+        pickles.append(_dumps(delayed))
+    data = encode_tasks(pickles)
+    _check_size(len(data), slurm.max_pickle_size_gb)
+    staged = os.path.join(folder, f"{tmp_prefix('tasks.pkl')}{uuid.uuid4().hex[:8]}.tmp")
     try:
-        for i, a in enumerate(args):
-            delayed = DelayedSubmission(fn, *a)
-            delayed.set_timeout(timeout_min, slurm.max_num_timeout)
-            data = _dumps(delayed)
-            if i == 0:
-                _check_size(len(data), len(args), slurm.max_pickle_size_gb)
-            staged.append(os.path.join(folder, f"{uuid.uuid4().hex}.pkl"))
-            _write(staged[-1], data)
+        _write(staged, data)
     except BaseException:
-        for path in staged:
-            _unlink(path)
+        _unlink(staged)
         raise
     return staged
 
@@ -101,13 +150,12 @@ def _dumps(obj: Any) -> bytes:
         return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
-def _check_size(size: int, n: int, limit_gb: float) -> None:
-    """submitit's own guard (its message): the array's pickles in all above max_pickle_size_gb."""
-    gb = size / 1024**3
-    if n * gb > limit_gb:
-        raise RuntimeError(f"Submitting an estimated {n} x {gb:.2f} > {limit_gb}GB of objects (function and "
-                           f"arguments) through pickle (this can be slow / overload the file system).If this is "
-                           f"the intended behavior, you should update executor.max_pickle_size_gb to a larger value ")
+def _check_size(size: int, limit_gb: float) -> None:
+    """submitit's own guard: the array's pickles in all above max_pickle_size_gb."""
+    if size / 1024**3 > limit_gb:
+        raise RuntimeError(f"Submitting {size / 1024**3:.2f} > {limit_gb}GB of objects (function and arguments) "
+                           f"through pickle (this can be slow / overload the file system). If this is the intended "
+                           f"behavior, you should update executor.max_pickle_size_gb to a larger value")
 
 
 def _write(path: str, data: bytes) -> None:
@@ -127,11 +175,13 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _commit(folder: str | Path, array_id: str, staged: list[str]) -> list[ArrayTask]:
-    """Each staged pickle renamed into its task's folder, where submitit's runner looks for it."""
+def _commit(folder: str | Path, array_id: str, staged: str, count: int) -> list[ArrayTask]:
+    """The tasks file renamed to its final name (tasks may start), then each task's folder made,
+    where SLURM opens its log and the runner writes its pickle."""
     template = str(Path(folder).expanduser().absolute())  # as submitit's JobPaths holds it
+    os.rename(staged, tasks_file(template, array_id))
     tasks: list[ArrayTask] = []
-    for i, path in enumerate(staged):
+    for i in range(count):
         job_id = f"{array_id}_{i}"
         task_folder = task_path(template, job_id)
         try:
@@ -142,7 +192,6 @@ def _commit(folder: str | Path, array_id: str, staged: list[str]) -> list[ArrayT
             os.makedirs(task_folder, exist_ok=True)
         paths = TaskPaths(*(task_path(os.path.join(template, name), job_id)
                             for name in ("%j_submitted.pkl", "%j_%t_log.out", "%j_%t_log.err")))
-        os.rename(path, paths.submitted_pickle)
         tasks.append(ArrayTask(job_id, paths))
     return tasks
 
@@ -154,3 +203,34 @@ def task_path(template: str, job_id: str, task_id: int = 0) -> str:
     if "%a" in replaced:
         replaced = replaced.replace("%a", index)
     return replaced.replace("%A", array_id)
+
+
+# --------------------------------------------------------------------------- on the node
+
+
+def run_task(folder: str) -> None:
+    """This array task (SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID) through submitit's runner, its pickle
+    first copied from the array's tasks file unless already there (a requeue's checkpoint). Every
+    rank of a multi-task job may copy it: the same bytes, renamed into place atomically."""
+    from submitit.core.submission import process_job
+
+    array_id, index = os.environ["SLURM_ARRAY_JOB_ID"], int(os.environ["SLURM_ARRAY_TASK_ID"])
+    pickle_path = Path(task_path(os.path.join(folder, "%j_submitted.pkl"), f"{array_id}_{index}"))
+    if not pickle_path.exists():
+        write_bytes(pickle_path, read_task(_wait_for(tasks_file(folder, array_id)), index))
+    process_job(folder)
+
+
+def _wait_for(path: Path) -> Path:
+    """The tasks file, once the launch has renamed it into place (a task can start before that)."""
+    end = time.monotonic() + WAIT_S
+    while not path.exists():
+        if time.monotonic() > end:
+            raise RuntimeError(f"waited {WAIT_S} s for this array's tasks file {path}: the launch that "
+                               f"submitted it did not finish (killed?); launch the grid again")
+        time.sleep(0.5)
+    return path
+
+
+if __name__ == "__main__":
+    run_task(sys.argv[1])

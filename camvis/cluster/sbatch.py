@@ -136,7 +136,8 @@ def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path,
 
 
 def render_sbatch(params: dict[str, Any], folder: Path, map_count: int | None) -> str:
-    """submitit's own sbatch text for AutoExecutor `params`, without needing SLURM here."""
+    """submitit's own sbatch text for AutoExecutor `params`, without needing SLURM here; an array
+    runs camvis's task runner (array_submit), a single job submitit's."""
     from submitit.slurm import slurm as sl
 
     names = sl.SlurmExecutor._equivalence_dict()
@@ -149,5 +150,6 @@ def render_sbatch(params: dict[str, Any], folder: Path, map_count: int | None) -
     if map_count is not None and map_count > 1:
         args["map_count"] = map_count
     folder = folder.expanduser().absolute()  # as submitit's executors hold it
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    runner = "camvis.cluster.array_submit" if map_count is not None and map_count > 1 else "submitit.core._submit"
+    command = " ".join([shlex.quote(sys.executable), "-u -m", runner, shlex.quote(str(folder))])
     return sl._make_sbatch_string(command=command, folder=folder, **args)

@@ -1,9 +1,9 @@
-"""camvis.cluster.array_submit: one array's task pickles, written by camvis in submitit's format.
+"""camvis.cluster.array_submit: one array's tasks in one file, each task run through submitit's runner.
 
 Through stand-in sbatch/srun commands on PATH (SLURM itself: tests/integration/test_slurm.py). Each
-task's pickle is then run by submitit's own job runner (`python -m submitit.core._submit`, as the
-sbatch script does on a node, with the SLURM variables of that task): a task that got another task's
-arguments returns the wrong name and fold.
+task is then run by the command of the array's sbatch script (`python -m camvis.cluster.array_submit
+FOLDER`, as on a node, with the SLURM variables of that task), which hands over to submitit's runner:
+a task that got another task's arguments returns the wrong name and fold.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,15 +46,22 @@ def executor(folder: Path, requeues: int = 4) -> submitit.AutoExecutor:
     return ex
 
 
-def run_task(folder: Path, array_id: str, index: int) -> tuple[str, object]:
-    """Task `index` of the array through submitit's runner, as on a node; its result pickle."""
+def start_task(folder: Path, array_id: str, index: int) -> subprocess.Popen:
+    """Task `index` of the array as its sbatch script runs it on a node."""
     env = {**os.environ, "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": str(1000 + index),
            "SLURM_ARRAY_JOB_ID": array_id, "SLURM_ARRAY_TASK_ID": str(index), "SLURM_NTASKS": "1",
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
-           "SLURM_JOB_NODELIST": "localhost"}
-    proc = subprocess.run([sys.executable, "-u", "-m", "submitit.core._submit", str(folder)], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+           "SLURM_JOB_NODELIST": "localhost",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # run_config
+    return subprocess.Popen([sys.executable, "-u", "-m", "camvis.cluster.array_submit", str(folder)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_task(folder: Path, array_id: str, index: int, proc: subprocess.Popen | None = None) -> tuple[str, object]:
+    """Task `index` run to its end; its result pickle."""
+    proc = proc or start_task(folder, array_id, index)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
     paths = JobPaths(folder, job_id=f"{array_id}_{index}", task_id=0)
     with open(paths.result_pickle, "rb") as f:
         return pickle.load(f)
@@ -65,7 +73,9 @@ def test_each_task_runs_its_own_arguments_through_submitits_runner(shim: Path, t
     tasks = array_submit.submit_array(executor(folder), operator.attrgetter("name", "data.fold"),
                                       [(c,) for c in cfgs])
     assert [t.job_id for t in tasks] == ["100_0", "100_1", "100_2"]
-    assert "#SBATCH --array=0-2%2\n" in (shim / "script_100.sh").read_text()  # one sbatch, submitit's script
+    script = (shim / "script_100.sh").read_text()
+    assert "#SBATCH --array=0-2%2\n" in script  # one sbatch, submitit's script, camvis's command
+    assert f"-u -m camvis.cluster.array_submit {folder.absolute()}\n" in script
     assert (shim / "count").read_text().strip() == "100"
     for i in (2, 0, 1):  # whatever order the tasks start in
         assert run_task(folder, "100", i) == ("success", (f"job{i}", i + 1))
@@ -75,16 +85,20 @@ def test_task_files_are_where_and_what_submitit_writes(shim: Path, tmp_path: Pat
     folder = tmp_path / "jobs" / "%j"
     cfgs = configs(2)
     tasks = array_submit.submit_array(executor(folder, requeues=4), run_config, [(c, "out") for c in cfgs])
+    tasks_file = tmp_path / "jobs" / "100_tasks.pkl"
     for i, (task, cfg) in enumerate(zip(tasks, cfgs)):
         paths = JobPaths(folder, job_id=f"100_{i}", task_id=0)  # submitit's own paths for the task
         assert (task.paths.submitted_pickle, task.paths.stdout, task.paths.stderr) == \
             (str(paths.submitted_pickle), str(paths.stdout), str(paths.stderr))
-        delayed = DelayedSubmission.load(paths.submitted_pickle)
+        assert paths.folder.is_dir() and not paths.submitted_pickle.exists()  # SLURM opens the log there
+        delayed = pickle.loads(array_submit.read_task(tasks_file, i))
         assert (delayed.function, delayed.args, delayed.kwargs) == (run_config, (cfg, "out"), {})
         assert (delayed._timeout_min, delayed._timeout_countdown) == (7, 4)  # submitit's requeue countdown
-    assert not list((tmp_path / "jobs").glob("*.pkl"))  # every staged pickle moved into its task's folder
-    # 100/: the array's sbatch script, where submitit's map_array keeps it too
-    assert sorted(p.name for p in (tmp_path / "jobs").iterdir() if p.is_dir()) == ["100", "100_0", "100_1"]
+        run_task(folder, "100", i)  # on the node, the task's pickle is copied where submitit's runner reads it
+        assert paths.submitted_pickle.read_bytes() == array_submit.read_task(tasks_file, i)
+    # 100/: the array's sbatch script, where submitit's map_array keeps it too (and its link to it); no temporary
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir() if not p.is_symlink()) == \
+        ["100", "100_0", "100_1", "100_tasks.pkl"]
     assert (tmp_path / "jobs" / "100" / "100_submission.sh").read_text() == (shim / "script_100.sh").read_text()
 
 
@@ -99,11 +113,64 @@ def test_a_callable_only_cloudpickle_can_pickle_still_runs(shim: Path, tmp_path:
     assert run_task(folder, "100", 1) == ("success", 12)
 
 
-def test_a_refused_sbatch_leaves_no_pickle(shim: Path, tmp_path: Path) -> None:
+def test_a_refused_sbatch_leaves_no_file(shim: Path, tmp_path: Path) -> None:
     (shim / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed' >&2\nexit 1\n")
     with pytest.raises(submitit.core.utils.FailedJobError, match="submission failed"):
         array_submit.submit_array(executor(tmp_path / "jobs" / "%j"), run_config, [(c, "o") for c in configs(3)])
-    assert not list((tmp_path / "jobs").glob("*.pkl"))
+    left = [p.name for p in (tmp_path / "jobs").rglob("*") if p.is_file()]
+    assert [name for name in left if not name.startswith(".submission_file_")] == []  # submitit keeps its script
+
+
+def test_a_requeued_task_runs_its_checkpoint_not_its_first_arguments(shim: Path, tmp_path: Path) -> None:
+    """submitit's checkpoint on a timeout rewrites the task's pickle before requeueing it: the runner
+    must not copy the first arguments over it."""
+    folder = tmp_path / "jobs" / "%j"
+    cfgs = configs(2)
+    array_submit.submit_array(executor(folder), run_config, [(c, "first") for c in cfgs])
+    checkpoint = DelayedSubmission(run_config, cfgs[1], "resumed")
+    checkpoint.dump(JobPaths(folder, job_id="100_1", task_id=0).submitted_pickle)
+    assert run_task(folder, "100", 1) == ("success", "resumed/job1")
+    assert run_task(folder, "100", 0) == ("success", "first/job0")
+
+
+def test_a_task_started_before_the_launch_committed_waits_for_its_tasks_file(shim: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "jobs" / "%j"
+    array_submit.submit_array(executor(folder), run_config, [(c, "o") for c in configs(2)])
+    tasks_file = tmp_path / "jobs" / "100_tasks.pkl"
+    held = tasks_file.rename(tmp_path / "held.pkl")  # as if sbatch had answered and the rename not yet run
+    proc = start_task(folder, "100", 1)
+    time.sleep(1.5)
+    assert proc.poll() is None  # waiting
+    held.rename(tasks_file)
+    assert run_task(folder, "100", 1, proc) == ("success", "o/job1")
+
+
+def test_without_its_tasks_file_a_task_fails_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(array_submit, "WAIT_S", 0.2)
+    with pytest.raises(RuntimeError, match=r"waited 0.2 s for this array's tasks file .*7_tasks.pkl.*launch the grid again"):
+        array_submit._wait_for(array_submit.tasks_file(tmp_path / "%j", "7"))
+
+
+@pytest.mark.parametrize("sizes", [[0, 5], [1], [3, 0, 70000, 12]])
+def test_tasks_file_gives_back_each_pickle(sizes: list[int], tmp_path: Path) -> None:
+    pickles = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    path = tmp_path / "t.pkl"
+    path.write_bytes(array_submit.encode_tasks(pickles))
+    assert [array_submit.read_task(path, i) for i in range(len(sizes))] == pickles
+
+
+def test_a_bad_tasks_file_is_named_with_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "t.pkl"
+    data = array_submit.encode_tasks([b"abc", b"defg"])
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"t.pkl: holds tasks 0-1, not task 2"):
+        array_submit.read_task(path, 2)
+    path.write_bytes(data[:-2])
+    with pytest.raises(ValueError, match=r"t.pkl: truncated: task 1 should be bytes 3-7"):
+        array_submit.read_task(path, 1)
+    path.write_bytes(b"#!/bin/sh\n" + data)
+    with pytest.raises(ValueError, match=r"t.pkl: not a camvis tasks file"):
+        array_submit.read_task(path, 0)
 
 
 def test_one_task_is_submitits_plain_job(shim: Path, tmp_path: Path) -> None:

@@ -174,6 +174,9 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
     assert (fake_slurm / "count").read_text().strip() == "101"  # exactly two sbatch calls
     array = (fake_slurm / "script_100.sh").read_text()
     assert "#SBATCH --array=0-3%2\n" in array
+    (command,) = [line for line in array.splitlines() if "-u -m camvis.cluster.array_submit " in line]
+    assert cli.main([*demo_args(tmp_path, "--only", "fold=1,2"), "--dry-run", "--force"]) == 0
+    assert command in capsys.readouterr().out.splitlines()  # the dry run shows the script sbatch was given
     assert "#SBATCH --dependency=afterany:100\n" in (fake_slurm / "script_101.sh").read_text()
 
     manifest = json.loads((tmp_path / "jobs" / "demo" / "manifest.json").read_text())
@@ -197,10 +200,11 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
 
 
 def test_each_task_pickle_holds_its_own_jobs_config(fake_slurm: Path, tmp_path: Path) -> None:
-    """What a node runs for task i of each array (submitit's <id>_<i>_submitted.pkl, written by
-    camvis.cluster.array_submit): TrainEvalTask with the config the manifest records for that task."""
-    from submitit.core.utils import DelayedSubmission
+    """What a node runs for task i of each array (its pickle in the array's <array>_tasks.pkl, written
+    by camvis.cluster.array_submit): TrainEvalTask with the config the manifest records for that task."""
+    import pickle
 
+    from camvis.cluster.array_submit import read_task
     from camvis.config import job_config_from_dict
     from camvis.job.task import TrainEvalTask
 
@@ -211,14 +215,15 @@ def test_each_task_pickle_holds_its_own_jobs_config(fake_slurm: Path, tmp_path: 
     assert len(manifest["jobs"]) == 8
     for name, entry in manifest["jobs"].items():
         job_id = entry["job_id"]
-        delayed = DelayedSubmission.load(tmp_path / "j" / "demo" / job_id / f"{job_id}_submitted.pkl")
+        delayed = pickle.loads(read_task(tmp_path / "j" / "demo" / f"{entry['array_id']}_tasks.pkl", entry["task"]))
         cfg, outputs = delayed.args
         assert isinstance(delayed.function, TrainEvalTask) and delayed.kwargs == {}
         assert (cfg.name, cfg.data.fold, outputs) == (name, entry["fold"], str(tmp_path / "o"))
         assert cfg == job_config_from_dict(entry["config"], name)
         assert (delayed._timeout_min, delayed._timeout_countdown) == (10, 4)
         assert entry["stdout"] == str(tmp_path / "j" / "demo" / job_id / f"{job_id}_0_log.out")
-    assert not list((tmp_path / "j" / "demo").glob("*.pkl"))  # no staged pickle left behind
+    assert sorted(p.name for p in (tmp_path / "j" / "demo").glob("*.pkl")) == [f"{a}_tasks.pkl" for a in result.array_ids]
+    assert not list((tmp_path / "j" / "demo").glob(".*.tmp"))  # no staged tasks file left behind
 
 
 def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_path: Path,

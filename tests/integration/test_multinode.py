@@ -206,6 +206,9 @@ def test_a_killed_node_requeues_the_job_which_resumes_identically(reference: dic
 # --------------------------------------------------------------------------- SIGKILL of one rank
 
 
+RUNNERS = {b"submitit.core._submit", b"camvis.cluster.array_submit"}  # a single job's, an array task's
+
+
 def rank_pids(job_id: str, rank: int) -> list[int]:
     """Host pids of the job's Python processes of one rank (found by their SLURM environment)."""
     raw = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%A"], capture_output=True, text=True).stdout.split()
@@ -217,7 +220,7 @@ def rank_pids(job_id: str, rank: int) -> list[int]:
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
             if cmdline[0].endswith(b"python") or b"python" in cmdline[0].rsplit(b"/", 1)[-1]:
-                if b"submitit.core._submit" in cmdline and want <= set((proc / "environ").read_bytes().split(b"\0")):
+                if RUNNERS & set(cmdline) and want <= set((proc / "environ").read_bytes().split(b"\0")):
                     pids.append(int(proc.name))
         except (OSError, ValueError, IndexError):
             continue
