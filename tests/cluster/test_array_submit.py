@@ -184,3 +184,27 @@ def test_task_path_is_submitits_rule(template: str) -> None:
         for task in (0, 3):
             expected = JobPaths(template, job_id=job_id, task_id=task)
             assert array_submit.task_path(template + "/%j_%t_log.out", job_id, task) == str(expected.stdout)
+
+
+def test_a_launch_killed_in_sbatch_leaves_a_temporary_the_next_launch_reaps(shim: Path, tmp_path: Path) -> None:
+    from camvis.io import reap_stale_tmp
+
+    (shim / "sbatch").write_text('#!/bin/sh\ntouch "$SHIM/in_sbatch"\nsleep 60\n')
+    jobs = tmp_path / "jobs"
+    code = ("import operator, sys, submitit; from camvis.cluster import array_submit; "
+            "from camvis.config import job_config_from_dict as j; "
+            "ex = submitit.AutoExecutor(folder=sys.argv[1], cluster='slurm'); "
+            "cfgs = [j({'experiment': 'arr', 'name': f'job{i}'}, 'test') for i in range(3)]; "
+            "array_submit.submit_array(ex, operator.attrgetter('name'), [(c,) for c in cfgs])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(jobs / "%j")])
+    try:
+        end = time.monotonic() + 60
+        while not (shim / "in_sbatch").exists():
+            assert proc.poll() is None and time.monotonic() < end, "the launch never reached sbatch"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    left = sorted(p.name for p in jobs.iterdir() if not p.name.startswith(".submission_file_"))
+    assert len(left) == 1 and left[0].startswith(".tasks.pkl.") and left[0].endswith(".tmp"), left
+    assert [p.name for p in reap_stale_tmp(jobs)] == left  # what the next launch's manifest write does
