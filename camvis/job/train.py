@@ -153,9 +153,11 @@ def own_kernel(saved: dict[str, Any], opt: torch.optim.Optimizer) -> dict[str, A
     """The saved optimizer state with this optimizer's kernel choice (fused, foreach): load_state_dict
     would otherwise restore the saving job's, and a job resumed under another train.fused_adam would
     silently keep it. The moments are the same either way; `step` is moved where the kernel wants it."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
+        return saved  # not an optimizer state: load_state_dict says so (a CheckpointError)
     groups = [{**group, "fused": mine.get("fused"), "foreach": mine.get("foreach")}
-              for group, mine in zip(saved.get("param_groups", []), opt.param_groups)]
-    return {**saved, "param_groups": groups}
+              for group, mine in zip(saved["param_groups"], opt.param_groups)]
+    return {**saved, "param_groups": groups + saved["param_groups"][len(groups):]}
 
 
 def device_rng_state(saved, device: torch.device | None) -> torch.Tensor | None:
