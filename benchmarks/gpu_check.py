@@ -9,7 +9,7 @@ Parts, each a key of the JSON with "status" ("ok", "failed: ...", "skipped: ..."
                 patch 128, hidden 128, cat with shared weights + MLP, batch 256) with the batches built
                 from a device pyramid inside the timed loop (data loading included): samples/s, model
                 TFLOP/s (camvis.model.flops_per_sample) and its share of the GPU's bf16 dense peak
-                (read from the device name); eager, eager + fused Adam, and torch.compile
+                (read from the device name); eager, eager + fused Adam, torch.compile, and both
   batch_path -- BatchSource on the GPU against the CPU kernel: ms/batch, and the same values
   nccl       -- all_reduce over 2 NCCL ranks (where 2 GPUs exist): bus bandwidth
   verdict    -- the training variant jobs use on this GPU model and torch version (train.compile and
@@ -153,6 +153,8 @@ def training(sizes: dict, device: torch.device, steps: int, with_compile: bool =
     }
     if with_compile:
         variants["compiled"] = lambda: train_variant(sizes, device, steps, compile_model=True)
+        variants["compiled_fused_adam"] = lambda: train_variant(sizes, device, steps, compile_model=True,
+                                                                fused=device.type == "cuda")
     results = {name: guarded(run) for name, run in variants.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = peak_tflops(name) if device.type == "cuda" else None

@@ -28,7 +28,8 @@ from camvis.job.native import cache_root
 
 MIN_GAIN = 0.03
 """A variant must train this much faster than eager (samples/s) to be chosen."""
-VARIANTS = {"eager": (False, False), "eager_fused_adam": (False, True), "compiled": (True, False)}
+VARIANTS = {"eager": (False, False), "eager_fused_adam": (False, True), "compiled": (True, False),
+            "compiled_fused_adam": (True, True)}
 """The GPU check's training variants -> (compile, fused_adam)."""
 FORMAT = "camvis-speedups"
 

@@ -7,6 +7,7 @@ atomically, so a requeued job resumes where it stopped and ends with the same re
 an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restored).
 Checkpoints record the config's train_hash and resume only under the same one; they are read
 with weights_only=True (camvis.job.checkpoints). A loss that is no longer finite stops the job.
+torch.compile and fused Adam are used as camvis.job.speedups chooses (never on the CPU unless asked).
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def improved(metric: str, value: float, best: float | None) -> bool:
 
 
 def make_optimizer(cfg: JobConfig, model: torch.nn.Module, fused: bool = False) -> tuple[torch.optim.Optimizer, Any]:
-    """Adam (`fused`: its fused kernel; else torch's default, foreach) and the plateau schedule."""
+    """Adam (`fused`: its fused kernel; else torch's default: foreach on CUDA, a loop on the CPU) and the
+    plateau schedule."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
                            fused=True if fused else None)  # None: exactly the optimizer camvis always built
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(

@@ -103,6 +103,8 @@ def test_the_verdict_file_is_named_by_gpu_and_torch_inside_the_cache(cache):
     ({"eager": 100.0, "eager_fused_adam": 110.0, "compiled": 140.0}, "compiled"),
     ({"eager": 100.0, "eager_fused_adam": 90.0, "compiled": 95.0}, "eager"),
     ({"eager": 100.0, "compiled": 120.0}, "compiled"),  # a variant that failed has no samples/s
+    ({"eager": 100.0, "eager_fused_adam": 104.0, "compiled": 120.0, "compiled_fused_adam": 125.0},
+     "compiled_fused_adam"),
 ])
 def test_the_verdict_takes_the_fastest_only_if_it_beats_eager_by_3_percent(rates, picked):
     found = verdict_from_training(_training(**rates), GPU, "2.5.1")
