@@ -9,9 +9,12 @@ Parts, each a key of the JSON with "status" ("ok", "failed: ...", "skipped: ..."
                 patch 128, hidden 128, cat with shared weights + MLP, batch 256) with the batches built
                 from a device pyramid inside the timed loop (data loading included): samples/s, model
                 TFLOP/s (camvis.model.flops_per_sample) and its share of the GPU's bf16 dense peak
-                (read from the device name); eager, eager + fused Adam, and torch.compile
+                (read from the device name); eager, eager + fused Adam, torch.compile, and both
   batch_path -- BatchSource on the GPU against the CPU kernel: ms/batch, and the same values
   nccl       -- all_reduce over 2 NCCL ranks (where 2 GPUs exist): bus bandwidth
+  verdict    -- the training variant jobs use on this GPU model and torch version (train.compile and
+                train.fused_adam "auto"; camvis.job.speedups): the fastest if it beats eager by 3 %,
+                written to $CAMVIS_CACHE_DIR/speedups/ (not with --no-verdict, --reduced or without CUDA)
 Sized to finish within 8 minutes on one GPU. Without CUDA every part is "skipped: no CUDA";
 `--reduced` then also runs the training and batch-path code on the CPU at toy sizes
 ("cpu_smoke"), so that the script cannot rot between GPU sessions.
@@ -38,10 +41,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_batches import synthetic_store  # noqa: E402
 
+from camvis.job import speedups  # noqa: E402
 from camvis.job.batches import BatchSource  # noqa: E402
 from camvis.model import MultiMagnificationNet, flops_per_sample  # noqa: E402
 
 NO_CUDA = "skipped: no CUDA"
+PARTS = ("gpu_tests", "training", "verdict", "batch_path", "nccl")
 BF16_DENSE_TFLOPS = {  # vendor datasheets, dense (no sparsity), by a substring of the device name
     "B200": 2250.0, "H200": 989.0, "GH200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H800": 989.0,
     "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L40": 181.0, "A10G": 70.0, "A10": 125.0,
@@ -59,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="timed training steps per variant (after warm-up)")
     p.add_argument("--reduced", action="store_true", help="toy sizes; on the CPU also run the CPU smoke")
     p.add_argument("--no-tests", action="store_true", help="leave out pytest -m gpu")
+    p.add_argument("--no-verdict", action="store_true",
+                   help="do not record which training variant jobs should use on this GPU (camvis.job.speedups)")
     return p.parse_args(argv)
 
 
@@ -146,6 +153,8 @@ def training(sizes: dict, device: torch.device, steps: int, with_compile: bool =
     }
     if with_compile:
         variants["compiled"] = lambda: train_variant(sizes, device, steps, compile_model=True)
+        variants["compiled_fused_adam"] = lambda: train_variant(sizes, device, steps, compile_model=True,
+                                                                fused=device.type == "cuda")
     results = {name: guarded(run) for name, run in variants.items()}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = peak_tflops(name) if device.type == "cuda" else None
@@ -215,6 +224,19 @@ def nccl(out_dir: Path) -> dict[str, Any]:
     return result
 
 
+def verdict(training_result: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Record the training part's verdict for the jobs on this GPU model and torch version."""
+    if args.no_verdict:
+        return {"status": "skipped: --no-verdict"}
+    if args.reduced:  # toy sizes say nothing about the paper configuration's speed
+        return {"status": "skipped: --reduced"}
+    found = speedups.verdict_from_training(training_result, training_result.get("device") or "unknown")
+    if found is None:
+        return {"status": "skipped: eager training was not measured"}
+    path = speedups.write_verdict(found)
+    return {"path": str(path), "picked": found["picked"], "chosen": found["chosen"]}
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -225,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sizes = TOY if args.reduced else PAPER
     steps = min(args.steps, 3) if args.reduced else args.steps
     if not cuda:
-        report.update({part: {"status": NO_CUDA} for part in ("gpu_tests", "training", "batch_path", "nccl")})
+        report.update({part: {"status": NO_CUDA} for part in PARTS})
         if args.reduced:  # the same code at toy sizes on the CPU (compile left out: minutes on a CPU)
             cpu = torch.device("cpu")
             report["cpu_smoke"] = {"training": guarded(lambda: training(TOY, cpu, steps, with_compile=False)),
@@ -234,6 +256,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device("cuda", 0)
     report["gpu_tests"] = {"status": "skipped: --no-tests"} if args.no_tests else guarded(gpu_tests)
     report["training"] = guarded(lambda: training(sizes, device, steps))
+    report["verdict"] = guarded(lambda: verdict(report["training"], args))
     report["batch_path"] = guarded(lambda: batch_path(sizes, device))
     report["nccl"] = guarded(lambda: nccl(args.out.parent))
     return report
@@ -246,11 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     tmp = args.out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(args.out)  # never a half-written result under the final name
-    for part in ("gpu_tests", "training", "batch_path", "nccl"):
+    for part in PARTS:
         print(f"{part:11s} {report[part].get('status')}")
     print(f"wrote {args.out}")
-    return 0 if all(not str(report[p].get("status", "")).startswith("failed")
-                    for p in ("gpu_tests", "training", "batch_path", "nccl")) else 1
+    return 0 if all(not str(report[p].get("status", "")).startswith("failed") for p in PARTS) else 1
 
 
 if __name__ == "__main__":

@@ -83,6 +83,11 @@ class TrainConfig:
     view is scored once, by the selected weights."""
     inner_fraction: float = 0.2
     """selection inner: share of the training images (whole images) in the inner split, seeded by train.seed."""
+    compile: Literal["auto"] | bool = "auto"
+    """torch.compile the training forward; auto: on CUDA as the GPU check's verdict for this GPU and torch
+    says (camvis.job.speedups), off without one and on the CPU. Speed only: not in any hash."""
+    fused_adam: Literal["auto"] | bool = "auto"
+    """Adam's fused kernel (one launch per step) instead of foreach; auto as train.compile. Not in any hash."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -600,9 +605,10 @@ def eval_hash(cfg: JobConfig) -> str:
     return sections_hash(to_dict(cfg), ("eval",))
 
 
-NOT_HASHED = {"data": ("stage",)}
-"""Keys that change where a job reads its inputs from, not what it computes: left out of every hash, so
-a staged store keeps the job's train_hash (and configs from before the key keep theirs)."""
+NOT_HASHED = {"data": ("stage",), "train": ("compile", "fused_adam")}
+"""Keys that change where a job reads its inputs from or how fast it computes, not what: left out of every
+hash, so a staged store or a compiled model keeps the job's train_hash (and configs from before the keys
+keep theirs; a checkpoint resumes whatever the speed-ups)."""
 
 
 def sections_hash(config: Mapping[str, Any], sections: tuple[str, ...]) -> str:

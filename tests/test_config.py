@@ -105,6 +105,27 @@ def test_hash_ignores_identity_but_not_settings():
     assert config_hash(base) != config_hash(changed)
 
 
+def test_speed_ups_are_in_no_hash():
+    """train.compile / train.fused_adam change how fast a job trains, not what: adding the keys changed no
+    job's hash, and setting them changes none (a checkpoint resumes whatever they are)."""
+    from camvis.config import TRAIN_SECTIONS, eval_hash, sections_hash, train_hash
+
+    default = load_job_config(None)
+    for overrides in (["train.compile=auto", "train.fused_adam=auto"], ["train.compile=true"],
+                      ["train.compile=false", "train.fused_adam=true"]):
+        cfg = load_job_config(None, overrides)
+        assert (config_hash(cfg), train_hash(cfg), eval_hash(cfg)) == \
+            (config_hash(default), train_hash(default), eval_hash(default)), overrides
+    assert train_hash(load_job_config(None, ["train.lr=0.01"])) != train_hash(default)
+    before = to_dict(default)  # a config recorded before the keys existed (e.g. in an old checkpoint)
+    for key in ("compile", "fused_adam"):
+        del before["train"][key]
+    assert sections_hash(before, TRAIN_SECTIONS) == train_hash(default)
+    assert sections_hash(before, ("data", "model", "train", "eval")) == config_hash(default)
+    # the defaults' hashes as camvis computed them before the keys (commit dfab7e1)
+    assert (config_hash(default), train_hash(default)) == ("cffdcc7793c8", "2fd692303b82")
+
+
 def test_round_trip_through_dict():
     cfg = load_job_config(None, ["data.factors=[1,2,4]", "train.epoch_patches=100"])
     assert job_config_from_dict(to_dict(cfg), "dict") == cfg

@@ -143,6 +143,7 @@ class Meter:
         self.threads = torch.get_num_threads()  # the allotted CPUs: camvis.job.task limits them first
         self.flops_per_sample: int | None = None
         self.samples_per_s: float | None = None  # the last epoch's, all ranks
+        self.speedups: dict[str, Any] | None = None  # what training runs with (camvis.job.speedups)
         self._wall0, self._cpu0 = time.perf_counter(), cpu_seconds()
         on_cuda = getattr(device, "type", None) == "cuda"
         self.gpu = GpuSampler(device) if on_cuda and sample_gpu else None
@@ -174,7 +175,7 @@ class Meter:
         self.samples_per_s = samples_per_s or self.samples_per_s
         fields = {"threads": self.threads, "cpu_efficiency": significant(self.cpu_efficiency(), 3),
                   "peak_host_mem_gb": round(peak_host_mem_gb(), 4),
-                  "train_tflops": significant(self.tflops(self.samples_per_s))}
+                  "train_tflops": significant(self.tflops(self.samples_per_s)), "speedups": self.speedups}
         if self.gpu is not None and self.gpu.samples:
             fields.update(gpu_util=self.gpu.last, gpu_util_mean=round(self.gpu.mean or 0.0, 1))
         return {k: v for k, v in fields.items() if v is not None}
@@ -186,7 +187,8 @@ class Meter:
                   "cpu_efficiency": significant(self.cpu_efficiency(), 3),
                   "model_gflop_per_sample": significant(None if self.flops_per_sample is None
                                                         else self.flops_per_sample / 1e9),
-                  "train_samples_per_s": significant(rate), "train_tflops": significant(self.tflops(rate))}
+                  "train_samples_per_s": significant(rate), "train_tflops": significant(self.tflops(rate)),
+                  "speedups": self.speedups}
         if self.gpu is not None and self.gpu.samples:
             fields.update(gpu_util_mean=round(self.gpu.mean or 0.0, 1), gpu_util_samples=len(self.gpu.samples))
         return {k: v for k, v in fields.items() if v is not None}

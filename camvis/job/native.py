@@ -30,9 +30,14 @@ class NativeUnavailable(RuntimeError):
     """A C kernel cannot be had on this host; the message says why."""
 
 
-def cache_dir() -> Path:
+def cache_root() -> Path:
+    """camvis's per-user cache: $CAMVIS_CACHE_DIR, else $XDG_CACHE_HOME/camvis, else ~/.cache/camvis."""
     root = os.environ.get("CAMVIS_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "camvis"
-    return Path(root) / "native"
+    return Path(root)
+
+
+def cache_dir() -> Path:
+    return cache_root() / "native"
 
 
 def load(name: str) -> ctypes.CDLL:

@@ -7,6 +7,7 @@ atomically, so a requeued job resumes where it stopped and ends with the same re
 an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restored).
 Checkpoints record the config's train_hash and resume only under the same one; they are read
 with weights_only=True (camvis.job.checkpoints). A loss that is no longer finite stops the job.
+torch.compile and fused Adam are used as camvis.job.speedups chooses (never on the CPU unless asked).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
-from camvis.job import checkpoints, efficiency, memory
+from camvis.job import checkpoints, efficiency, memory, speedups
 from camvis.job.batches import BatchSource, EpochSampler, fold_split, inner_split
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
@@ -87,8 +88,11 @@ def improved(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric == "loss" else value > best
 
 
-def make_optimizer(cfg: JobConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+def make_optimizer(cfg: JobConfig, model: torch.nn.Module, fused: bool = False) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam (`fused`: its fused kernel; else torch's default: foreach on CUDA, a loop on the CPU) and the
+    plateau schedule."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                           fused=True if fused else None)  # None: exactly the optimizer camvis always built
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt,
         mode="min" if cfg.train.selection_metric == "loss" else "max",
@@ -135,7 +139,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConf
                                           f"config's {wanted}); {checkpoints.RESTART_HINT}")
     try:
         model.load_state_dict(payload["model"])
-        opt.load_state_dict(payload["optimizer"])
+        opt.load_state_dict(own_kernel(payload["optimizer"], opt))
         sched.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["rng_cpu"])
         cuda_state = device_rng_state(payload["rng_cuda"], device)
@@ -145,6 +149,17 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConf
     except (RuntimeError, TypeError, ValueError, KeyError) as e:
         raise checkpoints.CheckpointError(f"{path}: not a checkpoint of this job's model ({_one_line(e)}); "
                                           f"{checkpoints.RESTART_HINT}") from e
+
+
+def own_kernel(saved: dict[str, Any], opt: torch.optim.Optimizer) -> dict[str, Any]:
+    """The saved optimizer state with this optimizer's kernel choice (fused, foreach): load_state_dict
+    would otherwise restore the saving job's, and a job resumed under another train.fused_adam would
+    silently keep it. The moments are the same either way; `step` is moved where the kernel wants it."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
+        return saved  # not an optimizer state: load_state_dict says so (a CheckpointError)
+    groups = [{**group, "fused": mine.get("fused"), "foreach": mine.get("foreach")}
+              for group, mine in zip(saved["param_groups"], opt.param_groups)]
+    return {**saved, "param_groups": groups + saved["param_groups"][len(groups):]}
 
 
 def device_rng_state(saved, device: torch.device | None) -> torch.Tensor | None:
@@ -261,13 +276,15 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
     if env.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest conv algorithms, found once
-    opt, sched = make_optimizer(cfg, model)
+    speed = speedups.choose(cfg, env.device)
+    meter.speedups = speed.record()
+    opt, sched = make_optimizer(cfg, model, fused=speed.fused_adam)
     state = _resume(cfg, job_dir / CHECKPOINT, model, opt, sched, env, run_id)
     # what the inputs were normalized with (camvis.job.identity.settle has matched a resumed checkpoint's)
     state.normalization = inputs.source.normalization.record()
     if state.finished:
         return state
-    net = _wrap_ddp(model, env)
+    net = _compiled(_wrap_ddp(model, env), speed, env)
     sampler = EpochSampler(inputs.train_idx, inputs.store.table["label"], batch_size=cfg.train.batch_size,
                            seed=cfg.train.seed, rank=env.rank, world_size=env.world_size,
                            epoch_patches=cfg.train.epoch_patches)
@@ -336,6 +353,15 @@ def _wrap_ddp(model: torch.nn.Module, env: DistEnv) -> torch.nn.Module:
     if not env.distributed:
         return model
     return DistributedDataParallel(model, device_ids=[env.device] if env.device.type == "cuda" else None)
+
+
+def _compiled(net: torch.nn.Module, speed: speedups.Speedups, env: DistEnv) -> torch.nn.Module:
+    """The training forward, compiled when chosen: the DDP wrapper itself under DDP (PyTorch's advice:
+    its optimizer splits the graph at the gradient buckets). The bare model stays eager: it is what is
+    validated, evaluated and checkpointed (a compiled module's state_dict keys carry a prefix)."""
+    if speed.compile or speed.fused_adam or speed.chosen_by != "cpu":  # a CPU job's output stays as it was
+        log(env, f"speed-ups: compile {speed.compile}, fused Adam {speed.fused_adam} ({speed.chosen_by})")
+    return torch.compile(net) if speed.compile else net
 
 
 def _validate_and_step(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv, sched, state: TrainState,
@@ -450,6 +476,8 @@ def log_hparams(job_dir: Path, cfg: JobConfig, scores: dict) -> None:
               "share_weights": m.share_weights, "use_mlp": m.use_mlp, "align_features": m.align_features,
               "lr": t.lr, "batch_size": t.batch_size, "weight_decay": t.weight_decay, "seed": t.seed,
               "selection_metric": t.selection_metric, "factors": ",".join(map(str, cfg.data.factors))}
+    speed = scores.get("speedups") or {}  # what the job trained with (camvis.job.speedups)
+    params.update({key: speed[key] for key in ("compile", "fused_adam") if isinstance(speed.get(key), bool)})
     final = {f"Test/{k}": float(v) for k, v in (scores.get("metrics") or {}).items()
              if k in HPARAM_METRICS and v is not None}
     step = int(scores.get("epochs") or 0)

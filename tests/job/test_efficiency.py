@@ -41,9 +41,11 @@ def test_a_cpu_job_records_plausible_efficiency(synth_store, tmp_path):
     assert scores["train_tflops"] == pytest.approx(gflop * scores["train_samples_per_s"] / 1e3, rel=1e-3)
     assert 0 < scores["train_tflops"] < 10, "a CPU thread does well under 10 TFLOP/s"
     assert not {"gpu_util_mean", "peak_device_mem_gb"} & set(scores), "no GPU figures on the CPU"
+    assert scores["speedups"] == {"compile": False, "fused_adam": False, "chosen_by": "cpu"}  # auto on the CPU
 
     progress = json.loads((job / PROGRESS).read_text())
     assert progress["state"] == "done" and progress["threads"] == 1
+    assert progress["speedups"] == scores["speedups"]
     assert 0.05 < progress["cpu_efficiency"] < 2.0 and 0.01 < progress["peak_host_mem_gb"] < 1000
     assert progress["train_tflops"] == pytest.approx(gflop * rates[-1] / 1e3, rel=1e-3)  # the last epoch's
 

@@ -190,5 +190,6 @@ def test_tensorboard_is_one_run_with_train_beside_val_and_hparams(synth_store, t
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["fold"].number_value == 1 and start.hparams["group"].string_value
     assert start.hparams["lr"].number_value > 0
+    assert start.hparams["compile"].bool_value is False and "fused_adam" in start.hparams  # camvis.job.speedups
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     assert {m.name.tag for m in experiment.metric_infos} == {"Test/loss", "Test/acc", "Test/f1"}
