@@ -333,7 +333,7 @@ def test_a_grid_over_max_array_size_is_split_into_held_arrays(cluster: None, syn
 
 
 def test_array_tasks_run_their_own_pickles_on_slurm(cluster: None, tmp_path: Path) -> None:
-    """camvis.cluster.array_submit's task pickles through real sbatch and submitit's runner on the
+    """camvis.cluster.array_submit's tasks file through real sbatch, its runner and submitit's on the
     nodes: task i returns the name and fold of config i (any mix-up shows)."""
     import operator
     import pickle
