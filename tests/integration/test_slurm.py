@@ -359,3 +359,33 @@ def test_array_tasks_run_their_own_pickles_on_slurm(cluster: None, tmp_path: Pat
             [("success", (f"job{i}", i + 1)) for i in range(3)]
     finally:
         subprocess.run(["scancel", array], capture_output=True)
+
+
+def test_every_rank_of_an_array_task_runs_that_tasks_pickle(cluster: None, tmp_path: Path) -> None:
+    """Two ranks per task: both runners copy the task's pickle (the same bytes, renamed into place) and
+    each rank's submitit runner writes its own result; no temporary is left."""
+    import operator
+    import pickle
+
+    import submitit
+    from submitit.core.utils import JobPaths
+
+    from camvis.cluster.array_submit import submit_array
+    from camvis.config import job_config_from_dict
+
+    cfgs = [job_config_from_dict({"experiment": "it-ranks", "name": f"job{i}"}, "test") for i in range(2)]
+    folder = tmp_path / "jobs" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(name="camvis-it-ranks", timeout_min=5, tasks_per_node=2, cpus_per_task=1,
+                               mem_gb=1, slurm_array_parallelism=2)
+    tasks = submit_array(executor, operator.attrgetter("name"), [(c,) for c in cfgs])
+    try:
+        results = {(t.job_id, rank): JobPaths(folder, job_id=t.job_id, task_id=rank).result_pickle
+                   for t in tasks for rank in (0, 1)}
+        wait_for("both ranks of both tasks", lambda: all(p.exists() for p in results.values()), timeout=300)
+        for (job_id, _), path in results.items():
+            assert pickle.loads(path.read_bytes()) == ("success", f"job{job_id.split('_')[1]}")
+        for t in tasks:
+            assert not list(Path(t.paths.submitted_pickle).parent.glob(".*.tmp"))
+    finally:
+        subprocess.run(["scancel", tasks[0].job_id.split("_")[0]], capture_output=True)
