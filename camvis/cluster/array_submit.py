@@ -75,11 +75,16 @@ def submit_array(executor: Any, fn: Callable[..., Any], args: Sequence[tuple[Any
         array_ex.update_parameters(**slurm.parameters)
         array_ex.parameters["map_count"] = len(args)
         slurm._throttle()
-        first = array_ex._submit_command(f"{slurm.python} -u -m {__name__} {shlex.quote(str(slurm.folder))}")
+        first = array_ex._submit_command(runner_command(slurm.python, slurm.folder))
     except BaseException:
         _unlink(staged)
         raise
     return _commit(slurm.folder, str(first.job_id), staged, len(args))
+
+
+def runner_command(python: str, folder: str | Path) -> str:
+    """The command an array's sbatch script runs on the node: `run_task` below (`python`: quoted)."""
+    return f"{python} -u -m camvis.cluster.array_submit {shlex.quote(str(folder))}"
 
 
 # --------------------------------------------------------------------------- the tasks file
@@ -89,7 +94,7 @@ def tasks_file(folder: str | Path, array_id: str) -> Path:
     """Where an array's tasks file lies: beside its tasks' folders, in the folder's id-free part."""
     from submitit.core.utils import JobPaths
 
-    return JobPaths.get_first_id_independent_folder(Path(folder).expanduser().absolute()) / f"{array_id}_tasks.pkl"
+    return JobPaths.get_first_id_independent_folder(folder) / f"{array_id}_tasks.pkl"
 
 
 def encode_tasks(pickles: Sequence[bytes]) -> bytes:
@@ -190,10 +195,14 @@ def _commit(folder: str | Path, array_id: str, staged: str, count: int) -> list[
             pass
         except FileNotFoundError:  # an id-dependent part above the task's folder
             os.makedirs(task_folder, exist_ok=True)
-        paths = TaskPaths(*(task_path(os.path.join(template, name), job_id)
-                            for name in ("%j_submitted.pkl", "%j_%t_log.out", "%j_%t_log.err")))
-        tasks.append(ArrayTask(job_id, paths))
+        tasks.append(ArrayTask(job_id, task_paths(template, job_id)))
     return tasks
+
+
+def task_paths(template: str, job_id: str) -> TaskPaths:
+    """submitit's pickle and log paths of one array task (its first rank's logs)."""
+    return TaskPaths(*(task_path(os.path.join(template, name), job_id)
+                       for name in ("%j_submitted.pkl", "%j_%t_log.out", "%j_%t_log.err")))
 
 
 def task_path(template: str, job_id: str, task_id: int = 0) -> str:
@@ -215,7 +224,7 @@ def run_task(folder: str) -> None:
     from submitit.core.submission import process_job
 
     array_id, index = os.environ["SLURM_ARRAY_JOB_ID"], int(os.environ["SLURM_ARRAY_TASK_ID"])
-    pickle_path = Path(task_path(os.path.join(folder, "%j_submitted.pkl"), f"{array_id}_{index}"))
+    pickle_path = Path(task_paths(folder, f"{array_id}_{index}").submitted_pickle)
     if not pickle_path.exists():
         write_bytes(pickle_path, read_task(_wait_for(tasks_file(folder, array_id)), index))
     process_job(folder)

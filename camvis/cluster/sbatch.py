@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from camvis.cluster.array_submit import runner_command
 from camvis.cluster.grid import Grid, JobSpec
 from camvis.cluster.slurm_settings import checked_parameters, site_parameters
 
@@ -150,6 +151,7 @@ def render_sbatch(params: dict[str, Any], folder: Path, map_count: int | None) -
     if map_count is not None and map_count > 1:
         args["map_count"] = map_count
     folder = folder.expanduser().absolute()  # as submitit's executors hold it
-    runner = "camvis.cluster.array_submit" if map_count is not None and map_count > 1 else "submitit.core._submit"
-    command = " ".join([shlex.quote(sys.executable), "-u -m", runner, shlex.quote(str(folder))])
+    python = shlex.quote(sys.executable)  # submitit's default executor python
+    command = runner_command(python, folder) if args.get("map_count") else \
+        " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
     return sl._make_sbatch_string(command=command, folder=folder, **args)
