@@ -83,6 +83,12 @@ def states(ids: list[str]) -> dict[str, slurm_query.SlurmRow]:
     return result.rows
 
 
+def all_ended(ids: list[str]) -> dict[str, slurm_query.SlurmRow] | None:
+    """Every job's row once all of `ids` are in a terminal state, else None (for wait_for)."""
+    rows = states(ids)
+    return rows if all(i in rows and rows[i].state in slurm_query.TERMINAL_STATES for i in ids) else None
+
+
 def wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE_S, every: float = 2.0) -> Any:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -123,12 +129,7 @@ def test_array_is_one_throttled_sbatch_plus_dependent_aggregate(launched: dict[s
 def test_jobs_complete_then_aggregate_runs(launched: dict[str, Any]) -> None:
     run: LaunchResult = launched["run"]
     ids = [run.job_ids["cat_fold1"], run.job_ids["align_fold1"], run.aggregate_id]
-
-    def all_done() -> dict[str, slurm_query.SlurmRow] | None:
-        rows = states(ids)
-        return rows if all(i in rows and rows[i].state in slurm_query.TERMINAL_STATES for i in ids) else None
-
-    rows = wait_for("the demo array and its aggregate job", all_done)
+    rows = wait_for("the demo array and its aggregate job", lambda: all_ended(ids))
     assert {i: rows[i].state for i in ids} == {i: "COMPLETED" for i in ids}, \
         {n: log_text(run, n)[-2000:] for n in run.submitted}
     outputs = launched["root"] / "outputs" / "it-run"
@@ -145,8 +146,7 @@ def test_jobs_complete_then_aggregate_runs(launched: dict[str, Any]) -> None:
 def test_setup_lines_ran_in_every_job_script(launched: dict[str, Any]) -> None:
     run: LaunchResult = launched["run"]
     ids = [run.job_ids["cat_fold1"], run.job_ids["align_fold1"], run.aggregate_id]
-    wait_for("the demo array and its aggregate job",
-             lambda: all(i in (rows := states(ids)) and rows[i].state in slurm_query.TERMINAL_STATES for i in ids) or None)
+    wait_for("the demo array and its aggregate job", lambda: all_ended(ids))
     marks = sorted(p.name for p in launched["root"].glob("setup-ran-*"))
     assert len(marks) == 3, marks  # two array tasks (each its own SLURM_JOB_ID) and the aggregate job
 

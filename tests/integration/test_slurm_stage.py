@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 import test_slurm
-from test_slurm import DEMO, TINY, log_text, states, wait_for
+from test_slurm import DEMO, TINY, all_ended, log_text, wait_for
 
-from camvis.cluster import slurm_query
 from camvis.cluster.launch import launch
 from camvis.config import TRAIN_SECTIONS, sections_hash
 from camvis.data import stage
@@ -36,11 +35,7 @@ def test_an_array_stages_the_store_once_and_keeps_its_train_hash(cluster: None, 
                  only=["fold=1"], outputs=tmp_path / "outputs", jobs_dir=tmp_path / "jobs")
     try:
         ids = [run.job_ids[name] for name in run.submitted]
-        def ended() -> dict[str, slurm_query.SlurmRow] | None:
-            rows = states(ids)
-            return rows if all(i in rows and rows[i].state in slurm_query.TERMINAL_STATES for i in ids) else None
-
-        rows = wait_for("the staged array", ended)
+        rows = wait_for("the staged array", lambda: all_ended(ids))
         assert {i: rows[i].state for i in ids} == {i: "COMPLETED" for i in ids}, \
             {n: log_text(run, n)[-2000:] for n in run.submitted}
         manifest = json.loads(run.manifest.read_text())

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
-from test_slurm import REQUIRED, TINY, cluster_up, states, wait_for
+from test_slurm import REQUIRED, TINY, all_ended, cluster_up, states, wait_for
 
-from camvis.cluster import monitor, slurm_query
+from camvis.cluster import monitor
 from camvis.cluster.launch import LaunchResult, launch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -69,11 +69,6 @@ def dependency(job_id: str) -> str:
     return out.strip().splitlines()[0] if out.strip() else ""
 
 
-def ended(ids: list[str]) -> dict[str, slurm_query.SlurmRow] | None:
-    rows = states(ids)
-    return rows if all(i in rows and rows[i].state in slurm_query.TERMINAL_STATES for i in ids) else None
-
-
 def cancel_all(root: Path, experiment: str) -> None:
     manifest = json.loads((root / "jobs" / experiment / "manifest.json").read_text())
     ids = [str(x[k]) for x in manifest["launches"] for k in ("array_id", "aggregate_id") if x.get(k)]
@@ -107,7 +102,7 @@ def test_a_missing_store_is_built_by_a_job_the_array_waits_for(built: Any) -> No
                                     f"{manifest['store_builds'][0]['raw']} (log: {build.stdout})", False)]
     subprocess.run(["scontrol", "release", build.job_id], check=True)
     ids = [build.job_id, result.job_ids["default_fold1"], result.aggregate_id]
-    rows = wait_for("the build, the job and the aggregate", lambda: ended(ids), timeout=900)
+    rows = wait_for("the build, the job and the aggregate", lambda: all_ended(ids), timeout=900)
     assert {i: rows[i].state for i in ids} == {i: "COMPLETED" for i in ids}, Path(build.stderr).read_text()[-2000:]
     scores = json.loads((built["root"] / "outputs" / "sj-run" / "default_fold1" / "scores.json").read_text())
     assert scores["job"] == "default_fold1"
@@ -275,7 +270,7 @@ def test_a_build_job_killed_midway_leaves_no_store(cluster: None, tmp_path: Path
         for pid in _job_pids(job_id):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        wait_for("the build job to end", lambda: ended([job_id]), timeout=120)
+        wait_for("the build job to end", lambda: all_ended([job_id]), timeout=120)
         assert not store.exists() and states([job_id])[job_id].state != "COMPLETED"
     finally:
         subprocess.run(["scancel", job_id], capture_output=True)
