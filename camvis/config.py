@@ -301,12 +301,39 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """A deep copy of `raw` with each dotted `key=value` set (validation happens later)."""
+    """A deep copy of `raw` with each dotted `key=value` set, or `key+=value` added (validation happens later)."""
     result = json_copy(raw)
     for text in overrides:
-        key, value = parse_override(text)
-        set_dotted(result, key, value)
+        key, append, value = split_override(text)
+        set_override(result, key, append, value, text)
     return result
+
+
+def split_override(text: str) -> tuple[str, bool, Any]:
+    """(key, append, value): `key=value` replaces (a list too), `key+=value` appends (set_override)."""
+    key, value = parse_override(text)
+    append = key.endswith("+")
+    return (key[:-1].rstrip() if append else key), append, value
+
+
+def set_override(raw: dict[str, Any], key: str, append: bool, value: Any, text: str) -> None:
+    """Set `key` to `value`; with `append`, a list gets `value`'s items (one item for a scalar) after its
+    own, a mapping gets `value`'s keys over its own; a key not set yet starts empty."""
+    if not append:
+        set_dotted(raw, key, value)
+        return
+    node: Any = raw
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None:
+        node = {} if isinstance(value, dict) else []
+    if isinstance(node, list) and not isinstance(value, dict):
+        set_dotted(raw, key, [*node, *(value if isinstance(value, list) else [value])])
+    elif isinstance(node, dict) and isinstance(value, dict):
+        set_dotted(raw, key, {**node, **value})
+    else:
+        raise ConfigError(f"override {text!r}: += adds items to a list ([a, b]) or keys to a mapping ({{k: v}}); "
+                          f"{key} is {type(node).__name__} {node!r}, the value {type(value).__name__} {value!r}")
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from camvis import __version__
 from camvis.errors import CamvisError
@@ -32,16 +33,48 @@ def config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str 
     return config, list(overrides)
 
 
+class SiteParser(argparse.ArgumentParser):
+    """An ArgumentParser whose --outputs, --jobs-dir and --profile, when it has them and they are not
+    given, come from the environment, camvis.yaml or the defaults (camvis.site.resolve); `args.site`
+    says where each came from."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        return with_site(super().parse_args(args, namespace))
+
+    def parse_intermixed_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:
+        return with_site(super().parse_intermixed_args(args, namespace))
+
+
+def with_site(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with its unset site settings resolved; a bad camvis.yaml is one error line, exit 2."""
+    from camvis import site
+
+    keys = [k for k in site.DEFAULTS if hasattr(args, k)]
+    if keys:
+        try:
+            args.site = site.resolve({k: getattr(args, k) for k in keys})
+        except CamvisError as e:
+            sys.exit(fail(e))
+        for key in keys:
+            setattr(args, key, getattr(args.site, key))
+    return args
+
+
+SITE_DEFAULT = "default: $CAMVIS_{}, else camvis.yaml's {}, else {}"
+
+
 def new_parser(prog: str, description: str | None, examples: str | None = None, *,
-                 outputs: str | None = None, jobs_dir: str | None = None) -> argparse.ArgumentParser:
+                 outputs: str | None = None, jobs_dir: str | None = None,
+                 parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
     """The one way a camvis CLI builds its parser: `prog`, the module docstring as description,
     `examples` as the epilog (kept as written), `--version`, and the shared `--outputs` /
-    `--jobs-dir` arguments when given the sentence of what this command does with them."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=examples,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    `--jobs-dir` arguments when given the sentence of what this command does with them (their
+    defaults: camvis.site)."""
+    parser = SiteParser(prog=prog, description=description, epilog=examples, parents=parents or [],
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s (camvis {__version__})")
     if outputs is not None:
-        parser.add_argument("--outputs", default="outputs", help=f"{outputs} (default: outputs)")
+        parser.add_argument("--outputs", help=f"{outputs} ({SITE_DEFAULT.format('OUTPUTS', 'outputs', 'outputs')})")
     if jobs_dir is not None:
-        parser.add_argument("--jobs-dir", default="jobs", help=f"{jobs_dir} (default: jobs)")
+        parser.add_argument("--jobs-dir", help=f"{jobs_dir} ({SITE_DEFAULT.format('JOBS_DIR', 'jobs_dir', 'jobs')})")
     return parser

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from camvis.cli import fail, new_parser
+from camvis.cluster.site_options import launch_overrides, site_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -15,8 +15,11 @@ EPILOG = """examples:
   camvis-launch configs/demo.yaml train.lr=1e-4 slurm.time=240 slurm.partition=gpu
                                                    overrides: base config keys, slurm.* for resources
   camvis-launch configs/demo.yaml --only group=cat --only fold=1,3
-  camvis-launch configs/demo.yaml --dry-run "slurm.setup=[module load cuda, source .venv/bin/activate]"
-                                                   shell lines the job scripts run before the job
+  camvis-launch configs/demo.yaml --dry-run "slurm.setup+=[module load cuda, source .venv/bin/activate]"
+                                                   shell lines the job scripts run before the job, after
+                                                   the profile's and the grid's (key=[...] replaces a list)
+  camvis-launch configs/cat_vs_align.yaml --smoke   one tiny job per group (<experiment>_smoke) on the real
+                                                   queue with the site's resources, then its aggregate
   camvis-launch configs/demo.yaml --restart --only group=align   retrain the align jobs from scratch
   camvis-launch configs/demo.yaml --local          the same jobs on this machine (array_parallelism at once)
   camvis-launch configs/demo.yaml --debug          first job to run, in this process (pdb on errors)
@@ -30,14 +33,17 @@ re-evaluates best.pt without training (the earlier evaluation moves to previous/
   --force    resubmit finished jobs: they re-evaluate best.pt, no training
   --restart  resubmit every selected job to retrain from scratch (earlier outputs kept under
              previous/); a --restart job that SLURM requeues resumes its own fresh training
-A site profile (--profile FILE or $CAMVIS_PROFILE: a YAML file with a `slurm:` section, e.g.
-slurm/profiles/example-site.yaml) supplies defaults such as partition, account and setup lines.
+A site profile (--profile FILE, $CAMVIS_PROFILE or camvis.yaml's profile: a YAML file with a `slurm:`
+section, e.g. slurm/profiles/example-site.yaml) supplies defaults such as partition, account and setup
+lines; the grid's slurm section wins over it, the site flags (--partition, --setup, ...) over both, and
+key=value overrides over everything. Lists: slurm.setup=[...] replaces (the profile's lines too),
+slurm.setup+=[...] appends; slurm.additional+={k: v} adds sbatch options.
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = new_parser("camvis-launch", __doc__, EPILOG, outputs="where jobs write",
-                     jobs_dir="where manifests and SLURM logs go")
+                     jobs_dir="where manifests and SLURM logs go", parents=[site_parser()])
     p.add_argument("grid", help="grid YAML, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override a base config key (train.lr=1e-4) or a SLURM setting (slurm.time=60)")
@@ -52,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resubmit finished jobs too: they re-evaluate best.pt (no training)")
     again.add_argument("--restart", action="store_true",
                        help="retrain the selected jobs from scratch; earlier outputs move to <job>/previous/")
-    p.add_argument("--profile", default=os.environ.get("CAMVIS_PROFILE"),
-                   help="site profile YAML with slurm defaults (default: $CAMVIS_PROFILE)")
+    p.add_argument("--smoke", action="store_true",
+                   help="one tiny job per group (1 epoch on a few patches, a small bootstrap) as experiment "
+                        "<experiment>_smoke, with the site's resources, then its aggregate")
     return p
 
 
@@ -65,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     console = default_console()
     mode = "local" if args.local else "debug" if args.debug else "slurm"
     try:
-        result = launch.launch(args.grid, args.overrides, mode=mode, dry_run=args.dry_run, only=args.only,
-                               force=args.force, restart=args.restart, outputs=args.outputs,
-                               jobs_dir=args.jobs_dir,
-                               profile=args.profile, console=console)
+        result = launch.launch(args.grid, [*launch_overrides(args), *args.overrides], mode=mode,
+                               dry_run=args.dry_run, only=args.only, force=args.force, restart=args.restart,
+                               outputs=args.outputs, jobs_dir=args.jobs_dir, profile=args.profile,
+                               console=console, smoke=args.smoke)
     except (CamvisError, OSError) as e:  # OSError: a full disk under submitit/TensorBoard
         return fail(e)
     launch.print_report(result, console)

@@ -42,6 +42,7 @@ from camvis import config as cfgmod
 from camvis.config import JobConfig, config_hash, set_dotted, unknown_key_message
 from camvis.errors import ConfigError
 from camvis.io import json_copy
+from camvis.cluster.site_options import load_profile
 from camvis.cluster.slurm_settings import SlurmSettings, parse_slurm_settings
 from camvis.cluster.store_settings import StoreBuild, parse_store_section
 from camvis.data.store_info import StoreInfo
@@ -94,12 +95,10 @@ def load_grid(path: str | Path, overrides: Sequence[str] = (), profile: str | Pa
 
 
 def _with_profile(raw: dict[str, Any], profile: str | Path) -> dict[str, Any]:
-    """A site profile (a YAML file with a `slurm:` section) sits under the grid's slurm keys."""
-    prof = cfgmod.load_yaml(profile)
-    unknown = [k for k in prof if k != "slurm"]
-    if unknown or not isinstance(prof.get("slurm", {}), dict):
-        raise ConfigError(f"{profile}: a site profile holds one `slurm:` mapping, got keys {sorted(prof)}")
-    site, own = prof.get("slurm") or {}, raw.get("slurm") or {}
+    """A site profile (a YAML file with a `slurm:` section) sits under the grid's slurm keys; setup lines
+    add up (the profile's, then the grid's). The command line's overrides come after both:
+    `slurm.setup=[...]` replaces the whole list, `slurm.setup+=[...]` appends to it."""
+    site, own = load_profile(profile), raw.get("slurm") or {}
     slurm = {**site, **own, "additional": {**(site.get("additional") or {}), **(own.get("additional") or {})}}
     if isinstance(site.get("setup"), list) and isinstance(own.get("setup"), list):
         slurm["setup"] = [*site["setup"], *own["setup"]]  # the site's module loads, then the grid's lines
@@ -111,10 +110,10 @@ def apply_grid_overrides(raw: Mapping[str, Any], overrides: Sequence[str], sourc
     result = json_copy(raw)
     axis_keys = _axis_keys(result.get("axes"))
     for text in overrides:
-        key, value = cfgmod.parse_override(text)
+        key, append, value = cfgmod.split_override(text)
         top = key.split(".", 1)[0]
         if key in ("experiment", "description", "folds") or top in ("slurm", "store"):
-            set_dotted(result, key, value)
+            cfgmod.set_override(result, key, append, value, text)
             continue
         if top == "base":
             key = key.split(".", 1)[1] if "." in key else ""
@@ -127,7 +126,7 @@ def apply_grid_overrides(raw: Mapping[str, Any], overrides: Sequence[str], sourc
         base = result.setdefault("base", {})
         if not isinstance(base, dict):
             raise ConfigError(f"{source}: base: expected a mapping, got {type(base).__name__}")
-        set_dotted(base, key, value)
+        cfgmod.set_override(base, key, append, value, text)
     return result
 
 

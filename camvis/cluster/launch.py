@@ -114,15 +114,19 @@ def _so_far(base: LaunchRecord, out: Outcome) -> LaunchRecord:
 def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = "slurm", dry_run: bool = False,
            only: Sequence[str] = (), force: bool = False, outputs: str | Path = "outputs",
            jobs_dir: str | Path = "jobs", profile: str | Path | None = None, console: Any = None,
-           lock_timeout: float | None = None, restart: bool = False) -> LaunchResult:
+           lock_timeout: float | None = None, restart: bool = False, smoke: bool = False) -> LaunchResult:
     """Expand `grid_path` (with `key=value` overrides), decide what to run and run it in `mode`.
 
     Preflight first (camvis.cluster.preflight: nothing is submitted while it finds a problem; a dry run
-    reports them). Then, under jobs/<experiment>/.launch.lock (camvis.locks; waits `lock_timeout`
+    reports them). `smoke`: the grid shrunk by camvis.cluster.smoke. Then, under jobs/<experiment>/.launch.lock (camvis.locks; waits `lock_timeout`
     s for another launch): what is queued, the plan, the submission and the manifest update."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     grid = load_grid(grid_path, overrides, profile)
+    if smoke:  # one tiny job per group as <experiment>_smoke (camvis.cluster.smoke)
+        from camvis.cluster.smoke import shrink
+
+        grid = shrink(grid)
     jobs = select(grid.jobs, only)
     if not jobs:
         raise SubmissionError(f"no job of {grid.path} matches --only {' '.join(only)} (jobs: {', '.join(grid.names)})")
