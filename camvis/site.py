@@ -56,7 +56,7 @@ def find_project_file(start: str | Path | None = None) -> Path | None:
 
 def read_project_file(path: Path) -> dict[str, str]:
     """The settings a project file gives, paths resolved against its folder; ConfigError naming the file."""
-    from camvis.config import load_yaml, printable, unknown_key_message
+    from camvis.config import load_yaml, unknown_key_message
 
     raw = load_yaml(path)
     settings: dict[str, str] = {}
@@ -65,7 +65,7 @@ def read_project_file(path: Path) -> dict[str, str]:
         if key not in DEFAULTS:
             problems.append(unknown_key_message(str(key), list(DEFAULTS)))
         elif not isinstance(value, str) or not value.strip():
-            problems.append(f"{key}: expected a path (text), got {type(value).__name__} {printable(value)!r}")
+            problems.append(f"{key}: expected a path (text), got {type(value).__name__} {value!r}")
         else:
             settings[key] = str(path.parent / Path(value).expanduser())  # an absolute value stays as it is
     if problems:

@@ -114,6 +114,26 @@ def expected_jobs(
     return sorted(infos, key=lambda i: (i.group, i.variant, i.fold if i.fold is not None else -1, i.name))
 
 
+def check_experiment(experiment: str, jobs: str | Path, outputs: str | Path,
+                     manifest: dict[str, Any] | None) -> None:
+    """A ConfigError unless `experiment` exists in these folders: a manifest under `jobs` or job folders
+    under `outputs`, and, when its manifest says its jobs write elsewhere, a folder under `outputs`
+    too (else every job would look FAILED for want of its files)."""
+    where = Path(outputs) / experiment
+    if manifest is None:
+        if not job_dirs(outputs, experiment):
+            known = ", ".join(list_experiments(jobs)) or "none"
+            raise ConfigError(f"unknown experiment {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'} "
+                              f"and no job folders under {where}/ (known: {known})")
+        return
+    recorded = manifest.get("outputs")
+    if isinstance(recorded, str) and recorded and not where.exists() \
+            and Path(recorded).absolute() != Path(outputs).absolute():
+        raise ConfigError(f"experiment {experiment!r} has no folder {where}/: its manifest "
+                          f"({Path(jobs) / experiment / 'manifest.json'}) says its jobs write under {recorded}; "
+                          f"give --outputs {recorded} (or set $CAMVIS_OUTPUTS / camvis.yaml's outputs)")
+
+
 def list_experiments(jobs: str | Path = "jobs") -> list[str]:
     base = Path(jobs)
     return sorted(d.name for d in base.iterdir() if (d / "manifest.json").is_file()) if base.is_dir() else []
@@ -241,7 +261,9 @@ def tail(path: str | Path | None, lines: int = 20, max_bytes: int = 65536) -> li
 
 def find_job(experiment: str, job: str, jobs: str | Path = "jobs", outputs: str | Path = "outputs") -> JobInfo:
     """A job by name ("cat_fold3") or by SLURM id ("123_4")."""
-    infos = expected_jobs(experiment, jobs, outputs)
+    manifest = experiment_manifest(jobs, experiment)
+    check_experiment(experiment, jobs, outputs, manifest)
+    infos = expected_jobs(experiment, jobs, outputs, manifest)
     for info in infos:
         if job in (info.name, info.job_id):
             return info

@@ -139,13 +139,8 @@ def collect(
 ) -> ExperimentStatus:
     """Everything `camvis-status EXPERIMENT` shows, with at most ONE batched SLURM query."""
     manifest = experiment_manifest(jobs, experiment)
+    jobfiles.check_experiment(experiment, jobs, outputs, manifest)
     infos = expected_jobs(experiment, jobs, outputs, manifest)
-    if manifest is None and not infos:
-        known = ", ".join(list_experiments(jobs)) or "none"
-        raise ConfigError(
-            f"unknown experiment {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'} "
-            f"and no job folders under {Path(outputs) / experiment}/ (known: {known})"
-        )
     agg = aggregate_ids(manifest)
     builds = store_job.latest_per_store(manifest)
     ids = slurm_task_ids(infos) + agg + [b["job_id"] for b in builds]
