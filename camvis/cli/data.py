@@ -33,7 +33,7 @@ examples:
   camvis-data build data/raw/demo data/processed/c2.zarr --factors 1 2 4 --patch-size 32 --preprocessing camvis2
                                     # camvis2's pipeline, rule for rule (--seed 42: and its draw)
   camvis-data build data/raw/demo data/processed/paper.zarr --patch-size 64 --force   # replace a store built otherwise
-  camvis-data build data/raw/demo data/processed/slurm.zarr --factors 1 2 4 --patch-size 32 --slurm --cpus 2 --mem 2 --time 10 --wait
+  camvis-data build data/raw/demo data/processed/slurm.zarr --factors 1 2 4 --patch-size 32 --slurm --cpus 2 --mem-gb 2 --time 10 --wait
                                     # as one SLURM job (workers = its CPUs), followed to its end
 """
 INFO_EXAMPLES = """\
@@ -68,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sub(sub: argparse._SubParsersAction, name: str, text: str, examples: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=text, description=text, epilog=examples,
+def _sub(sub: argparse._SubParsersAction, name: str, text: str, examples: str,
+         parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text, epilog=examples, parents=parents or [],
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -96,7 +97,11 @@ def _add_check(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
-    p = _sub(sub, "build", "Build the Zarr patch store from a raw data dir (checks it first).", BUILD_EXAMPLES)
+    from camvis.cluster.site_options import site_parser
+
+    p = _sub(sub, "build", "Build the Zarr patch store from a raw data dir (checks it first). With --slurm, the "
+             "site options set the build job's resources (its --time: 60 minutes unless given).", BUILD_EXAMPLES,
+             [site_parser()])
     p.add_argument("raw_dir", metavar="RAW_DIR")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16, 32],
@@ -114,14 +119,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     job = p.add_argument_group("as a SLURM job (--slurm)")
     job.add_argument("--slurm", action="store_true", help="submit the build as one SLURM job and return")
     job.add_argument("--wait", action="store_true", help="with --slurm: wait for the job, exit 2 if it fails")
-    job.add_argument("--time", type=int, default=60, metavar="MIN", help="time limit in minutes (default: 60)")
     job.add_argument("--cpus", type=int, metavar="N", help="CPUs of the job, its workers (default: --workers, else 4)")
-    job.add_argument("--mem", type=float, metavar="GB", help="memory in GB (default: the cluster's)")
-    for key in ("partition", "account", "qos"):
-        job.add_argument(f"--{key}", help=f"SLURM {key} (default: the profile's, else the cluster's)")
-    job.add_argument("--profile", default=os.environ.get("CAMVIS_PROFILE"),
-                     help="site profile YAML as camvis-launch's (partition, account, setup lines; default: $CAMVIS_PROFILE)")
-    job.add_argument("--jobs-dir", default="jobs", help="the job's log goes to JOBS_DIR/store-builds/<id>/ (default: jobs)")
+    job.add_argument("--jobs-dir", help="the job's log goes to JOBS_DIR/store-builds/<id>/ (default: "
+                                        "$CAMVIS_JOBS_DIR, else camvis.yaml's jobs_dir, else jobs)")
     p.set_defaults(func=_build)
 
 
@@ -202,14 +202,14 @@ def _build_on_slurm(args: argparse.Namespace) -> int:
 
     from camvis.cluster import store_job
     from camvis.cluster.launch import check_slurm
+    from camvis.cluster.site_options import site_settings
 
     if args.force or args.figure:
         raise ConfigError("--force and --figure are not taken by --slurm: build in place, or remove the store first")
     build = store_job.cli_build(args.raw_dir, args.store, factors=args.factors, patch_size=args.patch_size,
                                 patches_per_image=args.patches_per_image, seed=args.seed,
                                 preprocessing=args.preprocessing, workers=args.workers, time=args.time,
-                                cpus=args.cpus, mem_gb=args.mem, partition=args.partition, account=args.account,
-                                qos=args.qos, profile=args.profile)
+                                cpus=args.cpus, mem_gb=args.mem_gb, site=site_settings(args))
     check_slurm()
     from camvis.cluster.sbatch import job_folder
 

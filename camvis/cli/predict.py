@@ -27,7 +27,9 @@ below_min (an upper bound: the nearest patch), inverted (no estimate).
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("camvis-predict", __doc__, EPILOG)
+    from camvis.cluster.site_options import site_parser
+
+    p = new_parser("camvis-predict", __doc__, EPILOG, parents=[site_parser()])  # --time: per chunk job, default 60
     p.add_argument("model", help="job folder (best.pt + config.yaml) or bundle folder (camvis-export)")
     p.add_argument("images", nargs="*", help="image files or folders (default with --raw: RAW/images)")
     where = p.add_mutually_exclusive_group()
@@ -50,11 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--slurm", action="store_true", help="chunks as one SLURM job array (waits for it)")
     p.add_argument("--chunk-size", type=int, default=100, help="images per chunk (default: 100)")
     p.add_argument("--parallel", type=int, default=4, help="chunks running at once (default: 4)")
-    p.add_argument("--time", type=int, default=60, help="minutes per chunk job (default: 60)")
     p.add_argument("--cpus", type=int, default=1, help="CPUs per chunk job (default: 1)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs per chunk job (default: 0)")
-    p.add_argument("--mem-gb", type=float, help="memory per chunk job (SLURM)")
-    p.add_argument("--partition", help="SLURM partition")
     return p
 
 
@@ -106,7 +105,10 @@ def _run(args: argparse.Namespace):
     from camvis.errors import PredictError
     from camvis.job.predict import list_items
 
-    for name in ("patches", "batch_size", "chunk_size", "parallel", "time", "cpus"):
+    from camvis.cluster.site_options import site_settings
+
+    site = site_settings(args, time=60) if args.slurm or args.local else None  # the profile, the site flags
+    for name in ("patches", "batch_size", "chunk_size", "parallel", "cpus"):
         if getattr(args, name) < 1:
             raise PredictError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.stride is not None and args.stride < 1:
@@ -118,8 +120,11 @@ def _run(args: argparse.Namespace):
                          patches=args.patches, stride=args.stride, seed=args.seed, batch_size=args.batch_size,
                          map_dir=str(Path(args.map).resolve()) if args.map else None)
     model = pl.load(options)  # a bad model fails here, before any job
-    resources = pl.Resources(parallel=args.parallel, time_min=args.time, cpus_per_task=args.cpus,
-                             gpus_per_node=args.gpus, mem_gb=args.mem_gb, partition=args.partition)
+    resources = pl.Resources(parallel=args.parallel, time_min=site.time if site else 60, cpus_per_task=args.cpus,
+                             gpus_per_node=args.gpus, mem_gb=site.mem_gb if site else None,
+                             partition=site.partition if site else None, account=site.account if site else None,
+                             qos=site.qos if site else None, constraint=site.constraint if site else None,
+                             additional=dict(site.additional) if site else {}, setup=site.setup if site else ())
     mode = "local" if args.local else "slurm" if args.slurm else "here"
     outcome = pl.run(items, out, options, mode=mode, chunk_size=args.chunk_size, resources=resources, fmt=fmt,
                      model_id=model.model_id, force=args.force)

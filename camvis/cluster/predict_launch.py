@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from camvis.errors import PredictError
+from camvis.cluster.slurm_settings import checked_parameters, site_parameters
 from camvis.io import atomic_path
 from camvis.progress import progress_bar
 
@@ -60,6 +61,10 @@ class Resources:
     mem_gb: float | None = None
     partition: str | None = None
     additional: dict[str, Any] = field(default_factory=dict)
+    account: str | None = None      # account, qos, constraint, setup: the site options (site_options)
+    qos: str | None = None
+    constraint: str | None = None
+    setup: tuple[str, ...] = ()
 
 
 @dataclass
@@ -156,12 +161,7 @@ def _executor(folder: Path, cluster: str, resources: Resources, n_jobs: int) -> 
         params["gpus_per_node"] = resources.gpus_per_node
     if cluster == "slurm":
         params["slurm_array_parallelism"] = min(resources.parallel, max(n_jobs, 1))
-        if resources.mem_gb is not None:
-            params["mem_gb"] = float(resources.mem_gb)
-        if resources.partition:
-            params["slurm_partition"] = resources.partition
-        if resources.additional:
-            params["slurm_additional_parameters"] = dict(resources.additional)
+        params.update(checked_parameters(site_parameters(resources)))  # memory, partition, ..., setup lines
     executor.update_parameters(**params)
     return executor
 

@@ -70,7 +70,7 @@ def site_settings(args: argparse.Namespace, **defaults: Any) -> SlurmSettings:
 
 def _flag_names(problem: str) -> str:
     for key, flag in FLAGS.items():
-        problem = problem.replace(f"slurm.{key}:", f"{flag} (slurm.{key}):")
+        problem = problem.replace(f"slurm.{key}:", f"{flag}:")
     return problem
 
 

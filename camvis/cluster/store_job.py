@@ -74,8 +74,8 @@ def plan_build(build: StoreBuild | None, stores: Sequence[str]) -> BuildPlan | N
 
 
 def _flag_names(problem: str) -> str:
-    """A store-section problem in camvis-data build's words (store.slurm.mem_gb -> --mem)."""
-    for key, flag in (("store.slurm.cpus_per_task", "--cpus"), ("store.slurm.mem_gb", "--mem"),
+    """A store-section problem in camvis-data build's words (store.slurm.mem_gb -> --mem-gb)."""
+    for key, flag in (("store.slurm.cpus_per_task", "--cpus"), ("store.slurm.mem_gb", "--mem-gb"),
                       ("store.slurm.", "--"), ("slurm.", "profile slurm."), ("store.", "--")):
         if problem.startswith(key):
             return flag + problem[len(key):]
@@ -83,30 +83,25 @@ def _flag_names(problem: str) -> str:
 
 
 def cli_build(raw_dir: str, store: str, *, factors: Sequence[int], patch_size: int, patches_per_image: int,
-              seed: int, preprocessing: str, workers: int | None, time: int, cpus: int | None,
-              mem_gb: float | None, partition: str | None, account: str | None, qos: str | None,
-              profile: str | None) -> StoreBuild:
-    """camvis-data build --slurm's flags (over a site profile's slurm section) as a StoreBuild; the raw
-    dir's layout is checked now, so a broken one is told here, not in the job's log."""
-    from camvis import config as cfgmod
-    from camvis.cluster.slurm_settings import SlurmSettings, parse_slurm_settings
+              seed: int, preprocessing: str, workers: int | None, time: int | None, cpus: int | None,
+              mem_gb: float | None, site: Any = None) -> StoreBuild:
+    """camvis-data build --slurm's flags as a StoreBuild: `site` (camvis.cluster.site_options.site_settings:
+    the profile with the site flags over it) gives partition, account, qos and setup lines; time, CPUs and
+    memory are the build's own. The raw dir's layout is checked now, so a broken one is told here, not
+    in the job's log."""
+    from camvis.cluster.slurm_settings import SlurmSettings
     from camvis.cluster.store_settings import parse_store_section
     from camvis.data import raw
     from camvis.errors import ConfigError
 
-    site = SlurmSettings()
     errors: list[str] = []
-    if profile:
-        prof = cfgmod.load_yaml(profile)
-        site = parse_slurm_settings(prof.get("slurm") if isinstance(prof, dict) else None, errors)
-    own = {"time": time, "cpus_per_task": cpus, "mem_gb": mem_gb, "partition": partition, "account": account, "qos": qos}
+    own = {"time": time, "cpus_per_task": cpus, "mem_gb": mem_gb}
     section = {"raw": raw_dir, "factors": list(factors), "patch_size": patch_size, "seed": seed,
                "patches_per_image": patches_per_image, "preprocessing": preprocessing, "workers": workers,
                "slurm": {k: v for k, v in own.items() if v is not None}}
-    build = parse_store_section(section, store, site, [], errors)
+    build = parse_store_section(section, store, site or SlurmSettings(), [], errors)
     if errors or build is None:
-        raise ConfigError(f"camvis-data build --slurm{f' (profile {profile})' if profile else ''}: " + "; ".join(
-            _flag_names(e) for e in errors))
+        raise ConfigError("camvis-data build --slurm: " + "; ".join(_flag_names(e) for e in errors))
     raw.scan(raw_dir)  # RawDataError listing every layout problem
     return build
 

@@ -66,7 +66,7 @@ def test_site_settings_resolver(tmp_path: Path) -> None:
     assert (s.partition, s.account, s.time) == ("gpu", "my-lab", 5)
     assert s.setup[0] == "module load cuda/12.4" and s.setup[-1] == "x"  # the profile's lines, then --setup's
     assert site_options.site_settings(parser.parse_args([]), time=60).time == 60
-    with pytest.raises(ConfigError, match=r"--time \(slurm.time\): must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"--time: must be >= 1, got 0"):
         site_options.site_settings(parser.parse_args(["--time", "0"]))
     with pytest.raises(ConfigError, match="whitespace or control characters"):
         site_options.site_settings(parser.parse_args(["--partition", "a\nb"]))
