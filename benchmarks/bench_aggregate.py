@@ -13,6 +13,9 @@ jobs/<exp>/manifest.json) into a temporary folder. Two timings:
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing: it fabricates 72 jobs' outputs in a temporary folder.
+"""
+
 import argparse
 import json
 import os
@@ -90,7 +93,7 @@ def time_call(root: Path, figures: bool) -> float:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--groups", type=int, default=8)
     p.add_argument("--folds", type=int, default=9)
     p.add_argument("--resamples", type=int, default=1000)

@@ -26,6 +26,9 @@ its load (printed); CPU time per batch is the steadier figure.
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing: an in-memory synthetic store (RAM: ~26 MB per paper-size image, --images).
+"""
+
 import argparse
 import os
 import platform
@@ -185,7 +188,7 @@ def time_batches(fn: Callable[[torch.Tensor], object], batches: list[torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(epilog=NEEDS, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20, help="images in the store (RAM: ~26 MB each at paper size)")
     parser.add_argument("--views", type=int, default=4)
     parser.add_argument("--shape", type=int, nargs=2, default=(4140, 6198), metavar=("H", "W"))

@@ -11,6 +11,9 @@ child process so its peak resident memory is its own. Builds use the defaults
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing: it synthesizes its raw data (camvis.data.synth) in a temporary folder.
+"""
+
 import argparse
 import json
 import os
@@ -85,7 +88,7 @@ def _table(rows: list[dict[str, object]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = argparse.ArgumentParser(epilog=NEEDS, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one paper-size image, not two")
     parser.add_argument("--no-paper", action="store_true", help="demo data set only")

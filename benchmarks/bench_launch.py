@@ -27,6 +27,11 @@ slurm.additional.hold=true): they never run. Everything is cancelled (scancel) a
 
 from __future__ import annotations
 
+NEEDS = """needs: the local SLURM cluster (bash slurm/cluster.sh start) and configs/all_architectures.yaml's store,
+data/processed/camvis2.zarr (9 views); make it with
+  camvis-data synth data/raw/camvis2 --views 9 && camvis-data build data/raw/camvis2 data/processed/camvis2.zarr
+"""
+
 import argparse
 import json
 import os
@@ -118,7 +123,7 @@ def one_launch(work: Path, index: int, grid: Path, overrides: list[str]) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds to wait before each repeat after the first (slurmctld purging the last one)")
@@ -127,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold", action=argparse.BooleanOptionalAction, default=True,
                         help="submit the jobs held (default): they never run")
     args = parser.parse_args(argv)
+    store = ROOT / "data" / "processed" / "camvis2.zarr"
+    if not store.exists():  # preflight would refuse every launch: say so, and how to make it
+        print(f"bench_launch.py: no {store}; {NEEDS}", file=sys.stderr, end="")
+        return 2
     overrides = [*FIT_LOCAL, *([HOLD] if args.hold else [])]
     target_sbatch = expected_sbatch(args.jobs)
     with tempfile.TemporaryDirectory(prefix="bench_launch_") as tmp:

@@ -10,6 +10,10 @@ reader threads (camvis.job.batches.LOAD_THREADS). --cold drops the page cache be
 
 from __future__ import annotations
 
+NEEDS = """needs: STORE, a patch store (camvis-data build RAW_DIR STORE; a paper-size one:
+  python benchmarks/bench_memory.py --keep DIR makes DIR/paper.zarr).
+"""
+
 import argparse
 import json
 import os
@@ -32,7 +36,7 @@ print(json.dumps({"wall_s": time.perf_counter() - wall, "cpu_s": time.process_ti
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(epilog=NEEDS, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__.splitlines()[0])
     parser.add_argument("store")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)

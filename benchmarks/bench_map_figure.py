@@ -10,6 +10,9 @@ Run each step in its own process: the peak is the process's.
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing: a random paper-size level in memory.
+"""
+
 import argparse
 import os
 import resource
@@ -23,7 +26,7 @@ from camvis.plots.evaluation import plot_image_map
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(epilog=NEEDS, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__.splitlines()[0])
     parser.add_argument("--step", type=int, default=3, help="draw every STEP-th pixel (1: the whole level)")
     step = parser.parse_args().step
     rng = np.random.default_rng(0)

@@ -12,6 +12,9 @@ in 9 views, on the CPU and on a GPU (where the pyramid lives in device memory).
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing (it synthesizes 2 paper-size images and builds their store), or --store S.zarr.
+"""
+
 import argparse
 import json
 import resource
@@ -57,7 +60,7 @@ def _child(store_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", help="measure this store instead of synthesizing one")
     p.add_argument("--keep", help="synthesize and build under this folder and keep it (reuse with --store)")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -14,6 +14,9 @@ skipped (estimated on the meta device, without running it): batch 256 needs ~50 
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing on the CPU; --device cuda needs a CUDA GPU and torch's CUDA build.
+"""
+
 import argparse
 import copy
 import os
@@ -50,7 +53,7 @@ class Result:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     p.add_argument("--groups", nargs="+", choices=tuple(GROUPS), default=list(GROUPS))

@@ -39,6 +39,10 @@ figure exists yet).
 
 from __future__ import annotations
 
+NEEDS = """needs: the local SLURM cluster with 2 nodes (bash slurm/cluster.sh start --nodes 2), or --local;
+it synthesizes its raw data (or --raw DIR).
+"""
+
 import argparse
 import datetime as dt
 import json
@@ -68,7 +72,7 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--views", type=int, default=9)
     p.add_argument("--images-per-view", type=int, default=2)
     p.add_argument("--size", default="paper", help="HxW or 'paper' (4140x6198)")

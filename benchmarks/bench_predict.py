@@ -12,6 +12,9 @@ batches, network, logistic fit); the first image is a warm-up and not counted.
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing on the CPU (it synthesizes its images); --device cuda needs a CUDA GPU.
+"""
+
 import argparse
 import json
 import platform
@@ -45,7 +48,7 @@ def paper_model(device: torch.device, patch_size: int, hidden: int) -> predict.M
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=3, help="images, the first a warm-up (default: 3)")
     parser.add_argument("--size", type=int, nargs=2, default=(4140, 6198), metavar=("H", "W"))
     parser.add_argument("--patches", type=int, default=500)

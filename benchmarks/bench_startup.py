@@ -21,6 +21,9 @@ a network file system's.
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing (it synthesizes 2 views x 2 paper-size images and builds their store), or --store S.zarr.
+"""
+
 import argparse
 import json
 import os
@@ -166,7 +169,7 @@ def _concurrent(store: str, stage_root: Path, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", help="a paper-size store (default: synthesize 2 views x 2 images and build it)")
     p.add_argument("--keep", help="synthesize and build under this folder and keep it (reuse with --store)")
     p.add_argument("--repeats", type=int, default=2, help="runs per scenario, median reported (default 2)")

@@ -22,6 +22,9 @@ Sized to finish within 8 minutes on one GPU. Without CUDA every part is "skipped
 
 from __future__ import annotations
 
+NEEDS = """needs: a CUDA GPU and torch's CUDA build (--reduced runs a CPU smoke instead).
+"""
+
 import argparse
 import json
 import os
@@ -59,7 +62,7 @@ TOY = {"levels": 3, "factors": (2, 4, 8), "patch": 16, "hidden": 8, "batch": 16,
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/gpu_check.json")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per variant (after warm-up)")
     p.add_argument("--reduced", action="store_true", help="toy sizes; on the CPU also run the CPU smoke")

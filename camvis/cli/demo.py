@@ -104,11 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for configs/demo.yaml")
     args = parser.parse_args(argv)
 
-    from rich.console import Console
-
     from camvis.cluster.launch import launch
+    from camvis.console import default_console
 
-    console = Console()
+    console = default_console()  # piped or redirected (make demo > log): 160 columns, not 80
     start = time.perf_counter()
     try:
         prepare_data(console)

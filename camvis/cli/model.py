@@ -14,7 +14,8 @@ from camvis.errors import CamvisError, ConfigError
 DEFAULT_PATCH_SIZE = 128
 EPILOG = """examples:
   camvis-model summary                                  # the default config (5 levels, hidden 128)
-  camvis-model summary configs/demo.yaml --patch-size 32   # a grid's base model (the demo's patches)
+  camvis-model summary configs/demo.yaml                # a grid's base model, patch size from its store
+  camvis-model summary configs/demo.yaml --patch-size 64   # another patch size
   camvis-model summary configs/job.yaml model.size_hidden=64 data.factors=[2,4,8] --patch-size 64
 """
 
@@ -31,18 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                          help="a job config YAML (optional, first) and dotted overrides")
-    summary.add_argument("--patch-size", type=int, default=DEFAULT_PATCH_SIZE,
-                         help=f"patch size in pixels, a power of 2 >= 4 (default {DEFAULT_PATCH_SIZE})")
+    summary.add_argument("--patch-size", type=int,
+                         help=f"patch size in pixels, a power of 2 >= 4 (default: the config's data.store's, "
+                              f"else {DEFAULT_PATCH_SIZE}, said as assumed)")
     return parser
 
 
-def summary_table(config: str | None, overrides: list[str], patch_size: int) -> Table:
+def summary_table(config: str | None, overrides: list[str], patch_size: int | None) -> Table:
     # torch is imported here, not at module level: `camvis-model --help` stays instant.
     from camvis.config import load_job_config
     from camvis.model import (ARCHITECTURES, MultiMagnificationNet, count_parameters, find_architecture,
                               num_blocks_for, training_flops)
 
     cfg = load_job_config(config, overrides, grid_base=True)  # a grid: summarize its base models
+    patch_size, source = _patch_size(patch_size, cfg.data.store)
     try:
         num_blocks_for(patch_size)
     except ValueError as e:
@@ -51,7 +54,7 @@ def summary_table(config: str | None, overrides: list[str], patch_size: int) -> 
     selected = find_architecture(m.share_weights, m.use_mlp, m.align_features).name
     levels, hidden = len(cfg.data.factors), cfg.model.size_hidden
     table = Table(title=f"MultiMagnificationNet: {levels} levels (factors {list(cfg.data.factors)}), "
-                        f"hidden {hidden}, patch {patch_size}")
+                        f"hidden {hidden}, patch {patch_size} ({source})")
     for column in ("", "name", "alias", "mlp", "share", "align"):
         table.add_column(column)
     for column in ("parameters", "GFLOP fwd", "GFLOP train"):
@@ -64,6 +67,18 @@ def summary_table(config: str | None, overrides: list[str], patch_size: int) -> 
                       _gflop(forward), _gflop(forward + backward))
     table.caption = "GFLOP: per sample, convs and matmuls (2 per multiply-add); train = forward + backward"
     return table
+
+
+def _patch_size(given: int | None, store: str) -> tuple[int, str]:
+    """(patch size, where it comes from): --patch-size, else the store's attribute, else the default, assumed."""
+    if given is not None:
+        return given, "--patch-size"
+    from camvis.data.store_info import StoreInfo
+
+    info = StoreInfo.read(store)
+    if info is not None and isinstance(info.patch_size, int):
+        return info.patch_size, f"from {store}"
+    return DEFAULT_PATCH_SIZE, f"assumed: no store at {store}; --patch-size sets it"
 
 
 def _gflop(flops: int) -> str:

@@ -33,6 +33,7 @@ class Efficiency:
     gpus: int = 0
     gpu_util: float | None = None  # mean %, rank 0's GPU while training
     final: bool = False  # the job has ended: its figures will not change
+    cpus_per_task: int | None = None  # what slurm.cpus_per_task asked; None: not a SLURM launch (local, debug)
 
 
 def job_resources(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -76,7 +77,8 @@ def of_job(job: JobStatus, resources: dict[str, Any] | None = None) -> Efficienc
     if usage is not None:
         cpus, gpus = usage.cpus or cpus, usage.gpus or gpus
         asked = usage.mem_asked / GIB if usage.mem_asked else asked
-    return Efficiency(cpu, cpus, used, asked, gpus, as_number(own.get("gpu_util_mean")), final)
+    per_task = _count((resources or {}).get("cpus_per_task")) if requested(resources)[0] is not None else None
+    return Efficiency(cpu, cpus, used, asked, gpus, as_number(own.get("gpu_util_mean")), final, per_task)
 
 
 def _positive(value: Any) -> int | None:
@@ -138,4 +140,15 @@ def _what(kind: str, es: Sequence[Efficiency]) -> str:
                 f"(slurm.gpus_per_node=0)")
     cpu = max(e.cpu or 0.0 for e in es)
     cpus = max(e.cpus or 1 for e in es)
-    return f"CPU efficiency {most}{cpu:.0%} of {cpus} CPUs: lower slurm.cpus_per_task"
+    return f"CPU efficiency {most}{cpu:.0%} of {cpus} CPUs: {_cpu_advice(es)}"
+
+
+def _cpu_advice(es: Sequence[Efficiency]) -> str:
+    """Only a setting that can still be lowered: slurm.cpus_per_task above 1; a local or debug run's threads
+    (its CPUs are this machine's, not slurm.cpus_per_task's); else the ranks wait on something else."""
+    asked = [e.cpus_per_task for e in es]
+    if any(a is not None and a > 1 for a in asked):
+        return "lower slurm.cpus_per_task"
+    if any(a is None for a in asked):
+        return "a local or debug run: fewer threads per job (CAMVIS_NUM_THREADS) or more jobs at once"
+    return "slurm.cpus_per_task is 1 already: the ranks wait on data or I/O, not on their CPU"

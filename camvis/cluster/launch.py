@@ -412,9 +412,9 @@ def run_debug(grid: Grid, spec: JobSpec, exp_dir: Path, outputs: str | Path, bas
 @contextmanager
 def _progress(console: Any, total: int) -> Iterator[Any]:
     """advance(name, ok) per finished job; the shared progress bar on a terminal, else a line each."""
-    from rich.console import Console
+    from camvis.console import default_console
 
-    console = console or Console(stderr=True)
+    console = console or default_console(stderr=True)
     if not console.is_terminal:
         yield lambda name, ok: console.print(f"local: {name} {'done' if ok else 'FAILED'}")
         return

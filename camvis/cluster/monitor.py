@@ -227,17 +227,29 @@ def attempts_text(history: Sequence[str]) -> str:
     return ", ".join(state if n == 1 else f"{state} x{n}" for state, n in counts.items())
 
 
+SELECTION_LABEL = {"inner": "inner-val best", "heldout": "held-out best"}
+"""The best column by train.selection (progress.json's best.on; written since camvis knew both, default inner)."""
+
+
+def best_header(jobs: Sequence[JobStatus]) -> str:
+    """What the best column scores: the inner validation split (the default) or the held-out view (camvis2's
+    optimistic rule); 'val best' when the jobs differ."""
+    on = {str(((j.progress or {}).get("best") or {}).get("on") or "inner") for j in jobs if j.progress}
+    return SELECTION_LABEL.get(on.pop(), "val best") if len(on) == 1 else "inner-val best" if not on else "val best"
+
+
 def build_table(status: ExperimentStatus) -> Table:
     table = Table(title=f"{status.experiment}: {plural(len(status.jobs), 'job')}", title_justify="left")
-    for column, justify in [("job", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
-                            ("from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
-                            ("samples/s", "right"), ("ETA", "right"), ("efficiency", "left")]:  # fmt: skip
-        table.add_column(column, justify=justify, no_wrap=column in ("job", "state"))  # type: ignore[arg-type]
+    for column, justify in [("job (id)", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
+                            ("state from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"),
+                            (best_header(status.jobs), "right"), ("train samples/s", "right"), ("ETA", "right"),
+                            ("efficiency (used/asked)", "left")]:  # fmt: skip
+        table.add_column(column, justify=justify, no_wrap=column in ("job (id)", "state"))  # type: ignore[arg-type]
     for job in status.jobs:
         info, row = job.info, job.slurm
         name = Text(info.name)
-        if info.job_id:
-            name.append(f" {info.job_id}", style="dim")
+        if info.job_id:  # a local run's id is its process id, not a SLURM id
+            name.append(f" {'pid ' if info.mode == 'local' else ''}{info.job_id}", style="dim")
         fold = "-" if info.fold is None else str(info.fold)
         restarts = int((job.progress or {}).get("restarts") or 0)
         state = state_text(job.state, restarts, row.history if row else ())

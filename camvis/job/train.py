@@ -421,7 +421,8 @@ def write_progress(job_dir: Path, cfg: JobConfig, state: TrainState, record: dic
             "epoch": state.epoch,
             "max_epochs": cfg.train.max_epochs,
             "metrics": {k: v for k, v in (record or {}).items() if k != "samples_per_s"},
-            "best": {"metric": cfg.train.selection_metric, "value": state.best_value, "epoch": state.best_epoch},
+            "best": {"metric": cfg.train.selection_metric, "value": state.best_value, "epoch": state.best_epoch,
+                     "on": cfg.train.selection},  # what scored it: the inner split or the held-out view
             "samples_per_s": (record or {}).get("samples_per_s"),
             "eta_s": eta_s,
             "updated": now_iso(),
