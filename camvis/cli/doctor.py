@@ -12,8 +12,8 @@ from camvis.errors import CamvisError
 
 EPILOG = """examples:
   camvis-doctor                                     Python, torch, SLURM, the profile's resources, folders, submitit
-  camvis-doctor configs/cat_vs_align.yaml           the grid's resources (over the profile) and its store
-  camvis-doctor --profile slurm/profiles/my-site.yaml --store data/processed/camvis2.zarr
+  camvis-doctor configs/demo.yaml                   the grid's resources (over the profile) and its store
+  camvis-doctor --store data/processed/demo.zarr --time 30   a store, and a 30-minute job of the profile's resources
   camvis-doctor --on-node                           also a one-minute job: what a compute node sees (GPUs, CUDA,
                                                     driver, NCCL, bf16, scratch, memory)
 

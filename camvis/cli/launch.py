@@ -18,7 +18,7 @@ EPILOG = """examples:
   camvis-launch configs/demo.yaml --dry-run "slurm.setup+=[module load cuda, source .venv/bin/activate]"
                                                    shell lines the job scripts run before the job, after
                                                    the profile's and the grid's (key=[...] replaces a list)
-  camvis-launch configs/cat_vs_align.yaml --smoke   one tiny job per group (<experiment>_smoke) on the real
+  camvis-launch configs/demo.yaml --smoke          one tiny job per group (<experiment>_smoke) on the real
                                                    queue with the site's resources, then its aggregate
   camvis-launch configs/demo.yaml --restart --only group=align   retrain the align jobs from scratch
   camvis-launch configs/demo.yaml --local          the same jobs on this machine (array_parallelism at once)

@@ -19,7 +19,7 @@ Rules where a cluster, a GPU or root is needed:
 - `camvis-launch` submitting to SLURM (no --local, --debug or --dry-run) runs with `--dry-run`
   added: the job table, the sbatch scripts and the preflight (exit 2 on any problem).
 - examples that act on SLURM jobs (`camvis-status --cancel`, `camvis-predict --slurm`,
-  `camvis-data build --slurm`) run for real
+  `camvis-data build --slurm`, `camvis-doctor`: it checks the cluster) run for real
   on the local cluster in the `slurm`-marked test (CAMVIS_SLURM=1); `--cancel` after a held
   launch of the demo grid. Without the cluster they are skipped, with the reason.
 - an example that needs CUDA (`--device cuda`, `train.device=cuda`, `--gpus N`, not a launch) is
@@ -202,7 +202,7 @@ README_EXAMPLES = readme_examples()
 
 
 def needs_slurm(argv: list[str]) -> bool:
-    return (argv[0] == "camvis-status" and "--cancel" in argv) or \
+    return (argv[0] == "camvis-status" and "--cancel" in argv) or argv[0] == "camvis-doctor" or \
         (argv[0] in ("camvis-predict", "camvis-data") and "--slurm" in argv)
 
 
