@@ -136,13 +136,19 @@ def check_store(store: str | None) -> Check:
 
 def check_folder(name: str, folder: str) -> Check:
     """Writable (a file made and removed in it, or in the nearest folder above that exists), free space, quota."""
+    from camvis.cluster.preflight import writable_problem
+
     path = Path(folder).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
-    try:
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".camvis-doctor-"):
-            pass
-    except OSError as e:
-        return Check(name, "FAIL", f"{folder}: cannot write in {existing} ({e.strerror})",
+    problem = writable_problem(path)  # what a launch's preflight would say
+    if problem is None:
+        try:  # permission bits are not all: a read-only mount or an ACL refuses too
+            with tempfile.NamedTemporaryFile(dir=existing, prefix=".camvis-doctor-"):
+                pass
+        except OSError as e:
+            problem = f"cannot write in {existing} ({e.strerror})"
+    if problem:
+        return Check(name, "FAIL", f"{folder}: {problem}",
                      f"choose a writable folder: --{name.replace('_', '-')}, $CAMVIS_{name.upper()} or camvis.yaml")
     free = shutil.disk_usage(existing).free / 1e9
     state = "warn" if free < LOW_SPACE_GB else "ok"

@@ -70,7 +70,7 @@ def test_missing_slurm_and_unwritable_folders(install_shims, tmp_path: Path, mon
         if os.access(locked, os.W_OK):
             pytest.skip("running as a user who can write anywhere (root)")
         check = doctor.check_folder("outputs", str(locked / "outputs"))
-        assert check.state == "FAIL" and "cannot write" in check.detail
+        assert check.state == "FAIL" and "not writable" in check.detail
     finally:
         locked.chmod(0o700)
 

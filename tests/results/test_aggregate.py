@@ -72,7 +72,7 @@ def write_manifest(root: Path, entries: dict[str, dict]) -> None:
         for i, (name, e) in enumerate(entries.items())
     }  # fmt: skip
     write_json(root / "jobs" / EXP / "manifest.json", {
-        "experiment": EXP, "grid": "g.yaml", "outputs": "outputs", "updated": "2026-01-01T00:00:00",
+        "experiment": EXP, "grid": "g.yaml", "outputs": str(root / "outputs"), "updated": "2026-01-01T00:00:00",
         "launches": [{"time": "2026-01-01T00:00:00", "mode": "local", "array_id": None, "aggregate_id": None,
                       "submitted": list(jobs), "skipped": {}, "code_version": "x", "sbatch_calls": 0}],
         "jobs": jobs,
