@@ -58,8 +58,8 @@ def site_settings(args: argparse.Namespace, **defaults: Any) -> SlurmSettings:
     profile = getattr(args, "profile", None)
     raw = {**defaults, **(load_profile(profile) if profile else {})}
     flags = flag_values(args)
-    setup = [*(raw.get("setup") or []), *flags.pop("setup", [])] if isinstance(raw.get("setup") or [], list) \
-        else raw.get("setup")
+    own = raw.get("setup") or []
+    setup = [*(own if isinstance(own, list) else [own]), *flags.pop("setup", [])]  # one line may go as text
     errors: list[str] = []
     settings = parse_slurm_settings({**raw, **flags, "setup": setup}, errors)
     if errors:
