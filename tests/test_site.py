@@ -71,3 +71,15 @@ def test_every_command_takes_the_settings(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(SystemExit) as e:
         status_cli.main([])
     assert e.value.code == 2 and "did you mean jobs_dir?" in capsys.readouterr().err
+
+
+def test_command_line_beats_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name / f"exp_{name}").mkdir(parents=True)
+        (tmp_path / name / f"exp_{name}" / "manifest.json").write_text('{"jobs": {}}')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CAMVIS_JOBS_DIR", str(tmp_path / "a"))
+    assert status_cli.main(["--jobs-dir", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "exp_b" in out and "exp_a" not in out
