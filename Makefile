@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast slurm-up slurm-down bench clean-demo gpu-check
+.PHONY: demo test test-fast slurm-up slurm-down bench clean-demo gpu-check docs
 
 $(STAMP): requirements.lock pyproject.toml
 	@# A C compiler builds camvis's CPU batch kernel on first use (camvis/job/native.py);
@@ -40,6 +40,12 @@ test-fast: $(STAMP)
 # On a machine without CUDA every part reports "skipped: no CUDA".
 gpu-check: $(STAMP)
 	$(BIN)/python benchmarks/gpu_check.py --out benchmarks/results/gpu_check.json
+
+# The docs site into site/: the configuration reference regenerated from the config classes, then
+# `mkdocs build --strict` (a broken link or anchor fails it). tests/test_docs.py checks both and the figures.
+docs: $(STAMP)
+	$(BIN)/python -m camvis.cli.config_reference --write
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 slurm-up:
 	bash slurm/cluster.sh start --nodes 2

@@ -40,7 +40,8 @@ class DataConfig:
     """Demagnification factors used as levels; each must be a level of the store."""
     stage: str | None = None
     """Node-local folder ($VARs expanded on the node, e.g. $TMPDIR) to copy the store to once per node
-    before reading it (camvis.data.stage); null: read data.store where it is. Not in any hash."""
+    before reading it (camvis.data.stage); null: read data.store where it is. Not in any hash.
+    Absolute, or starting with a variable; quote it in a shell: `'data.stage=$TMPDIR'`."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,13 +61,13 @@ class TrainConfig:
     batch_size: int = 64
     """Patches per optimizer step per rank."""
     lr: float = 1e-3
-    """Initial Adam learning rate."""
+    """Initial Adam learning rate, in (0, 10]."""
     min_lr: float = 1e-6
     """Training stops once ReduceLROnPlateau takes the learning rate below this."""
     max_epochs: int = 100
     """Upper bound on epochs."""
     selection_metric: Literal["acc", "f1", "loss"] = "acc"
-    """Validation metric for ReduceLROnPlateau and the best checkpoint."""
+    """Validation metric for ReduceLROnPlateau (factor 0.1, threshold 1e-4) and the best checkpoint."""
     plateau_patience: int = 10
     """Epochs without improvement before the learning rate is divided by 10."""
     weight_decay: float = 0.0
@@ -80,12 +81,15 @@ class TrainConfig:
     selection: Literal["heldout", "inner"] = "inner"
     """What validates each epoch (best checkpoint, plateau schedule): heldout, the held-out view
     (camvis2's rule, optimistic); inner, an inner split of the training images, so the held-out
-    view is scored once, by the selected weights."""
+    view is scored once, by the selected weights. The paper grids set it explicitly; scores.json,
+    summary.csv and the printed table record it."""
     inner_fraction: float = 0.2
-    """selection inner: share of the training images (whole images) in the inner split, seeded by train.seed."""
+    """selection inner: share of the training images (whole images, never single patches) in the inner
+    split, seeded by train.seed."""
     compile: Literal["auto"] | bool = "auto"
-    """torch.compile the training forward; auto: on CUDA as the GPU check's verdict for this GPU and torch
-    says (camvis.job.speedups), off without one and on the CPU. Speed only: not in any hash."""
+    """torch.compile the training forward (the DDP wrapper under DDP); auto: on CUDA as the GPU check's
+    verdict for this GPU and torch says (camvis.job.speedups, recorded by `make gpu-check`), off without
+    one and on the CPU; true/false force it. Speed only: not in any hash."""
     fused_adam: Literal["auto"] | bool = "auto"
     """Adam's fused kernel (one launch per step) instead of foreach; auto as train.compile. Not in any hash."""
 
@@ -93,7 +97,7 @@ class TrainConfig:
 @dataclass(frozen=True, kw_only=True)
 class EvalConfig:
     bootstrap: int = 1000
-    """Bootstrap resamples of the held-out predictions."""
+    """Bootstrap resamples of the held-out predictions (all stored), 0 to 1,000,000."""
     confidence: float = 0.95
     """Level of the bootstrap confidence intervals."""
     batch_size: int = 1024

@@ -38,8 +38,12 @@ class Site:
     """The resolved settings and where each came from (for camvis-doctor and error messages)."""
 
     outputs: str
+    """Where job folders and aggregates go (outputs/<experiment>/<job>/): checkpoints, scores, figures."""
     jobs_dir: str
+    """Where manifests and SLURM logs go (jobs/<experiment>/)."""
     profile: str | None
+    """The site profile: a YAML file with a `slurm:` section (partition, account, qos, setup lines, ...)
+    under every grid's; null: none."""
     sources: dict[str, str] = field(default_factory=dict)  # key -> "--outputs" | "$CAMVIS_OUTPUTS" | file | "default"
     project_file: Path | None = None
 

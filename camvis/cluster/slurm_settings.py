@@ -20,35 +20,43 @@ class SlurmSettings:
     """The grid's `slurm:` section: resources of every job of the array (one job = one grid point)."""
 
     partition: str | None = None
-    """Partition (None: the cluster's default)."""
+    """Partition (null: the cluster's default); no whitespace or control characters (an #SBATCH line)."""
     account: str | None = None
+    """Account charged (null: your default; `sacctmgr show assoc user=$USER` lists yours)."""
     qos: str | None = None
+    """Quality of service (null: the account's default)."""
     time: int = 60
-    """Time limit per job in minutes; a job past it checkpoints and is requeued."""
+    """Time limit per job in minutes, 1 to 525,600 (a year); a job past it checkpoints and is requeued."""
     nodes: int = 1
+    """Nodes per job; with several, one process group (DDP) over every task of every node."""
     gpus_per_node: int = 0
     """GPUs per node; one task (DDP rank) per GPU. 0: CPU only."""
     tasks_per_node: int | None = None
-    """Ranks per node on CPU-only jobs (None: gpus_per_node, or 1 without GPUs)."""
+    """Ranks per node on CPU-only jobs (null: gpus_per_node, or 1 without GPUs)."""
     cpus_per_task: int = 1
+    """CPUs per task (one task per DDP rank)."""
     mem_gb: float | None = None
-    """Memory per node in GB (None: the cluster's DefMemPerCPU x CPUs)."""
+    """Memory per node in GB (null: the cluster's DefMemPerCPU x CPUs)."""
     array_parallelism: int = 16
     """Jobs of the array that may run at once (sbatch --array=0-N%K)."""
     constraint: str | None = None
+    """Node features the jobs need (sbatch --constraint, e.g. a GPU model)."""
     max_requeues: int = 3
     """Time-limit requeues before a job is given up (submitit's max_num_timeout)."""
     signal_delay_s: int = 90
-    """Seconds before the time limit at which the job is told to checkpoint (USR2)."""
+    """Seconds before the time limit at which the job is told to checkpoint (USR2): at most 65,535 (sbatch
+    --signal) and below slurm.time x 60."""
     aggregate_time: int = 30
-    """Time limit in minutes of the dependent aggregate job."""
+    """Time limit in minutes of the dependent aggregate job, 1 to 525,600."""
     aggregate_partition: str | None = None
-    """Partition of the aggregate job (None: the same as the jobs)."""
+    """Partition of the aggregate job (null: the same as the jobs)."""
     additional: dict[str, Any] = field(default_factory=dict)
-    """Extra sbatch options, e.g. {reservation: x, mail-type: END}."""
+    """Extra sbatch options, e.g. {reservation: x, mail-type: END}: names of a-z 0-9 - _, scalar values
+    without whitespace or control characters (each becomes an #SBATCH --name=value line)."""
     setup: tuple[str, ...] = ()
     """Shell lines run in the job script before the job (module load, venv activate, exports): submitit's
-    `setup` parameter, one line each, in order."""
+    `setup` parameter, one line each, in order, in the array's and the aggregate job's scripts (--dry-run
+    shows them). A newline or another control character in a line is an error."""
 
     @property
     def ntasks(self) -> int:

@@ -36,13 +36,21 @@ class StoreSection:
     """The `store:` keys as written (factors None: the jobs' factors)."""
 
     raw: str = ""
+    """The raw data folder the store is built from, in camvis2's layout (`camvis-data check`); required."""
     preprocessing: Literal["exact", "camvis2"] = "exact"
+    """exact, camvis's own pipeline; camvis2, camvis2's rule for rule (`camvis-data build --preprocessing`)."""
     factors: tuple[int, ...] | None = None
+    """Demagnification factors of the store's levels (null: every factor the grid's jobs use)."""
     patch_size: int = 128
+    """Side of a patch in pixels."""
     patches_per_image: int = 500
+    """Depth-balanced patch centres sampled per image."""
     seed: int = 0
+    """Seed of the sampling."""
     workers: int | None = None
+    """Images built in this many processes (null: the build job's CPUs); the same bytes as 1."""
     slurm: dict[str, Any] = field(default_factory=dict)
+    """The build job's resources: the store.slurm keys below."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,14 +58,24 @@ class BuildSlurm:
     """`store.slurm`: the build job's resources (None: the grid's slurm value)."""
 
     time: int = 60
+    """Time limit of the build job in minutes."""
     cpus_per_task: int | None = None
+    """CPUs of the build job (null: store.workers, else 4)."""
     mem_gb: float | None = None
+    """Memory of the build job in GB (null: the cluster's default); one image per worker, about 1.3 GiB at
+    paper size."""
     partition: str | None = None
+    """Partition (null: the grid's slurm.partition)."""
     account: str | None = None
+    """Account (null: the grid's slurm.account)."""
     qos: str | None = None
+    """Quality of service (null: the grid's slurm.qos)."""
     constraint: str | None = None
+    """Node features (null: the grid's slurm.constraint)."""
     additional: dict[str, Any] = field(default_factory=dict)
+    """Extra sbatch options of the build job; not the grid's (its GPUs or holds)."""
     setup: tuple[str, ...] | None = None
+    """Shell lines run before the build (null: the grid's slurm.setup lines)."""
 
 
 @dataclass(frozen=True)
