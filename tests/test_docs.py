@@ -1,0 +1,201 @@
+"""The docs stay true: the site builds strictly, the configuration reference is the config classes', and
+every figure marked in README.md and docs/ is the one in its results file.
+
+A marked figure (docs/benchmarks.md, "Numbers in the docs"):
+
+    median <!-- number: benchmarks/results/launch_5000.json#median_s -->**2.69 s**
+    <!-- number: benchmarks/results/build.md#case=paper:peak MiB -->1,280 MiB
+    <!-- number: benchmarks/results/model_cpu.json#results.0.model_tflop_s scale=1000 -->35 GFLOP/s
+
+must be the file's value (times `scale`) rounded to the decimals written: within half a unit of its last digit.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import difflib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from camvis.cli import config_reference
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = re.compile(r"<!--\s*number:")
+MARKED = re.compile(r"<!--\s*number:\s*(?P<file>[^#\s]+)#(?P<key>(?:(?!-->).)+?)(?:\s+scale=(?P<scale>\S+))?\s*-->"
+                    r"[*_]*(?P<figure>-?\d[\d,]*(?:\.\d+)?)")
+
+
+# --------------------------------------------------------------------------- the site
+
+
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    """mkdocs build --strict: a broken link, a link to a heading that is gone (a README section renamed),
+    a page missing from the nav or a bad config fails it."""
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO / "mkdocs.yml"),
+                           "--site-dir", str(tmp_path / "site")], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "configuration" / "index.html").is_file()
+    assert "data.stage" in (tmp_path / "site" / "configuration" / "index.html").read_text()
+    assert (tmp_path / "site" / "readme" / "index.html").is_file()  # the README, until it is split
+
+
+def test_a_broken_anchor_fails_the_build(tmp_path: Path) -> None:
+    """The check can fail: the same site with one link to a README section that does not exist."""
+    docs = tmp_path / "docs"
+    shutil.copytree(REPO / "docs", docs)
+    (docs / "statistics.md").write_text("# Statistics\n\nSee [gone](readme.md#no-such-section).\n")
+    config = (REPO / "mkdocs.yml").read_text().replace("docs_dir: docs", f"docs_dir: {docs}")
+    config = config.replace("  - mkdocs_hooks.py", f"  - {REPO / 'mkdocs_hooks.py'}")
+    (tmp_path / "mkdocs.yml").write_text(config)
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode != 0
+    assert "no-such-section" in done.stdout + done.stderr
+
+
+# --------------------------------------------------------------------------- the configuration reference
+
+
+def test_the_configuration_reference_is_the_config_classes() -> None:
+    page = REPO / "docs" / "configuration.md"
+    written, generated = page.read_text(), config_reference.render()
+    diff = "".join(difflib.unified_diff(written.splitlines(True), generated.splitlines(True),
+                                        "docs/configuration.md", "the config classes", n=0))
+    assert written == generated, (f"docs/configuration.md differs from the config classes' fields and docstrings; "
+                                  f"regenerate it: {config_reference.COMMAND} (or make docs)\n{diff[:3000]}")
+
+
+def test_every_field_of_every_section_is_in_the_reference() -> None:
+    """Fields, types and defaults come from the dataclasses: every key a config accepts has a row."""
+    page = config_reference.render()
+    for section in config_reference.SECTIONS:
+        for f in config_reference.section_keys(section):
+            assert f"| `{section.prefix}{f.name}` |" in page, f"{section.prefix}{f.name}"
+    assert "| `train.lr` | a finite float | `0.001` | Initial Adam learning rate, in (0, 10]. |" in page
+    assert "| `train.min_lr` | a finite float | `1e-6` |" in page
+    assert "| `data.factors` | a list of int | `[2, 4, 8, 16, 32]` |" in page
+    assert "| `profile` | str or null | `null` |" in page and "`$CAMVIS_PROFILE`" in page
+
+
+def test_a_field_without_a_docstring_is_an_error() -> None:
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Settings:
+        documented: int = 1
+        """A documented key."""
+        bare: str = "x"
+
+    section = config_reference.Section("`demo`", "demo.", Settings, "intro")
+    assert config_reference.field_docs(Settings) == {"documented": "A documented key."}
+    with pytest.raises(ValueError, match=r"no docstring under the field\(s\) bare"):
+        config_reference.table(section)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def marked_figures(path: Path) -> list[tuple[int, re.Match[str] | None, str]]:
+    """(line, match or None when the marker is malformed, the marker's text) of every marker in `path`."""
+    found = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for start in MARKER.finditer(line):
+            match = MARKED.match(line, start.start())
+            found.append((number, match, line[start.start():start.start() + 120]))
+    return found
+
+
+def table_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file, or of the first Markdown table of a .md file."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".md":
+        return list(csv.DictReader(text.splitlines()))
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("|")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    header, body = cells[0], [c for c in cells[1:] if not all(set(x) <= set("-: ") for x in c)]
+    return [dict(zip(header, row)) for row in body]
+
+
+def value_at(path: Path, key: str) -> Any:
+    """The value `key` names in the results file `path` (KeyError/IndexError/ValueError when it names none)."""
+    if path.suffix in (".csv", ".md"):
+        where, _, column = key.rpartition(":")
+        conditions = dict(c.split("=", 1) for c in where.split(",")) if where else {}
+        rows = [r for r in table_rows(path) if all(r.get(k) == v for k, v in conditions.items())]
+        if len(rows) != 1:
+            raise KeyError(f"{len(rows)} rows match {where!r}")
+        return rows[0][column]
+    node = json.loads(path.read_text(encoding="utf-8"))
+    for part in key.split("."):
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node
+
+
+def figure_problem(doc: Path, match: re.Match[str], root: Path) -> str | None:
+    """Why a marked figure disagrees with its results file, or None."""
+    results = root / match["file"]
+    if not results.is_file():
+        return f"no results file {match['file']}"
+    try:
+        value = float(str(value_at(results, match["key"])).replace(",", ""))
+    except (KeyError, IndexError, ValueError, TypeError) as e:
+        return f"{match['file']} has no number at {match['key']!r} ({e})"
+    scale = float(Fraction(match["scale"])) if match["scale"] else 1.0
+    figure = match["figure"].replace(",", "")
+    decimals = len(figure.partition(".")[2])
+    expected = value * scale
+    if abs(expected - float(figure)) > 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12:
+        return (f"{match['figure']} written, {match['file']}#{match['key']} says {expected:.{decimals + 3}g}"
+                f" ({expected:,.{decimals}f} at the decimals written)")
+    return None
+
+
+def stale_figures(paths: list[Path], root: Path = REPO) -> list[str]:
+    problems = []
+    for path in paths:
+        for line, match, text in marked_figures(path):
+            where = f"{path.relative_to(root)}:{line}"
+            if match is None:
+                problems.append(f"{where}: a marker without FILE#KEY or without a figure right after it: {text}")
+            elif problem := figure_problem(path, match, root):
+                problems.append(f"{where}: {problem}")
+    return problems
+
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def test_numbers_every_marked_figure_is_its_results_file() -> None:
+    problems = stale_figures(DOCS)
+    assert not problems, "stale or unchecked figures (update the text, or rerun the benchmark):\n" + "\n".join(problems)
+    counts = {p.name: len(marked_figures(p)) for p in DOCS}
+    assert counts["README.md"] >= 20 and counts["benchmarks.md"] >= 10, counts  # the markers are read at all
+
+
+def test_numbers_a_stale_figure_is_named(tmp_path: Path) -> None:
+    (tmp_path / "r.json").write_text(json.dumps({"median_s": 2.6866, "runs": [{"s": 3.0348}], "bytes": 85958718}))
+    (tmp_path / "summary.csv").write_text("group,metric,mean\ncat,acc,0.9581\nalign,acc,0.8812\n")
+    (tmp_path / "build.md").write_text("# title\n| case | build s |\n|---|---|\n| demo | 0.52 |\n| paper | 7.70 |\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "ok <!-- number: r.json#median_s -->**2.69 s**, <!-- number: r.json#runs.0.s -->3.03,"
+        " <!-- number: r.json#bytes scale=1/1000000 -->86 MB, <!-- number: summary.csv#group=cat,metric=acc:mean -->0.958,"
+        " <!-- number: build.md#case=paper:build s -->7.7 s\n"
+        "stale <!-- number: r.json#median_s -->2.71 s and <!-- number: summary.csv#group=align:mean -->0.883\n"
+        "broken <!-- number: r.json#nokey -->1 <!-- number: gone.json#a -->1 <!-- number: r.json#median_s --> two\n")
+    problems = stale_figures([page], tmp_path)
+    assert [p.split(": ", 1)[0] for p in problems] == ["page.md:2"] * 2 + ["page.md:3"] * 3, problems
+    assert "2.71 written, r.json#median_s says 2.6866 (2.69 at the decimals written)" in problems[0]
+    assert "0.883 written" in problems[1]
+    assert "has no number at 'nokey'" in problems[2]
+    assert "no results file gone.json" in problems[3]
+    assert "without a figure right after it" in problems[4]
