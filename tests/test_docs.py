@@ -104,13 +104,14 @@ def test_a_field_without_a_docstring_is_an_error() -> None:
 # --------------------------------------------------------------------------- numbers
 
 
-def marked_figures(path: Path) -> list[tuple[int, re.Match[str] | None, str]]:
-    """(line, match or None when the marker is malformed, the marker's text) of every marker in `path`."""
+def marked_figures(path: Path) -> list[tuple[int, re.Match[str] | None, str, bool]]:
+    """(line, match or None when the marker is malformed, the marker's text, inside a code span) of every
+    marker in `path`."""
     found = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         for start in MARKER.finditer(line):
-            match = MARKED.match(line, start.start())
-            found.append((number, match, line[start.start():start.start() + 120]))
+            in_code = line[:start.start()].count("`") % 2 == 1
+            found.append((number, MARKED.match(line, start.start()), line[start.start():start.start() + 120], in_code))
     return found
 
 
@@ -140,13 +141,23 @@ def value_at(path: Path, key: str) -> Any:
     return node
 
 
+def leading_number(value: Any) -> float:
+    """A number, or the number a text starts with ("16.5 min", "1,280"); ValueError for anything else."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    found = re.match(r"\s*(-?\d[\d,]*(?:\.\d+)?)", value) if isinstance(value, str) else None
+    if found is None:
+        raise ValueError(f"not a number: {value!r}")
+    return float(found[1].replace(",", ""))
+
+
 def figure_problem(doc: Path, match: re.Match[str], root: Path) -> str | None:
     """Why a marked figure disagrees with its results file, or None."""
     results = root / match["file"]
     if not results.is_file():
         return f"no results file {match['file']}"
     try:
-        value = float(str(value_at(results, match["key"])).replace(",", ""))
+        value = leading_number(value_at(results, match["key"]))
     except (KeyError, IndexError, ValueError, TypeError) as e:
         return f"{match['file']} has no number at {match['key']!r} ({e})"
     scale = float(Fraction(match["scale"])) if match["scale"] else 1.0
@@ -162,10 +173,12 @@ def figure_problem(doc: Path, match: re.Match[str], root: Path) -> str | None:
 def stale_figures(paths: list[Path], root: Path = REPO) -> list[str]:
     problems = []
     for path in paths:
-        for line, match, text in marked_figures(path):
+        for line, match, text, in_code in marked_figures(path):
             where = f"{path.relative_to(root)}:{line}"
             if match is None:
                 problems.append(f"{where}: a marker without FILE#KEY or without a figure right after it: {text}")
+            elif in_code:
+                problems.append(f"{where}: a marker inside a code span shows as text: {text}")
             elif problem := figure_problem(path, match, root):
                 problems.append(f"{where}: {problem}")
     return problems
@@ -182,20 +195,24 @@ def test_numbers_every_marked_figure_is_its_results_file() -> None:
 
 
 def test_numbers_a_stale_figure_is_named(tmp_path: Path) -> None:
-    (tmp_path / "r.json").write_text(json.dumps({"median_s": 2.6866, "runs": [{"s": 3.0348}], "bytes": 85958718}))
+    (tmp_path / "r.json").write_text(json.dumps({"median_s": 2.6866, "runs": [{"s": 3.0348}], "bytes": 85958718,
+                                                 "row": ["store build", "16.5 min"], "flag": True}))
     (tmp_path / "summary.csv").write_text("group,metric,mean\ncat,acc,0.9581\nalign,acc,0.8812\n")
     (tmp_path / "build.md").write_text("# title\n| case | build s |\n|---|---|\n| demo | 0.52 |\n| paper | 7.70 |\n")
     page = tmp_path / "page.md"
     page.write_text(
         "ok <!-- number: r.json#median_s -->**2.69 s**, <!-- number: r.json#runs.0.s -->3.03,"
         " <!-- number: r.json#bytes scale=1/1000000 -->86 MB, <!-- number: summary.csv#group=cat,metric=acc:mean -->0.958,"
-        " <!-- number: build.md#case=paper:build s -->7.7 s\n"
+        " <!-- number: build.md#case=paper:build s -->7.7 s, <!-- number: r.json#row.1 -->16.5 min\n"
         "stale <!-- number: r.json#median_s -->2.71 s and <!-- number: summary.csv#group=align:mean -->0.883\n"
-        "broken <!-- number: r.json#nokey -->1 <!-- number: gone.json#a -->1 <!-- number: r.json#median_s --> two\n")
+        "broken <!-- number: r.json#nokey -->1 <!-- number: gone.json#a -->1 <!-- number: r.json#median_s --> two"
+        " <!-- number: r.json#row.0 -->1 <!-- number: r.json#flag -->1 `x=<!-- number: r.json#median_s -->2.69`\n")
     problems = stale_figures([page], tmp_path)
-    assert [p.split(": ", 1)[0] for p in problems] == ["page.md:2"] * 2 + ["page.md:3"] * 3, problems
+    assert [p.split(": ", 1)[0] for p in problems] == ["page.md:2"] * 2 + ["page.md:3"] * 6, problems
     assert "2.71 written, r.json#median_s says 2.6866 (2.69 at the decimals written)" in problems[0]
     assert "0.883 written" in problems[1]
     assert "has no number at 'nokey'" in problems[2]
     assert "no results file gone.json" in problems[3]
     assert "without a figure right after it" in problems[4]
+    assert "not a number: 'store build'" in problems[5] and "not a number: True" in problems[6]
+    assert "a marker inside a code span shows as text" in problems[7]
