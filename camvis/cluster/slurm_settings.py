@@ -38,7 +38,8 @@ class SlurmSettings:
     mem_gb: float | None = None
     """Memory per node in GB (null: the cluster's DefMemPerCPU x CPUs)."""
     array_parallelism: int = 16
-    """Jobs of the array that may run at once (sbatch --array=0-N%K)."""
+    """Jobs of the array that may run at once (sbatch --array=0-N%K); divided over the arrays of a grid
+    split past the cluster's MaxArraySize."""
     constraint: str | None = None
     """Node features the jobs need (sbatch --constraint, e.g. a GPU model)."""
     max_requeues: int = 3
