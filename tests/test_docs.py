@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from camvis.cli import config_reference
+from camvis.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"<!--\s*number:")
@@ -97,7 +98,7 @@ def test_a_field_without_a_docstring_is_an_error() -> None:
 
     section = config_reference.Section("`demo`", "demo.", Settings, "intro")
     assert config_reference.field_docs(Settings) == {"documented": "A documented key."}
-    with pytest.raises(ValueError, match=r"no docstring under the field\(s\) bare"):
+    with pytest.raises(ConfigError, match=r"no docstring under the field\(s\) bare"):
         config_reference.table(section)
 
 

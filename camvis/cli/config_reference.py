@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from camvis import config, site
-from camvis.cli import new_parser
+from camvis.cli import fail, new_parser
 from camvis.cluster.slurm_settings import SlurmSettings
 from camvis.cluster.store_settings import BuildSlurm, StoreSection
+from camvis.errors import CamvisError, ConfigError
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 COMMAND = "python -m camvis.cli.config_reference --write"
@@ -56,8 +57,8 @@ SECTIONS = (
             "A grid's optional `store:` section: how the base's `data.store` is built when it is missing "
             "(`camvis-launch` submits the build as a job the arrays wait for)."),
     Section("`store.slurm`", "store.slurm.", BuildSlurm,
-            "The store build job's resources; a key left out (null) takes the grid's `slurm:` value, except "
-            "`additional`."),
+            "The store build job's resources (`store.slurm: {...}`), each default in its row: partition, account, "
+            "qos, constraint and setup are the grid's `slurm:` values unless given; `additional` never is."),
     Section("`camvis.yaml`", "", site.Site,
             "The project file, found by walking up from the working folder as git finds `.git`; relative paths "
             f"are against its folder. Precedence: {site.PRECEDENCE}.",
@@ -110,7 +111,7 @@ def table(section: Section) -> list[str]:
     docs, types_ = field_docs(section.cls), config._field_types(section.cls)
     missing = [f.name for f in section_keys(section) if f.name not in docs]
     if missing:
-        raise ValueError(f"{section.cls.__module__}.{section.cls.__name__}: no docstring under the field(s) "
+        raise ConfigError(f"{section.cls.__module__}.{section.cls.__name__}: no docstring under the field(s) "
                          f"{', '.join(missing)}: write one (a string literal right under each field)")
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for f in section_keys(section):
@@ -146,14 +147,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help=f"write {PAGE.relative_to(PAGE.parents[1])} instead of "
                                                         "printing the page")
     args = p.parse_args(argv)
-    text = render()
-    if args.write:
-        from camvis.io import write_text
+    try:
+        text = render()
+        if args.write:
+            from camvis.io import write_text
 
-        write_text(PAGE, text)
-        print(f"wrote {PAGE}")
-    else:
-        sys.stdout.write(text)
+            write_text(PAGE, text)
+            print(f"wrote {PAGE}")
+        else:
+            sys.stdout.write(text)
+    except (CamvisError, OSError) as e:
+        return fail(e)
     return 0
 
 
