@@ -81,7 +81,8 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
         raise PredictError(f"--chunk-size must be >= 1, got {chunk_size}")
     out = Path(out)
     parts = out.with_name(out.name + PARTS_SUFFIX)
-    inputs = [options.model, *(path for item in items for path in (item.image, item.depth))]
+    inputs = ([options.model, *(path for item in items for path in (item.image, item.depth))]
+              if force or options.map_dir is not None else [])
     if force:  # only an earlier camvis-predict output goes, never an input or anything else
         check_replaceable(out, kind="predictions", inputs=inputs, error=PredictError)
         out.unlink(missing_ok=True)
