@@ -107,6 +107,15 @@ def check_replaceable(target: str | os.PathLike, *, kind: str, inputs: Iterable[
             raise error(f"{path} contains {what} ({sub}); refusing to replace it")
 
 
+def check_writable_into(folder: str | os.PathLike, *, command: str, error: type[CamvisError] = CamvisError) -> None:
+    """Raise `error` (one line) when `folder`, which a command adds files to without replacing it, is
+    a job folder, an experiment folder, a store or a raw folder: its files would mix with theirs."""
+    path = Path(folder).resolve()
+    what = protected(path)
+    if what:
+        raise error(f"{path} is {what}; {command} writes only into a new or empty folder or one it made")
+
+
 def _not_an_input(path: Path, inputs: Iterable[str | os.PathLike], error: type[CamvisError]) -> None:
     for given in inputs:
         source = Path(given).resolve()

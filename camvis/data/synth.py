@@ -31,7 +31,7 @@ from camvis.data import staging
 from camvis.errors import ConfigError
 from camvis.io import disk_full_as_error, format_bytes
 from camvis.progress import progress_bar
-from camvis.replace_guard import check_replaceable
+from camvis.replace_guard import check_replaceable, check_writable_into
 
 PAPER_SIZE = (4140, 6198)
 CONTRAST_THRESHOLD = 0.05
@@ -310,6 +310,8 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
                           "choose another directory or pass force=True (--force)")
     if existing:  # --force replaces only a data set that synth made
         check_replaceable(out, kind="synth", error=ConfigError)
+    else:  # nothing to replace: still never into a job folder, an experiment or a store
+        check_writable_into(out, command="camvis-data synth", error=ConfigError)
     with disk_full_as_error(out):
         out.mkdir(parents=True, exist_ok=True)
     scratch_of = out / "synth"  # names the scratch folder; never a final path itself

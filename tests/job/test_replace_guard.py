@@ -94,6 +94,18 @@ def test_synth_force_refuses_a_raw_folder_synth_did_not_make(project: Path, caps
     assert tree(project) == before
 
 
+@pytest.mark.parametrize("target, what", [("outputs/demo/cat_fold2", "a job folder"),
+                                          ("outputs/demo", "an experiment folder"),
+                                          ("data/processed/demo.zarr", "a store")])
+def test_synth_never_writes_into_a_job_experiment_or_store(project: Path, capsys, target: str, what: str) -> None:
+    before = tree(project)
+    for force in ([], ["--force"]):
+        code = data_main(["synth", str(project / target), "--views", "1", "--images-per-view", "1",
+                          "--size", "32x48", *force])
+        refused(capsys, code, f"is {what}; camvis-data synth writes only into")
+    assert tree(project) == before
+
+
 def test_synth_force_replaces_its_own_data_set(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     args = ["synth", str(raw), "--views", "1", "--images-per-view", "1", "--size", "32x48"]
