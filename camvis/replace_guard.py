@@ -91,8 +91,9 @@ def check_replaceable(target: str | os.PathLike, *, kind: str, inputs: Iterable[
     _not_an_input(path, inputs, error)
     if not os.path.lexists(path) or _empty(path):
         return
-    if folder != path.is_dir():
-        raise error(f"{path} exists and is {'a file' if folder else 'a folder'}, not {noun}; refusing to replace it")
+    if not (path.is_dir() if folder else path.is_file()):  # a FIFO is never opened: it could block
+        kind_of = "a folder" if path.is_dir() else "a file" if path.is_file() else "not a regular file"
+        raise error(f"{path} exists and is {kind_of}, not {noun}; refusing to replace it")
     own = marked(path)
     what = protected(path)
     if what and not own:
@@ -130,7 +131,7 @@ def _empty(path: Path) -> bool:
         if path.is_dir():
             with os.scandir(path) as entries:
                 return next(entries, None) is None
-        return path.stat().st_size == 0
+        return path.is_file() and path.stat().st_size == 0
     except OSError:
         return False
 

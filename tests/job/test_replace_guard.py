@@ -171,6 +171,9 @@ def test_rule_unit_cases(tmp_path: Path) -> None:
     with pytest.raises(CamvisError, match="is a file, not a camvis store"):
         (tmp_path / "f").write_text("x")
         check_replaceable(tmp_path / "f", kind="store")
+    os.mkfifo(tmp_path / "fifo")  # never opened (it would block), never replaced
+    with pytest.raises(CamvisError, match="is not a regular file, not a camvis-predict output"):
+        check_replaceable(tmp_path / "fifo", kind="predictions")
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "empty")
     with pytest.raises(CamvisError, match="is an input"):  # through a symlink too
