@@ -124,10 +124,11 @@ def job_lock_path(directory: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def job_lock(path: str | os.PathLike, name: str) -> Iterator[None]:
-    """The lock a running job holds on its folder: a second runner of the same job fails at once."""
+def job_lock(path: str | os.PathLike, name: str, doing: str = "running job") -> Iterator[None]:
+    """The lock a running job holds on its folder: a second runner of the same job fails at once, and so
+    does any other writer of the folder (camvis-eval: `doing` "evaluating job")."""
     job_id = os.environ.get("SLURM_JOB_ID")
-    what = f"running job {name}" + (f" (SLURM job {job_id})" if job_id else "") + f" since {_now()}"
+    what = f"{doing} {name}" + (f" (SLURM job {job_id})" if job_id else "") + f" since {_now()}"
     try:
         release = acquire(path, what, timeout_s=0)
     except TimeoutError as e:

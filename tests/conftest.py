@@ -18,6 +18,44 @@ SYNTH_STORE = {"factors": (2, 4, 8), "patch_size": 16, "patches_per_image": 64, 
 """How `synth_store` is built from `synth_raw`."""
 
 
+REPO = Path(__file__).resolve().parents[1]
+REPO_STATE = ("data", "outputs", "jobs", "models")
+"""What `make demo` and users make in the checkout: no test may read or write them."""
+
+
+def repo_state() -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every entry under the checkout's data/, outputs/, jobs/ and models/."""
+    found = {}
+    for top in REPO_STATE:
+        for folder, dirs, files in os.walk(REPO / top):
+            for name in dirs + files:
+                path = os.path.join(folder, name)
+                stat = os.lstat(path)
+                found[os.path.relpath(path, REPO)] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_untouched() -> Iterator[None]:
+    """Fails the session if any test changed the checkout's data/, outputs/, jobs/ or models/."""
+    before = repo_state()
+    yield
+    after = repo_state()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, (f"the checkout's own files changed during the tests (a test must use tmp_path; "
+                         f"or a demo ran beside them): {changed[:10]}")
+
+
+@pytest.fixture(autouse=True)
+def hermetic_cwd(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test starts in an empty folder of its own: a relative path (the demo grid's
+    data/processed/demo.zarr, the default outputs/ and jobs/) never reaches the checkout's files,
+    whatever `make demo` left there. Tests that need another cwd chdir after this."""
+    path = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(path)
+    return path
+
+
 @pytest.fixture(scope="session", autouse=True)
 def native_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """C kernels are built once per session into a private cache (not ~/.cache); the jobs

@@ -86,7 +86,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="visibility range in metres, drawn log-uniform (default: 100 50000)")
     p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
     p.add_argument("--format", choices=("png", "jpg", "jp2"), default="png", help="image format (default: png)")
-    p.add_argument("--force", action="store_true", help="replace a data set already in OUT_DIR")
+    p.add_argument("--force", action="store_true",
+                   help="replace a data set that camvis-data synth made in OUT_DIR (its synth.json); never other data")
     p.set_defaults(func=_synth)
 
 
@@ -109,7 +110,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=128, help="(default: 128)")
     p.add_argument("--patches-per-image", type=int, default=500, help="(default: 500)")
     p.add_argument("--seed", type=int, default=0, help="patch sampling seed (default: 0)")
-    p.add_argument("--force", action="store_true", help="replace an existing store built otherwise")
+    p.add_argument("--force", action="store_true",
+                   help="replace a camvis store built otherwise; never other data, a job folder or the raw folder")
     p.add_argument("--figure", metavar="IMAGE_NAME", help="image of the sampling figure (default: the first)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes building images at once, same bytes as 1 (default: the CPUs available)")

@@ -43,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> dict:
     from pathlib import Path
 
+    from contextlib import ExitStack
+
+    from camvis import locks
     from camvis.job import distributed
+    from camvis.job.identity import keep_earlier_evaluation
+    from camvis.job.task import main_first
     from camvis.config import job_dir, load_job_config
     from camvis.data.store import open_store
     from camvis.job.batches import BatchSource
@@ -53,16 +58,18 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
     cfg = load_job_config(config, overrides)
     directory = Path(args.job_dir) if args.job_dir else job_dir(cfg, args.outputs)
     env = distributed.setup(cfg.train.device)
+    lock = ExitStack()
     try:
-        if env.is_main:  # an evaluation of another config is kept under previous/, not overwritten
-            from camvis.job.identity import keep_earlier_evaluation
+        def prepare() -> None:  # one writer per job folder: a running training or evaluation of it refuses us
+            lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name, "evaluating job"))
+            keep_earlier_evaluation(directory, cfg)  # an evaluation of another config goes to previous/
 
-            keep_earlier_evaluation(directory, cfg)
-        distributed.barrier()
+        main_first(env, prepare)
         source = BatchSource(open_store(cfg.data.store), cfg.data.factors, env.device, fold=cfg.data.fold)
         inputs = EvalInputs.load(cfg, args.checkpoint or directory / BEST, source)
         scores = evaluate_job(cfg, directory, inputs)
     finally:
+        lock.close()
         distributed.teardown()
     if env.is_main:
         print(f"wrote {directory}/scores.json")

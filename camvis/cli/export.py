@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_dir", help="a job folder: best.pt and config.yaml")
     parser.add_argument("out", help="the bundle folder to write (an earlier bundle there is replaced)")
     parser.add_argument("--no-onnx", action="store_true", help="no ONNX graph (needs no onnx packages)")
-    parser.add_argument("--force", action="store_true", help="replace OUT even if it is not a bundle")
+    parser.add_argument("--force", action="store_true",
+                        help="accepted for scripts: OUT is replaced only when it is an earlier bundle or an empty "
+                             "folder, never a job, experiment, store or raw folder or the job itself")
     args = parser.parse_args(argv)
     try:
         from camvis.job.export import export

@@ -41,12 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patches", type=int, default=500, help="depth-balanced patches per image (default: 500)")
     p.add_argument("--stride", type=int, help="a regular grid of centres every PX pixels instead (maps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the centres (default: 0)")
-    p.add_argument("--map", metavar="DIR", help="write one PNG per image into DIR")
+    p.add_argument("--map", metavar="DIR", help="write one PNG per image into DIR (new, empty, or made by "
+                   "camvis-predict: its maps.json)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch, or onnx (a bundle's graph through onnxruntime; pip install 'camvis[onnx]')")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
     p.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default: 256)")
-    p.add_argument("--force", action="store_true", help="start --out afresh instead of resuming it")
+    p.add_argument("--force", action="store_true",
+                   help="start --out afresh instead of resuming it (only a camvis-predict output is replaced)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="chunks as local jobs (submitit), --parallel at once")
     mode.add_argument("--slurm", action="store_true", help="chunks as one SLURM job array (waits for it)")

@@ -28,8 +28,9 @@ from typing import Any
 
 from camvis.errors import PredictError
 from camvis.cluster.slurm_settings import checked_parameters, site_parameters
-from camvis.io import atomic_path
+from camvis.io import atomic_path, write_json
 from camvis.progress import progress_bar
+from camvis.replace_guard import MAPS_FORMAT, MAPS_MARKER, check_replaceable
 
 PARTS_SUFFIX = ".parts"
 LOCAL_POLL_S = 0.5
@@ -85,9 +86,14 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
         raise PredictError(f"--chunk-size must be >= 1, got {chunk_size}")
     out = Path(out)
     parts = out.with_name(out.name + PARTS_SUFFIX)
-    if force:
+    inputs = ([options.model, *(path for item in items for path in (item.image, item.depth))]
+              if force or options.map_dir is not None else [])
+    if force:  # only an earlier camvis-predict output goes, never an input or anything else
+        check_replaceable(out, kind="predictions", inputs=inputs, error=PredictError)
         out.unlink(missing_ok=True)
         _remove_parts(parts, keep_logs=False)
+    if options.map_dir is not None:
+        _prepare_maps(Path(options.map_dir), inputs)
     done = _done_images(out, parts, fmt, model_id)
     todo = [item for item in items if item.image.stem not in done]
     outcome = Outcome(skipped=len(items) - len(todo), out=out)
@@ -106,6 +112,14 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
     outcome.written = _merge(out, parts, [item.image.stem for item in items], fmt)
     _remove_parts(parts, keep_logs=bool(failed))
     return outcome
+
+
+def _prepare_maps(folder: Path, inputs: list[Any]) -> None:
+    """Maps are drawn by image name into a folder camvis-predict made (its maps.json), a new or an
+    empty one: never over the images themselves or into another command's folder."""
+    check_replaceable(folder, kind="maps", inputs=inputs, error=PredictError)
+    if not (folder / MAPS_MARKER).exists():
+        write_json(folder / MAPS_MARKER, {"format": MAPS_FORMAT, "made_by": "camvis-predict --map"})
 
 
 def _chunk_hash(chunk: Sequence[Any]) -> str:

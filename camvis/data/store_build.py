@@ -29,6 +29,7 @@ from camvis.errors import RawDataError, StoreError
 from camvis.io import format_bytes, json_copy, reap_stale_tmp
 from camvis.data.norm_stats import NormStats, PerViewStats, rgb_histogram
 from camvis.progress import progress_bar
+from camvis.replace_guard import check_replaceable
 from camvis.data.sampling import N_DEPTH_BINS, sample_centres_with_histogram
 from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_figure
 from camvis.data.store_info import NORM_GLOBAL, NORM_PER_FOLD
@@ -73,8 +74,8 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
     if final.exists() and not force and not _older_format_of(final, params):
         return _keep_existing(final, params)
-    if final.exists():
-        _check_replaceable(final)
+    if final.exists():  # --force, or an older format: only a camvis store is replaced
+        check_replaceable(final, kind="store", inputs=(raw_dir,), error=StoreError)
     # One pass over the raw data: each file is decoded once, checked (as raw.check) and
     # written; its problems are raised before the rename, so a bad raw dir leaves nothing.
     reader = raw.RawReader(raw_dir)
@@ -141,19 +142,6 @@ def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
     built = attrs.get("build")
     return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
             and isinstance(built, dict) and all(_built(built, k) == params[k] for k in _BUILD_KEYS))
-
-
-def _check_replaceable(final: Path) -> None:
-    """force replaces camvis stores (any version) and empty directories, never other data."""
-    if final.is_dir() and not any(final.iterdir()):
-        return
-    try:
-        attrs = dict(zarr.open_group(final, mode="r").attrs)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise StoreError(f"{final} exists and is not a camvis store; refusing to replace it") from e
-    if attrs.get("format") != FORMAT_NAME:
-        raise StoreError(f"{final} exists and is not a camvis store (no format "
-                         f"{FORMAT_NAME!r}); refusing to replace it")
 
 
 def _image_shape(ds: raw.RawDataset) -> tuple[int, int]:

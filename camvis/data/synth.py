@@ -31,6 +31,7 @@ from camvis.data import staging
 from camvis.errors import ConfigError
 from camvis.io import disk_full_as_error, format_bytes
 from camvis.progress import progress_bar
+from camvis.replace_guard import check_replaceable, check_writable_into
 
 PAPER_SIZE = (4140, 6198)
 CONTRAST_THRESHOLD = 0.05
@@ -307,6 +308,10 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
     if existing and not force:
         raise ConfigError(f"{out}: already holds a raw data set ({existing[0].name}); "
                           "choose another directory or pass force=True (--force)")
+    if existing:  # --force replaces only a data set that synth made
+        check_replaceable(out, kind="synth", error=ConfigError)
+    else:  # nothing to replace: still never into a job folder, an experiment or a store
+        check_writable_into(out, command="camvis-data synth", error=ConfigError)
     with disk_full_as_error(out):
         out.mkdir(parents=True, exist_ok=True)
     scratch_of = out / "synth"  # names the scratch folder; never a final path itself
@@ -322,7 +327,7 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
         (tmp / "synth.json").write_text(json.dumps(params, indent=2) + "\n")
         for path in existing:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for name in ("images", "depth_maps", "synth.json", "visibility.csv"):  # the CSV last: it marks done
+        for name in ("synth.json", "images", "depth_maps", "visibility.csv"):  # the marker first, the CSV last: done
             os.replace(tmp / name, out / name)
     return out
 

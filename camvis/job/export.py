@@ -29,6 +29,7 @@ import numpy as np
 from camvis.data import staging
 from camvis.errors import PredictError
 from camvis.io import write_json
+from camvis.replace_guard import check_replaceable
 
 MODEL_JSON, WEIGHTS, ONNX = "model.json", "weights.pt", "model.onnx"
 OPSET = 18
@@ -40,14 +41,14 @@ FORMAT_VERSION = 1
 
 def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = True, force: bool = False
            ) -> dict[str, Any]:
-    """Write the bundle of the job in `job_dir` to `out`; returns its model.json content."""
+    """Write the bundle of the job in `job_dir` to `out`; returns its model.json content. An existing
+    `out` is replaced only when it is a bundle or empty (camvis.replace_guard), with `force` or not."""
     import torch
 
     from camvis.job.predict import load_model
 
     final = Path(out).resolve()
-    if final.exists() and not (force or _is_bundle(final)):
-        raise PredictError(f"{final} exists and is not a camvis model bundle; refusing to replace it")
+    check_replaceable(final, kind="bundle", inputs=(job_dir,), error=PredictError)  # only a bundle, --force or not
     model = load_model(job_dir, device="cpu")
     if model.network is None:
         raise PredictError(f"{job_dir}: expected a job folder (best.pt and config.yaml) to export")
@@ -66,13 +67,6 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
-
-
-def _is_bundle(path: Path) -> bool:
-    try:
-        return json.loads((path / MODEL_JSON).read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def _probability(net: Any) -> Any:

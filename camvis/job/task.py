@@ -50,7 +50,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
             lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name))
             _start(directory, cfg, env.world_size, restart)
 
-        _main_first(env, prepare)
+        main_first(env, prepare)
         meter = efficiency.Meter(env.device, sample_gpu=env.is_main)
         clock = [time.perf_counter()]
         inputs, startup = open_job_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
@@ -85,7 +85,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
         distributed.teardown()
 
 
-def _main_first(env: Any, fn: Any, *args: Any) -> None:
+def main_first(env: Any, fn: Any, *args: Any) -> None:
     """fn(*args) on rank 0 while the other ranks wait; its failure fails every rank (they would
     otherwise wait at the barrier for good, e.g. on a refused checkpoint)."""
     error: Exception | None = None
