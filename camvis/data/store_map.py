@@ -82,11 +82,23 @@ class MappedArray:
     blocks: tuple[np.ndarray, ...]
     files: dict[str, tuple[int, int]]  # store-relative path -> (size, mtime_ns) as mapped
 
-    def __getitem__(self, key: slice) -> np.ndarray:
-        """Rows of axis 0 (a copy: what read_image / verify_blocks read a block through)."""
-        if not isinstance(key, slice):
-            raise TypeError(f"{self.name}: index a mapped array with a slice of axis 0")
-        return np.stack(self.blocks[key]) if self.blocks[key] else np.zeros((0, *self.shape[1:]), self.dtype)
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """numpy indexing: an integer first index is a view of that block; anything else stacks the
+        blocks it selects (a copy: what read_image and verify_blocks read a block through)."""
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) and key else (key, ())
+        if first is Ellipsis:
+            first, rest = slice(None), (Ellipsis, *rest)
+        if isinstance(first, (int, np.integer)):
+            return self.blocks[first][rest]
+        chosen = self.blocks[first] if isinstance(first, slice) else [self.blocks[k] for k in np.asarray(first)]
+        stacked = np.stack(chosen) if len(chosen) else np.zeros((0, *self.shape[1:]), self.dtype)
+        return stacked[(slice(None), *rest)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self[:].astype(dtype) if dtype is not None else self[:]
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
     @property
     def nbytes(self) -> int:
