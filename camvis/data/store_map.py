@@ -101,6 +101,10 @@ class MappedArray:
         return self.shape[0]
 
     @property
+    def chunks(self) -> tuple[int, ...]:
+        return (1, *self.shape[1:])
+
+    @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
