@@ -101,7 +101,8 @@ typedef struct {
     float mean, std, fill;  /* fill: the normalized value outside the plane */
 } Window;
 
-static void prefetch_row(const Window *v, int64_t k, int64_t p) {
+/* Inlined: as a call GCC finds it free of side effects and drops it (prefetches included). */
+static inline __attribute__((always_inline)) void prefetch_row(const Window *v, int64_t k, int64_t p) {
     const int64_t y = v->top + k;
     if (y < 0 || y >= v->height) return;
     const int64_t x0 = v->left < 0 ? 0 : v->left, x1 = v->left + p > v->width ? v->width : v->left + p;
@@ -132,19 +133,40 @@ static void sample_windows(const Work *w, int64_t j, Window *win) {
     }
 }
 
-/* Row k of a window that is partly or wholly outside its plane: built in `tmp`, then written. */
+static void fill_row(float *restrict line, int64_t p, float value, int stream) {
+#ifdef __AVX2__
+    if (stream) {
+        const __m256 v = _mm256_set1_ps(value);
+        for (int64_t i = 0; i < p; i += 8) _mm256_stream_ps(line + i, v);
+        return;
+    }
+#endif
+    (void)stream;
+    for (int64_t i = 0; i < p; i++) line[i] = value;
+}
+
+/* Row k of a window that is partly or wholly outside its plane (most rows of a patch on the
+ * smallest levels): a row wholly outside is the fill value; a clipped one is built in `tmp`
+ * (fill, the inside columns normalized, fill) and then written. */
 static void edge_row(const Window *v, int64_t k, int64_t p, float *restrict tmp, float *restrict line,
                      int stream) {
     const int64_t y = v->top + k;
-    for (int64_t i = 0; i < p; i++) tmp[i] = v->fill;
-    if (y >= 0 && y < v->height) {
-        const int64_t x0 = v->left < 0 ? 0 : v->left, x1 = v->left + p > v->width ? v->width : v->left + p;
-        for (int64_t x = x0; x < x1; x++) {
-            const float value = v->item == 1 ? (float)((const uint8_t *)v->block)[y * v->width + x]
-                                             : ((const float *)v->block)[y * v->width + x];
-            tmp[x - v->left] = (value - v->mean) / v->std;
-        }
+    const int64_t x0 = v->left < 0 ? 0 : v->left, x1 = v->left + p > v->width ? v->width : v->left + p;
+    if (y < 0 || y >= v->height || x1 <= x0) {
+        fill_row(line, p, v->fill, stream);
+        return;
     }
+    const int64_t a = x0 - v->left, b = x1 - v->left, offset = y * v->width + x0;
+    const float mean = v->mean, std = v->std;
+    for (int64_t i = 0; i < a; i++) tmp[i] = v->fill;
+    if (v->item == 1) {
+        const uint8_t *restrict row = (const uint8_t *)v->block + offset;
+        for (int64_t i = 0; i < b - a; i++) tmp[a + i] = ((float)row[i] - mean) / std;
+    } else {
+        const float *restrict row = (const float *)v->block + offset;
+        for (int64_t i = 0; i < b - a; i++) tmp[a + i] = (row[i] - mean) / std;
+    }
+    for (int64_t i = b; i < p; i++) tmp[i] = v->fill;
     copy_row(tmp, line, p, stream);
 }
 
