@@ -222,6 +222,7 @@ def summary(store: PatchStore | str | os.PathLike) -> dict[str, Any]:
     return {"path": str(store.path) if store.path else None,
             "format_version": store.attrs.get("format_version"),
             "preprocessing": store.attrs.get("preprocessing", "exact"),
+            "levels_layout": "uncompressed, memory-mapped" if store.mapped else "compressed (zstd)",
             "norm_rule": store.norm_rule, "norm_rule_recorded": "norm_rule" in store.attrs,
             "images": len(store.images), "views": views, "patches": store.n_patches,
             "patch_size": store.patch_size, "image_shape": list(store.image_shape),
@@ -253,7 +254,8 @@ def format_summary(store: PatchStore | str | os.PathLike | dict[str, Any]) -> st
                   f"{_human(size) if size is not None else '?'} on disk)")
     console.print(f"{info['images']} images of {info['image_shape'][0]} x "
                   f"{info['image_shape'][1]}, {len(info['views'])} views, {info['patches']} "
-                  f"patches of {info['patch_size']} px; preprocessing {info.get('preprocessing', 'exact')}")
+                  f"patches of {info['patch_size']} px; preprocessing {info.get('preprocessing', 'exact')}; "
+                  f"levels {info.get('levels_layout', 'compressed (zstd)')}")
     views = Table("view", "images", "visible", "non-visible", title="patches per view")
     for row in info["views"]:
         views.add_row(row["view"], *(str(row[k]) for k in ("images", "visible", "nonvisible")))
