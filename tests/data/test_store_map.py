@@ -267,3 +267,19 @@ def test_four_processes_share_one_mapping(stores: dict[str, Path], tmp_path: Pat
         assert pss <= rss / 4 + 8 * 4  # a quarter of it each (a few pages of slack: partial pages)
         assert private == 0  # and no copy of its own
     assert sum(pss for _, pss, _ in results) <= results[0][0] * 1.05
+
+
+def test_cli_build_compress_keeps_the_zstd_layout(synth_raw: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from camvis.cli.data import main
+
+    args = ["--factors", "4", "8", "--patch-size", "16", "--patches-per-image", "8", "--workers", "1"]
+    assert main(["build", str(synth_raw), str(tmp_path / "z.zarr"), "--compress", *args]) == 0
+    assert "levels compressed (zstd)" in capsys.readouterr().out
+    assert not open_store(tmp_path / "z.zarr").mapped
+    assert main(["build", str(synth_raw), str(tmp_path / "r.zarr"), *args]) == 0
+    assert "levels uncompressed, memory-mapped" in capsys.readouterr().out
+    # the same store asked uncompressed: an error naming the difference, not a silent replacement
+    assert main(["build", str(synth_raw), str(tmp_path / "z.zarr"), *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "compress=True (asked False)" in err, err
