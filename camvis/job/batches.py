@@ -289,6 +289,8 @@ class BatchSource:
         """The C kernel's view of the chosen levels: the blocks where they lie (maps, or an in-memory
         store's arrays), or a compressed store's decoded into memory once (threads: zstd and the CRC-32
         check release the GIL)."""
+        for f in self.factors:
+            self._padded_shape(store, f)  # checks the level's shapes: the kernel trusts them
         rgb, depth, held, private = [], [], [], 0
         with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), LOAD_THREADS))) as pool:
             for f in self.factors:

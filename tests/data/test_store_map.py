@@ -283,3 +283,18 @@ def test_cli_build_compress_keeps_the_zstd_layout(synth_raw: Path, tmp_path: Pat
     assert main(["build", str(synth_raw), str(tmp_path / "z.zarr"), *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "compress=True (asked False)" in err, err
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_levels_of_the_wrong_shape_are_refused_before_the_kernel_reads_them(kernel: bool) -> None:
+    """The kernel trusts every block's shape: a level whose depth disagrees with its images is an error."""
+    import dataclasses
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "job"))
+    from test_batches import make_store
+
+    good = make_store(40, 60, 8)
+    images, depth = good.levels[2]
+    bad = dataclasses.replace(good, levels={**good.levels, 2: (images, depth[:, :, :-1])})
+    with pytest.raises(StoreError, match="level 2 has images"):
+        BatchSource(bad, (2, 4), kernel=kernel)
