@@ -14,6 +14,7 @@ content does not change the cost).
     for m in 2 4 8 16 64; do .venv/bin/python benchmarks/bench_batches.py --chunk-mib $m --ref-batches 1; done
     .venv/bin/python benchmarks/bench_batches.py --no-stream      # C kernel without streaming stores
     .venv/bin/python benchmarks/bench_batches.py --baseline-isa   # C kernel built without -march=native
+    .venv/bin/python benchmarks/bench_batches.py --map /tmp/m    # also from memory-mapped level files
 
 The iter_batches rows reuse one output buffer (BatchSource.batch(idx, out=x)), as the
 training and prediction loops do (BatchSource.iter_batches): on the CPU the page faults
@@ -21,7 +22,9 @@ of a fresh 335 MB batch are a large share of its cost. On the CPU they are timed
 with the C kernel (camvis/job/batch_kernel.c, the default) and with torch ops (its fallback).
 The two "floor" rows bound the torch-ops design from below on this machine: writing a
 batch-sized buffer once, and its row gathers alone. Timings on a shared machine swing with
-its load (printed); CPU time per batch is the steadier figure.
+its load (printed); CPU time per batch is the steadier figure. With --map DIR the same levels are
+also written as raw block files (an uncompressed store's layout, camvis.data.store_map) and mapped,
+and the kernel's batches from the maps are timed beside those from memory (warm page cache).
 """
 
 from __future__ import annotations
@@ -187,6 +190,28 @@ def time_batches(fn: Callable[[torch.Tensor], object], batches: list[torch.Tenso
     return (time.perf_counter() - wall) / len(batches), (time.process_time() - cpu) / len(batches)
 
 
+def mapped_copy(store: PatchStore, folder: Path) -> PatchStore:
+    """`store` with its levels written to `folder` as one raw file per block and memory-mapped, as an
+    uncompressed store's are (camvis.data.store_map.MappedArray)."""
+    from dataclasses import replace
+
+    from camvis.data.store_map import MappedArray
+
+    levels = {}
+    for f, pair in store.levels.items():
+        mapped = []
+        for kind, array in zip(("images", "depth"), pair):
+            blocks, files = [], {}
+            for k, block in enumerate(array):
+                path = folder / f"{f}-{kind}-{k}"
+                path.write_bytes(np.ascontiguousarray(block).tobytes())
+                blocks.append(np.memmap(path, dtype=block.dtype, mode="r", shape=block.shape))
+                files[path.name] = (path.stat().st_size, path.stat().st_mtime_ns)
+            mapped.append(MappedArray(f"levels/{f}/{kind}", tuple(array.shape), array.dtype, tuple(blocks), files))
+        levels[f] = tuple(mapped)
+    return replace(store, levels=levels)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(epilog=NEEDS, formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=20, help="images in the store (RAM: ~26 MB each at paper size)")
@@ -208,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="C kernel: build for the baseline ISA of this architecture, not -march=native")
     parser.add_argument("--preprocessing", choices=("exact", "camvis2"), default="exact",
                         help="the store's preprocessing: level sizes and crop-centre rule (default: exact)")
+    parser.add_argument("--map", type=Path, metavar="DIR",
+                        help="also time the C kernel reading the levels from raw block files mapped from DIR")
     parser.add_argument("--json", type=Path, help="also write the figures here (atomically)")
     args = parser.parse_args(argv)
 
@@ -244,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     buffer = source.batch(batches[0].to(device))[0]
     timings["batch_source_out"] = time_batches(
         lambda i: source.batch(i.to(device, non_blocking=True), out=buffer), batches[1:], sync)
+    if args.map is not None and source.uses_kernel:
+        args.map.mkdir(parents=True, exist_ok=True)
+        mapped = BatchSource(mapped_copy(store, args.map), args.factors, device)
+        assert torch.equal(mapped.batch(batches[0])[0], source.batch(batches[0])[0])  # bit for bit
+        mapped.batch(torch.arange(store.n_patches)[::7])  # the maps' pages faulted in once, as after a job's start
+        timings["batch_source_out_mapped"] = time_batches(lambda i: mapped.batch(i, out=buffer), batches[1:], sync)
+        # memory, then maps, then memory again: the order's share of the difference
+        timings["batch_source_out_again"] = time_batches(lambda i: source.batch(i, out=buffer), batches[1:], sync)
     if torch_ops is not None:
         torch.testing.assert_close(torch_ops.batch(batches[0])[0], x_ref)
         timings["batch_source_out_torch_ops"] = time_batches(lambda i: torch_ops.batch(i, out=buffer), batches[1:], sync)
@@ -257,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
              "batch_source": f"BatchSource.batch ({device.type})",
              "batch_source_out": f"BatchSource.iter_batches ({device.type}{', C kernel' if source.uses_kernel else ''})",
              "batch_source_out_torch_ops": "BatchSource.iter_batches (cpu, torch ops)",
+             "batch_source_out_mapped": "BatchSource.iter_batches (C kernel, maps)",
+             "batch_source_out_again": "  again from memory (after the maps)",
              "floor_write": "  floor: fill_ of the batch (write)", "floor_gather": "  floor: torch-ops row gathers alone"}
     ref_wall, ref_cpu = timings["per_sample_reference"]
     print(f"store: {args.images} images, {args.views} views, {args.shape[0]}x{args.shape[1]}, factors {args.factors}, "
           f"P={args.patch_size}, batch {args.batch_size}; made in {t1 - t0:.1f} s, to {device} in {t2 - t1:.1f} s "
-          f"({source.nbytes / 2**30:.2f} GiB padded pyramid); torch threads {torch.get_num_threads()}, "
+          f"({source.nbytes / 2**30:.2f} GiB held); torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'path':<42}{'wall ms/batch':>14}{'samples/s':>11}{'speedup':>9}{'cpu ms/batch':>14}{'cpu speedup':>13}")
     for key, (wall, cpu) in timings.items():

@@ -63,6 +63,7 @@ def native_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("camvis-cache")
     before = os.environ.get("CAMVIS_CACHE_DIR")
     os.environ["CAMVIS_CACHE_DIR"] = str(path)
+    os.environ["CAMVIS_NODE_DIR"] = str(tmp_path_factory.mktemp("node"))  # store_map's verification markers
     yield path
     if before is None:
         os.environ.pop("CAMVIS_CACHE_DIR", None)

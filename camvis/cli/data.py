@@ -115,6 +115,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--figure", metavar="IMAGE_NAME", help="image of the sampling figure (default: the first)")
     p.add_argument("--workers", type=int, default=None,
                    help="processes building images at once, same bytes as 1 (default: the CPUs available)")
+    p.add_argument("--compress", action="store_true",
+                   help="level arrays with zstd, for archives and transfer (default: uncompressed, which jobs "
+                        "memory-map; data.stage makes a mappable copy of either)")
     p.add_argument("--preprocessing", choices=("exact", "camvis2"), default="exact",
                    help="exact: camvis's rules; camvis2: camvis2's level sizes, Lanczos-4 resize (needs "
                         "camvis[camvis2]), ln depth, statistics, sampling and crop centres (default: exact)")
@@ -190,7 +193,7 @@ def _build(args: argparse.Namespace) -> int:
                               patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
                               progress=sys.stderr.isatty(), figure_image=args.figure,
                               workers=args.workers if args.workers is not None else _cpus(),
-                              preprocessing=args.preprocessing)
+                              preprocessing=args.preprocessing, compress=args.compress)
     print(store.format_summary(built))
     figure = built.path.with_name(built.path.name + ".sampling.png") if built.path else None
     if figure is not None and figure.exists():
@@ -206,8 +209,9 @@ def _build_on_slurm(args: argparse.Namespace) -> int:
     from camvis.cluster.launch import check_slurm
     from camvis.cluster.site_options import site_settings
 
-    if args.force or args.figure:
-        raise ConfigError("--force and --figure are not taken by --slurm: build in place, or remove the store first")
+    if args.force or args.figure or args.compress:
+        raise ConfigError("--force, --figure and --compress are not taken by --slurm: build in place, or remove "
+                          "the store first")
     build = store_job.cli_build(args.raw_dir, args.store, factors=args.factors, patch_size=args.patch_size,
                                 patches_per_image=args.patches_per_image, seed=args.seed,
                                 preprocessing=args.preprocessing, workers=args.workers, time=args.time,

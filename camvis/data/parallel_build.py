@@ -64,7 +64,9 @@ def _one_image(task: tuple) -> tuple[list[str], list[str], Any, dict[str, Any] |
     rgb, labels, row = read
     if not (depth_ok and depth is not None):  # checked, not written (as RawReader.images)
         return problems, warnings, row, None
-    images = {f: zarr.open_array(Path(tmp) / f"levels/{f}/images", mode="r+") for f in factors}
+    from camvis.data.store_build import LEVEL_CONFIG
+
+    images = {f: zarr.open_array(Path(tmp) / f"levels/{f}/images", mode="r+", config=LEVEL_CONFIG) for f in factors}
     return problems, warnings, row, image_part(images, i, v, rgb, labels, depth, patch_size, per_image, seed)
 
 

@@ -13,13 +13,18 @@ PATH/camvis-stage/<digest>/ and every later job of the node opens that copy inst
   CRC-32 of every block, so equal digests mean equal contents. A copy is reused only if its
   manifest (written last, inside the scratch folder, before the rename) names that digest and
   every file it lists is there with its size; else it is made afresh. A block altered in place
-  is caught when the job reads it (its CRC-32, as on the shared path): the job then `discard`s
-  that copy and stages again (camvis.job.startup).
+  is caught when a job maps it and its file's mtime no longer matches the node's verification
+  marker (camvis.data.store_map): the job then `discard`s that copy and stages again
+  (camvis.job.startup).
+- Always mappable: the copy's level arrays are raw bytes (camvis.data.store_map), whatever the source's:
+  a compressed store's levels are decoded (each block's CRC-32 checked) and written uncompressed,
+  everything else is copied file for file; the root attributes, hence the digest, stay the same (the
+  checksums are of the decoded values). Every block of the copy is then CRC-checked once through its
+  maps and the node's verification marker written, so the node's jobs map it without checking again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,6 +36,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from camvis import locks
+from camvis.data import store_map
+from camvis.data.store import PatchStore, open_store
 from camvis.data.staging import remove_stale, scratch_dir, scratch_path, swap_in
 from camvis.config import stage_problem
 from camvis.errors import ConfigError, StoreError
@@ -83,8 +90,9 @@ def resolve_root(value: str, environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def store_digest(source: Path) -> str:
-    """SHA-256 (16 hex digits) of the store's root attributes: they hold a CRC-32 of every block and
-    a digest of every other attribute, so two stores with the same digest hold the same data."""
+    """SHA-256 (16 hex digits) of the store's root attributes (store_map.digest_of): they hold a CRC-32
+    of every block and a digest of every other attribute, so two stores with the same digest hold the
+    same data."""
     meta = source / "zarr.json"
     try:
         attrs = json.loads(meta.read_text()).get("attributes")
@@ -94,8 +102,7 @@ def store_digest(source: Path) -> str:
     if not isinstance(attrs, dict) or not isinstance(attrs.get("checksums"), dict):
         raise StoreError(f"{source}: no block checksums in its attributes, so no digest to stage it "
                          "under; rebuild it with camvis-data build --force")
-    text = json.dumps(attrs, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return store_map.digest_of(attrs)
 
 
 def _listing(root: Path) -> dict[str, int]:
@@ -164,7 +171,10 @@ def stage_store(source: str | os.PathLike, root: Path, on_wait: Callable[[str], 
         if final.exists():  # a copy that must not be used (see copy_problem): never read, so removed now
             _remove(final)
         files = _listing(source)
-        need = sum(files.values())
+        opened = open_store(source)
+        packed = {} if opened.mapped else _level_files(files)  # compressed level files: decoded instead
+        need = sum(files.values()) - sum(packed.values()) + sum(
+            0 if opened.mapped else a.nbytes for pair in opened.levels.values() for a in pair)
         free = free_bytes(base)
         if free is not None and free < need + FREE_MARGIN:
             note = (f"data.stage: {base} has {format_bytes(free)} free, the store needs {format_bytes(need)} "
@@ -172,14 +182,41 @@ def stage_store(source: str | os.PathLike, root: Path, on_wait: Callable[[str], 
             return Staged(source, "skipped", time.perf_counter() - start, 0, None, note)
         ident = uuid.uuid4().hex
         with scratch_dir(final, need) as tmp:
-            _copy_files(source, tmp, files)
+            _copy_files(source, tmp, {k: v for k, v in files.items() if k not in packed})
+            if packed:
+                _write_raw_levels(opened, tmp)
             if store_digest(tmp) != digest:  # rebuilt between the digest and the copy
                 raise StoreError(f"{source}: its attributes changed while it was staged: was the store "
                                  "rebuilt meanwhile? run the job again")
+            copy = open_store(tmp)  # maps every level file, sizes checked
+            arrays = {a.name: a for pair in copy.levels.values() for a in pair}
+            store_map.check_blocks(f"store {source} (its copy {final})", arrays, copy.attrs["checksums"])
             write_json(tmp / MANIFEST, {"digest": digest, "id": ident, "source": str(source), "host": host(),
-                                        "files": files})
+                                        "files": _listing(tmp)})
             swap_in(tmp, final)
+        # the files keep their sizes and mtimes through the rename: the node's jobs need not check again
+        store_map.record_verified(final, digest, {k: v for a in arrays.values() for k, v in a.files.items()})
     return Staged(final, "copied", time.perf_counter() - start, need, ident)
+
+
+def _level_files(files: Mapping[str, int]) -> dict[str, int]:
+    """The level arrays' chunk files among `files` (their zarr.json too: the copy's differ)."""
+    return {k: v for k, v in files.items() if k.startswith("levels/") and k.count("/") >= 3}
+
+
+def _write_raw_levels(store: PatchStore, target: Path) -> None:
+    """Every level array of the compressed `store` into `target`, uncompressed (the mappable layout):
+    block by block, each checked against its CRC-32 as it is decoded."""
+    import zarr
+
+    from camvis.data.store_build import create_level_array
+
+    root = zarr.open_group(target, mode="r+")
+    for f, (images, depth) in store.levels.items():
+        for kind, array, read in (("images", images, store.read_image), ("depth", depth, store.read_depth)):
+            out = create_level_array(root, f"levels/{f}/{kind}", tuple(array.shape), compress=False)
+            for k in range(array.shape[0]):
+                out[k] = read(f, k)
 
 
 def _copy_files(source: Path, target: Path, files: Mapping[str, int]) -> None:

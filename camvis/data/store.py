@@ -1,4 +1,4 @@
-"""Opening and summarizing the Zarr patch store (format "camvis-patch-store", version 3; 2 read too).
+"""Opening and summarizing the Zarr patch store (format "camvis-patch-store", version 4; 2 and 3 read too).
 
 A store is one Zarr v3 directory holding, per demagnification factor f, the whole images
 (`levels/{f}/images`, uint8 (n_images, 3, H//f, W//f)) and log-depth maps
@@ -10,6 +10,11 @@ normalization statistics from camvis.data.norm_stats: over all views, and under 
 per-fold each fold's over its training views; provenance, a CRC-32 of every block and a
 digest of the attributes). camvis.data.store_build writes it; camvis.data.store_verify checks it.
 
+Level arrays are stored uncompressed (format version 4; one file of raw bytes per block) or with zstd
+(`--compress`, and every older store). An uncompressed store's levels are memory-mapped at open
+(camvis.data.store_map): every file size-checked and mapped from the directory the open resolved,
+so the job never holds a private copy and a store rebuilt under its name later leaves it alone.
+
 Level pixel j stands for full-resolution pixels [j f, (j + 1) f): images are block means
 (PIL BOX over the largest multiple of f), depth is the block's centre pixel. So a patch
 centred at full-resolution (h, w) is centred at (h // f, w // f) on level f.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -27,6 +33,7 @@ import numpy as np
 import zarr
 
 from camvis.data import raw
+from camvis.data import store_map
 from camvis.data import store_verify
 from camvis.errors import ConfigError, StoreError
 # Defined beside the launcher's zarr-free reader; re-exported as store.FORMAT_NAME / FORMAT_VERSION.
@@ -50,7 +57,7 @@ class PatchStore:
     table: dict[str, np.ndarray]           # TABLE_COLUMNS, all of length n_patches
     norm_mean: np.ndarray                  # float32 (n_factors, 4): R, G, B (0..255), log-depth
     norm_std: np.ndarray                   # float32 (n_factors, 4)
-    levels: dict[int, tuple[Any, Any]]     # f -> (images, depth): zarr arrays or numpy
+    levels: dict[int, tuple[Any, Any]]     # f -> (images, depth): store_map.MappedArray, zarr arrays or numpy
     attrs: dict[str, Any]
     norm_rule: str = NORM_GLOBAL           # store_verify.NORM_RULES: which statistics a fold's job uses
     norm_mean_folds: np.ndarray | None = None  # float32 (n_views, n_factors, 4) under per-fold; row v:
@@ -59,6 +66,21 @@ class PatchStore:
     @property
     def n_patches(self) -> int:
         return int(len(self.table["label"]))
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the levels are memory-mapped (an uncompressed store), so blocks are read in place."""
+        return bool(self.levels) and all(isinstance(a, store_map.MappedArray) for pair in self.levels.values()
+                                         for a in pair)
+
+    def verify_levels(self) -> bool:
+        """Mapped levels: every block's CRC-32, once per node and store (store_map.verify_once); True if
+        this call checked. Compressed levels are checked block by block as they are read."""
+        if not self.mapped or self.path is None:
+            return False
+        arrays = {a.name: a for pair in self.levels.values() for a in pair}
+        return store_map.verify_once(f"store {self.path}", self.path, store_map.digest_of(self.attrs), arrays,
+                                     self.attrs.get("checksums", {}))
 
     def normalization(self, fold: int | None, factors: Sequence[int] | None = None) -> Normalization:
         """The statistics a job on `fold` normalizes its inputs with (rows of `factors`, default all):
@@ -124,12 +146,36 @@ def open_store(path: str | os.PathLike) -> PatchStore:
 
     Checked on every open (camvis.data.store_verify; cheap: metadata and the table only): the
     attributes' types and digest, every level's shape and dtype, the table's checksums and
-    contents. Level blocks are checked when read (read_image, read_depth)."""
+    contents. Compressed level blocks are checked when read (read_image, read_depth); mapped ones
+    (an uncompressed store: every file size-checked and mapped here) by PatchStore.verify_levels,
+    once per node. Everything is read through one descriptor of the directory, so an open that
+    races a rebuild reads one store, not parts of two."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such store (build it with camvis-data build)")
+    with _pinned(path) as pinned:
+        return _open(path, pinned)
+
+
+@contextmanager
+def _pinned(path: Path) -> Iterator[Path]:
+    """`path` as the directory it names now (/proc/self/fd/N of an open descriptor, on Linux): a
+    rename over `path` meanwhile does not change what is read."""
     try:
-        root = store_verify.open_root(path)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # not a directory: zarr says what it is
+        yield path
+        return
+    try:
+        pinned = Path(f"/proc/self/fd/{fd}")
+        yield pinned if pinned.is_dir() else path
+    finally:
+        os.close(fd)
+
+
+def _open(path: Path, pinned: Path) -> PatchStore:
+    try:
+        root = store_verify.open_root(pinned)
     except (FileNotFoundError, ValueError, OSError) as e:
         raise StoreError(f"{path}: not a Zarr group, so not a camvis store") from e
     attrs = dict(root.attrs)
@@ -141,7 +187,15 @@ def open_store(path: str | os.PathLike) -> PatchStore:
         raise StoreError(f"{path}: {problem}; rebuild it with camvis-data build --force")
     where = f"store {path}"
     schema = store_verify.check_attrs(where, attrs)
-    levels, table = store_verify.open_arrays(where, path, root, schema)
+    levels, table = store_verify.open_arrays(where, pinned, root, schema)
+    if all(store_map.mappable(a) for pair in levels.values() for a in pair):
+        levels = {f: (store_map.map_array(where, pinned, f"levels/{f}/images", images),
+                      store_map.map_array(where, pinned, f"levels/{f}/depth", depth))
+                  for f, (images, depth) in levels.items()}
+    elif pinned != path:  # lazy arrays read on after the open: by the store's name, not the descriptor
+        named = zarr.open_group(path, mode="r")
+        levels = {f: tuple(store_verify.open_array(where, named, f"levels/{f}/{kind}")  # type: ignore[misc]
+                           for kind in ("images", "depth")) for f in levels}
     return PatchStore(
         path=path, factors=schema.factors, patch_size=schema.patch_size,
         image_shape=schema.image_shape, views=schema.views, images=schema.images,
@@ -168,6 +222,7 @@ def summary(store: PatchStore | str | os.PathLike) -> dict[str, Any]:
     return {"path": str(store.path) if store.path else None,
             "format_version": store.attrs.get("format_version"),
             "preprocessing": store.attrs.get("preprocessing", "exact"),
+            "levels_layout": "uncompressed, memory-mapped" if store.mapped else "compressed (zstd)",
             "norm_rule": store.norm_rule, "norm_rule_recorded": "norm_rule" in store.attrs,
             "images": len(store.images), "views": views, "patches": store.n_patches,
             "patch_size": store.patch_size, "image_shape": list(store.image_shape),
@@ -199,7 +254,8 @@ def format_summary(store: PatchStore | str | os.PathLike | dict[str, Any]) -> st
                   f"{_human(size) if size is not None else '?'} on disk)")
     console.print(f"{info['images']} images of {info['image_shape'][0]} x "
                   f"{info['image_shape'][1]}, {len(info['views'])} views, {info['patches']} "
-                  f"patches of {info['patch_size']} px; preprocessing {info.get('preprocessing', 'exact')}")
+                  f"patches of {info['patch_size']} px; preprocessing {info.get('preprocessing', 'exact')}; "
+                  f"levels {info.get('levels_layout', 'compressed (zstd)')}")
     views = Table("view", "images", "visible", "non-visible", title="patches per view")
     for row in info["views"]:
         views.add_row(row["view"], *(str(row[k]) for k in ("images", "visible", "nonvisible")))

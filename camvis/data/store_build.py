@@ -20,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 from PIL import Image
+from zarr.codecs import BytesCodec
 
 from camvis import __version__
 from camvis.data import camvis2, raw
@@ -38,6 +39,11 @@ from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 # Build parameters that decide whether an existing store can be kept as it is.
 _BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed", "preprocessing")
 _BUILD_DEFAULTS = {"preprocessing": camvis2.EXACT}  # stores built before the key existed
+_BUILD_KEYS += ("compress",)  # zstd level arrays (format version 3 and older: always)
+_BUILD_DEFAULTS["compress"] = True
+LEVEL_CONFIG = {"write_empty_chunks": True}
+"""Level arrays get every block's file, even one all fill value (a black image): an uncompressed store's
+layout is one file per block (camvis.data.store_map), and parallel workers open the arrays with it too."""
 
 
 def _built(built: dict[str, Any], key: str) -> Any:
@@ -48,7 +54,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
           factors: Sequence[int] = (2, 4, 8, 16, 32), patch_size: int = 128,
           patches_per_image: int = 500, seed: int = 0, force: bool = False, progress: bool = True,
           figure_image: str | None = None, figure: bool | str | os.PathLike = True,
-          workers: int = 1, preprocessing: str = camvis2.EXACT) -> PatchStore:
+          workers: int = 1, preprocessing: str = camvis2.EXACT, compress: bool = False) -> PatchStore:
     """Build the store at `store_path` from camvis2's raw layout in `raw_dir`.
 
     An existing store built with the same parameters (raw dir, factors, patch size,
@@ -64,12 +70,15 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     the store's bytes are the same as a serial build's (memory: one image per worker).
     `preprocessing`: "exact" (camvis's rules) or "camvis2" (camvis2's, camvis.data.camvis2).
     camvis2 stores are built serially (camvis2 draws every image's centres from one generator).
+    `compress`: level arrays with zstd (for archives and transfer), else as raw bytes, one file per
+    block, which jobs memory-map (camvis.data.store_map).
     """
     raw_dir, final = Path(raw_dir).resolve(), Path(store_path).resolve()
     factors = _check_args(factors, patch_size, patches_per_image, seed, workers)
     params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
               "patches_per_image": patches_per_image, "seed": seed,
               "preprocessing": camvis2.check_mode(preprocessing)}
+    params["compress"] = bool(compress)
     staging.remove_stale(final)
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
     if final.exists() and not force and not _older_format_of(final, params):
@@ -141,7 +150,8 @@ def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
         return False
     built = attrs.get("build")
     return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
-            and isinstance(built, dict) and all(_built(built, k) == params[k] for k in _BUILD_KEYS))
+            and isinstance(built, dict) and all(_built(built, k) == params[k] for k in _BUILD_KEYS
+                                                if k != "compress"))  # older versions: always zstd
 
 
 def _image_shape(ds: raw.RawDataset) -> tuple[int, int]:
@@ -179,8 +189,8 @@ def _write_store(tmp: Path, reader: raw.RawReader, shape: tuple[int, int],
     index = {img.name: i for i, img in enumerate(ds.images)}
     root = zarr.open_group(tmp, mode="w", zarr_format=3)
     mode = params["preprocessing"]
-    levels = {f: _create_level(root, f, camvis2.level_shape(shape, f, mode), len(ds.images), len(ds.views))
-              for f in factors}
+    levels = {f: _create_level(root, f, camvis2.level_shape(shape, f, mode), len(ds.images), len(ds.views),
+                               params["compress"]) for f in factors}
     kind = camvis2.Camvis2Stats if mode == camvis2.CAMVIS2 else NormStats
     stats = PerViewStats(kind, factors, len(ds.views))  # per view: every fold's in one pass
     rows: list[dict[str, np.ndarray]] = []
@@ -286,13 +296,19 @@ def _camvis2_rng(ds: raw.RawDataset, seed: int) -> np.random.RandomState:
 
 
 def _create_level(root: zarr.Group, f: int, level: tuple[int, int], n_img: int,
-                  n_view: int) -> tuple[zarr.Array, zarr.Array]:
+                  n_view: int, compress: bool = True) -> tuple[zarr.Array, zarr.Array]:
     hf, wf = level
-    images = root.create_array(f"levels/{f}/images", shape=(n_img, 3, hf, wf),
-                               chunks=(1, 3, hf, wf), dtype="uint8", fill_value=0)
-    depth = root.create_array(f"levels/{f}/depth", shape=(n_view, 1, hf, wf),
-                              chunks=(1, 1, hf, wf), dtype="float32", fill_value=-1.0)
-    return images, depth
+    return tuple(create_level_array(root, f"levels/{f}/{kind}", (n, c, hf, wf), compress)  # type: ignore[return-value]
+                 for kind, n, c in (("images", n_img, 3), ("depth", n_view, 1)))
+
+
+def create_level_array(root: zarr.Group, name: str, shape: tuple[int, ...], compress: bool) -> zarr.Array:
+    """A level array, one chunk per image / view: zstd (zarr's default codecs) or raw little-endian
+    bytes (the mappable layout, camvis.data.store_map); the dtype and fill value are the format's."""
+    dtype, fill = ("uint8", 0) if name.endswith("/images") else ("float32", -1.0)
+    extra: dict[str, Any] = {} if compress else {"compressors": None, "serializer": BytesCodec(endian="little")}
+    return root.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype=dtype, fill_value=fill,
+                             config=LEVEL_CONFIG, **extra)
 
 
 def image_part(images: dict[int, zarr.Array], i: int, v: int, rgb: np.ndarray, labels: np.ndarray,

@@ -14,15 +14,16 @@ from camvis.errors import ConfigError
 
 FORMAT_NAME = "camvis-patch-store"
 """The `format` root attribute of a store (camvis.data.store_build writes it, both readers check it)."""
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """The store layout version this camvis writes (root attribute `format_version`); 3 added norm_rule and
-the per-fold statistics (camvis.data.store_verify)."""
+the per-fold statistics (camvis.data.store_verify), 4 uncompressed level arrays that jobs memory-map
+(camvis.data.store_map; `--compress` still writes zstd ones)."""
 NORM_GLOBAL, NORM_PER_FOLD = "global", "per-fold"
 NORM_RULES = (NORM_GLOBAL, NORM_PER_FOLD)
 """The `norm_rule` attribute: which statistics a job normalizes its inputs with. global: norm_mean /
 norm_std, over every view (camvis2's rule, and every store of format version 2, which predates the key);
 per-fold: its fold's row of norm_mean_folds / norm_std_folds, over its training views only."""
-READABLE_VERSIONS = (2, 3)
+READABLE_VERSIONS = (2, 3, 4)
 """The versions this camvis reads: a version 2 store has only the global statistics (norm_rule global)."""
 NORM_RULE_SINCE = 3
 """The format version that added norm_rule."""

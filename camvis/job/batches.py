@@ -1,9 +1,13 @@
 """Patch indices -> normalized multi-magnification batches, gathered on the training device.
 
-`BatchSource` moves the pyramid levels a job uses to its device once (images stay uint8,
-padded so that every window lies inside the padded level) and then builds each batch with a
-handful of batched tensor ops, or on the CPU with one call of a C kernel that does the same
-in one pass over memory (camvis/job/batch_kernel.c): no per-sample Python, no DataLoader workers.
+On the CPU, `BatchSource` builds each batch with one call of a C kernel (camvis/job/batch_kernel.c)
+that reads every window straight from the pyramid's blocks where they lie: the store's memory-mapped
+chunk files (an uncompressed store, camvis.data.store_map: shared by every job of the node through the
+page cache, never copied) or, for a compressed store, blocks decoded into memory once. Elsewhere (a
+GPU, or the CPU without a C compiler) it moves the levels a job uses to its device once (images stay
+uint8, padded so that every window lies inside the padded level; to a GPU in pinned chunks, one pass,
+bounded host memory) and builds each batch with a handful of batched tensor ops. No per-sample
+Python, no DataLoader workers.
 `fold_split` makes camvis2's leave-one-view-out folds; `EpochSampler` draws each epoch's
 class-rebalanced, shuffled training patches and shards them over the ranks with
 `shard_batches` (which validation uses too).
@@ -22,11 +26,12 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from camvis.data.store_map import MappedArray
 from camvis.job import native
 from camvis.config import factor_problems
 from camvis.data.store_info import fold_view, missing_levels
@@ -45,6 +50,21 @@ CPU_CHUNK_BYTES = 8 * 2**20
 STREAM_MIN_BYTES = 64 * 2**20
 # Threads reading the pyramid at a job's start (at most the job's torch threads).
 LOAD_THREADS = 8
+# Host memory a level upload to a GPU goes through: two pinned buffers of this size, one filled
+# from the blocks while the other is copied to the device.
+UPLOAD_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """The chosen levels as the C kernel reads them: each level's image and depth blocks where they lie
+    (C-order (3, H, W) uint8 and (1, H, W) float32, unpadded), as tables of their addresses."""
+
+    rgb: torch.Tensor        # int64 (L * n_images,): address of level l's image i at l * n_images + i
+    depth: torch.Tensor      # int64 (L * n_views,)
+    geometry: torch.Tensor   # int64 (3, L): factor, height, width
+    held: tuple[np.ndarray, ...]  # the arrays behind the addresses (maps or decoded), kept alive
+    private_bytes: int       # of them, the bytes this process holds itself (decoded), not maps
 
 
 @dataclass(frozen=True)
@@ -115,10 +135,16 @@ class BatchSource:
         }
         self.labels = self._tensor(store.table["label"], torch.float32)
         self.depths = self._tensor(store.table["depth"], torch.float32)
-        self._levels = self._load_levels(store)
+        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" else None
+        store.verify_levels()  # a mapped store: every block's CRC-32, once per node (compressed: as read)
+        self._blocks: _Blocks | None = None
+        self._levels: _Levels | None = None
+        if self._kernel is not None:
+            self._blocks = self._block_table(store)
+        else:
+            self._levels = self._load_levels(store)
         sample_bytes = 4 * self.n_channels * self.patch_size ** 2
         self._chunk = max(1, CPU_CHUNK_BYTES // sample_bytes) if self.device.type == "cpu" else None
-        self._kernel = _cpu_kernel() if kernel and self.device.type == "cpu" else None
 
     @property
     def uses_kernel(self) -> bool:
@@ -131,7 +157,11 @@ class BatchSource:
 
     @property
     def nbytes(self) -> int:
-        """Device memory held by the padded pyramid."""
+        """Memory this source holds itself: the padded pyramid on its device, or on the CPU with the C
+        kernel the decoded blocks of a compressed store (a mapped store's blocks are the page cache's)."""
+        if self._blocks is not None:
+            return self._blocks.private_bytes
+        assert self._levels is not None
         return self._levels.rgb.nbytes + self._levels.depth.nbytes
 
     def batch(self, idx: torch.Tensor, channels_last: bool = False,
@@ -153,9 +183,13 @@ class BatchSource:
         elif tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != self.device:
             raise ValueError(f"out must be float32 {shape} on {self.device}, "
                              f"got {out.dtype} {tuple(out.shape)} on {out.device}")
-        if self._kernel is not None and out.is_contiguous():
+        if self._kernel is not None and not out.is_contiguous():
+            out.copy_(self.batch(idx)[0])  # the kernel writes contiguous batches
+            return out, self.labels.index_select(0, idx), self.depths.index_select(0, idx)
+        if self._kernel is not None:
             self._kernel_batch(idx, out)
             return out, self.labels.index_select(0, idx), self.depths.index_select(0, idx)
+        assert self._levels is not None
         rgb_runs, depth_runs = self._window_runs(idx)
         x = out.view(n, n_levels, 4, p, p)
         lv, step = self._levels, self._chunk or max(n, 1)
@@ -195,17 +229,20 @@ class BatchSource:
         low, high = int(idx.min()), int(idx.max())
         if low < 0 or high >= len(self.labels):
             raise IndexError(f"patch indices must be in 0..{len(self.labels) - 1}, got {low}..{high}")
-        idx, lv, col = idx.contiguous(), self._levels, self._columns
+        idx, bl, col = idx.contiguous(), self._blocks, self._columns
+        assert bl is not None and self._kernel is not None
         return bool(self._kernel(
-            lv.rgb.data_ptr(), lv.depth.data_ptr(), lv.geometry.data_ptr(), col["center_h"].data_ptr(),
+            bl.rgb.data_ptr(), bl.depth.data_ptr(), bl.geometry.data_ptr(), col["center_h"].data_ptr(),
             col["center_w"].data_ptr(), col["image"].data_ptr(), col["view"].data_ptr(), idx.data_ptr(), n,
-            self.mean.data_ptr(), self.std.data_ptr(), out.data_ptr(), len(self.factors), self.patch_size,
-            torch.get_num_threads(), STREAM_MIN_BYTES, int(self._rule == "camvis2")))
+            self.mean.data_ptr(), self.std.data_ptr(), out.data_ptr(), len(self.factors), len(self.store.images),
+            len(self.store.views), self.patch_size, torch.get_num_threads(), STREAM_MIN_BYTES,
+            int(self._rule == "camvis2")))
 
     def _window_runs(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat offsets of every window row of `idx`, all levels at once:
         RGB (B, L, 3, P) and depth (B, L, P)."""
         lv, col = self._levels, self._columns
+        assert lv is not None
         # With P // 2 rows of padding before, the window's first padded row is the level centre.
         row = level_centre(col["center_h"].index_select(0, idx)[:, None], lv.factor, self._rule)
         column = level_centre(col["center_w"].index_select(0, idx)[:, None], lv.factor, self._rule)
@@ -248,10 +285,29 @@ class BatchSource:
             raise StoreError(f"{where}: image indices must be in 0..{len(store.images) - 1}, "
                              f"got {int(image.min())}..{int(image.max())}")
 
+    def _block_table(self, store: PatchStore) -> _Blocks:
+        """The C kernel's view of the chosen levels: the blocks where they lie (maps, or an in-memory
+        store's arrays), or a compressed store's decoded into memory once (threads: zstd and the CRC-32
+        check release the GIL)."""
+        for f in self.factors:
+            self._padded_shape(store, f)  # checks the level's shapes: the kernel trusts them
+        rgb, depth, held, private = [], [], [], 0
+        with ThreadPoolExecutor(max(1, min(torch.get_num_threads(), LOAD_THREADS))) as pool:
+            for f in self.factors:
+                for kind, table in (("images", rgb), ("depth", depth)):
+                    blocks, decoded = _level_blocks(store, f, kind, pool)
+                    table.extend(b.ctypes.data for b in blocks)
+                    held.extend(blocks)
+                    private += sum(b.nbytes for b in blocks) if decoded else 0
+        shapes = [store.levels[f][0].shape[2:] for f in self.factors]
+        geometry = np.array([self.factors, [h for h, _ in shapes], [w for _, w in shapes]], np.int64)
+        return _Blocks(torch.tensor(rgb, dtype=torch.int64), torch.tensor(depth, dtype=torch.int64),
+                       torch.from_numpy(geometry), tuple(held), private)
+
     def _load_levels(self, store: PatchStore) -> _Levels:
-        """Copies the chosen levels to the device once, one image at a time per thread (bounded host
-        memory: a block per thread). Threads because decoding (zstd) and the CRC-32 check release the
-        GIL: a job with several CPUs reads its pyramid about that many times faster.
+        """Copies the chosen levels to the device once, padded: on the CPU one image at a time per
+        thread (threads because decoding (zstd) and the CRC-32 check release the GIL); to a GPU in
+        pinned chunks (`_upload`: one pass over the blocks, bounded host memory).
 
         The depth maps are small (one per view), so they are normalized here once, padding
         included, and batches only copy them.
@@ -270,9 +326,12 @@ class BatchSource:
                 hf, wf = store.levels[f][0].shape[2:]
                 level_rgb = rgb[rgb_start[k]:rgb_start[k] + rgb_sizes[k]].view(n_images, 3, hp, wp)
                 inner = (slice(None), slice(before, before + hf), slice(before, before + wf))
-                _fill(pool, level_rgb, inner, lambda i, f=f: store.read_image(f, i))
                 level_depth = dep[depth_start[k]:depth_start[k] + depth_sizes[k]].view(n_views, 1, hp, wp)
-                _fill(pool, level_depth, inner, lambda v, f=f: store.read_depth(f, v))
+                for level, read in ((level_rgb, _reader(store, f, "images")), (level_depth, _reader(store, f, "depth"))):
+                    if self.device.type == "cpu":
+                        _fill(pool, level, inner, read)
+                    else:
+                        _upload(pool, level, inner, read, UPLOAD_CHUNK_BYTES)
                 level_depth.sub_(self.mean[0, 4 * k + 3]).div_(self.std[0, 4 * k + 3])
         geometry = self._tensor(np.array([self.factors, *zip(*shapes), rgb_start, depth_start]), torch.int64)
         factor, height, width, rgb_start, depth_start = geometry
@@ -303,12 +362,39 @@ class BatchSource:
         return hf + before + after_h, wf + before + after_w
 
 
-def _fill(pool: ThreadPoolExecutor, level: torch.Tensor, inner: tuple[slice, ...],
+def _reader(store: PatchStore, f: int, kind: str) -> Callable[[int], np.ndarray]:
+    """Block j of level f's images or depth: in place where mapped (its CRC-32 checked once per node),
+    else read and checked (PatchStore.read_image / read_depth)."""
+    array = store.levels[f][0 if kind == "images" else 1]
+    if isinstance(array, MappedArray):
+        return lambda j: array.blocks[j]
+    return (lambda j: store.read_image(f, j)) if kind == "images" else (lambda j: store.read_depth(f, j))
+
+
+def _level_blocks(store: PatchStore, f: int, kind: str, pool: ThreadPoolExecutor) -> tuple[list[np.ndarray], bool]:
+    """Level f's blocks for the C kernel, C-contiguous in the format's dtype, and whether they were
+    decoded into memory: a mapped store's and an in-memory store's as they are (no copy), a
+    compressed store's decoded once into one array."""
+    array = store.levels[f][0 if kind == "images" else 1]
+    dtype = np.uint8 if kind == "images" else np.float32
+    if isinstance(array, (MappedArray, np.ndarray)):
+        blocks = array.blocks if isinstance(array, MappedArray) else tuple(array)
+        if all(b.dtype == dtype and b.flags.c_contiguous for b in blocks):
+            return list(blocks), False
+    out = np.empty(array.shape, dtype)
+    _fill(pool, out, (slice(None),) * (out.ndim - 1), _reader(store, f, kind))
+    return list(out), True
+
+
+def _fill(pool: ThreadPoolExecutor, level: torch.Tensor | np.ndarray, inner: tuple[slice, ...],
           read: Callable[[int], np.ndarray]) -> None:
-    """level[j][inner] = read(j) for every j, on the pool's threads; each holds one block at a time.
-    The first failure in j order is raised; the reads not yet started are dropped."""
+    """level[j][inner] = read(j) for every j (a CPU tensor or an array), on the pool's threads; each
+    holds one block at a time. The first failure in j order is raised; the reads not yet started are
+    dropped."""
+    target = level.numpy() if isinstance(level, torch.Tensor) else level  # numpy copies read-only maps too
+
     def put(j: int) -> None:
-        level[j][inner] = torch.from_numpy(read(j))
+        target[j][inner] = read(j)
     futures = [pool.submit(put, j) for j in range(len(level))]
     try:
         for future in futures:
@@ -317,6 +403,38 @@ def _fill(pool: ThreadPoolExecutor, level: torch.Tensor, inner: tuple[slice, ...
         for future in futures:
             future.cancel()
         raise
+
+
+def _upload(pool: ThreadPoolExecutor, level: torch.Tensor, inner: tuple[slice, ...],
+            read: Callable[[int], np.ndarray], chunk_bytes: int) -> None:
+    """level[j][inner] = read(j) for every j, for a level on another device: blocks are gathered into
+    a host buffer of about `chunk_bytes` (pinned for CUDA, at least one block) and copied over in one
+    transfer per chunk; two buffers alternate, so one is filled while the other's copy runs. One pass
+    over the blocks, host memory bounded by two chunks whatever the level's size."""
+    n = len(level)
+    if n == 0:
+        return
+    first = read(0)
+    per = max(1, min(n, chunk_bytes // max(1, first.nbytes)))
+    pinned = level.device.type == "cuda"
+    dtype = level.dtype
+    buffers = [torch.empty((per, *first.shape), dtype=dtype, pin_memory=pinned) for _ in range(2)]
+    done: list[Any] = [None, None]  # the event after each buffer's last copy
+    for step, start in enumerate(range(0, n, per)):
+        k, b = min(per, n - start), step % 2
+        if done[b] is not None:
+            done[b].synchronize()  # its previous copy has left the buffer
+        host = buffers[b].numpy()
+        _fill(pool, host[:k], (slice(None),) * first.ndim,
+              lambda j, start=start: first if start + j == 0 else read(start + j))
+        staged = buffers[b][:k].to(level.device, non_blocking=pinned)
+        level[start:start + k][(slice(None), *inner)] = staged
+        if pinned:
+            done[b] = torch.cuda.Event()
+            done[b].record()
+    for event in done:  # the level is complete before the caller normalizes or reads it
+        if event is not None:
+            event.synchronize()
 
 
 def level_centre(h: torch.Tensor, f: torch.Tensor, rule: str = "exact") -> torch.Tensor:
@@ -339,7 +457,7 @@ def _cpu_kernel() -> ctypes._CFuncPtr | None:
         warnings.warn(f"{e}; CPU batches fall back to torch ops (about 2x slower)", RuntimeWarning, stacklevel=3)
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    kernel.argtypes = [*[pointer] * 8, size, *[pointer] * 3, size, size, size, size, size]
+    kernel.argtypes = [*[pointer] * 8, size, *[pointer] * 3, *[size] * 7]
     kernel.restype = ctypes.c_int
     return kernel
 

@@ -86,7 +86,7 @@ def test_normalization_statistics_match_numpy(built: store.PatchStore) -> None:
 
 def test_attrs_provenance_and_version(built: store.PatchStore, synth_raw: Path) -> None:
     a = built.attrs
-    assert a["format"] == "camvis-patch-store" and a["format_version"] == store.FORMAT_VERSION == 3
+    assert a["format"] == "camvis-patch-store" and a["format_version"] == store.FORMAT_VERSION == 4
     assert a["image_shape"] == list(built.image_shape)
     p = a["provenance"]
     assert p["raw_dir"] == str(synth_raw.resolve()) and p["seed"] == 3
@@ -132,7 +132,7 @@ def test_open_store_rejects_another_format_version(synth_raw: Path, tmp_path: Pa
     with pytest.raises(StoreError) as e:
         store.open_store(path)
     message = str(e.value)
-    assert str(path) in message and "99" in message and "version 3 (and 2" in message
+    assert str(path) in message and "99" in message and "version 4 (and 2, 3" in message
 
 
 # --------------------------------------------------------------------------- rebuilding
@@ -163,7 +163,7 @@ def test_same_build_in_an_older_format_is_rebuilt(synth_raw: Path, tmp_path: Pat
     root = zarr.open_group(path, mode="r+")
     root.attrs.update({"format_version": 1, "checksums": None, "digest": None})  # as version 1 left it
     before = _identity(path)
-    with pytest.raises(StoreError, match="version 1, this camvis reads version 3.*--force"):  # other parameters
+    with pytest.raises(StoreError, match="version 1, this camvis reads version 4.*--force"):  # other parameters
         store_build.build(synth_raw, path, **{**BUILD, "seed": 9}, figure=False)
     assert _identity(path) == before
     rebuilt = store_build.build(synth_raw, path, **BUILD, figure=False)

@@ -21,7 +21,8 @@ from camvis.cli.data import main
 from camvis.errors import StoreError
 from camvis.data.store import open_store
 
-BUILD = dict(factors=(2, 4), patch_size=16, patches_per_image=30, seed=1, progress=False, figure=False)
+BUILD = dict(factors=(2, 4), patch_size=16, patches_per_image=30, seed=1, progress=False, figure=False,
+             compress=True)  # zstd levels, checked block by block as read (mapped ones: test_store_map.py)
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +244,7 @@ def test_build_records_a_checksum_per_block_and_a_digest(pristine: Path) -> None
 def test_a_store_of_format_version_1_is_refused_with_a_rebuild_hint(path: Path) -> None:
     """Stores of version 1 have no checksums: they must be rebuilt, not read unverified."""
     edit_attrs(path, format_version=1)
-    with pytest.raises(StoreError, match="version 1, this camvis reads version 3.*--force"):
+    with pytest.raises(StoreError, match="version 1, this camvis reads version 4.*--force"):
         open_store(path)
 
 
