@@ -33,5 +33,5 @@ def shape_text(jobs: Iterable[Any]) -> str:
     """"2 groups x 4 folds x 3 replicates" of jobs with .group, .fold and .replicate (JobSpec, JobInfo)."""
     jobs = list(jobs)
     parts = [plural(len({j.group for j in jobs}), "group"), plural(len({j.fold for j in jobs}), "fold")]
-    replicates = max((j.replicate for j in jobs), default=1)
-    return " x ".join(parts + ([plural(replicates, "replicate")] if replicates > 1 else []))
+    replicates = {j.replicate for j in jobs}  # said where there are any (--only replicate=2: "x 1 replicate")
+    return " x ".join(parts + ([plural(len(replicates), "replicate")] if replicates - {1} else []))
