@@ -46,7 +46,9 @@ TOL = 1e-10
 N_BOOT = 200  # patch resamples per image for its interval
 CONFIDENCE = 0.9  # level of the per-image interval
 UNCERTAIN_FACTOR = 4.0  # an interval with high / low above this flags an otherwise ok fit "uncertain"
-CSV_COLUMNS = ["image", "view", "predicted_visibility_m", "visibility_low_m", "visibility_high_m",
+INTERVAL_COLUMNS = ("visibility_low_m", "visibility_high_m")
+"""The interval's columns (interval_columns): in visibility.csv and camvis-predict's rows."""
+CSV_COLUMNS = ["image", "view", "predicted_visibility_m", *INTERVAL_COLUMNS,
                "true_visibility_m", "abs_log10_error", "signed_log10_error", "in_interval", "flag",
                "fit_quality", "n_patches"]
 """visibility.csv's columns, one row per held-out image (visibility_table)."""
@@ -239,9 +241,7 @@ def in_interval(fit: VisibilityFit, true: float | None) -> float:
 
 def interval_columns(fit: VisibilityFit | None) -> dict[str, float]:
     """The interval's columns of a prediction row (camvis-predict's rows, visibility.csv)."""
-    if fit is None:
-        return {"visibility_low_m": math.nan, "visibility_high_m": math.nan}
-    return {"visibility_low_m": fit.low_m, "visibility_high_m": fit.high_m}
+    return dict(zip(INTERVAL_COLUMNS, (math.nan, math.nan) if fit is None else (fit.low_m, fit.high_m)))
 
 
 def coverage(low: np.ndarray, high: np.ndarray, true: np.ndarray) -> tuple[float, int]:
