@@ -48,10 +48,17 @@ below_min) a cross."""
 def visibility_figure(points: Any, summary: Any, path: str | Path, experiment: str | None = None, *,
                       order: Sequence[str] | None = None, formats: tuple[str, ...] = ("png",),
                       dpi: int = PAPER_DPI) -> list[Path]:
+    """draw_visibility's figure, written in each of `formats` beside `path` (PNG at `dpi`), atomically."""
+    fig = draw_visibility(points, summary, experiment, order=order)
+    return save_figure(fig, path, formats, dpi=dpi, bbox_inches=None)
+
+
+def draw_visibility(points: Any, summary: Any, experiment: str | None = None, *,
+                    order: Sequence[str] | None = None) -> Any:
     """Predicted against true visibility, one log-log panel per group (in `order`, the grid's, as the
     metric figures; then the rest sorted), coloured by fold: each image's interval as a vertical bar
     (an unbounded end to the panel's edge), its marker by flag (FLAG_MARKERS), the 1:1 line and the
-    factor-2 band; each panel titled with its bias (summary's "all" row). Written in each of `formats`."""
+    factor-2 band; each panel titled with its bias (summary's "all" row)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -92,7 +99,7 @@ def visibility_figure(points: Any, summary: Any, path: str | Path, experiment: s
     fig.legend(handles=handles, loc="center right", frameon=False, fontsize=8)
     fig.suptitle(f"{experiment}: predicted vs true visibility" if experiment else "predicted vs true visibility")
     fig.subplots_adjust(right=1 - LEGEND_IN / fig.get_figwidth(), wspace=0.3, hspace=0.45)
-    return save_figure(fig, path, formats, dpi=dpi, bbox_inches=None)
+    return fig
 
 
 def _draw_points(ax: Any, part: Any, color: Any, lo: float, hi: float) -> None:

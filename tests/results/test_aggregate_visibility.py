@@ -55,7 +55,7 @@ def _fabricate(root: Path) -> None:
 def test_visibility_columns_match_a_hand_computation(tmp_path: Path) -> None:
     _fabricate(tmp_path)
     console = Console(record=True, width=160)
-    result = agg.aggregate("exp", tmp_path / "outputs", tmp_path / "jobs", console=console)
+    result = agg.aggregate("exp", tmp_path / "outputs", tmp_path / "jobs", console=console, formats=("png", "pdf"))
     summary = pd.read_csv(tmp_path / "outputs" / "exp" / "visibility_summary.csv", dtype={"fold": str})
     row = summary.set_index(["group", "fold"])
     # a, fold 1: errors 0.1 0.2 0.5 -> median 0.2; within factor 2 (<= 0.30103): 2 of 3
@@ -85,6 +85,7 @@ def test_visibility_columns_match_a_hand_computation(tmp_path: Path) -> None:
     assert share["ci_low"] <= share["diff"] <= share["ci_high"] and 0 <= share["p_value"] <= 1
     assert comparisons.loc["median_abs_log10_error", "diff"] == pytest.approx(0.2 - 0.2)
     assert (tmp_path / "outputs" / "exp" / "visibility.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "outputs" / "exp" / "visibility.pdf").read_bytes()[:5] == b"%PDF-"  # --format
     printed = console.export_text()
     assert "visibility a: median |log10 error| 0.200 [" in printed and "bias +0.200 [" in printed
     assert "intervals cover 60% of 5" in printed and "visibility b:" in printed and "bias -0.200" in printed
