@@ -89,8 +89,9 @@ def write_doc_figures(out: Path, console) -> None:
     write_bytes(DOCS / "demo_summary.csv", (out / "summary.csv").read_bytes())
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()
-    old = "\n".join(quoted_table(readme))
-    write_text(readme_path, readme.replace(old, "\n".join(readme_table(summary)), 1))
+    start = readme.index(README_MARKERS[0]) + len(README_MARKERS[0])
+    end = readme.index(README_MARKERS[1])
+    write_text(readme_path, readme[:start] + "\n" + "\n".join(readme_table(summary)) + "\n" + readme[end:])
     write_text(DOCS / "inputs.json", json.dumps({"inputs_sha256": doc_inputs_hash(), "files": sorted(DOC_FIGURES),
                                                  "summary": "demo_summary.csv"}, indent=1) + "\n")
     console.print(f"docs figures:    {DOCS} ({len(DOC_FIGURES)} figures, demo_summary.csv, inputs.json); "

@@ -27,6 +27,7 @@ A plain `train.seed` axis means the same: its values are the replicates' seeds, 
 and the jobs are named "_rep{r}", not "_seed{v}". Each job's config (and its scores.json) carries
 `replicate: r` (1 without replicates); the aggregate pools a point's replicates, never treats them
 as groups.
+
 Every problem is collected into one ConfigError naming the grid file and the key. No torch
 here: the launcher runs on login nodes.
 
