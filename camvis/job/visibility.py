@@ -177,7 +177,9 @@ def fit_logistic_weighted(x: np.ndarray, scores: np.ndarray, weights: np.ndarray
 
     def objective(th: np.ndarray) -> np.ndarray:
         z = th[:, :1] - th[:, 1:] * xc
-        softplus = np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))  # logaddexp(0, z), twice as fast
+        # logaddexp(0, z), 4x faster; |z| capped at 50 (exp(-50) is below float64's eps next to 1) so
+        # that exp never returns a subnormal (50x slower on x86): separable scores give |z| in the hundreds
+        softplus = np.maximum(z, 0) + np.log1p(np.exp(-np.minimum(np.abs(z), 50.0)))
         ce = (w * (softplus - s * z)).sum(axis=1)
         return ce + 0.5 * RIDGE * th[:, 1] ** 2 + 0.5 * RIDGE_INTERCEPT * th[:, 0] ** 2
 
@@ -191,11 +193,10 @@ def fit_logistic_weighted(x: np.ndarray, scores: np.ndarray, weights: np.ndarray
         det = hcc * hbb - hcb * hcb
         step = np.stack([hbb * grad[:, 0] - hcb * grad[:, 1], hcc * grad[:, 1] - hcb * grad[:, 0]], axis=1) / det[:, None]
         t = np.where(active, 1.0, 0.0)
-        trial, trial_value = theta, value
-        for _ in range(20):  # backtracking, per fit
+        while True:  # backtracking, per fit, down to a step of 1e-6 as fit_logistic's
             trial = theta - t[:, None] * step
             trial_value = objective(trial)
-            worse = trial_value > value
+            worse = (trial_value > value) & (t > 1e-6)
             if not worse.any():
                 break
             t = np.where(worse, t / 2, t)
