@@ -92,6 +92,11 @@ class TrainConfig:
     one and on the CPU; true/false force it. Speed only: not in any hash."""
     fused_adam: Literal["auto"] | bool = "auto"
     """Adam's fused kernel (one launch per step) instead of foreach; auto as train.compile. Not in any hash."""
+    threads: Literal["auto"] | int = "auto"
+    """CPU intra-op threads of each rank: an int fixes them (CPU training's float sums, hence its
+    numbers, depend on the count; the demo sets 1); auto: a local launch's share of the cores, else
+    SLURM_CPUS_PER_TASK, else CAMVIS_NUM_THREADS, else torch's default (the cores). Recorded in
+    scores.json; not in any hash (how it computes, like train.compile)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +121,8 @@ class JobConfig:
     """Job name within the experiment (e.g. cat_fold3)."""
     group: str = "default"
     """Grid group the job belongs to (e.g. cat, align)."""
+    replicate: int = 1
+    """Which training seed of its grid point (1..N of the grid's `replicates: N`); identity, not hashed."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -365,7 +372,7 @@ def job_config_from_dict(raw: Mapping[str, Any], source: str) -> JobConfig:
         elif key in SECTIONS:
             sections[key] = section_from_dict(SECTIONS[key], key, value, errors)
         else:
-            sections[key] = _check_type(key, value, str, errors)
+            sections[key] = _check_type(key, value, int if key == "replicate" else str, errors)
     for name, cls in SECTIONS.items():
         sections.setdefault(name, cls())
     if not errors:
@@ -504,6 +511,8 @@ that camvis-aggregate reads back for every job."""
 def validate_values(cfg: JobConfig) -> list[str]:
     """Checks beyond types: ranges and cross-field rules."""
     errors = [p for p in (name_problem(key, getattr(cfg, key)) for key in ("experiment", "name", "group")) if p]
+    if cfg.replicate < 1:
+        errors.append(f"replicate must be >= 1, got {cfg.replicate}")
     d, m, t, e = cfg.data, cfg.model, cfg.train, cfg.eval
     if d.fold < 1:
         errors.append(f"data.fold must be >= 1 (folds are 1-based), got {d.fold}")
@@ -529,6 +538,8 @@ def validate_values(cfg: JobConfig) -> list[str]:
         errors.append(f"train.inner_fraction must be in (0, 1), got {t.inner_fraction}")
     if t.plateau_patience < 0:
         errors.append(f"train.plateau_patience must be >= 0, got {t.plateau_patience}")
+    if t.threads != "auto" and t.threads < 1:
+        errors.append(f"train.threads must be 'auto' or an int >= 1, got {t.threads}")
     if t.epoch_patches is not None and t.epoch_patches < 1:
         errors.append(f"train.epoch_patches must be >= 1 or null, got {t.epoch_patches}")
     for key, seed in (("train.seed", t.seed), ("eval.seed", e.seed)):
@@ -636,7 +647,7 @@ def eval_hash(cfg: JobConfig) -> str:
     return sections_hash(to_dict(cfg), ("eval",))
 
 
-NOT_HASHED = {"data": ("stage",), "train": ("compile", "fused_adam")}
+NOT_HASHED = {"data": ("stage",), "train": ("compile", "fused_adam", "threads")}
 """Keys that change where a job reads its inputs from or how fast it computes, not what: left out of every
 hash, so a staged store or a compiled model keeps the job's train_hash (and configs from before the keys
 keep theirs; a checkpoint resumes whatever the speed-ups)."""

@@ -5,6 +5,8 @@ CLI both import it, on login nodes too.
 
 from __future__ import annotations
 
+from typing import Any, Iterable
+
 from rich.console import Console
 
 # Columns when the output is not a terminal (piped, redirected, a batch job's log), where rich
@@ -25,3 +27,11 @@ def default_console(width: int | None = None, *, stderr: bool = False) -> Consol
 def plural(n: int, word: str, words: str | None = None) -> str:
     """`1 job`, `2 jobs` (`words` for irregular plurals)."""
     return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def shape_text(jobs: Iterable[Any]) -> str:
+    """"2 groups x 4 folds x 3 replicates" of jobs with .group, .fold and .replicate (JobSpec, JobInfo)."""
+    jobs = list(jobs)
+    parts = [plural(len({j.group for j in jobs}), "group"), plural(len({j.fold for j in jobs}), "fold")]
+    replicates = {j.replicate for j in jobs}  # said where there are any (--only replicate=2: "x 1 replicate")
+    return " x ".join(parts + ([plural(len(replicates), "replicate")] if replicates - {1} else []))

@@ -112,18 +112,32 @@ def test_speed_ups_are_in_no_hash():
 
     default = load_job_config(None)
     for overrides in (["train.compile=auto", "train.fused_adam=auto"], ["train.compile=true"],
-                      ["train.compile=false", "train.fused_adam=true"]):
+                      ["train.compile=false", "train.fused_adam=true"], ["train.threads=1"], ["train.threads=auto"]):
         cfg = load_job_config(None, overrides)
         assert (config_hash(cfg), train_hash(cfg), eval_hash(cfg)) == \
             (config_hash(default), train_hash(default), eval_hash(default)), overrides
     assert train_hash(load_job_config(None, ["train.lr=0.01"])) != train_hash(default)
     before = to_dict(default)  # a config recorded before the keys existed (e.g. in an old checkpoint)
-    for key in ("compile", "fused_adam"):
+    for key in ("compile", "fused_adam", "threads"):
         del before["train"][key]
+    del before["replicate"]
     assert sections_hash(before, TRAIN_SECTIONS) == train_hash(default)
     assert sections_hash(before, ("data", "model", "train", "eval")) == config_hash(default)
     # the defaults' hashes as camvis computed them before the keys (commit dfab7e1)
     assert (config_hash(default), train_hash(default)) == ("cffdcc7793c8", "2fd692303b82")
+
+
+def test_threads_and_replicate_are_checked():
+    assert load_job_config(None, ["train.threads=2"]).train.threads == 2
+    for bad, message in ((["train.threads=0"], "train.threads must be 'auto' or an int >= 1, got 0"),
+                         (["train.threads=many"], "train.threads: expected one of 'auto' or int"),
+                         (["replicate=0"], "replicate must be >= 1, got 0"),
+                         (["replicate=two"], "replicate: expected int")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_job_config(None, bad)
+    cfg = load_job_config(None, ["replicate=3"])
+    assert cfg.replicate == 3 and config_hash(cfg) == config_hash(load_job_config(None))  # identity, not hashed
+    assert job_config_from_dict(to_dict(cfg), "x").replicate == 3
 
 
 def test_round_trip_through_dict():

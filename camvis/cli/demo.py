@@ -4,10 +4,18 @@ synthesize fog scenes -> check them -> build the Zarr store -> launch configs/de
 locally (train + evaluate every job) -> aggregate -> export the best cat model as a bundle and
 predict its held-out view's images through it (camvis-predict) -> say where everything is.
 Re-running is cheap: existing data, store and finished jobs are reused.
+
+`--doc-figures` then regenerates the checkout's docs/figures/ from this run: every job re-evaluated by the
+current code (--force), the figures copied (DOC_FIGURES), the run's summary.csv kept as
+docs/figures/demo_summary.csv, the README's quoted table (between its demo-numbers markers) rewritten
+from it, and the hash of the figures' inputs (doc_inputs_hash) recorded in docs/figures/inputs.json: the
+demo test fails when that hash no longer matches (a committed figure is stale).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -21,6 +29,73 @@ GRID = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # the chec
 SYNTH = {"views": 4, "images_per_view": 6, "size": (192, 288), "seed": 0}
 BUNDLE = Path("models/demo_cat")
 BUILD = {"factors": (1, 2, 4), "patch_size": 32, "patches_per_image": 400, "seed": 0}
+ROOT = GRID.parents[1]
+DOCS = ROOT / "docs" / "figures"
+DOC_FIGURES = {  # docs/figures/<name> <- outputs/demo/<path>
+    "loss.png": "loss.png", "acc.png": "acc.png", "visibility.png": "visibility.png",
+    "confusion.png": "cat_fold1/confusion.png", "learning_curve.png": "cat_fold1/learning_curve.png",
+    "image_map.png": "cat_fold1/figures/1148_1_2018-01-30_1630_map.png",
+}
+FIGURE_CODE = ("camvis/plots", "camvis/results/aggregate_visibility.py", "camvis/job/visibility.py")
+"""What draws the figures or computes what they show, besides the demo's own settings (doc_inputs_hash)."""
+README_MARKERS = ("<!-- demo-numbers: written by `python -m camvis.cli.demo --doc-figures` -->",
+                  "<!-- /demo-numbers -->")
+
+
+def doc_inputs_hash() -> str:
+    """sha256 of what docs/figures/ is drawn from: configs/demo.yaml, the data and store settings (SYNTH,
+    BUILD) and the source of FIGURE_CODE. Not the pixels: a PNG's bytes vary with matplotlib's version."""
+    digest = hashlib.sha256(json.dumps({"synth": SYNTH, "build": BUILD}, sort_keys=True).encode())
+    files = [GRID] + sorted(f for entry in FIGURE_CODE for f in ([ROOT / entry] if (ROOT / entry).is_file()
+                                                                  else (ROOT / entry).rglob("*.py")))
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def readme_table(summary) -> list[str]:
+    """The README's quoted demo numbers from a summary.csv frame: per group the mean over folds of each
+    metric and the per-fold accuracies (point estimates: reproduced exactly under train.threads)."""
+    folds = sorted(c for c in summary.columns if c.startswith("fold_"))
+    lines = ["| group | accuracy | macro F1 | BCE loss | accuracy per fold (" + ", ".join(f[5:] for f in folds) + ") |",
+             "|---|---|---|---|---|"]
+    for group, rows in summary.groupby("group", sort=True):
+        by = rows.set_index("metric")
+        per_fold = ", ".join(f"{by.loc['acc', f]:.4f}" for f in folds)
+        lines.append(f"| {group} | {by.loc['acc', 'mean']:.4f} | {by.loc['f1', 'mean']:.4f} | "
+                     f"{by.loc['loss', 'mean']:.4f} | {per_fold} |")
+    return lines
+
+
+def quoted_table(readme: str) -> list[str]:
+    """The lines between the README's demo-numbers markers."""
+    start, end = readme.index(README_MARKERS[0]), readme.index(README_MARKERS[1])
+    return readme[start + len(README_MARKERS[0]):end].strip().splitlines()
+
+
+def write_doc_figures(out: Path, console) -> None:
+    """docs/figures/ and the README's table from the finished demo under `out` (outputs/demo)."""
+    import pandas as pd
+
+    from camvis.io import write_bytes, write_text
+
+    missing = [str(out / src) for src in DOC_FIGURES.values() if not (out / src).is_file()]
+    if missing:
+        raise CamvisError(f"--doc-figures: the demo did not write {', '.join(missing)}")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    for name, src in DOC_FIGURES.items():
+        write_bytes(DOCS / name, (out / src).read_bytes())
+    summary = pd.read_csv(out / "summary.csv")
+    write_bytes(DOCS / "demo_summary.csv", (out / "summary.csv").read_bytes())
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text()
+    start = readme.index(README_MARKERS[0]) + len(README_MARKERS[0])
+    end = readme.index(README_MARKERS[1])
+    write_text(readme_path, readme[:start] + "\n" + "\n".join(readme_table(summary)) + "\n" + readme[end:])
+    write_text(DOCS / "inputs.json", json.dumps({"inputs_sha256": doc_inputs_hash(), "files": sorted(DOC_FIGURES),
+                                                 "summary": "demo_summary.csv"}, indent=1) + "\n")
+    console.print(f"docs figures:    {DOCS} ({len(DOC_FIGURES)} figures, demo_summary.csv, inputs.json); "
+                  f"README's demo table rewritten")
 
 
 def prepare_data(console) -> None:
@@ -102,7 +177,12 @@ def predict_held_out(console, out: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser("python -m camvis.cli.demo", __doc__)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides for configs/demo.yaml")
+    parser.add_argument("--doc-figures", action="store_true",
+                        help="then re-evaluate every job and regenerate the checkout's docs/figures/ and the "
+                             "README's demo table from this run (no overrides allowed)")
     args = parser.parse_args(argv)
+    if args.doc_figures and args.overrides:
+        return fail(CamvisError("--doc-figures documents the demo as shipped: give no key=value overrides"))
 
     from camvis.cluster.launch import launch
     from camvis.console import default_console
@@ -112,12 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare_data(console)
         console.rule("4/5 train and evaluate the demo grid locally, then aggregate")
-        result = launch(GRID, args.overrides, mode="local", console=console)
+        result = launch(GRID, args.overrides, mode="local", console=console, force=args.doc_figures)
     except CamvisError as e:
         return fail(e)
     out = Path("outputs") / result.grid.experiment
     try:
         predicted = predict_held_out(console, out)
+        if args.doc_figures and not result.failed:
+            write_doc_figures(out, console)
     except CamvisError as e:
         return fail(e)
     console.rule(f"done in {time.perf_counter() - start:.0f} s")

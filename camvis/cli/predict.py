@@ -91,13 +91,21 @@ def _score(out, raw_dir: str, fmt: str | None) -> None:
         return
     rows = (pd.read_json(out, lines=True, dtype={"image": str}) if (fmt or out.suffix[1:]) == "jsonl"
             else pd.read_csv(out, dtype={"image": str}))
+    from camvis.job.visibility import INTERVAL_COLUMNS, coverage
+
     true = rows["image"].map(truth).to_numpy(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        error = np.abs(np.log10(rows["visibility_m"].to_numpy(np.float64) / true))
-    error = error[np.isfinite(error)]
-    if error.size:
+        signed = np.log10(rows["visibility_m"].to_numpy(np.float64) / true)
+    signed = signed[np.isfinite(signed)]
+    if signed.size:
+        error = np.abs(signed)
+        bounds = [pd.to_numeric(rows[c], errors="coerce") if c in rows else np.full(len(rows), np.nan)
+                  for c in INTERVAL_COLUMNS]
+        share, n = coverage(*bounds, true)
+        covered = f"; intervals cover {share:.0%} of {n}" if n else ""
         print(f"against {raw_dir}/visibility.csv: median |log10 error| {np.median(error):.3f} over {error.size} "
-              f"images, {np.mean(error <= math.log10(2)):.0%} within a factor 2")
+              f"images, {np.mean(error <= math.log10(2)):.0%} within a factor 2; bias (median signed log10 "
+              f"error) {np.median(signed):+.3f}{covered}")
 
 
 def _run(args: argparse.Namespace):

@@ -20,6 +20,14 @@ that disagrees with it is an error (so is a fold or a factor the store does not 
 Without a group axis the group is "default"; without a fold axis the base's data.fold.
 
 Jobs are named "{group}_fold{k}" plus "_{key}{value}" per plain axis ("cat_fold3_lr0.001").
+
+Replicates: `replicates: N` (top level, default 1) trains each grid point N times, replicate r with
+train.seed = (the point's train.seed) + r - 1, named with "_rep{r}" when N > 1 ("cat_fold3_rep2").
+A plain `train.seed` axis means the same: its values are the replicates' seeds, in order (r = 1..N),
+and the jobs are named "_rep{r}", not "_seed{v}". Each job's config (and its scores.json) carries
+`replicate: r` (1 without replicates); the aggregate pools a point's replicates, never treats them
+as groups.
+
 Every problem is collected into one ConfigError naming the grid file and the key. No torch
 here: the launcher runs on login nodes.
 
@@ -47,8 +55,9 @@ from camvis.cluster.slurm_settings import SlurmSettings, parse_slurm_settings
 from camvis.cluster.store_settings import StoreBuild, parse_store_section
 from camvis.data.store_info import StoreInfo
 
-GRID_KEYS = ("experiment", "description", "folds", "base", "axes", "slurm", "store")
-IDENTITY_KEYS = ("experiment", "name", "group")
+GRID_KEYS = ("experiment", "description", "folds", "replicates", "base", "axes", "slurm", "store")
+IDENTITY_KEYS = ("experiment", "name", "group", "replicate")
+SEED_AXIS = "train.seed"  # a plain axis over it means replicates
 DEFAULT_GROUP = "default"
 
 
@@ -63,6 +72,7 @@ class JobSpec:
     axes: dict[str, Any]      # plain axis key -> value of this job
     config: JobConfig
     hash: str
+    replicate: int = 1  # 1..N of the grid's replicates (camvis.config.JobConfig.replicate)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,11 @@ class Grid:
     @property
     def names(self) -> list[str]:
         return [j.name for j in self.jobs]
+
+    @property
+    def replicates(self) -> int:
+        """Training seeds per group x fold point (the grid's `replicates`, or its train.seed axis's length)."""
+        return max((j.replicate for j in self.jobs), default=1)
 
 
 # --------------------------------------------------------------------------- loading
@@ -112,7 +127,7 @@ def apply_grid_overrides(raw: Mapping[str, Any], overrides: Sequence[str], sourc
     for text in overrides:
         key, append, value = cfgmod.split_override(text)
         top = key.split(".", 1)[0]
-        if key in ("experiment", "description", "folds") or top in ("slurm", "store"):
+        if key in ("experiment", "description", "folds", "replicates") or top in ("slurm", "store"):
             cfgmod.set_override(result, key, append, value, text)
             continue
         if top == "base":
@@ -178,9 +193,10 @@ def expand(raw: Mapping[str, Any], path: Path, overrides: tuple[str, ...] = ()) 
     groups = _groups(axes.get("group"), base, errors)
     plain = _plain_axes(axes, base_cfg, errors)
     _check_axes_disjoint(groups, plain, errors)
+    seeds = _replicates(raw.get("replicates"), plain.pop(SEED_AXIS, None), errors)
     if errors:
         raise _grid_error(path, errors)
-    jobs = _jobs(str(raw.get("experiment")), base_cfg, folds, groups, plain, stores, errors)
+    jobs = _jobs(str(raw.get("experiment")), base_cfg, folds, groups, plain, stores, errors, seeds)
     store = parse_store_section(raw.get("store"), base_cfg.data.store, slurm, [j.config.data.factors for j in jobs],
                                 errors)
     if errors:
@@ -379,6 +395,20 @@ def _check_group_key(key: str) -> str | None:
     return _check_dotted_key(key)
 
 
+def _replicates(count: Any, seed_axis: list[Any] | None, errors: list[str]) -> list[int | None]:
+    """Per replicate r (1..N), its train.seed: a seed axis's value, or None for the point's own seed + r - 1."""
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        errors.append(f"replicates: expected the number of training seeds per group and fold (an int >= 1), "
+                      f"got {count!r}")
+        return [None]
+    if seed_axis is not None:
+        if count not in (None, 1):
+            errors.append(f"replicates: {count}, but axes.{SEED_AXIS} also sets the seeds; give one of them "
+                          f"(the seed axis means {len(seed_axis)} replicates)")
+        return list(seed_axis)
+    return [None] * (count or 1)
+
+
 def _plain_axes(axes: Mapping[str, Any], base: JobConfig, errors: list[str]) -> dict[str, list[Any]]:
     plain: dict[str, list[Any]] = {}
     for key, values in axes.items():
@@ -412,9 +442,10 @@ def _check_axes_disjoint(groups: Mapping[str, Mapping[str, Any]], plain: Mapping
 
 
 def _jobs(experiment: str, base: JobConfig, folds: list[int], groups: dict[str, dict[str, Any]],
-          plain: dict[str, list[Any]], stores: Callable[..., StoreInfo | None], errors: list[str]) -> list[JobSpec]:
-    """The cartesian product group x fold x plain axes, in that order. Each group's config is derived
-    once (validated by _groups), each job's from it by the keys its grid point sets (_derive)."""
+          plain: dict[str, list[Any]], stores: Callable[..., StoreInfo | None], errors: list[str],
+          seeds: Sequence[int | None] = (None,)) -> list[JobSpec]:
+    """The cartesian product group x fold x plain axes x replicates, in that order. Each group's config
+    is derived once (validated by _groups), each job's from it by the keys its grid point sets (_derive)."""
     labels = _axis_labels(list(plain))
     jobs: list[JobSpec] = []
     seen: dict[str, str] = {}
@@ -424,11 +455,15 @@ def _jobs(experiment: str, base: JobConfig, folds: list[int], groups: dict[str, 
         if group_cfg is None:
             continue
         for fold in folds:
-            for combo in itertools.product(*plain.values()):
+            for combo, (r, seed) in itertools.product(itertools.product(*plain.values()), enumerate(seeds, 1)):
                 values = dict(zip(plain, combo))
-                name = job_name(group, fold, {labels[k]: v for k, v in values.items()})
-                cfg = _derive(group_cfg, {**values, "data.fold": fold}, f"job {name}", errors,
-                              experiment=experiment, name=name, group=group)
+                name = job_name(group, fold, {labels[k]: v for k, v in values.items()}) + \
+                    (f"_rep{r}" if len(seeds) > 1 else "")
+                settings = {**values, "data.fold": fold}
+                if len(seeds) > 1 or seed is not None:
+                    settings[SEED_AXIS] = group_cfg.train.seed + r - 1 if seed is None else seed
+                cfg = _derive(group_cfg, settings, f"job {name}", errors,
+                              experiment=experiment, name=name, group=group, replicate=r)
                 if cfg is None:
                     continue
                 if name in seen:
@@ -440,7 +475,7 @@ def _jobs(experiment: str, base: JobConfig, folds: list[int], groups: dict[str, 
                 view = info.check(cfg, "", found) if info else None
                 for problem in found:
                     store_problems.setdefault(problem, []).append(name)
-                jobs.append(JobSpec(name, group, fold, view, values, cfg, config_hash(cfg)))
+                jobs.append(JobSpec(name, group, fold, view, values, cfg, config_hash(cfg), r))
     for problem, names in store_problems.items():
         errors.append((f"job {names[0]}" if len(names) == 1 else f"jobs {names[0]} and {len(names) - 1} more")
                       + problem)
@@ -475,7 +510,7 @@ def _value_text(value: Any) -> str:
 
 
 def select(jobs: Iterable[JobSpec], only: Sequence[str] = ()) -> list[JobSpec]:
-    """Jobs matching every `key=value` filter (name, group, fold, view or an axis key);
+    """Jobs matching every `key=value` filter (name, group, fold, view, replicate or an axis key);
     repeating a key or a comma list (fold=1,3) means any of those values."""
     wanted: dict[str, set[str]] = {}
     for text in only:
@@ -484,7 +519,7 @@ def select(jobs: Iterable[JobSpec], only: Sequence[str] = ()) -> list[JobSpec]:
             raise ConfigError(f"--only {text!r}: expected key=value, e.g. --only group=cat --only fold=3")
         wanted.setdefault(key.strip(), set()).update(v.strip() for v in value.split(","))
     jobs = list(jobs)
-    known = {"name", "group", "fold", "view"} | {k for j in jobs for k in j.axes} | \
+    known = {"name", "group", "fold", "view", "replicate"} | {k for j in jobs for k in j.axes} | \
             {k.rsplit(".", 1)[-1] for j in jobs for k in j.axes}
     for key in wanted:
         if key not in known:
@@ -493,7 +528,8 @@ def select(jobs: Iterable[JobSpec], only: Sequence[str] = ()) -> list[JobSpec]:
 
 
 def _job_value(job: JobSpec, key: str) -> str:
-    fixed = {"name": job.name, "group": job.group, "fold": str(job.fold), "view": str(job.view)}
+    fixed = {"name": job.name, "group": job.group, "fold": str(job.fold), "view": str(job.view),
+             "replicate": str(job.replicate)}
     if key in fixed:
         return fixed[key]
     for axis, value in job.axes.items():

@@ -39,6 +39,7 @@ class JobInfo:
     stdout: str | None = None
     stderr: str | None = None
     submitted: str | None = None
+    replicate: int = 1  # which training seed of its grid point (the grid's `replicates`)
 
     @property
     def variant(self) -> str:
@@ -78,6 +79,7 @@ def _info_from_manifest(name: str, entry: dict[str, Any]) -> JobInfo:
         stdout=_opt_str(entry.get("stdout")),
         stderr=_opt_str(entry.get("stderr")),
         submitted=_opt_str(entry.get("submitted")),
+        replicate=as_int(entry.get("replicate")) or 1,
     )
 
 
@@ -90,6 +92,7 @@ def _info_from_dir(path: Path) -> JobInfo:
         fold=fold if fold is not None else fold_from_name(path.name),
         view=_opt_str(scores.get("view")),
         mode="unknown",
+        replicate=as_int(scores.get("replicate")) or 1,
     )
 
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 from camvis import locks
 from camvis.cluster import preflight, store_job
 from camvis.errors import SubmissionError
-from camvis.console import plural
+from camvis.console import plural, shape_text
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
 from camvis.io import now_iso
 from camvis.cluster.array_submit import submit_array
@@ -431,9 +431,10 @@ def print_report(result: LaunchResult, console: Any) -> None:
 
     exp = result.grid.experiment
     title = f"{exp}: {len(result.submitted)} to run, {len(result.skipped)} skipped ({result.mode}" + \
-        (", dry run)" if result.dry_run else ")")
+        (", dry run)" if result.dry_run else ")") + f"; {shape_text(d.job for d in result.decisions)}"
     table = Table(title=title, title_justify="left")
-    for column in ("job", "group", "fold", "view", "hash", "action", "reason", "job id"):
+    reps = result.grid.replicates > 1  # a replicate column only where the grid has replicates
+    for column in ("job", "group", "fold", *(("rep",) if reps else ()), "view", "hash", "action", "reason", "job id"):
         table.add_column(column, no_wrap=column not in ("reason", "view"))
     for d in result.decisions[:TABLE_ROWS]:
         action = ("submit" if not result.dry_run else "would submit") if d.submit else "skip"
@@ -444,7 +445,8 @@ def print_report(result: LaunchResult, console: Any) -> None:
         else:
             reason = d.reason
         style = "green" if d.submit else "dim"
-        table.add_row(d.job.name, d.job.group, str(d.job.fold), d.job.view or "-", d.job.hash,
+        table.add_row(d.job.name, d.job.group, str(d.job.fold), *((str(d.job.replicate),) if reps else ()),
+                      d.job.view or "-", d.job.hash,
                       f"[{style}]{action}[/]", reason, job_id)
     console.print(table)
     if len(result.decisions) > TABLE_ROWS:  # rich takes seconds over thousands of rows; the manifest has them all

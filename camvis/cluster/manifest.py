@@ -48,7 +48,7 @@ def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: in
     paths = getattr(job, "paths", None)
     return {
         "group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
-        "config": to_dict(spec.config), "mode": mode, "job_id": str(job.job_id), "array_id": array_id,
+        "replicate": spec.replicate, "config": to_dict(spec.config), "mode": mode, "job_id": str(job.job_id), "array_id": array_id,
         "task": task, "submitted": submitted or now_iso(),
         "stdout": str(paths.stdout) if paths is not None else None,
         "stderr": str(paths.stderr) if paths is not None else None,
@@ -57,7 +57,7 @@ def job_entry(spec: JobSpec, mode: str, job: Any, array_id: str | None, task: in
 
 def _skipped_entry(spec: JobSpec) -> dict[str, Any]:
     return {"group": spec.group, "fold": spec.fold, "view": spec.view, "axes": spec.axes, "hash": spec.hash,
-            "config": to_dict(spec.config), "mode": None, "job_id": None, "array_id": None, "task": None,
+            "replicate": spec.replicate, "config": to_dict(spec.config), "mode": None, "job_id": None, "array_id": None, "task": None,
             "submitted": None, "stdout": None, "stderr": None}
 
 

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from camvis.cluster import efficiency_view, jobfiles
 from camvis.cluster import slurm_query, store_job
-from camvis.console import default_console, plural
+from camvis.console import default_console, plural, shape_text
 from camvis.errors import ConfigError, SubmissionError
 from camvis.jobdir import as_number, is_finished
 from camvis.cluster.jobfiles import (
@@ -239,11 +239,13 @@ def best_header(jobs: Sequence[JobStatus]) -> str:
 
 
 def build_table(status: ExperimentStatus) -> Table:
-    table = Table(title=f"{status.experiment}: {plural(len(status.jobs), 'job')}", title_justify="left")
-    for column, justify in [("job (id)", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
-                            ("state from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"),
-                            (best_header(status.jobs), "right"), ("train samples/s", "right"), ("ETA", "right"),
-                            ("efficiency (used/asked)", "left")]:  # fmt: skip
+    reps = any(job.info.replicate > 1 for job in status.jobs)  # a replicate column only where there are some
+    shape = f" ({shape_text(job.info for job in status.jobs)})" if reps else ""
+    table = Table(title=f"{status.experiment}: {plural(len(status.jobs), 'job')}{shape}", title_justify="left")
+    for column, justify in [("job (id)", "left"), ("group", "left"), ("fold", "right"), *([("rep", "right")] * reps),
+                            ("state", "left"), ("state from", "left"), ("node", "left"), ("elapsed", "right"),
+                            ("epoch", "right"), (best_header(status.jobs), "right"), ("train samples/s", "right"),
+                            ("ETA", "right"), ("efficiency (used/asked)", "left")]:  # fmt: skip
         table.add_column(column, justify=justify, no_wrap=column in ("job (id)", "state"))  # type: ignore[arg-type]
     for job in status.jobs:
         info, row = job.info, job.slurm
@@ -253,7 +255,7 @@ def build_table(status: ExperimentStatus) -> Table:
         fold = "-" if info.fold is None else str(info.fold)
         restarts = int((job.progress or {}).get("restarts") or 0)
         state = state_text(job.state, restarts, row.history if row else ())
-        table.add_row(name, info.group, fold, state, Text(job.source_text, style="dim"),
+        table.add_row(name, info.group, fold, *([str(info.replicate)] * reps), state, Text(job.source_text, style="dim"),
                       ",".join(node_list(row.node)) if row and row.node else "-",
                       row.elapsed if row and row.elapsed else "-", *progress_cells(job),
                       efficiency_view.cell(efficiency_view.of_job(job, status.resources.get(info.name))))  # fmt: skip

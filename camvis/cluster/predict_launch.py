@@ -294,14 +294,16 @@ def _read_rows(path: Path, fmt: str) -> Any:
     import pandas as pd
 
     from camvis.job.predict import ROW_COLUMNS
+    from camvis.job.visibility import INTERVAL_COLUMNS
 
     try:
         frame = (pd.read_json(path, lines=True, dtype={"image": str, "timestamp": str}) if fmt == "jsonl"
                  else pd.read_csv(path, dtype={"image": str, "view": str, "timestamp": str}, keep_default_na=False,
-                                  na_values={"visibility_m": [""], "fit_quality": [""]}))
+                                  na_values={c: [""] for c in ("visibility_m", *INTERVAL_COLUMNS, "fit_quality")}))
     except (OSError, ValueError) as e:
         raise PredictError(f"{path}: cannot read earlier predictions ({e}); move it away or pass --force") from e
-    missing = [c for c in ROW_COLUMNS if c not in frame.columns] if len(frame.columns) else []
+    missing = [c for c in ROW_COLUMNS if c not in frame.columns and c not in INTERVAL_COLUMNS] if len(frame.columns) \
+        else []  # outputs of before the interval columns are appended to (NaN intervals)
     if missing:
         raise PredictError(f"{path}: not a camvis-predict output (missing column(s) {', '.join(missing)}); "
                            "choose another --out or pass --force")

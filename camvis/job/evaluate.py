@@ -298,6 +298,7 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
         "experiment": cfg.experiment,
         "job": cfg.name,
         "group": cfg.group,
+        "replicate": cfg.replicate,
         "fold": cfg.data.fold,
         "view": view,
         "config_hash": config_hash(cfg),
@@ -346,9 +347,7 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
     boot = results["bootstrap"]
     _write_csv(job_dir / "bootstrap.csv", pd.DataFrame(
         {"resample": np.arange(len(boot["loss"])), **{k: boot[k] for k in metrics.METRICS}}))
-    _write_csv(job_dir / "visibility.csv", pd.DataFrame(results["visibility"], columns=[
-        "image", "view", "predicted_visibility_m", "true_visibility_m", "abs_log10_error", "flag", "fit_quality",
-        "n_patches"]))
+    _write_csv(job_dir / "visibility.csv", pd.DataFrame(results["visibility"], columns=visibility.CSV_COLUMNS))
     if cfg.eval.figures:
         write_figures(job_dir / FIGURES, store, preds, results, job=f"{cfg.experiment}/{cfg.name}")
 

@@ -232,11 +232,13 @@ class ImageResult:
     def row(self) -> dict[str, Any]:
         """The output row (CSV / JSON lines)."""
         return {"image": self.image, "view": self.view, "timestamp": self.timestamp,
-                "visibility_m": self.visibility_m, "flag": self.flag, "fit_quality": self.fit_quality,
+                "visibility_m": self.visibility_m, **vis.interval_columns(self.fit), "flag": self.flag,
+                "fit_quality": self.fit_quality,
                 "n_patches": self.n_patches, "model": self.model}
 
 
-ROW_COLUMNS = ("image", "view", "timestamp", "visibility_m", "flag", "fit_quality", "n_patches", "model")
+ROW_COLUMNS = ("image", "view", "timestamp", "visibility_m", *vis.INTERVAL_COLUMNS, "flag", "fit_quality", "n_patches",
+               "model")
 
 
 def visibility(image: str | os.PathLike | np.ndarray, depth_map: str | os.PathLike | np.ndarray,

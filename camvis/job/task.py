@@ -32,8 +32,9 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
 
     `restart`: a restart id (camvis.cluster.plan.new_run_id): train from scratch unless the folder's
     training was started by this same id (a requeued restart resumes its own training).
-    `threads`: intra-op threads (a local launch shares the machine's cores between its jobs);
-    None: SLURM's CPUs per task, else CAMVIS_NUM_THREADS, else torch's default.
+    `threads`: intra-op threads (a local launch shares the machine's cores between its jobs); the
+    config's train.threads wins over it; None: SLURM's CPUs per task, else CAMVIS_NUM_THREADS, else
+    torch's default. scores.json records the count used (`threads`).
     """
     from camvis.job import distributed, efficiency
     from camvis.job.evaluate import EvalInputs, evaluate_job
@@ -42,7 +43,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
 
     began = time.perf_counter()
     directory = job_dir(cfg, outputs)
-    _limit_threads(threads)
+    _limit_threads(cfg.train.threads if cfg.train.threads != "auto" else threads)
     env = distributed.setup(cfg.train.device)
     lock = ExitStack()
     try:
@@ -152,7 +153,8 @@ def yaml_dump(data: dict[str, Any]) -> str:
 
 
 def _limit_threads(threads: int | None = None) -> None:
-    """One intra-op thread per allotted CPU: ranks and jobs sharing a node must not oversubscribe it."""
+    """One intra-op thread per allotted CPU: ranks and jobs sharing a node must not oversubscribe it
+    (`threads`: train.threads when the config fixes it, else a local launch's share)."""
     import torch
 
     cpus = str(threads or "") or os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("CAMVIS_NUM_THREADS")

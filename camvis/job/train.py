@@ -283,6 +283,8 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
     # what the inputs were normalized with (camvis.job.identity.settle has matched a resumed checkpoint's)
     state.normalization = inputs.source.normalization.record()
     if state.finished:
+        if env.is_main:
+            write_learning_curve(job_dir, cfg, state)
         return state
     net = _compiled(_wrap_ddp(model, env), speed, env)
     sampler = EpochSampler(inputs.train_idx, inputs.store.table["label"], batch_size=cfg.train.batch_size,
@@ -318,7 +320,25 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
         meter.stop_training()
         if writer is not None:
             writer.close()
+    if env.is_main:
+        write_learning_curve(job_dir, cfg, state)
     return state
+
+
+LEARNING_CURVE = "learning_curve.png"
+
+
+def write_learning_curve(job_dir: Path, cfg: JobConfig, state: TrainState) -> None:
+    """learning_curve.png: training against validation loss and accuracy per epoch, from the history the
+    checkpoint keeps (so a resumed or re-evaluated job draws every epoch), the kept epoch marked."""
+    from camvis.plots.evaluation import plot_learning_curve
+
+    if not state.history:
+        return
+    validation = "inner validation" if cfg.train.selection == "inner" else "held-out validation"
+    best = None if state.best_epoch is None else state.best_epoch + 1
+    plot_learning_curve(state.history, job_dir / LEARNING_CURVE, f"{cfg.experiment}/{cfg.name}: learning curve "
+                        f"(selection on {cfg.train.selection_metric})", validation, best)
 
 
 def _first_step_clock(inputs: TrainInputs, device: torch.device, advance: Advance) -> Advance:

@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from camvis.plots import PAPER_DPI, save_figure, save_png
+from camvis.plots import PAPER_DPI, save_figure
 
 METRIC_LABELS = {"acc": "macro accuracy", "f1": "macro F1", "loss": "BCE loss"}
 # Okabe & Ito's palette (black left for the means) and Tol's wine: 9 folds, camvis2's cross-validation
@@ -162,37 +162,3 @@ def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[
     ax.set_ylim(low, high + step * (len(shown) + 0.6))
     more = f"\n({len(rows) - len(shown)} more pairs not marked)" if len(rows) > len(shown) else ""
     return f"* p<.05 ** p<.01 *** p<.001:\n{test}{more}"
-
-
-def visibility_figure(points: pd.DataFrame, path: str | Path, experiment: str | None = None) -> Path:
-    """Predicted against true visibility per group (log-log, one panel per group, coloured by
-    fold), with the 1:1 line and the factor-2 band. Written atomically."""
-    groups = sorted(points["group"].unique()) or [""]
-    folds = sorted(int(f) for f in points["fold"].unique())
-    colors = _fold_colors(folds)
-    cols = min(len(groups), 4)
-    rows = -(-len(groups) // cols)
-    fig = Figure(figsize=(3.4 * cols + LEGEND_IN, 3.4 * rows))
-    values = points[["predicted_visibility_m", "true_visibility_m"]].to_numpy(dtype=float)
-    values = values[values > 0]
-    lo, hi = (values.min() / 2, values.max() * 2) if values.size else (1.0, 1e5)
-    line = np.array([lo, hi])
-    for k, group in enumerate(groups):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.fill_between(line, line / 2, line * 2, color="0.9", label="factor 2")
-        ax.plot(line, line, color="0.3", lw=1, label="1:1")
-        mine = points[points["group"] == group]
-        for fold in folds:
-            part = mine[mine["fold"] == fold]
-            ax.scatter(part["true_visibility_m"], part["predicted_visibility_m"], s=14, color=colors[fold],
-                       label=f"fold {fold}", edgecolors="none")
-        ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), title=str(group), aspect="equal")
-        ax.set_xlabel("true visibility (m)")
-        if k % cols == 0:
-            ax.set_ylabel("predicted visibility (m)")
-    handles = [Line2D([], [], color="0.3", lw=1, label="1:1"), Line2D([], [], color="0.8", lw=6, label="factor 2"),
-               *(Line2D([], [], marker="o", ls="", color=colors[f], label=f"fold {f}") for f in folds)]
-    fig.legend(handles=handles, loc="center right", frameon=False)
-    fig.suptitle(f"{experiment}: predicted vs true visibility" if experiment else "predicted vs true visibility")
-    fig.subplots_adjust(right=1 - LEGEND_IN / fig.get_figwidth(), wspace=0.3, hspace=0.35)
-    return save_png(fig, path)

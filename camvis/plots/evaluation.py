@@ -102,3 +102,22 @@ def plot_distance(
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
     return save_png(fig, path)
+
+
+def plot_learning_curve(history: list[dict[str, float]], path: str | Path, title: str = "",
+                        validation: str = "inner validation", best_epoch: int | None = None) -> Path:
+    """Training against validation loss and accuracy per epoch (1-based), from the training's history
+    records (train_loss, train_acc, val_loss, val_acc); `best_epoch` (1-based) marked: the weights kept."""
+    epochs = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4), constrained_layout=True)
+    for ax, (key, label) in zip(axes, (("loss", "BCE loss"), ("acc", "macro accuracy"))):
+        for prefix, name, style in (("train", "training", "-"), ("val", validation, "--")):
+            values = [float(h.get(f"{prefix}_{key}", np.nan)) for h in history]
+            ax.plot(epochs, values, style, marker="o", ms=3, label=name)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="0.5", lw=0.8, ls=":", label=f"kept: epoch {best_epoch}")
+        ax.set(xlabel="epoch", ylabel=label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].legend(fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    return save_png(fig, path, dpi=150)

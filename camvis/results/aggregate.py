@@ -262,11 +262,14 @@ def aggregate(
     write_csv(result.comparisons, result.comparisons_csv)
     write_csv(per_fold, result.point_estimates_csv)
     write_text(result.camvis2_csv, camvis2_csv_text(finished))
-    result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment)
+    order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
+    result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment,
+                                                   formats, order)
+    if result.visibility is not None:
+        result.figure_files += result.visibility["paths"].get("figure_files", [])
     if figures:
         from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
 
-        order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
         for metric in METRICS:
             path = directory / f"{metric}.png"  # beside the tables, as camvis2's <name>/<metric>.png
             written = metric_figure(per_fold, result.summary, metric, path, experiment, order=order,
@@ -287,11 +290,8 @@ def print_summary(result: AggregateResult, console: Console) -> None:
         table.add_row(*map(str, row))
     console.print(table)
     if result.visibility is not None:  # metres: per group over all folds
-        overall = result.visibility["summary"].query("fold == 'all'")
-        for r in overall.itertuples(index=False):
-            console.print(f"visibility {r.group}: median |log10 error| {r.median_abs_log10_error:.3f} "
-                          f"[{r.median_ci_low:.3f}, {r.median_ci_high:.3f}], {r.within_factor2:.0%} within a "
-                          f"factor 2, over {r.n_images} images")
+        for line in aggregate_visibility.console_lines(result.visibility):
+            console.print(line, markup=False, highlight=False)
     for name, why in result.missing.items():
         console.print(f"[yellow]warning:[/] {name}: {why}")
     for note in result.notes:

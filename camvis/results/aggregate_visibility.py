@@ -1,12 +1,16 @@
 """Metres in camvis-aggregate: the held-out images' visibility errors per group and fold, paired comparisons.
 
 Every finished job's visibility.csv holds one row per held-out image: predicted and true
-visibility and e = |log10 V_pred - log10 V_true|. Images without an error (no truth, or an
-"inverted" fit without an estimate) are left out and counted. Per group and fold, and per group
-over all its folds ("all": the folds' images pooled):
-- the median of e, and the share of images within a factor 2 of the truth (e <= log10 2);
-- percentile bootstrap intervals over images (`n_boot` resamples; "all" resamples within each
-  fold, so every fold keeps its number of images).
+visibility, the signed error s = log10 V_pred - log10 V_true and e = |s|, and the image's interval
+(camvis.job.visibility). Images without an error (no truth, or an "inverted" fit without an estimate)
+are left out and counted. Per group and fold, and per group over all its folds ("all": the folds'
+images pooled; a grid point's replicate seeds pooled too):
+- the median of e, the share of images within a factor 2 of the truth (e <= log10 2), and the bias:
+  the median of s (negative: visibility underestimated; 10 ** -bias is the typical factor low);
+- percentile bootstrap intervals of all three over images (`n_boot` resamples; "all" resamples
+  within each fold, so every fold keeps its number of images);
+- the coverage of the per-image intervals: the share of images whose true V lies inside its interval
+  (nominal camvis.job.visibility.CONFIDENCE), over the images that have one.
 Per pair of groups, over the images both predicted (same fold, same image): the difference a - b of
 both statistics, a paired bootstrap interval (the same resampled images for a and b) and a
 two-sided bootstrap p-value, 2 min(P*(d <= 0), P*(d >= 0)), Holm-adjusted over the pairs of each
@@ -19,6 +23,7 @@ No torch here, like camvis.results.aggregate.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,16 +31,20 @@ import numpy as np
 import pandas as pd
 
 from camvis.io import write_csv
+from camvis.job.visibility import CONFIDENCE, UNCERTAIN_FACTOR, coverage  # numpy only
 from camvis.results.finished import FinishedJob
 from camvis.results.stats import holm_adjust
 
 
 VISIBILITY_CSV = "visibility.csv"
 FACTOR_2 = math.log10(2.0)
-STATISTICS = ("median_abs_log10_error", "within_factor2")
-SUMMARY_COLUMNS = ["group", "fold", "n_images", "n_unscored", "n_flagged", "n_poor_fit",
+STATISTICS = ("median_abs_log10_error", "within_factor2")  # compared between groups
+SUMMARY_COLUMNS = ["group", "fold", "n_images", "n_unscored", "n_flagged", "n_poor_fit", "n_uncertain",
                    "median_abs_log10_error", "median_ci_low", "median_ci_high",
-                   "within_factor2", "within_factor2_ci_low", "within_factor2_ci_high"]
+                   "within_factor2", "within_factor2_ci_low", "within_factor2_ci_high",
+                   "median_signed_log10_error", "signed_ci_low", "signed_ci_high",
+                   "n_intervals", "interval_coverage"]
+_REPLICATE = re.compile(r"_rep(\d+)$")
 COMPARISON_COLUMNS = ["statistic", "group_a", "group_b", "n_folds", "n_images", "value_a", "value_b", "diff",
                       "ci_low", "ci_high", "p_value", "p_holm"]
 
@@ -49,22 +58,41 @@ def read_images(folder: Path) -> pd.DataFrame | None:
     needed = {"image", "predicted_visibility_m", "true_visibility_m", "abs_log10_error", "flag"}
     if needed - set(frame.columns):
         raise ValueError(f"{path}: missing column(s) {', '.join(sorted(needed - set(frame.columns)))}")
+    return completed(frame)
+
+
+def completed(frame: pd.DataFrame, replicate: int = 1) -> pd.DataFrame:
+    """Image rows with the columns of today's visibility.csv that a job of an older camvis lacks (the signed
+    error from the two visibilities, NaN intervals) and their `replicate`."""
+    frame = frame.assign(replicate=replicate)
+    if "signed_log10_error" not in frame:  # a job of before the column: from the two visibilities
+        with np.errstate(divide="ignore", invalid="ignore"):
+            frame["signed_log10_error"] = np.log10(pd.to_numeric(frame["predicted_visibility_m"], errors="coerce")
+                                                   / pd.to_numeric(frame["true_visibility_m"], errors="coerce"))
+    for column in ("visibility_low_m", "visibility_high_m"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else math.nan
     return frame
 
 
 def load(jobs: Sequence[FinishedJob], directory: Path) -> dict[tuple[str, int], pd.DataFrame]:
-    """(group, fold) -> that job's image rows, for the jobs that have a visibility.csv."""
-    tables = {}
+    """(group, fold) -> the image rows of that grid point's jobs, for those with a visibility.csv; the
+    replicates of a point ("_rep{r}" names, whose group is the point's) are stacked, with a `replicate`."""
+    found: dict[tuple[str, int], list[pd.DataFrame]] = {}
     for job in jobs:
         frame = read_images(directory / job.name)
         if frame is not None:
-            tables[job.group, job.fold] = frame
-    return tables
+            match = _REPLICATE.search(job.name)
+            group = _REPLICATE.sub("", job.group)  # whether or not the group label keeps the replicate
+            found.setdefault((group, job.fold), []).append(frame.assign(replicate=int(match[1]) if match else 1))
+    return {key: pd.concat(frames, ignore_index=True) for key, frames in found.items()}
 
 
 def _statistics(errors: np.ndarray) -> np.ndarray:
-    """(..., n) errors -> (..., 2): median and share within a factor 2, along the last axis."""
-    return np.stack([np.median(errors, axis=-1), (errors <= FACTOR_2).mean(axis=-1)], axis=-1)
+    """(..., n) signed errors -> (..., 3): median |error|, share within a factor 2 and median signed
+    error, along the last axis."""
+    absolute = np.abs(errors)
+    return np.stack([np.median(absolute, axis=-1), (absolute <= FACTOR_2).mean(axis=-1),
+                     np.median(errors, axis=-1)], axis=-1)
 
 
 def _resample(errors: list[np.ndarray], n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -78,8 +106,15 @@ def _interval(values: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nda
 
 
 def _scored(frame: pd.DataFrame) -> np.ndarray:
-    errors = pd.to_numeric(frame["abs_log10_error"], errors="coerce").to_numpy(np.float64)
+    """The signed errors of the images that have one."""
+    errors = pd.to_numeric(frame["signed_log10_error"], errors="coerce").to_numpy(np.float64)
     return errors[np.isfinite(errors)]
+
+
+def _coverage(frames: list[pd.DataFrame]) -> tuple[float, int]:
+    rows = pd.concat(frames, ignore_index=True)
+    return coverage(rows["visibility_low_m"], rows["visibility_high_m"],
+                    pd.to_numeric(rows["true_visibility_m"], errors="coerce"))
 
 
 def summarize(tables: dict[tuple[str, int], pd.DataFrame], confidence: float, n_boot: int = 1000,
@@ -94,17 +129,21 @@ def summarize(tables: dict[tuple[str, int], pd.DataFrame], confidence: float, n_
             errors = [e for e in errors if e.size]
             flags = pd.concat([t["flag"] for t in frames]).astype(str)
             n = sum(e.size for e in errors)
+            share, covered = _coverage(frames)
             row: dict[str, Any] = {"group": group, "fold": fold, "n_images": n,
                                    "n_unscored": sum(len(t) for t in frames) - n,
-                                   "n_flagged": int((flags != "ok").sum()), "n_poor_fit": int((flags == "poor_fit").sum())}
+                                   "n_flagged": int((flags != "ok").sum()), "n_poor_fit": int((flags == "poor_fit").sum()),
+                                   "n_uncertain": int((flags == "uncertain").sum()),
+                                   "n_intervals": covered, "interval_coverage": share}
             if n:
                 point = _statistics(np.concatenate(errors))
                 rng = np.random.default_rng([seed, *map(ord, group), 0 if fold == "all" else int(fold)])
                 low, high = _interval(_statistics(_resample(errors, n_boot, rng)), confidence)
             else:
-                point = low = high = np.full(2, math.nan)
+                point = low = high = np.full(3, math.nan)
             row |= {"median_abs_log10_error": point[0], "median_ci_low": low[0], "median_ci_high": high[0],
-                    "within_factor2": point[1], "within_factor2_ci_low": low[1], "within_factor2_ci_high": high[1]}
+                    "within_factor2": point[1], "within_factor2_ci_low": low[1], "within_factor2_ci_high": high[1],
+                    "median_signed_log10_error": point[2], "signed_ci_low": low[2], "signed_ci_high": high[2]}
             rows.append(row)
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
@@ -113,9 +152,9 @@ def _paired(tables: dict[tuple[str, int], pd.DataFrame], a: str, b: str) -> tupl
     """Common folds and, per fold, the (n, 2) errors of a and b on the images both scored."""
     folds, pairs = [], []
     for fold in sorted(f for g, f in tables if g == a and (b, f) in tables):
-        ea = tables[a, fold][["image", "abs_log10_error"]]
-        eb = tables[b, fold][["image", "abs_log10_error"]]
-        joined = ea.merge(eb, on="image", suffixes=("_a", "_b"))
+        ea = tables[a, fold][["image", "replicate", "abs_log10_error"]]
+        eb = tables[b, fold][["image", "replicate", "abs_log10_error"]]
+        joined = ea.merge(eb, on=["image", "replicate"], suffixes=("_a", "_b"))  # replicate r of a with r of b
         values = joined[["abs_log10_error_a", "abs_log10_error_b"]].apply(pd.to_numeric, errors="coerce").to_numpy()
         values = values[np.isfinite(values).all(axis=1)]
         if len(values):
@@ -138,7 +177,7 @@ def compare(tables: dict[tuple[str, int], pd.DataFrame], confidence: float, n_bo
             picks = [rng.integers(0, len(p), (n_boot, len(p))) for p in pairs]
             # column j (a or b) of the resampled images: (n_boot, images) per fold
             both = [np.concatenate([p[:, j][k] for p, k in zip(pairs, picks)], axis=1) for j in (0, 1)]
-            diffs = _statistics(both[0]) - _statistics(both[1])  # (n_boot, 2), paired resample by resample
+            diffs = _statistics(both[0]) - _statistics(both[1])  # (n_boot, 3), paired resample by resample
             value_a = _statistics(np.concatenate([p[:, 0] for p in pairs]))
             value_b = _statistics(np.concatenate([p[:, 1] for p in pairs]))
             low, high = _interval(diffs, confidence)
@@ -153,20 +192,25 @@ def compare(tables: dict[tuple[str, int], pd.DataFrame], confidence: float, n_bo
     return table
 
 
+POINT_COLUMNS = ["group", "fold", "image", "predicted_visibility_m", "true_visibility_m", "visibility_low_m",
+                 "visibility_high_m", "flag"]
+
+
 def points(tables: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
-    """Predicted against true visibility of every scored image, with its group and fold (the figure)."""
+    """Predicted against true visibility of every scored image, with its interval, group and fold (the figure)."""
     frames = [t.assign(group=g, fold=f) for (g, f), t in sorted(tables.items())]
     if not frames:
-        return pd.DataFrame(columns=["group", "fold", "image", "predicted_visibility_m", "true_visibility_m", "flag"])
+        return pd.DataFrame(columns=POINT_COLUMNS)
     frame = pd.concat(frames, ignore_index=True)
     keep = np.isfinite(pd.to_numeric(frame["abs_log10_error"], errors="coerce"))
-    return frame.loc[keep, ["group", "fold", "image", "predicted_visibility_m", "true_visibility_m", "flag"]]
+    return frame.loc[keep, POINT_COLUMNS]
 
 
 def write(jobs: Sequence[FinishedJob], directory: Path, confidence: float, seed: int | None,
-          figures: bool, experiment: str) -> dict[str, Any] | None:
-    """visibility_summary.csv, visibility_comparisons.csv and visibility.png under `directory`;
-    None when no finished job has a visibility.csv."""
+          figures: bool, experiment: str, formats: tuple[str, ...] = ("png",),
+          order: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """visibility_summary.csv, visibility_comparisons.csv and visibility.png (and each other of `formats`)
+    under `directory`, panels in `order` (the grid's groups); None when no finished job has a visibility.csv."""
     tables = load(jobs, directory)
     if not tables:
         return None
@@ -176,10 +220,26 @@ def write(jobs: Sequence[FinishedJob], directory: Path, confidence: float, seed:
     write_csv(summary, paths["summary"])
     write_csv(comparisons, paths["comparisons"])
     if figures:
-        from camvis.plots.aggregate import visibility_figure
+        from camvis.plots.prediction import visibility_figure
 
-        paths["figure"] = visibility_figure(points(tables), directory / "visibility.png", experiment)
+        written = visibility_figure(points(tables), summary, directory / "visibility.png", experiment,
+                                    order=order, formats=formats)
+        paths["figure"], paths["figure_files"] = written[0], written
     return {"summary": summary, "comparisons": comparisons, "paths": paths}
+
+
+def console_lines(result: dict[str, Any]) -> list[str]:
+    """camvis-aggregate's lines per group over all folds: |error|, bias and interval coverage."""
+    overall = result["summary"].query("fold == 'all'")
+    return [f"visibility {r.group}: median |log10 error| {r.median_abs_log10_error:.3f} "
+            f"[{r.median_ci_low:.3f}, {r.median_ci_high:.3f}], {r.within_factor2:.0%} within a factor 2, "
+            f"bias {r.median_signed_log10_error:+.3f} [{r.signed_ci_low:+.3f}, {r.signed_ci_high:+.3f}], "
+            f"intervals cover {_share(r.interval_coverage)} of {r.n_intervals}, over {r.n_images} images"
+            for r in overall.itertuples(index=False)]
+
+
+def _share(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.0%}"
 
 
 def markdown(result: dict[str, Any], confidence: float) -> list[str]:
@@ -196,11 +256,20 @@ def markdown(result: dict[str, Any], confidence: float) -> list[str]:
         f"within factor 2 ({confidence:.0%} CI)": [
             f"{m:.1%} [{lo:.1%}, {hi:.1%}]" for m, lo, hi in
             zip(overall["within_factor2"], overall["within_factor2_ci_low"], overall["within_factor2_ci_high"])],
-        "flagged": overall["n_flagged"], "poor fits": overall["n_poor_fit"]})
+        f"bias: median signed log10 error ({confidence:.0%} CI)": [
+            f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in
+            zip(overall["median_signed_log10_error"], overall["signed_ci_low"], overall["signed_ci_high"])],
+        f"interval coverage (nominal {CONFIDENCE:.0%})": [
+            f"{_share(c)} of {n}" for c, n in zip(overall["interval_coverage"], overall["n_intervals"])],
+        "flagged": overall["n_flagged"], "uncertain": overall["n_uncertain"], "poor fits": overall["n_poor_fit"]})
     lines = ["## Visibility in metres (held-out images)", "",
-             "Per image e = abs(log10 V_pred - log10 V_true); intervals: bootstrap over images (within "
-             "each fold). Flagged: any flag but ok (poor_fit: pseudo-R2 of the fit under 0.5, or its "
-             "crossing outside the patches' depths). Per fold in visibility_summary.csv.", "",
+             "Per image e = abs(log10 V_pred - log10 V_true); bias: the median of the signed error (negative: "
+             "underestimated, by a factor 10^-bias); intervals: bootstrap over images (within each fold). "
+             "Interval coverage: the share of images whose true visibility lies in its own interval (a "
+             "bootstrap over the image's patches, refitting the crossing); well below the nominal level, the "
+             "per-image intervals are too narrow for this model. Flagged: any flag but ok (poor_fit: pseudo-R2 "
+             f"of the fit under 0.5, or its crossing outside the patches' depths; uncertain: an interval wider "
+             f"than a factor {UNCERTAIN_FACTOR:g}). Per fold in visibility_summary.csv.", "",
              markdown_table(table), ""]
     c = result["comparisons"]
     if len(c):

@@ -14,6 +14,7 @@ import zarr
 from camvis.config import config_hash
 from camvis.errors import ConfigError
 from camvis.cluster.grid import job_name, load_grid, select
+from camvis.console import shape_text
 from camvis.jobdir import is_finished
 from camvis.cluster.plan import outputs_status, plan
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
@@ -115,13 +116,60 @@ def test_hash_ignores_names_but_follows_settings(tmp_path: Path) -> None:
 
 def test_plain_axes_cartesian_product_and_names(tmp_path: Path) -> None:
     grid_dict = small(tmp_path)
-    grid_dict["axes"] = {"fold": [1, 3], "train.lr": [1e-3, 1e-4], "train.seed": [1, 2], "eval.seed": [0]}
+    grid_dict["axes"] = {"fold": [1, 3], "train.lr": [1e-3, 1e-4], "train.batch_size": [8, 16],
+                         "eval.batch_size": [64]}
     grid = load_grid(write(tmp_path / "g.yaml", grid_dict))
     assert len(grid.jobs) == 2 * 2 * 2
-    assert grid.jobs[0].name == "default_fold1_lr0.001_train-seed1_eval-seed0"  # seeds clash: dotted labels
-    assert grid.jobs[0].axes == {"train.lr": 1e-3, "train.seed": 1, "eval.seed": 0}
-    assert {(j.config.train.lr, j.config.train.seed) for j in grid.jobs if j.fold == 3} == \
-        {(1e-3, 1), (1e-3, 2), (1e-4, 1), (1e-4, 2)}
+    # the batch sizes clash: dotted labels
+    assert grid.jobs[0].name == "default_fold1_lr0.001_train-batch_size8_eval-batch_size64"
+    assert grid.jobs[0].axes == {"train.lr": 1e-3, "train.batch_size": 8, "eval.batch_size": 64}
+    assert {(j.config.train.lr, j.config.train.batch_size) for j in grid.jobs if j.fold == 3} == \
+        {(1e-3, 8), (1e-3, 16), (1e-4, 8), (1e-4, 16)}
+
+
+def test_replicates_train_each_point_with_successive_seeds(tmp_path: Path) -> None:
+    grid_dict = small(tmp_path)
+    grid_dict["replicates"] = 3
+    grid_dict["base"].setdefault("train", {})["seed"] = 10
+    grid_dict["axes"] = {"fold": [1, 3], "group": {"a": {"model.use_mlp": True}, "b": {"train.seed": 5}}}
+    grid = load_grid(write(tmp_path / "g.yaml", grid_dict))
+    assert grid.replicates == 3 and len(grid.jobs) == 2 * 2 * 3
+    assert [j.name for j in grid.jobs[:3]] == ["a_fold1_rep1", "a_fold1_rep2", "a_fold1_rep3"]
+    assert [(j.replicate, j.config.replicate, j.config.train.seed) for j in grid.jobs[:3]] == \
+        [(1, 1, 10), (2, 2, 11), (3, 3, 12)]
+    assert [j.config.train.seed for j in grid.jobs if j.group == "b" and j.fold == 3] == [5, 6, 7]  # the group's seed
+    assert len({j.hash for j in grid.jobs}) == len(grid.jobs)  # another seed, another training
+    assert all(j.axes == {} for j in grid.jobs)  # the aggregate pools replicates: no axis of their own
+    assert [j.name for j in select(grid.jobs, ["replicate=2", "group=b"])] == ["b_fold1_rep2", "b_fold3_rep2"]
+    assert shape_text(grid.jobs) == "2 groups x 2 folds x 3 replicates"
+    # the same as an override; one replicate keeps the plain names and the base seed
+    again = load_grid(write(tmp_path / "h.yaml", {**grid_dict, "replicates": 1}), ["replicates=2"])
+    assert again.names[:2] == ["a_fold1_rep1", "a_fold1_rep2"]
+    one = load_grid(write(tmp_path / "i.yaml", {**grid_dict, "replicates": 1}))
+    assert one.names[0] == "a_fold1" and one.jobs[0].config.train.seed == 10 and one.jobs[0].replicate == 1
+    assert shape_text(one.jobs) == "2 groups x 2 folds"
+
+
+def test_a_train_seed_axis_means_replicates(tmp_path: Path) -> None:
+    grid_dict = small(tmp_path)
+    grid_dict["axes"] = {"fold": [1], "train.seed": [7, 3], "train.lr": [1e-3]}
+    grid = load_grid(write(tmp_path / "g.yaml", grid_dict))
+    assert grid.names == ["default_fold1_lr0.001_rep1", "default_fold1_lr0.001_rep2"]
+    assert [(j.replicate, j.config.train.seed) for j in grid.jobs] == [(1, 7), (2, 3)]
+    assert grid.jobs[0].axes == {"train.lr": 1e-3}
+
+
+@pytest.mark.parametrize("replicates, axes, message", [
+    (0, {"fold": [1]}, "replicates: expected the number of training seeds"),
+    ("3", {"fold": [1]}, "replicates: expected the number of training seeds"),
+    (True, {"fold": [1]}, "replicates: expected the number of training seeds"),
+    (2, {"fold": [1], "train.seed": [1, 2]}, "replicates: 2, but axes.train.seed also sets the seeds"),
+])
+def test_bad_replicates_name_the_key(tmp_path: Path, replicates, axes, message) -> None:
+    grid_dict = small(tmp_path)
+    grid_dict["replicates"], grid_dict["axes"] = replicates, axes
+    with pytest.raises(ConfigError, match=message):
+        load_grid(write(tmp_path / "g.yaml", grid_dict))
 
 
 def test_job_name_is_file_system_safe() -> None:

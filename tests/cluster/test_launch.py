@@ -24,7 +24,7 @@ DEMO = ROOT / "configs" / "demo.yaml"
 MANIFEST_KEYS = {"experiment", "grid", "description", "order", "outputs", "updated", "launches", "jobs"}
 LAUNCH_KEYS = {"time", "mode", "array_id", "array_ids", "aggregate_id", "submitted", "skipped", "code_version", "sbatch_calls",
                "resources"}
-JOB_KEYS = {"group", "fold", "view", "axes", "hash", "config", "mode", "job_id", "array_id", "task", "submitted",
+JOB_KEYS = {"group", "fold", "view", "axes", "hash", "replicate", "config", "mode", "job_id", "array_id", "task", "submitted",
             "stdout", "stderr"}
 SHIMS = {
     # sbatch: a new id per call (from 100), keeps every script it was given
@@ -94,6 +94,22 @@ def test_dry_run_prints_table_and_sbatch_scripts(tmp_path: Path, capsys: pytest.
     assert "#SBATCH --time=10" in out and "#SBATCH --mem=2GB" in out
     assert "nothing submitted" in out
     assert not (tmp_path / "jobs").exists()
+
+
+def test_dry_run_shows_replicates(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(demo_args(tmp_path, "--dry-run", "replicates=3")) == 0
+    out = capsys.readouterr().out
+    assert "24 to run, 0 skipped (slurm, dry run); 2 groups x 4 folds x 3 replicates" in out
+    assert "#SBATCH --array=0-23%2" in out
+    header = next(ln for ln in out.splitlines() if "┃ job" in ln)
+    assert [c.strip() for c in header.split("┃")[1:5]] == ["job", "group", "fold", "rep"]
+    assert "cat_fold1_rep3" in out
+    assert cli.main(demo_args(tmp_path, "--dry-run", "replicates=3", "--only", "replicate=2")) == 0
+    out = capsys.readouterr().out
+    assert "8 to run" in out and "cat_fold1_rep2" in out and "cat_fold1_rep1" not in out
+    assert cli.main(demo_args(tmp_path, "--dry-run")) == 0  # no replicates: no column
+    header = next(ln for ln in capsys.readouterr().out.splitlines() if "┃ job" in ln)
+    assert "rep" not in header
 
 
 def test_cli_takes_options_and_overrides_in_any_order(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -352,6 +352,24 @@ def test_table_renders_every_column_counts_and_failure_tails(tmp_path: Path) -> 
     assert text.index("align_fold1") < text.index("align_fold4") < text.index("cat_fold1")
 
 
+def test_table_shows_replicates_as_such(tmp_path: Path) -> None:
+    make_experiment(tmp_path, mode="local")
+    path = tmp_path / "jobs" / EXP / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["jobs"] = {f"{name}_rep{r}": {**entry, "replicate": r} for name, entry in manifest["jobs"].items()
+                        for r in (1, 2)}
+    path.write_text(json.dumps(manifest))
+    text = render(monitor.build_table(collect(tmp_path)))
+    assert "16 jobs (2 groups x 4 folds x 2 replicates)" in text
+    header = next(ln for ln in text.splitlines() if "┃ job" in ln)
+    assert [c.strip() for c in header.split("┃")[1:5]] == ["job", "group", "fold", "rep"]
+    row = next(ln for ln in text.splitlines() if "cat_fold2_rep2" in ln)
+    assert [c.strip() for c in row.split("│")[3:5]] == ["2", "2"]  # fold, replicate
+    make_experiment(tmp_path / "plain", mode="local")  # without replicates: neither column nor shape
+    text = render(monitor.build_table(collect(tmp_path / "plain")))
+    assert "rep" not in next(ln for ln in text.splitlines() if "┃ job" in ln) and "replicate" not in text
+
+
 def state_cells(status: monitor.ExperimentStatus) -> dict[str, str]:
     """The table's state cell of each job, as printed."""
     text = render(monitor.build_table(status))

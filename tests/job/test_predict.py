@@ -132,7 +132,9 @@ def test_cli_writes_rows_and_maps_and_resumes(synth_raw, job, tmp_path, capsys):
     assert (rows["n_patches"] == 40).all() and rows["model"].str.startswith("e/j@").all()
     for name in rows["image"]:
         assert (maps / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
-    capsys.readouterr()
+    assert (rows["visibility_low_m"] <= rows["visibility_high_m"]).all()  # each image's interval
+    printed = capsys.readouterr().out
+    assert "bias (median signed log10 error)" in printed and "intervals cover" in printed
     assert predict_main(args) == 0  # nothing left to do
     assert "0 new image(s), 2 already there" in capsys.readouterr().out
     assert predict_main([*args, "--out", str(tmp_path / "vis.jsonl")]) == 0

@@ -56,11 +56,19 @@ def test_factors_the_store_lacks_are_a_clear_error(synth_store, tmp_path):
 
 
 def test_job_writes_checkpoints_progress_and_scores(synth_store, tmp_path):
-    cfg = _cfg(synth_store, "train.max_epochs=2", "name=j", "experiment=e")
-    scores = run_job(cfg, tmp_path)
+    import torch
+
+    cfg = _cfg(synth_store, "train.max_epochs=2", "name=j", "experiment=e", "train.threads=1")
+    before = torch.get_num_threads()
+    try:
+        scores = run_job(cfg, tmp_path, threads=2)  # the config's train.threads wins over a launch's share
+    finally:
+        torch.set_num_threads(before)
     job = tmp_path / "e" / "j"
-    for name in ("checkpoint.pt", "best.pt", "progress.json", "scores.json", "config.yaml", "bootstrap.csv"):
+    for name in ("checkpoint.pt", "best.pt", "progress.json", "scores.json", "config.yaml", "bootstrap.csv",
+                 "learning_curve.png"):
         assert (job / name).stat().st_size > 0, name
+    assert scores["threads"] == 1 and scores["replicate"] == 1
     progress = json.loads((job / PROGRESS).read_text())
     assert progress["state"] == "done" and progress["epoch"] == 2 and progress["samples_per_s"] > 0
     assert set(progress["metrics"]) >= {"train_loss", "val_loss", "val_acc", "val_f1", "lr"}
