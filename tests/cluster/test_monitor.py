@@ -362,7 +362,7 @@ def test_table_shows_replicates_as_such(tmp_path: Path) -> None:
     text = render(monitor.build_table(collect(tmp_path)))
     assert "16 jobs (2 groups x 4 folds x 2 replicates)" in text
     header = next(ln for ln in text.splitlines() if "┃ job" in ln)
-    assert [c.strip() for c in header.split("┃")[1:5]] == ["job", "group", "fold", "rep"]
+    assert [c.strip() for c in header.split("┃")[1:5]] == ["job (id)", "group", "fold", "rep"]
     row = next(ln for ln in text.splitlines() if "cat_fold2_rep2" in ln)
     assert [c.strip() for c in row.split("│")[3:5]] == ["2", "2"]  # fold, replicate
     make_experiment(tmp_path / "plain", mode="local")  # without replicates: neither column nor shape
