@@ -7,9 +7,9 @@ import sys
 
 from rich.table import Table
 
-from camvis.cli import config_and_overrides, fail, new_parser
+from camvis.cli import ERRORS, bounded, config_and_overrides, fail, new_parser
 from camvis.console import default_console
-from camvis.errors import CamvisError, ConfigError
+from camvis.errors import ConfigError
 
 DEFAULT_PATCH_SIZE = 128
 EPILOG = """examples:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                          help="a job config YAML (optional, first) and dotted overrides")
-    summary.add_argument("--patch-size", type=int, default=DEFAULT_PATCH_SIZE,
+    summary.add_argument("--patch-size", type=bounded(int, 4, 4096), default=DEFAULT_PATCH_SIZE,
                          help=f"patch size in pixels, a power of 2 >= 4 (default {DEFAULT_PATCH_SIZE})")
     return parser
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, overrides = config_and_overrides(args.args[0] if args.args else None, args.args[1:])
         table = summary_table(config, overrides, args.patch_size)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     default_console().print(table)
     return 0

@@ -159,19 +159,21 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
         if not todo:  # nothing to run: record the look, submit nothing
             result.manifest = record(exp_dir, grid, base, outputs, {})
         elif mode == "slurm":
-            result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, _task(result.restart),
-                                     _arrays(active), result.store_build.job_id if result.store_build else None))
+            task = _task(result.restart, gpus=grid.slurm.gpus_per_node)
+            build_id = result.store_build.job_id if result.store_build else None
+            result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, task, _arrays(active), build_id))
         elif mode == "local":
             result.take(run_local(grid, todo, exp_dir, outputs, jobs_dir, base, result.restart, console))
         else:
-            result.take(run_debug(grid, todo[0], exp_dir, outputs, base, _task(result.restart)))
+            task = _task(result.restart, gpus=grid.slurm.gpus_per_node)
+            result.take(run_debug(grid, todo[0], exp_dir, outputs, base, task))
     return result
 
 
-def _task(restart: str | None, threads: int | None = None) -> Any:
+def _task(restart: str | None, threads: int | None = None, gpus: int = 0) -> Any:
     from camvis.job.task import TrainEvalTask  # imports submitit: only when jobs really run
 
-    return TrainEvalTask(restart, threads)
+    return TrainEvalTask(restart, threads, gpus)
 
 
 def _plan(jobs: list[JobSpec], outputs: str | Path, force: bool, restart: bool, active: dict[str, str],
@@ -347,7 +349,7 @@ def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Pat
               base: LaunchRecord, restart: str | None = None, console: Any = None) -> Outcome:
     """Every job through submitit's LocalExecutor, at most array_parallelism at once (waits)."""
     s = grid.slurm
-    task = _task(restart, local_threads(s.array_parallelism))  # the cores shared by the jobs at once
+    task = _task(restart, local_threads(s.array_parallelism), s.gpus_per_node)  # cores shared by the jobs at once
     out = Outcome()
     executor = _executor(job_folder(exp_dir), "local", s.max_requeues)
     executor.update_parameters(timeout_min=s.time, tasks_per_node=s.ntasks,

@@ -25,6 +25,7 @@ from camvis.cluster import efficiency_view, jobfiles
 from camvis.cluster import slurm_query, store_job
 from camvis.console import default_console, plural
 from camvis.errors import ConfigError, SubmissionError
+from camvis.job import device
 from camvis.jobdir import as_number, is_finished
 from camvis.cluster.jobfiles import (
     JobInfo,
@@ -202,6 +203,12 @@ def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
     return epoch_cell, best_cell, rate_cell, fmt_duration(eta)
 
 
+def device_cell(status: JobStatus) -> str:
+    """What the job trains on (camvis.job.device.describe in progress.json or scores.json): `cuda x2`, `cpu`."""
+    recorded = (status.progress or {}).get("device") or (status.scores or {}).get("device")
+    return device.short(recorded) or "-"
+
+
 def node_list(nodes: str) -> list[str]:
     """SLURM's compressed node list of a job ("n[1-3,7]", "gpu[01-02],cpu5") as names."""
     names: list[str] = []
@@ -235,7 +242,7 @@ def attempts_text(history: Sequence[str]) -> str:
 def build_table(status: ExperimentStatus) -> Table:
     table = Table(title=f"{status.experiment}: {plural(len(status.jobs), 'job')}", title_justify="left")
     for column, justify in [("job", "left"), ("group", "left"), ("fold", "right"), ("state", "left"),
-                            ("from", "left"), ("node", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
+                            ("from", "left"), ("node", "left"), ("device", "left"), ("elapsed", "right"), ("epoch", "right"), ("best", "right"),
                             ("samples/s", "right"), ("ETA", "right"), ("efficiency", "left")]:  # fmt: skip
         table.add_column(column, justify=justify, no_wrap=column in ("job", "state"))  # type: ignore[arg-type]
     for job in status.jobs:
@@ -247,7 +254,7 @@ def build_table(status: ExperimentStatus) -> Table:
         restarts = int((job.progress or {}).get("restarts") or 0)
         state = state_text(job.state, restarts, row.history if row else ())
         table.add_row(name, info.group, fold, state, Text(job.source_text, style="dim"),
-                      ",".join(node_list(row.node)) if row and row.node else "-",
+                      ",".join(node_list(row.node)) if row and row.node else "-", device_cell(job),
                       row.elapsed if row and row.elapsed else "-", *progress_cells(job),
                       efficiency_view.cell(efficiency_view.of_job(job, status.resources.get(info.name))))  # fmt: skip
     return table

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from camvis.bounds import patch_size_problem
 from camvis.config import JobConfig
 from camvis.errors import ConfigError
 
@@ -118,7 +119,7 @@ class StoreInfo:
         patch size the model cannot take, a level whose arrays are not there."""
         out = []
         p = self.patch_size
-        if isinstance(p, bool) or not isinstance(p, int) or p < 4 or p & (p - 1):
+        if patch_size_problem(p) is not None:
             out.append(f"data.store: {self.path}: attribute patch_size {p!r} is not a power of 2 >= 4 "
                        f"(the model halves a patch down to 1 x 1); rebuild it with camvis-data build")
         for f in sorted(factors & set(self.factors)):

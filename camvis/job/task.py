@@ -27,15 +27,16 @@ from camvis.jobdir import BEST, ERROR, PROGRESS, read_json
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None,
-            threads: int | None = None) -> dict[str, Any]:
+            threads: int | None = None, gpus: int = 0) -> dict[str, Any]:
     """Train then evaluate `cfg` under outputs/<experiment>/<name>/; returns the scores dict.
 
     `restart`: a restart id (camvis.cluster.plan.new_run_id): train from scratch unless the folder's
     training was started by this same id (a requeued restart resumes its own training).
     `threads`: intra-op threads (a local launch shares the machine's cores between its jobs);
     None: SLURM's CPUs per task, else CAMVIS_NUM_THREADS, else torch's default.
+    `gpus`: the grid's slurm.gpus_per_node (camvis.job.device: a GPU allocation torch cannot use stops the job).
     """
-    from camvis.job import distributed, efficiency
+    from camvis.job import device, distributed, efficiency
     from camvis.job.evaluate import EvalInputs, evaluate_job
     from camvis.job.startup import open_job_inputs
     from camvis.job.train import log_hparams, train, write_progress
@@ -48,10 +49,15 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     try:
         def prepare() -> None:  # one runner per job folder: a second one fails here, touching nothing
             lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name))
+            note = device.check(cfg.train.device, gpus)  # before anything is written or moved
+            print(device.log_line(trained_on), flush=True)  # the log's first lines
+            if note:
+                print(note, flush=True)
             _start(directory, cfg, env.world_size, restart)
 
+        trained_on = device.describe(env.device, env.world_size, device.allocated_gpus(grid_gpus=gpus))
         _main_first(env, prepare)
-        meter = efficiency.Meter(env.device, sample_gpu=env.is_main)
+        meter = efficiency.Meter(env.device, sample_gpu=env.is_main, device_info=trained_on)
         clock = [time.perf_counter()]
         inputs, startup = open_job_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
         clock.append(time.perf_counter())
@@ -173,10 +179,11 @@ class TrainEvalTask(submitit.helpers.Checkpointable):
     """The submitit callable: `TrainEvalTask(restart)(cfg, outputs)`; requeued as it is (same
     restart id) on timeout, so a requeued --restart resumes the training it started."""
 
-    def __init__(self, restart: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, restart: str | None = None, threads: int | None = None, gpus: int = 0) -> None:
         self.restart = restart
         self.threads = threads  # a local launch's share of the cores; None on SLURM
+        self.gpus = gpus  # the grid's slurm.gpus_per_node
 
     def __call__(self, cfg: JobConfig, outputs: str = "outputs") -> dict[str, Any]:
         return run_job(cfg, outputs, restart=getattr(self, "restart", None),  # tasks pickled before them
-                       threads=getattr(self, "threads", None))
+                       threads=getattr(self, "threads", None), gpus=getattr(self, "gpus", 0))

@@ -478,6 +478,9 @@ def log_hparams(job_dir: Path, cfg: JobConfig, scores: dict) -> None:
               "selection_metric": t.selection_metric, "factors": ",".join(map(str, cfg.data.factors))}
     speed = scores.get("speedups") or {}  # what the job trained with (camvis.job.speedups)
     params.update({key: speed[key] for key in ("compile", "fused_adam") if isinstance(speed.get(key), bool)})
+    trained_on = scores.get("device") or {}  # camvis.job.device.describe
+    params.update({f"device_{key}": trained_on[key] for key in ("type", "name", "count", "cuda", "driver")
+                   if isinstance(trained_on.get(key), (str, int))})
     final = {f"Test/{k}": float(v) for k, v in (scores.get("metrics") or {}).items()
              if k in HPARAM_METRICS and v is not None}
     step = int(scores.get("epochs") or 0)
