@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def summary_table(config: str | None, overrides: list[str], patch_size: int) -> Table:
     # torch is imported here, not at module level: `camvis-model --help` stays instant.
+    import torch
+
     from camvis.config import load_job_config
     from camvis.model import (ARCHITECTURES, MultiMagnificationNet, count_parameters, find_architecture,
                               num_blocks_for, training_flops)
@@ -57,7 +59,8 @@ def summary_table(config: str | None, overrides: list[str], patch_size: int) -> 
     for column in ("parameters", "GFLOP fwd", "GFLOP train"):
         table.add_column(column, justify="right")
     for arch in ARCHITECTURES.values():
-        model = MultiMagnificationNet(levels, size_hidden=hidden, patch_size=patch_size, **arch.flags())
+        with torch.device("meta"):  # counted, never allocated: model.size_hidden=100000 is 1.4 TB of weights
+            model = MultiMagnificationNet(levels, size_hidden=hidden, patch_size=patch_size, **arch.flags())
         forward, backward = training_flops(model)
         table.add_row("*" if arch.name == selected else "", arch.name, arch.alias, _yes(arch.use_mlp),
                       _yes(arch.share_weights), _yes(arch.align_features), f"{count_parameters(model):,}",

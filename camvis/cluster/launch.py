@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from camvis import locks
+from camvis.bounds import num_threads
 from camvis.cluster import preflight, store_job
 from camvis.errors import SubmissionError
 from camvis.console import plural
@@ -123,6 +124,7 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     grid = load_grid(grid_path, overrides, profile)
+    num_threads()  # CAMVIS_NUM_THREADS refused at launch, not in every job
     jobs = select(grid.jobs, only)
     if not jobs:
         raise SubmissionError(f"no job of {grid.path} matches --only {' '.join(only)} (jobs: {', '.join(grid.names)})")
@@ -341,8 +343,7 @@ def active_jobs(manifest_path: Path) -> dict[str, str]:
 
 def local_threads(parallel: int) -> int:
     """Threads per job when `parallel` jobs share this machine's cores; CAMVIS_NUM_THREADS overrides."""
-    given = os.environ.get("CAMVIS_NUM_THREADS", "")
-    return int(given) if given.isdigit() and int(given) > 0 else max(1, (os.cpu_count() or 1) // parallel)
+    return num_threads() or max(1, (os.cpu_count() or 1) // parallel)
 
 
 def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,

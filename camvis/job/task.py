@@ -20,6 +20,7 @@ from typing import Any
 import submitit
 
 from camvis import locks
+from camvis.bounds import num_threads
 from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
@@ -44,12 +45,13 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     began = time.perf_counter()
     directory = job_dir(cfg, outputs)
     _limit_threads(threads)
+    note = device.check(cfg.train.device, gpus)  # a GPU allocation torch cannot use: stop before any write
+    _check_model(cfg, distributed.pick_device(cfg.train.device))  # the same for a model that cannot fit
     env = distributed.setup(cfg.train.device)
     lock = ExitStack()
     try:
         def prepare() -> None:  # one runner per job folder: a second one fails here, touching nothing
             lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name))
-            note = device.check(cfg.train.device, gpus)  # before anything is written or moved
             print(device.log_line(trained_on), flush=True)  # the log's first lines
             if note:
                 print(note, flush=True)
@@ -89,6 +91,20 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     finally:
         lock.close()
         distributed.teardown()
+
+
+def _check_model(cfg: JobConfig, on: Any) -> None:
+    """The model and a batch against the memory there (camvis.job.memory.check_model), before anything is
+    written; a store that is not there is left to the job's own error, later."""
+    from camvis.data.store_info import StoreInfo
+    from camvis.job import memory
+
+    try:
+        info = StoreInfo.read(cfg.data.store)
+    except CamvisError:
+        return
+    if info is not None and isinstance(info.patch_size, int) and info.patch_size > 0:
+        memory.check_model(cfg, info.patch_size, on)
 
 
 def _main_first(env: Any, fn: Any, *args: Any) -> None:
@@ -161,9 +177,10 @@ def _limit_threads(threads: int | None = None) -> None:
     """One intra-op thread per allotted CPU: ranks and jobs sharing a node must not oversubscribe it."""
     import torch
 
-    cpus = str(threads or "") or os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("CAMVIS_NUM_THREADS")
-    if cpus and cpus.isdigit() and int(cpus) > 0:
-        torch.set_num_threads(int(cpus))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    cpus = threads or (int(slurm) if slurm.isdigit() and int(slurm) > 0 else None) or num_threads()
+    if cpus:
+        torch.set_num_threads(cpus)
 
 
 def _mark_failed(directory: Path, cfg: JobConfig, trace: str, world_size: int) -> None:
