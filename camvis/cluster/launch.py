@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 from camvis import locks
 from camvis.bounds import num_threads
 from camvis.cluster import preflight, store_job
-from camvis.errors import SubmissionError
+from camvis.errors import CamvisError, SubmissionError
 from camvis.console import plural
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
 from camvis.io import now_iso
@@ -131,6 +131,7 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
     build = store_job.plan_build(grid.store, {j.config.data.store for j in jobs})
     found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment,
                                {build.build.store: build.expected} if build else None) + (build.problems if build else [])
+    found += preflight.memory_problems(jobs, grid.slurm, mode, _patch_sizes(jobs, build))
     exp_dir = Path(jobs_dir) / grid.experiment
     if dry_run:
         result = LaunchResult(grid=grid, mode=mode, dry_run=dry_run,
@@ -170,6 +171,21 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
             task = _task(result.restart, gpus=grid.slurm.gpus_per_node)
             result.take(run_debug(grid, todo[0], exp_dir, outputs, base, task))
     return result
+
+
+def _patch_sizes(jobs: list[JobSpec], build: Any) -> dict[str, object]:
+    """Each store's patch size, from its metadata or the build that will make it (None: not known)."""
+    from camvis.data.store_info import StoreInfo
+
+    sizes: dict[str, object] = {}
+    for store in {j.config.data.store for j in jobs}:
+        info = build.expected if build and build.build.store == store else None
+        try:
+            info = info or StoreInfo.read(store)
+        except CamvisError:  # preflight.problems says what is wrong with it
+            info = None
+        sizes[store] = info.patch_size if info is not None else None
+    return sizes
 
 
 def _task(restart: str | None, threads: int | None = None, gpus: int = 0) -> Any:
