@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 from camvis.errors import ConfigError
 
@@ -66,3 +66,52 @@ def patch_size_problem(value: object) -> str | None:
         return (f"patch_size must be a power of 2 >= 4 (e.g. 16, 32, 128: the model halves a patch down to "
                 f"1 x 1), got {value!r}")
     return None
+
+
+# --------------------------------------------------------------------------- sizes before allocating
+
+
+def model_parameters(num_levels: int, size_hidden: int, patch_size: int, share_weights: bool, use_mlp: bool,
+                     align_features: bool, num_channels: int = 4) -> int:
+    """camvis.model.MultiMagnificationNet's trainable parameters, from the architecture alone (no torch;
+    tests/job/test_memory.py checks it against count_parameters for every variant)."""
+    h, blocks = size_hidden, max(patch_size.bit_length() - 1, 1)
+
+    def block(cin: int) -> int:  # conv 3 x 3 + bias, BatchNorm weight + bias
+        return 9 * cin * h + 3 * h
+
+    size_in = num_channels + h if align_features else num_channels
+    encoder = block(size_in) + (blocks - 1) * block(h)
+    if share_weights:
+        encoders = encoder
+    elif align_features:
+        encoders = (num_levels - 1) * block(size_in) + encoder
+    else:
+        encoders = num_levels * encoder
+    head_in = h if align_features else num_levels * h
+    head = head_in * h + h + 2 * h + h + 1 if use_mlp else head_in + 1
+    return encoders + head
+
+
+def model_need(cfg: Any, patch_size: int, on_gpu: bool) -> tuple[int, int, int]:
+    """(bytes, parameters, activation bytes) training `cfg`'s model needs at least: 4 float32 copies of the
+    parameters (weights, gradients, Adam's two moments) + the activations a batch keeps for the backward pass,
+    at least the conv and BatchNorm outputs of every block of every level (bf16 on CUDA, float32 on the CPU)."""
+    m, levels, p = cfg.model, len(cfg.data.factors), patch_size
+    params = model_parameters(levels, m.size_hidden, p, m.share_weights, m.use_mlp, m.align_features)
+    sides = [p >> k for k in range(max(p.bit_length() - 1, 1))]
+    per_level = 2 * m.size_hidden * sum(s * s for s in sides)
+    if m.align_features:  # one block per level but the last, whose encoder runs whole
+        per_level_total = (levels - 1) * 2 * m.size_hidden * p * p + per_level
+    else:
+        per_level_total = levels * per_level
+    activations = cfg.train.batch_size * (per_level_total + levels * 4 * p * p) * (2 if on_gpu else 4)
+    return 16 * params + activations, params, activations
+
+
+def node_memory() -> int | None:
+    """Bytes of physical memory of this machine, None where unknown."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

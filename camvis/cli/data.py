@@ -115,9 +115,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     job = p.add_argument_group("as a SLURM job (--slurm)")
     job.add_argument("--slurm", action="store_true", help="submit the build as one SLURM job and return")
     job.add_argument("--wait", action="store_true", help="with --slurm: wait for the job, exit 2 if it fails")
-    job.add_argument("--time", type=bounded(int, 1), default=60, metavar="MIN", help="time limit in minutes (default: 60)")
-    job.add_argument("--cpus", type=bounded(int, 1), metavar="N", help="CPUs of the job, its workers (default: --workers, else 4)")
-    job.add_argument("--mem", type=bounded(float, 0, exclusive_lo=True), metavar="GB", help="memory in GB (default: the cluster's)")
+    job.add_argument("--time", type=int, default=60, metavar="MIN", help="time limit in minutes (default: 60)")
+    job.add_argument("--cpus", type=int, metavar="N", help="CPUs of the job, its workers (default: --workers, else 4)")
+    job.add_argument("--mem", type=float, metavar="GB", help="memory in GB (default: the cluster's)")
     for key in ("partition", "account", "qos"):
         job.add_argument(f"--{key}", help=f"SLURM {key} (default: the profile's, else the cluster's)")
     job.add_argument("--profile", default=os.environ.get("CAMVIS_PROFILE"),

@@ -25,7 +25,6 @@ from camvis.cluster import efficiency_view, jobfiles
 from camvis.cluster import slurm_query, store_job
 from camvis.console import default_console, plural
 from camvis.errors import ConfigError, SubmissionError
-from camvis.job import device
 from camvis.jobdir import as_number, is_finished
 from camvis.cluster.jobfiles import (
     JobInfo,
@@ -206,7 +205,10 @@ def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
 def device_cell(status: JobStatus) -> str:
     """What the job trains on (camvis.job.device.describe in progress.json or scores.json): `cuda x2`, `cpu`."""
     recorded = (status.progress or {}).get("device") or (status.scores or {}).get("device")
-    return device.short(recorded) or "-"
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("type"), str):
+        return "-"
+    count = recorded.get("count")
+    return f"{recorded['type']} x{count}" if isinstance(count, int) and count > 1 else recorded["type"]
 
 
 def node_list(nodes: str) -> list[str]:

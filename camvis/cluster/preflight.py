@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from camvis.bounds import model_need, node_memory
 from camvis.cluster.grid import JobSpec
 from camvis.cluster.slurm_settings import SlurmSettings
 from camvis.data.store_info import StoreInfo
-from camvis.job import memory
 
 GIB = 1 << 30
 
@@ -68,10 +68,10 @@ def _expected_problems(info: StoreInfo | None, jobs: list[JobSpec]) -> list[str]
 def memory_problems(jobs: Sequence[JobSpec], slurm: SlurmSettings, mode: str,
                     patch_sizes: Mapping[str, object]) -> list[str]:
     """slurm.mem_gb against this machine for a run here (--local, --debug); each distinct model with one
-    training batch per rank (camvis.job.memory.model_need, a lower bound) against slurm.mem_gb, or this
+    training batch per rank (camvis.bounds.model_need, a lower bound) against slurm.mem_gb, or this
     machine's memory here, for jobs on the CPU. GPU jobs are checked at start, against their GPU."""
     out: list[str] = []
-    node = memory.node_memory() if mode in ("local", "debug") else None
+    node = node_memory() if mode in ("local", "debug") else None
     if node is not None and slurm.mem_gb is not None and slurm.mem_gb * GIB > node:
         out.append(f"slurm.mem_gb={slurm.mem_gb:g}: more than this machine has ({node / GIB:.1f} GiB) for a "
                    f"--{mode} run")
@@ -88,7 +88,7 @@ def memory_problems(jobs: Sequence[JobSpec], slurm: SlurmSettings, mode: str,
         if on_gpu or not isinstance(patch, int) or patch < 4 or key in seen:
             continue
         seen.add(key)
-        need, params, activations = memory.model_need(cfg, patch, on_gpu=False)
+        need, params, activations = model_need(cfg, patch, on_gpu=False)
         need *= slurm.ntasks  # without the process itself: a lower bound, never a false refusal
         if need > limit:
             name = (f"model.size_hidden={cfg.model.size_hidden}" if 16 * params >= activations

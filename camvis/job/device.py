@@ -5,7 +5,7 @@ slurm.gpus_per_node) but whose torch sees no CUDA device (a CPU-only wheel, a dr
 problem) stops at start with one line naming torch's build and the fix, instead of training on the
 CPU under `train.device: auto` until its time limit. `train.device: cpu` on such an allocation is
 allowed and said. What the job trains on (`describe`) goes to the log's first lines, progress.json,
-scores.json, the TensorBoard hparams and camvis-status.
+scores.json, the TensorBoard hparams and camvis-status (camvis.cluster.monitor.device_cell).
 """
 
 from __future__ import annotations
@@ -94,14 +94,6 @@ def log_line(info: Mapping[str, Any]) -> str:
     driver = f", driver {info['driver']}" if info.get("driver") else ""
     return (f"device: {info['type']} {info['name']} x {info['count']} ({build}{driver}, "
             f"torch {info.get('torch')})")
-
-
-def short(info: Mapping[str, Any] | None) -> str:
-    """camvis-status's cell: `cuda x2`, `cpu`."""
-    if not isinstance(info, Mapping) or not isinstance(info.get("type"), str):
-        return ""
-    count = info.get("count")
-    return f"{info['type']} x{count}" if isinstance(count, int) and count > 1 else info["type"]
 
 
 def cpu_name() -> str:

@@ -8,7 +8,7 @@ SLURM_MEM_PER_CPU x CPUs), its cgroup's limit or the node's memory fails at star
 instead of being killed by the OOM killer mid-epoch.
 
 The model is bounded too, before it is built: its parameters (counted from the architecture,
-`model_parameters`) with their gradients and Adam's two moments, and a lower bound of the activations
+camvis.bounds.model_need) with their gradients and Adam's two moments, and a lower bound of the activations
 one training batch keeps for the backward pass, against the host's memory on the CPU and the GPU's
 on CUDA (`model.size_hidden=100000` once tried to allocate 360 GB). A lower bound: never refuses a
 job that would fit.
@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from camvis.bounds import model_need, node_memory
 from camvis.errors import CamvisError
 
 BASE_BYTES = 1 << 30
@@ -55,44 +56,6 @@ def check_job(store, factors: Sequence[int], on_gpu: bool, environ: Mapping[str,
     check_fits(need, f"the pyramid of {store.path} at factors {list(factors)}: {pyramid / (1 << 30):.1f} GiB "
                      f"{where}, + {BASE_BYTES / (1 << 30):.1f} GiB for the process", environ, cgroup)
     return need
-
-
-def model_parameters(num_levels: int, size_hidden: int, patch_size: int, share_weights: bool, use_mlp: bool,
-                     align_features: bool, num_channels: int = 4) -> int:
-    """camvis.model.MultiMagnificationNet's trainable parameters, from the architecture alone (no torch;
-    tests/job/test_memory.py checks it against count_parameters for every variant)."""
-    h, blocks = size_hidden, max(patch_size.bit_length() - 1, 1)
-
-    def block(cin: int) -> int:  # conv 3 x 3 + bias, BatchNorm weight + bias
-        return 9 * cin * h + 3 * h
-
-    size_in = num_channels + h if align_features else num_channels
-    encoder = block(size_in) + (blocks - 1) * block(h)
-    if share_weights:
-        encoders = encoder
-    elif align_features:
-        encoders = (num_levels - 1) * block(size_in) + encoder
-    else:
-        encoders = num_levels * encoder
-    head_in = h if align_features else num_levels * h
-    head = head_in * h + h + 2 * h + h + 1 if use_mlp else head_in + 1
-    return encoders + head
-
-
-def model_need(cfg, patch_size: int, on_gpu: bool) -> tuple[int, int, int]:
-    """(bytes, parameters, activation bytes) training `cfg`'s model needs at least: 4 float32 copies of the
-    parameters (weights, gradients, Adam's two moments) + the activations a batch keeps for the backward pass,
-    at least the conv and BatchNorm outputs of every block of every level (bf16 on CUDA, float32 on the CPU)."""
-    m, levels, p = cfg.model, len(cfg.data.factors), patch_size
-    params = model_parameters(levels, m.size_hidden, p, m.share_weights, m.use_mlp, m.align_features)
-    sides = [p >> k for k in range(max(p.bit_length() - 1, 1))]
-    per_level = 2 * m.size_hidden * sum(s * s for s in sides)
-    if m.align_features:  # one block per level but the last, whose encoder runs whole
-        per_level_total = (levels - 1) * 2 * m.size_hidden * p * p + per_level
-    else:
-        per_level_total = levels * per_level
-    activations = cfg.train.batch_size * (per_level_total + levels * 4 * p * p) * (2 if on_gpu else 4)
-    return 16 * params + activations, params, activations
 
 
 def check_model(cfg, patch_size: int, device, environ: Mapping[str, str] = os.environ,
@@ -144,14 +107,6 @@ def allocation(environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP) -
     if node is not None:
         limits.append((node, "this node's memory"))
     return min(limits) if limits else None
-
-
-def node_memory() -> int | None:
-    """Bytes of physical memory of this machine, None where unknown."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_fits(need: int, what: str, environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP,

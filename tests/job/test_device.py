@@ -56,8 +56,10 @@ def test_describe_and_the_status_cell() -> None:
     assert info["type"] == "cpu" and info["count"] == 2 and info["cuda"] == torch.version.cuda
     assert info["torch"] == torch.__version__ and info["allocated_gpus"] == 1 and info["name"]
     assert device.log_line(info).startswith("device: cpu ")
-    assert device.short(info) == "cpu x2" and device.short({"type": "cuda", "count": 1}) == "cuda"
-    assert device.short(None) == "" and device.short({"type": 3}) == ""
+    cell = [monitor.device_cell(monitor.JobStatus(JobInfo(name="j", group="g", fold=1), "RUNNING", "files",
+                                                  progress={"device": d})) for d in (info, {"type": "cuda", "count": 1},
+                                                                                     None, {"type": 3})]
+    assert cell == ["cpu x2", "cuda", "-", "-"]
 
 
 def train_cmd(store: Path, outputs: Path, name: str, *extra: str) -> list[str]:
