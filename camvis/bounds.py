@@ -93,11 +93,13 @@ def model_parameters(num_levels: int, size_hidden: int, patch_size: int, share_w
     return encoders + head
 
 
-def model_need(cfg: Any, patch_size: int, on_gpu: bool) -> tuple[int, int, int]:
+def model_need(cfg: Any, patch_size: int, on_gpu: bool, patches: int | None = None) -> tuple[int, int, int]:
     """(bytes, parameters, activation bytes) training `cfg`'s model needs at least: 4 float32 copies of the
     parameters (weights, gradients, Adam's two moments) + the activations a batch keeps for the backward pass,
-    at least the conv and BatchNorm outputs of every block of every level (bf16 on CUDA, float32 on the CPU)."""
+    at least the conv and BatchNorm outputs of every block of every level (bf16 on CUDA, float32 on the CPU).
+    `patches`: the store's patch count, which caps a batch (None: train.batch_size as it is)."""
     m, levels, p = cfg.model, len(cfg.data.factors), patch_size
+    batch = cfg.train.batch_size if patches is None else min(cfg.train.batch_size, max(patches, 1))
     params = model_parameters(levels, m.size_hidden, p, m.share_weights, m.use_mlp, m.align_features)
     sides = [p >> k for k in range(max(p.bit_length() - 1, 1))]
     per_level = 2 * m.size_hidden * sum(s * s for s in sides)
@@ -105,7 +107,7 @@ def model_need(cfg: Any, patch_size: int, on_gpu: bool) -> tuple[int, int, int]:
         per_level_total = (levels - 1) * 2 * m.size_hidden * p * p + per_level
     else:
         per_level_total = levels * per_level
-    activations = cfg.train.batch_size * (per_level_total + levels * 4 * p * p) * (2 if on_gpu else 4)
+    activations = batch * (per_level_total + levels * 4 * p * p) * (2 if on_gpu else 4)
     return 16 * params + activations, params, activations
 
 

@@ -129,8 +129,8 @@ CASES = {  # id: (argv, environment, what the error line names, needs the read-o
     # sizes before allocating
     "train_size_hidden_huge": ([*TRAIN, "model.size_hidden=100000", "--outputs", "outputs"], {},
                                "model.size_hidden=100000", False),
-    "train_batch_size_huge": ([*TRAIN, "train.batch_size=100000000", "--outputs", "outputs"], {},
-                              "train.batch_size=100000000", False),
+    "train_batch_size_huge": ([*TRAIN, "model.size_hidden=512", "train.batch_size=100000", "--outputs", "outputs"],
+                              {"SLURM_MEM_PER_NODE": "2048"}, "train.batch_size=100000", False),
     "launch_size_hidden_huge": (["camvis.cli.launch", "grid.yaml", "model.size_hidden=100000", "--local"], {},
                                 "model.size_hidden=100000", False),
     "launch_mem_gb_above_the_machine": (["camvis.cli.launch", "grid.yaml", "slurm.mem_gb=100000", "--local"], {},

@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 from camvis.bounds import model_need, node_memory
 from camvis.cluster.grid import JobSpec
 from camvis.cluster.slurm_settings import SlurmSettings
-from camvis.data.store_info import StoreInfo
+from camvis.data.store_info import StoreInfo, patch_count
 
 GIB = 1 << 30
 
@@ -84,11 +84,12 @@ def memory_problems(jobs: Sequence[JobSpec], slurm: SlurmSettings, mode: str,
     for job in jobs:
         cfg, patch = job.config, patch_sizes.get(job.config.data.store)
         on_gpu = slurm.gpus_per_node > 0 and cfg.train.device != "cpu"
-        key = (cfg.model, cfg.train.batch_size, len(cfg.data.factors), patch)
+        key = (cfg.model, cfg.train.batch_size, len(cfg.data.factors), cfg.data.store)
         if on_gpu or not isinstance(patch, int) or patch < 4 or key in seen:
             continue
         seen.add(key)
-        need, params, activations = model_need(cfg, patch, on_gpu=False)
+        count = patch_count(cfg.data.store)  # None (a store to be built): one sample, still a lower bound
+        need, params, activations = model_need(cfg, patch, False, 1 if count is None else count)
         need *= slurm.ntasks  # without the process itself: a lower bound, never a false refusal
         if need > limit:
             name = (f"model.size_hidden={cfg.model.size_hidden}" if 16 * params >= activations

@@ -55,6 +55,17 @@ def missing_levels(factors: Sequence[int], levels: Sequence[int], where: str) ->
     return f"data.factors {list(factors)}: {missing} not levels of {where} (levels: {list(levels)})"
 
 
+def patch_count(store: str | Path) -> int | None:
+    """Patches in a built store's table (its label array's shape, from metadata only); None if unknown.
+    What bounds a batch: a train.batch_size above it trains on every patch at once."""
+    try:
+        shape = json.loads((Path(store) / "patches" / "label" / "zarr.json").read_text()).get("shape")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= 0
+    return shape[0] if ok else None
+
+
 @dataclass(frozen=True)
 class StoreInfo:
     """What the launcher needs of a built store: its views (= folds) and levels."""

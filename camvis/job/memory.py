@@ -59,12 +59,12 @@ def check_job(store, factors: Sequence[int], on_gpu: bool, environ: Mapping[str,
 
 
 def check_model(cfg, patch_size: int, device, environ: Mapping[str, str] = os.environ,
-                cgroup: Path = CGROUP) -> int:
+                cgroup: Path = CGROUP, patches: int | None = None) -> int:
     """MemoryAllocationError naming the key (model.size_hidden or train.batch_size) when the model and one
     training batch cannot fit the GPU's memory (CUDA) or the host's (allocation, cgroup, node), before the
-    model is built."""
+    model is built. `patches`: the store's patch count, which caps a batch."""
     on_gpu = getattr(device, "type", None) == "cuda"
-    need, params, activations = model_need(cfg, patch_size, on_gpu)
+    need, params, activations = model_need(cfg, patch_size, on_gpu, patches)
     key = (f"model.size_hidden={cfg.model.size_hidden}" if 16 * params >= activations
            else f"train.batch_size={cfg.train.batch_size}")
     what = (f"{key}: {params:,} parameters, {16 * params / (1 << 30):.1f} GiB with gradients and Adam's moments, "

@@ -96,7 +96,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
 def _check_model(cfg: JobConfig, on: Any) -> None:
     """The model and a batch against the memory there (camvis.job.memory.check_model), before anything is
     written; a store that is not there is left to the job's own error, later."""
-    from camvis.data.store_info import StoreInfo
+    from camvis.data.store_info import StoreInfo, patch_count
     from camvis.job import memory
 
     try:
@@ -104,7 +104,7 @@ def _check_model(cfg: JobConfig, on: Any) -> None:
     except CamvisError:
         return
     if info is not None and isinstance(info.patch_size, int) and info.patch_size > 0:
-        memory.check_model(cfg, info.patch_size, on)
+        memory.check_model(cfg, info.patch_size, on, patches=patch_count(cfg.data.store))
 
 
 def _main_first(env: Any, fn: Any, *args: Any) -> None:

@@ -76,7 +76,7 @@ def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None =
     store = store if store is not None else open_store(cfg.data.store)
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
     memory.check_job(store, cfg.data.factors, on_gpu=device.type == "cuda")  # before the OOM killer would
-    memory.check_model(cfg, store.patch_size, device)  # before the model is built
+    memory.check_model(cfg, store.patch_size, device, patches=len(train_idx))  # before the model is built
     if cfg.train.selection == "inner":  # validate on training images: the held-out view is scored once
         train_idx, val_idx = inner_split(store, train_idx, cfg.train.inner_fraction, cfg.train.seed)
     source = BatchSource(store, cfg.data.factors, device, fold=cfg.data.fold)  # the fold's statistics

@@ -70,6 +70,8 @@ def test_a_model_or_batch_that_cannot_fit_is_refused_before_it_is_built(tmp_path
     batch = load_job_config(None, ["train.batch_size=1000000"])
     with pytest.raises(memory.MemoryAllocationError, match=r"train\.batch_size=1000000.*lower train.batch_size"):
         memory.check_model(batch, 128, torch.device("cpu"), small, tmp_path)
+    # a batch above the store's patches trains on those patches: no refusal of a batch that cannot happen
+    assert memory.check_model(batch, 128, torch.device("cpu"), small, tmp_path, patches=4) > 0
     need, params, activations = bounds.model_need(load_job_config(None, []), 128, on_gpu=True)
     assert need == 16 * params + activations and activations < bounds.model_need(load_job_config(None, []), 128,
                                                                                   on_gpu=False)[2]
