@@ -34,5 +34,13 @@ class DiskFullError(CamvisError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class PathError(CamvisError, OSError):
+    """A destination or input path cannot be used: read-only, not permitted, not a directory, a directory
+    where a file is expected (camvis.io.os_error). Also an OSError, with the original errno."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class PredictError(CamvisError):
     """An image, depth map or model cannot be predicted with (camvis-predict, camvis-export)."""

@@ -24,7 +24,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterator
 
-from camvis.errors import DiskFullError
+from camvis.errors import CamvisError, DiskFullError, PathError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -81,6 +81,41 @@ def disk_full_error(path: str | os.PathLike | None, error: OSError,
     return _disk_full(f"{kind}: cannot write {path}{need}{left}; {_REMEDY[error.errno]}", error, path)
 
 
+def os_error(error: OSError) -> CamvisError | None:
+    """The one-line CamvisError of an OSError a user can fix at a path (a full disk, a read-only or
+    forbidden place, a file where a folder is expected or the reverse), naming the path; None for others."""
+    if isinstance(error, CamvisError):
+        return error
+    if error.errno in DISK_FULL_ERRNOS:
+        return disk_full_error(None, error)
+    why = _PATH_PROBLEMS.get(error.errno)  # type: ignore[arg-type]
+    if why is None:
+        return None
+    named = error.filename2 if error.filename2 is not None else error.filename  # a rename: its destination
+    mapped = PathError(f"{final_name(named) if named is not None else 'a path'}: {why}")
+    mapped.errno, mapped.strerror, mapped.filename = error.errno, error.strerror, error.filename
+    return mapped
+
+
+_TMP_NAME = re.compile(r"\.(.+)\.(?:tmp-[^/]+|[^./]+\.\d+\.[a-z0-9_]+\.tmp)")
+
+
+def final_name(path: str | os.PathLike) -> str:
+    """The name a camvis temporary (`.NAME.<host>.<pid>.XXXXXXXX.tmp`, `.NAME.tmp-<host>-<pid>`) stands for,
+    so that an error names the user's path, not the scratch one; any other path as it is."""
+    path = os.fsdecode(path)
+    match = _TMP_NAME.fullmatch(os.path.basename(path))
+    return os.path.join(os.path.dirname(path), match[1]) if match else path
+
+
+_PATH_PROBLEMS = {
+    errno.EROFS: "read-only file system: write somewhere writable",
+    errno.EACCES: "permission denied: write somewhere you may, or fix the permissions",
+    errno.EPERM: "operation not permitted: write somewhere you may, or fix the permissions",
+    errno.ENOTDIR: "not a directory: a part of the path is a file where a folder is expected",
+    errno.EISDIR: "is a directory: a file is expected there",
+    errno.EEXIST: "exists and is not a folder: a folder is expected there",
+}
 _KINDS = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large"}
 _REMEDY = {
     errno.ENOSPC: "free some space or write elsewhere, then run again",

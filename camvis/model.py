@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from camvis.bounds import patch_size_problem
 from camvis.config import JobConfig
 from camvis.errors import ConfigError
 
@@ -92,9 +93,9 @@ class ConvEncoder(nn.Module):
 
 def num_blocks_for(patch_size: int) -> int:
     """log2(patch_size): the blocks that take a P x P patch down to 1 x 1."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 4 \
-            or patch_size & (patch_size - 1):
-        raise ValueError(f"patch_size must be a power of 2 >= 4 (e.g. 16, 32, 128), got {patch_size!r}")
+    problem = patch_size_problem(patch_size)
+    if problem is not None:
+        raise ValueError(problem)
     return patch_size.bit_length() - 1
 
 

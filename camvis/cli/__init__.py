@@ -4,26 +4,45 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from camvis import __version__
+from camvis.bounds import number
 from camvis.errors import CamvisError
+
+ERRORS = (CamvisError, OSError)
+"""What every entry point catches and hands to `fail`."""
 
 
 def fail(error: CamvisError | OSError) -> int:
     """Print a domain error as `error: ...` (no traceback) and return the exit status 2.
 
-    Entry points that run writers camvis does not own (submitit's job pickles, TensorBoard's
-    event files) catch `(CamvisError, OSError)`: a disk-full OSError (ENOSPC, EDQUOT, EFBIG)
-    is shown as camvis's own DiskFullError; any other OSError keeps its traceback."""
+    An OSError of a destination or a full disk (camvis.io.os_error: read-only, not permitted, not a
+    directory, a directory, ENOSPC/EDQUOT/EFBIG) is one line naming the path; any other OSError keeps
+    its traceback."""
     if not isinstance(error, CamvisError):
-        from camvis.io import DISK_FULL_ERRNOS, disk_full_error
+        from camvis.io import os_error
 
-        if error.errno not in DISK_FULL_ERRNOS:
+        mapped = os_error(error)
+        if mapped is None:
             raise error
-        error = disk_full_error(None, error)
+        error = mapped
     print(f"error: {error}", file=sys.stderr)
     return 2
+
+
+def bounded(kind: type, lo: float | None = None, hi: float | None = None, *,
+            exclusive_lo: bool = False) -> Callable[[str], int | float]:
+    """An argparse `type`: `kind` (int or float, finite) within [lo, hi] (camvis.bounds.number);
+    argparse turns the refusal into one usage error naming the option, exit 2."""
+    def parse(text: str) -> int | float:
+        try:
+            return number(text, kind, lo, hi, exclusive_lo)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str | None, list[str]]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import fail, new_parser
-from camvis.errors import CamvisError
+from camvis.bounds import SEED_MAX
+from camvis.cli import ERRORS, bounded, fail, new_parser
 
 EPILOG = """examples:
   camvis-aggregate demo                    writes outputs/demo/summary.md, *.csv, *.png
@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("camvis-aggregate", __doc__, EPILOG, outputs="where the jobs wrote",
                      jobs_dir="where the manifests live")
     p.add_argument("experiment", help="experiment name (outputs/<experiment>/, jobs/<experiment>/manifest.json)")
-    p.add_argument("--confidence", type=float, default=0.95, help="level of the bootstrap intervals (default 0.95)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--confidence", type=bounded(float, 0, 1, exclusive_lo=True), default=0.95, help="level of the bootstrap intervals (default 0.95)")
+    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0,
                    help="seeds each fold's order of resamples, decoupling folds; pairs are unaffected (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     p.add_argument("--format", default="png", type=_formats, metavar="png,pdf,svg",
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         aggregate(args.experiment, args.outputs, args.jobs_dir, confidence=args.confidence, seed=args.seed,
                   figures=not args.no_figures, formats=args.format)  # fmt: skip
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     return 0
 

@@ -8,8 +8,9 @@ import re
 import sys
 from typing import TYPE_CHECKING
 
-from camvis.cli import fail, new_parser
-from camvis.errors import CamvisError, ConfigError, StoreError
+from camvis.bounds import SEED_MAX, patch_size_problem
+from camvis.cli import ERRORS, bounded, fail, new_parser
+from camvis.errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
     from camvis.data.store import PatchStore
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
 
 
@@ -78,13 +79,13 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p = _sub(sub, "synth", "Write a synthetic fog data set in camvis2's raw layout (images, masks, "
              "depth maps, visibility.csv).", SYNTH_EXAMPLES)
     p.add_argument("out_dir", metavar="OUT_DIR")
-    p.add_argument("--views", type=int, default=4, help="number of camera views (folds) (default: 4)")
-    p.add_argument("--images-per-view", type=int, default=6, help="(default: 6)")
+    p.add_argument("--views", type=bounded(int, 1, 10_000), default=4, help="number of camera views (folds) (default: 4)")
+    p.add_argument("--images-per-view", type=bounded(int, 1, 1_000_000), default=6, help="(default: 6)")
     p.add_argument("--size", type=_size, default=(192, 288),
                    help="HxW in pixels, or 'paper' for 4140x6198 (default: 192x288)")
-    p.add_argument("--vis-range", type=float, nargs=2, default=(100.0, 50000.0), metavar=("MIN", "MAX"),
+    p.add_argument("--vis-range", type=bounded(float, 0, exclusive_lo=True), nargs=2, default=(100.0, 50000.0), metavar=("MIN", "MAX"),
                    help="visibility range in metres, drawn log-uniform (default: 100 50000)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default: 0)")
+    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help="same seed, same bytes (default: 0)")
     p.add_argument("--format", choices=("png", "jpg", "jp2"), default="png", help="image format (default: png)")
     p.add_argument("--force", action="store_true",
                    help="replace a data set that camvis-data synth made in OUT_DIR (its synth.json); never other data")
@@ -105,15 +106,15 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
              [site_parser()])
     p.add_argument("raw_dir", metavar="RAW_DIR")
     p.add_argument("store", metavar="STORE")
-    p.add_argument("--factors", type=int, nargs="+", default=[2, 4, 8, 16, 32],
+    p.add_argument("--factors", type=bounded(int, 1, 4096), nargs="+", default=[2, 4, 8, 16, 32],
                    help="demagnification factors, one pyramid level each (default: 2 4 8 16 32)")
-    p.add_argument("--patch-size", type=int, default=128, help="(default: 128)")
-    p.add_argument("--patches-per-image", type=int, default=500, help="(default: 500)")
-    p.add_argument("--seed", type=int, default=0, help="patch sampling seed (default: 0)")
+    p.add_argument("--patch-size", type=_patch_size, default=128, help="(default: 128)")
+    p.add_argument("--patches-per-image", type=bounded(int, 1), default=500, help="(default: 500)")
+    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help="patch sampling seed (default: 0)")
     p.add_argument("--force", action="store_true",
                    help="replace a camvis store built otherwise; never other data, a job folder or the raw folder")
     p.add_argument("--figure", metavar="IMAGE_NAME", help="image of the sampling figure (default: the first)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=bounded(int, 1, 4096), default=None,
                    help="processes building images at once, same bytes as 1 (default: the CPUs available)")
     p.add_argument("--compress", action="store_true",
                    help="level arrays with zstd, for archives and transfer (default: uncompressed, which jobs "
@@ -144,6 +145,15 @@ def _add_check_store(sub: argparse._SubParsersAction) -> None:
              "the checksums recorded at build time.", CHECK_STORE_EXAMPLES)
     p.add_argument("store", metavar="STORE")
     p.set_defaults(func=_check_store)
+
+
+def _patch_size(text: str) -> int:
+    """--patch-size: one the model can train on (camvis.bounds.patch_size_problem), refused before any write."""
+    value = bounded(int)(text)
+    problem = patch_size_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return int(value)
 
 
 def _size(text: str) -> tuple[int, int]:

@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from camvis.cli import fail, new_parser
-from camvis.errors import CamvisError
+from camvis.cli import ERRORS, fail, new_parser
 
 RAW = Path("data/raw/demo")
 STORE = Path("data/processed/demo.zarr")
@@ -193,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         prepare_data(console)
         console.rule("4/5 train and evaluate the demo grid locally, then aggregate")
         result = launch(GRID, args.overrides, mode="local", console=console, force=args.doc_figures)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     out = Path("outputs") / result.grid.experiment
     try:
         predicted = predict_held_out(console, out)
         if args.doc_figures and not result.failed:
             write_doc_figures(out, console)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     console.rule(f"done in {time.perf_counter() - start:.0f} s")
     if result.failed:

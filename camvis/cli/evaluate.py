@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import config_and_overrides, fail, new_parser
-from camvis.errors import CamvisError
+from camvis.cli import ERRORS, config_and_overrides, fail, new_parser
 
 EPILOG = """examples:
   camvis-eval configs/job.yaml                 # outputs/<experiment>/<name>/best.pt: the demo's cat_fold1
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     config, overrides = config_and_overrides(args.config, args.overrides)
     try:
         scores = _run(config, overrides, args)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     if scores:
         _report(scores)

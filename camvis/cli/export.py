@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from camvis.cli import fail, new_parser
-from camvis.errors import CamvisError
+from camvis.cli import ERRORS, fail, new_parser
 
 EPILOG = """examples:
   camvis-export outputs/demo/cat_fold1 models/cat_fold1
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         from camvis.job.export import export
 
         info = export(args.job_dir, args.out, onnx=not args.no_onnx, force=args.force)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     onnx = info.get("onnx")
     graph = f", ONNX opset {onnx['opset']}" if onnx else ", no ONNX graph"

@@ -7,9 +7,9 @@ import sys
 
 from rich.table import Table
 
-from camvis.cli import config_and_overrides, fail, new_parser
+from camvis.cli import ERRORS, bounded, config_and_overrides, fail, new_parser
 from camvis.console import default_console
-from camvis.errors import CamvisError, ConfigError
+from camvis.errors import ConfigError
 
 DEFAULT_PATCH_SIZE = 128
 EPILOG = """examples:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     summary.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
                          help="a job config YAML (optional, first) and dotted overrides")
-    summary.add_argument("--patch-size", type=int,
+    summary.add_argument("--patch-size", type=bounded(int, 4, 4096),
                          help=f"patch size in pixels, a power of 2 >= 4 (default: the config's data.store's, "
                               f"else {DEFAULT_PATCH_SIZE}, said as assumed)")
     return parser
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def summary_table(config: str | None, overrides: list[str], patch_size: int | None) -> Table:
     # torch is imported here, not at module level: `camvis-model --help` stays instant.
+    import torch
+
     from camvis.config import load_job_config
     from camvis.model import (ARCHITECTURES, MultiMagnificationNet, count_parameters, find_architecture,
                               num_blocks_for, training_flops)
@@ -60,7 +62,8 @@ def summary_table(config: str | None, overrides: list[str], patch_size: int | No
     for column in ("parameters", "GFLOP fwd", "GFLOP train"):
         table.add_column(column, justify="right")
     for arch in ARCHITECTURES.values():
-        model = MultiMagnificationNet(levels, size_hidden=hidden, patch_size=patch_size, **arch.flags())
+        with torch.device("meta"):  # counted, never allocated: model.size_hidden=100000 is 1.4 TB of weights
+            model = MultiMagnificationNet(levels, size_hidden=hidden, patch_size=patch_size, **arch.flags())
         forward, backward = training_flops(model)
         table.add_row("*" if arch.name == selected else "", arch.name, arch.alias, _yes(arch.use_mlp),
                       _yes(arch.share_weights), _yes(arch.align_features), f"{count_parameters(model):,}",
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, overrides = config_and_overrides(args.args[0] if args.args else None, args.args[1:])
         table = summary_table(config, overrides, args.patch_size)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     default_console().print(table)
     return 0

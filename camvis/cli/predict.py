@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cli import fail, new_parser
+from camvis.bounds import SEED_MAX
+from camvis.cli import ERRORS, bounded, fail, new_parser
 from camvis.errors import CamvisError
 
 EPILOG = """examples:
@@ -38,24 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions_visibility.csv", help="output file (default: %(default)s)")
     p.add_argument("--format", choices=("csv", "jsonl"), default=None,
                    help="csv or JSON lines (default: from --out's suffix, .jsonl -> jsonl)")
-    p.add_argument("--patches", type=int, default=500, help="depth-balanced patches per image (default: 500)")
-    p.add_argument("--stride", type=int, help="a regular grid of centres every PX pixels instead (maps)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the centres (default: 0)")
+    p.add_argument("--patches", type=bounded(int, 1, 1_000_000), default=500, help="depth-balanced patches per image (default: 500)")
+    p.add_argument("--stride", type=bounded(int, 1), help="a regular grid of centres every PX pixels instead (maps)")
+    p.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help="seed of the centres (default: 0)")
     p.add_argument("--map", metavar="DIR", help="write one PNG per image into DIR (new, empty, or made by "
                    "camvis-predict: its maps.json)")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
                    help="torch, or onnx (a bundle's graph through onnxruntime; pip install 'camvis[onnx]')")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
-    p.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default: 256)")
+    p.add_argument("--batch-size", type=bounded(int, 1, 1_000_000), default=256, help="patches per forward pass (default: 256)")
     p.add_argument("--force", action="store_true",
                    help="start --out afresh instead of resuming it (only a camvis-predict output is replaced)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="chunks as local jobs (submitit), --parallel at once")
     mode.add_argument("--slurm", action="store_true", help="chunks as one SLURM job array (waits for it)")
-    p.add_argument("--chunk-size", type=int, default=100, help="images per chunk (default: 100)")
-    p.add_argument("--parallel", type=int, default=4, help="chunks running at once (default: 4)")
-    p.add_argument("--cpus", type=int, default=1, help="CPUs per chunk job (default: 1)")
-    p.add_argument("--gpus", type=int, default=0, help="GPUs per chunk job (default: 0)")
+    p.add_argument("--chunk-size", type=bounded(int, 1), default=100, help="images per chunk (default: 100)")
+    p.add_argument("--parallel", type=bounded(int, 1, 10_000), default=4, help="chunks running at once (default: 4)")
+    p.add_argument("--cpus", type=bounded(int, 1), default=1, help="CPUs per chunk job (default: 1)")
+    p.add_argument("--gpus", type=bounded(int, 0, 64), default=0, help="GPUs per chunk job (default: 0)")
     return p
 
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)  # images may follow options too
     try:
         outcome = _run(args)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     for line in outcome.problems:
         print(f"error: {line}", file=sys.stderr)

@@ -7,9 +7,8 @@ import sys
 
 from camvis.cluster import jobfiles
 from camvis.cluster import monitor
-from camvis.cli import fail, new_parser
+from camvis.cli import ERRORS, bounded, fail, new_parser
 from camvis.config import check_name
-from camvis.errors import CamvisError
 
 _WHOLE_EXPERIMENT = "\0all"
 
@@ -31,16 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
                      jobs_dir="where the manifests live")
     p.add_argument("experiment", nargs="?", help="experiment name (default: a summary of every experiment)")
     actions = p.add_mutually_exclusive_group()
-    actions.add_argument("--watch", nargs="?", type=float, const=10.0, metavar="SECONDS",
+    seconds = bounded(float, 0, 86_400, exclusive_lo=True)  # finite, positive, at most a day
+    actions.add_argument("--watch", nargs="?", type=seconds, const=10.0, metavar="SECONDS",
                          help="refresh live every SECONDS (default 10) until every job has ended")  # fmt: skip
     actions.add_argument("--logs", metavar="JOB", help="print the stdout/stderr tails of JOB (name or SLURM id)")
     actions.add_argument("--cancel", nargs="?", const=_WHOLE_EXPERIMENT, metavar="JOB",
                          help="scancel JOB, or without JOB the whole experiment (no confirmation)")  # fmt: skip
-    p.add_argument("--lines", type=int, default=40, help="lines per log tail for --logs (default 40)")
+    p.add_argument("--lines", type=bounded(int, 1, 100_000), default=40,
+                   help="lines per log tail for --logs (default 40)")
     p.add_argument("--follow", action="store_true", help="with --logs: follow the job's stdout until it ends")
-    p.add_argument("--interval", type=float, metavar="SECONDS",
+    p.add_argument("--interval", type=seconds, metavar="SECONDS",
                    help="seconds between refreshes of --watch (as its value) and polls of --follow (default 2)")
-    p.add_argument("--count", type=int, metavar="N", help="stop --watch or --follow after N snapshots or polls")
+    p.add_argument("--count", type=bounded(int, 1), metavar="N", help="stop --watch or --follow after N snapshots or polls")
     return p
 
 
@@ -49,12 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.logs or args.cancel) and not args.experiment:
         parser.error("--logs and --cancel need an EXPERIMENT")
-    if args.watch is not None and args.watch <= 0:
-        parser.error(f"--watch needs a positive number of seconds, got {args.watch}")
-    if args.interval is not None and args.interval <= 0:
-        parser.error(f"--interval needs a positive number of seconds, got {args.interval}")
-    if args.count is not None and args.count < 1:
-        parser.error(f"--count needs at least 1, got {args.count}")
     if args.follow and not args.logs:
         parser.error("--follow goes with --logs JOB")
     watch = args.interval if args.watch is not None and args.interval is not None else args.watch
@@ -75,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             monitor.show(args.experiment, args.jobs_dir, args.outputs, console=console, watch=watch,
                          count=args.count)
-    except CamvisError as e:
+    except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     return 0
 

@@ -521,10 +521,20 @@ def select(jobs: Iterable[JobSpec], only: Sequence[str] = ()) -> list[JobSpec]:
     jobs = list(jobs)
     known = {"name", "group", "fold", "view", "replicate"} | {k for j in jobs for k in j.axes} | \
             {k.rsplit(".", 1)[-1] for j in jobs for k in j.axes}
-    for key in wanted:
+    for key, values in wanted.items():
         if key not in known:
             raise ConfigError("--only " + unknown_key_message(key, sorted(known)))
+        have = {_job_value(j, key) for j in jobs}
+        missing = sorted(values - have)
+        if missing:  # a typo would otherwise drop its value silently
+            raise ConfigError(f"--only {key}={','.join(missing)}: the grid has no job with {key} "
+                              f"{' or '.join(missing)}; its values: {', '.join(sorted(have, key=_natural))}")
     return [j for j in jobs if all(_job_value(j, k) in values for k, values in wanted.items())]
+
+
+def _natural(text: str) -> tuple[int, int | str]:
+    """Numbers in numeric order (fold 2 before 10), then words."""
+    return (0, int(text)) if text.isdigit() else (1, text)
 
 
 def _job_value(job: JobSpec, key: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from camvis.cluster import manifest
+from camvis.config import name_problem
 from camvis.errors import ConfigError
 from camvis.jobdir import ERROR, JOB_FILES, PROGRESS, SCORES, as_int, read_json
 
@@ -111,6 +112,11 @@ def expected_jobs(
     if manifest is None:
         manifest = experiment_manifest(jobs, experiment)
     if manifest is not None:
+        for name in manifest["jobs"]:  # a name is a folder under outputs/<experiment>/: none reaches outside
+            problem = name_problem("job", name)
+            if problem is not None:
+                raise ConfigError(f"{Path(jobs) / experiment / 'manifest.json'}: {problem}; "
+                                  f"a job folder must lie inside {Path(outputs) / experiment}")
         infos = [_info_from_manifest(n, e if isinstance(e, dict) else {}) for n, e in manifest["jobs"].items()]
     else:
         infos = [_info_from_dir(d) for d in job_dirs(outputs, experiment)]

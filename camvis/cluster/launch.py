@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from camvis import locks
+from camvis.bounds import num_threads
 from camvis.cluster import preflight, store_job
-from camvis.errors import SubmissionError
+from camvis.errors import CamvisError, SubmissionError
 from camvis.console import plural, shape_text
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
 from camvis.io import now_iso
@@ -127,12 +128,14 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
         from camvis.cluster.smoke import shrink
 
         grid = shrink(grid)
+    num_threads()  # CAMVIS_NUM_THREADS refused at launch, not in every job
     jobs = select(grid.jobs, only)
     if not jobs:
         raise SubmissionError(f"no job of {grid.path} matches --only {' '.join(only)} (jobs: {', '.join(grid.names)})")
     build = store_job.plan_build(grid.store, {j.config.data.store for j in jobs})
     found = preflight.problems(jobs, outputs, jobs_dir, grid.experiment,
                                {build.build.store: build.expected} if build else None) + (build.problems if build else [])
+    found += preflight.memory_problems(jobs, grid.slurm, mode, _patch_sizes(jobs, build))
     exp_dir = Path(jobs_dir) / grid.experiment
     if dry_run:
         result = LaunchResult(grid=grid, mode=mode, dry_run=dry_run,
@@ -163,19 +166,36 @@ def launch(grid_path: str | Path, overrides: Sequence[str] = (), *, mode: str = 
         if not todo:  # nothing to run: record the look, submit nothing
             result.manifest = record(exp_dir, grid, base, outputs, {})
         elif mode == "slurm":
-            result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, _task(result.restart),
-                                     _arrays(active), result.store_build.job_id if result.store_build else None))
+            task = _task(result.restart, gpus=grid.slurm.gpus_per_node)
+            build_id = result.store_build.job_id if result.store_build else None
+            result.take(submit_slurm(grid, todo, exp_dir, outputs, jobs_dir, base, task, _arrays(active), build_id))
         elif mode == "local":
             result.take(run_local(grid, todo, exp_dir, outputs, jobs_dir, base, result.restart, console))
         else:
-            result.take(run_debug(grid, todo[0], exp_dir, outputs, base, _task(result.restart)))
+            task = _task(result.restart, gpus=grid.slurm.gpus_per_node)
+            result.take(run_debug(grid, todo[0], exp_dir, outputs, base, task))
     return result
 
 
-def _task(restart: str | None, threads: int | None = None) -> Any:
+def _patch_sizes(jobs: list[JobSpec], build: Any) -> dict[str, object]:
+    """Each store's patch size, from its metadata or the build that will make it (None: not known)."""
+    from camvis.data.store_info import StoreInfo
+
+    sizes: dict[str, object] = {}
+    for store in {j.config.data.store for j in jobs}:
+        info = build.expected if build and build.build.store == store else None
+        try:
+            info = info or StoreInfo.read(store)
+        except CamvisError:  # preflight.problems says what is wrong with it
+            info = None
+        sizes[store] = info.patch_size if info is not None else None
+    return sizes
+
+
+def _task(restart: str | None, threads: int | None = None, gpus: int = 0) -> Any:
     from camvis.job.task import TrainEvalTask  # imports submitit: only when jobs really run
 
-    return TrainEvalTask(restart, threads)
+    return TrainEvalTask(restart, threads, gpus)
 
 
 def _plan(jobs: list[JobSpec], outputs: str | Path, force: bool, restart: bool, active: dict[str, str],
@@ -343,15 +363,14 @@ def active_jobs(manifest_path: Path) -> dict[str, str]:
 
 def local_threads(parallel: int) -> int:
     """Threads per job when `parallel` jobs share this machine's cores; CAMVIS_NUM_THREADS overrides."""
-    given = os.environ.get("CAMVIS_NUM_THREADS", "")
-    return int(given) if given.isdigit() and int(given) > 0 else max(1, (os.cpu_count() or 1) // parallel)
+    return num_threads() or max(1, (os.cpu_count() or 1) // parallel)
 
 
 def run_local(grid: Grid, todo: list[JobSpec], exp_dir: Path, outputs: str | Path, jobs_dir: str | Path,
               base: LaunchRecord, restart: str | None = None, console: Any = None) -> Outcome:
     """Every job through submitit's LocalExecutor, at most array_parallelism at once (waits)."""
     s = grid.slurm
-    task = _task(restart, local_threads(s.array_parallelism))  # the cores shared by the jobs at once
+    task = _task(restart, local_threads(s.array_parallelism), s.gpus_per_node)  # cores shared by the jobs at once
     out = Outcome()
     executor = _executor(job_folder(exp_dir), "local", s.max_requeues)
     executor.update_parameters(timeout_min=s.time, tasks_per_node=s.ntasks,

@@ -197,6 +197,15 @@ def progress_cells(status: JobStatus) -> tuple[str, str, str, str]:
     return epoch_cell, best_cell, rate_cell, fmt_duration(eta)
 
 
+def device_cell(status: JobStatus) -> str:
+    """What the job trains on (camvis.job.device.describe in progress.json or scores.json): `cuda x2`, `cpu`."""
+    recorded = (status.progress or {}).get("device") or (status.scores or {}).get("device")
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("type"), str):
+        return "-"
+    count = recorded.get("count")
+    return f"{recorded['type']} x{count}" if isinstance(count, int) and count > 1 else recorded["type"]
+
+
 def node_list(nodes: str) -> list[str]:
     """SLURM's compressed node list of a job ("n[1-3,7]", "gpu[01-02],cpu5") as names."""
     names: list[str] = []
@@ -243,9 +252,9 @@ def build_table(status: ExperimentStatus) -> Table:
     shape = f" ({shape_text(job.info for job in status.jobs)})" if reps else ""
     table = Table(title=f"{status.experiment}: {plural(len(status.jobs), 'job')}{shape}", title_justify="left")
     for column, justify in [("job (id)", "left"), ("group", "left"), ("fold", "right"), *([("rep", "right")] * reps),
-                            ("state", "left"), ("state from", "left"), ("node", "left"), ("elapsed", "right"),
-                            ("epoch", "right"), (best_header(status.jobs), "right"), ("train samples/s", "right"),
-                            ("ETA", "right"), ("efficiency (used/asked)", "left")]:  # fmt: skip
+                            ("state", "left"), ("state from", "left"), ("node", "left"), ("device", "left"),
+                            ("elapsed", "right"), ("epoch", "right"), (best_header(status.jobs), "right"),
+                            ("train samples/s", "right"), ("ETA", "right"), ("efficiency (used/asked)", "left")]:  # fmt: skip
         table.add_column(column, justify=justify, no_wrap=column in ("job (id)", "state"))  # type: ignore[arg-type]
     for job in status.jobs:
         info, row = job.info, job.slurm
@@ -256,7 +265,7 @@ def build_table(status: ExperimentStatus) -> Table:
         restarts = int((job.progress or {}).get("restarts") or 0)
         state = state_text(job.state, restarts, row.history if row else ())
         table.add_row(name, info.group, fold, *([str(info.replicate)] * reps), state, Text(job.source_text, style="dim"),
-                      ",".join(node_list(row.node)) if row and row.node else "-",
+                      ",".join(node_list(row.node)) if row and row.node else "-", device_cell(job),
                       row.elapsed if row and row.elapsed else "-", *progress_cells(job),
                       efficiency_view.cell(efficiency_view.of_job(job, status.resources.get(info.name))))  # fmt: skip
     return table

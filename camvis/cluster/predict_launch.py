@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from camvis.bounds import num_threads
 from camvis.errors import PredictError
 from camvis.cluster.slurm_settings import checked_parameters, site_parameters
 from camvis.io import atomic_path, write_json
@@ -84,6 +85,7 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
     `force`: start afresh (OUT and unmerged parts are removed first)."""
     if chunk_size < 1:
         raise PredictError(f"--chunk-size must be >= 1, got {chunk_size}")
+    num_threads()  # CAMVIS_NUM_THREADS refused here, before any part is written, not in a chunk's job
     out = Path(out)
     parts = out.with_name(out.name + PARTS_SUFFIX)
     inputs = ([options.model, *(path for item in items for path in (item.image, item.depth))]
@@ -131,11 +133,11 @@ def predict_chunk(items: Sequence[Any], options: Options, part: str, progress: b
     """One chunk: predict, then write the rows and the problems (each atomically). Runs in jobs."""
     from camvis.job.predict import predict_items
 
-    threads = options.threads or os.environ.get("CAMVIS_NUM_THREADS")
+    threads = options.threads or num_threads()
     if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
     model = load(options)
     with progress_bar("predicting", len(items), enabled=progress, transient=True) as advance:
         rows, problems = predict_items(items, model, patches=options.patches, stride=options.stride,

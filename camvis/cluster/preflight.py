@@ -11,8 +11,12 @@ import os
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from camvis.bounds import model_need, node_memory
 from camvis.cluster.grid import JobSpec
-from camvis.data.store_info import StoreInfo
+from camvis.cluster.slurm_settings import SlurmSettings
+from camvis.data.store_info import StoreInfo, patch_count
+
+GIB = 1 << 30
 
 
 def problems(jobs: Sequence[JobSpec], outputs: str | Path, jobs_dir: str | Path, experiment: str,
@@ -59,6 +63,40 @@ def _expected_problems(info: StoreInfo | None, jobs: list[JobSpec]) -> list[str]
     for job in jobs:
         info.check(job.config, f"job {job.name} (store to be built)", errors)
     return errors + info.problems(set())
+
+
+def memory_problems(jobs: Sequence[JobSpec], slurm: SlurmSettings, mode: str,
+                    patch_sizes: Mapping[str, object]) -> list[str]:
+    """slurm.mem_gb against this machine for a run here (--local, --debug); each distinct model with one
+    training batch per rank (camvis.bounds.model_need, a lower bound) against slurm.mem_gb, or this
+    machine's memory here, for jobs on the CPU. GPU jobs are checked at start, against their GPU."""
+    out: list[str] = []
+    node = node_memory() if mode in ("local", "debug") else None
+    if node is not None and slurm.mem_gb is not None and slurm.mem_gb * GIB > node:
+        out.append(f"slurm.mem_gb={slurm.mem_gb:g}: more than this machine has ({node / GIB:.1f} GiB) for a "
+                   f"--{mode} run")
+    limits = [(slurm.mem_gb * GIB, f"slurm.mem_gb={slurm.mem_gb:g}")] if slurm.mem_gb is not None else []
+    limits += [(node, f"this machine's {node / GIB:.1f} GiB")] if node is not None else []
+    if not limits:
+        return out
+    limit, source = min(limits)
+    seen: set[tuple[object, ...]] = set()
+    for job in jobs:
+        cfg, patch = job.config, patch_sizes.get(job.config.data.store)
+        on_gpu = slurm.gpus_per_node > 0 and cfg.train.device != "cpu"
+        key = (cfg.model, cfg.train.batch_size, len(cfg.data.factors), cfg.data.store)
+        if on_gpu or not isinstance(patch, int) or patch < 4 or key in seen:
+            continue
+        seen.add(key)
+        count = patch_count(cfg.data.store)  # None (a store to be built): one sample, still a lower bound
+        need, params, activations = model_need(cfg, patch, False, 1 if count is None else count)
+        need *= slurm.ntasks  # without the process itself: a lower bound, never a false refusal
+        if need > limit:
+            name = (f"model.size_hidden={cfg.model.size_hidden}" if 16 * params >= activations
+                    else f"train.batch_size={cfg.train.batch_size}")
+            out.append(f"{name} (job {job.name}): {slurm.ntasks} rank(s) need at least {need / GIB:.1f} GiB "
+                       f"(model {params:,} parameters and one batch) on the CPU, more than {source}")
+    return out
 
 
 def _names(jobs: list[JobSpec], most: int = 4) -> str:

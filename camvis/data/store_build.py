@@ -23,6 +23,7 @@ from PIL import Image
 from zarr.codecs import BytesCodec
 
 from camvis import __version__
+from camvis.bounds import patch_size_problem
 from camvis.data import camvis2, raw
 from camvis.data import staging
 from camvis.data import store_verify
@@ -120,8 +121,9 @@ def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,
     facs = tuple(int(f) for f in factors)
     if not facs or any(f < 1 for f in facs) or len(set(facs)) != len(facs):
         raise StoreError(f"factors must be distinct positive integers, got {list(factors)}")
-    if patch_size < 2:
-        raise StoreError(f"patch_size must be >= 2, got {patch_size}")
+    problem = patch_size_problem(patch_size)  # a store the model cannot train on is refused before any write
+    if problem is not None:
+        raise StoreError(problem)
     if patches_per_image < 1:
         raise StoreError(f"patches_per_image must be >= 1, got {patches_per_image}")
     if seed < 0:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from camvis.bounds import patch_size_problem
 from camvis.config import JobConfig
 from camvis.errors import ConfigError
 
@@ -53,6 +54,17 @@ def missing_levels(factors: Sequence[int], levels: Sequence[int], where: str) ->
     if not missing:
         return None
     return f"data.factors {list(factors)}: {missing} not levels of {where} (levels: {list(levels)})"
+
+
+def patch_count(store: str | Path) -> int | None:
+    """Patches in a built store's table (its label array's shape, from metadata only); None if unknown.
+    What bounds a batch: a train.batch_size above it trains on every patch at once."""
+    try:
+        shape = json.loads((Path(store) / "patches" / "label" / "zarr.json").read_text()).get("shape")
+    except (OSError, ValueError, AttributeError):
+        return None
+    ok = isinstance(shape, list) and len(shape) == 1 and isinstance(shape[0], int) and shape[0] >= 0
+    return shape[0] if ok else None
 
 
 @dataclass(frozen=True)
@@ -119,7 +131,7 @@ class StoreInfo:
         patch size the model cannot take, a level whose arrays are not there."""
         out = []
         p = self.patch_size
-        if isinstance(p, bool) or not isinstance(p, int) or p < 4 or p & (p - 1):
+        if patch_size_problem(p) is not None:
             out.append(f"data.store: {self.path}: attribute patch_size {p!r} is not a power of 2 >= 4 "
                        f"(the model halves a patch down to 1 x 1); rebuild it with camvis-data build")
         for f in sorted(factors & set(self.factors)):

@@ -39,7 +39,9 @@ class DistEnv:
 def pick_device(preference: str, local_rank: int = 0) -> torch.device:
     """`auto` takes CUDA when there is one; `cuda` without a GPU is an error, not a silent CPU run."""
     if preference == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but torch sees no CUDA device (use train.device=auto or cpu)")
+        from camvis.job.device import DeviceError, no_cuda_reason
+
+        raise DeviceError(f"train.device=cuda but {no_cuda_reason()}; or use train.device=auto or cpu")
     if preference in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")

@@ -136,10 +136,11 @@ class GpuSampler:
 class Meter:
     """One job's efficiency figures, from its start (created before the store loads) to its end."""
 
-    def __init__(self, device: Any, sample_gpu: bool = True) -> None:
+    def __init__(self, device: Any, sample_gpu: bool = True, device_info: dict[str, Any] | None = None) -> None:
         import torch
 
         self.device = device
+        self.device_info = device_info  # camvis.job.device.describe: what the job trains on
         self.threads = torch.get_num_threads()  # the allotted CPUs: camvis.job.task limits them first
         self.flops_per_sample: int | None = None
         self.samples_per_s: float | None = None  # the last epoch's, all ranks
@@ -175,7 +176,8 @@ class Meter:
         self.samples_per_s = samples_per_s or self.samples_per_s
         fields = {"threads": self.threads, "cpu_efficiency": significant(self.cpu_efficiency(), 3),
                   "peak_host_mem_gb": round(peak_host_mem_gb(), 4),
-                  "train_tflops": significant(self.tflops(self.samples_per_s)), "speedups": self.speedups}
+                  "train_tflops": significant(self.tflops(self.samples_per_s)), "speedups": self.speedups,
+                  "device": self.device_info}
         if self.gpu is not None and self.gpu.samples:
             fields.update(gpu_util=self.gpu.last, gpu_util_mean=round(self.gpu.mean or 0.0, 1))
         return {k: v for k, v in fields.items() if v is not None}
@@ -188,7 +190,7 @@ class Meter:
                   "model_gflop_per_sample": significant(None if self.flops_per_sample is None
                                                         else self.flops_per_sample / 1e9),
                   "train_samples_per_s": significant(rate), "train_tflops": significant(self.tflops(rate)),
-                  "speedups": self.speedups}
+                  "speedups": self.speedups, "device": self.device_info}
         if self.gpu is not None and self.gpu.samples:
             fields.update(gpu_util_mean=round(self.gpu.mean or 0.0, 1), gpu_util_samples=len(self.gpu.samples))
         return {k: v for k, v in fields.items() if v is not None}

@@ -4,8 +4,14 @@ A job holds the padded pyramid of its levels (uint8 RGB of every image, float32 
 view) in host memory on the CPU; on a GPU only one image's level passes through the host. On
 top comes the process itself (Python, torch, the store's table): BASE_BYTES, measured
 (benchmarks/bench_memory.py). A job that would not fit its SLURM allocation (SLURM_MEM_PER_NODE,
-SLURM_MEM_PER_CPU x CPUs) or its cgroup's limit fails at start naming the need, instead of being
-killed by the OOM killer mid-epoch.
+SLURM_MEM_PER_CPU x CPUs), its cgroup's limit or the node's memory fails at start naming the need,
+instead of being killed by the OOM killer mid-epoch.
+
+The model is bounded too, before it is built: its parameters (counted from the architecture,
+camvis.bounds.model_need) with their gradients and Adam's two moments, and a lower bound of the activations
+one training batch keeps for the backward pass, against the host's memory on the CPU and the GPU's
+on CUDA (`model.size_hidden=100000` once tried to allocate 360 GB). A lower bound: never refuses a
+job that would fit.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from camvis.bounds import model_need, node_memory
 from camvis.errors import CamvisError
 
 BASE_BYTES = 1 << 30
@@ -51,6 +58,30 @@ def check_job(store, factors: Sequence[int], on_gpu: bool, environ: Mapping[str,
     return need
 
 
+def check_model(cfg, patch_size: int, device, environ: Mapping[str, str] = os.environ,
+                cgroup: Path = CGROUP, patches: int | None = None) -> int:
+    """MemoryAllocationError naming the key (model.size_hidden or train.batch_size) when the model and one
+    training batch cannot fit the GPU's memory (CUDA) or the host's (allocation, cgroup, node), before the
+    model is built. `patches`: the store's patch count, which caps a batch."""
+    on_gpu = getattr(device, "type", None) == "cuda"
+    need, params, activations = model_need(cfg, patch_size, on_gpu, patches)
+    key = (f"model.size_hidden={cfg.model.size_hidden}" if 16 * params >= activations
+           else f"train.batch_size={cfg.train.batch_size}")
+    what = (f"{key}: {params:,} parameters, {16 * params / (1 << 30):.1f} GiB with gradients and Adam's moments, "
+            f"+ at least {activations / (1 << 30):.1f} GiB of activations per batch of {cfg.train.batch_size}")
+    fix = "lower model.size_hidden" if key.startswith("model.") else "lower train.batch_size"
+    if on_gpu:
+        import torch
+
+        total = torch.cuda.get_device_properties(device).total_memory
+        if need > total:
+            raise MemoryAllocationError(f"this job needs at least {need / (1 << 30):.1f} GiB on the GPU ({what}) but "
+                                        f"{torch.cuda.get_device_name(device)} has {total / (1 << 30):.1f} GiB: {fix}")
+        return need
+    check_fits(BASE_BYTES + need, what, environ, cgroup, fix=fix)
+    return need
+
+
 def host_need(padded_shapes: Sequence[tuple[int, int]], n_images: int, n_views: int, on_gpu: bool) -> int:
     """Host bytes the job needs: the process, and the pyramid unless it lives on the GPU."""
     if on_gpu:  # one image's level at a time passes through the host
@@ -72,19 +103,25 @@ def allocation(environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP) -
         value = _read(path)
         if value is not None and value.isdigit() and int(value) < 1 << 60:  # v1 writes a huge number for none
             limits.append((int(value), f"the cgroup limit {path}"))
+    node = node_memory()
+    if node is not None:
+        limits.append((node, "this node's memory"))
     return min(limits) if limits else None
 
 
-def check_fits(need: int, what: str, environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP) -> None:
+def check_fits(need: int, what: str, environ: Mapping[str, str] = os.environ, cgroup: Path = CGROUP,
+               fix: str = "use fewer data.factors") -> None:
     """MemoryAllocationError if `need` bytes exceed the allocation (none known: nothing to check)."""
     limit = allocation(environ, cgroup)
     if limit is None or need <= limit[0]:
         return
     gib = need / (1 << 30)
+    node = node_memory()
+    more = (f"raise the grid's slurm.mem_gb to at least {gib * 1.2:.0f} (20 % margin)"
+            if node is None or need * 1.2 <= node else "run on a node with more memory")
     raise MemoryAllocationError(
         f"this job needs about {gib:.1f} GiB of host memory ({what}) but its allocation is "
-        f"{limit[0] / (1 << 30):.1f} GiB ({limit[1]}): raise the grid's slurm.mem_gb to at least {gib * 1.2:.0f} "
-        f"(20 % margin), or use fewer data.factors")
+        f"{limit[0] / (1 << 30):.1f} GiB ({limit[1]}): {more}, or {fix}")
 
 
 def _read(path: Path) -> str | None:

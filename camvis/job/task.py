@@ -20,6 +20,7 @@ from typing import Any
 import submitit
 
 from camvis import locks
+from camvis.bounds import num_threads
 from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
@@ -27,7 +28,7 @@ from camvis.jobdir import BEST, ERROR, PROGRESS, read_json
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None,
-            threads: int | None = None) -> dict[str, Any]:
+            threads: int | None = None, gpus: int = 0) -> dict[str, Any]:
     """Train then evaluate `cfg` under outputs/<experiment>/<name>/; returns the scores dict.
 
     `restart`: a restart id (camvis.cluster.plan.new_run_id): train from scratch unless the folder's
@@ -35,8 +36,9 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     `threads`: intra-op threads (a local launch shares the machine's cores between its jobs); the
     config's train.threads wins over it; None: SLURM's CPUs per task, else CAMVIS_NUM_THREADS, else
     torch's default. scores.json records the count used (`threads`).
+    `gpus`: the grid's slurm.gpus_per_node (camvis.job.device: a GPU allocation torch cannot use stops the job).
     """
-    from camvis.job import distributed, efficiency
+    from camvis.job import device, distributed, efficiency
     from camvis.job.evaluate import EvalInputs, evaluate_job
     from camvis.job.startup import open_job_inputs
     from camvis.job.train import log_hparams, train, write_progress
@@ -44,15 +46,21 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     began = time.perf_counter()
     directory = job_dir(cfg, outputs)
     _limit_threads(cfg.train.threads if cfg.train.threads != "auto" else threads)
+    note = device.check(cfg.train.device, gpus)  # a GPU allocation torch cannot use: stop before any write
+    _check_model(cfg, distributed.pick_device(cfg.train.device))  # the same for a model that cannot fit
     env = distributed.setup(cfg.train.device)
     lock = ExitStack()
     try:
         def prepare() -> None:  # one runner per job folder: a second one fails here, touching nothing
             lock.enter_context(locks.job_lock(locks.job_lock_path(directory), cfg.name))
+            print(device.log_line(trained_on), flush=True)  # the log's first lines
+            if note:
+                print(note, flush=True)
             _start(directory, cfg, env.world_size, restart)
 
+        trained_on = device.describe(env.device, env.world_size, device.allocated_gpus(grid_gpus=gpus))
         main_first(env, prepare)
-        meter = efficiency.Meter(env.device, sample_gpu=env.is_main)
+        meter = efficiency.Meter(env.device, sample_gpu=env.is_main, device_info=trained_on)
         clock = [time.perf_counter()]
         inputs, startup = open_job_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
         clock.append(time.perf_counter())
@@ -84,6 +92,20 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     finally:
         lock.close()
         distributed.teardown()
+
+
+def _check_model(cfg: JobConfig, on: Any) -> None:
+    """The model and a batch against the memory there (camvis.job.memory.check_model), before anything is
+    written; a store that is not there is left to the job's own error, later."""
+    from camvis.data.store_info import StoreInfo, patch_count
+    from camvis.job import memory
+
+    try:
+        info = StoreInfo.read(cfg.data.store)
+    except CamvisError:
+        return
+    if info is not None and isinstance(info.patch_size, int) and info.patch_size > 0:
+        memory.check_model(cfg, info.patch_size, on, patches=patch_count(cfg.data.store))
 
 
 def main_first(env: Any, fn: Any, *args: Any) -> None:
@@ -157,9 +179,10 @@ def _limit_threads(threads: int | None = None) -> None:
     (`threads`: train.threads when the config fixes it, else a local launch's share)."""
     import torch
 
-    cpus = str(threads or "") or os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("CAMVIS_NUM_THREADS")
-    if cpus and cpus.isdigit() and int(cpus) > 0:
-        torch.set_num_threads(int(cpus))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    cpus = threads or (int(slurm) if slurm.isdigit() and int(slurm) > 0 else None) or num_threads()
+    if cpus:
+        torch.set_num_threads(cpus)
 
 
 def _mark_failed(directory: Path, cfg: JobConfig, trace: str, world_size: int) -> None:
@@ -175,10 +198,11 @@ class TrainEvalTask(submitit.helpers.Checkpointable):
     """The submitit callable: `TrainEvalTask(restart)(cfg, outputs)`; requeued as it is (same
     restart id) on timeout, so a requeued --restart resumes the training it started."""
 
-    def __init__(self, restart: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, restart: str | None = None, threads: int | None = None, gpus: int = 0) -> None:
         self.restart = restart
         self.threads = threads  # a local launch's share of the cores; None on SLURM
+        self.gpus = gpus  # the grid's slurm.gpus_per_node
 
     def __call__(self, cfg: JobConfig, outputs: str = "outputs") -> dict[str, Any]:
         return run_job(cfg, outputs, restart=getattr(self, "restart", None),  # tasks pickled before them
-                       threads=getattr(self, "threads", None))
+                       threads=getattr(self, "threads", None), gpus=getattr(self, "gpus", 0))

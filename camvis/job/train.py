@@ -76,6 +76,7 @@ def open_inputs(cfg: JobConfig, device: torch.device, store: PatchStore | None =
     store = store if store is not None else open_store(cfg.data.store)
     train_idx, val_idx, view = fold_split(store, cfg.data.fold)
     memory.check_job(store, cfg.data.factors, on_gpu=device.type == "cuda")  # before the OOM killer would
+    memory.check_model(cfg, store.patch_size, device, patches=len(train_idx))  # before the model is built
     if cfg.train.selection == "inner":  # validate on training images: the held-out view is scored once
         train_idx, val_idx = inner_split(store, train_idx, cfg.train.inner_fraction, cfg.train.seed)
     source = BatchSource(store, cfg.data.factors, device, fold=cfg.data.fold)  # the fold's statistics
@@ -499,6 +500,9 @@ def log_hparams(job_dir: Path, cfg: JobConfig, scores: dict) -> None:
               "selection_metric": t.selection_metric, "factors": ",".join(map(str, cfg.data.factors))}
     speed = scores.get("speedups") or {}  # what the job trained with (camvis.job.speedups)
     params.update({key: speed[key] for key in ("compile", "fused_adam") if isinstance(speed.get(key), bool)})
+    trained_on = scores.get("device") or {}  # camvis.job.device.describe
+    params.update({f"device_{key}": trained_on[key] for key in ("type", "name", "count", "cuda", "driver")
+                   if isinstance(trained_on.get(key), (str, int))})
     final = {f"Test/{k}": float(v) for k, v in (scores.get("metrics") or {}).items()
              if k in HPARAM_METRICS and v is not None}
     step = int(scores.get("epochs") or 0)

@@ -435,9 +435,18 @@ def test_select(tmp_path: Path) -> None:
     assert [j.name for j in select(jobs, ["fold=1,3", "group=align"])] == ["align_fold1", "align_fold3"]
     assert [j.name for j in select(jobs, ["name=cat_fold2", "name=align_fold2"])] == ["cat_fold2", "align_fold2"]
     assert len(select(jobs, [])) == 6
-    assert select(jobs, ["group=nope"]) == []
+    assert select(jobs, ["group=cat", "name=align_fold1"]) == []  # values the grid has, no job with both
     with pytest.raises(ConfigError, match="did you mean group"):
         select(jobs, ["grop=cat"])
+
+
+@pytest.mark.parametrize("only, named", [(["fold=1,x"], "fold=x"), (["group=nope"], "group=nope"),
+                                         (["fold=1", "fold=9"], "fold=9"), (["name=cat_fold1,a,b"], "name=a,b")])
+def test_select_refuses_a_value_the_grid_does_not_have(tmp_path: Path, only: list[str], named: str) -> None:
+    """--only fold=1,x once dropped the x silently: a typo ran another subset than asked."""
+    jobs = load_grid(write(tmp_path / "g.yaml", small(tmp_path))).jobs
+    with pytest.raises(ConfigError, match=f"--only {named}: the grid has no job with"):
+        select(jobs, only)
 
 
 def test_select_by_plain_axis(tmp_path: Path) -> None:

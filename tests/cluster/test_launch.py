@@ -160,7 +160,7 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.startswith("error: override 'train.lrr=1': train.lrr: unknown key (did you mean train.lr?)")
     assert cli.main(demo_args(tmp_path, "--dry-run", "--only", "group=nope")) == 2
-    assert "no job of" in capsys.readouterr().err
+    assert "--only group=nope: the grid has no job with group nope" in capsys.readouterr().err
 
 
 def test_without_slurm_launch_suggests_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -322,7 +322,9 @@ def test_cli_prints_summary_and_fails_cleanly(tmp_path: Path, capsys: pytest.Cap
     assert "acc (90% CI)" in out and "align" in out and "summary.md" in out
     assert cli.main(["nope", *argv]) == 2
     assert "error: unknown experiment 'nope'" in capsys.readouterr().err
-    assert cli.main([EXP, *argv, "--confidence", "1.5"]) == 2
+    with pytest.raises(SystemExit) as refused:  # argparse: camvis.cli.bounded
+        cli.main([EXP, *argv, "--confidence", "1.5"])
+    assert refused.value.code == 2 and "--confidence: expected a finite number" in capsys.readouterr().err
 
 
 def test_no_finished_job_is_a_clean_error(tmp_path: Path) -> None:
