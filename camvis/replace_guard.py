@@ -3,7 +3,7 @@ command made. The one rule of camvis-export, camvis-data synth, camvis-data buil
 --out / --map.
 
 A target (a file or a folder) may be replaced when it does not exist, is an empty folder or a 0-byte
-file, or carries the marker of the command that replaces it (MARKERS: a bundle's model.json, a store's
+file, or carries the marker of the command that replaces it (its Marker: a bundle's model.json, a store's
 zarr.json, synth's synth.json, a prediction file's header row, a map folder's maps.json) — and never
 when it
 - is or contains one of the command's own inputs (the job exported, the raw folder built, the images
@@ -18,17 +18,34 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from camvis.errors import CamvisError
 from camvis.jobdir import JOB_FILES
 
-MAPS_MARKER = "maps.json"
-"""What camvis-predict --map writes into its folder (and requires there before it draws into it)."""
-MAPS_FORMAT = "camvis-predict-maps"
+@dataclass(frozen=True)
+class Marker:
+    """What one command makes and how to recognise it: each command defines its own (camvis.job.export's
+    BUNDLE, camvis.data.store_build's STORE, camvis.data.synth's SYNTH, camvis.cluster.predict_launch's
+    PREDICTIONS and MAPS), so this base module names no layer above it."""
+
+    noun: str
+    """What it is called in errors: "a camvis model bundle"."""
+    command: str
+    """The command that makes it: "camvis-export"."""
+    folder: bool
+    """A folder (True) or a file."""
+    name: str
+    """Its marker, as errors name it: "model.json", "header row"."""
+    made_here: Callable[[Path], bool]
+    """Whether a path carries the marker."""
+    look_inside: bool = True
+    """Whether protected folders below it refuse it (not for a store: its folders are its arrays)."""
 
 
-def _json(path: Path) -> dict:
+def json_object(path: Path) -> dict:
+    """The JSON object in `path`, or {} when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -36,57 +53,10 @@ def _json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _is_bundle(path: Path) -> bool:
-    from camvis.job.export import FORMAT, MODEL_JSON  # torch-free at module level
-
-    return _json(path / MODEL_JSON).get("format") == FORMAT
-
-
-def _is_camvis_store(path: Path) -> bool:
-    from camvis.data.store_info import FORMAT_NAME
-
-    attrs = _json(path / "zarr.json").get("attributes", _json(path / ".zattrs"))  # Zarr format 3 or 2
-    return isinstance(attrs, dict) and attrs.get("format") == FORMAT_NAME
-
-
-def _is_synth(path: Path) -> bool:
-    return _json(path / "synth.json").get("generator") == "camvis.data.synth"
-
-
-def _is_predictions(path: Path) -> bool:
-    """A camvis-predict output: a CSV whose header row, or JSON lines whose first row, has its columns."""
-    from camvis.job.predict import ROW_COLUMNS
-
-    try:
-        with path.open("rb") as f:
-            first = f.readline(1 << 16).decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return False
-    try:
-        keys = set(json.loads(first)) if first.startswith("{") else set(first.split(","))
-    except ValueError:
-        return False
-    return set(ROW_COLUMNS) <= keys
-
-
-def _is_maps(path: Path) -> bool:
-    return _json(path / MAPS_MARKER).get("format") == MAPS_FORMAT
-
-
-# kind: (what it is called, the command that makes it, whether it is a folder, its marker, the marker's test)
-MARKERS: dict[str, tuple[str, str, bool, str, Callable[[Path], bool]]] = {
-    "bundle": ("a camvis model bundle", "camvis-export", True, "model.json", _is_bundle),
-    "store": ("a camvis store", "camvis-data build", True, "zarr.json", _is_camvis_store),
-    "synth": ("a data set made by camvis-data synth", "camvis-data synth", True, "synth.json", _is_synth),
-    "predictions": ("a camvis-predict output", "camvis-predict", False, "header row", _is_predictions),
-    "maps": ("a camvis-predict map folder", "camvis-predict --map", True, MAPS_MARKER, _is_maps),
-}
-
-
-def check_replaceable(target: str | os.PathLike, *, kind: str, inputs: Iterable[str | os.PathLike] = (),
+def check_replaceable(target: str | os.PathLike, *, kind: Marker, inputs: Iterable[str | os.PathLike] = (),
                       error: type[CamvisError] = CamvisError) -> None:
-    """Raise `error` (one line) unless the command of `kind` (a MARKERS key) may replace `target`."""
-    noun, command, folder, marker, marked = MARKERS[kind]
+    """Raise `error` (one line) unless the command that makes `kind` may replace `target`."""
+    noun, command, folder, marker, marked = kind.noun, kind.command, kind.folder, kind.name, kind.made_here
     path = Path(target).resolve()
     _not_an_input(path, inputs, error)
     if not os.path.lexists(path) or _empty(path):
@@ -160,10 +130,10 @@ def protected(path: Path) -> str | None:
     return None
 
 
-def _protected_inside(root: Path, kind: str) -> tuple[Path, str] | None:
+def _protected_inside(root: Path, kind: Marker) -> tuple[Path, str] | None:
     """The first protected folder below `root` (a store's own folders are not looked into)."""
-    if kind == "store":
-        return None  # a store's folders are its arrays
+    if not kind.look_inside:
+        return None
     stack = [root]
     while stack:
         folder = stack.pop()

@@ -31,10 +31,34 @@ from camvis.errors import PredictError
 from camvis.cluster.slurm_settings import checked_parameters, site_parameters
 from camvis.io import atomic_path, write_json
 from camvis.progress import progress_bar
-from camvis.replace_guard import MAPS_FORMAT, MAPS_MARKER, check_replaceable
+from camvis.replace_guard import Marker, check_replaceable, json_object
 
 PARTS_SUFFIX = ".parts"
 LOCAL_POLL_S = 0.5
+MAPS_MARKER = "maps.json"
+"""What camvis-predict --map writes into its folder (and requires there before it draws into it)."""
+MAPS_FORMAT = "camvis-predict-maps"
+
+
+def _is_predictions(path: Path) -> bool:
+    """A camvis-predict output: a CSV whose header row, or JSON lines whose first row, has its columns."""
+    from camvis.job.predict import ROW_COLUMNS
+
+    try:
+        with path.open("rb") as f:
+            first = f.readline(1 << 16).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    try:
+        keys = set(json.loads(first)) if first.startswith("{") else set(first.split(","))
+    except ValueError:
+        return False
+    return set(ROW_COLUMNS) <= keys
+
+
+PREDICTIONS = Marker("a camvis-predict output", "camvis-predict", False, "header row", _is_predictions)
+MAPS = Marker("a camvis-predict map folder", "camvis-predict --map", True, MAPS_MARKER,
+              lambda path: json_object(path / MAPS_MARKER).get("format") == MAPS_FORMAT)
 
 
 @dataclass(frozen=True)
@@ -91,7 +115,7 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
     inputs = ([options.model, *(path for item in items for path in (item.image, item.depth))]
               if force or options.map_dir is not None else [])
     if force:  # only an earlier camvis-predict output goes, never an input or anything else
-        check_replaceable(out, kind="predictions", inputs=inputs, error=PredictError)
+        check_replaceable(out, kind=PREDICTIONS, inputs=inputs, error=PredictError)
         out.unlink(missing_ok=True)
         _remove_parts(parts, keep_logs=False)
     if options.map_dir is not None:
@@ -119,7 +143,7 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
 def _prepare_maps(folder: Path, inputs: list[Any]) -> None:
     """Maps are drawn by image name into a folder camvis-predict made (its maps.json), a new or an
     empty one: never over the images themselves or into another command's folder."""
-    check_replaceable(folder, kind="maps", inputs=inputs, error=PredictError)
+    check_replaceable(folder, kind=MAPS, inputs=inputs, error=PredictError)
     if not (folder / MAPS_MARKER).exists():
         write_json(folder / MAPS_MARKER, {"format": MAPS_FORMAT, "made_by": "camvis-predict --map"})
 

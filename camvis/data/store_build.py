@@ -31,11 +31,21 @@ from camvis.errors import RawDataError, StoreError
 from camvis.io import format_bytes, json_copy, reap_stale_tmp
 from camvis.data.norm_stats import NormStats, PerViewStats, rgb_histogram
 from camvis.progress import progress_bar
-from camvis.replace_guard import check_replaceable
+from camvis.replace_guard import Marker, check_replaceable, json_object
 from camvis.data.sampling import N_DEPTH_BINS, sample_centres_with_histogram
 from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_figure
 from camvis.data.store_info import NORM_GLOBAL, NORM_PER_FOLD
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
+
+
+def _is_camvis_store(path: Path) -> bool:
+    attrs = json_object(path / "zarr.json").get("attributes", json_object(path / ".zattrs"))  # Zarr format 3 or 2
+    return isinstance(attrs, dict) and attrs.get("format") == FORMAT_NAME
+
+
+STORE = Marker("a camvis store", "camvis-data build", True, "zarr.json", _is_camvis_store, look_inside=False)
+"""What camvis-data build --force may replace (camvis.replace_guard)."""
+
 
 # Build parameters that decide whether an existing store can be kept as it is.
 _BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed", "preprocessing")
@@ -85,7 +95,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     if final.exists() and not force and not _older_format_of(final, params):
         return _keep_existing(final, params)
     if final.exists():  # --force, or an older format: only a camvis store is replaced
-        check_replaceable(final, kind="store", inputs=(raw_dir,), error=StoreError)
+        check_replaceable(final, kind=STORE, inputs=(raw_dir,), error=StoreError)
     # One pass over the raw data: each file is decoded once, checked (as raw.check) and
     # written; its problems are raised before the rename, so a bad raw dir leaves nothing.
     reader = raw.RawReader(raw_dir)

@@ -31,7 +31,7 @@ from camvis.data import staging
 from camvis.errors import ConfigError
 from camvis.io import disk_full_as_error, format_bytes
 from camvis.progress import progress_bar
-from camvis.replace_guard import check_replaceable, check_writable_into
+from camvis.replace_guard import Marker, check_replaceable, check_writable_into, json_object
 
 PAPER_SIZE = (4140, 6198)
 CONTRAST_THRESHOLD = 0.05
@@ -46,6 +46,9 @@ VISIBLE_COLOUR = (0, 255, 0)  # camvis2's annotation colours: green in front of 
 NONVISIBLE_COLOUR = (255, 0, 255)  # ... magenta behind it
 _STRIP_ROWS = 256
 _FEASIBLE_QUANTILE = 0.01  # V is kept where >= 1% of the terrain is labelled on each side
+SYNTH = Marker("a data set made by camvis-data synth", "camvis-data synth", True, "synth.json",
+               lambda path: json_object(path / "synth.json").get("generator") == "camvis.data.synth")
+"""What camvis-data synth --force may replace (camvis.replace_guard)."""
 _EARTH_A, _EARTH_E2 = 6378137.0, 6.69437999014e-3  # WGS84
 
 
@@ -309,7 +312,7 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
         raise ConfigError(f"{out}: already holds a raw data set ({existing[0].name}); "
                           "choose another directory or pass force=True (--force)")
     if existing:  # --force replaces only a data set that synth made
-        check_replaceable(out, kind="synth", error=ConfigError)
+        check_replaceable(out, kind=SYNTH, error=ConfigError)
     else:  # nothing to replace: still never into a job folder, an experiment or a store
         check_writable_into(out, command="camvis-data synth", error=ConfigError)
     with disk_full_as_error(out):

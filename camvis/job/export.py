@@ -29,7 +29,7 @@ import numpy as np
 from camvis.data import staging
 from camvis.errors import PredictError
 from camvis.io import write_json
-from camvis.replace_guard import check_replaceable
+from camvis.replace_guard import Marker, check_replaceable, json_object
 
 MODEL_JSON, WEIGHTS, ONNX = "model.json", "weights.pt", "model.onnx"
 OPSET = 18
@@ -37,6 +37,8 @@ ONNX_TOLERANCE = 1e-4  # max |p_onnx - p_torch| accepted at export
 CHECK_BATCH = 8
 FORMAT = "camvis-model-bundle"
 FORMAT_VERSION = 1
+BUNDLE = Marker("a camvis model bundle", "camvis-export", True, MODEL_JSON,
+                lambda path: json_object(path / MODEL_JSON).get("format") == FORMAT)
 
 
 def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = True, force: bool = False
@@ -48,7 +50,7 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
     from camvis.job.predict import load_model
 
     final = Path(out).resolve()
-    check_replaceable(final, kind="bundle", inputs=(job_dir,), error=PredictError)  # only a bundle, --force or not
+    check_replaceable(final, kind=BUNDLE, inputs=(job_dir,), error=PredictError)  # only a bundle, --force or not
     model = load_model(job_dir, device="cpu")
     if model.network is None:
         raise PredictError(f"{job_dir}: expected a job folder (best.pt and config.yaml) to export")

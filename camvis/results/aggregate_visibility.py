@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from camvis.io import write_csv
-from camvis.job.visibility import CONFIDENCE, UNCERTAIN_FACTOR, coverage  # numpy only
 from camvis.results.finished import FinishedJob
 from camvis.results.stats import holm_adjust
 
@@ -112,6 +111,8 @@ def _scored(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _coverage(frames: list[pd.DataFrame]) -> tuple[float, int]:
+    from camvis.job.visibility import coverage  # numpy only; named here: the login side loads no camvis.job
+
     rows = pd.concat(frames, ignore_index=True)
     return coverage(rows["visibility_low_m"], rows["visibility_high_m"],
                     pd.to_numeric(rows["true_visibility_m"], errors="coerce"))
@@ -247,6 +248,8 @@ def markdown(result: dict[str, Any], confidence: float) -> list[str]:
     from camvis.results.aggregate import markdown_table
 
     s = result["summary"]
+    from camvis.job.visibility import CONFIDENCE, UNCERTAIN_FACTOR  # as _coverage
+
     overall = s[s["fold"].astype(str) == "all"]
     table = pd.DataFrame({
         "group": overall["group"], "images": overall["n_images"],

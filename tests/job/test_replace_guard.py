@@ -20,7 +20,10 @@ from camvis.cli.evaluate import main as eval_main
 from camvis.cli.export import main as export_main
 from camvis.cli.predict import main as predict_main
 from camvis.errors import CamvisError
-from camvis.replace_guard import MAPS_MARKER, check_replaceable
+from camvis.cluster.predict_launch import MAPS_MARKER, PREDICTIONS
+from camvis.data.store_build import STORE
+from camvis.job.export import BUNDLE
+from camvis.replace_guard import check_replaceable
 from test_predict import _image, make_job  # tests/ is on sys.path (pytest prepend import mode)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,19 +168,19 @@ def test_predict_force_replaces_its_own_output_and_maps(project: Path, capsys) -
 
 
 def test_rule_unit_cases(tmp_path: Path) -> None:
-    check_replaceable(tmp_path / "missing", kind="bundle")
+    check_replaceable(tmp_path / "missing", kind=BUNDLE)
     (tmp_path / "empty").mkdir()
-    check_replaceable(tmp_path / "empty", kind="store")
+    check_replaceable(tmp_path / "empty", kind=STORE)
     with pytest.raises(CamvisError, match="is a file, not a camvis store"):
         (tmp_path / "f").write_text("x")
-        check_replaceable(tmp_path / "f", kind="store")
+        check_replaceable(tmp_path / "f", kind=STORE)
     os.mkfifo(tmp_path / "fifo")  # never opened (it would block), never replaced
     with pytest.raises(CamvisError, match="is not a regular file, not a camvis-predict output"):
-        check_replaceable(tmp_path / "fifo", kind="predictions")
+        check_replaceable(tmp_path / "fifo", kind=PREDICTIONS)
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "empty")
     with pytest.raises(CamvisError, match="is an input"):  # through a symlink too
-        check_replaceable(link, kind="store", inputs=[tmp_path / "empty"])
+        check_replaceable(link, kind=STORE, inputs=[tmp_path / "empty"])
 
 
 # --------------------------------------------------------------------------- one writer per job folder
