@@ -147,7 +147,7 @@ def collect(
             f"and no job folders under {Path(outputs) / experiment}/ (known: {known})"
         )
     agg = aggregate_ids(manifest)
-    builds = store_job.latest_per_store(manifest)
+    builds = store_job.latest_per_store(manifest, Path(jobs) / experiment)
     ids = slurm_task_ids(infos) + agg + [b["job_id"] for b in builds]
     if slurm is None:
         slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
