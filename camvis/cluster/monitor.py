@@ -445,7 +445,7 @@ def _copy_new(path: str | None, offset: int, write: Any) -> int:
 def print_logs(logs: list[tuple[str, str | None, list[str] | None]], console: Console) -> None:
     for stream, path, body in logs:
         console.rule(f"{stream}: {path or '(no path in manifest)'}")
-        console.print(Text("\n".join(body)) if body else Text("(no file)", style="dim"))
+        console.print(Text("\n".join(body)) if body else Text("(empty)" if body == [] else "(no file)", style="dim"))
 
 
 def cancel_experiment(

@@ -44,6 +44,10 @@ def cli(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
                           timeout=600)
 
 
+def manifest_entry(root: Path, job: str) -> dict:
+    return json.loads((root / "jobs/demo/manifest.json").read_text())["jobs"][job]
+
+
 def test_a_moved_project_runs_where_it_now_is(demo_run, tmp_path: Path) -> None:
     assert demo_run.status == 0
     new = Path(shutil.copytree(demo_run.pristine, tmp_path / "elsewhere" / "project", symlinks=True))
@@ -59,8 +63,9 @@ def test_a_moved_project_runs_where_it_now_is(demo_run, tmp_path: Path) -> None:
 
         logs = cli("status", "demo", "--logs", "cat_fold1", cwd=new)
         assert logs.returncode == 0, logs.stderr
-        assert str(new / "jobs" / "demo") in logs.stdout.replace("\n", "") and str(old) not in logs.stdout
-        assert "Traceback" not in logs.stdout and "(absent)" not in logs.stdout.lower()
+        log = (new / "jobs/demo" / manifest_entry(new, "cat_fold1")["stdout"]).read_text().splitlines()
+        assert "stdout: jobs/demo/" in logs.stdout and str(old) not in logs.stdout  # this copy's log
+        assert log[-1] in logs.stdout and "(no file)" not in logs.stdout
 
         agg = cli("aggregate", "demo", cwd=new)
         assert agg.returncode == 0, agg.stderr
