@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from camvis import __version__
 from camvis.errors import CamvisError
@@ -32,12 +33,19 @@ def config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str 
     return config, list(overrides)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with camvis's one-line errors: a bad option is `error: PROG: ...` and exit 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def new_parser(prog: str, description: str | None, examples: str | None = None, *,
                  outputs: str | None = None, jobs_dir: str | None = None) -> argparse.ArgumentParser:
     """The one way a camvis CLI builds its parser: `prog`, the module docstring as description,
     `examples` as the epilog (kept as written), `--version`, and the shared `--outputs` /
     `--jobs-dir` arguments when given the sentence of what this command does with them."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=examples,
+    parser = _Parser(prog=prog, description=description, epilog=examples,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s (camvis {__version__})")
     if outputs is not None:

@@ -95,6 +95,10 @@ def set_up(root: Path, steps: list[dict[str, Any]]) -> None:
         kind = next(k for k in ("write", "mkdir", "fifo", "png", "npy", "truncate", "json", "remove", "symlink")
                     if k in step)
         path = _inside(root, step[kind])
+        if "*" in step[kind] and step.get("all"):
+            for match in root.glob(step[kind]):
+                match.unlink()
+            continue
         if "*" in step[kind]:  # the first match
             path = sorted(root.glob(step[kind]))[0]
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +129,14 @@ def set_up(root: Path, steps: list[dict[str, Any]]) -> None:
             os.symlink(step["target"], path)
 
 
+def placed(arg: str, root: Path) -> str:
+    """@GRID@: the checkout's configs/demo.yaml; @IMAGE@: the name of the demo's first image."""
+    if "@IMAGE@" in arg:
+        first = min(p.stem for p in (root / demo.RAW / "images").glob("*.png") if not p.stem.endswith("visible"))
+        arg = arg.replace("@IMAGE@", first)
+    return arg.replace("@GRID@", str(demo.GRID))
+
+
 @pytest.fixture(scope="module")
 def project(demo_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A private copy of the finished demo project, and its checksum: cases run in it one after another."""
@@ -148,7 +160,7 @@ def test_bad_input_is_one_line_and_changes_nothing(case: Path, project, request)
     try:
         set_up(root, spec.get("setup") or [])
         before = checksum(root)
-        argv = [str(BIN / spec["argv"][0]), *(str(a).replace("@GRID@", str(demo.GRID)) for a in spec["argv"][1:])]
+        argv = [str(BIN / spec["argv"][0]), *(placed(str(a), root) for a in spec["argv"][1:])]
         env = {**os.environ, **{k: str(v) for k, v in (spec.get("env") or {}).items()}}
         try:
             proc = subprocess.run(argv, cwd=root, env=env, capture_output=True, timeout=TIMEOUT_S,
