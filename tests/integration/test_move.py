@@ -64,7 +64,8 @@ def test_a_moved_project_runs_where_it_now_is(demo_run, tmp_path: Path) -> None:
         logs = cli("status", "demo", "--logs", "cat_fold1", cwd=new)
         assert logs.returncode == 0, logs.stderr
         log = (new / "jobs/demo" / manifest_entry(new, "cat_fold1")["stdout"]).read_text().splitlines()
-        assert "stdout: jobs/demo/" in logs.stdout and str(old) not in logs.stdout  # this copy's log
+        heads = [line for line in logs.stdout.splitlines() if "stdout: " in line or "stderr: " in line]
+        assert len(heads) == 2 and all("jobs/demo/" in h and str(old) not in h for h in heads)  # this copy's
         assert log[-1] in logs.stdout and "(no file)" not in logs.stdout
 
         agg = cli("aggregate", "demo", cwd=new)
