@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from camvis import __version__
 from camvis.bounds import number
@@ -52,8 +52,15 @@ def config_and_overrides(config: str | None, overrides: list[str]) -> tuple[str 
     return config, list(overrides)
 
 
-class SiteParser(argparse.ArgumentParser):
-    """An ArgumentParser whose --outputs, --jobs-dir and --profile, when it has them and they are not
+class _Parser(argparse.ArgumentParser):
+    """argparse with camvis's one-line errors: a bad option is `error: PROG: ...` and exit 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+class SiteParser(_Parser):
+    """A camvis parser whose --outputs, --jobs-dir and --profile, when it has them and they are not
     given, come from the environment, camvis.yaml or the defaults (camvis.site.resolve); `args.site`
     says where each came from."""
 

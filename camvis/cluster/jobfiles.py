@@ -67,7 +67,7 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def _info_from_manifest(name: str, entry: dict[str, Any]) -> JobInfo:
+def _info_from_manifest(name: str, entry: dict[str, Any], exp_dir: Path) -> JobInfo:
     fold = as_int(entry.get("fold"))
     return JobInfo(
         name=name,
@@ -77,8 +77,8 @@ def _info_from_manifest(name: str, entry: dict[str, Any]) -> JobInfo:
         mode=str(entry.get("mode") or "unknown"),
         job_id=_opt_str(entry.get("job_id")),
         config_hash=_opt_str(entry.get("hash")),
-        stdout=_opt_str(entry.get("stdout")),
-        stderr=_opt_str(entry.get("stderr")),
+        stdout=manifest.log_path(entry.get("stdout"), exp_dir),  # from the jobs folder: projects move
+        stderr=manifest.log_path(entry.get("stderr"), exp_dir),
         submitted=_opt_str(entry.get("submitted")),
         replicate=as_int(entry.get("replicate")) or 1,
     )
@@ -117,7 +117,8 @@ def expected_jobs(
             if problem is not None:
                 raise ConfigError(f"{Path(jobs) / experiment / 'manifest.json'}: {problem}; "
                                   f"a job folder must lie inside {Path(outputs) / experiment}")
-        infos = [_info_from_manifest(n, e if isinstance(e, dict) else {}) for n, e in manifest["jobs"].items()]
+        exp_dir = Path(jobs) / experiment
+        infos = [_info_from_manifest(n, e if isinstance(e, dict) else {}, exp_dir) for n, e in manifest["jobs"].items()]
     else:
         infos = [_info_from_dir(d) for d in job_dirs(outputs, experiment)]
     return sorted(infos, key=lambda i: (i.group, i.variant, i.fold if i.fold is not None else -1, i.name))

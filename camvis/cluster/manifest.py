@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,6 +62,36 @@ def _skipped_entry(spec: JobSpec) -> dict[str, Any]:
             "submitted": None, "stdout": None, "stderr": None}
 
 
+LOG_KEYS = ("stdout", "stderr")
+"""Entries' paths, kept relative to the experiment's jobs folder (jobs/<experiment>/) so that a
+project moves: readers resolve them with `log_path`."""
+
+
+def relative_logs(entry: dict[str, Any], exp_dir: Path) -> dict[str, Any]:
+    """`entry` with its log paths relative to `exp_dir` where they lie inside it."""
+    folder = os.path.abspath(exp_dir)
+    out = dict(entry)
+    for key in LOG_KEYS:
+        if out.get(key) and os.path.isabs(str(out[key])):
+            full = os.path.abspath(str(out[key]))
+            if os.path.commonpath([full, folder]) == folder:
+                out[key] = os.path.relpath(full, folder)
+    return out
+
+
+def log_path(value: Any, exp_dir: Path) -> str | None:
+    """A manifest's log path here: a relative one from `exp_dir`. An absolute one (manifests before
+    relative paths) is taken at its place under `exp_dir` (<job id>/<file>) when there is a file
+    there: a moved project's logs are its own copy's, not the old folder's."""
+    if value is None or value == "":
+        return None
+    path = Path(str(value))
+    if not path.is_absolute():
+        return str(Path(exp_dir) / path)
+    here = Path(exp_dir) / path.parent.name / path.name
+    return str(here) if here.is_file() else str(path)
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
     """jobs/<experiment>/manifest.json ({} when the experiment was never launched): the one reader."""
     try:
@@ -90,7 +121,7 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
         reap_stale_tmp(exp_dir)  # manifest.json.tmp files of killed launches
         manifest = read_manifest(path)
         jobs = manifest.get("jobs", {})
-        jobs.update(entries)
+        jobs.update({name: relative_logs(e, exp_dir) for name, e in entries.items()})
         for spec in launch.planned:  # skipped jobs keep their earlier entry
             if spec.name not in jobs:  # (not setdefault: a 5,000-job grid's entries are costly to build)
                 jobs[spec.name] = _skipped_entry(spec)
@@ -148,7 +179,8 @@ def record_store_build(exp_dir: Path, experiment: str, entry: dict[str, Any]) ->
         manifest.setdefault("jobs", {})
         manifest.setdefault("launches", [])
         found = manifest.get("store_builds")
-        manifest.update(store_builds=[*(found if isinstance(found, list) else []), entry], updated=now_iso())
+        manifest.update(store_builds=[*(found if isinstance(found, list) else []), relative_logs(entry, exp_dir)],
+                        updated=now_iso())
         _write(path, manifest)
 
 

@@ -142,7 +142,7 @@ def collect(
     jobfiles.check_experiment(experiment, jobs, outputs, manifest)
     infos = expected_jobs(experiment, jobs, outputs, manifest)
     agg = aggregate_ids(manifest)
-    builds = store_job.latest_per_store(manifest)
+    builds = store_job.latest_per_store(manifest, Path(jobs) / experiment)
     ids = slurm_task_ids(infos) + agg + [b["job_id"] for b in builds]
     if slurm is None:
         slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
@@ -463,7 +463,7 @@ def _copy_new(path: str | None, offset: int, write: Any) -> int:
 def print_logs(logs: list[tuple[str, str | None, list[str] | None]], console: Console) -> None:
     for stream, path, body in logs:
         console.rule(f"{stream}: {path or '(no path in manifest)'}")
-        console.print(Text("\n".join(body)) if body else Text("(no file)", style="dim"))
+        console.print(Text("\n".join(body)) if body else Text("(empty)" if body == [] else "(no file)", style="dim"))
 
 
 def cancel_experiment(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from camvis.cluster import slurm_query
-from camvis.cluster.manifest import read_manifest, record_cancelled, record_store_build
+from camvis.cluster.manifest import log_path, read_manifest, record_cancelled, record_store_build
 from camvis.cluster.store_settings import StoreBuild, build_parameters
 from camvis.data.store_info import StoreInfo
 from camvis.errors import RawDataError, StoreError, SubmissionError
@@ -131,7 +131,8 @@ def ensure_build(build: StoreBuild, exp_dir: Path, experiment: str, launch_id: s
     if entry is not None:
         row = slurm_query.query([entry["job_id"]]).rows.get(entry["job_id"])
         if row is not None and slurm_query.is_active(row.state):
-            return BuildJob(entry["job_id"], entry.get("stdout"), entry.get("stderr"), reused=True)
+            return BuildJob(entry["job_id"], log_path(entry.get("stdout"), exp_dir),
+                            log_path(entry.get("stderr"), exp_dir), reused=True)
     from camvis.cluster.sbatch import job_folder
 
     submitted = now_iso()
@@ -206,11 +207,15 @@ def builds(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [e for e in found if isinstance(e, dict) and e.get("job_id")] if isinstance(found, list) else []
 
 
-def latest_per_store(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
+def latest_per_store(manifest: dict[str, Any] | None, exp_dir: Path | None = None) -> list[dict[str, Any]]:
+    """The last build entry of each store; with `exp_dir`, their log paths as found from it."""
     last: dict[str, dict[str, Any]] = {}
     for entry in builds(manifest):
         last[str(entry.get("store"))] = entry
-    return list(last.values())
+    if exp_dir is None:
+        return list(last.values())
+    return [{**e, "stdout": log_path(e.get("stdout"), exp_dir), "stderr": log_path(e.get("stderr"), exp_dir)}
+            for e in last.values()]
 
 
 def build_state(job_id: str, rows: dict[str, slurm_query.SlurmRow] | None = None) -> str:

@@ -24,7 +24,7 @@ from zarr.codecs import BytesCodec
 
 from camvis import __version__
 from camvis.bounds import patch_size_problem
-from camvis.data import camvis2, raw
+from camvis.data import camvis2, raw, raw_identity
 from camvis.data import staging
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
@@ -38,6 +38,7 @@ from camvis.data.store_info import NORM_GLOBAL, NORM_PER_FOLD
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 
 
+
 def _is_camvis_store(path: Path) -> bool:
     attrs = json_object(path / "zarr.json").get("attributes", json_object(path / ".zattrs"))  # Zarr format 3 or 2
     return isinstance(attrs, dict) and attrs.get("format") == FORMAT_NAME
@@ -47,8 +48,9 @@ STORE = Marker("a camvis store", "camvis-data build", True, "zarr.json", _is_cam
 """What camvis-data build --force may replace (camvis.replace_guard)."""
 
 
-# Build parameters that decide whether an existing store can be kept as it is.
-_BUILD_KEYS = ("raw_dir", "factors", "patch_size", "patches_per_image", "seed", "preprocessing")
+# Build parameters that decide whether an existing store can be kept as it is (and the raw data it
+# was built from: camvis.data.raw_identity).
+_BUILD_KEYS = ("factors", "patch_size", "patches_per_image", "seed", "preprocessing")
 _BUILD_DEFAULTS = {"preprocessing": camvis2.EXACT}  # stores built before the key existed
 _BUILD_KEYS += ("compress",)  # zstd level arrays (format version 3 and older: always)
 _BUILD_DEFAULTS["compress"] = True
@@ -68,8 +70,9 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
           workers: int = 1, preprocessing: str = camvis2.EXACT, compress: bool = False) -> PatchStore:
     """Build the store at `store_path` from camvis2's raw layout in `raw_dir`.
 
-    An existing store built with the same parameters (raw dir, factors, patch size,
-    patches per image, seed; raw file contents are not compared) is kept and returned;
+    An existing store built with the same parameters (factors, patch size, patches per image,
+    seed) from the same raw data (camvis.data.raw_identity: the same folder with the same file
+    names and sizes, or the same contents elsewhere) is kept and returned;
     one built otherwise is a StoreError unless force=True, which replaces it once the new
     one is complete; one built with the same parameters in an older store format version is
     rebuilt. The store is written under `.NAME.tmp-<host>-<pid>` beside it and renamed at
@@ -86,14 +89,14 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
     """
     raw_dir, final = Path(raw_dir).resolve(), Path(store_path).resolve()
     factors = _check_args(factors, patch_size, patches_per_image, seed, workers)
-    params = {"raw_dir": str(raw_dir), "factors": list(factors), "patch_size": patch_size,
+    params = {"factors": list(factors), "patch_size": patch_size,
               "patches_per_image": patches_per_image, "seed": seed,
               "preprocessing": camvis2.check_mode(preprocessing)}
     params["compress"] = bool(compress)
     staging.remove_stale(final)
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
-    if final.exists() and not force and not _older_format_of(final, params):
-        return _keep_existing(final, params)
+    if final.exists() and not force and not _older_format_of(final, params, raw_dir):
+        return _keep_existing(final, params, raw_dir)
     if final.exists():  # --force, or an older format: only a camvis store is replaced
         check_replaceable(final, kind=STORE, inputs=(raw_dir,), error=StoreError)
     # One pass over the raw data: each file is decoded once, checked (as raw.check) and
@@ -103,6 +106,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
         if reader.problems:  # broken layout: nothing to build; raise every problem, as raw.check
             raise RawDataError("raw layout problems")
         shape = _prepare(reader.dataset, factors, patch_size, figure, figure_image)
+        params = {**raw_identity.identify(reader.dataset), **params}
     except (RawDataError, StoreError, OSError, ValueError):
         reader.read_all(progress)  # raw problems first (all of them), as when check ran first
         reader.raise_problems()
@@ -143,18 +147,20 @@ def _check_args(factors: Sequence[int], patch_size: int, patches_per_image: int,
     return tuple(sorted(facs))
 
 
-def _keep_existing(final: Path, params: dict[str, Any]) -> PatchStore:
+def _keep_existing(final: Path, params: dict[str, Any], raw_dir: Path) -> PatchStore:
     store = open_store(final)
     built = store.attrs.get("build", {})
-    differ = [k for k in _BUILD_KEYS if _built(built, k) != params[k]]
-    if differ:
-        got = ", ".join(f"{k}={_built(built, k)!r} (asked {params[k]!r})" for k in differ)
+    differ = [f"{k}={_built(built, k)!r} (asked {params[k]!r})" for k in _BUILD_KEYS
+              if _built(built, k) != params[k]]
+    other_raw = raw_identity.mismatch(built, raw_dir) if not differ else None  # the digest only if needed
+    if differ or other_raw:
+        got = ", ".join([*([other_raw] if other_raw else []), *differ])
         raise StoreError(f"{final} exists and was built with {got}; "
                          "pass force=True (camvis-data build --force) to rebuild it")
     return store
 
 
-def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
+def _older_format_of(final: Path, params: dict[str, Any], raw_dir: Path) -> bool:
     """Whether `final` is this build in an older format version (so rebuilding loses nothing)."""
     try:
         attrs = dict(zarr.open_group(final, mode="r").attrs)
@@ -163,7 +169,8 @@ def _older_format_of(final: Path, params: dict[str, Any]) -> bool:
     built = attrs.get("build")
     return (attrs.get("format") == FORMAT_NAME and attrs.get("format_version") != FORMAT_VERSION
             and isinstance(built, dict) and all(_built(built, k) == params[k] for k in _BUILD_KEYS
-                                                if k != "compress"))  # older versions: always zstd
+                                                if k != "compress")  # older versions: always zstd
+            and raw_identity.mismatch(built, raw_dir) is None)
 
 
 def _image_shape(ds: raw.RawDataset) -> tuple[int, int]:
@@ -423,7 +430,7 @@ def _root_attrs(ds: raw.RawDataset, factors: tuple[int, ...], patch_size: int,
         "n_depth_bins": N_DEPTH_BINS,
         "preprocessing": params["preprocessing"],
         "build": params,
-        "provenance": {"raw_dir": str(ds.root), "synth_sidecar": visibility is not None,
+        "provenance": {"raw_dir": params["raw_dir"], "synth_sidecar": visibility is not None,
                        "synth": synth,
                        "seed": params["seed"], "patches_per_image": params["patches_per_image"],
                        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

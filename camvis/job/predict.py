@@ -151,10 +151,12 @@ def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     with weights_only=True, so reading it runs no code."""
     import torch
 
+    from camvis.job.checkpoints import _refusal
+
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:  # a corrupt file raises anything from UnpicklingError to struct.error
-        raise PredictError(f"{checkpoint}: not a readable torch checkpoint ({e})") from e
+        raise PredictError(f"{checkpoint}: not a readable torch checkpoint ({_refusal(e)})") from e  # one line
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PredictError(f"{checkpoint}: expected a state_dict or a dict with key 'model' holding one")

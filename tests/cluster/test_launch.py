@@ -237,7 +237,7 @@ def test_each_task_pickle_holds_its_own_jobs_config(fake_slurm: Path, tmp_path: 
         assert (cfg.name, cfg.data.fold, outputs) == (name, entry["fold"], str(tmp_path / "o"))
         assert cfg == job_config_from_dict(entry["config"], name)
         assert (delayed._timeout_min, delayed._timeout_countdown) == (10, 4)
-        assert entry["stdout"] == str(tmp_path / "j" / "demo" / job_id / f"{job_id}_0_log.out")
+        assert entry["stdout"] == f"{job_id}/{job_id}_0_log.out"  # from the jobs folder: projects move
     assert sorted(p.name for p in (tmp_path / "j" / "demo").glob("*.pkl")) == [f"{a}_tasks.pkl" for a in result.array_ids]
     assert not list((tmp_path / "j" / "demo").glob(".*.tmp"))  # no staged tasks file left behind
 

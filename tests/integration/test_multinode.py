@@ -99,7 +99,7 @@ def completed(result: LaunchResult, job_id: str, timeout: float = 900) -> dict[s
 
 def log_tail(result: LaunchResult) -> str:
     manifest = json.loads(result.manifest.read_text())
-    path = Path(manifest["jobs"][NAME]["stdout"])
+    path = result.manifest.parent / manifest["jobs"][NAME]["stdout"]
     return path.read_text()[-3000:] if path.exists() else ""
 
 

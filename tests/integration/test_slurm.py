@@ -107,7 +107,7 @@ def sacct_times(job_id: str) -> list[tuple[str, str, str]]:
 
 def log_text(result: LaunchResult, name: str) -> str:
     manifest = json.loads(result.manifest.read_text())
-    path = Path(manifest["jobs"][name]["stdout"])
+    path = result.manifest.parent / manifest["jobs"][name]["stdout"]
     return path.read_text() if path.exists() else ""
 
 

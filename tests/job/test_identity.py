@@ -401,7 +401,7 @@ def test_slurm_requeued_restart_resumes_its_own_training(synth_store, tmp_path, 
         assert (kept / "checkpoint.pt").read_bytes() == earlier, "the earlier training, moved aside once"
         ckpt = _ckpt(job / "checkpoint.pt")
         assert ckpt["run_id"] == result.restart and ckpt["state"]["epoch"] >= 1
-        log = Path(json.loads(result.manifest.read_text())["jobs"]["cat_fold1"]["stdout"]).read_text()
+        log = (result.manifest.parent / json.loads(result.manifest.read_text())["jobs"]["cat_fold1"]["stdout"]).read_text()
         assert log.count("--restart: earlier outputs moved") == 1 and "resuming cat_fold1 from" in log
     finally:
         subprocess.run(["scancel", result.array_id, result.aggregate_id], capture_output=True)
