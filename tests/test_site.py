@@ -58,7 +58,7 @@ def test_every_command_takes_the_settings(tmp_path: Path, monkeypatch: pytest.Mo
                                           capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "camvis.yaml").write_text("jobs_dir: my-jobs\noutputs: my-out\n")
     (tmp_path / "my-jobs" / "exp1").mkdir(parents=True)
-    (tmp_path / "my-jobs" / "exp1" / "manifest.json").write_text('{"jobs": {}, "outputs": "my-out"}')
+    (tmp_path / "my-jobs" / "exp1" / "manifest.json").write_text('{"jobs": {}, "outputs": "../../my-out"}')
     monkeypatch.chdir(tmp_path)
     for name in ("CAMVIS_OUTPUTS", "CAMVIS_JOBS_DIR", "CAMVIS_PROFILE"):
         monkeypatch.delenv(name, raising=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import re
 from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any
 
@@ -136,9 +137,11 @@ def check_experiment(experiment: str, jobs: str | Path, outputs: str | Path,
             raise ConfigError(f"unknown experiment {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'} "
                               f"and no job folders under {where}/ (known: {known})")
         return
-    recorded = manifest.get("outputs")
+    recorded = manifest.get("outputs")  # relative to jobs/<experiment>/ (older manifests: as given)
+    if isinstance(recorded, str) and recorded:
+        recorded = os.path.normpath(Path(jobs).absolute() / experiment / recorded)
     if isinstance(recorded, str) and recorded and not where.exists() \
-            and Path(recorded).absolute() != Path(outputs).absolute():
+            and Path(recorded) != Path(outputs).absolute():
         raise ConfigError(f"experiment {experiment!r} has no folder {where}/: its manifest "
                           f"({Path(jobs) / experiment / 'manifest.json'}) says its jobs write under {recorded}; "
                           f"give --outputs {recorded} (or set $CAMVIS_OUTPUTS / camvis.yaml's outputs)")

@@ -135,7 +135,8 @@ def record(exp_dir: Path, grid: Grid, launch: LaunchRecord, outputs: str | Path,
             launches.append(entry)
         manifest.update(experiment=grid.experiment, grid=str(grid.path), description=grid.description,
                         order=[j.name for j in grid.jobs],  # the grid's order: figures keep it
-                        outputs=str(Path(outputs).absolute()),  # status/aggregate tell a wrong --outputs by it
+                        # relative to jobs/<exp>/ (projects move); status/aggregate tell a wrong --outputs by it
+                        outputs=os.path.relpath(os.path.abspath(outputs), os.path.abspath(exp_dir)),
                         updated=now_iso(), launches=launches, jobs=jobs)
         _write(path, manifest)
     return path

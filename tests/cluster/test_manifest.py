@@ -32,7 +32,7 @@ def test_a_launch_merges_its_jobs_and_keeps_the_skipped_ones(grid, tmp_path: Pat
                           array_id="7", sbatch_calls=1)
     path = record(exp, grid, launch, tmp_path / "out", {first.name: job_entry(first, "slurm", submitted, "7", 0)})
     data = read_manifest(path)
-    assert data["experiment"] == "m" and data["outputs"] == str(tmp_path / "out")
+    assert data["experiment"] == "m" and (exp / data["outputs"]).resolve() == (tmp_path / "out").resolve()
     assert data["jobs"][first.name]["job_id"] == "7_0" and data["jobs"][first.name]["hash"] == first.hash
     assert data["jobs"][second.name]["job_id"] is None  # skipped: an entry without ids
     (entry,) = data["launches"]
