@@ -1,8 +1,13 @@
 """The paired comparisons of camvis-aggregate: every pair of groups over their common folds, per metric.
 
-Per pair and metric: the paired per-fold differences (a - b), a bootstrap interval of their mean
-from the paired resamples, the corrected resampled t-test of Nadeau & Bengio (2003) and Holm's
-adjusted p-value. The statistics live in camvis.results.stats; this module builds the table.
+Per pair and metric, over the per-fold differences d = a - b of the replicate means (camvis.results.units):
+- the corrected resampled t-test of Nadeau & Bengio (2003), Holm's adjusted p-value, and the interval
+  that belongs to that test (ci_low, ci_high: mean(d) +- t_{k-1} sqrt((1/k + n_test/n_train) var(d))),
+  which excludes 0 exactly when p < 1 - confidence: the difference and its test never disagree;
+- the paired bootstrap interval over test images only, given the trained models (test_ci_low/high),
+  kept as a second, labelled interval: it leaves out the variation across folds and training runs;
+- the correlated Bayesian t-test (Corani & Benavoli 2015, as baycomp's CorrelatedTTest) with a region
+  of practical equivalence per metric (camvis.results.rope): P(a better), P(equivalent), P(b better).
 
 The family Holm corrects over is every pair of one metric in the table (an 8-architecture grid:
 28 tests per metric). The pairs of a metric are read together ("which groups differ in acc?"),
@@ -14,18 +19,21 @@ No torch here, like camvis.results.aggregate.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from camvis.metrics import METRICS
 from camvis.results.finished import FinishedJob
-from camvis.results.stats import corrected_t_test, holm_adjust, paired_difference_ci
-
+from camvis.results.rope import DEFAULT_ROPE, HIGHER_IS_BETTER
+from camvis.metrics import percentile_ci
+from camvis.results.stats import bayes_probabilities, corrected_t_interval, corrected_t_test, holm_adjust
+from camvis.results.units import Units
 
 COLUMNS = ["metric", "group_a", "group_b", "n_folds", "folds", "mean_a", "mean_b", "mean_diff",
-           "ci_low", "ci_high", "t", "dof", "p_value", "p_holm", "test_train_ratio"]  # fmt: skip
+           "ci_low", "ci_high", "test_ci_low", "test_ci_high", "t", "dof", "p_value", "p_holm",
+           "test_train_ratio", "rope", "p_a_better", "p_equivalent", "p_b_better"]  # fmt: skip
 
 
 def default_test_train_ratio(jobs: Sequence[FinishedJob]) -> float:
@@ -34,37 +42,50 @@ def default_test_train_ratio(jobs: Sequence[FinishedJob]) -> float:
     return 1.0 / (k - 1) if k > 1 else 1.0
 
 
-def _ratio(a: list[FinishedJob], b: list[FinishedJob], default: float) -> float:
-    pairs = [(j.n_val, j.n_train) for j in a + b]
+def pair_ratio(jobs: Sequence[FinishedJob], default: float) -> float:
+    """The mean n_val/n_train the jobs recorded; `default` when any of them did not record both."""
+    pairs = [(j.n_val, j.n_train) for j in jobs]
     if all(v is not None and t is not None for v, t in pairs):
         return float(np.mean([v / t for v, t in pairs]))  # type: ignore[operator]
     return default
 
 
-def compare(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float) -> pd.DataFrame:
+def compare(units: Units, confidence: float, rope: Mapping[str, float] = DEFAULT_ROPE) -> pd.DataFrame:
     """Every pair of groups, per metric: paired per-fold difference (a - b) over common folds,
-    with raw and Holm-adjusted (per metric) p-values."""
-    groups = sorted({j.group for j in jobs})
-    index = {(j.group, j.fold): i for i, j in enumerate(jobs)}
-    default = default_test_train_ratio(jobs)
+    with raw and Holm-adjusted (per metric) p-values, both intervals and the Bayesian probabilities."""
+    groups = units.groups
+    index = {key: i for i, key in enumerate(units.keys)}
+    folds_of = {g: [f for h, f in units.keys if h == g] for g in groups}
+    default = default_test_train_ratio([j for js in units.jobs for j in js])
+    full_mean = {g: units.boots[[index[g, f] for f in folds_of[g]]].mean(axis=0) for g in groups}
+    rope_k = np.array([rope[m] for m in METRICS])
+    better = np.array([HIGHER_IS_BETTER[m] for m in METRICS])
     rows = []
     for ai, a in enumerate(groups):
         for b in groups[ai + 1 :]:
-            folds = sorted(f for g, f in index if g == a and (b, f) in index)
+            folds = [f for f in folds_of[a] if (b, f) in index]
             if not folds:
                 continue
             ia, ib = [index[a, f] for f in folds], [index[b, f] for f in folds]
-            ratio = _ratio([jobs[i] for i in ia], [jobs[i] for i in ib], default)
-            low, high = paired_difference_ci(boots[ia], boots[ib], confidence)
+            ratio = pair_ratio([j for i in ia + ib for j in units.jobs[i]], default)
+            pa, pb = units.points[ia], units.points[ib]
+            diffs = pa - pb  # (k, metrics)
+            low, high = corrected_t_interval(diffs, ratio, confidence)
+            if folds == folds_of[a] == folds_of[b]:  # the usual case: the groups' resample means, precomputed
+                boot_diff = full_mean[a] - full_mean[b]
+            else:
+                boot_diff = (units.boots[ia] - units.boots[ib]).mean(axis=0)
+            test_low, test_high = percentile_ci(boot_diff, confidence, axis=0)
+            probs = bayes_probabilities(diffs, ratio, rope_k, better)
             for k, metric in enumerate(METRICS):
-                pa = np.array([jobs[i].metrics[metric] for i in ia])
-                pb = np.array([jobs[i].metrics[metric] for i in ib])
-                t, p, dof = corrected_t_test(pa - pb, ratio)
+                t, p, dof = corrected_t_test(diffs[:, k], ratio)
                 rows.append({
                     "metric": metric, "group_a": a, "group_b": b, "n_folds": len(folds),
-                    "folds": " ".join(map(str, folds)), "mean_a": pa.mean(), "mean_b": pb.mean(),
-                    "mean_diff": (pa - pb).mean(), "ci_low": low[k], "ci_high": high[k],
-                    "t": t, "dof": dof, "p_value": p, "test_train_ratio": ratio,
+                    "folds": " ".join(map(str, folds)), "mean_a": pa[:, k].mean(), "mean_b": pb[:, k].mean(),
+                    "mean_diff": diffs[:, k].mean(), "ci_low": low[k], "ci_high": high[k],
+                    "test_ci_low": test_low[k], "test_ci_high": test_high[k],
+                    "t": t, "dof": dof, "p_value": p, "test_train_ratio": ratio, "rope": rope_k[k],
+                    "p_a_better": probs[0, k], "p_equivalent": probs[1, k], "p_b_better": probs[2, k],
                 })  # fmt: skip
     table = pd.DataFrame(rows, columns=[c for c in COLUMNS if c != "p_holm"])
     p_holm = table.groupby("metric", sort=False)["p_value"].transform(lambda p: holm_adjust(p.to_numpy()))

@@ -120,8 +120,15 @@ def test_summary_matches_direct_pandas_computation(tmp_path: Path) -> None:
         means = boots.pivot_table(index=["group", "resample"], columns="fold", values=metric).mean(axis=1)
         ci = means.groupby("group").quantile([0.025, 0.975]).unstack()
         row = summary[summary.metric == metric].set_index("group")
-        np.testing.assert_allclose(row.loc[ci.index, "ci_low"], ci[0.025], rtol=1e-12)
-        np.testing.assert_allclose(row.loc[ci.index, "ci_high"], ci[0.975], rtol=1e-12)
+        np.testing.assert_allclose(row.loc[ci.index, "test_ci_low"], ci[0.025], rtol=1e-12)
+        np.testing.assert_allclose(row.loc[ci.index, "test_ci_high"], ci[0.975], rtol=1e-12)
+        # the headline: the corrected t interval over the 4 folds (ratio 1/3), widened to the test-only one
+        values = scores.pivot(index="fold", columns="group", values=metric)
+        half = stats.t_quantile(0.975, 3) * np.sqrt((1 / 4 + 1 / 3) * values.var(ddof=1))
+        low = np.minimum(values.mean() - half, ci[0.025].reindex(values.columns))
+        high = np.maximum(values.mean() + half, ci[0.975].reindex(values.columns))
+        np.testing.assert_allclose(row.loc[values.columns, "ci_low"], low, rtol=1e-12)
+        np.testing.assert_allclose(row.loc[values.columns, "ci_high"], high, rtol=1e-12)
         for fold in range(1, 5):  # per-fold point estimates
             np.testing.assert_allclose(row[f"fold_{fold}"].sort_index(),
                                        scores[scores.fold == fold].set_index("group")[metric].sort_index())  # fmt: skip
@@ -135,7 +142,7 @@ def test_ci_contains_mean_and_narrows_with_smaller_bootstrap_variance(tmp_path: 
         fabricate_grid(root, {"cat": 0.8, "align": 0.7}, folds=5, sd=sd)
         summary = run(root).summary
         assert ((summary.ci_low <= summary["mean"]) & (summary["mean"] <= summary.ci_high)).all()
-        widths.append((summary.ci_high - summary.ci_low).to_numpy())
+        widths.append((summary.test_ci_high - summary.test_ci_low).to_numpy())
     assert (widths[1] < widths[0] / 2).all()
 
 
@@ -163,7 +170,11 @@ def test_paired_comparison_on_a_hand_worked_case(tmp_path: Path) -> None:
         # one pair: a family of one per metric, unadjusted (one family of all 3 metrics would give 3p)
         assert (comp.p_holm == comp.p_value).all()
         # paired resamples: every resample's mean difference is exactly mean(d); an unpaired one would not be
-        assert row.ci_low == pytest.approx(0.11 / 3) and row.ci_high == pytest.approx(0.11 / 3)
+        assert row.test_ci_low == pytest.approx(0.11 / 3) and row.test_ci_high == pytest.approx(0.11 / 3)
+        # the shown interval is the test's: mean(d) +- t_(2, .975) x 0.0366667 / (22/7); p > 0.05, so it holds 0
+        half = 4.302652729911275 * (0.11 / 3) / (22 / 7)
+        assert (row.ci_low, row.ci_high) == pytest.approx((0.11 / 3 - half, 0.11 / 3 + half))
+        assert row.ci_low < 0 < row.ci_high
         assert comp.loc["loss"].mean_diff == pytest.approx(0.0) and comp.loc["loss"].p_value == pytest.approx(1.0)
     written = pd.read_csv(tmp_path / "outputs" / EXP / "comparisons.csv")
     assert written.loc[written.metric == "acc", "t"].item() == pytest.approx(22 / 7)
