@@ -1,6 +1,8 @@
 """camvis-aggregate's figures, drawn for a paper: per metric, each group's per-fold scores as a strip of
-points, the mean over folds with its bootstrap interval, boxes only from 8 folds up (fewer points make a
-box a misleading summary), groups in grid order, and the corrected t-test's significant pairs marked.
+points, the mean over folds with its headline interval (over folds; the test-images-only interval as a
+thin grey line beside it), boxes only from 8 folds up (fewer points make a box a misleading summary),
+groups in grid order, and the corrected t-test's significant pairs marked; and the posterior of the
+correlated Bayesian t-test per pair and metric, with its region of practical equivalence.
 
 Readable for 8+ groups: the figure grows with the group count, long or many labels are rotated,
 the legend sits outside the axes. Colours are colour-blind safe (Okabe & Ito), points outlined.
@@ -104,7 +106,8 @@ def draw_metric(
     handles = [Line2D([], [], marker="o", ls="", color=colors[f], markeredgecolor="black", markeredgewidth=0.5,
                       label=_fold_label(per_fold, f)) for f in folds]
     handles.append(Line2D([], [], marker="D", ls="-", color="black",
-                          label=f"mean over folds,\n{confidence:.0%} bootstrap CI"))
+                          label=f"mean over folds,\n{confidence:.0%} interval over folds"))
+    handles.append(Line2D([], [], ls="-", lw=1, color="0.45", label="test images only"))
     if boxes:
         handles.append(Line2D([], [], color="0.6", lw=6, alpha=0.4, label="box: quartiles over folds"))
     # the caption line: no marker, wrapped to the legend's width
@@ -137,6 +140,9 @@ def _draw_means(ax: Axes, summary: pd.DataFrame, groups: list[str], metric: str)
     mean = rows["mean"].to_numpy(float)
     err = np.vstack([mean - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - mean]).clip(min=0)
     ax.errorbar(x, mean, yerr=err, fmt="D", color="black", markersize=5, capsize=3, zorder=4)
+    if "test_ci_low" in rows:  # the test-only interval: thin, grey, just right of the headline
+        ax.vlines(x + 0.07, rows["test_ci_low"].to_numpy(float), rows["test_ci_high"].to_numpy(float),
+                  colors="0.45", linewidths=1, zorder=4)
 
 
 def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[str], metric: str) -> str:
@@ -162,6 +168,76 @@ def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[
     ax.set_ylim(low, high + step * (len(shown) + 0.6))
     more = f"\n({len(rows) - len(shown)} more pairs not marked)" if len(rows) > len(shown) else ""
     return f"* p<.05 ** p<.01 *** p<.001:\n{test}{more}"
+
+
+MAX_POSTERIOR_PAIRS = 30
+"""Pairs drawn in the posterior figure at most (the smallest acc p first); all of them in comparisons.csv."""
+POSTERIOR_COLOURS = ("#0072B2", "0.6", "#D55E00")  # a better, equivalent, b better (Okabe & Ito)
+
+
+def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: str | None = None, *,
+                     formats: tuple[str, ...] = ("png",), dpi: int = PAPER_DPI) -> list[Path]:
+    """The correlated Bayesian t-test's posterior of a - b, one row per pair and one panel per metric:
+    each density scaled to its row, the ROPE shaded, and P(a better) / P(equivalent) / P(b better) beside it."""
+    from camvis.metrics import METRICS
+    from camvis.results.stats import t_pdf, t_quantile
+
+    order = comparisons[comparisons["metric"] == "acc"].sort_values("p_value", kind="stable", na_position="last")
+    pairs = list(zip(order["group_a"], order["group_b"]))[:MAX_POSTERIOR_PAIRS]
+    rows = len(pairs)
+    longest = max((len(f"{a} - {b}") for a, b in pairs), default=10)
+    fig = Figure(figsize=(3 * 3.6 + 0.07 * longest + 0.5, 0.45 * rows + 1.4))
+    axes = fig.subplots(1, len(METRICS), sharey=True)
+    table = comparisons.set_index(["metric", "group_a", "group_b"])
+    for ax, metric in zip(axes, METRICS):
+        part = table.loc[metric]
+        rope = float(part["rope"].iloc[0]) if len(part) else 0.0
+        spans = []
+        for a, b in pairs:
+            r = part.loc[(a, b)]
+            scale = _posterior_scale(r)
+            if scale > 0:
+                q = t_quantile(0.995, r["dof"])
+                spans += [r["mean_diff"] - q * scale, r["mean_diff"] + q * scale]
+            elif np.isfinite(r["mean_diff"]):
+                spans.append(r["mean_diff"])
+        lo, hi = (min(spans + [-1.5 * rope]), max(spans + [1.5 * rope])) if spans else (-1, 1)
+        x = np.linspace(lo, hi, 300)
+        ax.axvspan(-rope, rope, color="0.9", zorder=0)
+        ax.axvline(0, color="0.6", lw=0.6, zorder=1)
+        for row, (a, b) in enumerate(pairs):
+            r = part.loc[(a, b)]
+            y0 = rows - 1 - row
+            scale = _posterior_scale(r)
+            if scale > 0:
+                density = t_pdf(x, r["dof"], r["mean_diff"], scale)
+                ax.fill_between(x, y0, y0 + 0.8 * density / density.max(), color="#56B4E9", alpha=0.7, lw=0.6,
+                                edgecolor="#0072B2", zorder=2)
+            elif np.isfinite(r["mean_diff"]):
+                ax.vlines(r["mean_diff"], y0, y0 + 0.8, color="#0072B2", lw=1.5, zorder=2)
+            probs = [r["p_a_better"], r["p_equivalent"], r["p_b_better"]]
+            text = "  ".join("-" if not np.isfinite(p) else f"{p:.2f}" for p in probs)
+            ax.text(1.0, y0 + 0.35, text, transform=ax.get_yaxis_transform(), fontsize=7, ha="right",
+                    va="center", color="0.15")
+        ax.set_xlim(lo, hi + 0.45 * (hi - lo))  # room for the probabilities on the right
+        better = "lower is better" if metric == "loss" else "higher is better"
+        ax.set_title(f"{METRIC_LABELS.get(metric, metric)}: a - b\n(ROPE +-{rope:g}, {better})", fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks([rows - 1 - i + 0.35 for i in range(rows)], [f"{a} - {b}" for a, b in pairs], fontsize=8)
+    axes[0].set_ylim(-0.2, rows + 0.1)
+    more = f"; {len(order) - rows} more pairs in comparisons.csv" if len(order) > rows else ""
+    fig.suptitle(f"{experiment + ': ' if experiment else ''}posterior of the mean difference (correlated Bayesian "
+                 f"t-test); numbers: P(a better)  P(equivalent)  P(b better){more}", fontsize=9)
+    fig.subplots_adjust(left=(0.07 * longest + 0.3) / fig.get_figwidth(), right=0.98, bottom=0.5 / fig.get_figheight(),
+                        top=1 - 0.9 / fig.get_figheight(), wspace=0.08)
+    return save_figure(fig, path, formats, dpi=dpi, bbox_inches=None)
+
+
+def _posterior_scale(row: pd.Series) -> float:
+    """The posterior's scale: the corrected standard error (0: all the mass at the mean; NaN: one fold)."""
+    se = float(row["se"])
+    return se if np.isfinite(se) and not (se == 0 and not np.isfinite(row["mean_diff"])) else np.nan
 
 
 def visibility_figure(points: pd.DataFrame, path: str | Path, experiment: str | None = None) -> Path:

@@ -325,6 +325,12 @@ def aggregate(
                                     comparisons=result.comparisons, confidence=confidence, formats=formats)
             result.figures[metric] = written[0]
             result.figure_files += written
+        if len(result.comparisons) and result.comparisons["se"].notna().any():
+            from camvis.plots.aggregate import posterior_figure
+
+            written = posterior_figure(result.comparisons, directory / "posterior.png", experiment, formats=formats)
+            result.figures["posterior"] = written[0]
+            result.figure_files += written
     write_text(result.markdown, report_markdown(result, per_fold))
     print_summary(result, console)
     return result

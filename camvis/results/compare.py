@@ -1,7 +1,8 @@
 """The paired comparisons of camvis-aggregate: every pair of groups over their common folds, per metric.
 
 Per pair and metric, over the per-fold differences d = a - b of the replicate means (camvis.results.units):
-- the corrected resampled t-test of Nadeau & Bengio (2003), Holm's adjusted p-value, and the interval
+- the corrected resampled t-test of Nadeau & Bengio (2003), its standard error se (also the scale of the
+  Bayesian posterior), Holm's adjusted p-value, and the interval
   that belongs to that test (ci_low, ci_high: mean(d) +- t_{k-1} sqrt((1/k + n_test/n_train) var(d))),
   which excludes 0 exactly when p < 1 - confidence: the difference and its test never disagree;
 - the paired bootstrap interval over test images only, given the trained models (test_ci_low/high),
@@ -28,10 +29,11 @@ from camvis.metrics import METRICS
 from camvis.results.finished import FinishedJob
 from camvis.results.rope import DEFAULT_ROPE, HIGHER_IS_BETTER
 from camvis.metrics import percentile_ci
-from camvis.results.stats import bayes_probabilities, corrected_t_interval, corrected_t_test, holm_adjust
+from camvis.results.stats import (bayes_probabilities, corrected_scale, corrected_t_interval, corrected_t_test,
+                                  holm_adjust)
 from camvis.results.units import Units
 
-COLUMNS = ["metric", "group_a", "group_b", "n_folds", "folds", "mean_a", "mean_b", "mean_diff",
+COLUMNS = ["metric", "group_a", "group_b", "n_folds", "folds", "mean_a", "mean_b", "mean_diff", "se",
            "ci_low", "ci_high", "test_ci_low", "test_ci_high", "t", "dof", "p_value", "p_holm",
            "test_train_ratio", "rope", "p_a_better", "p_equivalent", "p_b_better"]  # fmt: skip
 
@@ -77,12 +79,13 @@ def compare(units: Units, confidence: float, rope: Mapping[str, float] = DEFAULT
                 boot_diff = (units.boots[ia] - units.boots[ib]).mean(axis=0)
             test_low, test_high = percentile_ci(boot_diff, confidence, axis=0)
             probs = bayes_probabilities(diffs, ratio, rope_k, better)
+            se = corrected_scale(diffs, ratio)
             for k, metric in enumerate(METRICS):
                 t, p, dof = corrected_t_test(diffs[:, k], ratio)
                 rows.append({
                     "metric": metric, "group_a": a, "group_b": b, "n_folds": len(folds),
                     "folds": " ".join(map(str, folds)), "mean_a": pa[:, k].mean(), "mean_b": pb[:, k].mean(),
-                    "mean_diff": diffs[:, k].mean(), "ci_low": low[k], "ci_high": high[k],
+                    "mean_diff": diffs[:, k].mean(), "se": se[k], "ci_low": low[k], "ci_high": high[k],
                     "test_ci_low": test_low[k], "test_ci_high": test_high[k],
                     "t": t, "dof": dof, "p_value": p, "test_train_ratio": ratio, "rope": rope_k[k],
                     "p_a_better": probs[0, k], "p_equivalent": probs[1, k], "p_b_better": probs[2, k],

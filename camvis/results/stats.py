@@ -46,6 +46,13 @@ def t_quantile(q: float, dof: float) -> float:
     return float(special.stdtrit(dof, q)) if dof >= 1 else math.nan
 
 
+def t_pdf(x: np.ndarray, dof: float, loc: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    """Density of the location-scale Student t (the Bayesian posterior's, for its figure)."""
+    z = (np.asarray(x, dtype=np.float64) - loc) / scale
+    log_norm = special.gammaln((dof + 1) / 2) - special.gammaln(dof / 2) - 0.5 * math.log(dof * math.pi) - math.log(scale)
+    return np.exp(log_norm - (dof + 1) / 2 * np.log1p(z * z / dof))
+
+
 # --------------------------------------------------------------------------- tests and intervals
 
 
@@ -56,7 +63,8 @@ def corrected_scale(values: np.ndarray, test_train_ratio: float) -> np.ndarray:
     k = len(values)
     if k < 2:
         return np.full(values.shape[1:], np.nan)
-    return np.sqrt((1.0 / k + test_train_ratio) * np.var(values, axis=0, ddof=1))
+    scale = np.sqrt((1.0 / k + test_train_ratio) * np.var(values, axis=0, ddof=1))
+    return np.where(np.ptp(values, axis=0) == 0, 0.0, scale)  # equal values: exactly 0 (var may be ~1e-35)
 
 
 def corrected_t_test(diffs: np.ndarray, test_train_ratio: float) -> tuple[float, float, int]:
@@ -81,8 +89,7 @@ def corrected_t_interval(values: np.ndarray, test_train_ratio: float, confidence
     if k < 2:
         nan = np.full(values.shape[1:], np.nan)
         return nan, nan.copy()
-    spread = np.ptp(values, axis=0) == 0  # equal values: exactly zero width (var may be ~1e-35)
-    half = np.where(spread, 0.0, t_quantile((1.0 + confidence) / 2.0, k - 1) * corrected_scale(values, test_train_ratio))
+    half = t_quantile((1.0 + confidence) / 2.0, k - 1) * corrected_scale(values, test_train_ratio)
     return mean - half, mean + half
 
 

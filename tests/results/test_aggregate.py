@@ -263,7 +263,7 @@ def test_figures_are_png_and_grow_with_group_count(tmp_path: Path) -> None:
         root = tmp_path / str(n_groups)
         fabricate_grid(root, {f"type_{i}": 0.7 + 0.02 * i for i in range(1, n_groups + 1)}, folds=3)
         result = run(root, figures=True)
-        assert set(result.figures) == set(agg.METRICS)
+        assert set(result.figures) == {*agg.METRICS, "posterior"}
         for path in result.figures.values():
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
         with Image.open(result.figures["acc"]) as img:
@@ -406,6 +406,7 @@ def test_cli_writes_each_figure_in_every_format(tmp_path: Path, capsys: pytest.C
     out = tmp_path / "outputs" / EXP
     for metric in agg.METRICS:
         assert (out / f"{metric}.svg").read_bytes().lstrip().startswith(b"<?xml")
+    for metric in (*agg.METRICS, "posterior"):
         with Image.open(out / f"{metric}.png") as img:
             assert round(img.info["dpi"][0]) == 200
     assert "![acc](acc.svg)" in (out / "summary.md").read_text()  # the first format asked
