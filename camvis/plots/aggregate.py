@@ -17,6 +17,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -46,6 +47,7 @@ def _fold_label(per_fold: pd.DataFrame, fold: int) -> str:
 
 
 LEGEND_IN = 2.6  # inches kept right of the axes for the legend
+MAX_AXES_IN = 24.0  # a wider figure fits no page, and its PNG takes seconds to encode: groups get narrower
 
 
 def stars(p: float) -> str:
@@ -77,7 +79,7 @@ def draw_metric(
     colors = _fold_colors(folds)
     longest = max((len(g) for g in groups), default=0)
     rotate = len(groups) > 4 or longest > 10
-    width = max(6.0, 0.9 * len(groups) + 2.0) + LEGEND_IN
+    width = min(max(6.0, 0.9 * len(groups) + 2.0), MAX_AXES_IN) + LEGEND_IN
     bottom_in = 0.5 + (0.075 * longest if rotate else 0.0)  # rotated labels need room below
     height = 4.4 + bottom_in
     fig = Figure(figsize=(width, height))
@@ -104,7 +106,10 @@ def draw_metric(
     ax.spines[["top", "right"]].set_visible(False)
     significance = _draw_significance(ax, comparisons, groups, metric)
     handles = [Line2D([], [], marker="o", ls="", color=colors[f], markeredgecolor="black", markeredgewidth=0.5,
-                      label=_fold_label(per_fold, f)) for f in folds]
+                      label=_fold_label(per_fold, f)) for f in folds[: len(FOLD_PALETTE)]]
+    if len(folds) > len(FOLD_PALETTE):  # one legend line per fold would not fit (and takes seconds to draw)
+        handles = [Line2D([], [], marker="o", ls="", color="0.7", markeredgecolor="black", markeredgewidth=0.5,
+                          label=f"{len(folds)} folds ({folds[0]}-{folds[-1]}),\none colour per fold")]
     handles.append(Line2D([], [], marker="D", ls="-", color="black",
                           label=f"mean over folds,\n{confidence:.0%} interval over folds"))
     handles.append(Line2D([], [], ls="-", lw=1, color="0.45", label="test images only"))
@@ -170,7 +175,7 @@ def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[
     return f"* p<.05 ** p<.01 *** p<.001:\n{test}{more}"
 
 
-MAX_POSTERIOR_PAIRS = 30
+MAX_POSTERIOR_PAIRS = 20
 """Pairs drawn in the posterior figure at most (the smallest acc p first); all of them in comparisons.csv."""
 POSTERIOR_COLOURS = ("#0072B2", "0.6", "#D55E00")  # a better, equivalent, b better (Okabe & Ito)
 
@@ -205,20 +210,25 @@ def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: st
         x = np.linspace(lo, hi, 300)
         ax.axvspan(-rope, rope, color="0.9", zorder=0)
         ax.axvline(0, color="0.6", lw=0.6, zorder=1)
+        shapes, points = [], []
         for row, (a, b) in enumerate(pairs):
             r = part.loc[(a, b)]
             y0 = rows - 1 - row
             scale = _posterior_scale(r)
             if scale > 0:
                 density = t_pdf(x, r["dof"], r["mean_diff"], scale)
-                ax.fill_between(x, y0, y0 + 0.8 * density / density.max(), color="#56B4E9", alpha=0.7, lw=0.6,
-                                edgecolor="#0072B2", zorder=2)
+                shapes.append(np.column_stack([np.r_[x[0], x, x[-1]], y0 + np.r_[0, 0.8 * density / density.max(), 0]]))
             elif np.isfinite(r["mean_diff"]):
-                ax.vlines(r["mean_diff"], y0, y0 + 0.8, color="#0072B2", lw=1.5, zorder=2)
+                points.append((r["mean_diff"], y0))
             probs = [r["p_a_better"], r["p_equivalent"], r["p_b_better"]]
             text = "  ".join("-" if not np.isfinite(p) else f"{p:.2f}" for p in probs)
             ax.text(1.0, y0 + 0.35, text, transform=ax.get_yaxis_transform(), fontsize=7, ha="right",
                     va="center", color="0.15")
+        ax.add_collection(PolyCollection(shapes, facecolors="#56B4E9", edgecolors="#0072B2", linewidths=0.6,
+                                         alpha=0.7, zorder=2))  # one artist for every density: one draw call
+        if points:  # no spread: all the mass at the mean
+            ax.vlines([p for p, _ in points], [y for _, y in points], [y + 0.8 for _, y in points],
+                      color="#0072B2", lw=1.5, zorder=2)
         ax.set_xlim(lo, hi + 0.45 * (hi - lo))  # room for the probabilities on the right
         better = "lower is better" if metric == "loss" else "higher is better"
         ax.set_title(f"{METRIC_LABELS.get(metric, metric)}: a - b\n(ROPE +-{rope:g}, {better})", fontsize=9)

@@ -94,15 +94,18 @@ def read_bootstraps(paths: list[Path]) -> list[np.ndarray | ValueError]:
                 raise ValueError("rows or columns do not add up")
         except (ValueError, pd.errors.ParserError):  # a bad file in the batch: find it file by file
             table = None
-        start = 0
-        for i, n in zip(batch, rows):
-            part = table[start:start + n] if table is not None else None
-            start += n
-            ordered = part is not None and (np.diff(part[:, 0]) > 0).all()
-            if not ordered or not np.isfinite(part[:, 1:]).all():  # type: ignore[index]
+        starts = np.cumsum([0, *rows])
+        good = np.ones(len(batch), dtype=bool)
+        if table is not None:  # per file: rows in resample order and finite values, checked for all at once
+            step_ok = np.append(np.diff(table[:, 0]) > 0, True)
+            step_ok[starts[1:] - 1] = True  # a file's last row has no successor in its file
+            row_ok = np.isfinite(table[:, 1:]).all(axis=1) & step_ok
+            good = np.logical_and.reduceat(row_ok, starts[:-1]) if len(row_ok) else good
+        for n, i in enumerate(batch):
+            if table is None or not good[n]:
                 out[i] = _one(paths[i])
             else:
-                out[i] = np.ascontiguousarray(part[:, 1:])  # type: ignore[index]
+                out[i] = table[starts[n]:starts[n + 1], 1:]
     return out  # type: ignore[return-value]
 
 

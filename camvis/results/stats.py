@@ -56,10 +56,11 @@ def t_pdf(x: np.ndarray, dof: float, loc: float = 0.0, scale: float = 1.0) -> np
 # --------------------------------------------------------------------------- tests and intervals
 
 
-def corrected_scale(values: np.ndarray, test_train_ratio: float) -> np.ndarray:
+def corrected_scale(values: np.ndarray, test_train_ratio: float | np.ndarray) -> np.ndarray:
     """Nadeau & Bengio's standard error of a mean over k folds, sqrt((1/k + n_test/n_train) var), along
     axis 0 (values: (k, ...)); the 1/k of a plain t-test assumes independent folds, while folds whose
-    training sets overlap are correlated (rho = n_test / n_total), which n_test/n_train accounts for."""
+    training sets overlap are correlated (rho = n_test / n_total), which n_test/n_train accounts for.
+    test_train_ratio: a number, or an array broadcasting against values.shape[1:]."""
     k = len(values)
     if k < 2:
         return np.full(values.shape[1:], np.nan)
@@ -70,15 +71,22 @@ def corrected_scale(values: np.ndarray, test_train_ratio: float) -> np.ndarray:
 def corrected_t_test(diffs: np.ndarray, test_train_ratio: float) -> tuple[float, float, int]:
     """Nadeau & Bengio (2003): t = mean(d) / sqrt((1/k + n_test/n_train) var(d)), k-1 dof.
     Returns (t, two-sided p, dof); NaN when fewer than 2 folds."""
+    t, p, dof = corrected_t(np.asarray(diffs, dtype=np.float64), test_train_ratio)
+    return float(t), float(p), dof
+
+
+def corrected_t(diffs: np.ndarray, test_train_ratio: float | np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """corrected_t_test along axis 0 of diffs (k, ...): (t, two-sided p, dof). No spread: t = +-inf (or 0
+    when every difference is 0); NaN below 2 folds."""
     k = len(diffs)
     if k < 2:
-        return math.nan, math.nan, max(k - 1, 0)
-    mean = float(np.mean(diffs))
-    if np.all(diffs == diffs[0]):  # no spread (float var may still be ~1e-35)
-        t = 0.0 if mean == 0.0 else math.copysign(math.inf, mean)
-    else:
-        t = mean / float(corrected_scale(diffs, test_train_ratio))
-    return t, t_two_sided_p(t, k - 1), k - 1
+        nan = np.full(diffs.shape[1:], np.nan)
+        return nan, nan.copy(), max(k - 1, 0)
+    mean = diffs.mean(axis=0)
+    scale = corrected_scale(diffs, test_train_ratio)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(scale == 0, np.where(mean == 0, 0.0, np.copysign(np.inf, mean)), mean / scale)
+    return t, 2.0 * special.stdtr(k - 1, -np.abs(t)), k - 1
 
 
 def corrected_t_interval(values: np.ndarray, test_train_ratio: float, confidence: float) -> tuple[np.ndarray, np.ndarray]:
