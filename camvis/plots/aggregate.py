@@ -40,10 +40,11 @@ def _fold_colors(folds: list[int]) -> dict[int, tuple[float, ...]]:
     return {f: cmap(i % cmap.N) for i, f in enumerate(folds)}
 
 
-def _fold_label(per_fold: pd.DataFrame, fold: int) -> str:
-    views = per_fold.loc[per_fold["fold"] == fold, "view"].dropna().astype(str)
-    view = next((v for v in views if v), "")
-    return f"fold {fold} ({view})" if view else f"fold {fold}"
+def _fold_labels(per_fold: pd.DataFrame) -> dict[int, str]:
+    """fold -> "fold 3 (cam3_1)" (its first non-empty view), one pass over the table."""
+    views = per_fold[["fold", "view"]].dropna().astype({"view": str})
+    views = views[views["view"] != ""].drop_duplicates("fold").set_index("fold")["view"]
+    return {int(f): f"fold {f} ({views[f]})" if f in views.index else f"fold {f}" for f in per_fold["fold"].unique()}
 
 
 LEGEND_IN = 2.6  # inches kept right of the axes for the legend
@@ -86,7 +87,8 @@ def draw_metric(
     # fixed margins in inches instead of a layout engine: one draw per figure instead of two
     fig.subplots_adjust(left=0.8 / width, right=1 - LEGEND_IN / width, bottom=bottom_in / height, top=1 - 0.4 / height)
     ax = fig.subplots()
-    data = [per_fold.loc[per_fold["group"] == g, metric].to_numpy(dtype=float) for g in groups]
+    by_group = dict(iter(per_fold.groupby("group", sort=False)[metric]))
+    data = [by_group[g].to_numpy(dtype=float) for g in groups]
     boxes = min((len(d) for d in data), default=0) >= BOX_MIN_FOLDS
     if boxes:
         grey = {"color": "0.6"}
@@ -105,8 +107,9 @@ def draw_metric(
     ax.grid(axis="y", alpha=0.4)
     ax.spines[["top", "right"]].set_visible(False)
     significance = _draw_significance(ax, comparisons, groups, metric)
+    labels = _fold_labels(per_fold)
     handles = [Line2D([], [], marker="o", ls="", color=colors[f], markeredgecolor="black", markeredgewidth=0.5,
-                      label=_fold_label(per_fold, f)) for f in folds[: len(FOLD_PALETTE)]]
+                      label=labels[f]) for f in folds[: len(FOLD_PALETTE)]]
     if len(folds) > len(FOLD_PALETTE):  # one legend line per fold would not fit (and takes seconds to draw)
         handles = [Line2D([], [], marker="o", ls="", color="0.7", markeredgecolor="black", markeredgewidth=0.5,
                           label=f"{len(folds)} folds ({folds[0]}-{folds[-1]}),\none colour per fold")]
@@ -183,7 +186,9 @@ POSTERIOR_COLOURS = ("#0072B2", "0.6", "#D55E00")  # a better, equivalent, b bet
 def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: str | None = None, *,
                      formats: tuple[str, ...] = ("png",), dpi: int = PAPER_DPI) -> list[Path]:
     """The correlated Bayesian t-test's posterior of a - b, one row per pair and one panel per metric:
-    each density scaled to its row, the ROPE shaded, and P(a better) / P(equivalent) / P(b better) beside it."""
+    each density scaled to its row, the ROPE shaded, and beside it a bar split into P(a better),
+    P(equivalent) and P(b better) (bars, not numbers: a figure's text costs more to draw than its data;
+    the numbers are in summary.md and comparisons.csv)."""
     from camvis.metrics import METRICS
     from camvis.results.stats import t_pdf, t_quantile
 
@@ -191,63 +196,60 @@ def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: st
     pairs = list(zip(order["group_a"], order["group_b"]))[:MAX_POSTERIOR_PAIRS]
     rows = len(pairs)
     longest = max((len(f"{a} - {b}") for a, b in pairs), default=10)
-    fig = Figure(figsize=(3 * 3.6 + 0.07 * longest + 0.5, 0.45 * rows + 1.4))
+    fig = Figure(figsize=(3 * 3.0 + 0.07 * longest + 0.5, 0.36 * rows + 1.5))
     axes = fig.subplots(1, len(METRICS), sharey=True)
     table = comparisons.set_index(["metric", "group_a", "group_b"])
     for ax, metric in zip(axes, METRICS):
-        part = table.loc[metric]
+        part = table.loc[metric].reindex(pairs)
         rope = float(part["rope"].iloc[0]) if len(part) else 0.0
-        spans = []
-        for a, b in pairs:
-            r = part.loc[(a, b)]
-            scale = _posterior_scale(r)
-            if scale > 0:
-                q = t_quantile(0.995, r["dof"])
-                spans += [r["mean_diff"] - q * scale, r["mean_diff"] + q * scale]
-            elif np.isfinite(r["mean_diff"]):
-                spans.append(r["mean_diff"])
-        lo, hi = (min(spans + [-1.5 * rope]), max(spans + [1.5 * rope])) if spans else (-1, 1)
-        x = np.linspace(lo, hi, 300)
+        mean, scale, dof = (part["mean_diff"].to_numpy(float), part["se"].to_numpy(float),
+                            part["dof"].to_numpy(float))
+        q = np.array([t_quantile(0.995, d) if d >= 1 else np.nan for d in dof])
+        spans = np.concatenate([mean - q * scale, mean + q * scale, mean, [-1.5 * rope, 1.5 * rope]])
+        spans = spans[np.isfinite(spans)]
+        lo, hi = (spans.min(), spans.max()) if spans.max() > spans.min() else (-1.0, 1.0)
+        x = np.linspace(lo, hi, 200)
         ax.axvspan(-rope, rope, color="0.9", zorder=0)
         ax.axvline(0, color="0.6", lw=0.6, zorder=1)
-        shapes, points = [], []
-        for row, (a, b) in enumerate(pairs):
-            r = part.loc[(a, b)]
+        shapes, points, bars, colours = [], [], [], []
+        left, width = hi + 0.08 * (hi - lo), 0.4 * (hi - lo)  # the probability bar, right of the densities
+        for row in range(rows):
             y0 = rows - 1 - row
-            scale = _posterior_scale(r)
-            if scale > 0:
-                density = t_pdf(x, r["dof"], r["mean_diff"], scale)
+            if scale[row] > 0:
+                density = t_pdf(x, dof[row], mean[row], scale[row])
                 shapes.append(np.column_stack([np.r_[x[0], x, x[-1]], y0 + np.r_[0, 0.8 * density / density.max(), 0]]))
-            elif np.isfinite(r["mean_diff"]):
-                points.append((r["mean_diff"], y0))
-            probs = [r["p_a_better"], r["p_equivalent"], r["p_b_better"]]
-            text = "  ".join("-" if not np.isfinite(p) else f"{p:.2f}" for p in probs)
-            ax.text(1.0, y0 + 0.35, text, transform=ax.get_yaxis_transform(), fontsize=7, ha="right",
-                    va="center", color="0.15")
+            elif np.isfinite(mean[row]) and scale[row] == 0:
+                points.append((mean[row], y0))
+            probs = part[["p_a_better", "p_equivalent", "p_b_better"]].iloc[row].to_numpy(float)
+            start = left
+            for p, colour in zip(probs if np.isfinite(probs).all() else [], POSTERIOR_COLOURS):
+                bars.append([(start, y0 + 0.15), (start + p * width, y0 + 0.15), (start + p * width, y0 + 0.65),
+                             (start, y0 + 0.65)])
+                colours.append(colour)
+                start += p * width
         ax.add_collection(PolyCollection(shapes, facecolors="#56B4E9", edgecolors="#0072B2", linewidths=0.6,
                                          alpha=0.7, zorder=2))  # one artist for every density: one draw call
+        ax.add_collection(PolyCollection(bars, facecolors=colours, edgecolors="none", zorder=2))
         if points:  # no spread: all the mass at the mean
             ax.vlines([p for p, _ in points], [y for _, y in points], [y + 0.8 for _, y in points],
                       color="#0072B2", lw=1.5, zorder=2)
-        ax.set_xlim(lo, hi + 0.45 * (hi - lo))  # room for the probabilities on the right
+        ax.set_xlim(lo, left + width * 1.02)
+        ax.set_xticks(ax.get_xticks()[(ax.get_xticks() >= lo) & (ax.get_xticks() <= hi)])
         better = "lower is better" if metric == "loss" else "higher is better"
         ax.set_title(f"{METRIC_LABELS.get(metric, metric)}: a - b\n(ROPE +-{rope:g}, {better})", fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
         ax.tick_params(labelsize=7)
     axes[0].set_yticks([rows - 1 - i + 0.35 for i in range(rows)], [f"{a} - {b}" for a, b in pairs], fontsize=8)
     axes[0].set_ylim(-0.2, rows + 0.1)
-    more = f"; {len(order) - rows} more pairs in comparisons.csv" if len(order) > rows else ""
-    fig.suptitle(f"{experiment + ': ' if experiment else ''}posterior of the mean difference (correlated Bayesian "
-                 f"t-test); numbers: P(a better)  P(equivalent)  P(b better){more}", fontsize=9)
-    fig.subplots_adjust(left=(0.07 * longest + 0.3) / fig.get_figwidth(), right=0.98, bottom=0.5 / fig.get_figheight(),
+    more = f" ({len(order) - rows} more pairs in comparisons.csv)" if len(order) > rows else ""
+    fig.suptitle(f"{experiment + ': ' if experiment else ''}posterior of the mean difference, correlated Bayesian "
+                 f"t-test{more}", fontsize=9)
+    labels = ("P(a better)", "P(practically equivalent)", "P(b better)")
+    fig.legend(handles=[Line2D([], [], color=c, lw=6, label=t) for c, t in zip(POSTERIOR_COLOURS, labels)],
+               loc="lower center", ncol=3, frameon=False, fontsize=8)
+    fig.subplots_adjust(left=(0.07 * longest + 0.3) / fig.get_figwidth(), right=0.98, bottom=0.75 / fig.get_figheight(),
                         top=1 - 0.9 / fig.get_figheight(), wspace=0.08)
     return save_figure(fig, path, formats, dpi=dpi, bbox_inches=None)
-
-
-def _posterior_scale(row: pd.Series) -> float:
-    """The posterior's scale: the corrected standard error (0: all the mass at the mean; NaN: one fold)."""
-    se = float(row["se"])
-    return se if np.isfinite(se) and not (se == 0 and not np.isfinite(row["mean_diff"])) else np.nan
 
 
 def visibility_figure(points: pd.DataFrame, path: str | Path, experiment: str | None = None) -> Path:
