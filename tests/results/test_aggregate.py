@@ -451,3 +451,64 @@ def test_summary_says_which_statistics_normalized_each_groups_inputs(tmp_path: P
     summary = pd.read_csv(result.summary_csv).drop_duplicates("group").set_index("group")["normalization"]
     assert summary.to_dict() == {"align": "global", "cat": "per-fold"}
     assert "| normalization |" in result.markdown.read_text()
+
+
+# --------------------------------------------------------------------------- issue 21: files, replicates, speed paths
+
+
+def test_a_bad_bootstrap_in_the_batch_is_left_out_alone(tmp_path: Path) -> None:
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3)
+    out = tmp_path / "outputs" / EXP
+    (out / "cat_fold2" / "bootstrap.csv").write_text("resample,loss,acc,f1\n0,0.1,x,0.2\n")
+    shuffled = pd.read_csv(out / "align_fold1" / "bootstrap.csv").iloc[::-1]  # rows out of resample order
+    shuffled.to_csv(out / "align_fold1" / "bootstrap.csv", index=False)
+    result = run(tmp_path, seed=None)
+    assert set(result.missing) == {"cat_fold2"} and "bootstrap.csv" in result.missing["cat_fold2"]
+    align = next(j for j in agg.load_finished(agg.monitor.collect(EXP, tmp_path / "jobs", tmp_path / "outputs"),
+                                              tmp_path / "outputs")[0] if j.name == "align_fold1")
+    np.testing.assert_array_equal(align.boot, shuffled.sort_values("resample")[list(agg.METRICS)].to_numpy())
+
+
+def test_camvis2_csv_text_is_exactly_percent_4f() -> None:
+    from camvis.results.finished import FinishedJob
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for i in range(40):
+        values = rng.random((30 + i, 3)) * rng.choice([1, 9.9999, 12]) - (0.1 if i % 13 == 0 else 0)
+        values[::7] = np.round(values[::7], 4)
+        if i % 5 == 0:
+            values[3] = [0.03125, 0.5, 0.00005]  # exact ties and near-ties: Python formats that job
+        jobs.append(FinishedJob(name=f"j{i}", group=f"g{i},x%", fold=i, view="v%1", model_name='m"1', metrics={},
+                                ci={}, boot=values))
+    expected = ["model_name,fold,view,loss,acc,f1,group\n"]
+    for j in jobs:
+        head = ",".join(agg._csv_field(v).replace("%%", "%") for v in (j.model_name, j.fold, j.view))
+        expected += [f"{head},{a:.4f},{b:.4f},{c:.4f},{agg._csv_field(j.group).replace('%%', '%')}\n" for a, b, c in j.boot]
+    assert agg.camvis2_csv_text(jobs) == "".join(expected)
+
+
+def test_replicates_from_files_are_one_fold_each_with_seed_spread(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    entries = {}
+    for fold in (1, 2, 3):
+        noise = rng.normal(0, 0.01, (N_BOOT, 3))
+        for group, level in (("cat", 0.85), ("align", 0.80)):
+            for rep, jitter in ((1, -0.01), (2, 0.0), (3, 0.01)):
+                name = f"{group}_fold{fold}_rep{rep}"
+                acc = level + 0.02 * fold + jitter
+                folder = fabricate_job(tmp_path, group, fold, {"loss": 0.3, "acc": acc, "f1": acc}, noise, name=name)
+                scores = json.loads((folder / "scores.json").read_text())
+                (folder / "scores.json").write_text(json.dumps({**scores, "replicate": rep}))
+                entries[name] = {"group": group, "fold": fold}
+    write_manifest(tmp_path, entries)
+    result = run(tmp_path)
+    summary = result.summary.set_index(["group", "metric"])
+    assert not result.missing and set(result.summary.group) == {"cat", "align"}
+    assert summary.loc[("cat", "acc"), "n_folds"] == 3 and summary.loc[("cat", "acc"), "n_replicates"] == "3"
+    assert summary.loc[("cat", "acc"), "mean"] == pytest.approx(0.85 + 0.04)
+    assert summary.loc[("cat", "acc"), "sd_seed"] == pytest.approx(0.01)  # sd of (-0.01, 0, 0.01)
+    assert summary.loc[("cat", "acc"), "sd"] == pytest.approx(0.02)  # across the folds' replicate means
+    row = result.comparisons.set_index("metric").loc["acc"]
+    assert row.n_folds == 3 and row.mean_diff == pytest.approx(-0.05)  # align - cat
+    assert "sd across training seeds" in result.markdown.read_text()
