@@ -47,6 +47,7 @@ class FinishedJob:
 
 
 BOOT_HEADER = "resample," + ",".join(METRICS)  # what camvis.job.evaluate writes
+_FOLD_PART = re.compile(r"_fold\d+")
 _REPLICATE = re.compile(r"^(rep\d+|(train-)?seed\d+)$")  # name parts of a replicate axis
 
 
@@ -122,8 +123,8 @@ def replicate_of(name: str, group: str, scores: dict) -> tuple[str, str]:
     """(group without its replicate parts, replicate label): "cat_fold2_rep3" -> ("cat", "rep3"),
     "cat_fold2_lr0.1_seed43" -> ("cat_lr0.1", "seed43"); scores.json's `replicate` (an int, absent = 1)
     names it when the name does not."""
-    head, fold, tail = name.partition("_fold")
-    parts = tail.split("_")[1:] if fold else []
+    fold = _FOLD_PART.search(name)  # the first _fold<k>, as jobfiles.variant_label takes it
+    head, parts = (name[: fold.start()], name[fold.end() :].split("_")[1:]) if fold else ("", [])
     reps = [p for p in parts if _REPLICATE.match(p)]
     if reps:
         kept = [p for p in parts if not _REPLICATE.match(p)]
