@@ -35,7 +35,7 @@ from camvis.results.finished import FinishedJob, load_finished
 from camvis.config import experiment_dir
 from camvis.console import default_console, plural
 from camvis.errors import CamvisError
-from camvis.io import write_csv, write_text
+from camvis.io import write_bytes, write_csv, write_text
 from camvis.metrics import METRICS
 from camvis.results.rope import DEFAULT_ROPE
 from camvis.results.stats import fold_mean_ci, headline_interval
@@ -116,30 +116,42 @@ def _csv_field(value: object) -> str:
 
 
 def camvis2_csv_text(jobs: Sequence[FinishedJob]) -> str:
+    """camvis2_csv_bytes as text."""
+    return camvis2_csv_bytes(jobs).decode()
+
+
+CSV_CHUNK_ROWS = 200_000  # rows laid out at once: bounds the temporaries (about 50 bytes a row)
+
+
+def camvis2_csv_bytes(jobs: Sequence[FinishedJob]) -> bytes:
     """camvis2's per-fold scores CSV (model_name,fold,view,loss,acc,f1,group; 4 decimals): one row per
-    bootstrap resample per job, what its visualize_scores.py reads. The numbers of every job are laid out
-    at once as bytes (_fixed_numbers); a job with a value that layout cannot write exactly as '%.4f' would
-    is formatted by Python, one format operation per job."""
-    parts = [",".join(CAMVIS2_COLUMNS) + "\n"]
-    if not jobs:
-        return parts[0]
-    numbers, exact = _fixed_numbers([j.boot for j in jobs])
+    bootstrap resample per job, what its visualize_scores.py reads. The numbers are laid out as bytes
+    (_fixed_numbers), a chunk of jobs at a time; a job with a value that layout cannot write exactly as
+    '%.4f' would is formatted by Python, one format operation per job."""
+    parts = [(",".join(CAMVIS2_COLUMNS) + "\n").encode()]
     start = 0
-    for j, ok in zip(jobs, exact):
-        n = len(j.boot)
-        fields = [_csv_field(v) for v in (j.model_name, j.fold, j.view)]
-        head = (",".join(fields) + ",").replace("%%", "%").encode()
-        tail = ("," + _csv_field(j.group) + "\n").replace("%%", "%").encode()
-        if ok:
-            rows = np.concatenate([np.broadcast_to(np.frombuffer(head, np.uint8), (n, len(head))),
-                                   numbers[start:start + n],
-                                   np.broadcast_to(np.frombuffer(tail, np.uint8), (n, len(tail)))], axis=1)
-            parts.append(rows.tobytes().decode())
-        else:
-            row = f"{','.join(fields)},%.4f,%.4f,%.4f,{_csv_field(j.group)}\n"
-            parts.append((row * n) % tuple(j.boot.ravel().tolist()))
-        start += n
-    return "".join(parts)
+    while start < len(jobs):
+        stop, rows = start, 0
+        while stop < len(jobs) and (rows == 0 or rows + len(jobs[stop].boot) <= CSV_CHUNK_ROWS):
+            rows += len(jobs[stop].boot)
+            stop += 1
+        chunk = jobs[start:stop]
+        numbers, exact = _fixed_numbers([j.boot for j in chunk])
+        at = 0
+        for j, ok in zip(chunk, exact):
+            n = len(j.boot)
+            fields = [_csv_field(v) for v in (j.model_name, j.fold, j.view)]
+            if ok:
+                head = np.frombuffer((",".join(fields) + ",").replace("%%", "%").encode(), np.uint8)
+                tail = np.frombuffer(("," + _csv_field(j.group) + "\n").replace("%%", "%").encode(), np.uint8)
+                parts.append(np.concatenate([np.broadcast_to(head, (n, len(head))), numbers[at:at + n],
+                                             np.broadcast_to(tail, (n, len(tail)))], axis=1).tobytes())
+            else:
+                row = f"{','.join(fields)},%.4f,%.4f,%.4f,{_csv_field(j.group)}\n"
+                parts.append(((row * n) % tuple(j.boot.ravel().tolist())).encode())
+            at += n
+        start = stop
+    return b"".join(parts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -359,7 +371,7 @@ def aggregate(
     write_csv(result.summary, result.summary_csv)
     write_csv(result.comparisons, result.comparisons_csv)
     write_csv(per_fold, result.point_estimates_csv)
-    write_text(result.camvis2_csv, camvis2_csv_text(finished))
+    write_bytes(result.camvis2_csv, camvis2_csv_bytes(finished))
     result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment)
     if figures:
         from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing

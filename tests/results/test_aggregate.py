@@ -469,7 +469,7 @@ def test_a_bad_bootstrap_in_the_batch_is_left_out_alone(tmp_path: Path) -> None:
     np.testing.assert_array_equal(align.boot, shuffled.sort_values("resample")[list(agg.METRICS)].to_numpy())
 
 
-def test_camvis2_csv_text_is_exactly_percent_4f() -> None:
+def test_camvis2_csv_text_is_exactly_percent_4f(monkeypatch: pytest.MonkeyPatch) -> None:
     from camvis.results.finished import FinishedJob
 
     rng = np.random.default_rng(0)
@@ -485,6 +485,8 @@ def test_camvis2_csv_text_is_exactly_percent_4f() -> None:
     for j in jobs:
         head = ",".join(agg._csv_field(v).replace("%%", "%") for v in (j.model_name, j.fold, j.view))
         expected += [f"{head},{a:.4f},{b:.4f},{c:.4f},{agg._csv_field(j.group).replace('%%', '%')}\n" for a, b, c in j.boot]
+    assert agg.camvis2_csv_text(jobs) == "".join(expected)
+    monkeypatch.setattr(agg, "CSV_CHUNK_ROWS", 100)  # jobs laid out a few at a time: the same text
     assert agg.camvis2_csv_text(jobs) == "".join(expected)
 
 
