@@ -189,8 +189,9 @@ def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: st
     each density scaled to its row, the ROPE shaded, and beside it a bar split into P(a better),
     P(equivalent) and P(b better) (bars, not numbers: a figure's text costs more to draw than its data;
     the numbers are in summary.md and comparisons.csv)."""
+    from scipy import special
+
     from camvis.metrics import METRICS
-    from camvis.results.stats import t_pdf, t_quantile
 
     order = comparisons[comparisons["metric"] == "acc"].sort_values("p_value", kind="stable", na_position="last")
     pairs = list(zip(order["group_a"], order["group_b"]))[:MAX_POSTERIOR_PAIRS]
@@ -204,7 +205,7 @@ def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: st
         rope = float(part["rope"].iloc[0]) if len(part) else 0.0
         mean, scale, dof = (part["mean_diff"].to_numpy(float), part["se"].to_numpy(float),
                             part["dof"].to_numpy(float))
-        q = np.array([t_quantile(0.995, d) if d >= 1 else np.nan for d in dof])
+        q = np.where(dof >= 1, special.stdtrit(np.maximum(dof, 1), 0.995), np.nan)
         spans = np.concatenate([mean - q * scale, mean + q * scale, mean, [-1.5 * rope, 1.5 * rope]])
         spans = spans[np.isfinite(spans)]
         lo, hi = (spans.min(), spans.max()) if spans.max() > spans.min() else (-1.0, 1.0)
@@ -216,7 +217,7 @@ def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: st
         for row in range(rows):
             y0 = rows - 1 - row
             if scale[row] > 0:
-                density = t_pdf(x, dof[row], mean[row], scale[row])
+                density = _t_density(x, dof[row], mean[row], scale[row])
                 shapes.append(np.column_stack([np.r_[x[0], x, x[-1]], y0 + np.r_[0, 0.8 * density / density.max(), 0]]))
             elif np.isfinite(mean[row]) and scale[row] == 0:
                 points.append((mean[row], y0))
@@ -250,6 +251,12 @@ def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: st
     fig.subplots_adjust(left=(0.07 * longest + 0.3) / fig.get_figwidth(), right=0.98, bottom=0.75 / fig.get_figheight(),
                         top=1 - 0.9 / fig.get_figheight(), wspace=0.08)
     return save_figure(fig, path, formats, dpi=dpi, bbox_inches=None)
+
+
+def _t_density(x: np.ndarray, dof: float, loc: float, scale: float) -> np.ndarray:
+    """The location-scale Student t density, up to its constant (each row is scaled to its own height)."""
+    z = (x - loc) / scale
+    return np.exp(-(dof + 1) / 2 * np.log1p(z * z / dof))
 
 
 def visibility_figure(points: pd.DataFrame, path: str | Path, experiment: str | None = None) -> Path:

@@ -46,13 +46,6 @@ def t_quantile(q: float, dof: float) -> float:
     return float(special.stdtrit(dof, q)) if dof >= 1 else math.nan
 
 
-def t_pdf(x: np.ndarray, dof: float, loc: float = 0.0, scale: float = 1.0) -> np.ndarray:
-    """Density of the location-scale Student t (the Bayesian posterior's, for its figure)."""
-    z = (np.asarray(x, dtype=np.float64) - loc) / scale
-    log_norm = special.gammaln((dof + 1) / 2) - special.gammaln(dof / 2) - 0.5 * math.log(dof * math.pi) - math.log(scale)
-    return np.exp(log_norm - (dof + 1) / 2 * np.log1p(z * z / dof))
-
-
 # --------------------------------------------------------------------------- tests and intervals
 
 
