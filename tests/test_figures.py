@@ -46,7 +46,7 @@ def test_strip_points_mean_and_interval_in_grid_order_without_boxes_below_8_fold
     assert not ax.patches  # 3 folds: no boxes
     texts = legend_texts(fig)
     assert texts[:3] == ["fold 1 (cam1_1)", "fold 2 (cam2_1)", "fold 3 (cam3_1)"]
-    assert "mean over folds,\n90% bootstrap CI" in texts
+    assert "mean over folds,\n90% interval over folds" in texts and "test images only" in texts
     assert any("corrected t-test" in t and "Holm" in t for t in texts)
     # align differs from both others (p_holm 0.0004): two brackets with three stars, cat-base none
     assert sorted(t.get_text() for t in ax.texts) == ["***", "***"]

@@ -10,11 +10,14 @@ from camvis.cli import ERRORS, bounded, fail, new_parser
 
 EPILOG = """examples:
   camvis-aggregate demo                    writes outputs/demo/summary.md, *.csv, *.png
-  camvis-aggregate demo --confidence 0.9   90% bootstrap intervals
+  camvis-aggregate demo --confidence 0.9   90% intervals
+  camvis-aggregate demo --rope acc=0.02    a pair within 2 points of accuracy counts as equivalent
   camvis-aggregate demo --format png,pdf   each figure as a 200-dpi PNG and a vector PDF
 
-writes under outputs/<experiment>/: summary.md (all tables), summary.csv (per group: per-fold scores,
-mean, bootstrap CI), comparisons.csv (paired per-fold differences, corrected resampled t-test, Holm-adjusted p),
+writes under outputs/<experiment>/: summary.md (all tables), summary.csv (per group: per-fold scores, mean,
+headline interval over folds, test-images-only interval, sd across folds and training seeds), comparisons.csv
+(paired per-fold differences, corrected resampled t-test with its interval, Holm-adjusted p, test-only interval,
+P(a better) / P(equivalent) / P(b better) of the correlated Bayesian t-test), posterior.png (its posteriors),
 point_estimates.csv (one row per job), scores_per_fold.csv (camvis2's format: one row per bootstrap
 resample), loss.png, acc.png, f1.png (per-fold points, mean and CI, significant pairs starred). Missing or failed jobs are listed, not fatal.
 """
@@ -24,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = new_parser("camvis-aggregate", __doc__, EPILOG, outputs="where the jobs wrote",
                      jobs_dir="where the manifests live")
     p.add_argument("experiment", help="experiment name (outputs/<experiment>/, jobs/<experiment>/manifest.json)")
-    p.add_argument("--confidence", type=bounded(float, 0, 1, exclusive_lo=True), default=0.95, help="level of the bootstrap intervals (default 0.95)")
+    p.add_argument("--confidence", type=bounded(float, 0, 1, exclusive_lo=True), default=0.95,
+                   help="level of the intervals and tests (default 0.95)")
+    p.add_argument("--rope", type=_rope, default=None, metavar="acc=0.01,f1=0.01,loss=0.01",
+                   help="region of practical equivalence per metric for the Bayesian comparison: a difference "
+                        "within +-rope counts as equivalent (default 0.01 for each; state it before looking)")
     p.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0,
                    help="seeds each fold's order of resamples, decoupling folds; pairs are unaffected (default 0)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -42,12 +49,21 @@ def _formats(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _rope(text: str) -> dict[str, float]:
+    from camvis.results.rope import parse_rope
+
+    try:
+        return parse_rope(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from camvis.results.aggregate import aggregate  # after parsing: --help stays fast
 
     try:
-        aggregate(args.experiment, args.outputs, args.jobs_dir, confidence=args.confidence, seed=args.seed,
+        aggregate(args.experiment, args.outputs, args.jobs_dir, confidence=args.confidence, seed=args.seed, rope=args.rope,
                   figures=not args.no_figures, formats=args.format)  # fmt: skip
     except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)

@@ -51,7 +51,9 @@ def save_figure(fig: Figure, path: str | Path, formats: tuple[str, ...] = ("png"
     try:
         for fmt in formats:
             data = BytesIO()
-            fig.savefig(data, format=fmt, dpi=dpi, bbox_inches=bbox_inches)
+            # zlib level 3 instead of PIL's 6: a third less CPU to encode, files about a quarter bigger
+            extra = {"pil_kwargs": {"compress_level": 3}} if fmt == "png" else {}
+            fig.savefig(data, format=fmt, dpi=dpi, bbox_inches=bbox_inches, **extra)
             target = path.with_suffix(f".{fmt}")
             write_bytes(target, data.getbuffer())
             written.append(target)

@@ -1,6 +1,8 @@
 """camvis-aggregate's figures, drawn for a paper: per metric, each group's per-fold scores as a strip of
-points, the mean over folds with its bootstrap interval, boxes only from 8 folds up (fewer points make a
-box a misleading summary), groups in grid order, and the corrected t-test's significant pairs marked.
+points, the mean over folds with its headline interval (over folds; the test-images-only interval as a
+thin grey line beside it), boxes only from 8 folds up (fewer points make a box a misleading summary),
+groups in grid order, and the corrected t-test's significant pairs marked; and the posterior of the
+correlated Bayesian t-test per pair and metric, with its region of practical equivalence.
 
 Readable for 8+ groups: the figure grows with the group count, long or many labels are rotated,
 the legend sits outside the axes. Colours are colour-blind safe (Okabe & Ito), points outlined.
@@ -15,6 +17,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -37,13 +40,15 @@ def _fold_colors(folds: list[int]) -> dict[int, tuple[float, ...]]:
     return {f: cmap(i % cmap.N) for i, f in enumerate(folds)}
 
 
-def _fold_label(per_fold: pd.DataFrame, fold: int) -> str:
-    views = per_fold.loc[per_fold["fold"] == fold, "view"].dropna().astype(str)
-    view = next((v for v in views if v), "")
-    return f"fold {fold} ({view})" if view else f"fold {fold}"
+def _fold_labels(per_fold: pd.DataFrame) -> dict[int, str]:
+    """fold -> "fold 3 (cam3_1)" (its first non-empty view), one pass over the table."""
+    views = per_fold[["fold", "view"]].dropna().astype({"view": str})
+    views = views[views["view"] != ""].drop_duplicates("fold").set_index("fold")["view"]
+    return {int(f): f"fold {f} ({views[f]})" if f in views.index else f"fold {f}" for f in per_fold["fold"].unique()}
 
 
 LEGEND_IN = 2.6  # inches kept right of the axes for the legend
+MAX_AXES_IN = 24.0  # a wider figure fits no page, and its PNG takes seconds to encode: groups get narrower
 
 
 def stars(p: float) -> str:
@@ -75,14 +80,15 @@ def draw_metric(
     colors = _fold_colors(folds)
     longest = max((len(g) for g in groups), default=0)
     rotate = len(groups) > 4 or longest > 10
-    width = max(6.0, 0.9 * len(groups) + 2.0) + LEGEND_IN
+    width = min(max(6.0, 0.9 * len(groups) + 2.0), MAX_AXES_IN) + LEGEND_IN
     bottom_in = 0.5 + (0.075 * longest if rotate else 0.0)  # rotated labels need room below
     height = 4.4 + bottom_in
     fig = Figure(figsize=(width, height))
     # fixed margins in inches instead of a layout engine: one draw per figure instead of two
     fig.subplots_adjust(left=0.8 / width, right=1 - LEGEND_IN / width, bottom=bottom_in / height, top=1 - 0.4 / height)
     ax = fig.subplots()
-    data = [per_fold.loc[per_fold["group"] == g, metric].to_numpy(dtype=float) for g in groups]
+    by_group = dict(iter(per_fold.groupby("group", sort=False)[metric]))
+    data = [by_group[g].to_numpy(dtype=float) for g in groups]
     boxes = min((len(d) for d in data), default=0) >= BOX_MIN_FOLDS
     if boxes:
         grey = {"color": "0.6"}
@@ -101,10 +107,15 @@ def draw_metric(
     ax.grid(axis="y", alpha=0.4)
     ax.spines[["top", "right"]].set_visible(False)
     significance = _draw_significance(ax, comparisons, groups, metric)
+    labels = _fold_labels(per_fold)
     handles = [Line2D([], [], marker="o", ls="", color=colors[f], markeredgecolor="black", markeredgewidth=0.5,
-                      label=_fold_label(per_fold, f)) for f in folds]
+                      label=labels[f]) for f in folds[: len(FOLD_PALETTE)]]
+    if len(folds) > len(FOLD_PALETTE):  # one legend line per fold would not fit (and takes seconds to draw)
+        handles = [Line2D([], [], marker="o", ls="", color="0.7", markeredgecolor="black", markeredgewidth=0.5,
+                          label=f"{len(folds)} folds ({folds[0]}-{folds[-1]}),\none colour per fold")]
     handles.append(Line2D([], [], marker="D", ls="-", color="black",
-                          label=f"mean over folds,\n{confidence:.0%} bootstrap CI"))
+                          label=f"mean over folds,\n{confidence:.0%} interval over folds"))
+    handles.append(Line2D([], [], ls="-", lw=1, color="0.45", label="test images only"))
     if boxes:
         handles.append(Line2D([], [], color="0.6", lw=6, alpha=0.4, label="box: quartiles over folds"))
     # the caption line: no marker, wrapped to the legend's width
@@ -137,6 +148,9 @@ def _draw_means(ax: Axes, summary: pd.DataFrame, groups: list[str], metric: str)
     mean = rows["mean"].to_numpy(float)
     err = np.vstack([mean - rows["ci_low"].to_numpy(float), rows["ci_high"].to_numpy(float) - mean]).clip(min=0)
     ax.errorbar(x, mean, yerr=err, fmt="D", color="black", markersize=5, capsize=3, zorder=4)
+    if "test_ci_low" in rows:  # the test-only interval: thin, grey, just right of the headline
+        ax.vlines(x + 0.07, rows["test_ci_low"].to_numpy(float), rows["test_ci_high"].to_numpy(float),
+                  colors="0.45", linewidths=1, zorder=4)
 
 
 def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[str], metric: str) -> str:
@@ -162,3 +176,85 @@ def _draw_significance(ax: Axes, comparisons: pd.DataFrame | None, groups: list[
     ax.set_ylim(low, high + step * (len(shown) + 0.6))
     more = f"\n({len(rows) - len(shown)} more pairs not marked)" if len(rows) > len(shown) else ""
     return f"* p<.05 ** p<.01 *** p<.001:\n{test}{more}"
+
+
+MAX_POSTERIOR_PAIRS = 20
+"""Pairs drawn in the posterior figure at most (the smallest acc p first); all of them in comparisons.csv."""
+POSTERIOR_COLOURS = ("#0072B2", "0.6", "#D55E00")  # a better, equivalent, b better (Okabe & Ito)
+
+
+def posterior_figure(comparisons: pd.DataFrame, path: str | Path, experiment: str | None = None, *,
+                     formats: tuple[str, ...] = ("png",), dpi: int = PAPER_DPI) -> list[Path]:
+    """The correlated Bayesian t-test's posterior of a - b, one row per pair and one panel per metric:
+    each density scaled to its row, the ROPE shaded, and beside it a bar split into P(a better),
+    P(equivalent) and P(b better) (bars, not numbers: a figure's text costs more to draw than its data;
+    the numbers are in summary.md and comparisons.csv)."""
+    from scipy import special
+
+    from camvis.metrics import METRICS
+
+    order = comparisons[comparisons["metric"] == "acc"].sort_values("p_value", kind="stable", na_position="last")
+    pairs = list(zip(order["group_a"], order["group_b"]))[:MAX_POSTERIOR_PAIRS]
+    rows = len(pairs)
+    longest = max((len(f"{a} - {b}") for a, b in pairs), default=10)
+    fig = Figure(figsize=(3 * 3.0 + 0.07 * longest + 0.5, 0.36 * rows + 1.5))
+    axes = fig.subplots(1, len(METRICS), sharey=True)
+    table = comparisons.set_index(["metric", "group_a", "group_b"])
+    for ax, metric in zip(axes, METRICS):
+        part = table.loc[metric].reindex(pairs)
+        rope = float(part["rope"].iloc[0]) if len(part) else 0.0
+        mean, scale, dof = (part["mean_diff"].to_numpy(float), part["se"].to_numpy(float),
+                            part["dof"].to_numpy(float))
+        q = np.where(dof >= 1, special.stdtrit(np.maximum(dof, 1), 0.995), np.nan)
+        spans = np.concatenate([mean - q * scale, mean + q * scale, mean, [-1.5 * rope, 1.5 * rope]])
+        spans = spans[np.isfinite(spans)]
+        lo, hi = (spans.min(), spans.max()) if spans.max() > spans.min() else (-1.0, 1.0)
+        x = np.linspace(lo, hi, 200)
+        ax.axvspan(-rope, rope, color="0.9", zorder=0)
+        ax.axvline(0, color="0.6", lw=0.6, zorder=1)
+        shapes, points, bars, colours = [], [], [], []
+        left, width = hi + 0.08 * (hi - lo), 0.4 * (hi - lo)  # the probability bar, right of the densities
+        for row in range(rows):
+            y0 = rows - 1 - row
+            if scale[row] > 0:
+                density = _t_density(x, dof[row], mean[row], scale[row])
+                shapes.append(np.column_stack([np.r_[x[0], x, x[-1]], y0 + np.r_[0, 0.8 * density / density.max(), 0]]))
+            elif np.isfinite(mean[row]) and scale[row] == 0:
+                points.append((mean[row], y0))
+            probs = part[["p_a_better", "p_equivalent", "p_b_better"]].iloc[row].to_numpy(float)
+            start = left
+            for p, colour in zip(probs if np.isfinite(probs).all() else [], POSTERIOR_COLOURS):
+                bars.append([(start, y0 + 0.15), (start + p * width, y0 + 0.15), (start + p * width, y0 + 0.65),
+                             (start, y0 + 0.65)])
+                colours.append(colour)
+                start += p * width
+        ax.add_collection(PolyCollection(shapes, facecolors="#56B4E9", edgecolors="#0072B2", linewidths=0.6,
+                                         alpha=0.7, zorder=2))  # one artist for every density: one draw call
+        ax.add_collection(PolyCollection(bars, facecolors=colours, edgecolors="none", zorder=2))
+        if points:  # no spread: all the mass at the mean
+            ax.vlines([p for p, _ in points], [y for _, y in points], [y + 0.8 for _, y in points],
+                      color="#0072B2", lw=1.5, zorder=2)
+        ax.set_xlim(lo, left + width * 1.02)
+        ax.set_xticks(ax.get_xticks()[(ax.get_xticks() >= lo) & (ax.get_xticks() <= hi)])
+        better = "lower is better" if metric == "loss" else "higher is better"
+        ax.set_title(f"{METRIC_LABELS.get(metric, metric)}: a - b\n(ROPE +-{rope:g}, {better})", fontsize=9)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.tick_params(labelsize=7)
+    axes[0].set_yticks([rows - 1 - i + 0.35 for i in range(rows)], [f"{a} - {b}" for a, b in pairs], fontsize=8)
+    axes[0].set_ylim(-0.2, rows + 0.1)
+    more = f" ({len(order) - rows} more pairs in comparisons.csv)" if len(order) > rows else ""
+    fig.suptitle(f"{experiment + ': ' if experiment else ''}posterior of the mean difference, correlated Bayesian "
+                 f"t-test{more}", fontsize=9)
+    labels = ("P(a better)", "P(practically equivalent)", "P(b better)")
+    fig.legend(handles=[Line2D([], [], color=c, lw=6, label=t) for c, t in zip(POSTERIOR_COLOURS, labels)],
+               loc="lower center", ncol=3, frameon=False, fontsize=8)
+    fig.subplots_adjust(left=(0.07 * longest + 0.3) / fig.get_figwidth(), right=0.98, bottom=0.75 / fig.get_figheight(),
+                        top=1 - 0.9 / fig.get_figheight(), wspace=0.08)
+    return save_figure(fig, path, formats, dpi=dpi, bbox_inches=None)
+
+
+def _t_density(x: np.ndarray, dof: float, loc: float, scale: float) -> np.ndarray:
+    """The location-scale Student t density, up to its constant (each row is scaled to its own height)."""
+    z = (x - loc) / scale
+    return np.exp(-(dof + 1) / 2 * np.log1p(z * z / dof))
+

@@ -1,23 +1,22 @@
 """`camvis-aggregate`: every finished job's scores -> per-group summary, paired comparisons, figures.
 
-Statistics (all vectorized over bootstrap resamples):
-- per group and metric: the per-fold point estimates (scores.json), their mean, and a percentile
-  bootstrap interval of that mean: resample r of the mean = mean over folds of each fold's r-th
-  bootstrap value (bootstrap.csv);
-- per pair of groups: paired per-fold differences over the folds both finished, a bootstrap
-  interval from the paired resamples (same fold = same held-out patches and same bootstrap seed,
-  so row r of both jobs resampled the same patches), and the corrected resampled t-test of
-  Nadeau & Bengio (2003), Student's t with k-1 degrees of freedom (no scipy: incomplete beta), and
-  Holm's adjusted p-value over the pairs of each metric (camvis.results.compare builds this table).
-The statistics themselves (Student's t, the corrected t-test, the bootstrap intervals of a mean
-over folds and of a paired difference, Holm) live in camvis.results.stats; this module reads the jobs,
-builds the other tables and writes the files.
+Statistics (README "Statistics" says what each number answers):
+- replicates (jobs of one group and fold differing in their training seed) are averaged into one
+  score per fold (camvis.results.units); their spread is the training-seed variance;
+- per group and metric: the mean over folds with the headline interval (corrected t over the folds,
+  never narrower than the test-only interval; camvis.results.stats.headline_interval) and, labelled, the
+  percentile bootstrap interval over test images only (resample r of the mean = mean over folds of each
+  fold's r-th bootstrap value: bootstrap.csv); the sd across folds and across training seeds;
+- per pair of groups (camvis.results.compare): the corrected t-test with its own interval, Holm, the
+  test-only paired bootstrap interval, and the correlated Bayesian t-test with a ROPE.
+This module reads the jobs, builds the tables and writes the files.
 
 No torch here: this also runs as the dependent aggregate job and on login nodes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +30,16 @@ from rich.table import Table
 from camvis.results import aggregate_visibility, run_facts
 from camvis.cluster import jobfiles
 from camvis.cluster import monitor
-from camvis.results.compare import compare
+from camvis.results.compare import compare, default_test_train_ratio, pair_ratio
 from camvis.results.finished import FinishedJob, load_finished
 from camvis.config import experiment_dir
 from camvis.console import default_console, plural
 from camvis.errors import CamvisError
-from camvis.io import write_csv, write_text
+from camvis.io import write_bytes, write_csv, write_text
 from camvis.metrics import METRICS
-from camvis.results.stats import fold_mean_ci
+from camvis.results.rope import DEFAULT_ROPE
+from camvis.results.stats import fold_mean_ci, headline_interval
+from camvis.results.units import Units, collapse
 
 CAMVIS2_COLUMNS = ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
 
@@ -63,33 +64,44 @@ def align_bootstraps(jobs: Sequence[FinishedJob], seed: int | None) -> tuple[np.
 
 
 def per_fold_frame(jobs: Sequence[FinishedJob]) -> pd.DataFrame:
-    """One row per finished job: group, fold, view, job and the point estimates (+ per-fold CI)."""
+    """One row per finished job: group, fold, replicate, view, job and the point estimates (+ per-fold
+    test-only CI)."""
     rows = []
     for j in jobs:
-        row: dict[str, Any] = {"group": j.group, "fold": j.fold, "view": j.view, "job": j.name, **j.metrics}
+        row: dict[str, Any] = {"group": j.group, "fold": j.fold, "replicate": j.replicate or "-", "view": j.view,
+                               "job": j.name, **j.metrics}
         for m, (lo, hi) in j.ci.items():
             row[f"{m}_ci_low"], row[f"{m}_ci_high"] = lo, hi
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["group", "fold"], kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["group", "fold", "replicate"], kind="stable").reset_index(drop=True)
 
 
-def summarize(jobs: Sequence[FinishedJob], boots: np.ndarray, confidence: float) -> pd.DataFrame:
-    """Per group and metric: per-fold point estimates, their mean, sd and a bootstrap CI of the mean,
-    and the model-selection rule of its jobs (heldout scores are optimistic: the view chose the epoch) and
-    their inputs' normalization statistics (per-fold: training views only; global: held-out view included)."""
-    folds = sorted({j.fold for j in jobs})
+def summarize(units: Units, confidence: float) -> pd.DataFrame:
+    """Per group and metric: per-fold scores (replicate means), their mean with the headline interval and
+    the test-only interval, the sd across folds and across training seeds, and the model-selection rule of
+    its jobs (heldout scores are optimistic: the view chose the epoch) and their inputs' normalization
+    statistics (per-fold: training views only; global: held-out view included)."""
+    folds = sorted({f for _, f in units.keys})
+    default = default_test_train_ratio([j for js in units.jobs for j in js])
     rows = []
-    for group in sorted({j.group for j in jobs}):
-        idx = [i for i, j in enumerate(jobs) if j.group == group]
-        low, high = fold_mean_ci(boots[idx], confidence)
+    for group in units.groups:
+        idx = units.of_group(group)
+        jobs = [j for i in idx for j in units.jobs[i]]
+        values = units.points[idx]
+        low, high = headline_interval(values, units.boots[idx], pair_ratio(jobs, default), confidence)
+        test_low, test_high = fold_mean_ci(units.boots[idx], confidence)
+        reps = units.n_replicates[idx]
+        seed_sd = np.sqrt(np.nanmean(units.seed_var[idx], axis=0)) if (reps > 1).any() else np.full(len(METRICS), np.nan)
         for k, metric in enumerate(METRICS):
-            points = {jobs[i].fold: jobs[i].metrics[metric] for i in idx}
-            values = np.array(list(points.values()))
+            points = {units.keys[i][1]: units.points[i, k] for i in idx}
             rows.append({
-                "group": group, "selection": "/".join(sorted({jobs[i].selection for i in idx})),
-                "normalization": "/".join(sorted({jobs[i].normalization for i in idx})),
-                "metric": metric, "n_folds": len(values), "mean": values.mean(),
-                "ci_low": low[k], "ci_high": high[k], "sd": values.std(ddof=1) if len(values) > 1 else math.nan,
+                "group": group, "selection": "/".join(sorted({j.selection for j in jobs})),
+                "normalization": "/".join(sorted({j.normalization for j in jobs})),
+                "metric": metric, "n_folds": len(idx),
+                "n_replicates": f"{reps.min()}" if reps.min() == reps.max() else f"{reps.min()}-{reps.max()}",
+                "mean": values[:, k].mean(), "ci_low": low[k], "ci_high": high[k],
+                "test_ci_low": test_low[k], "test_ci_high": test_high[k],
+                "sd": values[:, k].std(ddof=1) if len(idx) > 1 else math.nan, "sd_seed": seed_sd[k],
                 **{f"fold_{f}": points.get(f, math.nan) for f in folds},
             })  # fmt: skip
     return pd.DataFrame(rows)
@@ -104,14 +116,71 @@ def _csv_field(value: object) -> str:
 
 
 def camvis2_csv_text(jobs: Sequence[FinishedJob]) -> str:
+    """camvis2_csv_bytes as text."""
+    return camvis2_csv_bytes(jobs).decode()
+
+
+CSV_CHUNK_ROWS = 200_000  # rows laid out at once: bounds the temporaries (about 50 bytes a row)
+
+
+def camvis2_csv_bytes(jobs: Sequence[FinishedJob]) -> bytes:
     """camvis2's per-fold scores CSV (model_name,fold,view,loss,acc,f1,group; 4 decimals): one row per
-    bootstrap resample per job, what its visualize_scores.py reads. One format operation per job."""
-    parts = [",".join(CAMVIS2_COLUMNS) + "\n"]
-    for j in jobs:
-        head = ",".join(_csv_field(v) for v in (j.model_name, j.fold, j.view))
-        row = f"{head},%.4f,%.4f,%.4f,{_csv_field(j.group)}\n"
-        parts.append((row * len(j.boot)) % tuple(j.boot.ravel().tolist()))
-    return "".join(parts)
+    bootstrap resample per job, what its visualize_scores.py reads. The numbers are laid out as bytes
+    (_fixed_numbers), a chunk of jobs at a time; a job with a value that layout cannot write exactly as
+    '%.4f' would is formatted by Python, one format operation per job."""
+    parts = [(",".join(CAMVIS2_COLUMNS) + "\n").encode()]
+    start = 0
+    while start < len(jobs):
+        stop, rows = start, 0
+        while stop < len(jobs) and (rows == 0 or rows + len(jobs[stop].boot) <= CSV_CHUNK_ROWS):
+            rows += len(jobs[stop].boot)
+            stop += 1
+        chunk = jobs[start:stop]
+        numbers, exact = _fixed_numbers([j.boot for j in chunk])
+        at = 0
+        for j, ok in zip(chunk, exact):
+            n = len(j.boot)
+            fields = [_csv_field(v) for v in (j.model_name, j.fold, j.view)]
+            if ok:
+                head = np.frombuffer((",".join(fields) + ",").replace("%%", "%").encode(), np.uint8)
+                tail = np.frombuffer(("," + _csv_field(j.group) + "\n").replace("%%", "%").encode(), np.uint8)
+                parts.append(np.concatenate([np.broadcast_to(head, (n, len(head))), numbers[at:at + n],
+                                             np.broadcast_to(tail, (n, len(tail)))], axis=1).tobytes())
+            else:
+                row = f"{','.join(fields)},%.4f,%.4f,%.4f,{_csv_field(j.group)}\n"
+                parts.append(((row * n) % tuple(j.boot.ravel().tolist())).encode())
+            at += n
+        start = stop
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_table() -> np.ndarray:
+    """"d.dddd" as bytes for every k in 0..99999 (k / 1e4): (100000, 6) uint8, 600 kB."""
+    k = np.arange(100000)
+    table = np.empty((100000, 6), np.uint8)
+    table[:, 1] = ord(".")
+    for d, power in enumerate((10000, 1000, 100, 10, 1)):
+        table[:, d + (d > 0)] = k // power % 10 + ord("0")
+    return table
+
+
+def _fixed_numbers(boots: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every job's rows as "d.dddd,d.dddd,d.dddd" bytes (all rows, (N, 20) uint8) and, per job, whether
+    they equal '%.4f' exactly: values in [0, 9.99995) and none within 1e-6 of a rounding tie (x.5 after
+    scaling by 1e4, where the product's own rounding could decide), else Python formats that job."""
+    values = np.concatenate(boots)
+    scaled = values * 1e4
+    k = np.rint(scaled)
+    bad = (values < 0) | (k > 99999) | (np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6)
+    starts = np.cumsum([0, *map(len, boots)])[:-1]
+    exact = ~np.logical_or.reduceat(bad.any(axis=1), starts)
+    k = np.where(bad, 0, k).astype(np.int32)
+    table = _digits_table()
+    out = np.full((len(values), 20), ord(","), np.uint8)
+    for c in range(3):
+        out[:, 7 * c : 7 * c + 6] = table[k[:, c]]
+    return out, exact
 
 
 # --------------------------------------------------------------------------- writing
@@ -131,15 +200,21 @@ def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
     return "\n".join([header, rule, *body])
 
 
-def summary_wide(summary: pd.DataFrame, confidence: float) -> pd.DataFrame:
-    """group x metric as 'mean [low, high]' for printing."""
+def summary_wide(summary: pd.DataFrame, confidence: float, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:
+    """group x metric as 'mean [low, high]' for printing (the headline interval unless told otherwise)."""
     out = summary.assign(cell=[f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
-                               zip(summary["mean"], summary["ci_low"], summary["ci_high"])])  # fmt: skip
+                               zip(summary["mean"], summary[low], summary[high])])  # fmt: skip
     wide = out.pivot(index="group", columns="metric", values="cell")[list(METRICS)]
     wide.columns = [f"{m} ({confidence:.0%} CI)" for m in METRICS]
-    first = summary.groupby("group")[["n_folds", "selection", "normalization"]].first()
-    return wide.assign(folds=first["n_folds"], selection=first["selection"],
+    first = summary.groupby("group")[["n_folds", "n_replicates", "selection", "normalization"]].first()
+    return wide.assign(folds=first["n_folds"], replicates=first["n_replicates"], selection=first["selection"],
                        normalization=first["normalization"]).reset_index()
+
+
+def spread_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per group and metric: sd across folds beside sd across training seeds (replicates)."""
+    return summary[["group", "metric", "n_folds", "n_replicates", "sd", "sd_seed"]].rename(
+        columns={"sd": "sd across folds", "sd_seed": "sd across training seeds"})
 
 
 def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
@@ -151,8 +226,39 @@ def comparisons_markdown(comparisons: pd.DataFrame, confidence: float) -> str:
         f"difference ({confidence:.0%} CI)": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
                                               for d, lo, hi in zip(c["mean_diff"], c["ci_low"], c["ci_high"])],
         "t": c["t"], "p": c["p_value"], "p (Holm)": c["p_holm"],
+        "test images only": [f"[{lo:+.4f}, {hi:+.4f}]" for lo, hi in zip(c["test_ci_low"], c["test_ci_high"])],
     })  # fmt: skip
     return markdown_table(compact)
+
+
+def bayes_markdown(comparisons: pd.DataFrame) -> str:
+    """P(a better), P(equivalent), P(b better) per pair and metric, with the ROPE used."""
+    c = comparisons
+    return markdown_table(pd.DataFrame({
+        "metric": c["metric"], "a - b": c["group_a"] + " - " + c["group_b"], "ROPE": c["rope"],
+        "P(a better)": c["p_a_better"], "P(equivalent)": c["p_equivalent"], "P(b better)": c["p_b_better"]}), 3)
+
+
+SUMMARY_NOTE = (
+    "Interval (headline): how far the mean over folds may be from the mean over views like these, counting "
+    "the variation across folds (views), across training runs and across test images: a t interval over the "
+    "per-fold scores with Nadeau & Bengio's correction for folds that share training data "
+    "(sqrt((1/k + n_test/n_train) var), k-1 dof), never narrower than the test-only interval. "
+    "Replicates (training seeds) are averaged per fold first. The test-images-only interval (bootstrap over "
+    "each fold's held-out patches, given the trained models) is in summary.csv (test_ci_low, test_ci_high) "
+    "and below; scores_per_fold.csv keeps camvis2's format, one row per test-only resample.")
+COMPARISON_NOTE = (
+    "Difference and interval: over the per-fold differences d (replicate means), mean(d) +- t_(k-1) "
+    "sqrt((1/k + n_test/n_train) var(d)): the corrected resampled t-test (Nadeau & Bengio 2003) and its "
+    "interval, so the interval excludes 0 exactly when p is below {alpha:g}. p (Holm): Holm-adjusted over "
+    "all pairs of the same metric, for judging many pairs at once (family-wise error). Test images only: the "
+    "paired bootstrap interval given the trained models (it leaves out folds and training runs). All columns "
+    "in comparisons.csv.")
+BAYES_NOTE = (
+    "Correlated Bayesian t-test (Corani & Benavoli 2015, as baycomp's CorrelatedTTest): the posterior of the "
+    "mean difference is Student's t (location mean(d), the corrected scale above, k-1 dof). ROPE: differences "
+    "within +-ROPE count as practically equivalent (`--rope`, defaults acc 0.01, f1 0.01, loss 0.01). "
+    "P(a better) + P(equivalent) + P(b better) = 1; for loss lower is better.")
 
 
 def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
@@ -160,26 +266,28 @@ def report_markdown(result: "AggregateResult", per_fold: pd.DataFrame) -> str:
     about = [result.description, ""] if result.description else []
     lines = [f"# {result.experiment}: aggregate", "", *about,
              f"{result.n_finished} of {plural(result.n_expected, 'job')} finished; {result.n_resamples} bootstrap resamples "
-             f"per job; {conf:.0%} percentile bootstrap intervals.", "",
+             f"per job; {conf:.0%} intervals.", "",
              "loss: binary cross-entropy from the logits, exact (no clipping); a score of exactly 0.5 counts as "
              "not visible, as camvis2's round. scores_per_fold.csv has camvis2's columns, but camvis2's own "
              "reported loss applied BCE-with-logits to the probabilities, so its loss values are not comparable "
              "with these (acc and f1 are).", "",
-             "## Summary (mean over folds of the per-fold scores)", "",
-             markdown_table(summary_wide(result.summary, conf)), ""]  # fmt: skip
+             "## Summary (mean over folds of the per-fold scores)", "", SUMMARY_NOTE, "",
+             markdown_table(summary_wide(result.summary, conf)), "",
+             "### Test images only, given the trained models", "",
+             markdown_table(summary_wide(result.summary, conf, "test_ci_low", "test_ci_high")), "",
+             "### Spread across folds and training seeds", "", markdown_table(spread_table(result.summary)), ""]
     lines += run_facts.markdown(result.run_rows, run_facts.TIME_NOTE)
     for metric in METRICS:
-        table = per_fold.pivot(index="group", columns="fold", values=metric)
+        table = per_fold.pivot_table(index="group", columns="fold", values=metric, aggfunc="mean")
         table.columns = [f"fold {c}" for c in table.columns]
         lines += [f"## Per-fold {metric}", "", markdown_table(table.reset_index()), ""]
     lines += ["## Paired comparisons (a - b over common folds)", "",
-              "Interval: paired bootstrap of the mean difference (test-set resampling only, given the trained "
-              "models). t and p: corrected resampled t-test (Nadeau & Bengio 2003) over the per-fold "
-              "differences d, t = mean(d) / sqrt((1/k + n_test/n_train) var(d)), k-1 dof: it also counts "
-              "fold-to-fold variation. p (Holm): Holm-adjusted over all pairs of the same metric, for "
-              "judging many pairs at once (family-wise error). All columns in comparisons.csv.", ""]  # fmt: skip
-    lines += [comparisons_markdown(result.comparisons, conf) if len(result.comparisons)
-              else "(no two groups share a fold)", ""]  # fmt: skip
+              COMPARISON_NOTE.format(alpha=round(1 - conf, 6)), ""]
+    if len(result.comparisons):
+        lines += [comparisons_markdown(result.comparisons, conf), "", "### Practical equivalence (Bayesian)", "",
+                  BAYES_NOTE, "", bayes_markdown(result.comparisons), ""]
+    else:
+        lines += ["(no two groups share a fold)", ""]
     if result.visibility is not None:
         lines += aggregate_visibility.markdown(result.visibility, conf)
     if result.figures:
@@ -230,6 +338,7 @@ def aggregate(
     *,
     confidence: float = 0.95,
     seed: int | None = 0,
+    rope: dict[str, float] | None = None,
     figures: bool = True,
     formats: tuple[str, ...] = ("png",),
     console: Console | None = None,
@@ -246,13 +355,14 @@ def aggregate(
         listed = "; ".join(f"{n}: {w}" for n, w in list(missing.items())[:10])
         raise CamvisError(f"experiment {experiment!r}: no finished job to aggregate ({listed or 'no jobs'})")
     boots, notes = align_bootstraps(finished, seed)
+    units = collapse(finished, boots)
     result = AggregateResult(
         experiment=experiment, directory=directory, summary_csv=directory / "summary.csv",
         comparisons_csv=directory / "comparisons.csv", point_estimates_csv=directory / "point_estimates.csv",
         camvis2_csv=directory / "scores_per_fold.csv", markdown=directory / "summary.md", figures={},
         n_expected=len(status.jobs), n_finished=len(finished), n_resamples=boots.shape[1], confidence=confidence,
-        missing=missing, summary=summarize(finished, boots, confidence),
-        comparisons=compare(finished, boots, confidence), notes=notes,
+        missing=missing, summary=summarize(units, confidence),
+        comparisons=compare(units, confidence, rope or DEFAULT_ROPE), notes=notes,
     )  # fmt: skip
     manifest = jobfiles.experiment_manifest(jobs, experiment)
     result.description = run_facts.description(manifest)
@@ -261,7 +371,7 @@ def aggregate(
     write_csv(result.summary, result.summary_csv)
     write_csv(result.comparisons, result.comparisons_csv)
     write_csv(per_fold, result.point_estimates_csv)
-    write_text(result.camvis2_csv, camvis2_csv_text(finished))
+    write_bytes(result.camvis2_csv, camvis2_csv_bytes(finished))
     order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
     result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment,
                                                    formats, order)
@@ -275,6 +385,12 @@ def aggregate(
             written = metric_figure(per_fold, result.summary, metric, path, experiment, order=order,
                                     comparisons=result.comparisons, confidence=confidence, formats=formats)
             result.figures[metric] = written[0]
+            result.figure_files += written
+        if len(result.comparisons) and result.comparisons["se"].notna().any():
+            from camvis.plots.aggregate import posterior_figure
+
+            written = posterior_figure(result.comparisons, directory / "posterior.png", experiment, formats=formats)
+            result.figures["posterior"] = written[0]
             result.figure_files += written
     write_text(result.markdown, report_markdown(result, per_fold))
     print_summary(result, console)

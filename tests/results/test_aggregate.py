@@ -120,8 +120,15 @@ def test_summary_matches_direct_pandas_computation(tmp_path: Path) -> None:
         means = boots.pivot_table(index=["group", "resample"], columns="fold", values=metric).mean(axis=1)
         ci = means.groupby("group").quantile([0.025, 0.975]).unstack()
         row = summary[summary.metric == metric].set_index("group")
-        np.testing.assert_allclose(row.loc[ci.index, "ci_low"], ci[0.025], rtol=1e-12)
-        np.testing.assert_allclose(row.loc[ci.index, "ci_high"], ci[0.975], rtol=1e-12)
+        np.testing.assert_allclose(row.loc[ci.index, "test_ci_low"], ci[0.025], rtol=1e-12)
+        np.testing.assert_allclose(row.loc[ci.index, "test_ci_high"], ci[0.975], rtol=1e-12)
+        # the headline: the corrected t interval over the 4 folds (ratio 1/3), widened to the test-only one
+        values = scores.pivot(index="fold", columns="group", values=metric)
+        half = stats.t_quantile(0.975, 3) * np.sqrt((1 / 4 + 1 / 3) * values.var(ddof=1))
+        low = np.minimum(values.mean() - half, ci[0.025].reindex(values.columns))
+        high = np.maximum(values.mean() + half, ci[0.975].reindex(values.columns))
+        np.testing.assert_allclose(row.loc[values.columns, "ci_low"], low, rtol=1e-12)
+        np.testing.assert_allclose(row.loc[values.columns, "ci_high"], high, rtol=1e-12)
         for fold in range(1, 5):  # per-fold point estimates
             np.testing.assert_allclose(row[f"fold_{fold}"].sort_index(),
                                        scores[scores.fold == fold].set_index("group")[metric].sort_index())  # fmt: skip
@@ -135,7 +142,7 @@ def test_ci_contains_mean_and_narrows_with_smaller_bootstrap_variance(tmp_path: 
         fabricate_grid(root, {"cat": 0.8, "align": 0.7}, folds=5, sd=sd)
         summary = run(root).summary
         assert ((summary.ci_low <= summary["mean"]) & (summary["mean"] <= summary.ci_high)).all()
-        widths.append((summary.ci_high - summary.ci_low).to_numpy())
+        widths.append((summary.test_ci_high - summary.test_ci_low).to_numpy())
     assert (widths[1] < widths[0] / 2).all()
 
 
@@ -163,7 +170,11 @@ def test_paired_comparison_on_a_hand_worked_case(tmp_path: Path) -> None:
         # one pair: a family of one per metric, unadjusted (one family of all 3 metrics would give 3p)
         assert (comp.p_holm == comp.p_value).all()
         # paired resamples: every resample's mean difference is exactly mean(d); an unpaired one would not be
-        assert row.ci_low == pytest.approx(0.11 / 3) and row.ci_high == pytest.approx(0.11 / 3)
+        assert row.test_ci_low == pytest.approx(0.11 / 3) and row.test_ci_high == pytest.approx(0.11 / 3)
+        # the shown interval is the test's: mean(d) +- t_(2, .975) x 0.0366667 / (22/7); p > 0.05, so it holds 0
+        half = 4.302652729911275 * (0.11 / 3) / (22 / 7)
+        assert (row.ci_low, row.ci_high) == pytest.approx((0.11 / 3 - half, 0.11 / 3 + half))
+        assert row.ci_low < 0 < row.ci_high
         assert comp.loc["loss"].mean_diff == pytest.approx(0.0) and comp.loc["loss"].p_value == pytest.approx(1.0)
     written = pd.read_csv(tmp_path / "outputs" / EXP / "comparisons.csv")
     assert written.loc[written.metric == "acc", "t"].item() == pytest.approx(22 / 7)
@@ -252,7 +263,7 @@ def test_figures_are_png_and_grow_with_group_count(tmp_path: Path) -> None:
         root = tmp_path / str(n_groups)
         fabricate_grid(root, {f"type_{i}": 0.7 + 0.02 * i for i in range(1, n_groups + 1)}, folds=3)
         result = run(root, figures=True)
-        assert set(result.figures) == set(agg.METRICS)
+        assert set(result.figures) == {*agg.METRICS, "posterior"}
         for path in result.figures.values():
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
         with Image.open(result.figures["acc"]) as img:
@@ -397,6 +408,7 @@ def test_cli_writes_each_figure_in_every_format(tmp_path: Path, capsys: pytest.C
     out = tmp_path / "outputs" / EXP
     for metric in agg.METRICS:
         assert (out / f"{metric}.svg").read_bytes().lstrip().startswith(b"<?xml")
+    for metric in (*agg.METRICS, "posterior"):
         with Image.open(out / f"{metric}.png") as img:
             assert round(img.info["dpi"][0]) == 200
     assert "![acc](acc.svg)" in (out / "summary.md").read_text()  # the first format asked
@@ -441,3 +453,66 @@ def test_summary_says_which_statistics_normalized_each_groups_inputs(tmp_path: P
     summary = pd.read_csv(result.summary_csv).drop_duplicates("group").set_index("group")["normalization"]
     assert summary.to_dict() == {"align": "global", "cat": "per-fold"}
     assert "| normalization |" in result.markdown.read_text()
+
+
+# --------------------------------------------------------------------------- issue 21: files, replicates, speed paths
+
+
+def test_a_bad_bootstrap_in_the_batch_is_left_out_alone(tmp_path: Path) -> None:
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3)
+    out = tmp_path / "outputs" / EXP
+    (out / "cat_fold2" / "bootstrap.csv").write_text("resample,loss,acc,f1\n0,0.1,x,0.2\n")
+    shuffled = pd.read_csv(out / "align_fold1" / "bootstrap.csv").iloc[::-1]  # rows out of resample order
+    shuffled.to_csv(out / "align_fold1" / "bootstrap.csv", index=False)
+    result = run(tmp_path, seed=None)
+    assert set(result.missing) == {"cat_fold2"} and "bootstrap.csv" in result.missing["cat_fold2"]
+    align = next(j for j in agg.load_finished(agg.monitor.collect(EXP, tmp_path / "jobs", tmp_path / "outputs"),
+                                              tmp_path / "outputs")[0] if j.name == "align_fold1")
+    np.testing.assert_array_equal(align.boot, shuffled.sort_values("resample")[list(agg.METRICS)].to_numpy())
+
+
+def test_camvis2_csv_text_is_exactly_percent_4f(monkeypatch: pytest.MonkeyPatch) -> None:
+    from camvis.results.finished import FinishedJob
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for i in range(40):
+        values = rng.random((30 + i, 3)) * rng.choice([1, 9.9999, 12]) - (0.1 if i % 13 == 0 else 0)
+        values[::7] = np.round(values[::7], 4)
+        if i % 5 == 0:
+            values[3] = [0.03125, 0.5, 0.00005]  # exact ties and near-ties: Python formats that job
+        jobs.append(FinishedJob(name=f"j{i}", group=f"g{i},x%", fold=i, view="v%1", model_name='m"1', metrics={},
+                                ci={}, boot=values))
+    expected = ["model_name,fold,view,loss,acc,f1,group\n"]
+    for j in jobs:
+        head = ",".join(agg._csv_field(v).replace("%%", "%") for v in (j.model_name, j.fold, j.view))
+        expected += [f"{head},{a:.4f},{b:.4f},{c:.4f},{agg._csv_field(j.group).replace('%%', '%')}\n" for a, b, c in j.boot]
+    assert agg.camvis2_csv_text(jobs) == "".join(expected)
+    monkeypatch.setattr(agg, "CSV_CHUNK_ROWS", 100)  # jobs laid out a few at a time: the same text
+    assert agg.camvis2_csv_text(jobs) == "".join(expected)
+
+
+def test_replicates_from_files_are_one_fold_each_with_seed_spread(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    entries = {}
+    for fold in (1, 2, 3):
+        noise = rng.normal(0, 0.01, (N_BOOT, 3))
+        for group, level in (("cat", 0.85), ("align", 0.80)):
+            for rep, jitter in ((1, -0.01), (2, 0.0), (3, 0.01)):
+                name = f"{group}_fold{fold}_rep{rep}"
+                acc = level + 0.02 * fold + jitter
+                folder = fabricate_job(tmp_path, group, fold, {"loss": 0.3, "acc": acc, "f1": acc}, noise, name=name)
+                scores = json.loads((folder / "scores.json").read_text())
+                (folder / "scores.json").write_text(json.dumps({**scores, "replicate": rep}))
+                entries[name] = {"group": group, "fold": fold}
+    write_manifest(tmp_path, entries)
+    result = run(tmp_path)
+    summary = result.summary.set_index(["group", "metric"])
+    assert not result.missing and set(result.summary.group) == {"cat", "align"}
+    assert summary.loc[("cat", "acc"), "n_folds"] == 3 and summary.loc[("cat", "acc"), "n_replicates"] == "3"
+    assert summary.loc[("cat", "acc"), "mean"] == pytest.approx(0.85 + 0.04)
+    assert summary.loc[("cat", "acc"), "sd_seed"] == pytest.approx(0.01)  # sd of (-0.01, 0, 0.01)
+    assert summary.loc[("cat", "acc"), "sd"] == pytest.approx(0.02)  # across the folds' replicate means
+    row = result.comparisons.set_index("metric").loc["acc"]
+    assert row.n_folds == 3 and row.mean_diff == pytest.approx(-0.05)  # align - cat
+    assert "sd across training seeds" in result.markdown.read_text()

@@ -11,6 +11,7 @@ from camvis.metrics import METRICS
 from camvis.results.compare import COLUMNS, compare, default_test_train_ratio
 from camvis.results.finished import FinishedJob
 from camvis.results.stats import corrected_t_test
+from camvis.results.units import collapse
 
 
 def job(group: str, fold: int, acc: float, n_val: float | None = None, n_train: float | None = None) -> FinishedJob:
@@ -21,7 +22,7 @@ def job(group: str, fold: int, acc: float, n_val: float | None = None, n_train: 
 
 
 def table(jobs):
-    return compare(jobs, np.stack([j.boot for j in jobs]), 0.95)
+    return compare(collapse(jobs, np.stack([j.boot for j in jobs])), 0.95)
 
 
 def test_every_pair_of_groups_once_per_metric_over_common_folds() -> None:
@@ -36,7 +37,7 @@ def test_every_pair_of_groups_once_per_metric_over_common_folds() -> None:
     assert ab.loc["acc", "folds"] == "1 2" and ab.loc["acc", "n_folds"] == 2
     assert ab.loc["acc", "mean_diff"] == pytest.approx(np.mean([0.81 - 0.7, 0.82 - 0.7]))
     # constant resamples: the paired bootstrap interval is the difference itself
-    assert ab.loc["acc", "ci_low"] == pytest.approx(ab.loc["acc", "mean_diff"])
+    assert ab.loc["acc", "test_ci_low"] == pytest.approx(ab.loc["acc", "mean_diff"])
 
 
 def test_t_test_uses_the_recorded_test_train_ratio_and_holm_per_metric() -> None:
