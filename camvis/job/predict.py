@@ -146,13 +146,16 @@ def cfg_architecture(cfg: Any, patch_size: int) -> dict[str, Any]:
             "patch_size": int(patch_size)}
 
 
-def read_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+def read_weights(checkpoint: Path, data: bytes | None = None) -> dict[str, torch.Tensor]:
     """The state_dict of a camvis checkpoint ({"model": ..., "config": ...}) or a bare one; loaded
-    with weights_only=True, so reading it runs no code."""
+    with weights_only=True, so reading it runs no code. `data`: its bytes, already read (and verified)."""
+    import io
+
     import torch
 
     try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data) if data is not None else checkpoint, map_location="cpu",
+                             weights_only=True)
     except Exception as e:  # a corrupt file raises anything from UnpicklingError to struct.error
         raise PredictError(f"{checkpoint}: not a readable torch checkpoint ({e})") from e
     state = payload.get("model", payload) if isinstance(payload, dict) else None
