@@ -8,6 +8,8 @@ import sys
 from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
 
+DEFAULT_MAX_PIXELS = 100_000_000  # camvis.job.inputs.DEFAULT_MAX_PIXELS (this module starts without numpy)
+
 EPILOG = """examples:
   camvis-predict outputs/demo/cat_fold1 data/raw/demo/images/1148_1_2018-01-30_1630.png --depth data/raw/demo/depth_maps/1148_1.npy
   camvis-predict models/demo_cat data/raw/demo/images/1148_2_2018-*.png --raw data/raw/demo --out vis.csv --map maps/
@@ -40,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="a regular grid of centres every PX pixels instead (maps)")
     p.add_argument("--seed", type=int, default=0, help="seed of the centres (default: 0)")
     p.add_argument("--map", metavar="DIR", help="write one PNG per image into DIR")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="torch, or onnx (a bundle's graph through onnxruntime; pip install 'camvis[onnx]')")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default: CUDA -> torch bf16; CPU -> the bundle's ONNX graph through onnxruntime "
+                        "if it has one, else torch), torch, or onnx (pip install 'camvis[onnx]')")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
-    p.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default: 256)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="patches per forward pass, several images' patches together (default: 256)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse larger images before decoding them (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="start --out afresh instead of resuming it")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--local", action="store_true", help="chunks as local jobs (submitit), --parallel at once")
@@ -106,18 +112,26 @@ def _run(args: argparse.Namespace):
     from camvis.errors import PredictError
     from camvis.job.predict import list_items
 
-    for name in ("patches", "batch_size", "chunk_size", "parallel", "time", "cpus"):
+    for name in ("patches", "batch_size", "chunk_size", "parallel", "time", "cpus", "max_pixels"):
         if getattr(args, name) < 1:
             raise PredictError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.stride is not None and args.stride < 1:
         raise PredictError(f"--stride must be >= 1 pixel, got {args.stride}")
+    if args.map and Path(args.map).exists() and not Path(args.map).is_dir():
+        raise PredictError(f"{args.map}: --map expects a folder for the maps, got a file")
+    if args.raw:
+        from camvis.data.raw import read_visibility
+
+        read_visibility(args.raw)  # a broken visibility.csv is one line now, not one per chunk
     items, problems = list_items(args.images, args.depth, args.raw)
     out = Path(args.out)
     fmt = args.format or ("jsonl" if out.suffix == ".jsonl" else "csv")
     options = pl.Options(model=str(Path(args.model).resolve()), runtime=args.runtime, device=args.device,
                          patches=args.patches, stride=args.stride, seed=args.seed, batch_size=args.batch_size,
-                         map_dir=str(Path(args.map).resolve()) if args.map else None)
+                         map_dir=str(Path(args.map).resolve()) if args.map else None, max_pixels=args.max_pixels,
+                         raw_dir=str(Path(args.raw).resolve()) if args.raw else None)
     model = pl.load(options)  # a bad model fails here, before any job
+    print(f"runtime: {model.runtime} ({model.runtime_note})", flush=True)
     resources = pl.Resources(parallel=args.parallel, time_min=args.time, cpus_per_task=args.cpus,
                              gpus_per_node=args.gpus, mem_gb=args.mem_gb, partition=args.partition)
     mode = "local" if args.local else "slurm" if args.slurm else "here"

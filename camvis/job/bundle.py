@@ -15,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 from camvis.errors import PredictError
+from camvis.job.inputs import read_regular
 
 MAX_JSON_BYTES = 16 << 20      # model.json: text, a config and scores
 MAX_FILE_BYTES = 4 << 30       # weights.pt / model.onnx of any architecture camvis builds
@@ -38,23 +37,6 @@ def digest(info: dict[str, Any]) -> str:
     """SHA-256 of model.json's canonical content without its `digest` key."""
     body = {k: v for k, v in info.items() if k != "digest"}
     return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
-
-
-def read_regular(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (a FIFO or device is never opened)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise PredictError(f"{path}: cannot read the bundle's {what} ({e.strerror or e})") from e
-    if not stat.S_ISREG(st.st_mode):
-        raise PredictError(f"{path}: the bundle's {what} is not a regular file")
-    if st.st_size > limit:
-        raise PredictError(f"{path}: the bundle's {what} is {st.st_size} bytes, more than {limit}")
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(limit + 1)
-    except OSError as e:
-        raise PredictError(f"{path}: cannot read the bundle's {what} ({e.strerror or e})") from e
 
 
 # --------------------------------------------------------------------------- schema
@@ -171,7 +153,7 @@ def verified_file(bundle: Path, entry: dict[str, Any], what: str) -> bytes:
     path = bundle / entry["file"]
     if path.is_symlink() or not path.resolve().is_relative_to(bundle.resolve()):
         raise PredictError(f"{path}: the bundle's {what} must be a file inside the bundle, not a link")
-    data = read_regular(path, MAX_FILE_BYTES, what)
+    data = read_regular(path, MAX_FILE_BYTES, f"bundle's {what}")
     if sha256_bytes(data) != entry["sha256"]:
         raise PredictError(f"{path}: the bundle's {what} does not match the SHA-256 in model.json (replaced "
                            f"or corrupted after export); export the job again")

@@ -162,13 +162,17 @@ def _require_onnx() -> None:
                            f"({e}); or export without the graph: camvis-export --no-onnx") from e
 
 
-def _session(path: Path, data: bytes | None = None) -> Any:
-    """An onnxruntime session of the graph at `path`, or of its already verified bytes `data`."""
+def _session(path: Path, data: bytes | None = None, threads: int | None = None) -> Any:
+    """An onnxruntime session of the graph at `path` (or of its already verified bytes `data`) on
+    the CPU, with `threads` intra-op threads (default: onnxruntime's)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]  # on CUDA, --runtime auto runs torch (bf16)
     try:
         return ort.InferenceSession(data if data is not None else str(path), options, providers=providers)
     except Exception as e:  # onnxruntime's own exception types
@@ -188,7 +192,7 @@ def read_info(folder: Path) -> dict[str, Any]:
 
     path = folder / MODEL_JSON
     try:
-        info = json.loads(bundle.read_regular(path, bundle.MAX_JSON_BYTES, "description"))
+        info = json.loads(bundle.read_regular(path, bundle.MAX_JSON_BYTES, "bundle's description"))
     except ValueError as e:  # not JSON, not UTF-8
         raise PredictError(f"{path}: cannot read the bundle's description ({e})") from e
     if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -206,44 +210,41 @@ def read_info(folder: Path) -> dict[str, Any]:
     return info
 
 
-def load_bundle(folder: str | os.PathLike, *, device: str = "auto", runtime: str = "torch") -> Any:
+def load_bundle(folder: str | os.PathLike, *, device: Any = "auto", runtime: str = "torch",
+                threads: int | None = None) -> Any:
     """A camvis.job.predict.Model from the bundle folder alone, every file verified first."""
     from camvis.job import predict
 
     folder = Path(folder)
     info = read_info(folder)
     if runtime == "onnx":
-        return _onnx_model(folder, info)
+        return _onnx_model(folder, info, threads)
     data = bundle.verified_file(folder, info["weights"], "weights")
     path = folder / info["weights"]["file"]
     net = predict.build_network(info["architecture"], predict.read_weights(path, data), path)
-    target = predict._device(device)
-    return predict.torch_model(net.to(target), info, info["model_id"], target)
+    return predict.torch_model(net, info, info["model_id"], predict._device(device))
 
 
-def _onnx_model(folder: Path, info: dict[str, Any]) -> Any:
+def _onnx_model(folder: Path, info: dict[str, Any], threads: int | None = None) -> Any:
     import torch
 
-    from camvis.job.batches import shard_batches
     from camvis.job.predict import Model
 
     _require_onnx()
     if not info.get("onnx"):
         raise PredictError(f"{folder}: the bundle has no ONNX graph (exported with --no-onnx); use --runtime torch")
     path = folder / info["onnx"]["file"]
-    session = _session(path, bundle.verified_file(folder, info["onnx"], "ONNX graph"))
+    session = _session(path, bundle.verified_file(folder, info["onnx"], "ONNX graph"), threads)
     _check_graph(session, path, info)
 
-    def run(source: Any, indices: np.ndarray, batch_size: int) -> np.ndarray:
-        parts = [np.zeros(0, np.float32)]
-        for _, x, _, _ in source.iter_batches(shard_batches(indices, batch_size, 0, 1)):
-            parts.append(np.asarray(session.run(["p_visible"], {"x": x.numpy()})[0], np.float32).reshape(-1))
-        return np.concatenate(parts)
+    def forward(x: Any) -> np.ndarray:
+        x = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
+        return np.asarray(session.run(["p_visible"], {"x": x})[0], np.float32).reshape(-1)
 
     return Model(model_id=info["model_id"], factors=tuple(int(f) for f in info["factors"]),
                  patch_size=int(info["patch_size"]), norm_mean=np.asarray(info["norm_mean"], np.float32),
-                 norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"), run=run,
-                 info=info)
+                 norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"), forward=forward,
+                 info=info, runtime="onnxruntime-cpu")
 
 
 def _check_graph(session: Any, path: Path, info: dict[str, Any]) -> None:
