@@ -217,9 +217,11 @@ def load_bundle(folder: str | os.PathLike, *, device: Any = "auto", runtime: str
 
     folder = Path(folder)
     info = read_info(folder)
+    data = bundle.verified_file(folder, info["weights"], "weights")  # whichever runtime runs: all verified
     if runtime == "onnx":
         return _onnx_model(folder, info, threads)
-    data = bundle.verified_file(folder, info["weights"], "weights")
+    if info.get("onnx"):
+        bundle.verified_file(folder, info["onnx"], "ONNX graph")
     path = folder / info["weights"]["file"]
     net = predict.build_network(info["architecture"], predict.read_weights(path, data), path)
     return predict.torch_model(net, info, info["model_id"], predict._device(device))

@@ -107,7 +107,9 @@ def to_rgb(im: object, name: str) -> np.ndarray:
         return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
     if mode == "F":
         raise PredictError(f"{name}: floating-point samples (mode F); expected an 8- or 16-bit image")
-    return np.asarray(im.convert("RGB"))  # type: ignore[attr-defined]  # 16-bit RGB is already >> 8
+    with warnings.catch_warnings():  # a palette's transparency is dropped, as cv2 drops it: no warning
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(im.convert("RGB"))  # type: ignore[attr-defined]  # 16-bit RGB is already >> 8
 
 
 def read_image_file(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, str]:
