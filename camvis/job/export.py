@@ -35,6 +35,8 @@ MODEL_JSON, WEIGHTS, ONNX = "model.json", "weights.pt", "model.onnx"
 OPSET = 18
 ONNX_TOLERANCE = 1e-4  # max |p_onnx - p_torch| accepted at export
 CHECK_BATCH = 8
+ONNX_ACTIVATION = 1 << 27  # elements of a first-block activation per onnxruntime call (512 MB float32):
+                           # 64 patches of the paper's model (hidden 128, patch 128)
 FORMAT = "camvis-model-bundle"
 FORMAT_VERSION = 2  # 2: SHA-256 of every file and of model.json itself (camvis.job.bundle)
 
@@ -239,14 +241,23 @@ def _onnx_model(folder: Path, info: dict[str, Any], threads: int | None = None) 
     session = _session(path, bundle.verified_file(folder, info["onnx"], "ONNX graph"), threads)
     _check_graph(session, path, info)
 
-    def forward(x: Any) -> np.ndarray:
-        x = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
-        return np.asarray(session.run(["p_visible"], {"x": x})[0], np.float32).reshape(-1)
-
+    rows = max(1, ONNX_ACTIVATION // (info["architecture"]["size_hidden"] * info["patch_size"] ** 2))
     return Model(model_id=info["model_id"], factors=tuple(int(f) for f in info["factors"]),
                  patch_size=int(info["patch_size"]), norm_mean=np.asarray(info["norm_mean"], np.float32),
-                 norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"), forward=forward,
-                 info=info, runtime="onnxruntime-cpu")
+                 norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"),
+                 forward=onnx_forward(session, rows), info=info, runtime="onnxruntime-cpu")
+
+
+def onnx_forward(session: Any, rows: int) -> Any:
+    """forward(x) -> p(visible) through an onnxruntime session, `rows` patches per call."""
+
+    def forward(x: Any) -> np.ndarray:
+        x = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
+        parts = [np.asarray(session.run(["p_visible"], {"x": x[i:i + rows]})[0], np.float32).reshape(-1)
+                 for i in range(0, len(x), rows)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    return forward
 
 
 def _check_graph(session: Any, path: Path, info: dict[str, Any]) -> None:
