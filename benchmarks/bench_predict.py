@@ -210,7 +210,8 @@ def main() -> int:
     parser.add_argument("--net-batch", type=int, default=64, help="patches per timed forward (default: 64)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--runtimes", nargs="+", default=["eager", "torch", "onnx"], choices=["eager", "torch", "onnx"])
+    parser.add_argument("--runtimes", nargs="+", default=["eager", "torch", "onnx"],
+                        choices=["eager", "torch", "onnx"])
     parser.add_argument("--e2e-variant", default="cat", choices=list(VARIANTS))
     parser.add_argument("--e2e-runtime", default="onnx", choices=["torch", "onnx"])
     parser.add_argument("--no-e2e", action="store_true", help="the roofline only")

@@ -20,9 +20,12 @@ EPILOG = """examples:
                                                                             # dense maps
 
 MODEL: a job folder (best.pt + config.yaml; its store gives the normalization statistics) or a
-bundle from camvis-export. Writes one row per image (image, view, timestamp, visibility_m, flag,
-fit_quality, n_patches, model) to --out; a rerun skips the images already there, and a killed run
-resumes. A bad image is one `error:` line; the others are predicted; exit status 2 if any failed.
+bundle from camvis-export (verified: checksums and schema). Writes one row per image (image, view,
+timestamp, visibility_m, flag, fit_quality, n_patches, true_visibility_m, log10_error, model,
+runtime, path, sha256) to --out; a rerun skips the images already there (same real path, same
+content), and a killed run resumes. --runtime auto: CUDA -> torch bf16; CPU -> the bundle's ONNX
+graph through onnxruntime, else torch. A bad image is one `error:` line; the others are predicted;
+exit status 2 if any failed (after all others are written), 0 otherwise.
 flag: ok, poor_fit (fit_quality < 0.5), beyond_max (V is a lower bound: the farthest patch),
 below_min (an upper bound: the nearest patch), inverted (no estimate).
 """
