@@ -584,8 +584,9 @@ def predict_items(items: Sequence[Item], model: Model, *, patches: int = DEFAULT
         result = _result(img, model)
         rows.append(output_row(result, img, model, truth))
         if map_dir is not None:
+            name = result.image if stems.count(result.image) == 1 else f"{result.image}-{img.sha256[:8]}"
             try:
-                write_map(result, img.rgb, img.depth, Path(map_dir))
+                write_map(result, img.rgb, img.depth, Path(map_dir) / f"{name}.png")
             except (PredictError, OSError) as e:
                 problems.append(f"{inputs.shown(img.item.image)}: the map was not written ({e})")
         done()
@@ -594,6 +595,7 @@ def predict_items(items: Sequence[Item], model: Model, *, patches: int = DEFAULT
         return _prepare(item, model, depths, patches, stride, seed, max_pixels, keep=map_dir is not None)
 
     depths: dict[Path, np.ndarray | PredictError] = {}
+    stems = [item.image.stem for item in items]  # two images of one name: their maps carry the digest too
     batcher = _Batcher(model, batch_size, finish)
     for got in _read_ahead(items, prepare):
         if isinstance(got, PredictError):
@@ -752,7 +754,7 @@ def output_row(result: ImageResult, img: _Image, model: Model, truth: dict[str, 
             "runtime": model.runtime, "path": img.item.path, "sha256": img.sha256}
 
 
-def write_map(result: ImageResult, rgb: np.ndarray, depth: np.ndarray, folder: Path) -> Path:
+def write_map(result: ImageResult, rgb: np.ndarray, depth: np.ndarray, path: Path) -> Path:
     from camvis.plots.prediction import plot_prediction_map
 
-    return plot_prediction_map(result, rgb, depth, folder / f"{result.image}.png")
+    return plot_prediction_map(result, rgb, depth, path)

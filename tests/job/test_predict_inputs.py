@@ -161,8 +161,11 @@ def test_resume_keys_on_path_and_content(synth_raw, job, tmp_path, capsys):
     shutil.copy(second, b / first.name)  # another image under the same name
     out = tmp_path / "p.csv"
     common = ["--raw", str(synth_raw), "--out", str(out), *ARGS]
-    code, err, stdout = run(capsys, str(job), str(a), str(a / first.name), str(b / first.name), *common)
+    maps = tmp_path / "maps"
+    code, err, stdout = run(capsys, str(job), str(a), str(a / first.name), str(b / first.name), *common,
+                            "--map", str(maps))
     assert code == 0, err
+    assert len(list(maps.glob(f"{first.stem}-*.png"))) == 2  # neither map replaces the other
     rows = pd.read_csv(out)
     assert len(rows) == 2 and list(rows["image"]) == [first.stem] * 2  # the same file twice: one row
     assert list(rows["path"]) == [str((a / first.name).resolve()), str((b / first.name).resolve())]
