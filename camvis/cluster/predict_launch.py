@@ -3,11 +3,12 @@
 The image list is cut into chunks of `chunk_size`. Each chunk predicts its images and writes its
 rows atomically to `OUT.parts/chunk-K-<hash>.csv` (its bad images to the same name with
 `.errors`); once every chunk has ended, the parts and any earlier OUT are merged into OUT (atomic)
-and the parts removed. A rerun skips every image already in OUT or in a part: a run killed
+and the parts removed. A rerun skips every image already in OUT or in a part (the same real
+path with the same SHA-256 of its content; only those paths are hashed here): a run killed
 halfway resumes and ends with the same OUT as an uninterrupted run (rows in the order of the
 image list; every image's centres are seeded by the seed alone, not by its chunk).
 
-Modes: "here" (this process, a bar per image), "local" (submitit's LocalExecutor, at most
+Modes: "here" (this process, one bar over all images), "local" (submitit's LocalExecutor, at most
 `parallel` chunks at once, the cores shared) and "slurm" (one job array through submitit with
 the throttle `%parallel`; this command waits for it, and a rerun resumes what it left).
 No torch at module level: the parent of a SLURM array only lists, submits and merges.
