@@ -7,8 +7,7 @@ import sys
 
 from camvis.cli import fail, new_parser
 from camvis.errors import CamvisError
-
-DEFAULT_MAX_PIXELS = 100_000_000  # camvis.job.inputs.DEFAULT_MAX_PIXELS (this module starts without numpy)
+from camvis.job.inputs import DEFAULT_MAX_PIXELS
 
 EPILOG = """examples:
   camvis-predict outputs/demo/cat_fold1 data/raw/demo/images/1148_1_2018-01-30_1630.png --depth data/raw/demo/depth_maps/1148_1.npy

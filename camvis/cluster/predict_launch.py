@@ -29,6 +29,7 @@ from typing import Any
 
 from camvis.errors import PredictError
 from camvis.io import atomic_path
+from camvis.job.inputs import DEFAULT_MAX_PIXELS
 from camvis.progress import progress_bar
 
 PARTS_SUFFIX = ".parts"
@@ -48,7 +49,7 @@ class Options:
     batch_size: int = 256
     map_dir: str | None = None
     threads: int | None = None  # a local run's share of the cores; None: camvis.job.predict.cpu_threads
-    max_pixels: int = 100_000_000  # camvis.job.inputs.DEFAULT_MAX_PIXELS (not imported: no numpy here)
+    max_pixels: int = DEFAULT_MAX_PIXELS
     raw_dir: str | None = None  # its visibility.csv fills the truth columns
 
 

@@ -533,8 +533,9 @@ def list_items(images: Sequence[str], depth: str | None, raw_dir: str | None) ->
         if item is None:
             view = view_of(p.stem)
             if view is None:
-                problems.append(f"{p}: the name is not camvis2's {{cam}}_{{pos}}_{{YYYY-MM-DD}}_{{HHMM}}, so --raw "
-                                "cannot find its view's depth map; pass --depth")
+                problems.append(f"{inputs.shown(p)}: the name is not camvis2's "
+                                "{cam}_{pos}_{YYYY-MM-DD}_{HHMM}, so --raw cannot find its view's depth map; "
+                                "pass --depth")
                 continue
             item = Item(p, Path(raw_dir) / "depth_maps" / f"{view}.npy")
         if item.path not in seen:
