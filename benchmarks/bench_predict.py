@@ -216,7 +216,8 @@ def main() -> int:
     parser.add_argument("--e2e-runtime", default="onnx", choices=["torch", "onnx"])
     parser.add_argument("--no-e2e", action="store_true", help="the roofline only")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: camvis.job.predict.cpu_threads)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads (default: camvis.job.predict.cpu_threads)")
     parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/predict_<device>.json)")
     args = parser.parse_args()
     threads = predict.cpu_threads(args.threads)
@@ -246,6 +247,9 @@ def main() -> int:
                 result["network"].append(row)
                 print(f"{variant:5s} {name:22s} {seconds:7.2f} s / {args.net_batch} patches  "
                       f"{gflops:6.1f} GFLOP/s = {gflops / peak:.0%} of the probe", flush=True)
+        result["matmul_probe_gflops_after_network"] = matmul_gflops(device)  # the load moves: probe again
+        print(f"matmul probe after the network runs: {result['matmul_probe_gflops_after_network']:.1f} GFLOP/s",
+              flush=True)
         if not args.no_e2e:
             result["end_to_end"] = end_to_end(args, device, folder)
             print(json.dumps(result["end_to_end"], indent=2), flush=True)
