@@ -15,8 +15,9 @@ EPILOG = """examples:
 The bundle: weights.pt (a state_dict that torch.load(..., weights_only=True) reads), model.json
 (architecture, factors, patch size, preprocessing, normalization statistics, config and its
 hash, camvis version, held-out scores) and model.onnx (opset 18, input x, output p_visible),
-checked with onnxruntime against torch at export (an error above 1e-4). Run from where the
-job's store is: its normalization statistics go into the bundle.
+checked with onnxruntime against torch at export (an error above 1e-4). model.json records the
+SHA-256 of both files and its own digest; camvis-predict verifies them before predicting. Run
+from where the job's store is: its normalization statistics go into the bundle.
 """
 
 

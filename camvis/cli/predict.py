@@ -8,6 +8,7 @@ import sys
 from camvis.bounds import SEED_MAX
 from camvis.cli import ERRORS, bounded, fail, new_parser
 from camvis.errors import CamvisError
+from camvis.job.inputs import DEFAULT_MAX_PIXELS
 
 EPILOG = """examples:
   camvis-predict outputs/demo/cat_fold1 data/raw/demo/images/1148_1_2018-01-30_1630.png --depth data/raw/demo/depth_maps/1148_1.npy
@@ -19,9 +20,12 @@ EPILOG = """examples:
                                                                             # dense maps
 
 MODEL: a job folder (best.pt + config.yaml; its store gives the normalization statistics) or a
-bundle from camvis-export. Writes one row per image (image, view, timestamp, visibility_m, flag,
-fit_quality, n_patches, model) to --out; a rerun skips the images already there, and a killed run
-resumes. A bad image is one `error:` line; the others are predicted; exit status 2 if any failed.
+bundle from camvis-export (verified: checksums and schema). Writes one row per image (image, view,
+timestamp, visibility_m, flag, fit_quality, n_patches, true_visibility_m, log10_error, model,
+runtime, path, sha256) to --out; a rerun skips the images already there (same real path, same
+content), and a killed run resumes. --runtime auto: CUDA -> torch bf16; CPU -> the bundle's ONNX
+graph through onnxruntime, else torch. A bad image is one `error:` line; the others are predicted;
+exit status 2 if any failed (after all others are written), 0 otherwise.
 flag: ok, poor_fit (fit_quality < 0.5), beyond_max (V is a lower bound: the farthest patch),
 below_min (an upper bound: the nearest patch), inverted (no estimate).
 """
@@ -39,15 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions_visibility.csv", help="output file (default: %(default)s)")
     p.add_argument("--format", choices=("csv", "jsonl"), default=None,
                    help="csv or JSON lines (default: from --out's suffix, .jsonl -> jsonl)")
-    p.add_argument("--patches", type=bounded(int, 1, 1_000_000), default=500, help="depth-balanced patches per image (default: 500)")
+    p.add_argument("--patches", type=bounded(int, 1, 1_000_000), default=500,
+                   help="depth-balanced patches per image (default: 500)")
     p.add_argument("--stride", type=bounded(int, 1), help="a regular grid of centres every PX pixels instead (maps)")
     p.add_argument("--seed", type=bounded(int, 0, SEED_MAX), default=0, help="seed of the centres (default: 0)")
     p.add_argument("--map", metavar="DIR", help="write one PNG per image into DIR (new, empty, or made by "
                    "camvis-predict: its maps.json)")
-    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
-                   help="torch, or onnx (a bundle's graph through onnxruntime; pip install 'camvis[onnx]')")
+    p.add_argument("--runtime", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto (default: CUDA -> torch bf16; CPU -> the bundle's ONNX graph through onnxruntime "
+                        "if it has one, else torch), torch, or onnx (pip install 'camvis[onnx]')")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="torch device (default: auto)")
-    p.add_argument("--batch-size", type=bounded(int, 1, 1_000_000), default=256, help="patches per forward pass (default: 256)")
+    p.add_argument("--batch-size", type=bounded(int, 1, 1_000_000), default=256,
+                   help="patches per forward pass, several images' patches together (default: 256)")
+    p.add_argument("--max-pixels", type=bounded(int, 1), default=DEFAULT_MAX_PIXELS,
+                   help="refuse larger images before decoding them (default: %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="start --out afresh instead of resuming it (only a camvis-predict output is replaced)")
     mode = p.add_mutually_exclusive_group()
@@ -119,18 +128,26 @@ def _run(args: argparse.Namespace):
     from camvis.cluster.site_options import site_settings
 
     site = site_settings(args, time=60) if args.slurm or args.local else None  # the profile, the site flags
-    for name in ("patches", "batch_size", "chunk_size", "parallel", "cpus"):
+    for name in ("patches", "batch_size", "chunk_size", "parallel", "cpus", "max_pixels"):
         if getattr(args, name) < 1:
             raise PredictError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.stride is not None and args.stride < 1:
         raise PredictError(f"--stride must be >= 1 pixel, got {args.stride}")
+    if args.map and Path(args.map).exists() and not Path(args.map).is_dir():
+        raise PredictError(f"{args.map}: --map expects a folder for the maps, got a file")
+    if args.raw:
+        from camvis.data.raw import read_visibility
+
+        read_visibility(args.raw)  # a broken visibility.csv is one line now, not one per chunk
     items, problems = list_items(args.images, args.depth, args.raw)
     out = Path(args.out)
     fmt = args.format or ("jsonl" if out.suffix == ".jsonl" else "csv")
     options = pl.Options(model=str(Path(args.model).resolve()), runtime=args.runtime, device=args.device,
                          patches=args.patches, stride=args.stride, seed=args.seed, batch_size=args.batch_size,
-                         map_dir=str(Path(args.map).resolve()) if args.map else None)
+                         map_dir=str(Path(args.map).resolve()) if args.map else None, max_pixels=args.max_pixels,
+                         raw_dir=str(Path(args.raw).resolve()) if args.raw else None)
     model = pl.load(options)  # a bad model fails here, before any job
+    print(f"runtime: {model.runtime} ({model.runtime_note})", flush=True)
     resources = pl.Resources(parallel=args.parallel, time_min=site.time if site else 60, cpus_per_task=args.cpus,
                              gpus_per_node=args.gpus, mem_gb=site.mem_gb if site else None,
                              partition=site.partition if site else None, account=site.account if site else None,

@@ -3,11 +3,12 @@
 The image list is cut into chunks of `chunk_size`. Each chunk predicts its images and writes its
 rows atomically to `OUT.parts/chunk-K-<hash>.csv` (its bad images to the same name with
 `.errors`); once every chunk has ended, the parts and any earlier OUT are merged into OUT (atomic)
-and the parts removed. A rerun skips every image already in OUT or in a part: a run killed
+and the parts removed. A rerun skips every image already in OUT or in a part (the same real
+path with the same SHA-256 of its content; only those paths are hashed here): a run killed
 halfway resumes and ends with the same OUT as an uninterrupted run (rows in the order of the
 image list; every image's centres are seeded by the seed alone, not by its chunk).
 
-Modes: "here" (this process, a bar per image), "local" (submitit's LocalExecutor, at most
+Modes: "here" (this process, one bar over all images), "local" (submitit's LocalExecutor, at most
 `parallel` chunks at once, the cores shared) and "slurm" (one job array through submitit with
 the throttle `%parallel`; this command waits for it, and a rerun resumes what it left).
 No torch at module level: the parent of a SLURM array only lists, submits and merges.
@@ -30,6 +31,7 @@ from camvis.bounds import num_threads
 from camvis.errors import PredictError
 from camvis.cluster.slurm_settings import checked_parameters, site_parameters
 from camvis.io import atomic_path, write_json
+from camvis.job.inputs import DEFAULT_MAX_PIXELS
 from camvis.progress import progress_bar
 from camvis.replace_guard import Marker, check_replaceable, json_object
 
@@ -66,14 +68,16 @@ class Options:
     """What every chunk needs to predict (picklable: it travels to the SLURM jobs)."""
 
     model: str
-    runtime: str = "torch"
+    runtime: str = "auto"
     device: str = "auto"
     patches: int = 500
     stride: int | None = None
     seed: int = 0
     batch_size: int = 256
     map_dir: str | None = None
-    threads: int | None = None  # a local run's share of the cores; None: CAMVIS_NUM_THREADS or torch's
+    threads: int | None = None  # a local run's share of the cores; None: camvis.job.predict.cpu_threads
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    raw_dir: str | None = None  # its visibility.csv fills the truth columns
 
 
 @dataclass(frozen=True)
@@ -120,8 +124,8 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
         _remove_parts(parts, keep_logs=False)
     if options.map_dir is not None:
         _prepare_maps(Path(options.map_dir), inputs)
-    done = _done_images(out, parts, fmt, model_id)
-    todo = [item for item in items if item.image.stem not in done]
+    done = _done_keys(out, parts, fmt, model_id)
+    todo = [item for item in items if not _is_done(item, done)]
     outcome = Outcome(skipped=len(items) - len(todo), out=out)
     chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
     jobs = [(k, chunk, parts / f"chunk-{k:05d}-{_chunk_hash(chunk)}.csv") for k, chunk in enumerate(chunks)]
@@ -135,7 +139,7 @@ def run(items: Sequence[Any], out: str | os.PathLike, options: Options, *, mode:
     else:
         raise PredictError(f"mode must be here, local or slurm, got {mode!r}")
     outcome.problems = _read_problems(parts) + failed
-    outcome.written = _merge(out, parts, [item.image.stem for item in items], fmt)
+    outcome.written = _merge(out, parts, [item.path for item in items], fmt)
     _remove_parts(parts, keep_logs=bool(failed))
     return outcome
 
@@ -148,6 +152,15 @@ def _prepare_maps(folder: Path, inputs: list[Any]) -> None:
         write_json(folder / MAPS_MARKER, {"format": MAPS_FORMAT, "made_by": "camvis-predict --map"})
 
 
+def _is_done(item: Any, done: dict[str, set[str]]) -> bool:
+    """Already in OUT: the same real path with the same content (only such files are hashed here)."""
+    if item.path not in done:
+        return False
+    from camvis.job.inputs import file_digest
+
+    return file_digest(item.path) in done[item.path]
+
+
 def _chunk_hash(chunk: Sequence[Any]) -> str:
     """Names a part by its images: a rerun's differently cut chunks never overwrite old parts."""
     return hashlib.sha256("\n".join(str(i.image) for i in chunk).encode()).hexdigest()[:10]
@@ -155,23 +168,25 @@ def _chunk_hash(chunk: Sequence[Any]) -> str:
 
 def predict_chunk(items: Sequence[Any], options: Options, part: str, progress: bool = False) -> int:
     """One chunk: predict, then write the rows and the problems (each atomically). Runs in jobs."""
+    with progress_bar("predicting", len(items), enabled=progress, transient=True) as advance:
+        return _predict_chunk(items, options, part, advance)
+
+
+def _predict_chunk(items: Sequence[Any], options: Options, part: str, advance: Any) -> int:
+    from camvis.data.raw import read_visibility
     from camvis.job.predict import predict_items
 
-    threads = options.threads or num_threads()
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     model = load(options)
-    with progress_bar("predicting", len(items), enabled=progress, transient=True) as advance:
-        rows, problems = predict_items(items, model, patches=options.patches, stride=options.stride,
-                                       seed=options.seed, batch_size=options.batch_size,
-                                       map_dir=options.map_dir, on_done=advance)
+    truth = read_visibility(options.raw_dir) if options.raw_dir else None
+    rows, problems = predict_items(items, model, patches=options.patches, stride=options.stride, seed=options.seed,
+                                   batch_size=options.batch_size, map_dir=options.map_dir,
+                                   max_pixels=options.max_pixels, truth=truth, on_done=advance)
     part_path = Path(part)
     errors = part_path.with_suffix(".errors")
     if problems:
         with atomic_path(errors) as tmp:
-            tmp.write_text("".join(line.replace("\n", " ") + "\n" for line in problems))
+            tmp.write_text("".join(line.replace("\n", " ") + "\n" for line in problems), encoding="utf-8",
+                           errors="backslashreplace")
     else:
         errors.unlink(missing_ok=True)
     _write_rows(rows, part_path, "csv")  # last: its presence means the chunk is done
@@ -183,12 +198,14 @@ def load(options: Options) -> Any:
     """The chunk's model, loaded once per process (all chunks of a run share one)."""
     from camvis.job.predict import load_model
 
-    return load_model(options.model, device=options.device, runtime=options.runtime)
+    return load_model(options.model, device=options.device, runtime=options.runtime, threads=options.threads)
 
 
 def _run_here(jobs: list[tuple[int, list[Any], Path]], options: Options, progress: bool | None) -> None:
-    for _, chunk, part in jobs:
-        predict_chunk(chunk, options, str(part), progress=progress)
+    """Every chunk in this process, one bar over all their images."""
+    with progress_bar("predicting", sum(len(chunk) for _, chunk, _ in jobs), enabled=progress) as advance:
+        for _, chunk, part in jobs:
+            _predict_chunk(chunk, options, str(part), advance)
 
 
 def _executor(folder: Path, cluster: str, resources: Resources, n_jobs: int) -> Any:
@@ -259,18 +276,20 @@ def _last_line(error: BaseException) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _done_images(out: Path, parts: Path, fmt: str, model_id: str | None) -> set[str]:
-    """Images already predicted (OUT and finished parts); those of another model are an error."""
+def _done_keys(out: Path, parts: Path, fmt: str, model_id: str | None) -> dict[str, set[str]]:
+    """{real path: content digests} already predicted (OUT and finished parts); another model's
+    rows are an error (no mixed files)."""
     sources = ([out] if out.exists() else []) + _part_files(parts)
-    images: set[str] = set()
+    done: dict[str, set[str]] = {}
     for path in sources:
         frame = _read_rows(path, fmt if path == out else "csv")
         others = sorted(set(frame["model"].astype(str)) - {model_id}) if model_id else []
         if others:
             raise PredictError(f"{path}: holds predictions of model {others[0]}, not {model_id}; choose another "
                                "--out or pass --force to start it afresh")
-        images |= set(frame["image"].astype(str))
-    return images
+        for key, digest in zip(frame["path"].astype(str), frame["sha256"].astype(str)):
+            done.setdefault(key, set()).add(digest)
+    return done
 
 
 def _part_files(parts: Path) -> list[Path]:
@@ -285,8 +304,9 @@ def _read_problems(parts: Path) -> list[str]:
 
 
 def _merge(out: Path, parts: Path, order: list[str], fmt: str) -> int:
-    """OUT := earlier OUT + every part, in the order of the image list; the parts go. Returns
-    the rows the parts added."""
+    """OUT := earlier OUT + every part, in the order of the image list (`order`: real paths); the
+    parts go. A row is one (path, sha256): a part's row OUT already holds is dropped. Returns the
+    rows the parts added."""
     import pandas as pd
 
     from camvis.job.predict import ROW_COLUMNS
@@ -296,13 +316,17 @@ def _merge(out: Path, parts: Path, order: list[str], fmt: str) -> int:
         return 0
     old = _read_rows(out, fmt) if out.exists() else pd.DataFrame(columns=list(ROW_COLUMNS))
     new = pd.concat([_read_rows(p, "csv") for p in part_files], ignore_index=True)
-    new = new[~new["image"].astype(str).isin(set(old["image"].astype(str)))]
+    new = new[~_keys(new).isin(set(_keys(old)))].drop_duplicates(["path", "sha256"])
     rank = {name: k for k, name in enumerate(order)}
-    new = new.assign(_rank=new["image"].astype(str).map(rank).fillna(len(order))).sort_values(
+    new = new.assign(_rank=new["path"].astype(str).map(rank).fillna(len(order))).sort_values(
         "_rank", kind="stable").drop(columns="_rank")
     merged = pd.concat([old, new], ignore_index=True) if len(old) else new
     _write_rows(merged.to_dict("records"), out, fmt)
     return len(new)
+
+
+def _keys(frame: Any) -> Any:
+    return frame["path"].astype(str) + "\0" + frame["sha256"].astype(str)
 
 
 def _remove_parts(parts: Path, keep_logs: bool) -> None:
@@ -324,15 +348,17 @@ def _read_rows(path: Path, fmt: str) -> Any:
 
     try:
         frame = (pd.read_json(path, lines=True, dtype={"image": str, "timestamp": str}) if fmt == "jsonl"
-                 else pd.read_csv(path, dtype={"image": str, "view": str, "timestamp": str}, keep_default_na=False,
-                                  na_values={c: [""] for c in ("visibility_m", *INTERVAL_COLUMNS, "fit_quality")}))
+                 else pd.read_csv(path, dtype={"image": str, "view": str, "timestamp": str, "path": str,
+                                               "sha256": str}, keep_default_na=False,
+                                  na_values={k: [""] for k in ("visibility_m", *INTERVAL_COLUMNS, "fit_quality",
+                                                               "true_visibility_m", "log10_error")}))
     except (OSError, ValueError) as e:
         raise PredictError(f"{path}: cannot read earlier predictions ({e}); move it away or pass --force") from e
     missing = [c for c in ROW_COLUMNS if c not in frame.columns and c not in INTERVAL_COLUMNS] if len(frame.columns) \
         else []  # outputs of before the interval columns are appended to (NaN intervals)
     if missing:
-        raise PredictError(f"{path}: not a camvis-predict output (missing column(s) {', '.join(missing)}); "
-                           "choose another --out or pass --force")
+        raise PredictError(f"{path}: not a camvis-predict output of this version (missing column(s) "
+                           f"{', '.join(missing)}); choose another --out or pass --force")
     if not len(frame.columns):
         frame = pd.DataFrame(columns=list(ROW_COLUMNS))
     return frame

@@ -56,6 +56,8 @@ def predict(
     progress: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Probabilities of "visible" for the patches `indices`, one row per patch, sorted by patch.
+    The network runs channels_last under inference mode (bf16 autocast on CUDA): the fast path of
+    camvis-predict --runtime auto for a model without an ONNX graph.
 
     Returns numpy arrays patch (int64), image (int32), score (float32), logit (float32, for the
     exact loss), label (uint8), depth (float32, metres). Runs under inference mode in eval mode (the model's mode is
@@ -71,8 +73,10 @@ def predict(
     was_training = net.training
     net.eval()
     use_bf16 = device.type == "cuda"
-    if use_bf16:  # like the inputs: a contiguous model would convert every activation back
-        net.to(memory_format=torch.channels_last)
+    # channels_last on the CPU too: camvis-predict's CPU torch path (--runtime auto without a graph).
+    # Not onnxruntime: a job has no exported graph, and the exact loss needs logits the graph does
+    # not output. On the CPU the training layout is restored after (training stays bit-identical).
+    net.to(memory_format=torch.channels_last)
     rows = max_forward_rows(net, source.patch_size)
     parts: dict[str, list[torch.Tensor]] = {"patch": [], "score": [], "logit": [], "label": [], "depth": []}
     # rank 0 only; progress=None: a bar when stderr is a terminal
@@ -93,6 +97,8 @@ def predict(
                 advance(len(batch))
     finally:
         net.train(was_training)
+        if not use_bf16:
+            net.to(memory_format=torch.contiguous_format)
     dtypes = {"patch": torch.int64, "score": torch.float32, "logit": torch.float32, "label": torch.uint8,
               "depth": torch.float32}
     local = {k: torch.cat(v) if v else torch.zeros(0, dtype=dtypes[k], device=device) for k, v in parts.items()}

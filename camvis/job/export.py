@@ -28,15 +28,18 @@ import numpy as np
 
 from camvis.data import staging
 from camvis.errors import PredictError
-from camvis.io import write_json
+from camvis.io import json_copy, write_json
+from camvis.job import bundle
 from camvis.replace_guard import Marker, check_replaceable, json_object
 
 MODEL_JSON, WEIGHTS, ONNX = "model.json", "weights.pt", "model.onnx"
 OPSET = 18
 ONNX_TOLERANCE = 1e-4  # max |p_onnx - p_torch| accepted at export
 CHECK_BATCH = 8
+ONNX_ACTIVATION = 1 << 27  # elements of a first-block activation per onnxruntime call (512 MB float32):
+                           # 64 patches of the paper's model (hidden 128, patch 128)
 FORMAT = "camvis-model-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SHA-256 of every file and of model.json itself (camvis.job.bundle)
 BUNDLE = Marker("a camvis model bundle", "camvis-export", True, MODEL_JSON,
                 lambda path: json_object(path / MODEL_JSON).get("format") == FORMAT)
 
@@ -63,11 +66,22 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
     try:
         torch.save({k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}, tmp / WEIGHTS)
         info["onnx"] = export_onnx(model.network, tmp / ONNX, model) if onnx else None
+        info = _sealed(info, tmp)
         write_json(tmp / MODEL_JSON, info)
         staging.swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return info
+
+
+def _sealed(info: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`info` as written, with the SHA-256 of each file it names and its own digest (what predict checks)."""
+    info = json_copy(info)  # JSON's own types: the digest is that of what is read back
+    for key in ("weights", "onnx"):
+        if info.get(key):
+            info[key]["sha256"] = bundle.sha256_bytes((folder / info[key]["file"]).read_bytes())
+    info["digest"] = bundle.digest(info)
     return info
 
 
@@ -146,14 +160,19 @@ def _require_onnx() -> None:
                            f"({e}); or export without the graph: camvis-export --no-onnx") from e
 
 
-def _session(path: Path) -> Any:
+def _session(path: Path, data: bytes | None = None, threads: int | None = None) -> Any:
+    """An onnxruntime session of the graph at `path` (or of its already verified bytes `data`) on
+    the CPU, with `threads` intra-op threads (default: onnxruntime's)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about unused initializers etc. are noise here
-    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]  # on CUDA, --runtime auto runs torch (bf16)
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(data if data is not None else str(path), options, providers=providers)
     except Exception as e:  # onnxruntime's own exception types
         raise PredictError(f"{path}: onnxruntime cannot load the graph ({e})") from e
 
@@ -165,63 +184,84 @@ def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- loading
 
 
-REQUIRED = ("model_id", "architecture", "factors", "patch_size", "norm_mean", "norm_std")
+def read_info(folder: Path) -> dict[str, Any]:
+    """model.json, checked: format, schema (every field typed and bounded) and its own digest."""
+    from camvis.job.predict import PREPROCESSING
 
-
-def read_info(bundle: Path) -> dict[str, Any]:
-    path = bundle / MODEL_JSON
+    path = folder / MODEL_JSON
     try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        info = json.loads(bundle.read_regular(path, bundle.MAX_JSON_BYTES, "bundle's description"))
+    except ValueError as e:  # not JSON, not UTF-8
         raise PredictError(f"{path}: cannot read the bundle's description ({e})") from e
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise PredictError(f"{path}: not a camvis model bundle (format {FORMAT!r} expected)")
+    if info.get("format_version") == 1:  # refused, not trusted: it cannot be verified
+        raise PredictError(f"{path}: a bundle of format 1 carries no checksums, so it cannot be verified; "
+                           f"export it again: camvis-export JOB {folder}")
     if info.get("format_version") != FORMAT_VERSION:
         raise PredictError(f"{path}: bundle format version {info.get('format_version')!r}, this camvis reads "
                            f"{FORMAT_VERSION}; export it again")
-    missing = [k for k in REQUIRED if k not in info]
-    if missing:
-        raise PredictError(f"{path}: missing key(s) {', '.join(missing)}")
-    n = len(info["factors"])
-    for key in ("norm_mean", "norm_std"):
-        if np.asarray(info[key]).shape != (n, 4):
-            raise PredictError(f"{path}: {key} must be {n} x 4 (one row per factor), "
-                               f"got {np.asarray(info[key]).shape}")
+    bundle.check_schema(info, path, tuple(PREPROCESSING))
+    if bundle.digest(info) != info["digest"]:
+        raise PredictError(f"{path}: edited after export (its content does not match its digest); "
+                           f"export the job again")
     return info
 
 
-def load_bundle(bundle: str | os.PathLike, *, device: str = "auto", runtime: str = "torch") -> Any:
-    """A camvis.job.predict.Model from the bundle folder alone."""
+def load_bundle(folder: str | os.PathLike, *, device: Any = "auto", runtime: str = "torch",
+                threads: int | None = None) -> Any:
+    """A camvis.job.predict.Model from the bundle folder alone, every file verified first."""
     from camvis.job import predict
 
-    bundle = Path(bundle)
-    info = read_info(bundle)
+    folder = Path(folder)
+    info = read_info(folder)
+    data = bundle.verified_file(folder, info["weights"], "weights")  # whichever runtime runs: all verified
     if runtime == "onnx":
-        return _onnx_model(bundle, info)
-    state = predict.read_weights(bundle / WEIGHTS)
-    net = predict.build_network(info["architecture"], state, bundle / WEIGHTS)
-    target = predict._device(device)
-    return predict.torch_model(net.to(target), info, info["model_id"], target)
+        return _onnx_model(folder, info, threads)
+    if info.get("onnx"):
+        bundle.verified_file(folder, info["onnx"], "ONNX graph")
+    path = folder / info["weights"]["file"]
+    net = predict.build_network(info["architecture"], predict.read_weights(path, data), path)
+    return predict.torch_model(net, info, info["model_id"], predict._device(device))
 
 
-def _onnx_model(bundle: Path, info: dict[str, Any]) -> Any:
+def _onnx_model(folder: Path, info: dict[str, Any], threads: int | None = None) -> Any:
     import torch
 
-    from camvis.job.batches import shard_batches
     from camvis.job.predict import Model
 
     _require_onnx()
     if not info.get("onnx"):
-        raise PredictError(f"{bundle}: the bundle has no ONNX graph (exported with --no-onnx); use --runtime torch")
-    session = _session(bundle / info["onnx"]["file"])
+        raise PredictError(f"{folder}: the bundle has no ONNX graph (exported with --no-onnx); use --runtime torch")
+    path = folder / info["onnx"]["file"]
+    session = _session(path, bundle.verified_file(folder, info["onnx"], "ONNX graph"), threads)
+    _check_graph(session, path, info)
 
-    def run(source: Any, indices: np.ndarray, batch_size: int) -> np.ndarray:
-        parts = [np.zeros(0, np.float32)]
-        for _, x, _, _ in source.iter_batches(shard_batches(indices, batch_size, 0, 1)):
-            parts.append(np.asarray(session.run(["p_visible"], {"x": x.numpy()})[0], np.float32).reshape(-1))
-        return np.concatenate(parts)
-
+    rows = max(1, ONNX_ACTIVATION // (info["architecture"]["size_hidden"] * info["patch_size"] ** 2))
     return Model(model_id=info["model_id"], factors=tuple(int(f) for f in info["factors"]),
                  patch_size=int(info["patch_size"]), norm_mean=np.asarray(info["norm_mean"], np.float32),
-                 norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"), run=run,
-                 info=info)
+                 norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"),
+                 forward=onnx_forward(session, rows), info=info, runtime="onnxruntime-cpu")
+
+
+def onnx_forward(session: Any, rows: int) -> Any:
+    """forward(x) -> p(visible) through an onnxruntime session, `rows` patches per call."""
+
+    def forward(x: Any) -> np.ndarray:
+        x = np.ascontiguousarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
+        parts = [np.asarray(session.run(["p_visible"], {"x": x[i:i + rows]})[0], np.float32).reshape(-1)
+                 for i in range(0, len(x), rows)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    return forward
+
+
+def _check_graph(session: Any, path: Path, info: dict[str, Any]) -> None:
+    """The graph takes what model.json says: x (B, 4 L, P, P) -> p_visible."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    want = [4 * len(info["factors"]), info["patch_size"], info["patch_size"]]
+    if ([i.name for i in inputs] != ["x"] or list(inputs[0].shape[1:]) != want
+            or [o.name for o in outputs] != ["p_visible"]):
+        raise PredictError(f"{path}: the graph's input/output {[(i.name, i.shape) for i in inputs]} -> "
+                           f"{[o.name for o in outputs]} do not match model.json (x: (B, {want[0]}, {want[1]}, "
+                           f"{want[2]}) -> p_visible)")

@@ -59,9 +59,14 @@ def test_bundle_predicts_with_nothing_but_its_folder(exported, tmp_path):
     alone = shutil.copytree(root / "bundle", tmp_path / "moved")
     shutil.rmtree(root / "job")
     shutil.rmtree(root / "store.zarr")  # the statistics travel in model.json
-    after = predict.visibility(image, depth, alone, patches=80)
+    after = predict.visibility(image, depth, predict.load_model(alone, runtime="torch"), patches=80)
     np.testing.assert_array_equal(after.patches["p_visible"], before.patches["p_visible"])
     assert after.visibility_m == before.visibility_m and after.model == before.model
+    auto = predict.load_model(alone)  # on the CPU: the verified graph through onnxruntime
+    assert auto.runtime == "onnxruntime-cpu" and "verified ONNX graph" in auto.runtime_note
+    through = predict.visibility(image, depth, auto, patches=80)
+    np.testing.assert_allclose(through.patches["p_visible"], before.patches["p_visible"], rtol=0,
+                               atol=export.ONNX_TOLERANCE)
 
 
 def test_onnx_output_equals_torch(exported, synth_store):

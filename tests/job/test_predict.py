@@ -237,7 +237,18 @@ def test_slurm_array_gives_the_rows_of_a_run_here(synth_raw, job, tmp_path):
     array = _cli(*common, "--out", str(tmp_path / "slurm.csv"), "--slurm", "--chunk-size", "5", "--parallel", "2",
                  "--time", "10", cwd=tmp_path)
     assert array.wait(600) == 0, array.stderr.read()
-    assert (tmp_path / "slurm.csv").read_text() == (tmp_path / "here.csv").read_text()
+    assert_same_rows(pd.read_csv(tmp_path / "slurm.csv"), pd.read_csv(tmp_path / "here.csv"))
+
+
+def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """The same images, in order, with the same values. Floats within a tolerance: patches of several
+    images share batches, and where a patch sits in a batch changes p(visible) in its 7th digit (the
+    BLAS kernel of the rows at a batch's end differs); a near-flat fit's quality amplifies that."""
+    exact = [c for c in a.columns if c not in ("visibility_m", "fit_quality", "log10_error")]
+    pd.testing.assert_frame_equal(a[exact], b[exact])
+    np.testing.assert_allclose(a["visibility_m"], b["visibility_m"], rtol=1e-4)
+    np.testing.assert_allclose(a["log10_error"], b["log10_error"], atol=1e-4)
+    np.testing.assert_allclose(a["fit_quality"], b["fit_quality"], atol=1e-3)
 
 
 def test_one_sided_flags_mean_all_patches_on_one_side():
