@@ -85,7 +85,7 @@ def test_every_bad_image_is_one_line_and_the_good_ones_are_predicted(synth_raw, 
     assert "Traceback" not in text and "runtime: torch-cpu" in stdout
     rows = pd.read_csv(out)
     assert list(rows["image"]) == [p.stem for p in good] and rows["visibility_m"].notna().all()
-    assert sorted(p.name for p in maps.iterdir()) == sorted(f"{p.stem}.png" for p in good)
+    assert sorted(p.name for p in maps.glob("*.png")) == sorted(f"{p.stem}.png" for p in good)
 
 
 def test_a_bad_depth_map_and_a_map_path_that_is_a_file_are_one_line(synth_raw, job, tmp_path, capsys):
