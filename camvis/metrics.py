@@ -24,6 +24,9 @@ import numpy as np
 
 THRESHOLD = 0.5  # visible iff score > THRESHOLD (strictly; see the module docstring)
 METRICS = ("loss", "acc", "f1")
+METRIC_LOW = np.array([0.0, 0.0, 0.0])
+METRIC_HIGH = np.array([np.inf, 1.0, 1.0])
+"""Each metric's range, in METRICS' order: an interval is never drawn past what the metric can be."""
 # elements of one chunk of the (resamples, N) index matrix: 8M int32 = 32 MB (+ gathers)
 CHUNK_ELEMENTS = 8_000_000
 

@@ -36,7 +36,7 @@ from camvis.config import experiment_dir
 from camvis.console import default_console, plural
 from camvis.errors import CamvisError
 from camvis.io import write_bytes, write_csv, write_text
-from camvis.metrics import METRICS
+from camvis.metrics import METRIC_HIGH, METRIC_LOW, METRICS
 from camvis.results.rope import DEFAULT_ROPE
 from camvis.results.stats import fold_mean_ci, headline_interval
 from camvis.results.units import Units, collapse
@@ -89,6 +89,7 @@ def summarize(units: Units, confidence: float) -> pd.DataFrame:
         jobs = [j for i in idx for j in units.jobs[i]]
         values = units.points[idx]
         low, high = headline_interval(values, units.boots[idx], pair_ratio(jobs, default), confidence)
+        low, high = np.clip(low, METRIC_LOW, METRIC_HIGH), np.clip(high, METRIC_LOW, METRIC_HIGH)  # acc <= 1
         test_low, test_high = fold_mean_ci(units.boots[idx], confidence)
         reps = units.n_replicates[idx]
         seed_sd = np.sqrt(np.nanmean(units.seed_var[idx], axis=0)) if (reps > 1).any() else np.full(len(METRICS), np.nan)
