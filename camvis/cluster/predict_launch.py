@@ -320,6 +320,8 @@ def _merge(out: Path, parts: Path, order: list[str], fmt: str) -> int:
     rank = {name: k for k, name in enumerate(order)}
     new = new.assign(_rank=new["path"].astype(str).map(rank).fillna(len(order))).sort_values(
         "_rank", kind="stable").drop(columns="_rank")
+    if not len(new):  # every image failed, or all were there: OUT is left as it was (none made)
+        return 0
     merged = pd.concat([old, new], ignore_index=True) if len(old) else new
     _write_rows(merged.to_dict("records"), out, fmt)
     return len(new)
