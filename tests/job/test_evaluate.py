@@ -127,7 +127,8 @@ def test_bootstrap_csv_holds_every_resample_and_the_ci(evaluated):
 def test_visibility_csv_has_one_row_per_held_out_image_with_the_truth(evaluated, synth_store, synth_raw):
     _, job, scores = evaluated
     vis = pd.read_csv(job / "visibility.csv")
-    assert list(vis.columns[:5]) == ["image", "view", "predicted_visibility_m", "true_visibility_m", "abs_log10_error"]
+    assert list(vis.columns[:7]) == ["image", "view", "predicted_visibility_m", "visibility_low_m", "visibility_high_m",
+                                     "true_visibility_m", "abs_log10_error"]
     assert sorted(vis["image"]) == sorted(set(pd.read_csv(job / "predictions.csv")["image"]))
     assert set(vis["view"]) == {scores["view"]}
     truth = raw.read_visibility(synth_raw)
