@@ -26,6 +26,9 @@ pair, and family-wise with Holm over the 6 pairs of 4 equal groups; the Bayesian
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing: it simulates its experiments (numpy and camvis.results.stats only).
+"""
+
 import argparse
 import json
 import os
@@ -121,7 +124,7 @@ def run(s: Scenario, n: int, resamples: int, seed: int) -> dict:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiments", type=int, default=4000, help="simulated experiments per scenario")
     p.add_argument("--resamples", type=int, default=200, help="bootstrap resamples per simulated job")
     p.add_argument("--seed", type=int, default=0)

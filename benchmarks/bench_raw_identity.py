@@ -10,6 +10,9 @@ Warm page cache: the figures are the hashing's own cost, not the disk's.
 
 from __future__ import annotations
 
+NEEDS = """needs: nothing: without --raw it synthesizes its raw folder into a temporary folder; --raw RAW_DIR times yours.
+"""
+
 import argparse
 import json
 import os
@@ -31,7 +34,7 @@ def _best_of(fn, n: int = 5) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--raw")
     p.add_argument("--json")
     args = p.parse_args()

@@ -100,7 +100,7 @@ def make_experiment(root: Path, name: str = EXP, mode: str = "slurm", array: str
                      "stdout": str(logs / f"{job}.out"), "stderr": str(logs / f"{job}.err")}  # fmt: skip
     shuffled = dict(sorted(jobs.items(), key=lambda kv: kv[1]["task"] * 5 % 8))
     write_json(root / "jobs" / name / "manifest.json", {
-        "experiment": name, "grid": "configs/cv.yaml", "outputs": "outputs", "updated": "2026-01-01T00:00:00",
+        "experiment": name, "grid": "configs/cv.yaml", "outputs": "../../outputs", "updated": "2026-01-01T00:00:00",
         "launches": [{"time": "2026-01-01T00:00:00", "mode": mode, "array_id": array if mode == "slurm" else None,
                       "aggregate_id": aggregate if mode == "slurm" else None, "submitted": names, "skipped": {},
                       "code_version": "abc", "sbatch_calls": 2}],

@@ -162,7 +162,7 @@ def test_build_here_writes_the_store_a_local_launch_needs(tmp_path: Path, synth_
 
 @pytest.mark.parametrize("args, expected", [
     (["--wait"], "--wait goes with --slurm"),
-    (["--slurm", "--force"], "--force and --figure are not taken by --slurm"),
+    (["--slurm", "--force"], "--force, --figure and --compress are not taken by --slurm"),
     (["--slurm", "--cpus", "0"], "--cpus: must be >= 1"),
     (["--slurm", "--partition", "a b"], "--partition: whitespace"),
 ])
