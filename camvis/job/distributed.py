@@ -90,7 +90,18 @@ def _export_submitit_env() -> None:
     if job_env.num_tasks > 1:
         torch_env = submitit.helpers.TorchDistributedEnvironment()
         torch_env.master_addr = rendezvous_address(torch_env.master_addr)
+        if "MASTER_PORT" not in os.environ:
+            torch_env.master_port = master_port(job_env.job_id)
         torch_env.export(set_cuda_visible_devices=False, overwrite=True)
+
+
+def master_port(job_id: str) -> int:
+    """The job's rendezvous port, the same on every rank (seeded by the job id, as submitit's own) but
+    below Linux's ephemeral range (32768-60999): submitit draws from 20000-60000, where an outgoing
+    connection can hold the port and rank 0 dies with EADDRINUSE while the other ranks wait for it."""
+    import random
+
+    return random.Random(f"camvis-{job_id}").randint(20000, 32767)
 
 
 def setup(device_preference: str = "auto") -> DistEnv:

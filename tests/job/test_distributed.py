@@ -146,3 +146,19 @@ def test_an_unresolvable_node_takes_its_address_from_slurm(tmp_path, monkeypatch
     except OSError:
         pass
     assert distributed.rendezvous_address(node) == expected
+
+
+def test_master_port_is_the_same_on_every_rank_and_below_the_ephemeral_range() -> None:
+    """Every rank derives the port from the job id alone (another process, another hash seed: the same
+    port), and it stays below Linux's ephemeral ports, where an outgoing connection could hold it."""
+    import subprocess
+    import sys
+
+    from camvis.job.distributed import master_port
+
+    ports = [master_port(f"{i}_{k}") for i in range(200) for k in range(5)]
+    assert all(20000 <= p <= 32767 for p in ports) and len(set(ports)) > 900
+    code = "from camvis.job.distributed import master_port; print(master_port('201'))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "123"}).stdout
+    assert int(other) == master_port("201")
