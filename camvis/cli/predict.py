@@ -128,11 +128,6 @@ def _run(args: argparse.Namespace):
     from camvis.cluster.site_options import site_settings
 
     site = site_settings(args, time=60) if args.slurm or args.local else None  # the profile, the site flags
-    for name in ("patches", "batch_size", "chunk_size", "parallel", "cpus", "max_pixels"):
-        if getattr(args, name) < 1:
-            raise PredictError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.stride is not None and args.stride < 1:
-        raise PredictError(f"--stride must be >= 1 pixel, got {args.stride}")
     if args.map and Path(args.map).exists() and not Path(args.map).is_dir():
         raise PredictError(f"{args.map}: --map expects a folder for the maps, got a file")
     if args.raw:
