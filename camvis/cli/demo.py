@@ -7,7 +7,8 @@ Re-running is cheap: existing data, store and finished jobs are reused.
 
 `--doc-figures` then regenerates the checkout's docs/figures/ from this run: every job re-evaluated by the
 current code (--force), the figures copied (DOC_FIGURES), the run's summary.csv kept as
-docs/figures/demo_summary.csv, the README's quoted table (between its demo-numbers markers) rewritten
+docs/figures/demo_summary.csv (and its visibility_summary.csv as demo_visibility_summary.csv: the docs' marked
+figures in metres), the README's quoted table (between its demo-numbers markers) rewritten
 from it, and the hash of the figures' inputs (doc_inputs_hash) recorded in docs/figures/inputs.json: the
 demo test fails when that hash no longer matches (a committed figure is stale).
 """
@@ -78,7 +79,8 @@ def write_doc_figures(out: Path, console) -> None:
 
     from camvis.io import write_bytes, write_text
 
-    missing = [str(out / src) for src in DOC_FIGURES.values() if not (out / src).is_file()]
+    missing = [str(out / src) for src in (*DOC_FIGURES.values(), "summary.csv", "visibility_summary.csv")
+               if not (out / src).is_file()]
     if missing:
         raise CamvisError(f"--doc-figures: the demo did not write {', '.join(missing)}")
     DOCS.mkdir(parents=True, exist_ok=True)
@@ -86,14 +88,17 @@ def write_doc_figures(out: Path, console) -> None:
         write_bytes(DOCS / name, (out / src).read_bytes())
     summary = pd.read_csv(out / "summary.csv")
     write_bytes(DOCS / "demo_summary.csv", (out / "summary.csv").read_bytes())
+    write_bytes(DOCS / "demo_visibility_summary.csv", (out / "visibility_summary.csv").read_bytes())
     readme_path = ROOT / "README.md"
     readme = readme_path.read_text()
     start = readme.index(README_MARKERS[0]) + len(README_MARKERS[0])
     end = readme.index(README_MARKERS[1])
     write_text(readme_path, readme[:start] + "\n" + "\n".join(readme_table(summary)) + "\n" + readme[end:])
     write_text(DOCS / "inputs.json", json.dumps({"inputs_sha256": doc_inputs_hash(), "files": sorted(DOC_FIGURES),
-                                                 "summary": "demo_summary.csv"}, indent=1) + "\n")
-    console.print(f"docs figures:    {DOCS} ({len(DOC_FIGURES)} figures, demo_summary.csv, inputs.json); "
+                                                 "summary": "demo_summary.csv",
+                                                 "visibility_summary": "demo_visibility_summary.csv"}, indent=1) + "\n")
+    console.print(f"docs figures:    {DOCS} ({len(DOC_FIGURES)} figures, demo_summary.csv, "
+                  f"demo_visibility_summary.csv, inputs.json); "
                   f"README's demo table rewritten")
 
 
