@@ -135,7 +135,7 @@ def render() -> str:
         "`slurm:`) and of the project file `camvis.yaml`: its type, its default and what it means. Values "
         "are read as YAML, on the command line too (`train.lr=1e-4`); an unknown key or a value of another "
         "type is one error naming the file and the key. A grid's own layout (`experiment`, `folds`, `base`, "
-        "`axes`, ...) is described in the README's [Configuration](readme.md#configuration).",
+        "`axes`, ...) is described in [Grids and site settings](grids.md).",
     ]
     for section in SECTIONS:
         lines += ["", f"## {section.title}", "", section.intro, "", *table(section)]

@@ -1,13 +1,15 @@
-"""Every example of every `--help` and of the README runs as written after `make demo`.
+"""Every example of every `--help`, of the README and of the docs pages runs as written after `make demo`.
 
 Where the examples come from:
 - `--help`: each console script of pyproject.toml ([project.scripts]) and each of its subcommands;
   the indented lines under an `examples:` line, up to the first line that is not indented. An
   example starts at the paragraph's smallest indent with a program's name; deeper lines continue
   the comment above. A comment is `# ...` or what follows a gap of 2+ spaces.
-- README.md: the code blocks (indented or fenced) right after a line `<!-- example -->`, every line
-  a command (a fenced `python` block is one script). A block that names a program but is not marked
-  fails `test_readme_command_blocks_are_marked`, so a new example cannot go untested.
+- README.md and docs/*.md (EXAMPLE_PAGES): the code blocks (indented or fenced) right after a line
+  `<!-- example -->`, every line a command (a fenced `python` block is one script). A block that names a
+  program but is not marked fails `test_readme_command_blocks_are_marked`, so a new example cannot go
+  untested. docs/first-run.md is left to tests/integration/test_first_run.py, which runs its commands
+  literally on the local SLURM.
 
 How each runs: in the folder of a shrunk `make demo` (tests/integration/conftest.py: the demo's
 paths, data and store, its 8 jobs trained for 1 epoch of 64 patches), restored as the demo left it
@@ -53,6 +55,7 @@ SCRIPTS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["
 RUN = ("torchrun", "python")  # run as processes, as written
 CHECKED = ("make", "bash")     # checked, not run (see the module docstring)
 MARKER = "<!-- example -->"
+EXAMPLE_PAGES = [REPO / "README.md", *sorted(p for p in (REPO / "docs").glob("*.md") if p.name != "first-run.md")]
 SLURM = os.environ.get("CAMVIS_SLURM") == "1"
 
 pytestmark = pytest.mark.slow
@@ -151,9 +154,9 @@ def all_help_examples() -> list[Example]:
     return list(examples.values())
 
 
-def readme_blocks() -> list[tuple[int, bool, str, list[str]]]:
-    """(line number, marked, fence language or "", lines) of every code block of README.md."""
-    lines = (REPO / "README.md").read_text().splitlines()
+def readme_blocks(page: Path = REPO / "README.md") -> list[tuple[int, bool, str, list[str]]]:
+    """(line number, marked, fence language or "", lines) of every code block of `page`."""
+    lines = page.read_text().splitlines()
     blocks, i, last_text = [], 0, ""
     while i < len(lines):
         line = lines[i]
@@ -183,10 +186,10 @@ def readme_blocks() -> list[tuple[int, bool, str, list[str]]]:
 
 def readme_examples() -> list[Example]:
     examples = []
-    for number, marked, language, body in readme_blocks():
+    for page, (number, marked, language, body) in ((p, b) for p in EXAMPLE_PAGES for b in readme_blocks(p)):
         if not marked:
             continue
-        source = f"README.md line {number}"
+        source = f"{page.relative_to(REPO)} line {number}"
         if language == "python":
             examples.append(Example(source, (), python="\n".join(body)))
             continue
@@ -379,15 +382,16 @@ def test_every_command_has_examples():
 
 
 def test_readme_command_blocks_are_marked():
-    """A README code block that names a program is marked as an example (so this module runs it)."""
+    """A code block of the README or a docs page that names a program is marked as an example (so this
+    module runs it)."""
     unmarked = []
-    for number, marked, language, body in readme_blocks():
+    for page, (number, marked, language, body) in ((p, b) for p in EXAMPLE_PAGES for b in readme_blocks(p)):
         words = [line.split()[0] for line in body if line.strip()]
         if not marked and language not in ("yaml", "python") and any(known_program(w) for w in words):
-            unmarked.append(number)
+            unmarked.append(f"{page.relative_to(REPO)} line {number}")
         if not marked and language == "python" and any("import camvis" in l or "from camvis" in l for l in body):
-            unmarked.append(number)
-    assert not unmarked, f"README.md: code blocks naming programs without {MARKER} before them, lines {unmarked}"
+            unmarked.append(f"{page.relative_to(REPO)} line {number}")
+    assert not unmarked, f"code blocks naming programs without {MARKER} before them: {unmarked}"
     assert len(README_EXAMPLES) >= 4
 
 
