@@ -1,7 +1,8 @@
-"""MkDocs hooks (mkdocs.yml `hooks:`): README.md is a page of the site, readme.md, until it is split into docs/.
+"""MkDocs hooks (mkdocs.yml `hooks:`): README.md is a page of the site, readme.md, outside the nav.
 
 Its links into docs/ (`docs/first-run.md`, `docs/figures/loss.png`) are made relative to the site's root, so
-`mkdocs build --strict` checks them, and checks the docs pages' links to its sections (`readme.md#reliability`).
+`mkdocs build --strict` checks them as it checks the pages' own: a page or heading renamed under a README link
+fails the build.
 """
 
 from __future__ import annotations

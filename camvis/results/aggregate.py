@@ -1,6 +1,6 @@
 """`camvis-aggregate`: every finished job's scores -> per-group summary, paired comparisons, figures.
 
-Statistics (README "Statistics" says what each number answers):
+Statistics (docs/statistics.md says what each number answers):
 - replicates (jobs of one group and fold differing in their training seed) are averaged into one
   score per fold (camvis.results.units); their spread is the training-seed variance;
 - per group and metric: the mean over folds with the headline interval (corrected t over the folds,

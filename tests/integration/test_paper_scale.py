@@ -44,8 +44,8 @@ def check_common(result: dict, jobs: int) -> None:
     x = result["extrapolation"]
     # the paper's model and data, whatever this run's size: 8 groups, 72 jobs, 121 images of 4140 x 6198
     assert len(x["gpu"]["per_group"]) == 8 and x["gpu"]["jobs"] == 72 and x["gpu"]["grid_gpu_h"] > 0
-    assert x["flops"]["type_2"]["gflop_train"] == pytest.approx(25.7, rel=0.01)  # README: camvis-model summary
-    assert x["memory"]["paper_pyramid_gib"] == pytest.approx(3.68, abs=0.01)  # README, Memory: 3.7 GiB
+    assert x["flops"]["type_2"]["gflop_train"] == pytest.approx(25.7, rel=0.01)  # docs/job.md: camvis-model summary
+    assert x["memory"]["paper_pyramid_gib"] == pytest.approx(3.68, abs=0.01)  # docs/benchmarks.md, Memory: 3.7 GiB
     assert any(row[0] == "paper grid, 72 jobs" for row in x["rows"])
 
 

@@ -195,7 +195,7 @@ def test_a_checkpoint_resumes_under_the_other_adam_kernel(synth_store, tmp_path,
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), resumed.parameters()))
 
 
-@pytest.mark.slow  # inductor compiles C++ for the CPU: ~110 s cold, 12 s with its cache warm (README)
+@pytest.mark.slow  # inductor compiles C++ for the CPU: ~110 s cold, 12 s with its cache warm (docs/benchmarks.md)
 def test_compiled_training_trains_and_checkpoints_the_bare_model(synth_store, tmp_path):
     job = tmp_path / "j"
     state = _train(synth_store, job, "train.max_epochs=2", "train.compile=true")
