@@ -75,6 +75,20 @@ def test_the_readme_is_short() -> None:
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines, at most {README_MAX_LINES}: move the text to docs/"
 
 
+def test_a_broken_readme_link_fails_the_build(tmp_path: Path) -> None:
+    """The README is a page outside the nav (mkdocs_hooks.py): its links into docs/ are checked too."""
+    shutil.copytree(REPO / "docs", tmp_path / "docs")
+    shutil.copy(REPO / "mkdocs_hooks.py", tmp_path / "mkdocs_hooks.py")  # it reads the README beside it
+    readme = (REPO / "README.md").read_text()
+    (tmp_path / "README.md").write_text(readme.replace("(docs/grids.md)", "(docs/grids.md#no-such-heading)", 1))
+    assert "(docs/grids.md)" in readme
+    shutil.copy(REPO / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode != 0
+    assert "no-such-heading" in done.stdout + done.stderr
+
+
 # --------------------------------------------------------------------------- the configuration reference
 
 
