@@ -160,10 +160,24 @@ def value_at(path: Path, key: str) -> Any:
         if len(rows) != 1:
             raise KeyError(f"{len(rows)} rows match {where!r}")
         return rows[0][column]
-    node = json.loads(path.read_text(encoding="utf-8"))
-    for part in key.split("."):
-        node = node[int(part)] if isinstance(node, list) else node[part]
-    return node
+    return json_at(json.loads(path.read_text(encoding="utf-8")), key.split("."))
+
+
+def json_at(node: Any, parts: list[str]) -> Any:
+    """The value at a dotted path whose keys may hold dots themselves ("true difference 0.5 x ROPE"):
+    every way of joining the next parts into a key is tried, shortest first."""
+    if not parts:
+        return node
+    if isinstance(node, list):
+        return json_at(node[int(parts[0])], parts[1:])
+    for n in range(1, len(parts) + 1):
+        name = ".".join(parts[:n])
+        if name in node:
+            try:
+                return json_at(node[name], parts[n:])
+            except (KeyError, IndexError, ValueError, TypeError):
+                continue
+    raise KeyError(parts[0])
 
 
 def leading_number(value: Any) -> float:
@@ -221,14 +235,16 @@ def test_numbers_every_marked_figure_is_its_results_file() -> None:
 
 def test_numbers_a_stale_figure_is_named(tmp_path: Path) -> None:
     (tmp_path / "r.json").write_text(json.dumps({"median_s": 2.6866, "runs": [{"s": 3.0348}], "bytes": 85958718,
-                                                 "row": ["store build", "16.5 min"], "flag": True}))
+                                                 "row": ["store build", "16.5 min"], "flag": True,
+                                                 "at": {"difference 0": {"p": 0.1}, "difference 0.5 x ROPE": {"p": 0.608}}}))
     (tmp_path / "summary.csv").write_text("group,metric,mean\ncat,acc,0.9581\nalign,acc,0.8812\n")
     (tmp_path / "build.md").write_text("# title\n| case | build s |\n|---|---|\n| demo | 0.52 |\n| paper | 7.70 |\n")
     page = tmp_path / "page.md"
     page.write_text(
         "ok <!-- number: r.json#median_s -->**2.69 s**, <!-- number: r.json#runs.0.s -->3.03,"
         " <!-- number: r.json#bytes scale=1/1000000 -->86 MB, <!-- number: summary.csv#group=cat,metric=acc:mean -->0.958,"
-        " <!-- number: build.md#case=paper:build s -->7.7 s, <!-- number: r.json#row.1 -->16.5 min\n"
+        " <!-- number: build.md#case=paper:build s -->7.7 s, <!-- number: r.json#row.1 -->16.5 min,"
+        " <!-- number: r.json#at.difference 0.5 x ROPE.p -->0.608\n"
         "stale <!-- number: r.json#median_s -->2.71 s and <!-- number: summary.csv#group=align:mean -->0.883\n"
         "broken <!-- number: r.json#nokey -->1 <!-- number: gone.json#a -->1 <!-- number: r.json#median_s --> two"
         " <!-- number: r.json#row.0 -->1 <!-- number: r.json#flag -->1 `x=<!-- number: r.json#median_s -->2.69`\n")
