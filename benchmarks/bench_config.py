@@ -3,7 +3,7 @@ with them done by pydantic v2 or by msgspec, each variant built here from today'
 
     .venv/bin/pip install pydantic==2.14.3 msgspec==0.22.0    # the trial's libraries, not camvis dependencies
     .venv/bin/python benchmarks/bench_config.py                # 15 repeats, prints the JSON
-    .venv/bin/python benchmarks/bench_config.py --repeats 25 --json benchmarks/results/config.json
+    .venv/bin/python benchmarks/bench_config.py --repeats 30 --json benchmarks/results/config.json
 
 A variant is a copy of the camvis package whose config.py has one span replaced by the library's glue
 (VARIANTS: from its start line to `def _type_name(`); everything else (unknown keys with did-you-mean,
@@ -14,7 +14,7 @@ of docs/configuration.md) stays hand-written in every variant. Per variant:
   camvis.config (then validates one config: pydantic builds its models there), over an empty interpreter's,
   min and median of the repeats. CPU time, not wall time: on a shared machine wall time grows with the load;
 - `importtime_us`: `python -X importtime -c "import camvis.config"`'s cumulative figure, min and median
-  (wall time: it does grow with the load, printed beside it);
+  (wall time: it grows with the load, recorded as load_avg);
 - `full_config_us`, `grid_point_us`: microseconds per job_config_from_dict of a full config and per
   section_from_dict of one key (what each point of a 5,000-job grid costs), best of 5;
 - `errors`: the message of each bad config in CASES, `same_errors`: identical to today's, and `differs`:
@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+INSTALL = ".venv/bin/pip install pydantic==2.14.3 msgspec==0.22.0"  # the versions of benchmarks/results/config.json
 END = "def _type_name("
 
 PYDANTIC = '''    known = {k: v for k, v in value.items() if k in hints}
@@ -179,7 +180,7 @@ def build(name: str, folder: Path) -> Path | str:
     """A copy of the camvis package with variant `name`'s config.py under `folder`, or why not."""
     library, start, glue, imports = VARIANTS[name]
     if library and importlib.util.find_spec(library) is None:
-        return f"{library} is not installed: .venv/bin/pip install {library}"
+        return f"{library} is not installed: {INSTALL}"
     shutil.copytree(ROOT / "camvis", folder / "camvis", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     path = folder / "camvis" / "config.py"
     text = path.read_text()
@@ -301,9 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_config_") as tmp:
         built = {name: build(name, Path(tmp) / name) for name in VARIANTS}
         folders = {name: folder for name, folder in built.items() if isinstance(folder, Path)}
-        variants = {name: {"skipped": why} for name, why in built.items() if isinstance(why, str)}
-        for name, timed in timings(folders, args.repeats).items():
-            variants[name] = {**timed, **figures(folders[name])}
+        timed = timings(folders, args.repeats)
+        variants = {name: {**timed[name], **figures(folder)} if isinstance(folder, Path) else {"skipped": folder}
+                    for name, folder in built.items()}
     today = variants["hand-written"]
     today_outcomes = today["outcomes"]
     for name, v in variants.items():
