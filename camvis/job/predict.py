@@ -216,7 +216,7 @@ def read_weights(checkpoint: Path, data: bytes | None = None) -> dict[str, torch
 
     import torch
 
-    from camvis.job.checkpoints import _refusal
+    from camvis.job.checkpoint import _refusal
 
     try:
         payload = torch.load(io.BytesIO(data) if data is not None else checkpoint, map_location="cpu",

@@ -6,7 +6,7 @@ checkpoint (model, optimizer, scheduler, RNG states, epoch, best score) written
 atomically, so a requeued job resumes where it stopped and ends with the same result as
 an uninterrupted run (bit for bit on the CPU: all randomness is seeded or restored).
 Checkpoints record the config's train_hash and resume only under the same one; they are read
-with weights_only=True (camvis.job.checkpoints). A loss that is no longer finite stops the job.
+with weights_only=True (camvis.job.checkpoint). A loss that is no longer finite stops the job.
 torch.compile and fused Adam are used as camvis.job.speedups chooses (never on the CPU unless asked).
 """
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
-from camvis.job import checkpoints, efficiency, memory, speedups
+from camvis.job import checkpoint, efficiency, memory, speedups
 from camvis.job.batches import BatchSource, EpochSampler, fold_split, inner_split
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
@@ -133,11 +133,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConf
                     device: torch.device | None = None) -> TrainState:
     """Restore a checkpoint of `cfg`'s training; another training's or a foreign file is a CheckpointError.
     `device`: the job's GPU, which gets the saved CUDA RNG state."""
-    payload = checkpoints.read(path, required=CHECKPOINT_KEYS)
-    found, wanted = checkpoints.recorded_train_hash(payload), train_hash(cfg)
+    payload = checkpoint.read(path, required=CHECKPOINT_KEYS)
+    found, wanted = checkpoint.recorded_train_hash(payload), train_hash(cfg)
     if found != wanted:
-        raise checkpoints.CheckpointError(f"{path}: trained with another config (train hash {found}, this "
-                                          f"config's {wanted}); {checkpoints.RESTART_HINT}")
+        raise checkpoint.CheckpointError(f"{path}: trained with another config (train hash {found}, this "
+                                          f"config's {wanted}); {checkpoint.RESTART_HINT}")
     try:
         model.load_state_dict(payload["model"])
         opt.load_state_dict(own_kernel(payload["optimizer"], opt))
@@ -148,8 +148,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt, sched, cfg: JobConf
             torch.cuda.set_rng_state(cuda_state, device)
         return TrainState(**payload["state"])
     except (RuntimeError, TypeError, ValueError, KeyError) as e:
-        raise checkpoints.CheckpointError(f"{path}: not a checkpoint of this job's model ({_one_line(e)}); "
-                                          f"{checkpoints.RESTART_HINT}") from e
+        raise checkpoint.CheckpointError(f"{path}: not a checkpoint of this job's model ({_one_line(e)}); "
+                                          f"{checkpoint.RESTART_HINT}") from e
 
 
 def own_kernel(saved: dict[str, Any], opt: torch.optim.Optimizer) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import torch
 from camvis.cluster import jobfiles
 from camvis.cluster import launch as launch_mod
 from camvis.job import train as train_mod
-from camvis.job.checkpoints import CheckpointError
+from camvis.job.checkpoint import CheckpointError
 from camvis.cli.train import main as train_main
 from camvis.config import config_hash, load_job_config, train_hash
 from camvis.job.batches import BatchSource
