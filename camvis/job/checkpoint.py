@@ -137,8 +137,8 @@ def read(path: str | Path, *, required: Iterable[str] = (), hint: str = RESTART_
     except pickle.UnpicklingError as e:
         if "global" in str(e).lower():  # an import: the one way a pickle runs code
             raise CheckpointError(f"{path}: refused: it holds objects that could run code "
-                                  f"({_refusal(e)}), so camvis did not write it; {hint}") from e
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_refusal(e)}); {hint}") from e
+                                  f"({refusal(e)}), so camvis did not write it; {hint}") from e
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({refusal(e)}); {hint}") from e
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or not a torch file: "
                               f"{_first_line(e)}); {hint}") from e
@@ -157,7 +157,7 @@ def recorded_train_hash(payload: dict[str, Any]) -> str | None:
     return sections_hash(config, TRAIN_SECTIONS) if isinstance(config, dict) else None
 
 
-def _refusal(error: BaseException) -> str:
+def refusal(error: BaseException) -> str:
     """torch's one line that says what was refused (e.g. "unsupported GLOBAL posix.system ...")."""
     for line in str(error).splitlines():
         if "unsupported" in line.lower() or "invalid load key" in line.lower():
