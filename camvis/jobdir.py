@@ -17,6 +17,7 @@ from typing import Any
 # The files of a job directory, named once for the job that writes them and every reader.
 SCORES, PROGRESS, CHECKPOINT, BEST, ERROR = "scores.json", "progress.json", "checkpoint.pt", "best.pt", "error.txt"
 JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
+TENSORBOARD, LEARNING_CURVE = "tensorboard", "learning_curve.png"  # the training's logs (job/train_log.py)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from camvis import metrics
-from camvis.job import checkpoints
+from camvis.job.checkpoint import RESTART_HINT, CheckpointError, read, recorded_train_hash
 from camvis.job import visibility
 from camvis.job.batches import BatchSource, fold_split, shard_batches
 from camvis.config import JobConfig, config_hash, eval_hash
@@ -165,7 +165,7 @@ def _all_gather_rows(packed: torch.Tensor) -> torch.Tensor:
 def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: torch.device, *,
                train_hash: str | None = None, normalization: dict[str, Any] | None = None) -> torch.nn.Module:
     """The config's model with the weights of `checkpoint`: camvis's best.pt ({"model": state_dict})
-    or a bare state_dict (camvis2's checkpoints). Read with weights_only=True (camvis.job.checkpoints).
+    or a bare state_dict (camvis2's checkpoints). Read with weights_only=True (camvis.job.checkpoint).
     `train_hash`: the training the weights must come from (a job's own best.pt). `normalization`: the
     evaluation's inputs' (Normalization.record()); a checkpoint that records other ones is refused."""
     from camvis.model import build_model
@@ -173,11 +173,11 @@ def load_model(cfg: JobConfig, checkpoint: str | Path, patch_size: int, device: 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise CamvisError(f"{checkpoint}: no checkpoint to evaluate (train the job first, or pass --checkpoint)")
-    payload = checkpoints.read(checkpoint, hint=f"pass another --checkpoint, or {checkpoints.RESTART_HINT}")
-    found = checkpoints.recorded_train_hash(payload)
+    payload = read(checkpoint, hint=f"pass another --checkpoint, or {RESTART_HINT}")
+    found = recorded_train_hash(payload)
     if train_hash is not None and found != train_hash:
-        raise checkpoints.CheckpointError(f"{checkpoint}: trained with another config (train hash {found}, "
-                                          f"this config's {train_hash}); {checkpoints.RESTART_HINT}")
+        raise CheckpointError(f"{checkpoint}: trained with another config (train hash {found}, "
+                                          f"this config's {train_hash}); {RESTART_HINT}")
     _check_normalization(checkpoint, payload, normalization)
     state = payload.get("model", payload)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -201,10 +201,10 @@ def _check_normalization(checkpoint: Path, payload: dict[str, Any], now: dict[st
         return
     if recorded.get("rule") != now.get("rule") or recorded.get("mean") != now.get("mean") \
             or recorded.get("std") != now.get("std"):
-        raise checkpoints.CheckpointError(
+        raise CheckpointError(
             f"{checkpoint}: trained on inputs normalized with {recorded.get('rule')} statistics "
             f"{recorded.get('mean')}, the store gives this job {now.get('rule')} {now.get('mean')} (rebuilt?); "
-            f"{checkpoints.RESTART_HINT}")
+            f"{RESTART_HINT}")
 
 
 # --------------------------------------------------------------------------- the job

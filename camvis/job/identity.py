@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from camvis.job import checkpoints
+from camvis.job import checkpoint
 from camvis.config import JobConfig, config_hash, train_hash
 from camvis.data.store_info import NORM_GLOBAL
 from camvis.jobdir import BEST, CHECKPOINT, PROGRESS, SCORES, read_json
@@ -55,11 +55,11 @@ def trained(directory: Path) -> Trained | None:
     for name in (CHECKPOINT, BEST):
         path = directory / name
         if path.exists():
-            payload = checkpoints.read(path, required=("model",))
+            payload = checkpoint.read(path, required=("model",))
             state = payload.get("state") if isinstance(payload.get("state"), dict) else {}
             run_id = payload.get("run_id", state.get("run_id"))
             norm = payload.get("normalization")
-            return Trained(checkpoints.recorded_train_hash(payload), run_id if isinstance(run_id, str) else None,
+            return Trained(checkpoint.recorded_train_hash(payload), run_id if isinstance(run_id, str) else None,
                            norm if isinstance(norm, dict) else None)
     return None
 
@@ -73,7 +73,7 @@ def settle(directory: Path, cfg: JobConfig, restart: str | None = None,
         return None
     try:
         current = trained(directory)
-    except checkpoints.CheckpointError:
+    except checkpoint.CheckpointError:
         if restart is None:
             raise
         return move_aside(directory, "train-unreadable"), "its checkpoint is unreadable"

@@ -216,13 +216,13 @@ def read_weights(checkpoint: Path, data: bytes | None = None) -> dict[str, torch
 
     import torch
 
-    from camvis.job.checkpoints import _refusal
+    from camvis.job.checkpoint import refusal
 
     try:
         payload = torch.load(io.BytesIO(data) if data is not None else checkpoint, map_location="cpu",
                              weights_only=True)
     except Exception as e:  # a corrupt file raises anything from UnpicklingError to struct.error
-        raise PredictError(f"{checkpoint}: not a readable torch checkpoint ({_refusal(e)})") from e  # one line
+        raise PredictError(f"{checkpoint}: not a readable torch checkpoint ({refusal(e)})") from e  # one line
     state = payload.get("model", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise PredictError(f"{checkpoint}: expected a state_dict or a dict with key 'model' holding one")

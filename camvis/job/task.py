@@ -41,7 +41,8 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     from camvis.job import device, distributed, efficiency
     from camvis.job.evaluate import EvalInputs, evaluate_job
     from camvis.job.startup import open_job_inputs
-    from camvis.job.train import log_hparams, train, write_progress
+    from camvis.job.train import train
+    from camvis.job.train_log import log_hparams, write_progress
 
     began = time.perf_counter()
     directory = job_dir(cfg, outputs)
@@ -158,7 +159,8 @@ def _normalization(cfg: JobConfig) -> dict[str, Any]:
 
 def _set_phase(directory: Path, cfg: JobConfig, phase: str, world_size: int) -> None:
     """Change the phase in progress.json, keeping the epochs and scores a requeued run already has."""
-    from camvis.job.train import TrainState, write_progress
+    from camvis.job.checkpoint import TrainState
+    from camvis.job.train_log import write_progress
 
     progress = read_json(directory / PROGRESS)
     if progress is None:

@@ -12,7 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from camvis.config import load_job_config
-from camvis.job import distributed, evaluate, train
+from camvis.job import checkpoint, distributed, evaluate, train
+from camvis.job.optimizer import make_optimizer
 from camvis.job.batches import BatchSource
 from camvis.data.store import open_store
 from camvis.model import build_model
@@ -78,7 +79,7 @@ def test_an_empty_batch_keeps_the_training_loss_finite(synth_store):
     def epoch(batches):
         torch.manual_seed(0)
         model = build_model(cfg, synth_store.patch_size)
-        opt, _ = train.make_optimizer(cfg, model)
+        opt, _ = make_optimizer(cfg, model)
         return train.train_epoch(model, opt, inputs.source, batches, env)
 
     with_empty = epoch([batch, torch.zeros(0, dtype=torch.int64)])
@@ -90,25 +91,25 @@ def test_checkpoints_keep_only_the_jobs_own_cuda_rng_state():
     cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
     states = [torch.full((4,), 7, dtype=torch.uint8), torch.full((4,), 9, dtype=torch.uint8)]
     # new checkpoints: one state, restored onto whatever device the job has now
-    assert torch.equal(train.device_rng_state(states[1], cuda0), states[1])
+    assert torch.equal(checkpoint.device_rng_state(states[1], cuda0), states[1])
     # old checkpoints (every visible GPU's state): the device's own, none on a node with fewer GPUs
-    assert torch.equal(train.device_rng_state(states, cuda1), states[1])
-    assert train.device_rng_state(states[:1], cuda1) is None
-    assert train.device_rng_state(states, torch.device("cpu")) is None
-    assert train.device_rng_state(None, cuda0) is None
+    assert torch.equal(checkpoint.device_rng_state(states, cuda1), states[1])
+    assert checkpoint.device_rng_state(states[:1], cuda1) is None
+    assert checkpoint.device_rng_state(states, torch.device("cpu")) is None
+    assert checkpoint.device_rng_state(None, cuda0) is None
 
 
 def test_an_old_checkpoint_with_a_list_of_cuda_states_still_resumes(synth_store, tmp_path):
     cfg = _cfg(synth_store.path)
     model = build_model(cfg, synth_store.patch_size)
-    opt, sched = train.make_optimizer(cfg, model)
+    opt, sched = make_optimizer(cfg, model)
     path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint(path, model, opt, sched, train.TrainState(epoch=3), cfg, torch.device("cpu"))
+    checkpoint.save(path, model, opt, sched, checkpoint.TrainState(epoch=3), cfg, torch.device("cpu"))
     payload = torch.load(path, weights_only=True)
     assert payload["rng_cuda"] is None  # a CPU job saves no CUDA state
     payload["rng_cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 2  # as get_rng_state_all saved it
     torch.save(payload, path)
-    state = train.load_checkpoint(path, model, opt, sched, cfg, torch.device("cpu"))
+    state = checkpoint.load(path, model, opt, sched, cfg, torch.device("cpu"))
     assert state.epoch == 3
 
 
@@ -151,8 +152,8 @@ def test_cuda_checkpoint_saves_one_device_state(synth_store, tmp_path):
     device = torch.device("cuda", 0)
     cfg = _cfg(synth_store.path)
     model = build_model(cfg, synth_store.patch_size).to(device)
-    opt, sched = train.make_optimizer(cfg, model)
-    train.save_checkpoint(tmp_path / "c.pt", model, opt, sched, train.TrainState(), cfg, device)
+    opt, sched = make_optimizer(cfg, model)
+    checkpoint.save(tmp_path / "c.pt", model, opt, sched, checkpoint.TrainState(), cfg, device)
     payload = torch.load(tmp_path / "c.pt", weights_only=True)
     assert isinstance(payload["rng_cuda"], torch.Tensor)
-    train.load_checkpoint(tmp_path / "c.pt", model, opt, sched, cfg, device)
+    checkpoint.load(tmp_path / "c.pt", model, opt, sched, cfg, device)

@@ -14,8 +14,8 @@ import torch
 
 from camvis.cluster import jobfiles
 from camvis.cluster import launch as launch_mod
-from camvis.job import train as train_mod
-from camvis.job.checkpoints import CheckpointError
+from camvis.job import train_log
+from camvis.job.checkpoint import CheckpointError
 from camvis.cli.train import main as train_main
 from camvis.config import config_hash, load_job_config, train_hash
 from camvis.job.batches import BatchSource
@@ -114,14 +114,14 @@ def test_requeued_restart_resumes_its_own_fresh_training(synth_store, tmp_path, 
     finished = (job / "checkpoint.pt").read_bytes()
 
     # --restart "r1", killed after its first epoch's checkpoint
-    real = train_mod.write_progress
+    real = train_log.write_progress
 
     def killed_after_epoch_1(job_dir, cfg, state, record, **kw):
         real(job_dir, cfg, state, record, **kw)
         if state.epoch == 1 and kw.get("phase") is None:
             raise RuntimeError("killed")
 
-    monkeypatch.setattr(train_mod, "write_progress", killed_after_epoch_1)
+    monkeypatch.setattr(train_log, "write_progress", killed_after_epoch_1)
     with pytest.raises(RuntimeError, match="killed"):
         run_job(cfg, tmp_path, restart="r1")
     monkeypatch.undo()
@@ -373,14 +373,14 @@ def test_slurm_requeued_restart_resumes_its_own_training(synth_store, tmp_path, 
     [spec] = select(load_grid(DEMO, overrides).jobs, ["name=cat_fold1"])
     job = outputs / "it-restart" / "cat_fold1"
     # an earlier (plain) run of the same config, stopped after its first epoch
-    real = train_mod.write_progress
+    real = train_log.write_progress
 
     def stop_after_epoch_1(job_dir, cfg, state, record, **kw):
         real(job_dir, cfg, state, record, **kw)
         if state.epoch == 1:
             raise RuntimeError("stopped")
 
-    monkeypatch.setattr(train_mod, "write_progress", stop_after_epoch_1)
+    monkeypatch.setattr(train_log, "write_progress", stop_after_epoch_1)
     with pytest.raises(RuntimeError):
         run_job(spec.config, outputs)
     monkeypatch.undo()

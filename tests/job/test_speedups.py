@@ -12,8 +12,11 @@ import torch
 from camvis.config import load_job_config
 from camvis.job import distributed, speedups
 from camvis.job.speedups import Speedups, VerdictError, choose, verdict_from_training, verdict_path
+from camvis.job import checkpoint
 from camvis.job import train as train_module
-from camvis.job.train import CHECKPOINT, train
+from camvis.job.optimizer import make_optimizer
+from camvis.job.train import train
+from camvis.jobdir import CHECKPOINT
 from camvis.model import build_model
 
 CUDA = torch.device("cuda")  # constructible without CUDA: choose only reads files for it
@@ -169,15 +172,15 @@ def test_a_checkpoint_resumes_under_the_other_adam_kernel(synth_store, tmp_path,
     batches = [torch.as_tensor(inputs.train_idx[i:i + 32]) for i in range(0, 96, 32)]
     torch.manual_seed(0)
     model = build_model(cfg, synth_store.patch_size)
-    opt, sched = train_module.make_optimizer(cfg, model, fused=saved_fused)
+    opt, sched = make_optimizer(cfg, model, fused=saved_fused)
     train_module.train_epoch(model, opt, inputs.source, batches, env)
     path = tmp_path / CHECKPOINT
-    train_module.save_checkpoint(path, model, opt, sched, train_module.TrainState(epoch=1), cfg)
+    checkpoint.save(path, model, opt, sched, checkpoint.TrainState(epoch=1), cfg)
 
     torch.manual_seed(1)  # other weights: the checkpoint's must replace them
     resumed = build_model(cfg, synth_store.patch_size)
-    opt2, sched2 = train_module.make_optimizer(cfg, resumed, fused=not saved_fused)
-    assert train_module.load_checkpoint(path, resumed, opt2, sched2, cfg).epoch == 1
+    opt2, sched2 = make_optimizer(cfg, resumed, fused=not saved_fused)
+    assert checkpoint.load(path, resumed, opt2, sched2, cfg).epoch == 1
     assert opt2.param_groups[0]["fused"] is (None if saved_fused else True), "the resuming job's kernel"
     for a, b in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(opt.state[a]["exp_avg_sq"], opt2.state[b]["exp_avg_sq"])
@@ -216,12 +219,12 @@ def test_cuda_resumes_across_the_adam_kernel(synth_store, tmp_path, saved_fused)
     inputs = train_module.open_inputs(cfg, device)
     batches = [torch.as_tensor(inputs.train_idx[i:i + 32]).to(device) for i in range(0, 64, 32)]
     model = build_model(cfg, synth_store.patch_size).to(device)
-    opt, sched = train_module.make_optimizer(cfg, model, fused=saved_fused)
+    opt, sched = make_optimizer(cfg, model, fused=saved_fused)
     train_module.train_epoch(model, opt, inputs.source, batches, env)
-    train_module.save_checkpoint(tmp_path / CHECKPOINT, model, opt, sched, train_module.TrainState(epoch=1), cfg,
+    checkpoint.save(tmp_path / CHECKPOINT, model, opt, sched, checkpoint.TrainState(epoch=1), cfg,
                                  device)
-    opt2, sched2 = train_module.make_optimizer(cfg, model, fused=not saved_fused)
-    train_module.load_checkpoint(tmp_path / CHECKPOINT, model, opt2, sched2, cfg, device)
+    opt2, sched2 = make_optimizer(cfg, model, fused=not saved_fused)
+    checkpoint.load(tmp_path / CHECKPOINT, model, opt2, sched2, cfg, device)
     step = opt2.state[next(model.parameters())]["step"]
     assert step.device.type == ("cpu" if saved_fused else "cuda"), "where the resuming kernel wants it"
     assert math.isfinite(train_module.train_epoch(model, opt2, inputs.source, batches, env))
