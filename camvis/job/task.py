@@ -53,7 +53,9 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     note = device.check(cfg.train.device, gpus)  # a GPU allocation torch cannot use: stop before any write
     _check_model(cfg, distributed.pick_device(cfg.train.device))  # the same for a model that cannot fit
     env = distributed.setup(cfg.train.device)
-    opened = functools.cache(lambda: open_job_store(cfg))  # the job's one open: staged -> opened -> verified
+    # The job's one open of its store (staged -> opened -> verified), on first use: in prepare when settle has a
+    # training to compare statistics with, else for the inputs; a store that fails to open fails after the lock.
+    opened = functools.cache(lambda: open_job_store(cfg))
     lock = ExitStack()
     try:
         def prepare() -> None:  # one runner per job folder: a second one fails here, touching nothing
