@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,10 @@ NORM_LABELS = {NORM_PER_FOLD: "per-fold (training views)", NORM_GLOBAL: "global 
 
 # --------------------------------------------------------------------------- opening
 
+opens: Counter[str] = Counter()
+"""How often this process called open_store on each path (as given): a job opens its store once
+(camvis.job.startup.open_job_store), which tests/job/test_startup.py holds it to."""
+
 
 def open_store(path: str | os.PathLike) -> PatchStore:
     """Open a store lazily (the pyramid stays on disk; the patch table is read).
@@ -151,6 +156,7 @@ def open_store(path: str | os.PathLike) -> PatchStore:
     once per node. Everything is read through one descriptor of the directory, so an open that
     races a rebuild reads one store, not parts of two."""
     path = Path(path)
+    opens[str(path)] += 1
     if not path.exists():
         raise StoreError(f"{path}: no such store (build it with camvis-data build)")
     with _pinned(path) as pinned:

@@ -10,12 +10,13 @@ a finished training with another eval section is only re-evaluated.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 import traceback
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import submitit
 
@@ -25,6 +26,9 @@ from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
 from camvis.jobdir import BEST, ERROR, PROGRESS, read_json
+
+if TYPE_CHECKING:
+    from camvis.data.store import PatchStore
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None,
@@ -40,7 +44,7 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     """
     from camvis.job import device, distributed, efficiency
     from camvis.job.evaluate import EvalInputs, evaluate_job
-    from camvis.job.startup import open_job_inputs
+    from camvis.job.startup import open_job_inputs, open_job_store
     from camvis.job.train import train
     from camvis.job.train_log import log_hparams, write_progress
 
@@ -50,6 +54,9 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
     note = device.check(cfg.train.device, gpus)  # a GPU allocation torch cannot use: stop before any write
     _check_model(cfg, distributed.pick_device(cfg.train.device))  # the same for a model that cannot fit
     env = distributed.setup(cfg.train.device)
+    # The job's one open of its store (staged -> opened -> verified), on first use: in prepare when settle has a
+    # training to compare statistics with, else for the inputs; a store that fails to open fails after the lock.
+    opened = functools.cache(lambda: open_job_store(cfg))
     lock = ExitStack()
     try:
         def prepare() -> None:  # one runner per job folder: a second one fails here, touching nothing
@@ -57,13 +64,13 @@ def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | N
             print(device.log_line(trained_on), flush=True)  # the log's first lines
             if note:
                 print(note, flush=True)
-            _start(directory, cfg, env.world_size, restart)
+            _start(directory, cfg, env.world_size, restart, inputs=lambda: _normalization(cfg, opened()[0]))
 
         trained_on = device.describe(env.device, env.world_size, device.allocated_gpus(grid_gpus=gpus))
         main_first(env, prepare)
         meter = efficiency.Meter(env.device, sample_gpu=env.is_main, device_info=trained_on)
         clock = [time.perf_counter()]
-        inputs, startup = open_job_inputs(cfg, env.device)  # one pyramid on the device for training and evaluation
+        inputs, startup = open_job_inputs(cfg, env.device, opened=opened())  # one pyramid for training and evaluation
         clock.append(time.perf_counter())
         state = train(cfg, directory, env, inputs, run_id=restart, meter=meter)
         clock.append(time.perf_counter())
@@ -135,13 +142,15 @@ def _broadcast(message: str | None) -> str | None:
     return box[0]
 
 
-def _start(directory: Path, cfg: JobConfig, world_size: int, restart: str | None = None) -> None:
-    """Keep the folder to this config's training (earlier outputs to previous/), then a (re)started
+def _start(directory: Path, cfg: JobConfig, world_size: int, restart: str | None = None,
+           inputs: Callable[[], dict[str, Any]] | None = None) -> None:
+    """Keep the folder to this config's training (earlier outputs to previous/; `inputs`: the job's
+    statistics, asked for only when there is a training to compare them with), then a (re)started
     job is running, not failed: drop the last run's error and say so at once."""
     from camvis.job import identity
 
     directory.mkdir(parents=True, exist_ok=True)
-    moved = identity.settle(directory, cfg, restart, inputs=lambda: _normalization(cfg))
+    moved = identity.settle(directory, cfg, restart, inputs=inputs)
     if moved is not None:
         print(f"{cfg.name}: {moved[1]}: earlier outputs moved to {moved[0]}", flush=True)
     reap_stale_tmp(directory, recursive=True)  # .tmp files of a killed run (checkpoint.pt's ...)
@@ -150,11 +159,9 @@ def _start(directory: Path, cfg: JobConfig, world_size: int, restart: str | None
     _set_phase(directory, cfg, "starting", world_size)
 
 
-def _normalization(cfg: JobConfig) -> dict[str, Any]:
+def _normalization(cfg: JobConfig, store: PatchStore) -> dict[str, Any]:
     """The statistics the job's inputs are normalized with (its fold's), as checkpoints record them."""
-    from camvis.data.store import open_store
-
-    return open_store(cfg.data.store).normalization(cfg.data.fold, cfg.data.factors).record()
+    return store.normalization(cfg.data.fold, cfg.data.factors).record()
 
 
 def _set_phase(directory: Path, cfg: JobConfig, phase: str, world_size: int) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 from camvis.config import load_job_config, sections_hash, to_dict, train_hash
-from camvis.data import stage
+from camvis.data import stage, store
 from camvis.errors import ConfigError
 from camvis.job.startup import open_job_inputs
 from camvis.job.task import run_job
@@ -77,3 +79,34 @@ def test_an_unset_variable_fails_the_job_naming_the_key(synth_store, tmp_path, m
                                           r"CAMVIS_NO_SUCH_VAR is not set"):
         run_job(cfg, tmp_path)
     assert "data.stage" in (tmp_path / "e" / "j" / "error.txt").read_text()
+
+
+def test_a_job_opens_its_store_once_even_when_it_compares_a_training(synth_store, tmp_path):
+    """The second run finds a finished training: the statistics it compares come from the job's one open."""
+    cfg = _cfg(synth_store, "name=j")
+    before = Counter(store.opens)
+    run_job(cfg, tmp_path / "out")
+    run_job(cfg, tmp_path / "out")
+    assert store.opens - before == {str(synth_store.path): 2}
+
+
+def test_a_staged_job_reads_the_shared_store_only_to_stage_it(synth_store, tmp_path):
+    """After staging, the shared store is gutted to the root metadata its copy is named by: a job that
+    read anything else of it (its statistics, table or levels) would fail; both runs (the second one
+    comparing its finished training's statistics) open the node's copy, once each."""
+    shared = Path(shutil.copytree(synth_store.path, tmp_path / "shared.zarr"))
+    node = tmp_path / "node"
+    node.mkdir()
+    made = stage.stage_store(shared, node)  # the node's copy, as the node's first job makes it
+    for entry in shared.iterdir():
+        if entry.name != "zarr.json":
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    cfg = load_job_config(None, [f"data.store={shared}", *TINY, "name=staged", f"data.stage={node}"])
+    before = Counter(store.opens)
+    first, again = run_job(cfg, tmp_path / "out"), run_job(cfg, tmp_path / "out")
+    assert store.opens - before == {str(made.path): 2}
+    assert first["startup"]["stage"] == again["startup"]["stage"] == "reused"
+    assert {"open_s", "verify_s", "levels_s"} <= set(first["startup"])
+    reference = run_job(_cfg(synth_store, "name=reference"), tmp_path / "out")
+    for key in ("metrics", "confusion", "n_train", "n_val"):
+        assert first[key] == again[key] == reference[key], key
