@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "configs" / "all_architectures.yaml"
 TARGET_S = 3.0
 TARGET_SBATCH = 2  # the array and the aggregate job (--jobs N: one sbatch per array + 1)
-FIT_LOCAL = ["slurm.gpus_per_node=0", "slurm.mem_gb=1", "slurm.cpus_per_task=1"]
+FIT_LOCAL = ["slurm.gpus_per_node=0", "slurm.mem_gb=1", "slurm.cpus_per_task=1", "train.batch_size=4"]
 HOLD = "slurm.additional.hold=true"
 
 

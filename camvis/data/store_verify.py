@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 import numpy as np
 import zarr
 from zarr.api import asynchronous as zarr_async
-from zarr.core.sync import sync  # runs a coroutine on zarr's event loop, as zarr's own sync API does
 
+from camvis.adapters import zarr_api
 from camvis.errors import StoreError
 from camvis.data.camvis2 import EXACT, MODES, level_shape
 from camvis.data.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
@@ -322,7 +322,7 @@ def _float_array(where: str, attrs: Mapping[str, Any], key: str, shape: tuple[in
 def open_root(path: Path) -> zarr.AsyncGroup:
     """The store's root group, for open_arrays; zarr's errors (FileNotFoundError, ValueError,
     OSError) when `path` is no Zarr group."""
-    return sync(zarr_async.open_group(store=path, mode="r"))
+    return zarr_api.run(zarr_async.open_group(store=path, mode="r"))
 
 
 def open_arrays(where: str, path: Path, root: zarr.AsyncGroup, schema: Schema
@@ -347,7 +347,7 @@ def open_arrays(where: str, path: Path, root: zarr.AsyncGroup, schema: Schema
     async def fetch() -> list[Any]:
         return await asyncio.gather(*(level(name, shape) for name, (shape, _) in schema.arrays().items()),
                                     *(column(f"patches/{c}") for c in TABLE_COLUMNS), return_exceptions=True)
-    fetched = sync(fetch())
+    fetched = zarr_api.run(fetch())  # one round trip: the adapter says why
     for result in fetched:  # the first problem in array order, whichever task failed first
         if isinstance(result, BaseException):
             raise result
@@ -384,7 +384,7 @@ def _node_errors(where: str, name: str) -> Iterator[None]:
 
 def _check_node(where: str, name: str, node: Any, shape: tuple[int, ...] | None) -> zarr.Array:
     """`node` as an array of the dtype the format gives `name` (and `shape`, if given)."""
-    array = zarr.Array(node) if isinstance(node, zarr.AsyncArray) else node
+    array = zarr_api.as_array(node)
     if not isinstance(array, zarr.Array):
         raise fail(where, f"{name} is a group, expected an array")
     dtype = _dtype(name)

@@ -1,0 +1,109 @@
+"""Opening a patch store (camvis.data.store.open_store): today's concurrent fetch through zarr's
+internal `zarr.core.sync.sync` against the same checks done through zarr's public sync API alone.
+
+    .venv/bin/python benchmarks/bench_store_open.py --store data/processed/camvis2.zarr
+    .venv/bin/python benchmarks/bench_store_open.py --store S.zarr --repeats 30 --json benchmarks/results/store_open.json
+
+"concurrent" is camvis as it is: store_verify.open_arrays gathers every level array's metadata and
+every patch-table column (read and CRC-checked) in one round trip to zarr's event loop
+(camvis.adapters.zarr_api.run). "public" opens the group with zarr.open_group and reads each array
+and column in turn through the sync API (one round trip each), with the same checks. Each repeat
+opens the store once in this process, warm page cache (the first open of each way is dropped).
+The figure is the median wall and CPU seconds per open, and the load average beside it.
+"""
+
+from __future__ import annotations
+
+NEEDS = """needs: a camvis store (--store); make one with
+  camvis-data synth data/raw/camvis2 --views 9 && camvis-data build data/raw/camvis2 data/processed/camvis2.zarr
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+
+from camvis.data import store, store_verify
+
+
+def _public_open_root(path: Path) -> Any:
+    return zarr.open_group(store=path, mode="r")
+
+
+def _public_open_arrays(where: str, path: Path, root: Any, schema: Any) -> Any:
+    """store_verify.open_arrays' work and checks, one array and one column at a time."""
+    arrays = {name: store_verify._check_node(where, name, root[name], shape)
+              for name, (shape, _) in schema.arrays().items()}
+    table = {}
+    for column in store_verify.TABLE_COLUMNS:
+        name = f"patches/{column}"
+        array = store_verify._check_node(where, name, root[name], None)
+        entry = schema.checksums[name]
+        block = np.asarray(array[0:entry["rows"]])
+        store_verify._check_block(where, path, name, array, 0, block, entry)
+        table[column] = block
+    store_verify.check_table(where, table, schema)
+    return {f: (arrays[f"levels/{f}/images"], arrays[f"levels/{f}/depth"]) for f in schema.factors}, table
+
+
+@contextmanager
+def public_api() -> Iterator[None]:
+    saved = store_verify.open_root, store_verify.open_arrays
+    store_verify.open_root, store_verify.open_arrays = _public_open_root, _public_open_arrays
+    try:
+        yield
+    finally:
+        store_verify.open_root, store_verify.open_arrays = saved
+
+
+def time_opens(path: Path, repeats: int) -> dict[str, float]:
+    walls, cpus = [], []
+    for i in range(repeats + 1):
+        w, c = time.perf_counter(), time.process_time()
+        store.open_store(path)
+        if i:  # the first one warms the page cache and the imports
+            walls.append(time.perf_counter() - w)
+            cpus.append(time.process_time() - c)
+    return {"median_s": statistics.median(walls), "median_cpu_s": statistics.median(cpus)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, epilog=NEEDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, required=True)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if not args.store.is_dir():
+        sys.exit(f"error: no store at {args.store}\n{NEEDS}")
+    load = os.getloadavg()
+    results = {}
+    for _ in range(2):  # alternate, so that a change of load hits both ways
+        for way in ("concurrent", "public"):
+            if way == "public":
+                with public_api():
+                    r = time_opens(args.store, args.repeats)
+            else:
+                r = time_opens(args.store, args.repeats)
+            results.setdefault(way, []).append(r)
+    summary = {way: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for way, runs in results.items()}
+    for way, r in summary.items():
+        print(f"{way:10s}: {r['median_s'] * 1e3:7.1f} ms per open ({r['median_cpu_s'] * 1e3:.1f} ms CPU)")
+    print(f"load average {load[0]:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "benchmark": "open a camvis store: concurrent (zarr.core.sync) vs public sync API",
+            "command": " ".join(["python", *sys.argv]), "store": str(args.store), "repeats": args.repeats,
+            "load_avg_start": load, "load_avg_end": os.getloadavg(), "results": summary, "runs": results},
+            indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

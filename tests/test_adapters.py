@@ -1,0 +1,162 @@
+"""camvis.adapters: the exact behaviour of each private name of submitit and zarr that camvis relies on.
+
+An upgrade of either library that changes one fails here first, saying what camvis relies on and
+where the adapter is (the pins in pyproject.toml are the range these tests passed with). Through a
+stand-in sbatch/srun on PATH (real SLURM: tests/integration/test_slurm.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import submitit
+import zarr
+from submitit.core.utils import JobPaths
+
+from camvis.adapters import submitit_api, zarr_api
+
+SUBMITIT = f"submitit {submitit.__version__} changed: camvis relies on {{}}; see camvis/adapters/submitit_api.py"
+ZARR = f"zarr {zarr.__version__} changed: camvis relies on {{}}; see camvis/adapters/zarr_api.py"
+
+
+@pytest.fixture
+def sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in sbatch (copies its script to $SHIM/script.sh, answers job 4242) and srun, first on PATH."""
+    folder = tmp_path / "shim"
+    folder.mkdir()
+    for name, body in {"sbatch": 'cp "$1" "$SHIM/script.sh"; echo "Submitted batch job 4242"', "srun": "exit 0"}.items():
+        (folder / name).write_text(f"#!/bin/sh\n{body}\n")
+        (folder / name).chmod(0o755)
+    monkeypatch.setenv("SHIM", str(folder))
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    return folder
+
+
+# --------------------------------------------------------------------------- submitit
+
+
+def test_cluster_executor_is_the_one_autoexecutor_wraps(tmp_path: Path) -> None:
+    auto = submitit.AutoExecutor(folder=tmp_path / "%j", cluster="local")
+    inner = submitit_api.cluster_executor(auto)
+    assert isinstance(inner, submitit.LocalExecutor), SUBMITIT.format("AutoExecutor._executor, the wrapped executor")
+    auto.update_parameters(timeout_min=7)
+    assert inner.parameters.get("timeout_min") == 7, SUBMITIT.format(
+        "AutoExecutor.update_parameters setting the wrapped executor's parameters")
+    plain = submitit.LocalExecutor(folder=tmp_path)
+    assert submitit_api.cluster_executor(plain) is plain
+
+
+def test_submit_array_command_submits_one_array_running_the_command(sbatch: Path, tmp_path: Path) -> None:
+    assert list(inspect.signature(submitit.SlurmExecutor._submit_command).parameters) == ["self", "command"], \
+        SUBMITIT.format("PicklingExecutor._submit_command(self, command)")
+    auto = submitit.AutoExecutor(folder=tmp_path / "jobs" / "%j", cluster="slurm", slurm_max_num_timeout=5)
+    auto.update_parameters(timeout_min=9, slurm_array_parallelism=2, slurm_partition="gpu")
+    slurm = submitit_api.cluster_executor(auto)
+    (tmp_path / "jobs").mkdir()  # as the tasks file's staging makes it
+    job_id = submitit_api.submit_array_command(slurm, "python -u -m my.runner /x", 3)
+    assert job_id == "4242"
+    script = (sbatch / "script.sh").read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --time=9",
+                 "#SBATCH --output=" + str(tmp_path / "jobs" / "%A_%a" / "%A_%a_0_log.out")):  # task_paths' stdout
+        assert line in script.splitlines(), SUBMITIT.format(f"_submit_command writing {line!r} for map_count=3")
+    assert "python -u -m my.runner /x" in script, SUBMITIT.format("_submit_command running the command it is given")
+    assert "map_count" not in slurm.parameters, "the array's count is set on a copy, not the caller's executor"
+
+
+def test_sbatch_text_converts_autoexecutor_parameters(tmp_path: Path) -> None:
+    names = {"name": "job_name", "timeout_min": "time", "mem_gb": "mem", "nodes": "nodes",
+             "cpus_per_task": "cpus_per_task", "gpus_per_node": "gpus_per_node", "tasks_per_node": "ntasks_per_node"}
+    assert {k: submitit.SlurmExecutor._equivalence_dict().get(k) for k in names} == names, \
+        SUBMITIT.format("SlurmExecutor._equivalence_dict() mapping AutoExecutor's names to sbatch's")
+    from submitit.slurm import slurm as sl
+
+    assert (sl._convert_mem(2.0), sl._convert_mem(1.5)) == ("2GB", "1536MB"), SUBMITIT.format("slurm._convert_mem")
+    params = {"name": "camvis-x", "timeout_min": 30, "nodes": 2, "tasks_per_node": 4, "cpus_per_task": 8,
+              "gpus_per_node": 4, "mem_gb": 1.5, "slurm_partition": "gpu", "slurm_array_parallelism": 3,
+              "slurm_signal_delay_s": 120, "slurm_setup": ["module load cuda"],
+              "slurm_additional_parameters": {"dependency": "afterok:7"}}
+    text = submitit_api.sbatch_text(params, tmp_path / "%j", "run me", 5)
+    for line in ("#SBATCH --job-name=camvis-x", "#SBATCH --time=30", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --gpus-per-node=4", "#SBATCH --mem=1536MB",
+                 "#SBATCH --partition=gpu", "#SBATCH --array=0-4%3", "#SBATCH --signal=USR2@120",
+                 "#SBATCH --dependency=afterok:7", "module load cuda"):
+        assert line in text.splitlines(), SUBMITIT.format(f"slurm._make_sbatch_string writing {line!r}")
+    assert re.search(r"^srun .*run me$", text, re.MULTILINE), SUBMITIT.format("the command on the script's srun line")
+    assert "--array" not in submitit_api.sbatch_text(params, tmp_path / "%j", "run me", None)
+
+
+def test_job_command_is_submitits_runner(sbatch: Path, tmp_path: Path) -> None:
+    slurm = submitit.SlurmExecutor(folder=tmp_path / "%j")
+    python = shlex.quote(sys.executable)
+    assert submitit_api.job_command(python, slurm.folder) == slurm._submitit_command_str, \
+        SUBMITIT.format(f"{submitit_api.RUNNER_MODULE} as the runner of a plain job")
+
+
+@pytest.mark.parametrize("template", ["/j/%j", "/j/%A/%a", "/j/%A_%a/x%t", "/j/plain"])
+def test_task_path_is_jobpaths_rule(template: str) -> None:
+    for job_id in ("123_4", "77_0"):
+        for task in (0, 3):
+            expected = JobPaths(template, job_id=job_id, task_id=task)
+            for name in ("submitted_pickle", "stdout", "stderr"):
+                pattern = {"submitted_pickle": "%j_submitted.pkl", "stdout": "%j_%t_log.out",
+                           "stderr": "%j_%t_log.err"}[name]
+                assert submitit_api.task_path(f"{template}/{pattern}", job_id, task) == str(getattr(expected, name)), \
+                    SUBMITIT.format(f"JobPaths' rule for {name} ({template}, job {job_id}, task {task})")
+
+
+# --------------------------------------------------------------------------- zarr
+
+
+def test_run_gives_a_coroutines_result_and_raises_its_error(tmp_path: Path) -> None:
+    from zarr.api import asynchronous as zarr_async
+
+    zarr.create_array(tmp_path / "s.zarr", name="a", shape=(4,), dtype="int32", chunks=(2,))[:] = [1, 2, 3, 4]
+
+    async def both() -> list:
+        root = await zarr_async.open_group(store=tmp_path / "s.zarr", mode="r")
+        node = await root.getitem("a")
+        return await asyncio.gather(node.getitem(slice(0, 2)), node.getitem(slice(2, 4)))
+
+    assert [np.asarray(x).tolist() for x in zarr_api.run(both())] == [[1, 2], [3, 4]], \
+        ZARR.format("zarr.core.sync.sync returning the coroutine's result")
+
+    async def missing() -> None:
+        root = await zarr_async.open_group(store=tmp_path / "s.zarr", mode="r")
+        await root.getitem("nope")
+
+    with pytest.raises(KeyError):
+        zarr_api.run(missing())
+
+    async def inside_a_running_loop() -> list:  # a notebook's: zarr's loop is another thread's
+        return zarr_api.run(both())
+
+    assert len(asyncio.run(inside_a_running_loop())) == 2, ZARR.format("sync() from inside another event loop")
+
+
+def test_as_array_wraps_an_async_array(tmp_path: Path) -> None:
+    from zarr.api import asynchronous as zarr_async
+
+    zarr.create_array(tmp_path / "s.zarr", name="a", shape=(3, 2), dtype="uint8")[:] = 7
+    node = zarr_api.run(zarr_api.run(zarr_async.open_group(store=tmp_path / "s.zarr", mode="r")).getitem("a"))
+    assert isinstance(node, zarr.AsyncArray)
+    array = zarr_api.as_array(node)
+    assert isinstance(array, zarr.Array) and array.shape == (3, 2) and int(array[2, 1]) == 7, \
+        ZARR.format("zarr.Array(async_array), the sync array around an AsyncArray")
+    assert zarr_api.as_array(array) is array
+
+
+def test_chunk_keys_are_the_files_store_map_reads(tmp_path: Path) -> None:
+    """Public API, but camvis.data.store_map and store_verify name chunk files by it."""
+    array = zarr.create_array(tmp_path / "s.zarr", name="levels", shape=(2, 3, 4), dtype="uint8", chunks=(1, 3, 4))
+    array[:] = 1
+    key = array.metadata.encode_chunk_key((1, 0, 0))
+    assert key == "c/1/0/0" and (tmp_path / "s.zarr" / "levels" / key).is_file(), \
+        ZARR.format("Array.metadata.encode_chunk_key naming the chunk's file (c/1/0/0)")
