@@ -1,13 +1,13 @@
-"""camvis.adapters: the exact behaviour of each private name of submitit and zarr that camvis relies on.
+"""camvis.adapters: the exact behaviour of each private name of submitit that camvis relies on, and of
+the zarr behaviour its store format builds on (camvis uses no private name of zarr).
 
 An upgrade of either library that changes one fails here first, saying what camvis relies on and
-where the adapter is (the pins in pyproject.toml are the range these tests passed with). Through a
-stand-in sbatch/srun on PATH (real SLURM: tests/integration/test_slurm.py).
+where (the pins in pyproject.toml are the range these tests passed with). Through a stand-in
+sbatch/srun on PATH (real SLURM: tests/integration/test_slurm.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import os
 import re
@@ -21,10 +21,10 @@ import submitit
 import zarr
 from submitit.core.utils import JobPaths
 
-from camvis.adapters import submitit_api, zarr_api
+from camvis.adapters import submitit_api
 
 SUBMITIT = f"submitit {submitit.__version__} changed: camvis relies on {{}}; see camvis/adapters/submitit_api.py"
-ZARR = f"zarr {zarr.__version__} changed: camvis relies on {{}}; see camvis/adapters/zarr_api.py"
+ZARR = f"zarr {zarr.__version__} changed: camvis relies on {{}}; see camvis/data/store_map.py, store_verify.py"
 
 
 @pytest.fixture
@@ -112,51 +112,20 @@ def test_task_path_is_jobpaths_rule(template: str) -> None:
                     SUBMITIT.format(f"JobPaths' rule for {name} ({template}, job {job_id}, task {task})")
 
 
-# --------------------------------------------------------------------------- zarr
-
-
-def test_run_gives_a_coroutines_result_and_raises_its_error(tmp_path: Path) -> None:
-    from zarr.api import asynchronous as zarr_async
-
-    zarr.create_array(tmp_path / "s.zarr", name="a", shape=(4,), dtype="int32", chunks=(2,))[:] = [1, 2, 3, 4]
-
-    async def both() -> list:
-        root = await zarr_async.open_group(store=tmp_path / "s.zarr", mode="r")
-        node = await root.getitem("a")
-        return await asyncio.gather(node.getitem(slice(0, 2)), node.getitem(slice(2, 4)))
-
-    assert [np.asarray(x).tolist() for x in zarr_api.run(both())] == [[1, 2], [3, 4]], \
-        ZARR.format("zarr.core.sync.sync returning the coroutine's result")
-
-    async def missing() -> None:
-        root = await zarr_async.open_group(store=tmp_path / "s.zarr", mode="r")
-        await root.getitem("nope")
-
-    with pytest.raises(KeyError):
-        zarr_api.run(missing())
-
-    async def inside_a_running_loop() -> list:  # a notebook's: zarr's loop is another thread's
-        return zarr_api.run(both())
-
-    assert len(asyncio.run(inside_a_running_loop())) == 2, ZARR.format("sync() from inside another event loop")
-
-
-def test_as_array_wraps_an_async_array(tmp_path: Path) -> None:
-    from zarr.api import asynchronous as zarr_async
-
-    zarr.create_array(tmp_path / "s.zarr", name="a", shape=(3, 2), dtype="uint8")[:] = 7
-    node = zarr_api.run(zarr_api.run(zarr_async.open_group(store=tmp_path / "s.zarr", mode="r")).getitem("a"))
-    assert isinstance(node, zarr.AsyncArray)
-    array = zarr_api.as_array(node)
-    assert isinstance(array, zarr.Array) and array.shape == (3, 2) and int(array[2, 1]) == 7, \
-        ZARR.format("zarr.Array(async_array), the sync array around an AsyncArray")
-    assert zarr_api.as_array(array) is array
+# --------------------------------------------------------------------------- zarr (public API only)
 
 
 def test_chunk_keys_are_the_files_store_map_reads(tmp_path: Path) -> None:
-    """Public API, but camvis.data.store_map and store_verify name chunk files by it."""
-    array = zarr.create_array(tmp_path / "s.zarr", name="levels", shape=(2, 3, 4), dtype="uint8", chunks=(1, 3, 4))
-    array[:] = 1
+    """camvis.data.store_map memory-maps chunk files and store_verify names a missing one by
+    Array.metadata.encode_chunk_key; a missing chunk reads as the fill value (why the build records
+    checksums)."""
+    array = zarr.create_array(tmp_path / "s.zarr", name="levels", shape=(2, 3, 4), dtype="uint8", chunks=(1, 3, 4),
+                              fill_value=0, compressors=None)
+    array[:] = 7
     key = array.metadata.encode_chunk_key((1, 0, 0))
-    assert key == "c/1/0/0" and (tmp_path / "s.zarr" / "levels" / key).is_file(), \
-        ZARR.format("Array.metadata.encode_chunk_key naming the chunk's file (c/1/0/0)")
+    chunk = tmp_path / "s.zarr" / "levels" / key
+    assert key == "c/1/0/0" and chunk.is_file(), ZARR.format("encode_chunk_key naming the chunk's file (c/1/0/0)")
+    assert chunk.read_bytes() == bytes([7] * 12), ZARR.format("an uncompressed chunk file holding the raw C-order bytes")
+    chunk.unlink()
+    assert np.asarray(zarr.open_array(tmp_path / "s.zarr" / "levels", mode="r")[1]).max() == 0, \
+        ZARR.format("a missing chunk reading as the fill value")
