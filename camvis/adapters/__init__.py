@@ -6,6 +6,6 @@ library's pin in pyproject.toml is the range those tests passed with.
 
 - submitit_api: submitit's private names (the one-file job arrays and the dry run's sbatch text).
 - zarr: none. camvis.data.store_verify opens a store through zarr's public sync API; the internal
-  zarr.core.sync it used saved 0-40 ms an open (benchmarks/bench_store_open.py), too little for a
-  private API. tests/test_adapters.py pins the public behaviour camvis builds on (chunk file names).
+  zarr.core.sync it used saved about 15 ms an open (benchmarks/bench_store_open.py), too little for
+  a private API. tests/test_adapters.py pins the public behaviour camvis builds on (chunk file names).
 """
