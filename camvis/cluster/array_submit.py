@@ -9,8 +9,9 @@ does; anything else falls back to cloudpickle) into one tasks file per array,
 <folder's id-free part>/<array>_tasks.pkl: a header (magic, count, offsets), then the pickles.
 
 The array runs `python -m camvis.cluster.array_submit FOLDER` in submitit's own sbatch script
-(SlurmExecutor._submit_command, as map_array calls it). On the node, `run_task` copies the pickle
-of its task (SLURM_ARRAY_TASK_ID) to submitit's <array>_<i>/<array>_<i>_submitted.pkl, unless
+(SlurmExecutor._submit_command, as map_array calls it: camvis.adapters.submitit_api holds every
+private name of submitit that camvis uses, with its measured gain). On the node, `run_task` copies
+the pickle of its task (SLURM_ARRAY_TASK_ID) to submitit's <array>_<i>/<array>_<i>_submitted.pkl, unless
 that exists (a requeued task's checkpoint is there), and hands over to submitit's runner: results,
 logs, signals and requeues are submitit's, unchanged.
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from camvis.adapters.submitit_api import cluster_executor, submit_array_command, task_path
 from camvis.io import tmp_prefix, write_bytes
 
 PROTOCOL = 5
@@ -66,20 +68,16 @@ def submit_array(executor: Any, fn: Callable[..., Any], args: Sequence[tuple[Any
     task, or another cluster, is submitit's map_array itself (one task is a plain job there, no array)."""
     from submitit.slurm.slurm import SlurmExecutor
 
-    slurm = getattr(executor, "_executor", executor)  # AutoExecutor wraps the cluster's executor
+    slurm = cluster_executor(executor)
     if not isinstance(slurm, SlurmExecutor) or len(args) < 2:
         return executor.map_array(fn, *zip(*args))
     staged = _stage(slurm, fn, args)
     try:
-        array_ex = SlurmExecutor(slurm.folder, slurm.max_num_timeout)  # what map_array does: a copy
-        array_ex.update_parameters(**slurm.parameters)
-        array_ex.parameters["map_count"] = len(args)
-        slurm._throttle()
-        first = array_ex._submit_command(runner_command(slurm.python, slurm.folder))
+        array_id = submit_array_command(slurm, runner_command(slurm.python, slurm.folder), len(args))
     except BaseException:
         _unlink(staged)
         raise
-    return _commit(slurm.folder, str(first.job_id), staged, len(args))
+    return _commit(slurm.folder, array_id, staged, len(args))
 
 
 def runner_command(python: str, folder: str | Path) -> str:
@@ -203,15 +201,6 @@ def task_paths(template: str, job_id: str) -> TaskPaths:
     """submitit's pickle and log paths of one array task (its first rank's logs)."""
     return TaskPaths(*(task_path(os.path.join(template, name), job_id)
                        for name in ("%j_submitted.pkl", "%j_%t_log.out", "%j_%t_log.err")))
-
-
-def task_path(template: str, job_id: str, task_id: int = 0) -> str:
-    """A submitit path template ("%j", "%t", "%A", "%a") for one array task: JobPaths._format_id's rule."""
-    replaced = template.replace("%j", job_id).replace("%t", str(task_id))
-    array_id, _, index = job_id.partition("_")
-    if "%a" in replaced:
-        replaced = replaced.replace("%a", index)
-    return replaced.replace("%A", array_id)
 
 
 # --------------------------------------------------------------------------- on the node

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from camvis.adapters import submitit_api
 from camvis.cluster.array_submit import runner_command
 from camvis.cluster.grid import Grid, JobSpec
 from camvis.cluster.slurm_settings import checked_parameters, site_parameters
@@ -139,19 +140,8 @@ def dry_run_scripts(grid: Grid, todo: list[JobSpec], exp_dir: Path,
 def render_sbatch(params: dict[str, Any], folder: Path, map_count: int | None) -> str:
     """submitit's own sbatch text for AutoExecutor `params`, without needing SLURM here; an array
     runs camvis's task runner (array_submit), a single job submitit's."""
-    from submitit.slurm import slurm as sl
-
-    names = sl.SlurmExecutor._equivalence_dict()
-    args: dict[str, Any] = {}
-    for key, value in params.items():
-        if key.startswith("slurm_"):
-            args[key[len("slurm_"):]] = value
-        else:
-            args[names[key]] = sl._convert_mem(value) if key == "mem_gb" else value
-    if map_count is not None and map_count > 1:
-        args["map_count"] = map_count
     folder = folder.expanduser().absolute()  # as submitit's executors hold it
     python = shlex.quote(sys.executable)  # submitit's default executor python
-    command = runner_command(python, folder) if args.get("map_count") else \
-        " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
-    return sl._make_sbatch_string(command=command, folder=folder, **args)
+    array = map_count is not None and map_count > 1
+    command = runner_command(python, folder) if array else submitit_api.job_command(python, folder)
+    return submitit_api.sbatch_text(params, folder, command, map_count)

@@ -15,7 +15,6 @@ names the store, the attribute or array, and what was expected.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import json
@@ -28,8 +27,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import zarr
-from zarr.api import asynchronous as zarr_async
-from zarr.core.sync import sync  # runs a coroutine on zarr's event loop, as zarr's own sync API does
 
 from camvis.errors import StoreError
 from camvis.data.camvis2 import EXACT, MODES, level_shape
@@ -319,40 +316,21 @@ def _float_array(where: str, attrs: Mapping[str, Any], key: str, shape: tuple[in
 # --------------------------------------------------------------------------- arrays and table
 
 
-def open_root(path: Path) -> zarr.AsyncGroup:
+def open_root(path: Path) -> zarr.Group:
     """The store's root group, for open_arrays; zarr's errors (FileNotFoundError, ValueError,
     OSError) when `path` is no Zarr group."""
-    return sync(zarr_async.open_group(store=path, mode="r"))
+    return zarr.open_group(store=path, mode="r")
 
 
-def open_arrays(where: str, path: Path, root: zarr.AsyncGroup, schema: Schema
+def open_arrays(where: str, path: Path, root: zarr.Group, schema: Schema
                 ) -> tuple[dict[int, tuple[zarr.Array, zarr.Array]], dict[str, np.ndarray]]:
     """Every level array (shape and dtype checked) and the whole patch table (checksums and
-    contents checked), fetched concurrently: one round trip to zarr's event loop instead of one
-    per array and per read, which halves the time of an open and so pays for its checks."""
-    async def level(name: str, shape: tuple[int, ...]) -> zarr.Array:
-        return _check_node(where, name, await _get_node(where, root, name), shape)
-
-    async def column(name: str) -> np.ndarray:
-        node = await _get_node(where, root, name)
-        array = _check_node(where, name, node, None)
-        if array.ndim != 1:
-            raise fail(where, f"array {name} has shape {tuple(array.shape)}, expected one column")
-        entry = schema.checksums[name]
-        with _decode_errors(where, name, 0):
-            block = np.asarray(await node.getitem(slice(0, entry["rows"])))
-        _check_block(where, path, name, array, 0, block, entry)
-        return block
-
-    async def fetch() -> list[Any]:
-        return await asyncio.gather(*(level(name, shape) for name, (shape, _) in schema.arrays().items()),
-                                    *(column(f"patches/{c}") for c in TABLE_COLUMNS), return_exceptions=True)
-    fetched = sync(fetch())
-    for result in fetched:  # the first problem in array order, whichever task failed first
-        if isinstance(result, BaseException):
-            raise result
-    arrays = dict(zip(schema.arrays(), fetched))
-    table = dict(zip(TABLE_COLUMNS, fetched[len(arrays):]))
+    contents checked), one at a time through zarr's public API. (Fetching them concurrently through
+    zarr's internal zarr.core.sync saved about 15 ms an open, 21 against 35 ms, of a job start of
+    seconds: benchmarks/bench_store_open.py.)"""
+    arrays = {name: _check_node(where, name, _get_node(where, root, name), shape)
+              for name, (shape, _) in schema.arrays().items()}
+    table = {c: _column(where, path, root, f"patches/{c}", schema.checksums[f"patches/{c}"]) for c in TABLE_COLUMNS}
     lengths = {k: len(v) for k, v in table.items()}
     if len(set(lengths.values())) != 1 or not lengths["label"]:
         raise fail(where, f"patch table columns must have one equal, non-zero length, got {lengths}")
@@ -360,16 +338,25 @@ def open_arrays(where: str, path: Path, root: zarr.AsyncGroup, schema: Schema
     return {f: (arrays[f"levels/{f}/images"], arrays[f"levels/{f}/depth"]) for f in schema.factors}, table
 
 
+def _column(where: str, path: Path, root: zarr.Group, name: str, entry: Mapping[str, Any]) -> np.ndarray:
+    """A patch-table column, read whole and checked against its recorded checksum."""
+    array = open_array(where, root, name)
+    if array.ndim != 1:
+        raise fail(where, f"array {name} has shape {tuple(array.shape)}, expected one column")
+    with _decode_errors(where, name, 0):
+        block = np.asarray(array[0:entry["rows"]])
+    _check_block(where, path, name, array, 0, block, entry)
+    return block
+
+
 def open_array(where: str, root: zarr.Group, name: str) -> zarr.Array:
     """Array `name` of the store, with the dtype the format gives it."""
-    with _node_errors(where, name):
-        node = root[name]
-    return _check_node(where, name, node, None)
+    return _check_node(where, name, _get_node(where, root, name), None)
 
 
-async def _get_node(where: str, root: zarr.AsyncGroup, name: str) -> Any:
+def _get_node(where: str, root: zarr.Group, name: str) -> Any:
     with _node_errors(where, name):
-        return await root.getitem(name)
+        return root[name]
 
 
 @contextmanager
@@ -382,9 +369,8 @@ def _node_errors(where: str, name: str) -> Iterator[None]:
         raise fail(where, f"array {name}: unreadable metadata ({' '.join(str(e).split())})") from e
 
 
-def _check_node(where: str, name: str, node: Any, shape: tuple[int, ...] | None) -> zarr.Array:
-    """`node` as an array of the dtype the format gives `name` (and `shape`, if given)."""
-    array = zarr.Array(node) if isinstance(node, zarr.AsyncArray) else node
+def _check_node(where: str, name: str, array: Any, shape: tuple[int, ...] | None) -> zarr.Array:
+    """`array`, once it is an array of the dtype the format gives `name` (and `shape`, if given)."""
     if not isinstance(array, zarr.Array):
         raise fail(where, f"{name} is a group, expected an array")
     dtype = _dtype(name)

@@ -178,14 +178,6 @@ def test_one_task_is_submitits_plain_job(shim: Path, tmp_path: Path) -> None:
     assert str(job.job_id) == "100" and "--array" not in (shim / "script_100.sh").read_text()
 
 
-@pytest.mark.parametrize("template", ["/j/%j", "/j/%A/%a", "/j/%A_%a/x%t", "/j/plain"])
-def test_task_path_is_submitits_rule(template: str) -> None:
-    for job_id in ("123_4", "77_0"):
-        for task in (0, 3):
-            expected = JobPaths(template, job_id=job_id, task_id=task)
-            assert array_submit.task_path(template + "/%j_%t_log.out", job_id, task) == str(expected.stdout)
-
-
 def test_a_launch_killed_in_sbatch_leaves_a_temporary_the_next_launch_reaps(shim: Path, tmp_path: Path) -> None:
     from camvis.io import reap_stale_tmp
 
