@@ -89,7 +89,7 @@ def test_an_upward_import_is_caught(tmp_path: Path) -> None:
     (fake / "data").mkdir()
     (fake / "job" / "train.py").write_text(textwrap.dedent("""
         from typing import TYPE_CHECKING
-        from camvis.cluster.manifest import read_manifest
+        from camvis.bookkeeping.manifest import read_manifest
         if TYPE_CHECKING:
             from camvis.results import aggregate
         def f():
@@ -98,7 +98,7 @@ def test_an_upward_import_is_caught(tmp_path: Path) -> None:
     (fake / "data" / "store.py").write_text("from camvis.job.batches import BatchSource\nfrom camvis import io\n")
     found = violations(fake)
     assert len(found) == 4, found
-    assert any("job imports cluster (camvis.cluster.manifest) at module level" in f for f in found)
+    assert any("job imports cluster (camvis.bookkeeping.manifest) at module level" in f for f in found)
     assert any("job imports results (camvis.results) at module level" in f for f in found)
     assert any("inside a function" in f for f in found)
     assert any("data imports job" in f for f in found)

@@ -116,7 +116,7 @@ def prepare_data(console) -> None:
 
 def best_job(out: Path, group: str = "cat") -> tuple[Path, dict] | None:
     """The group's finished job with the best held-out accuracy, and its scores."""
-    from camvis.jobdir import SCORES, read_json
+    from camvis.bookkeeping.jobfolder import SCORES, read_json
 
     scored = [(d, read_json(d / SCORES)) for d in sorted(out.glob(f"{group}_fold*"))]
     scored = [(d, s) for d, s in scored if s and (s.get("metrics") or {}).get("acc") is not None]

@@ -215,7 +215,7 @@ def on_node(s: SlurmSettings, folder: Path, wait_s: float = 600.0,
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
     from camvis.errors import SubmissionError
-    from camvis.job.node_report import node_report
+    from camvis.node.report import node_report
 
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=0)
     executor.update_parameters(**on_node_parameters(s))

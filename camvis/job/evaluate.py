@@ -28,7 +28,7 @@ from camvis.config import JobConfig, config_hash, eval_hash
 from camvis.config import train_hash as config_train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, write_csv, write_json
-from camvis.jobdir import PROGRESS, SCORES, as_int, read_json
+from camvis.bookkeeping.jobfolder import PROGRESS, SCORES, as_int, read_json
 from camvis.progress import progress_bar
 from camvis.data.store import PatchStore
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 from camvis.job import checkpoints
 from camvis.config import JobConfig, config_hash, train_hash
 from camvis.data.store_info import NORM_GLOBAL
-from camvis.jobdir import BEST, CHECKPOINT, PROGRESS, SCORES, read_json
+from camvis.bookkeeping.jobfolder import BEST, CHECKPOINT, PROGRESS, SCORES, read_json
 
 PREVIOUS = "previous"
 TRAINING = (CHECKPOINT, BEST, PROGRESS, "tensorboard")  # what an eval-only change keeps

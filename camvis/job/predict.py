@@ -249,7 +249,7 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
     which ones (Normalization.label)."""
     from camvis import __version__
     from camvis.config import config_hash, to_dict
-    from camvis.jobdir import SCORES, read_json
+    from camvis.bookkeeping.jobfolder import SCORES, read_json
     from camvis.model import find_architecture
 
     m = cfg.model

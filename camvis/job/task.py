@@ -24,7 +24,7 @@ from camvis.bounds import num_threads
 from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
 from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
-from camvis.jobdir import BEST, ERROR, PROGRESS, read_json
+from camvis.bookkeeping.jobfolder import BEST, ERROR, PROGRESS, read_json
 
 
 def run_job(cfg: JobConfig, outputs: str | Path = "outputs", *, restart: str | None = None,

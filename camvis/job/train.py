@@ -33,7 +33,7 @@ from camvis.job.distributed import DistEnv
 from camvis.errors import CamvisError
 from camvis.job.evaluate import predict
 from camvis.io import now_iso, write_json, write_torch
-from camvis.jobdir import BEST, CHECKPOINT, PROGRESS
+from camvis.bookkeeping.jobfolder import BEST, CHECKPOINT, PROGRESS
 from camvis.model import build_model
 from camvis.progress import Advance, progress_bar
 from camvis.data.store import PatchStore, open_store

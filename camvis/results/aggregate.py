@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from camvis.results import aggregate_visibility, run_facts
-from camvis.cluster import jobfiles
-from camvis.cluster import monitor
+from camvis.bookkeeping import experiment_files
+from camvis.bookkeeping import status as status_model
 from camvis.results.compare import compare, default_test_train_ratio, pair_ratio
 from camvis.results.finished import FinishedJob, load_finished
 from camvis.config import experiment_dir
@@ -350,7 +350,7 @@ def aggregate(
         raise CamvisError(f"confidence must be in (0, 1), got {confidence}")
     console = console or default_console()
     directory = experiment_dir(experiment, outputs)  # a name, and its folder under outputs/
-    status = monitor.collect(experiment, jobs, outputs)
+    status = status_model.collect(experiment, jobs, outputs)
     finished, missing = load_finished(status, outputs, show_progress=console.is_terminal)
     if not finished:
         listed = "; ".join(f"{n}: {w}" for n, w in list(missing.items())[:10])
@@ -365,7 +365,7 @@ def aggregate(
         missing=missing, summary=summarize(units, confidence),
         comparisons=compare(units, confidence, rope or DEFAULT_ROPE), notes=notes,
     )  # fmt: skip
-    manifest = jobfiles.experiment_manifest(jobs, experiment)
+    manifest = experiment_files.experiment_manifest(jobs, experiment)
     result.description = run_facts.description(manifest)
     result.run_rows = run_facts.group_rows(status, manifest, outputs, {j.name for j in finished})
     per_fold = per_fold_frame(finished)

@@ -15,7 +15,7 @@ from camvis.config import config_hash
 from camvis.errors import ConfigError
 from camvis.cluster.grid import job_name, load_grid, select
 from camvis.console import shape_text
-from camvis.jobdir import is_finished
+from camvis.bookkeeping.jobfolder import is_finished
 from camvis.cluster.plan import outputs_status, plan
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from camvis import metrics
-from camvis.jobdir import BEST
+from camvis.bookkeeping.jobfolder import BEST
 from camvis.job import evaluate
 from camvis.data import raw
 from camvis.job.batches import BatchSource, fold_split

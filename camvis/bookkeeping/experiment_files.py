@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from camvis.cluster import manifest
+from camvis.bookkeeping import manifest
 from camvis.config import name_problem
 from camvis.errors import ConfigError
-from camvis.jobdir import ERROR, JOB_FILES, PROGRESS, SCORES, as_int, read_json
+from camvis.bookkeeping.jobfolder import ERROR, JOB_FILES, PROGRESS, SCORES, as_int, read_json
 
 _FOLD = re.compile(r"_fold(\d+)")
 
