@@ -1,6 +1,6 @@
 """A job folder's files, named once for the job that writes them and for every reader, and the
-rule that says a job is finished. Base layer: the job side (compute nodes) and the login node's
-bookkeeping (camvis.cluster, camvis.results) both read it; it imports nothing of camvis.
+rule that says a job is finished. camvis.bookkeeping: the job side (compute nodes) and the login
+side (camvis.cluster, camvis.results) both read it; it imports nothing of camvis.
 
 outputs/<experiment>/<job>/ holds checkpoint.pt, best.pt, config.yaml, progress.json, error.txt,
 the evaluation's files and, last, scores.json; earlier outputs are kept under previous/
@@ -16,6 +16,7 @@ from typing import Any
 
 # The files of a job directory, named once for the job that writes them and every reader.
 SCORES, PROGRESS, CHECKPOINT, BEST, ERROR = "scores.json", "progress.json", "checkpoint.pt", "best.pt", "error.txt"
+CONFIG = "config.yaml"  # the job config as run
 JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
 
 

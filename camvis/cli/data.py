@@ -273,7 +273,7 @@ def _verify(opened: PatchStore) -> None:
 
     total = sum(len(e["crc32"]) for e in opened.attrs["checksums"].values())
     with progress_bar("verifying blocks", total, enabled=sys.stderr.isatty(), transient=True) as advance:
-        checks = store_verify.verify_blocks(opened, advance)
+        checks = store_verify.verify_blocks(opened.path, opened.attrs, advance)
     print(f"store {opened.path}: schema, attribute digest and patch table ok")
     width = max(len(c.name) for c in checks)
     for c in checks:

@@ -9,15 +9,13 @@ GB as SLURM counts them (1024^3 bytes, what slurm.mem_gb asks). No torch here: t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from camvis.bookkeeping.slurm_query import FAILED_STATES, TERMINAL_STATES
 from camvis.bookkeeping.usage import GIB
 from camvis.bookkeeping.jobfolder import as_number
-from camvis.bookkeeping.status import count_or, requested
+from camvis.bookkeeping.status import ExperimentStatus, JobStatus, count_or, requested
 
-if TYPE_CHECKING:
-    from camvis.cluster.monitor import ExperimentStatus, JobStatus
 
 MEM_USED_BELOW = 0.25  # of the memory asked
 GPU_UTIL_BELOW = 20.0  # mean utilisation, %

@@ -32,7 +32,7 @@ from camvis.cluster.slurm_settings import checked_parameters, site_parameters
 from camvis.io import write_json
 from camvis.node.predict_task import Options, load as load, predict_chunk, predict_part, write_rows
 from camvis.progress import progress_bar
-from camvis.replace_guard import Marker, check_replaceable, json_object
+from camvis.bookkeeping.replace_guard import Marker, check_replaceable, json_object
 
 PARTS_SUFFIX = ".parts"
 LOCAL_POLL_S = 0.5

@@ -31,7 +31,7 @@ from camvis.data import staging
 from camvis.errors import ConfigError
 from camvis.io import disk_full_as_error, format_bytes
 from camvis.progress import progress_bar
-from camvis.replace_guard import Marker, check_replaceable, check_writable_into, json_object
+from camvis.bookkeeping.replace_guard import Marker, check_replaceable, check_writable_into, json_object
 
 PAPER_SIZE = (4140, 6198)
 CONTRAST_THRESHOLD = 0.05
@@ -48,7 +48,7 @@ _STRIP_ROWS = 256
 _FEASIBLE_QUANTILE = 0.01  # V is kept where >= 1% of the terrain is labelled on each side
 SYNTH = Marker("a data set made by camvis-data synth", "camvis-data synth", True, "synth.json",
                lambda path: json_object(path / "synth.json").get("generator") == "camvis.data.synth")
-"""What camvis-data synth --force may replace (camvis.replace_guard)."""
+"""What camvis-data synth --force may replace (camvis.bookkeeping.replace_guard)."""
 _EARTH_A, _EARTH_E2 = 6378137.0, 6.69437999014e-3  # WGS84
 
 

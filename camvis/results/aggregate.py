@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from camvis.results import aggregate_visibility, run_facts
+from camvis.results.markdown import markdown_table
 from camvis.bookkeeping import experiment_files
 from camvis.bookkeeping import status as status_model
 from camvis.results.compare import compare, default_test_train_ratio, pair_ratio
@@ -185,20 +186,6 @@ def _fixed_numbers(boots: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "-" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table (no tabulate dependency)."""
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    body = ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
 
 
 def summary_wide(summary: pd.DataFrame, confidence: float, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:

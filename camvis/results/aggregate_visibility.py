@@ -32,6 +32,7 @@ import pandas as pd
 
 from camvis.io import write_csv
 from camvis.results.finished import FinishedJob
+from camvis.results.markdown import markdown_table
 from camvis.results.stats import holm_adjust
 
 
@@ -245,8 +246,6 @@ def _share(value: float) -> str:
 
 def markdown(result: dict[str, Any], confidence: float) -> list[str]:
     """The report's section: per group over all folds, then the comparisons."""
-    from camvis.results.aggregate import markdown_table
-
     s = result["summary"]
     from camvis.job.visibility import CONFIDENCE, UNCERTAIN_FACTOR  # as _coverage
 

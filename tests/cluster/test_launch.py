@@ -75,8 +75,9 @@ def demo_args(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_launcher_imports_no_torch() -> None:
-    code = ("import sys, camvis.cluster.launch, camvis.cluster.grid, camvis.cluster.plan, camvis.cluster.slurm_settings, camvis.data.store_info, "
-            "camvis.bookkeeping.manifest, camvis.cluster.sbatch, camvis.cli.launch, camvis.cluster.preflight, camvis.locks; "
+    """The launcher loads neither torch, the job side nor zarr (every login module without torch:
+    tests/test_layers.py)."""
+    code = ("import sys, camvis.cli.launch, camvis.cluster.launch; "
             "bad = [m for m in ('torch', 'camvis.job.task', 'zarr') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
