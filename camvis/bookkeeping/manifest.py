@@ -20,7 +20,8 @@ from typing import Any, Iterator
 from camvis import __version__, locks
 from camvis.config import to_dict
 from camvis.errors import ConfigError
-from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
+from camvis.host import now_iso
+from camvis.io import reap_stale_tmp, write_json, write_text
 
 # Grid and JobSpec are camvis.cluster.grid's (the login side, a layer up): named here, not imported.
 Grid = JobSpec = Any

@@ -39,7 +39,7 @@ from camvis.cluster import preflight, store_job
 from camvis.errors import CamvisError, SubmissionError
 from camvis.console import plural, shape_text
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
-from camvis.io import now_iso
+from camvis.host import now_iso
 from camvis.cluster.array_submit import submit_array
 from camvis.bookkeeping.experiment_files import aggregate_ids
 from camvis.bookkeeping.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled

@@ -9,7 +9,7 @@ pending or running waits for the same job instead of submitting another; a relau
 cancels the tasks stuck behind it (DependencyNeverSatisfied) and submits a new build.
 
 The job writes the store as camvis-data build does: staged beside its final name and renamed in when
-complete (camvis.data.staging), so a killed build leaves nothing under that name. No torch here, and
+complete (camvis.atomic_folder), so a killed build leaves nothing under that name. No torch here, and
 numpy/zarr only inside the functions that need them: the launcher runs on login nodes.
 """
 
@@ -25,7 +25,7 @@ from camvis.bookkeeping.manifest import log_path, read_manifest, record_cancelle
 from camvis.cluster.store_settings import StoreBuild, build_parameters
 from camvis.data.store_info import StoreInfo
 from camvis.errors import RawDataError, StoreError, SubmissionError
-from camvis.io import now_iso
+from camvis.host import now_iso
 from camvis.node.build_task import run_build
 
 

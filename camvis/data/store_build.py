@@ -4,7 +4,7 @@
 checked once), writes every level of each image and view, draws the patch centres with
 depth-balanced sampling (camvis.data.sampling), accumulates the normalization statistics
 (camvis.data.norm_stats) and writes the root attributes last. The store is staged beside its
-final name and renamed in when complete (camvis.data.staging).
+final name and renamed in when complete (camvis.atomic_folder).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from PIL import Image
 from camvis import __version__
 from camvis.bounds import patch_size_problem
 from camvis.data import camvis2, raw, raw_identity
-from camvis.data import staging
+from camvis import atomic_folder
 from camvis.data.parallel_build import parallel_images
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
@@ -90,7 +90,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
               "patches_per_image": patches_per_image, "seed": seed,
               "preprocessing": camvis2.check_mode(preprocessing)}
     params["compress"] = bool(compress)
-    staging.remove_stale(final)
+    atomic_folder.remove_stale(final)
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
     if final.exists() and not force and not _older_format_of(final, params, raw_dir):
         return _keep_existing(final, params, raw_dir)
@@ -110,10 +110,10 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
         raise
     # A full disk is a DiskFullError naming the store; the scratch goes whatever happens.
     needed = _raw_size(shape, factors, len(reader.dataset.images), len(reader.dataset.views))
-    with staging.scratch_dir(final, f"up to {format_bytes(needed)}") as tmp:
+    with atomic_folder.scratch_dir(final, f"up to {format_bytes(needed)}") as tmp:
         _write_store(tmp, reader, shape, factors, patch_size, patches_per_image, seed, params,
                      progress, workers)
-        staging.swap_in(tmp, final)
+        atomic_folder.swap_in(tmp, final)
     store = open_store(final)
     if figure is not False:
         out = final.with_name(final.name + ".sampling.png") if figure is True else Path(figure)

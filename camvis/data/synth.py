@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from camvis import __version__
-from camvis.data import staging
+from camvis import atomic_folder
 from camvis.errors import ConfigError
 from camvis.io import disk_full_as_error, format_bytes
 from camvis.progress import progress_bar
@@ -301,7 +301,7 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
 
     Files are made in a hidden scratch folder inside out_dir (`.synth.tmp-<host>-<pid>`) and
     moved into place at the end, so an interrupted run leaves no half data set; a killed run's
-    scratch folder is reaped by the next one (camvis.data.staging), and a full disk is a
+    scratch folder is reaped by the next one (camvis.atomic_folder), and a full disk is a
     DiskFullError. An existing data set in out_dir is a ConfigError unless force=True (it is
     then replaced). Same seed, same bytes.
     """
@@ -318,8 +318,8 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
     with disk_full_as_error(out):
         out.mkdir(parents=True, exist_ok=True)
     scratch_of = out / "synth"  # names the scratch folder; never a final path itself
-    staging.remove_stale(scratch_of)
-    with staging.scratch_dir(scratch_of, f"at least {format_bytes(_depth_bytes(views, size))}",
+    atomic_folder.remove_stale(scratch_of)
+    with atomic_folder.scratch_dir(scratch_of, f"at least {format_bytes(_depth_bytes(views, size))}",
                              target=out) as tmp:
         rows = _write_all(tmp, views, images_per_view, size, vis_range, seed, image_format, progress)
         _write_csv(tmp / "visibility.csv", rows)

@@ -27,7 +27,8 @@ from camvis.job.batches import BatchSource, fold_split, shard_batches
 from camvis.config import JobConfig, config_hash, eval_hash
 from camvis.config import train_hash as config_train_hash
 from camvis.errors import CamvisError
-from camvis.io import now_iso, write_csv, write_json
+from camvis.host import now_iso
+from camvis.io import write_csv, write_json
 from camvis.bookkeeping.jobfolder import PROGRESS, SCORES, as_int, read_json
 from camvis.progress import progress_bar
 from camvis.data.store import PatchStore
@@ -46,7 +47,7 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def predict(
+def patch_probabilities(
     model: torch.nn.Module,
     source: BatchSource,
     indices: np.ndarray,
@@ -248,7 +249,7 @@ def evaluate_job(cfg: JobConfig, job_dir: str | Path, inputs: EvalInputs, *, epo
         raise CamvisError(f"{store.path}: fold {cfg.data.fold} (view {view}) has no patches to evaluate")
     if rank == 0:
         (job_dir / SCORES).unlink(missing_ok=True)
-    preds = predict(inputs.model, source, val_idx, cfg.eval.batch_size, device, progress=progress)
+    preds = patch_probabilities(inputs.model, source, val_idx, cfg.eval.batch_size, device, progress=progress)
     check_finite_predictions(cfg, preds, inputs.weights)
     results = compute_results(cfg, store, preds)
     scores = scores_dict(cfg, view, results, n_val=len(val_idx), n_train=len(train_idx),

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from camvis.data import staging
+from camvis import atomic_folder
 from camvis.errors import PredictError
 from camvis.io import json_copy, write_json
 from camvis.bookkeeping.jobfolder import BEST, CONFIG
@@ -59,8 +59,8 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
     model = loaded_model.load_job(job, loaded_model.device_for("cpu"))
     info = {**model.info, "format": FORMAT, "format_version": FORMAT_VERSION,
             "weights": {"file": WEIGHTS, "format": "torch state_dict; torch.load(path, weights_only=True)"}}
-    staging.remove_stale(final)
-    tmp = staging.scratch_path(final, "tmp")
+    atomic_folder.remove_stale(final)
+    tmp = atomic_folder.scratch_path(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -68,7 +68,7 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
         info["onnx"] = export_onnx(model.network, tmp / ONNX, model) if onnx else None
         info = _sealed(info, tmp)
         write_json(tmp / MODEL_JSON, info)
-        staging.swap_in(tmp, final)
+        atomic_folder.swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,7 @@ folder). `visibility(image, depth_map, model)` is the whole per-image path, the 
 2. the image's pyramid built with the store's own level functions (camvis.data.store_build) into an
    in-memory store of one image, so `BatchSource` makes exactly the batches training and
    camvis-eval make (same crops, padding and normalization);
-3. p(visible) per patch (torch, through camvis.job.evaluate.predict, or the bundle's ONNX graph);
+3. p(visible) per patch (torch, through camvis.job.evaluate.patch_probabilities, or the bundle's ONNX graph);
 4. the logistic fit of camvis.job.visibility: metres, its flag and a fit quality.
 """
 

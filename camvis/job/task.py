@@ -23,7 +23,8 @@ from camvis import locks
 from camvis.bounds import num_threads
 from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
-from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
+from camvis.host import now_iso
+from camvis.io import reap_stale_tmp, write_json, write_text
 from camvis.bookkeeping.jobfolder import BEST, ERROR, PROGRESS, read_json
 
 

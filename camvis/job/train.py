@@ -31,8 +31,9 @@ from camvis.job.batches import BatchSource, EpochSampler, fold_split, inner_spli
 from camvis.config import JobConfig, to_dict, train_hash
 from camvis.job.distributed import DistEnv
 from camvis.errors import CamvisError
-from camvis.job.evaluate import predict
-from camvis.io import now_iso, write_json, write_torch
+from camvis.job.evaluate import patch_probabilities
+from camvis.host import now_iso
+from camvis.io import write_json, write_torch
 from camvis.bookkeeping.jobfolder import BEST, CHECKPOINT, PROGRESS
 from camvis.model import build_model
 from camvis.progress import Advance, progress_bar
@@ -233,7 +234,7 @@ def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[s
     broadcasts them at the next training forward, and each rank's running stats follow its own batches.
     """
     broadcast_buffers(model, env)
-    preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
+    preds = patch_probabilities(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
     return metrics.scores(preds["score"], preds["label"], logits=preds["logit"])
 
 

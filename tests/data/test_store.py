@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from camvis.data import levels, raw
-from camvis.data import staging
+from camvis import atomic_folder
 from camvis.data import store
 from camvis.data import store_build
 from camvis.errors import StoreError
@@ -242,7 +242,7 @@ def test_leftovers_of_a_killed_build_are_cleaned_or_restored(synth_raw: Path,
     path = tmp_path / "s.zarr"
     store_build.build(synth_raw, path, **BUILD, figure=False)
     before = _identity(path)
-    host = staging.host()
+    host = atomic_folder.host()
     (tmp_path / f".s.zarr.tmp-{host}-{dead}" / "levels").mkdir(parents=True)   # died while writing
     path.rename(tmp_path / f".s.zarr.old-{host}-{dead}")                        # died between renames
     store_build.build(synth_raw, path, **BUILD, figure=False)
