@@ -17,6 +17,12 @@ from typing import Any
 # The files of a job directory, named once for the job that writes them and every reader.
 SCORES, PROGRESS, CHECKPOINT, BEST, ERROR = "scores.json", "progress.json", "checkpoint.pt", "best.pt", "error.txt"
 CONFIG = "config.yaml"  # the job config as run
+# The evaluation's files (camvis.job.evaluate), read back by camvis-aggregate (camvis.results).
+PREDICTIONS, CONFUSION_CSV, CONFUSION_PNG = "predictions.csv", "confusion.csv", "confusion.png"
+BOOTSTRAP, VISIBILITY = "bootstrap.csv", "visibility.csv"
+LEARNING_CURVE = "learning_curve.png"
+# Folders: the evaluation's figures, TensorBoard's events, earlier outputs (camvis.job.identity).
+FIGURES, TENSORBOARD, PREVIOUS = "figures", "tensorboard", "previous"
 JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
 
 

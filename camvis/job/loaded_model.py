@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from camvis.bookkeeping.jobfolder import BEST, CONFIG, SCORES, read_json
 from camvis.errors import CamvisError, PredictError
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def load_job(job: Path, device: torch.device) -> Model:
     from camvis.config import config_hash, load_job_config
     from camvis.data.store import open_store
 
-    cfg = load_job_config(job / "config.yaml")
+    cfg = load_job_config(job / CONFIG)
     try:
         store = open_store(cfg.data.store)
     except CamvisError as e:
@@ -100,7 +101,7 @@ def load_job(job: Path, device: torch.device) -> Model:
         raise PredictError(f"{job}: data.factors {list(cfg.data.factors)}: {missing} not among the levels of "
                            f"{store.path} ({list(store.factors)})")
     norm = store.normalization(cfg.data.fold, cfg.data.factors)  # what training fed it: its fold's
-    net = build_network(cfg_architecture(cfg, store.patch_size), read_weights(job / "best.pt"), job / "best.pt")
+    net = build_network(cfg_architecture(cfg, store.patch_size), read_weights(job / BEST), job / BEST)
     mode = store.attrs.get("preprocessing", "exact")  # the rules the model's inputs were made with
     info = describe(cfg, net, norm.mean, norm.std, job, mode, normalization=norm.label)
     return torch_model(net.to(device), info, f"{cfg.experiment}/{cfg.name}@{config_hash(cfg)}", device)
@@ -156,7 +157,6 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
     which ones (Normalization.label)."""
     from camvis import __version__
     from camvis.config import config_hash, to_dict
-    from camvis.bookkeeping.jobfolder import SCORES, read_json
     from camvis.model import find_architecture
 
     m = cfg.model

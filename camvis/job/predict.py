@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from camvis.job import inputs
+from camvis.bookkeeping.jobfolder import BEST, CONFIG
 from camvis.job import export
 from camvis.job.loaded_model import Model, device_for, load_job
 from camvis.job import visibility as vis
@@ -77,7 +78,7 @@ def load_model(path: str | os.PathLike | Model, *, device: str = "auto", runtime
     if runtime == "onnx":
         raise PredictError(f"{path}: --runtime onnx needs an exported bundle (camvis-export {path} OUT), "
                            f"not a job folder")
-    if (path / "best.pt").is_file() and (path / "config.yaml").is_file():
+    if (path / BEST).is_file() and (path / CONFIG).is_file():
         return replace(load_job(path, target), runtime_note=note)
     raise PredictError(f"{path}: not a model: expected a job folder (best.pt and config.yaml) or a bundle "
                        f"made by camvis-export ({export.MODEL_JSON})")

@@ -34,7 +34,7 @@ from camvis.errors import CamvisError
 from camvis.job.evaluate import patch_probabilities
 from camvis.host import now_iso
 from camvis.io import write_json, write_torch
-from camvis.bookkeeping.jobfolder import BEST, CHECKPOINT, PROGRESS
+from camvis.bookkeeping.jobfolder import BEST, CHECKPOINT, LEARNING_CURVE, PROGRESS, TENSORBOARD
 from camvis.model import build_model
 from camvis.progress import Advance, progress_bar
 from camvis.data.store import PatchStore, open_store
@@ -327,7 +327,6 @@ def train(cfg: JobConfig, job_dir: Path, env: DistEnv, inputs: TrainInputs | Non
     return state
 
 
-LEARNING_CURVE = "learning_curve.png"
 
 
 def write_learning_curve(job_dir: Path, cfg: JobConfig, state: TrainState) -> None:
@@ -468,7 +467,6 @@ def _tensorboard(job_dir: Path, env: DistEnv, start_epoch: int):
     return SummaryWriter(log_dir=str(job_dir / TENSORBOARD), purge_step=start_epoch)
 
 
-TENSORBOARD = "tensorboard"
 _SCALARS = {"Loss/train": "train_loss", "Loss/val": "val_loss", "Accuracy/train": "train_acc",
             "Accuracy/val": "val_acc", "F1/val": "val_f1", "LearningRate": "lr",
             "Throughput/samples_per_s": "samples_per_s"}

@@ -24,7 +24,7 @@ import pandas as pd
 
 from camvis.bookkeeping import experiment_files
 from camvis.bookkeeping import status as status_model
-from camvis.bookkeeping.jobfolder import as_number
+from camvis.bookkeeping.jobfolder import BOOTSTRAP, as_number
 from camvis.metrics import METRICS
 from camvis.progress import track
 
@@ -174,8 +174,8 @@ def load_job(info: experiment_files.JobInfo, folder: Path, boot: np.ndarray | No
 def boot_file(scores: dict | None) -> str:
     """The bootstrap file scores.json names (a name in the job's folder), else bootstrap.csv."""
     name = ((scores or {}).get("bootstrap") or {}).get("file") if isinstance(scores, dict) else None
-    name = str(name or "bootstrap.csv")
-    return name if Path(name).name == name and name not in (".", "..") else "bootstrap.csv"
+    name = str(name or BOOTSTRAP)
+    return name if Path(name).name == name and name not in (".", "..") else BOOTSTRAP
 
 
 def _unfinished_reason(status: status_model.JobStatus) -> str:
