@@ -2,7 +2,7 @@
 each job's folder (outputs/<experiment>/<job>/: progress.json, scores.json, error.txt), submitit's
 result files and log tails; and a job's state when SLURM has no row for it.
 
-Read by camvis-status (camvis.cluster.monitor joins this with SLURM's view) and camvis-aggregate. A bad
+Read by camvis-status and camvis-aggregate (camvis.bookkeeping.status joins this with SLURM's view). A bad
 job file reads as absent (a monitor must not crash on one); a bad manifest is a ConfigError.
 No torch here: this runs on login nodes.
 """

@@ -35,7 +35,7 @@ FAILED_STATES = frozenset(
 )
 # REVOKED: a federated sibling job removed because another cluster started it; it never runs here.
 TERMINAL_STATES = DONE_STATES | FAILED_STATES | {"REVOKED"}
-UNKNOWN = "UNKNOWN"  # no state at all (normalize_state of an empty field; jobfiles when files cannot tell)
+UNKNOWN = "UNKNOWN"  # no state at all (normalize_state of an empty field; experiment_files when files cannot tell)
 
 # "123_[4-7%2]", "123_[4,6-9]": the pending remainder of an array, one record for many tasks.
 _PENDING_RANGE = re.compile(r"^(?P<array>\d+)_\[(?P<ranges>[\d,\-]+)(?:%\d+)?\]$")

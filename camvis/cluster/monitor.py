@@ -1,8 +1,8 @@
-"""`camvis-status`: join what an experiment's files say about its jobs (camvis.bookkeeping.experiment_files) with
-SLURM's view (camvis.bookkeeping.slurm_query: one batched query), render it as rich tables, refresh it, cancel.
+"""`camvis-status`: the status data (camvis.bookkeeping.status: an experiment's files joined with SLURM's
+view, one batched query) rendered as rich tables, refreshed, followed; cancelling.
 
-Reading (manifest, job files, one batched SLURM query) is kept apart from rendering (rich
-tables) so that both can be tested without a cluster. No torch here: this runs on a login node.
+Reading lives in camvis.bookkeeping.status (camvis-aggregate reads it too), rendering here, so that
+both can be tested without a cluster. No torch here: this runs on a login node.
 """
 
 from __future__ import annotations

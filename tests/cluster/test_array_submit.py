@@ -1,7 +1,7 @@
 """camvis.cluster.array_submit: one array's tasks in one file, each task run through submitit's runner.
 
 Through stand-in sbatch/srun commands on PATH (SLURM itself: tests/integration/test_slurm.py). Each
-task is then run by the command of the array's sbatch script (`python -m camvis.cluster.array_submit
+task is then run by the command of the array's sbatch script (`python -m camvis.node.array_task
 FOLDER`, as on a node, with the SLURM variables of that task), which hands over to submitit's runner:
 a task that got another task's arguments returns the wrong name and fold.
 """

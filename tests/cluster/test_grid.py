@@ -497,7 +497,7 @@ def test_force_resubmits_finished_but_never_active(tmp_path: Path) -> None:
 
 
 def test_scores_without_hash_is_resubmitted(tmp_path: Path) -> None:
-    # The same rule as camvis-status (jobdir.is_finished): no hash, not this config's scores.
+    # The same rule as camvis-status (jobfolder.is_finished): no hash, not this config's scores.
     outputs = tmp_path / "outputs"
     job = load_grid(write(tmp_path / "g.yaml", small(tmp_path))).jobs[0]
     (outputs / "exp" / job.name).mkdir(parents=True)

@@ -191,7 +191,7 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
     assert (fake_slurm / "count").read_text().strip() == "101"  # exactly two sbatch calls
     array = (fake_slurm / "script_100.sh").read_text()
     assert "#SBATCH --array=0-3%2\n" in array
-    (command,) = [line for line in array.splitlines() if "-u -m camvis.cluster.array_submit " in line]
+    (command,) = [line for line in array.splitlines() if "-u -m camvis.node.array_task " in line]
     assert cli.main([*demo_args(tmp_path, "--only", "fold=1,2"), "--dry-run", "--force"]) == 0
     assert command in capsys.readouterr().out.splitlines()  # the dry run shows the script sbatch was given
     assert "#SBATCH --dependency=afterany:100\n" in (fake_slurm / "script_101.sh").read_text()
@@ -221,7 +221,7 @@ def test_each_task_pickle_holds_its_own_jobs_config(fake_slurm: Path, tmp_path: 
     by camvis.cluster.array_submit): TrainEvalTask with the config the manifest records for that task."""
     import pickle
 
-    from camvis.cluster.array_submit import read_task
+    from camvis.bookkeeping.tasks_file import read_task
     from camvis.config import job_config_from_dict
     from camvis.job.task import TrainEvalTask
 
