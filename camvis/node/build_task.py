@@ -8,7 +8,7 @@ from typing import Any
 
 def run_build(raw_dir: str, store: str, params: dict[str, Any], workers: int | None) -> str:
     """What the build job runs: camvis-data build with the job's CPUs as workers; returns the summary."""
-    from camvis.data import store as store_mod
+    from camvis.data import store as store_mod  # numpy and zarr: on the node only, not at the launcher
     from camvis.data import store_build
 
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
