@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from camvis import io
 from camvis import atomic_folder
+from camvis import host as host_mod
 
 DEAD = 999_999_999  # above any pid_max: no such process
 
@@ -25,7 +25,7 @@ def _listing(folder: Path) -> list[str]:
 
 def test_scratch_names_carry_a_file_name_safe_host(monkeypatch: pytest.MonkeyPatch,
                                                    tmp_path: Path) -> None:
-    monkeypatch.setattr(io.socket, "gethostname", lambda: "node-7.cluster/a b")
+    monkeypatch.setattr(host_mod.socket, "gethostname", lambda: "node-7.cluster/a b")
     name = atomic_folder.scratch_path(tmp_path / "s.zarr", "tmp").name
     assert name == f".s.zarr.tmp-node-7.cluster_a_b-{os.getpid()}"
 

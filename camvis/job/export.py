@@ -55,7 +55,7 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
     check_replaceable(final, kind=BUNDLE, inputs=(job_dir,), error=PredictError)  # only a bundle, --force or not
     job = Path(job_dir)
     if not ((job / BEST).is_file() and (job / CONFIG).is_file()):
-        raise PredictError(f"{job_dir}: expected a job folder ({BEST} and {CONFIG}) to export")
+        raise PredictError(f"{job_dir}: not a model to export: expected a job folder ({BEST} and {CONFIG})")
     model = loaded_model.load_job(job, loaded_model.device_for("cpu"))
     info = {**model.info, "format": FORMAT, "format_version": FORMAT_VERSION,
             "weights": {"file": WEIGHTS, "format": "torch state_dict; torch.load(path, weights_only=True)"}}
