@@ -23,7 +23,7 @@ from rich.text import Text
 from camvis.bookkeeping import experiment_files
 from camvis.cluster import efficiency_view
 from camvis.bookkeeping import slurm_query
-from camvis.cluster import store_job
+from camvis.bookkeeping import store_builds
 from camvis.console import default_console, plural, shape_text
 from camvis.errors import ConfigError, SubmissionError
 from camvis.bookkeeping.jobfolder import as_number
@@ -194,7 +194,7 @@ def status_renderable(status: ExperimentStatus, tail_lines: int = 10) -> Rendera
                                    for line, failed in status.store_builds]
     if status.stuck:
         parts.append(Text(f"{plural(len(status.stuck), 'job')} pending for ever behind it (squeue: "
-                          f"{store_job.NEVER})", style="red"))
+                          f"{store_builds.NEVER})", style="red"))
     parts += [build_table(status), counts_line(status.counts), slurm_line(status)]
     if status.aggregate:
         parts.append(Text("aggregate job: " + ", ".join(f"{i} {s}" for i, s in status.aggregate)))
@@ -360,7 +360,7 @@ def cancel_experiment(
     if manifest is None:
         raise ConfigError(f"cannot cancel {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'}")
     roles = {a: "job array" for a in array_ids(manifest)} | {a: "aggregate job" for a in aggregate_ids(manifest)} \
-        | {str(b["job_id"]): "store build job" for b in store_job.builds(manifest)}
+        | {str(b["job_id"]): "store build job" for b in store_builds.builds(manifest)}
     for info in expected_jobs(experiment, jobs, outputs, manifest):  # jobs submitted outside an array
         if info.mode == "slurm" and info.job_id:
             roles.setdefault(info.job_id.split("_", 1)[0], "job")

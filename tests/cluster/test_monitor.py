@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -283,6 +284,15 @@ def test_local_runs_take_their_state_from_files(tmp_path: Path) -> None:
     assert states == {"cat_fold1": "COMPLETED", "cat_fold2": "PENDING", "cat_fold3": "RUNNING", "cat_fold4": "FAILED",
                       "align_fold1": "PENDING", "align_fold2": "RUNNING", "align_fold3": "PENDING", "align_fold4": "PENDING"}  # fmt: skip
     assert "local run" in render(monitor.status_renderable(status))
+
+
+def test_tasks_stuck_behind_a_failed_build_are_said_with_squeues_reason(tmp_path: Path) -> None:
+    make_experiment(tmp_path, mode="local")
+    status = dataclasses.replace(collect(tmp_path, FakeSlurm()), stuck=frozenset({"100_0", "100_1"}),
+                                 store_builds=[("store build failed: see b.err", True)])
+    text = render(monitor.status_renderable(status))
+    assert "store build failed: see b.err" in text
+    assert "2 jobs pending for ever behind it (squeue: DependencyNeverSatisfied)" in text
 
 
 def test_error_txt_and_submitit_result_mark_local_jobs_failed(tmp_path: Path) -> None:
