@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast slurm-up slurm-down bench clean-demo gpu-check docs
+.PHONY: demo test test-fast slurm-up slurm-down gpu-check docs
 
 $(STAMP): requirements.lock pyproject.toml
 	@# A C compiler builds camvis's CPU batch kernel on first use (camvis/job/native.py);

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from camvis.data.synth import synthesize  # noqa: E402
-from camvis.job import export, inputs, predict  # noqa: E402
+from camvis.job import export, inputs, loaded_model, predict  # noqa: E402
 from camvis.job import visibility as vis  # noqa: E402
 from camvis.job.batches import BatchSource  # noqa: E402
 from camvis.model import MultiMagnificationNet, training_flops  # noqa: E402
@@ -96,11 +96,11 @@ def runtimes(variant: str, args: argparse.Namespace, device: torch.device, folde
 
         models["torch-eager"] = eager
     if "torch" in args.runtimes:
-        models["torch-channels_last" + ("-bf16" if device.type == "cuda" else "")] = predict.torch_model(
+        models["torch-channels_last" + ("-bf16" if device.type == "cuda" else "")] = loaded_model.torch_model(
             network(variant, args.hidden, args.patch_size), info, f"bench/{variant}", device).forward
     if "onnx" in args.runtimes and device.type == "cpu":
         net = network(variant, args.hidden, args.patch_size)
-        model = predict.torch_model(net, info, f"bench/{variant}", torch.device("cpu"))
+        model = loaded_model.torch_model(net, info, f"bench/{variant}", torch.device("cpu"))
         path = folder / f"{variant}.onnx"
         start = time.perf_counter()
         export.export_onnx(net, path, model)
@@ -126,7 +126,7 @@ def model_for(variant: str, runtime: str, args: argparse.Namespace, device: torc
               ) -> predict.Model:
     """A predict.Model of a variant as camvis-predict runs it (onnx: through a real bundle-free graph)."""
     info = paper_info(args.hidden, args.patch_size)
-    model = predict.torch_model(network(variant, args.hidden, args.patch_size), info, f"bench/{variant}", device)
+    model = loaded_model.torch_model(network(variant, args.hidden, args.patch_size), info, f"bench/{variant}", device)
     if runtime != "onnx" or device.type != "cpu":
         return model
     path = folder / f"{variant}.onnx"
@@ -225,7 +225,7 @@ def main() -> int:
     args = parser.parse_args()
     threads = predict.cpu_threads(args.threads)
     torch.set_num_threads(threads)
-    device = predict._device(args.device)
+    device = loaded_model.device_for(args.device)
     load_before = load()
     peak = matmul_gflops(device)
     print(f"matmul probe: {peak:.1f} GFLOP/s ({threads} threads), load {load_before}", flush=True)

@@ -11,13 +11,11 @@ large) is a DiskFullError naming the file, the bytes it needed where known and t
 
 from __future__ import annotations
 
-import datetime
 import errno
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 from contextlib import contextmanager
 from io import BytesIO
@@ -25,27 +23,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from camvis.errors import CamvisError, DiskFullError, PathError
+from camvis.host import host, pid_alive
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-
-
-# --------------------------------------------------------------------------- who is writing
-
-
-def host() -> str:
-    """This machine's name, safe in a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown-host"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (another user's counts: it may be writing)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- disk full
@@ -204,11 +184,6 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
-
-
-def now_iso() -> str:
-    """This moment as ISO 8601 with the local UTC offset, to the second (every camvis timestamp)."""
-    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from camvis.errors import CamvisError, SubmissionError
+from camvis.host import now_iso
 
 POLL_S = 0.2
 _BUSY = (errno.EACCES, errno.EAGAIN)
@@ -128,7 +129,7 @@ def job_lock(path: str | os.PathLike, name: str, doing: str = "running job") -> 
     """The lock a running job holds on its folder: a second runner of the same job fails at once, and so
     does any other writer of the folder (camvis-eval: `doing` "evaluating job")."""
     job_id = os.environ.get("SLURM_JOB_ID")
-    what = f"{doing} {name}" + (f" (SLURM job {job_id})" if job_id else "") + f" since {_now()}"
+    what = f"{doing} {name}" + (f" (SLURM job {job_id})" if job_id else "") + f" since {now_iso()}"
     try:
         release = acquire(path, what, timeout_s=0)
     except TimeoutError as e:
@@ -138,12 +139,6 @@ def job_lock(path: str | os.PathLike, name: str, doing: str = "running job") -> 
         yield
     finally:
         release()
-
-
-def _now() -> str:
-    from camvis.io import now_iso
-
-    return now_iso()
 
 
 LAUNCH_LOCK = ".launch.lock"
@@ -171,7 +166,7 @@ def launch_lock(exp_dir: str | os.PathLike, experiment: str, mode: str, timeout_
     path = Path(exp_dir) / LAUNCH_LOCK
     timeout_s = launch_wait_s() if timeout_s is None else timeout_s
     try:
-        release = acquire(path, f"{mode} launch of {experiment} since {_now()}", timeout_s, on_wait)
+        release = acquire(path, f"{mode} launch of {experiment} since {now_iso()}", timeout_s, on_wait)
     except TimeoutError as e:
         raise SubmissionError(f"another launch of {experiment} holds {path} ({e}); gave up after {timeout_s:g} s: "
                               f"run again once it is done (a --local launch holds it until its jobs end)") from None

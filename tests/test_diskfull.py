@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from camvis import io
-from camvis.cluster import manifest
+from camvis.bookkeeping import manifest
 from camvis.data import store_build
 from camvis.cli import data as data_cli
 from camvis.cli import launch as launch_cli

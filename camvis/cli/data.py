@@ -168,13 +168,14 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from camvis.data.raw import VISIBILITY_CSV
     from camvis.data.synth import synthesize
 
     out = synthesize(args.out_dir, views=args.views, images_per_view=args.images_per_view, size=args.size,
                      vis_range=tuple(args.vis_range), seed=args.seed, image_format=args.format,
                      progress=sys.stderr.isatty(), force=args.force)
     print(f"wrote {args.views} views x {args.images_per_view} images of {args.size[0]} x {args.size[1]} "
-          f"to {out} (true visibilities in {out / 'visibility.csv'})")
+          f"to {out} (true visibilities in {out / VISIBILITY_CSV})")
     return 0
 
 
@@ -273,7 +274,7 @@ def _verify(opened: PatchStore) -> None:
 
     total = sum(len(e["crc32"]) for e in opened.attrs["checksums"].values())
     with progress_bar("verifying blocks", total, enabled=sys.stderr.isatty(), transient=True) as advance:
-        checks = store_verify.verify_blocks(opened, advance)
+        checks = store_verify.verify_blocks(opened.path, opened.attrs, advance)
     print(f"store {opened.path}: schema, attribute digest and patch table ok")
     width = max(len(c.name) for c in checks)
     for c in checks:

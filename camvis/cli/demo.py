@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from camvis.bookkeeping.jobfolder import CONFUSION_PNG, LEARNING_CURVE
 from camvis.cli import ERRORS, fail, new_parser
 
 RAW = Path("data/raw/demo")
@@ -33,7 +34,7 @@ ROOT = GRID.parents[1]
 DOCS = ROOT / "docs" / "figures"
 DOC_FIGURES = {  # docs/figures/<name> <- outputs/demo/<path>
     "loss.png": "loss.png", "acc.png": "acc.png", "visibility.png": "visibility.png",
-    "confusion.png": "cat_fold1/confusion.png", "learning_curve.png": "cat_fold1/learning_curve.png",
+    CONFUSION_PNG: f"cat_fold1/{CONFUSION_PNG}", LEARNING_CURVE: f"cat_fold1/{LEARNING_CURVE}",
     "image_map.png": "cat_fold1/figures/1148_1_2018-01-30_1630_map.png",
 }
 FIGURE_CODE = ("camvis/plots", "camvis/results/aggregate_visibility.py", "camvis/job/visibility.py")
@@ -108,7 +109,7 @@ def prepare_data(console) -> None:
     from camvis.data import store_build
     from camvis.data import synth
 
-    if not (RAW / "visibility.csv").exists():
+    if not (RAW / raw.VISIBILITY_CSV).exists():
         console.rule("1/5 synthesize fog scenes")
         synth.synthesize(RAW, force=True, **SYNTH)
     console.rule("2/5 check the raw data")
@@ -121,7 +122,7 @@ def prepare_data(console) -> None:
 
 def best_job(out: Path, group: str = "cat") -> tuple[Path, dict] | None:
     """The group's finished job with the best held-out accuracy, and its scores."""
-    from camvis.jobdir import SCORES, read_json
+    from camvis.bookkeeping.jobfolder import SCORES, read_json
 
     scored = [(d, read_json(d / SCORES)) for d in sorted(out.glob(f"{group}_fold*"))]
     scored = [(d, s) for d, s in scored if s and (s.get("metrics") or {}).get("acc") is not None]

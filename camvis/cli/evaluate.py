@@ -52,7 +52,7 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
     from camvis.data.store import open_store
     from camvis.job.batches import BatchSource
     from camvis.job.evaluate import EvalInputs, evaluate_job
-    from camvis.jobdir import BEST
+    from camvis.bookkeeping.jobfolder import BEST, SCORES
 
     cfg = load_job_config(config, overrides)
     directory = Path(args.job_dir) if args.job_dir else job_dir(cfg, args.outputs)
@@ -71,7 +71,7 @@ def _run(config: str | None, overrides: list[str], args: argparse.Namespace) -> 
         lock.close()
         distributed.teardown()
     if env.is_main:
-        print(f"wrote {directory}/scores.json")
+        print(f"wrote {directory / SCORES}")
         return scores
     return {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camvis.cluster import jobfiles
+from camvis.bookkeeping import experiment_files
 from camvis.cluster import monitor
 from camvis.cli import ERRORS, bounded, fail, new_parser
 from camvis.config import check_name
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             monitor.follow_log(args.experiment, args.logs, args.jobs_dir, args.outputs,
                                every=args.interval or 2.0, count=args.count)
         elif args.logs:
-            logs = jobfiles.job_logs(args.experiment, args.logs, args.jobs_dir, args.outputs, args.lines)
+            logs = experiment_files.job_logs(args.experiment, args.logs, args.jobs_dir, args.outputs, args.lines)
             monitor.print_logs(logs, console)
         elif args.cancel:
             job = None if args.cancel == _WHOLE_EXPERIMENT else args.cancel

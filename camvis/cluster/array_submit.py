@@ -8,10 +8,10 @@ callable's class and the configs are importable, so they are pickled by referenc
 does; anything else falls back to cloudpickle) into one tasks file per array,
 <folder's id-free part>/<array>_tasks.pkl: a header (magic, count, offsets), then the pickles.
 
-The array runs `python -m camvis.cluster.array_submit FOLDER` in submitit's own sbatch script
+The array runs `python -m camvis.node.array_task FOLDER` in submitit's own sbatch script
 (SlurmExecutor._submit_command, as map_array calls it: camvis.adapters.submitit_api holds every
-private name of submitit that camvis uses, with its measured gain). On the node, `run_task` copies
-the pickle of its task (SLURM_ARRAY_TASK_ID) to submitit's <array>_<i>/<array>_<i>_submitted.pkl, unless
+private name of submitit that camvis uses, with its measured gain). On the node, `camvis.node.array_task.run_task` copies the pickle
+of its task (SLURM_ARRAY_TASK_ID) to submitit's <array>_<i>/<array>_<i>_submitted.pkl, unless
 that exists (a requeued task's checkpoint is there), and hands over to submitit's runner: results,
 logs, signals and requeues are submitit's, unchanged.
 
@@ -28,30 +28,16 @@ from __future__ import annotations
 import os
 import pickle
 import shlex
-import struct
-import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from camvis.adapters.submitit_api import cluster_executor, submit_array_command, task_path
-from camvis.io import tmp_prefix, write_bytes
+from camvis.bookkeeping.tasks_file import TaskPaths, encode_tasks, task_paths, tasks_file
+from camvis.io import tmp_prefix
 
 PROTOCOL = 5
-MAGIC = b"camvis tasks 1\n"
-COUNT = struct.Struct("<Q")
-WAIT_S = 60  # submitit's runner waits as long for its pickle
-
-
-@dataclass(frozen=True)
-class TaskPaths:
-    """What the manifest records of a task: submitit's paths for it, as strings."""
-
-    submitted_pickle: str
-    stdout: str
-    stderr: str
 
 
 @dataclass(frozen=True)
@@ -82,43 +68,7 @@ def submit_array(executor: Any, fn: Callable[..., Any], args: Sequence[tuple[Any
 
 def runner_command(python: str, folder: str | Path) -> str:
     """The command an array's sbatch script runs on the node: `run_task` below (`python`: quoted)."""
-    return f"{python} -u -m camvis.cluster.array_submit {shlex.quote(str(folder))}"
-
-
-# --------------------------------------------------------------------------- the tasks file
-
-
-def tasks_file(folder: str | Path, array_id: str) -> Path:
-    """Where an array's tasks file lies: beside its tasks' folders, in the folder's id-free part."""
-    from submitit.core.utils import JobPaths
-
-    return JobPaths.get_first_id_independent_folder(folder) / f"{array_id}_tasks.pkl"
-
-
-def encode_tasks(pickles: Sequence[bytes]) -> bytes:
-    """MAGIC, the count, count + 1 offsets into the data (little-endian uint64), the data."""
-    offsets = [0]
-    for data in pickles:
-        offsets.append(offsets[-1] + len(data))
-    return b"".join([MAGIC, COUNT.pack(len(pickles)), struct.pack(f"<{len(offsets)}Q", *offsets), *pickles])
-
-
-def read_task(path: str | Path, index: int) -> bytes:
-    """Task `index`'s pickle from a tasks file: two seeks, whatever the array's size."""
-    with open(path, "rb") as f:
-        head = f.read(len(MAGIC) + COUNT.size)
-        if head[:len(MAGIC)] != MAGIC or len(head) < len(MAGIC) + COUNT.size:
-            raise ValueError(f"{path}: not a camvis tasks file (it should start with {MAGIC!r})")
-        (count,) = COUNT.unpack_from(head, len(MAGIC))
-        if not 0 <= index < count:
-            raise ValueError(f"{path}: holds tasks 0-{count - 1}, not task {index}")
-        f.seek(len(head) + 8 * index)
-        start, end = struct.unpack("<2Q", f.read(16))
-        f.seek(len(head) + 8 * (count + 1) + start)
-        data = f.read(end - start)
-    if len(data) != end - start:
-        raise ValueError(f"{path}: truncated: task {index} should be bytes {start}-{end} of its data")
-    return data
+    return f"{python} -u -m camvis.node.array_task {shlex.quote(str(folder))}"
 
 
 def _stage(slurm: Any, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> str:
@@ -195,40 +145,3 @@ def _commit(folder: str | Path, array_id: str, staged: str, count: int) -> list[
             os.makedirs(task_folder, exist_ok=True)
         tasks.append(ArrayTask(job_id, task_paths(template, job_id)))
     return tasks
-
-
-def task_paths(template: str, job_id: str) -> TaskPaths:
-    """submitit's pickle and log paths of one array task (its first rank's logs)."""
-    return TaskPaths(*(task_path(os.path.join(template, name), job_id)
-                       for name in ("%j_submitted.pkl", "%j_%t_log.out", "%j_%t_log.err")))
-
-
-# --------------------------------------------------------------------------- on the node
-
-
-def run_task(folder: str) -> None:
-    """This array task (SLURM_ARRAY_JOB_ID, SLURM_ARRAY_TASK_ID) through submitit's runner, its pickle
-    first copied from the array's tasks file unless already there (a requeue's checkpoint). Every
-    rank of a multi-task job may copy it: the same bytes, renamed into place atomically."""
-    from submitit.core.submission import process_job
-
-    array_id, index = os.environ["SLURM_ARRAY_JOB_ID"], int(os.environ["SLURM_ARRAY_TASK_ID"])
-    pickle_path = Path(task_paths(folder, f"{array_id}_{index}").submitted_pickle)
-    if not pickle_path.exists():
-        write_bytes(pickle_path, read_task(_wait_for(tasks_file(folder, array_id)), index))
-    process_job(folder)
-
-
-def _wait_for(path: Path) -> Path:
-    """The tasks file, once the launch has renamed it into place (a task can start before that)."""
-    end = time.monotonic() + WAIT_S
-    while not path.exists():
-        if time.monotonic() > end:
-            raise RuntimeError(f"waited {WAIT_S} s for this array's tasks file {path}: the launch that "
-                               f"submitted it did not finish (killed?); launch the grid again")
-        time.sleep(0.5)
-    return path
-
-
-if __name__ == "__main__":
-    run_task(sys.argv[1])

@@ -7,7 +7,7 @@ no block read), the outputs and jobs folders (writable, free space, quota) and s
 The checks that wait on something run at once, each with its own timeout: the whole takes seconds.
 
 Compute node (`on_node`): one short job with the site's resources, through submitit like every other
-camvis job, runs camvis.job.node_report there and brings back what the node sees.
+camvis job, runs camvis.node.report there and brings back what the node sees.
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def on_node(s: SlurmSettings, folder: Path, wait_s: float = 600.0,
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
     from camvis.errors import SubmissionError
-    from camvis.job.node_report import node_report
+    from camvis.node.report import node_report
 
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm", slurm_max_num_timeout=0)
     executor.update_parameters(**on_node_parameters(s))

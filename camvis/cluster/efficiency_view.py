@@ -1,7 +1,7 @@
 """camvis-status's efficiency column and its warnings: how well each job used what it asked for.
 
 SLURM's accounting first (sacct, once a job has ended: TotalCPU and MaxRSS are only complete then;
-camvis.cluster.usage), else the job's own figures (scores.json when finished, else progress.json, written every
+camvis.bookkeeping.usage), else the job's own figures (scores.json when finished, else progress.json, written every
 epoch by camvis.job.efficiency), against the request the manifest recorded for its launch. Memory is per node in
 GB as SLURM counts them (1024^3 bytes, what slurm.mem_gb asks). No torch here: this runs on a login node.
 """
@@ -9,14 +9,13 @@ GB as SLURM counts them (1024^3 bytes, what slurm.mem_gb asks). No torch here: t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
-from camvis.cluster.slurm_query import FAILED_STATES, TERMINAL_STATES
-from camvis.cluster.usage import GIB
-from camvis.jobdir import as_number
+from camvis.bookkeeping.slurm_query import FAILED_STATES, TERMINAL_STATES
+from camvis.bookkeeping.usage import GIB
+from camvis.bookkeeping.jobfolder import as_number
+from camvis.bookkeeping.status import ExperimentStatus, JobStatus, count_or, requested
 
-if TYPE_CHECKING:
-    from camvis.cluster.monitor import ExperimentStatus, JobStatus
 
 MEM_USED_BELOW = 0.25  # of the memory asked
 GPU_UTIL_BELOW = 20.0  # mean utilisation, %
@@ -36,30 +35,6 @@ class Efficiency:
     cpus_per_task: int | None = None  # what slurm.cpus_per_task asked; None: not a SLURM launch (local, debug)
 
 
-def job_resources(manifest: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
-    """{job: the `resources` of the last launch that submitted it} (camvis.cluster.manifest records them)."""
-    out: dict[str, dict[str, Any]] = {}
-    for launch in (manifest or {}).get("launches") or []:
-        if isinstance(launch, dict) and isinstance(launch.get("resources"), dict):
-            for name in launch.get("submitted") or []:
-                out[str(name)] = launch["resources"]
-    return out
-
-
-def requested(resources: dict[str, Any] | None) -> tuple[int | None, int, float | None]:
-    """(CPUs, GPUs, GB per node) a SLURM launch asked for per job; a local run asked SLURM for nothing."""
-    r = resources or {}
-    if r.get("mode") not in ("slurm", None) or not r:
-        return None, 0, None
-    nodes, ranks = _count(r.get("nodes")), _count(r.get("ranks_per_node"))
-    cpus = nodes * ranks * _count(r.get("cpus_per_task"))
-    return cpus, nodes * _count(r.get("gpus_per_node"), 0), as_number(r.get("mem_gb"))
-
-
-def _count(value: Any, default: int = 1) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else default
-
-
 def of_job(job: JobStatus, resources: dict[str, Any] | None = None) -> Efficiency:
     """One job's figures: sacct's for an ended job where it has them, else the job's own."""
     final = job.finished or job.state in TERMINAL_STATES
@@ -72,12 +47,12 @@ def of_job(job: JobStatus, resources: dict[str, Any] | None = None) -> Efficienc
         cpus = cpus or _positive(own.get("threads"))
     used = usage.mem_used / GIB if usage is not None and usage.mem_used else None
     if used is None and as_number(own.get("peak_host_mem_gb")) is not None:  # rank 0's: x ranks per node
-        ranks = _count((resources or {}).get("ranks_per_node"))
+        ranks = count_or((resources or {}).get("ranks_per_node"))
         used = as_number(own.get("peak_host_mem_gb")) * 1e9 / GIB * ranks
     if usage is not None:
         cpus, gpus = usage.cpus or cpus, usage.gpus or gpus
         asked = usage.mem_asked / GIB if usage.mem_asked else asked
-    per_task = _count((resources or {}).get("cpus_per_task")) if requested(resources)[0] is not None else None
+    per_task = count_or((resources or {}).get("cpus_per_task")) if requested(resources)[0] is not None else None
     return Efficiency(cpu, cpus, used, asked, gpus, as_number(own.get("gpu_util_mean")), final, per_task)
 
 

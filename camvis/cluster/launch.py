@@ -14,7 +14,7 @@ Modes:
 Before anything is submitted, camvis.cluster.preflight checks the stores and folders. Then one launch
 of an experiment at a time (camvis.locks, jobs/<experiment>/.launch.lock): what is still queued,
 the plan, the submission and the manifest update. Every launch merges itself into
-jobs/<experiment>/manifest.json (camvis.cluster.manifest; the format: docs/contracts.md); the sbatch
+jobs/<experiment>/manifest.json (camvis.bookkeeping.manifest; the format: docs/contracts.md); the sbatch
 parameters and scripts come from camvis.cluster.sbatch. No torch here, and camvis.job.task is imported only
 when jobs are really submitted: this runs on login nodes and must start fast.
 """
@@ -39,10 +39,10 @@ from camvis.cluster import preflight, store_job
 from camvis.errors import CamvisError, SubmissionError
 from camvis.console import plural, shape_text
 from camvis.cluster.grid import Grid, JobSpec, load_grid, select
-from camvis.io import now_iso
+from camvis.host import now_iso
 from camvis.cluster.array_submit import submit_array
-from camvis.cluster.jobfiles import aggregate_ids
-from camvis.cluster.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled
+from camvis.bookkeeping.experiment_files import aggregate_ids
+from camvis.bookkeeping.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled
 from camvis.cluster.plan import Decision, new_run_id, plan
 from camvis.cluster.store_settings import with_dependency
 from camvis.progress import progress_bar
@@ -317,7 +317,7 @@ def _cancel_pending_aggregates(earlier: list[str], exp_dir: Path, replacement: s
     """An earlier launch's aggregate job still pending would summarize the experiment twice (the
     first time on partial results): the new one, which also waits for its arrays, replaces it.
     Returns (the ids cancelled, notes on what could not be)."""
-    from camvis.cluster import slurm_query
+    from camvis.bookkeeping import slurm_query
 
     rows = slurm_query.query(earlier).rows if earlier else {}
     pending = [i for i in earlier if i in rows and rows[i].state == "PENDING"]
@@ -351,7 +351,7 @@ def active_jobs(manifest_path: Path) -> dict[str, str]:
            if e.get("mode") == "slurm" and e.get("job_id")}
     if not ids:
         return {}
-    from camvis.cluster import slurm_query
+    from camvis.bookkeeping import slurm_query
 
     rows = slurm_query.query(list(ids.values())).rows
     return {name: f"{job_id} {rows[job_id].state}" for name, job_id in ids.items()

@@ -1,8 +1,8 @@
-"""`camvis-status`: join what an experiment's files say about its jobs (camvis.cluster.jobfiles) with
-SLURM's view (camvis.cluster.slurm_query: one batched query), render it as rich tables, refresh it, cancel.
+"""`camvis-status`: the status data (camvis.bookkeeping.status: an experiment's files joined with SLURM's
+view, one batched query) rendered as rich tables, refreshed, followed; cancelling.
 
-Reading (manifest, job files, one batched SLURM query) is kept apart from rendering (rich
-tables) so that both can be tested without a cluster. No torch here: this runs on a login node.
+Reading lives in camvis.bookkeeping.status (camvis-aggregate reads it too), rendering here, so that
+both can be tested without a cluster. No torch here: this runs on a login node.
 """
 
 from __future__ import annotations
@@ -12,161 +12,35 @@ import sys
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from camvis.cluster import efficiency_view, jobfiles
-from camvis.cluster import slurm_query, store_job
+from camvis.bookkeeping import experiment_files
+from camvis.cluster import efficiency_view
+from camvis.bookkeeping import slurm_query
+from camvis.bookkeeping import store_builds
 from camvis.console import default_console, plural, shape_text
 from camvis.errors import ConfigError, SubmissionError
-from camvis.jobdir import as_number, is_finished
-from camvis.cluster.jobfiles import (
-    JobInfo,
+from camvis.bookkeeping.jobfolder import as_number
+from camvis.bookkeeping.experiment_files import (
     aggregate_ids,
     array_ids,
     as_int,
-    cancelled_by_camvis,
-    earlier_run_files,
     expected_jobs,
     find_job,
-    job_ended_without_scores,
-    last_error_line,
-    list_experiments,
-    read_json,
     experiment_manifest,
-    state_from_files,
     tail,
 )
-from camvis.cluster.manifest import record_cancelled
-from camvis.cluster.slurm_query import FAILED_STATES, QueryResult, SlurmRow, is_active
+from camvis.bookkeeping.manifest import record_cancelled
+from camvis.bookkeeping.status import ExperimentStatus, JobStatus, collect, collect_all, STATE_ORDER
+from camvis.bookkeeping.slurm_query import FAILED_STATES, SlurmRow, is_active
 
-STATE_ORDER = ("COMPLETED", "RUNNING", "PENDING", "REQUEUED", "FAILED", "TIMEOUT", "CANCELLED", "UNKNOWN")
 STATE_STYLE = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow", "REQUEUED": "yellow", "UNKNOWN": "dim"}
-
-
-# --------------------------------------------------------------------------- state of each job
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    info: JobInfo
-    state: str
-    source: str  # where the state comes from: sacct | squeue | files | manifest (camvis cancelled it)
-    slurm: SlurmRow | None = None
-    progress: dict[str, Any] | None = None
-    finished: bool = False  # scores.json present with the expected config hash
-    error: str | None = None  # last line of the job's error.txt (its traceback), if it failed in Python
-    folder: Path | None = None  # outputs/<experiment>/<job>/
-    hidden: frozenset[str] = frozenset()  # job files of an earlier run, not shown as this job's
-    scores: dict[str, Any] | None = None  # scores.json when finished (the efficiency column reads it)
-
-    @property
-    def source_text(self) -> str:
-        """Where the state comes from, as the table shows it."""
-        if self.source == "manifest":
-            return "camvis cancelled it (manifest)"
-        return "job files" if self.source == "files" else self.source
-
-
-def job_status(info: JobInfo, slurm: QueryResult, outputs: str | Path, experiment: str,
-               manifest: dict[str, Any] | None = None) -> JobStatus:
-    """One job's state: SLURM's row for its id; else camvis's record of cancelling it; else its files.
-    Files written before this job was submitted are an earlier run's: never shown as this job's."""
-    folder = Path(outputs) / experiment / info.name
-    hidden = earlier_run_files(info, folder)
-    progress = None if jobfiles.PROGRESS in hidden else read_json(folder / jobfiles.PROGRESS)
-    scores = None if jobfiles.SCORES in hidden else read_json(folder / jobfiles.SCORES)
-    finished = is_finished(scores, info.config_hash)
-    scores = scores if finished else None
-    error = None if finished or jobfiles.ERROR in hidden else last_error_line(folder)
-    row = slurm.rows.get(info.job_id) if info.mode == "slurm" and info.job_id else None
-    if row is not None:
-        return JobStatus(info, row.state, slurm.source or "slurm", row, progress, finished, error, folder, hidden,
-                         scores)
-    if not finished and cancelled_by_camvis(info, manifest):
-        return JobStatus(info, "CANCELLED", "manifest", None, progress, False, error, folder, hidden)
-    ended = not finished and job_ended_without_scores(info, folder)
-    state = state_from_files(info, progress, finished, slurm.reachable, ended)
-    return JobStatus(info, state, "files", None, progress, finished, error, folder, hidden, scores)
-
-
-@dataclass(frozen=True)
-class ExperimentStatus:
-    experiment: str
-    jobs: list[JobStatus]
-    slurm: QueryResult
-    aggregate: list[tuple[str, str]]  # (SLURM id, state) of the dependent aggregate jobs
-    has_slurm_jobs: bool
-    store_builds: list[tuple[str, bool]] = field(default_factory=list)  # store_job.status_line of each build
-    stuck: frozenset[str] = frozenset()  # tasks pending for ever behind a failed build (DependencyNeverSatisfied)
-    resources: dict[str, dict[str, Any]] = field(default_factory=dict)  # job -> what its launch asked for
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return state_counts(j.state for j in self.jobs)
-
-    @property
-    def active(self) -> bool:
-        """Something may still change: a job or aggregate job is active (slurm_query.is_active)."""
-        states = [j.state for j in self.jobs if j.info.job_id not in self.stuck] + [s for _, s in self.aggregate]
-        return any(is_active(s) for s in states) and not (self.stuck and all(
-            j.info.job_id in self.stuck or not is_active(j.state) for j in self.jobs))
-
-
-def state_counts(states: Iterable[str]) -> dict[str, int]:
-    """Counts per state, in a stable, readable order (known states first)."""
-    counts = Counter(states)
-    order = [s for s in STATE_ORDER if s in counts] + sorted(s for s in counts if s not in STATE_ORDER)
-    return {s: counts[s] for s in order}
-
-
-def slurm_task_ids(infos: Sequence[JobInfo]) -> list[str]:
-    return [i.job_id for i in infos if i.job_id and i.mode == "slurm"]
-
-
-def collect(
-    experiment: str,
-    jobs: str | Path = "jobs",
-    outputs: str | Path = "outputs",
-    slurm: QueryResult | None = None,
-    runner: slurm_query.Runner | None = None,
-) -> ExperimentStatus:
-    """Everything `camvis-status EXPERIMENT` shows, with at most ONE batched SLURM query."""
-    manifest = experiment_manifest(jobs, experiment)
-    jobfiles.check_experiment(experiment, jobs, outputs, manifest)
-    infos = expected_jobs(experiment, jobs, outputs, manifest)
-    agg = aggregate_ids(manifest)
-    builds = store_job.latest_per_store(manifest, Path(jobs) / experiment)
-    ids = slurm_task_ids(infos) + agg + [b["job_id"] for b in builds]
-    if slurm is None:
-        slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
-    rows = [job_status(info, slurm, outputs, experiment, manifest) for info in infos]
-    cancelled = (manifest or {}).get("cancelled") or {}
-    agg_states = [(a, slurm.rows[a].state if a in slurm.rows else "CANCELLED" if a in cancelled else "UNKNOWN")
-                  for a in agg]
-    lines = [store_job.status_line(b, store_job.build_state(b["job_id"], slurm.rows)) for b in builds]
-    stuck = store_job.never_satisfied([r.info.job_id for r in rows if r.state == "PENDING" and r.info.job_id]) \
-        if any(failed for _, failed in lines) and runner is None else set()
-    return ExperimentStatus(experiment, rows, slurm, agg_states, bool(ids), lines, frozenset(stuck),
-                            efficiency_view.job_resources(manifest))
-
-
-def collect_all(
-    jobs: str | Path = "jobs", outputs: str | Path = "outputs", runner: slurm_query.Runner | None = None
-) -> list[ExperimentStatus]:
-    """Every experiment under jobs/, sharing one batched SLURM query across them."""
-    names = list_experiments(jobs)
-    manifests = {n: experiment_manifest(jobs, n) for n in names}
-    ids = [i for n in names for i in slurm_task_ids(expected_jobs(n, jobs, outputs, manifests[n]))]
-    ids += [a for n in names for a in aggregate_ids(manifests[n])]
-    slurm = slurm_query.query(ids, runner) if ids else QueryResult({}, None, "no SLURM jobs")
-    return [collect(n, jobs, outputs, slurm=slurm) for n in names]
 
 
 # --------------------------------------------------------------------------- formatting
@@ -300,8 +174,8 @@ def failure_tails(status: ExperimentStatus, lines: int = 10) -> list[RenderableT
             continue
         path: str | Path | None = job.info.stderr
         body = tail(path, lines)
-        if not body and job.folder is not None and (job.folder / jobfiles.ERROR).exists():
-            path = job.folder / jobfiles.ERROR  # the job's own traceback when there is no log
+        if not body and job.folder is not None and (job.folder / experiment_files.ERROR).exists():
+            path = job.folder / experiment_files.ERROR  # the job's own traceback when there is no log
             body = tail(path, lines)
         exit_code = f", exit {job.slurm.exit_code}" if job.slurm and job.slurm.exit_code else ""
         head = Text(f"{job.info.name} {job.info.job_id or ''} {job.slurm.raw_state if job.slurm else job.state}"
@@ -320,7 +194,7 @@ def status_renderable(status: ExperimentStatus, tail_lines: int = 10) -> Rendera
                                    for line, failed in status.store_builds]
     if status.stuck:
         parts.append(Text(f"{plural(len(status.stuck), 'job')} pending for ever behind it (squeue: "
-                          f"{store_job.NEVER})", style="red"))
+                          f"{store_builds.NEVER})", style="red"))
     parts += [build_table(status), counts_line(status.counts), slurm_line(status)]
     if status.aggregate:
         parts.append(Text("aggregate job: " + ", ".join(f"{i} {s}" for i, s in status.aggregate)))
@@ -486,7 +360,7 @@ def cancel_experiment(
     if manifest is None:
         raise ConfigError(f"cannot cancel {experiment!r}: no {Path(jobs) / experiment / 'manifest.json'}")
     roles = {a: "job array" for a in array_ids(manifest)} | {a: "aggregate job" for a in aggregate_ids(manifest)} \
-        | {str(b["job_id"]): "store build job" for b in store_job.builds(manifest)}
+        | {str(b["job_id"]): "store build job" for b in store_builds.builds(manifest)}
     for info in expected_jobs(experiment, jobs, outputs, manifest):  # jobs submitted outside an array
         if info.mode == "slurm" and info.job_id:
             roles.setdefault(info.job_id.split("_", 1)[0], "job")

@@ -18,7 +18,7 @@ from typing import Iterable, Mapping
 from camvis.config import experiment_dir, job_dir, name_problem, train_hash
 from camvis.errors import ConfigError
 from camvis.cluster.grid import JobSpec
-from camvis.jobdir import CHECKPOINT, ERROR, PROGRESS, SCORES, is_finished, read_json
+from camvis.bookkeeping.jobfolder import CHECKPOINT, ERROR, PROGRESS, SCORES, is_finished, read_json
 
 RETRAINS = "retrains from scratch, earlier outputs kept under previous/"
 

@@ -17,7 +17,6 @@ No torch at module level: the parent of a SLURM array only lists, submits and me
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -30,10 +29,10 @@ from typing import Any
 from camvis.bounds import num_threads
 from camvis.errors import PredictError
 from camvis.cluster.slurm_settings import checked_parameters, site_parameters
-from camvis.io import atomic_path, write_json
-from camvis.job.inputs import DEFAULT_MAX_PIXELS
+from camvis.io import write_json
+from camvis.node.predict_task import Options, load as load, predict_chunk, predict_part, write_rows
 from camvis.progress import progress_bar
-from camvis.replace_guard import Marker, check_replaceable, json_object
+from camvis.bookkeeping.replace_guard import Marker, check_replaceable, json_object
 
 PARTS_SUFFIX = ".parts"
 LOCAL_POLL_S = 0.5
@@ -61,23 +60,6 @@ def _is_predictions(path: Path) -> bool:
 PREDICTIONS = Marker("a camvis-predict output", "camvis-predict", False, "header row", _is_predictions)
 MAPS = Marker("a camvis-predict map folder", "camvis-predict --map", True, MAPS_MARKER,
               lambda path: json_object(path / MAPS_MARKER).get("format") == MAPS_FORMAT)
-
-
-@dataclass(frozen=True)
-class Options:
-    """What every chunk needs to predict (picklable: it travels to the SLURM jobs)."""
-
-    model: str
-    runtime: str = "auto"
-    device: str = "auto"
-    patches: int = 500
-    stride: int | None = None
-    seed: int = 0
-    batch_size: int = 256
-    map_dir: str | None = None
-    threads: int | None = None  # a local run's share of the cores; None: camvis.job.predict.cpu_threads
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    raw_dir: str | None = None  # its visibility.csv fills the truth columns
 
 
 @dataclass(frozen=True)
@@ -166,46 +148,11 @@ def _chunk_hash(chunk: Sequence[Any]) -> str:
     return hashlib.sha256("\n".join(str(i.image) for i in chunk).encode()).hexdigest()[:10]
 
 
-def predict_chunk(items: Sequence[Any], options: Options, part: str, progress: bool = False) -> int:
-    """One chunk: predict, then write the rows and the problems (each atomically). Runs in jobs."""
-    with progress_bar("predicting", len(items), enabled=progress, transient=True) as advance:
-        return _predict_chunk(items, options, part, advance)
-
-
-def _predict_chunk(items: Sequence[Any], options: Options, part: str, advance: Any) -> int:
-    from camvis.data.raw import read_visibility
-    from camvis.job.predict import predict_items
-
-    model = load(options)
-    truth = read_visibility(options.raw_dir) if options.raw_dir else None
-    rows, problems = predict_items(items, model, patches=options.patches, stride=options.stride, seed=options.seed,
-                                   batch_size=options.batch_size, map_dir=options.map_dir,
-                                   max_pixels=options.max_pixels, truth=truth, on_done=advance)
-    part_path = Path(part)
-    errors = part_path.with_suffix(".errors")
-    if problems:
-        with atomic_path(errors) as tmp:
-            tmp.write_text("".join(line.replace("\n", " ") + "\n" for line in problems), encoding="utf-8",
-                           errors="backslashreplace")
-    else:
-        errors.unlink(missing_ok=True)
-    _write_rows(rows, part_path, "csv")  # last: its presence means the chunk is done
-    return len(rows)
-
-
-@functools.lru_cache(maxsize=2)
-def load(options: Options) -> Any:
-    """The chunk's model, loaded once per process (all chunks of a run share one)."""
-    from camvis.job.predict import load_model
-
-    return load_model(options.model, device=options.device, runtime=options.runtime, threads=options.threads)
-
-
 def _run_here(jobs: list[tuple[int, list[Any], Path]], options: Options, progress: bool | None) -> None:
     """Every chunk in this process, one bar over all their images."""
     with progress_bar("predicting", sum(len(chunk) for _, chunk, _ in jobs), enabled=progress) as advance:
         for _, chunk, part in jobs:
-            _predict_chunk(chunk, options, str(part), advance)
+            predict_part(chunk, options, str(part), advance)
 
 
 def _executor(folder: Path, cluster: str, resources: Resources, n_jobs: int) -> Any:
@@ -323,7 +270,7 @@ def _merge(out: Path, parts: Path, order: list[str], fmt: str) -> int:
     if not len(new):  # every image failed, or all were there: OUT is left as it was (none made)
         return 0
     merged = pd.concat([old, new], ignore_index=True) if len(old) else new
-    _write_rows(merged.to_dict("records"), out, fmt)
+    write_rows(merged.to_dict("records"), out, fmt)
     return len(new)
 
 
@@ -364,28 +311,3 @@ def _read_rows(path: Path, fmt: str) -> Any:
     if not len(frame.columns):
         frame = pd.DataFrame(columns=list(ROW_COLUMNS))
     return frame
-
-
-def _write_rows(rows: list[dict[str, Any]], path: Path, fmt: str) -> None:
-    import pandas as pd
-
-    from camvis.job.predict import ROW_COLUMNS
-
-    frame = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
-    with atomic_path(path) as tmp:
-        if fmt == "jsonl":
-            tmp.write_text("".join(json.dumps(_plain(r)) + "\n" for r in frame.to_dict("records")))
-        else:
-            frame.to_csv(tmp, index=False, float_format="%.9g", na_rep="")
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """NaN as null, numpy scalars as Python numbers (JSON lines)."""
-    import math
-
-    out = {}
-    for key, value in row.items():
-        value = value.item() if hasattr(value, "item") else value
-        out[key] = None if isinstance(value, float) and math.isnan(value) else value
-    return out
-

@@ -9,26 +9,25 @@ pending or running waits for the same job instead of submitting another; a relau
 cancels the tasks stuck behind it (DependencyNeverSatisfied) and submits a new build.
 
 The job writes the store as camvis-data build does: staged beside its final name and renamed in when
-complete (camvis.data.staging), so a killed build leaves nothing under that name. No torch here, and
+complete (camvis.atomic_folder), so a killed build leaves nothing under that name. No torch here, and
 numpy/zarr only inside the functions that need them: the launcher runs on login nodes.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from camvis.cluster import slurm_query
-from camvis.cluster.manifest import log_path, read_manifest, record_cancelled, record_store_build
+from camvis.bookkeeping import slurm_query
+from camvis.bookkeeping.store_builds import build_state, builds, latest_build, never_satisfied
+from camvis.bookkeeping.manifest import log_path, read_manifest, record_cancelled, record_store_build
 from camvis.cluster.store_settings import StoreBuild, build_parameters
 from camvis.data.store_info import StoreInfo
 from camvis.errors import RawDataError, StoreError, SubmissionError
-from camvis.io import now_iso
+from camvis.host import now_iso
+from camvis.node.build_task import run_build
 
-NEVER = "DependencyNeverSatisfied"  # squeue's reason for a job whose afterok dependency failed
 
 
 @dataclass(frozen=True)
@@ -166,21 +165,6 @@ def build_here(build: StoreBuild) -> str:
     return run_build(build.raw, build.store, dict(build.params), build.workers)
 
 
-def run_build(raw_dir: str, store: str, params: dict[str, Any], workers: int | None) -> str:
-    """What the build job runs: camvis-data build with the job's CPUs as workers; returns the summary."""
-    from camvis.data import store as store_mod
-    from camvis.data import store_build
-
-    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    print(f"building {store} from {raw_dir} with {workers} workers: {params}", flush=True)
-    built = store_build.build(raw_dir, store, factors=tuple(params["factors"]), patch_size=params["patch_size"],
-                              patches_per_image=params["patches_per_image"], seed=params["seed"],
-                              preprocessing=params["preprocessing"], workers=workers, progress=False)
-    summary = store_mod.format_summary(built)
-    print(summary, flush=True)
-    return summary
-
-
 def wait(job: BuildJob) -> str:
     """Follow a build job this process submitted until it ends: its summary, or a StoreError naming its log."""
     from submitit.core.utils import FailedJobError, UncompletedJobError
@@ -191,66 +175,6 @@ def wait(job: BuildJob) -> str:
         lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith(" ")]
         raise StoreError(f"store build job {job.job_id} failed ({lines[-1] if lines else type(e).__name__}); "
                          f"see {job.stderr}") from None
-
-
-# --------------------------------------------------------------------------- state
-
-
-def latest_build(manifest: dict[str, Any] | None, store: str | None = None) -> dict[str, Any] | None:
-    """The manifest's last build entry (of `store`, when given)."""
-    entries = [e for e in builds(manifest) if store is None or e.get("store") == store]
-    return entries[-1] if entries else None
-
-
-def builds(manifest: dict[str, Any] | None) -> list[dict[str, Any]]:
-    found = (manifest or {}).get("store_builds")
-    return [e for e in found if isinstance(e, dict) and e.get("job_id")] if isinstance(found, list) else []
-
-
-def latest_per_store(manifest: dict[str, Any] | None, exp_dir: Path | None = None) -> list[dict[str, Any]]:
-    """The last build entry of each store; with `exp_dir`, their log paths as found from it."""
-    last: dict[str, dict[str, Any]] = {}
-    for entry in builds(manifest):
-        last[str(entry.get("store"))] = entry
-    if exp_dir is None:
-        return list(last.values())
-    return [{**e, "stdout": log_path(e.get("stdout"), exp_dir), "stderr": log_path(e.get("stderr"), exp_dir)}
-            for e in last.values()]
-
-
-def build_state(job_id: str, rows: dict[str, slurm_query.SlurmRow] | None = None) -> str:
-    rows = slurm_query.query([job_id]).rows if rows is None else rows
-    return rows[job_id].state if job_id in rows else slurm_query.UNKNOWN
-
-
-def never_satisfied(job_ids: Sequence[str]) -> set[str]:
-    """The ids among `job_ids` (tasks "123_4" or jobs) that SLURM keeps pending because a dependency
-    can never be met: squeue's Reason DependencyNeverSatisfied, or (a held job gives its hold as the
-    reason) a dependency it marks "(failed)". One squeue call."""
-    arrays = slurm_query.query_ids(job_ids)
-    if not arrays or not slurm_query.tool_on_path("squeue"):
-        return set()
-    try:
-        proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%r|%E"],
-                              capture_output=True, text=True, timeout=slurm_query.QUERY_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    wanted = set(job_ids)
-    rows = (line.split("|", 2) for line in proc.stdout.splitlines() if line.count("|") >= 2)
-    return {i for i, reason, dep in rows
-            if (reason.strip() == NEVER or "(failed)" in dep) and (i in wanted or i.split("_")[0] in wanted)}
-
-
-def status_line(entry: dict[str, Any], state: str) -> tuple[str, bool]:
-    """(the line camvis-status shows above its table for a build job, whether it failed)."""
-    job_id, store = entry["job_id"], entry.get("store")
-    if state in slurm_query.FAILED_STATES:
-        return (f"store build failed: see {entry.get('stderr')} (job {job_id} {state}; the jobs waiting on it "
-                f"never start: fix the raw data, then camvis-launch again)", True)
-    if state == "COMPLETED":
-        return f"store build job {job_id} COMPLETED: {store}", False
-    log = f" (log: {entry.get('stdout')})" if slurm_query.is_active(state) else ""
-    return f"store build job {job_id} {state}: {store} from {entry.get('raw')}{log}", False
 
 
 # --------------------------------------------------------------------------- launch output

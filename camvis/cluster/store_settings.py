@@ -19,7 +19,6 @@ here: the launcher runs on login nodes.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -148,8 +147,3 @@ def with_dependency(params: dict[str, Any], build_id: str | None) -> dict[str, A
     given = extra.get("dependency")
     extra["dependency"] = f"afterok:{build_id}" + (f",{given}" if given else "")
     return {**params, "slurm_additional_parameters": extra}
-
-
-def replace_resources(build: StoreBuild, **changes: Any) -> StoreBuild:
-    """`build` with some of its job's resources changed (camvis-data build --slurm's flags)."""
-    return dataclasses.replace(build, slurm=dataclasses.replace(build.slurm, **changes))

@@ -1,4 +1,4 @@
-"""camvis2's preprocessing rules, for stores built with `preprocessing: camvis2` (issue 11).
+"""camvis2's preprocessing rules, for stores built with `preprocessing: camvis2`.
 
 camvis's own rules (`exact`, the default) are in store_build and sampling; these reproduce what
 camvis2's `data/make_dataset.py` and `model/dataset.py` compute, rule for rule (checked against

@@ -18,6 +18,7 @@ import numpy as np
 import zarr
 
 from camvis.data import raw
+from camvis.data.levels import LEVEL_CONFIG, image_part
 
 _DEPTH: dict[str, np.ndarray] = {}  # a worker's depth map of its current view
 
@@ -25,7 +26,7 @@ _DEPTH: dict[str, np.ndarray] = {}  # a worker's depth map of its current view
 def parallel_images(reader: raw.RawReader, tmp: Path, factors: tuple[int, ...], patch_size: int,
                     per_image: int, seed: int, workers: int
                     ) -> Iterator[tuple[raw.RawImage, np.ndarray, dict[str, Any]]]:
-    """(image, its view's depth, store_build.image_part's result) of each good image, in the serial
+    """(image, its view's depth, levels.image_part's result) of each good image, in the serial
     build's order; the reader's problems, warnings and rows are filled as RawReader.images() does."""
     ds = reader.dataset
     reader._started = True  # one pass, as RawReader.images()
@@ -52,8 +53,6 @@ def parallel_images(reader: raw.RawReader, tmp: Path, factors: tuple[int, ...], 
 
 def _one_image(task: tuple) -> tuple[list[str], list[str], Any, dict[str, Any] | None]:
     """In a worker: check one image's files and, if they are fine, write its levels."""
-    from camvis.data.store_build import image_part
-
     tmp, ds, img, i, v, has_depth, depth_ok, nan_pct, factors, patch_size, per_image, seed = task
     depth = _view_depth(ds, img.view) if has_depth else None
     problems: list[str] = []
@@ -64,8 +63,6 @@ def _one_image(task: tuple) -> tuple[list[str], list[str], Any, dict[str, Any] |
     rgb, labels, row = read
     if not (depth_ok and depth is not None):  # checked, not written (as RawReader.images)
         return problems, warnings, row, None
-    from camvis.data.store_build import LEVEL_CONFIG
-
     images = {f: zarr.open_array(Path(tmp) / f"levels/{f}/images", mode="r+", config=LEVEL_CONFIG) for f in factors}
     return problems, warnings, row, image_part(images, i, v, rgb, labels, depth, patch_size, per_image, seed)
 

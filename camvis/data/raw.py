@@ -33,6 +33,7 @@ VISIBLE_SUFFIX = "_0002_visible.png"
 NONVISIBLE_SUFFIX = "_0001_nonvisible.png"
 NAME_PATTERN = re.compile(r"^(?P<cam>[^_]+)_(?P<pos>[^_]+)_(?P<date>\d{4}-\d{2}-\d{2})_(?P<time>\d{4})$")
 NAME_FORMAT = "{cam}_{pos}_{YYYY-MM-DD}_{HHMM}"
+VISIBILITY_CSV = "visibility.csv"  # RAW_DIR/visibility.csv: image,view,visibility_m
 
 
 @dataclass(frozen=True)
@@ -239,7 +240,7 @@ def depth_metres(depth_map: str | os.PathLike | np.ndarray, where: str,
 
 def read_visibility(raw_dir: str | os.PathLike) -> dict[str, float] | None:
     """True visibility (m) per image stem from RAW_DIR/visibility.csv, or None if there is none."""
-    path = Path(raw_dir) / "visibility.csv"
+    path = Path(raw_dir) / VISIBILITY_CSV
     if not path.is_file():
         return None
     with path.open(newline="") as fh:
@@ -331,7 +332,7 @@ class RawReader:
         ds = self.dataset
         return CheckReport(root=ds.root, rows=tuple(sorted(self.rows, key=lambda r: r.name)),
                            views=ds.views, warnings=tuple(self.warnings),
-                           visibility_csv=(ds.root / "visibility.csv").is_file())
+                           visibility_csv=(ds.root / VISIBILITY_CSV).is_file())
 
 
 def _views_depth(ds: RawDataset, problems: list[str]
@@ -432,7 +433,7 @@ def _check_visibility_csv(ds: RawDataset, problems: list[str], warnings: list[st
         return
     missing = [img.name for img in ds.images if img.name not in visibility]
     if missing:
-        warnings.append(f"{ds.root / 'visibility.csv'}: no visibility for {len(missing)} images "
+        warnings.append(f"{ds.root / VISIBILITY_CSV}: no visibility for {len(missing)} images "
                         f"(e.g. {missing[0]})")
 
 

@@ -27,7 +27,7 @@ def files(ds: raw.RawDataset) -> list[Path]:
     """The files a build reads: every image and its two masks, each view's depth map, visibility.csv."""
     found = [p for img in ds.images for p in (img.path, img.visible_mask, img.nonvisible_mask)]
     found += [ds.depth_path(v) for v in ds.views]
-    sidecar = ds.root / "visibility.csv"
+    sidecar = ds.root / raw.VISIBILITY_CSV
     return sorted(found + ([sidecar] if sidecar.is_file() else []))
 
 

@@ -7,7 +7,7 @@ PATH/camvis-stage/<digest>/ and every later job of the node opens that copy inst
 - One copy per node: the copy is made under an fcntl lock (camvis.locks) beside it, so jobs that
   start together wait for the first one's copy instead of each making their own.
 - Nothing partial under the final name: the copy is written to `.DIGEST.tmp-<host>-<pid>` and
-  renamed in (camvis.data.staging); a job killed mid-copy leaves only that scratch folder, which
+  renamed in (camvis.atomic_folder); a job killed mid-copy leaves only that scratch folder, which
   the next job of the node reaps (its pid is dead).
 - Trusted by name and manifest: <digest> is a hash of the store's root attributes, which hold a
   CRC-32 of every block, so equal digests mean equal contents. A copy is reused only if its
@@ -38,7 +38,7 @@ from typing import Callable, Mapping
 from camvis import locks
 from camvis.data import store_map
 from camvis.data.store import PatchStore, open_store
-from camvis.data.staging import remove_stale, scratch_dir, scratch_path, swap_in
+from camvis.atomic_folder import remove_stale, scratch_dir, scratch_path, swap_in
 from camvis.config import stage_problem
 from camvis.errors import ConfigError, StoreError
 from camvis.io import format_bytes, free_bytes, host, write_json

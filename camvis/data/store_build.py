@@ -4,7 +4,7 @@
 checked once), writes every level of each image and view, draws the patch centres with
 depth-balanced sampling (camvis.data.sampling), accumulates the normalization statistics
 (camvis.data.norm_stats) and writes the root attributes last. The store is staged beside its
-final name and renamed in when complete (camvis.data.staging).
+final name and renamed in when complete (camvis.atomic_folder).
 """
 
 from __future__ import annotations
@@ -20,22 +20,23 @@ from typing import Any, Sequence
 import numpy as np
 import zarr
 from PIL import Image
-from zarr.codecs import BytesCodec
 
 from camvis import __version__
 from camvis.bounds import patch_size_problem
 from camvis.data import camvis2, raw, raw_identity
-from camvis.data import staging
+from camvis import atomic_folder
+from camvis.data.parallel_build import parallel_images
 from camvis.data import store_verify
 from camvis.errors import RawDataError, StoreError
 from camvis.io import format_bytes, json_copy, reap_stale_tmp
-from camvis.data.norm_stats import NormStats, PerViewStats, rgb_histogram
+from camvis.data.norm_stats import NormStats, PerViewStats
 from camvis.progress import progress_bar
-from camvis.replace_guard import Marker, check_replaceable, json_object
+from camvis.bookkeeping.replace_guard import Marker, check_replaceable, json_object
 from camvis.data.sampling import N_DEPTH_BINS, sample_centres_with_histogram
 from camvis.data.store import TABLE_COLUMNS, PatchStore, open_store, sampling_figure
 from camvis.data.store_info import NORM_GLOBAL, NORM_PER_FOLD
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
+from camvis.data.levels import create_level_array, depth_level, image_part, rgb_level, table_rows
 
 
 
@@ -45,8 +46,7 @@ def _is_camvis_store(path: Path) -> bool:
 
 
 STORE = Marker("a camvis store", "camvis-data build", True, "zarr.json", _is_camvis_store, look_inside=False)
-"""What camvis-data build --force may replace (camvis.replace_guard)."""
-
+"""What camvis-data build --force may replace (camvis.bookkeeping.replace_guard)."""
 
 # Build parameters that decide whether an existing store can be kept as it is (and the raw data it
 # was built from: camvis.data.raw_identity).
@@ -54,9 +54,6 @@ _BUILD_KEYS = ("factors", "patch_size", "patches_per_image", "seed", "preprocess
 _BUILD_DEFAULTS = {"preprocessing": camvis2.EXACT}  # stores built before the key existed
 _BUILD_KEYS += ("compress",)  # zstd level arrays (format version 3 and older: always)
 _BUILD_DEFAULTS["compress"] = True
-LEVEL_CONFIG = {"write_empty_chunks": True}
-"""Level arrays get every block's file, even one all fill value (a black image): an uncompressed store's
-layout is one file per block (camvis.data.store_map), and parallel workers open the arrays with it too."""
 
 
 def _built(built: dict[str, Any], key: str) -> Any:
@@ -93,7 +90,7 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
               "patches_per_image": patches_per_image, "seed": seed,
               "preprocessing": camvis2.check_mode(preprocessing)}
     params["compress"] = bool(compress)
-    staging.remove_stale(final)
+    atomic_folder.remove_stale(final)
     reap_stale_tmp(final.parent)  # a killed build's sampling-figure .tmp
     if final.exists() and not force and not _older_format_of(final, params, raw_dir):
         return _keep_existing(final, params, raw_dir)
@@ -113,10 +110,10 @@ def build(raw_dir: str | os.PathLike, store_path: str | os.PathLike, *,
         raise
     # A full disk is a DiskFullError naming the store; the scratch goes whatever happens.
     needed = _raw_size(shape, factors, len(reader.dataset.images), len(reader.dataset.views))
-    with staging.scratch_dir(final, f"up to {format_bytes(needed)}") as tmp:
+    with atomic_folder.scratch_dir(final, f"up to {format_bytes(needed)}") as tmp:
         _write_store(tmp, reader, shape, factors, patch_size, patches_per_image, seed, params,
                      progress, workers)
-        staging.swap_in(tmp, final)
+        atomic_folder.swap_in(tmp, final)
     store = open_store(final)
     if figure is not False:
         out = final.with_name(final.name + ".sampling.png") if figure is True else Path(figure)
@@ -263,8 +260,6 @@ def _exact_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, tmp
     """camvis's rules, images in `workers` processes (views in order, each view's images by name)."""
     ds = reader.dataset
     if workers > 1:
-        from camvis.data.parallel_build import parallel_images
-
         results = parallel_images(reader, tmp, factors, patch_size, per_image, seed, workers)
     else:
         images = {f: a for f, (a, _) in sink.levels.items()}
@@ -299,7 +294,7 @@ def _camvis2_images(reader: raw.RawReader, index: dict[str, int], sink: _Sink, p
         _, _, _, sink.counts[i], sink.edges[i] = sample_centres_with_histogram(
             labels, depth, 0, patch_size, np.random.default_rng([seed, i]))
         h, w = camvis2.sample_centres(labels, depth, per_image, patch_size, shared_rng)
-        sink.rows.append(_table_rows(h, w, labels[h, w], depth[h, w], i, v))
+        sink.rows.append(table_rows(h, w, labels[h, w], depth[h, w], i, v))
         del rgb, labels, depth  # none held while the next image is decoded
         advance()
 
@@ -321,31 +316,6 @@ def _create_level(root: zarr.Group, f: int, level: tuple[int, int], n_img: int,
                  for kind, n, c in (("images", n_img, 3), ("depth", n_view, 1)))
 
 
-def create_level_array(root: zarr.Group, name: str, shape: tuple[int, ...], compress: bool) -> zarr.Array:
-    """A level array, one chunk per image / view: zstd (zarr's default codecs) or raw little-endian
-    bytes (the mappable layout, camvis.data.store_map); the dtype and fill value are the format's."""
-    dtype, fill = ("uint8", 0) if name.endswith("/images") else ("float32", -1.0)
-    extra: dict[str, Any] = {} if compress else {"compressors": None, "serializer": BytesCodec(endian="little")}
-    return root.create_array(name, shape=shape, chunks=(1, *shape[1:]), dtype=dtype, fill_value=fill,
-                             config=LEVEL_CONFIG, **extra)
-
-
-def image_part(images: dict[int, zarr.Array], i: int, v: int, rgb: np.ndarray, labels: np.ndarray,
-               depth: np.ndarray, patch_size: int, per_image: int, seed: int) -> dict[str, Any]:
-    """Write image i's levels; its RGB histograms, patch rows and sampling histogram, for the
-    caller to merge in image order (each image is its own chunk: workers may write in parallel)."""
-    pil = Image.fromarray(rgb)
-    hists = {}
-    for f, array in images.items():
-        level = rgb_level(pil, f)
-        array[i] = level.transpose(2, 0, 1)
-        hists[f] = rgb_histogram(level)
-    rng = np.random.default_rng([seed, i])  # per image: order-independent
-    h, w, _, counts, edges = sample_centres_with_histogram(labels, depth, per_image, patch_size, rng)
-    return {"i": i, "hists": hists, "counts": counts, "edges": edges,
-            "rows": _table_rows(h, w, labels[h, w], depth[h, w], i, v)}
-
-
 def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: PerViewStats, i: int, v: int,
                  rgb: np.ndarray, mode: str = camvis2.EXACT) -> None:
     pil = Image.fromarray(rgb)
@@ -355,40 +325,12 @@ def _write_image(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: PerVie
         stats.add_rgb(v, f, level)
 
 
-def rgb_level(pil: Image.Image, f: int) -> np.ndarray:
-    """Level f of an RGB image, uint8 (H // f, W // f, 3) (camvis.job.predict builds the same)."""
-    wf, hf = pil.width // f, pil.height // f
-    # box= crops to a multiple of f, so BOX is the exact f x f block mean.
-    return np.asarray(pil.resize((wf, hf), Image.Resampling.BOX, box=(0, 0, wf * f, hf * f)))
-
-
 def _write_depth(levels: dict[int, tuple[zarr.Array, zarr.Array]], stats: PerViewStats, v: int,
                  depth: np.ndarray, mode: str = camvis2.EXACT) -> None:
     for f, (_, depth_arr) in levels.items():
         level = camvis2.depth_level(depth, f) if mode == camvis2.CAMVIS2 else depth_level(depth, f)
         depth_arr[v, 0] = level
         stats.add_depth(v, f, level)
-
-
-def depth_level(depth: np.ndarray, f: int) -> np.ndarray:
-    """Level f of a depth map: each block's centre pixel as log10 metres (-1 for none)."""
-    hf, wf = depth.shape[0] // f, depth.shape[1] // f
-    return log_depth(depth[f // 2::f, f // 2::f][:hf, :wf])
-
-
-def log_depth(depth: np.ndarray) -> np.ndarray:
-    """log10 of depth in metres as float32; NaN, non-finite or non-positive depth -> -1."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.log10(depth.astype(np.float32))
-    out[~np.isfinite(out) | ~(depth > 0)] = -1.0
-    return out
-
-
-def _table_rows(h: np.ndarray, w: np.ndarray, label: np.ndarray, depth: np.ndarray, i: int,
-                v: int) -> dict[str, np.ndarray]:
-    return {"center_h": h, "center_w": w, "label": label.astype(np.uint8),
-            "depth": depth.astype(np.float32), "image": np.full(h.size, i, np.int32),
-            "view": np.full(h.size, v, np.int32)}
 
 
 def _write_table(root: zarr.Group, rows: list[dict[str, np.ndarray]], ds: raw.RawDataset) -> None:

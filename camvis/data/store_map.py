@@ -39,6 +39,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from camvis import locks
+from camvis.data.store_verify import fail
 from camvis.errors import StoreError
 from camvis.io import write_json
 
@@ -112,8 +113,6 @@ class MappedArray:
 def map_array(where: str, root: Path, name: str, array: Any) -> MappedArray:
     """Every block file of the mappable `array` (store-relative `name`) under `root`, size-checked,
     then mapped read-only. A missing or wrong-sized file is a one-line StoreError naming it."""
-    from camvis.data.store_verify import fail
-
     dtype = np.dtype(str(array.dtype)).newbyteorder("<")
     shape = tuple(int(n) for n in array.shape[1:])
     expected = int(np.prod(shape)) * dtype.itemsize
@@ -187,8 +186,6 @@ def verify_once(where: str, path: Path, digest: str, arrays: Mapping[str, Mapped
 
 def check_blocks(where: str, arrays: Mapping[str, MappedArray], checksums: Mapping[str, Any]) -> None:
     """The CRC-32 of every mapped block against the build's; the first mismatch (array order) raised."""
-    from camvis.data.store_verify import fail
-
     jobs = [(name, k) for name, array in arrays.items() for k in range(len(array.blocks))]
     for name in arrays:
         if len(checksums.get(name, {}).get("crc32", ())) != len(arrays[name].blocks):

@@ -23,7 +23,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import zarr
@@ -33,8 +33,6 @@ from camvis.data.camvis2 import EXACT, MODES, level_shape
 from camvis.data.raw import LABEL_NONVISIBLE, LABEL_VISIBLE
 from camvis.data.store_info import NORM_GLOBAL, NORM_RULE_SINCE, NORM_RULES
 
-if TYPE_CHECKING:
-    from camvis.data.store import PatchStore
 
 TABLE_COLUMNS = {"center_h": "int32", "center_w": "int32", "label": "uint8",
                  "depth": "float32", "image": "int32", "view": "int32"}
@@ -422,13 +420,14 @@ class ArrayCheck:
     problems: tuple[str, ...]
 
 
-def verify_blocks(store: PatchStore, advance: Callable[[], None] | None = None) -> list[ArrayCheck]:
-    """Reads every block of every recorded array of an opened store and checks its CRC-32;
-    problems are collected, not raised (a report lists them all)."""
-    where, path = f"store {store.path}", Path(store.path)
+def verify_blocks(store_path: str | Path, attrs: Mapping[str, Any],
+                  advance: Callable[[], None] | None = None) -> list[ArrayCheck]:
+    """Reads every block of every recorded array of an opened store (its path and root attributes)
+    and checks its CRC-32; problems are collected, not raised (a report lists them all)."""
+    where, path = f"store {store_path}", Path(store_path)
     root = zarr.open_group(path, mode="r")
     checks = []
-    for name, entry in store.attrs["checksums"].items():
+    for name, entry in attrs["checksums"].items():
         problems: list[str] = []
         nbytes = 0
         try:
@@ -438,7 +437,7 @@ def verify_blocks(store: PatchStore, advance: Callable[[], None] | None = None) 
             continue
         for k in range(len(entry["crc32"])):
             try:
-                nbytes += read_block(where, path, name, array, k, store.attrs["checksums"]).nbytes
+                nbytes += read_block(where, path, name, array, k, attrs["checksums"]).nbytes
             except StoreError as e:
                 problems.append(str(e))
             if advance is not None:

@@ -27,11 +27,12 @@ import numpy as np
 from PIL import Image
 
 from camvis import __version__
-from camvis.data import staging
+from camvis import atomic_folder
+from camvis.data.raw import NONVISIBLE_SUFFIX, VISIBILITY_CSV, VISIBLE_SUFFIX
 from camvis.errors import ConfigError
 from camvis.io import disk_full_as_error, format_bytes
 from camvis.progress import progress_bar
-from camvis.replace_guard import Marker, check_replaceable, check_writable_into, json_object
+from camvis.bookkeeping.replace_guard import Marker, check_replaceable, check_writable_into, json_object
 
 PAPER_SIZE = (4140, 6198)
 CONTRAST_THRESHOLD = 0.05
@@ -48,7 +49,7 @@ _STRIP_ROWS = 256
 _FEASIBLE_QUANTILE = 0.01  # V is kept where >= 1% of the terrain is labelled on each side
 SYNTH = Marker("a data set made by camvis-data synth", "camvis-data synth", True, "synth.json",
                lambda path: json_object(path / "synth.json").get("generator") == "camvis.data.synth")
-"""What camvis-data synth --force may replace (camvis.replace_guard)."""
+"""What camvis-data synth --force may replace (camvis.bookkeeping.replace_guard)."""
 _EARTH_A, _EARTH_E2 = 6378137.0, 6.69437999014e-3  # WGS84
 
 
@@ -301,13 +302,13 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
 
     Files are made in a hidden scratch folder inside out_dir (`.synth.tmp-<host>-<pid>`) and
     moved into place at the end, so an interrupted run leaves no half data set; a killed run's
-    scratch folder is reaped by the next one (camvis.data.staging), and a full disk is a
+    scratch folder is reaped by the next one (camvis.atomic_folder), and a full disk is a
     DiskFullError. An existing data set in out_dir is a ConfigError unless force=True (it is
     then replaced). Same seed, same bytes.
     """
     _check_args(views, images_per_view, size, vis_range, seed, image_format)
     out = Path(out_dir)
-    existing = [out / p for p in ("images", "depth_maps", "visibility.csv", "synth.json") if (out / p).exists()]
+    existing = [out / p for p in ("images", "depth_maps", VISIBILITY_CSV, "synth.json") if (out / p).exists()]
     if existing and not force:
         raise ConfigError(f"{out}: already holds a raw data set ({existing[0].name}); "
                           "choose another directory or pass force=True (--force)")
@@ -318,11 +319,11 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
     with disk_full_as_error(out):
         out.mkdir(parents=True, exist_ok=True)
     scratch_of = out / "synth"  # names the scratch folder; never a final path itself
-    staging.remove_stale(scratch_of)
-    with staging.scratch_dir(scratch_of, f"at least {format_bytes(_depth_bytes(views, size))}",
+    atomic_folder.remove_stale(scratch_of)
+    with atomic_folder.scratch_dir(scratch_of, f"at least {format_bytes(_depth_bytes(views, size))}",
                              target=out) as tmp:
         rows = _write_all(tmp, views, images_per_view, size, vis_range, seed, image_format, progress)
-        _write_csv(tmp / "visibility.csv", rows)
+        _write_csv(tmp / VISIBILITY_CSV, rows)
         params = {"generator": "camvis.data.synth", "camvis_version": __version__, "seed": seed, "views": views,
                   "images_per_view": images_per_view, "size": list(size), "vis_range": list(vis_range),
                   "image_format": image_format, "label_band": LABEL_BAND,
@@ -330,7 +331,7 @@ def synthesize(out_dir: str | os.PathLike, *, views: int = 4, images_per_view: i
         (tmp / "synth.json").write_text(json.dumps(params, indent=2) + "\n")
         for path in existing:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        for name in ("synth.json", "images", "depth_maps", "visibility.csv"):  # the marker first, the CSV last: done
+        for name in ("synth.json", "images", "depth_maps", VISIBILITY_CSV):  # the marker first, the CSV last: done
             os.replace(tmp / name, out / name)
     return out
 
@@ -422,8 +423,8 @@ def _write_image(folder: Path, name: str, depth: np.ndarray, clear: np.ndarray,
     _save_image(Image.fromarray(image), folder / f"{name}.{image_format}", image_format)
     del image
     visible, nonvisible = label_masks(depth, visibility)
-    _save_mask(visible, VISIBLE_COLOUR, folder / f"{name}_0002_visible.png")
-    _save_mask(nonvisible, NONVISIBLE_COLOUR, folder / f"{name}_0001_nonvisible.png")
+    _save_mask(visible, VISIBLE_COLOUR, folder / f"{name}{VISIBLE_SUFFIX}")
+    _save_mask(nonvisible, NONVISIBLE_COLOUR, folder / f"{name}{NONVISIBLE_SUFFIX}")
     return visibility
 
 

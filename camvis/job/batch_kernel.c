@@ -4,7 +4,7 @@
  * normalize, then gather and copy the depth) because index_select cannot change the dtype;
  * this kernel reads each window row once and writes its normalized floats once, walking
  * a sample's output rows in order and prefetching the source rows ahead of them.
- * camvis/native.py compiles it on first use for the host CPU; batches.py keeps the torch
+ * camvis/job/native.py compiles it on first use for the host CPU; camvis/job/batches.py keeps the torch
  * path for other devices and as the fallback.
  *
  * The pyramid is read where it lies: level l of image i is the block rgb[l * n_images + i], a C-order

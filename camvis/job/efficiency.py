@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from camvis.io import write_json
-from camvis.jobdir import SCORES
+from camvis.bookkeeping.jobfolder import SCORES
 
 GPU_SAMPLE_EVERY_S = 1.0  # NVML's utilisation is the busy share of its last sample period (1/6 s to 1 s)
 

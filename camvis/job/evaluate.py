@@ -27,12 +27,13 @@ from camvis.job.batches import BatchSource, fold_split, shard_batches
 from camvis.config import JobConfig, config_hash, eval_hash
 from camvis.config import train_hash as config_train_hash
 from camvis.errors import CamvisError
-from camvis.io import now_iso, write_csv, write_json
-from camvis.jobdir import PROGRESS, SCORES, as_int, read_json
+from camvis.host import now_iso
+from camvis.io import write_csv, write_json
+from camvis.bookkeeping.jobfolder import (BOOTSTRAP, CONFUSION_CSV, CONFUSION_PNG, FIGURES, PREDICTIONS, PROGRESS,
+                                        SCORES, VISIBILITY, as_int, read_json)
 from camvis.progress import progress_bar
 from camvis.data.store import PatchStore
 
-FIGURES = "figures"
 ACTIVATION_LIMIT = 2**31
 """Elements one tensor may hold in a forward pass: CUDA kernels index with int32 past it."""
 
@@ -46,7 +47,7 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def predict(
+def patch_probabilities(
     model: torch.nn.Module,
     source: BatchSource,
     indices: np.ndarray,
@@ -248,7 +249,7 @@ def evaluate_job(cfg: JobConfig, job_dir: str | Path, inputs: EvalInputs, *, epo
         raise CamvisError(f"{store.path}: fold {cfg.data.fold} (view {view}) has no patches to evaluate")
     if rank == 0:
         (job_dir / SCORES).unlink(missing_ok=True)
-    preds = predict(inputs.model, source, val_idx, cfg.eval.batch_size, device, progress=progress)
+    preds = patch_probabilities(inputs.model, source, val_idx, cfg.eval.batch_size, device, progress=progress)
     check_finite_predictions(cfg, preds, inputs.weights)
     results = compute_results(cfg, store, preds)
     scores = scores_dict(cfg, view, results, n_val=len(val_idx), n_train=len(train_idx),
@@ -314,7 +315,7 @@ def scores_dict(cfg: JobConfig, view: str, results: Mapping[str, Any], *, n_val:
         "metrics": {k: _finite(v) for k, v in results["metrics"].items()},
         "ci": {k: [_finite(lo), _finite(hi)] for k, (lo, hi) in results["ci"].items()},
         "bootstrap": {"n": cfg.eval.bootstrap, "seed": cfg.eval.seed, "confidence": cfg.eval.confidence,
-                      "file": "bootstrap.csv"},
+                      "file": BOOTSTRAP},
         "confusion": results["confusion"].tolist(),
         "threshold": metrics.THRESHOLD,
         "selection": cfg.train.selection,
@@ -341,19 +342,19 @@ def write_outputs(job_dir: Path, cfg: JobConfig, store: PatchStore, preds: Mappi
 
     job_dir.mkdir(parents=True, exist_ok=True)
     names = np.asarray(store.images, dtype=object)
-    _write_csv(job_dir / "predictions.csv", pd.DataFrame({
+    _write_csv(job_dir / PREDICTIONS, pd.DataFrame({
         "patch": preds["patch"], "image": names[preds["image"]], "score": preds["score"],
         "logit": preds["logit"], "label": preds["label"], "depth": preds["depth"]}))
     (tn, fp), (fn, tp) = results["confusion"]
-    _write_csv(job_dir / "confusion.csv", pd.DataFrame(
+    _write_csv(job_dir / CONFUSION_CSV, pd.DataFrame(
         {"truth": [0, 1], "predicted_0": [tn, fn], "predicted_1": [fp, tp]}))
     view = store.views[int(store.image_view[preds["image"][0]])] if len(preds["image"]) else "?"
-    plots.plot_confusion(results["confusion"], job_dir / "confusion.png",
+    plots.plot_confusion(results["confusion"], job_dir / CONFUSION_PNG,
                          title=f"{cfg.experiment}/{cfg.name}: fold {cfg.data.fold}, held-out view {view}")
     boot = results["bootstrap"]
-    _write_csv(job_dir / "bootstrap.csv", pd.DataFrame(
+    _write_csv(job_dir / BOOTSTRAP, pd.DataFrame(
         {"resample": np.arange(len(boot["loss"])), **{k: boot[k] for k in metrics.METRICS}}))
-    _write_csv(job_dir / "visibility.csv", pd.DataFrame(results["visibility"], columns=visibility.CSV_COLUMNS))
+    _write_csv(job_dir / VISIBILITY, pd.DataFrame(results["visibility"], columns=visibility.CSV_COLUMNS))
     if cfg.eval.figures:
         write_figures(job_dir / FIGURES, store, preds, results, job=f"{cfg.experiment}/{cfg.name}")
 

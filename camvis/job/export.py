@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from camvis.data import staging
+from camvis import atomic_folder
 from camvis.errors import PredictError
 from camvis.io import json_copy, write_json
-from camvis.job import bundle
-from camvis.replace_guard import Marker, check_replaceable, json_object
+from camvis.bookkeeping.jobfolder import BEST, CONFIG
+from camvis.job import bundle, loaded_model
+from camvis.bookkeeping.replace_guard import Marker, check_replaceable, json_object
 
 MODEL_JSON, WEIGHTS, ONNX = "model.json", "weights.pt", "model.onnx"
 OPSET = 18
@@ -47,20 +48,19 @@ BUNDLE = Marker("a camvis model bundle", "camvis-export", True, MODEL_JSON,
 def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = True, force: bool = False
            ) -> dict[str, Any]:
     """Write the bundle of the job in `job_dir` to `out`; returns its model.json content. An existing
-    `out` is replaced only when it is a bundle or empty (camvis.replace_guard), with `force` or not."""
+    `out` is replaced only when it is a bundle or empty (camvis.bookkeeping.replace_guard), with `force` or not."""
     import torch
-
-    from camvis.job.predict import load_model
 
     final = Path(out).resolve()
     check_replaceable(final, kind=BUNDLE, inputs=(job_dir,), error=PredictError)  # only a bundle, --force or not
-    model = load_model(job_dir, device="cpu")
-    if model.network is None:
-        raise PredictError(f"{job_dir}: expected a job folder (best.pt and config.yaml) to export")
+    job = Path(job_dir)
+    if not ((job / BEST).is_file() and (job / CONFIG).is_file()):
+        raise PredictError(f"{job_dir}: not a model to export: expected a job folder ({BEST} and {CONFIG})")
+    model = loaded_model.load_job(job, loaded_model.device_for("cpu"))
     info = {**model.info, "format": FORMAT, "format_version": FORMAT_VERSION,
             "weights": {"file": WEIGHTS, "format": "torch state_dict; torch.load(path, weights_only=True)"}}
-    staging.remove_stale(final)
-    tmp = staging.scratch_path(final, "tmp")
+    atomic_folder.remove_stale(final)
+    tmp = atomic_folder.scratch_path(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -68,7 +68,7 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
         info["onnx"] = export_onnx(model.network, tmp / ONNX, model) if onnx else None
         info = _sealed(info, tmp)
         write_json(tmp / MODEL_JSON, info)
-        staging.swap_in(tmp, final)
+        atomic_folder.swap_in(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -186,8 +186,6 @@ def run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
 
 def read_info(folder: Path) -> dict[str, Any]:
     """model.json, checked: format, schema (every field typed and bounded) and its own digest."""
-    from camvis.job.predict import PREPROCESSING
-
     path = folder / MODEL_JSON
     try:
         info = json.loads(bundle.read_regular(path, bundle.MAX_JSON_BYTES, "bundle's description"))
@@ -201,7 +199,7 @@ def read_info(folder: Path) -> dict[str, Any]:
     if info.get("format_version") != FORMAT_VERSION:
         raise PredictError(f"{path}: bundle format version {info.get('format_version')!r}, this camvis reads "
                            f"{FORMAT_VERSION}; export it again")
-    bundle.check_schema(info, path, tuple(PREPROCESSING))
+    bundle.check_schema(info, path, tuple(loaded_model.PREPROCESSING))
     if bundle.digest(info) != info["digest"]:
         raise PredictError(f"{path}: edited after export (its content does not match its digest); "
                            f"export the job again")
@@ -210,9 +208,7 @@ def read_info(folder: Path) -> dict[str, Any]:
 
 def load_bundle(folder: str | os.PathLike, *, device: Any = "auto", runtime: str = "torch",
                 threads: int | None = None) -> Any:
-    """A camvis.job.predict.Model from the bundle folder alone, every file verified first."""
-    from camvis.job import predict
-
+    """A camvis.job.loaded_model.Model from the bundle folder alone, every file verified first."""
     folder = Path(folder)
     info = read_info(folder)
     data = bundle.verified_file(folder, info["weights"], "weights")  # whichever runtime runs: all verified
@@ -221,14 +217,12 @@ def load_bundle(folder: str | os.PathLike, *, device: Any = "auto", runtime: str
     if info.get("onnx"):
         bundle.verified_file(folder, info["onnx"], "ONNX graph")
     path = folder / info["weights"]["file"]
-    net = predict.build_network(info["architecture"], predict.read_weights(path, data), path)
-    return predict.torch_model(net, info, info["model_id"], predict._device(device))
+    net = loaded_model.build_network(info["architecture"], loaded_model.read_weights(path, data), path)
+    return loaded_model.torch_model(net, info, info["model_id"], loaded_model.device_for(device))
 
 
 def _onnx_model(folder: Path, info: dict[str, Any], threads: int | None = None) -> Any:
     import torch
-
-    from camvis.job.predict import Model
 
     _require_onnx()
     if not info.get("onnx"):
@@ -238,7 +232,7 @@ def _onnx_model(folder: Path, info: dict[str, Any], threads: int | None = None) 
     _check_graph(session, path, info)
 
     rows = max(1, ONNX_ACTIVATION // (info["architecture"]["size_hidden"] * info["patch_size"] ** 2))
-    return Model(model_id=info["model_id"], factors=tuple(int(f) for f in info["factors"]),
+    return loaded_model.Model(model_id=info["model_id"], factors=tuple(int(f) for f in info["factors"]),
                  patch_size=int(info["patch_size"]), norm_mean=np.asarray(info["norm_mean"], np.float32),
                  norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"),
                  forward=onnx_forward(session, rows), info=info, runtime="onnxruntime-cpu")

@@ -31,10 +31,9 @@ from typing import Any, Callable
 from camvis.job import checkpoint
 from camvis.config import JobConfig, config_hash, train_hash
 from camvis.data.store_info import NORM_GLOBAL
-from camvis.jobdir import BEST, CHECKPOINT, PROGRESS, SCORES, read_json
+from camvis.bookkeeping.jobfolder import BEST, CHECKPOINT, PREVIOUS, PROGRESS, SCORES, TENSORBOARD, read_json
 
-PREVIOUS = "previous"
-TRAINING = (CHECKPOINT, BEST, PROGRESS, "tensorboard")  # what an eval-only change keeps
+TRAINING = (CHECKPOINT, BEST, PROGRESS, TENSORBOARD)  # what an eval-only change keeps
 # Moved first: a folder caught mid-move never looks finished; checkpoint.pt last: a killed
 # move is redone (into another folder) by the next run, since it still sees the old training.
 _FIRST, _LAST = (SCORES,), (BEST, CHECKPOINT)

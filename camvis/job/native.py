@@ -1,6 +1,6 @@
 """C kernels shipped as source, compiled on first use for the CPU they run on.
 
-A kernel `camvis/NAME.c` is built with the system C compiler (`$CC`, else `cc`) into
+A kernel `camvis/job/NAME.c` is built with the system C compiler (`$CC`, else `cc`) into
 `$CAMVIS_CACHE_DIR/native/` (default `$XDG_CACHE_HOME/camvis`, else `~/.cache/camvis`) with
 `-march=native`. Compiling where it runs, rather than at install time, is what makes
 `-march=native` safe on a cluster whose login and compute nodes differ; the cache key holds
@@ -41,7 +41,7 @@ def cache_dir() -> Path:
 
 
 def load(name: str) -> ctypes.CDLL:
-    """The compiled kernel `camvis/<name>.c`, built on first use; one try per process."""
+    """The compiled kernel `camvis/job/<name>.c`, built on first use; one try per process."""
     if os.environ.get("CAMVIS_NATIVE", "1") == "0":
         raise NativeUnavailable("C kernels are disabled by CAMVIS_NATIVE=0")
     result = _load(name, os.environ.get("CC") or "cc", str(cache_dir()))

@@ -23,7 +23,8 @@ import torch
 
 from camvis.config import JobConfig
 from camvis.errors import CamvisError
-from camvis.io import now_iso, write_json
+from camvis.host import now_iso
+from camvis.io import write_json
 from camvis.job.native import cache_root
 
 MIN_GAIN = 0.03

@@ -24,8 +24,9 @@ from camvis import locks
 from camvis.bounds import num_threads
 from camvis.config import JobConfig, job_dir, to_dict, train_hash
 from camvis.errors import CamvisError
-from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
-from camvis.jobdir import BEST, ERROR, PROGRESS, read_json
+from camvis.host import now_iso
+from camvis.io import reap_stale_tmp, write_json, write_text
+from camvis.bookkeeping.jobfolder import BEST, CONFIG, ERROR, PROGRESS, read_json
 
 if TYPE_CHECKING:
     from camvis.data.store import PatchStore
@@ -155,7 +156,7 @@ def _start(directory: Path, cfg: JobConfig, world_size: int, restart: str | None
         print(f"{cfg.name}: {moved[1]}: earlier outputs moved to {moved[0]}", flush=True)
     reap_stale_tmp(directory, recursive=True)  # .tmp files of a killed run (checkpoint.pt's ...)
     (directory / ERROR).unlink(missing_ok=True)
-    write_text(directory / "config.yaml", yaml_dump(to_dict(cfg)))
+    write_text(directory / CONFIG, yaml_dump(to_dict(cfg)))
     _set_phase(directory, cfg, "starting", world_size)
 
 

@@ -32,10 +32,10 @@ from camvis.config import JobConfig
 from camvis.job.checkpoint import TrainState
 from camvis.job.distributed import DistEnv
 from camvis.errors import CamvisError
-from camvis.job.evaluate import predict
+from camvis.job.evaluate import patch_probabilities
 from camvis.job.optimizer import make_optimizer, training_done
 from camvis.job.train_log import TrainLog, log, write_learning_curve
-from camvis.jobdir import BEST, CHECKPOINT
+from camvis.bookkeeping.jobfolder import BEST, CHECKPOINT
 from camvis.model import build_model
 from camvis.progress import Advance, progress_bar
 from camvis.data.store import PatchStore, open_store
@@ -242,7 +242,7 @@ def validate(model, inputs: TrainInputs, cfg: JobConfig, env: DistEnv) -> dict[s
     broadcasts them at the next training forward, and each rank's running stats follow its own batches.
     """
     broadcast_buffers(model, env)
-    preds = predict(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
+    preds = patch_probabilities(model, inputs.source, inputs.val_idx, cfg.eval.batch_size, env.device)
     return metrics.scores(preds["score"], preds["label"], logits=preds["logit"])
 
 

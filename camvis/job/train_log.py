@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from camvis.config import JobConfig, train_hash
-from camvis.io import now_iso, write_json
+from camvis.host import now_iso
+from camvis.io import write_json
 from camvis.job import efficiency
 from camvis.job.checkpoint import TrainState
 from camvis.job.distributed import DistEnv
-from camvis.jobdir import LEARNING_CURVE, PROGRESS, TENSORBOARD
+from camvis.bookkeeping.jobfolder import LEARNING_CURVE, PROGRESS, TENSORBOARD
 
 _SCALARS = {"Loss/train": "train_loss", "Loss/val": "val_loss", "Accuracy/train": "train_acc",
             "Accuracy/val": "val_acc", "F1/val": "val_f1", "LearningRate": "lr",

@@ -28,8 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from camvis.results import aggregate_visibility, run_facts
-from camvis.cluster import jobfiles
-from camvis.cluster import monitor
+from camvis.results.markdown import markdown_table
+from camvis.bookkeeping import experiment_files
+from camvis.bookkeeping import status as status_model
 from camvis.results.compare import compare, default_test_train_ratio, pair_ratio
 from camvis.results.finished import FinishedJob, load_finished
 from camvis.config import experiment_dir
@@ -187,20 +188,6 @@ def _fixed_numbers(boots: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- writing
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "-" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 1e4 else f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
-    """A GitHub Markdown table (no tabulate dependency)."""
-    header = "| " + " | ".join(map(str, df.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in df.columns) + " |"
-    body = ["| " + " | ".join(_fmt(v, digits) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([header, rule, *body])
-
-
 def summary_wide(summary: pd.DataFrame, confidence: float, low: str = "ci_low", high: str = "ci_high") -> pd.DataFrame:
     """group x metric as 'mean [low, high]' for printing (the headline interval unless told otherwise)."""
     out = summary.assign(cell=[f"{m:.4f} [{lo:.4f}, {hi:.4f}]" for m, lo, hi in
@@ -350,7 +337,7 @@ def aggregate(
         raise CamvisError(f"confidence must be in (0, 1), got {confidence}")
     console = console or default_console()
     directory = experiment_dir(experiment, outputs)  # a name, and its folder under outputs/
-    status = monitor.collect(experiment, jobs, outputs)
+    status = status_model.collect(experiment, jobs, outputs)
     finished, missing = load_finished(status, outputs, show_progress=console.is_terminal)
     if not finished:
         listed = "; ".join(f"{n}: {w}" for n, w in list(missing.items())[:10])
@@ -365,7 +352,7 @@ def aggregate(
         missing=missing, summary=summarize(units, confidence),
         comparisons=compare(units, confidence, rope or DEFAULT_ROPE), notes=notes,
     )  # fmt: skip
-    manifest = jobfiles.experiment_manifest(jobs, experiment)
+    manifest = experiment_files.experiment_manifest(jobs, experiment)
     result.description = run_facts.description(manifest)
     result.run_rows = run_facts.group_rows(status, manifest, outputs, {j.name for j in finished})
     per_fold = per_fold_frame(finished)

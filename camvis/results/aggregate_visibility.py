@@ -32,10 +32,11 @@ import pandas as pd
 
 from camvis.io import write_csv
 from camvis.results.finished import FinishedJob
+from camvis.bookkeeping.jobfolder import VISIBILITY as VISIBILITY_CSV
+from camvis.results.markdown import markdown_table
 from camvis.results.stats import holm_adjust
 
 
-VISIBILITY_CSV = "visibility.csv"
 FACTOR_2 = math.log10(2.0)
 STATISTICS = ("median_abs_log10_error", "within_factor2")  # compared between groups
 SUMMARY_COLUMNS = ["group", "fold", "n_images", "n_unscored", "n_flagged", "n_poor_fit", "n_uncertain",
@@ -245,8 +246,6 @@ def _share(value: float) -> str:
 
 def markdown(result: dict[str, Any], confidence: float) -> list[str]:
     """The report's section: per group over all folds, then the comparisons."""
-    from camvis.results.aggregate import markdown_table
-
     s = result["summary"]
     from camvis.job.visibility import CONFIDENCE, UNCERTAIN_FACTOR  # as _coverage
 

@@ -22,9 +22,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from camvis.cluster import jobfiles
-from camvis.cluster import monitor
-from camvis.jobdir import as_number
+from camvis.bookkeeping import experiment_files
+from camvis.bookkeeping import status as status_model
+from camvis.bookkeeping.jobfolder import BOOTSTRAP, as_number
 from camvis.metrics import METRICS
 from camvis.progress import track
 
@@ -123,35 +123,35 @@ def replicate_of(name: str, group: str, scores: dict) -> tuple[str, str]:
     """(group without its replicate parts, replicate label): "cat_fold2_rep3" -> ("cat", "rep3"),
     "cat_fold2_lr0.1_seed43" -> ("cat_lr0.1", "seed43"); scores.json's `replicate` (an int, absent = 1)
     names it when the name does not."""
-    fold = _FOLD_PART.search(name)  # the first _fold<k>, as jobfiles.variant_label takes it
+    fold = _FOLD_PART.search(name)  # the first _fold<k>, as experiment_files.variant_label takes it
     head, parts = (name[: fold.start()], name[fold.end() :].split("_")[1:]) if fold else ("", [])
     reps = [p for p in parts if _REPLICATE.match(p)]
     if reps:
         kept = [p for p in parts if not _REPLICATE.match(p)]
         group = "_".join([head, *kept]) if head else group
-    number = jobfiles.as_int(scores.get("replicate"))
+    number = experiment_files.as_int(scores.get("replicate"))
     label = "_".join(reps) or (f"rep{number}" if number is not None and number != 1 else "")
     return group, label
 
 
-def load_job(info: jobfiles.JobInfo, folder: Path, boot: np.ndarray | None = None,
+def load_job(info: experiment_files.JobInfo, folder: Path, boot: np.ndarray | None = None,
              scores: dict | None = None) -> FinishedJob:
     """A finished job's scores.json + bootstrap.csv (`boot`, `scores`: their contents, already read);
     ValueError naming the file if unusable."""
-    path = folder / jobfiles.SCORES
-    scores = scores if scores is not None else jobfiles.read_json(path)
+    path = folder / experiment_files.SCORES
+    scores = scores if scores is not None else experiment_files.read_json(path)
     if scores is None:
         raise ValueError(f"{path}: unreadable")
     try:
         metrics = {m: float(scores["metrics"][m]) for m in METRICS}
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: metrics.loss/acc/f1 missing or not numbers") from e
-    fold = jobfiles.as_int(scores.get("fold"))
+    fold = experiment_files.as_int(scores.get("fold"))
     fold = fold if fold is not None else info.fold
     if fold is None:
         raise ValueError(f"{path}: no fold")
     ci = scores.get("ci") or {}
-    group, replicate = replicate_of(info.name, jobfiles.variant_label(info.name, str(scores.get("group") or info.group)),
+    group, replicate = replicate_of(info.name, experiment_files.variant_label(info.name, str(scores.get("group") or info.group)),
                                     scores)
     return FinishedJob(
         name=info.name,
@@ -174,11 +174,11 @@ def load_job(info: jobfiles.JobInfo, folder: Path, boot: np.ndarray | None = Non
 def boot_file(scores: dict | None) -> str:
     """The bootstrap file scores.json names (a name in the job's folder), else bootstrap.csv."""
     name = ((scores or {}).get("bootstrap") or {}).get("file") if isinstance(scores, dict) else None
-    name = str(name or "bootstrap.csv")
-    return name if Path(name).name == name and name not in (".", "..") else "bootstrap.csv"
+    name = str(name or BOOTSTRAP)
+    return name if Path(name).name == name and name not in (".", "..") else BOOTSTRAP
 
 
-def _unfinished_reason(status: monitor.JobStatus) -> str:
+def _unfinished_reason(status: status_model.JobStatus) -> str:
     p = status.progress or {}
     where = f", epoch {p.get('epoch')}/{p.get('max_epochs')}" if p.get("epoch") is not None else ""
     source = "" if status.source == "files" else f" ({status.source})"
@@ -189,7 +189,7 @@ def _unfinished_reason(status: monitor.JobStatus) -> str:
 
 
 def load_finished(
-    status: monitor.ExperimentStatus, outputs: str | Path, show_progress: bool = False
+    status: status_model.ExperimentStatus, outputs: str | Path, show_progress: bool = False
 ) -> tuple[list[FinishedJob], dict[str, str]]:
     """(finished jobs, {name: why it is left out}) for every expected job."""
     problems: dict[str, str] = {}
@@ -198,11 +198,11 @@ def load_finished(
     for job in track(status.jobs, "reading scores", enabled=show_progress, transient=True):
         name = job.info.name
         if not job.finished:
-            stale = (base / name / jobfiles.SCORES).exists()
+            stale = (base / name / experiment_files.SCORES).exists()
             problems[name] = "stale scores.json (written for another config hash)" if stale else _unfinished_reason(job)
             continue
         ready.append(job)
-    scores = [jobfiles.read_json(base / j.info.name / jobfiles.SCORES) for j in ready]
+    scores = [experiment_files.read_json(base / j.info.name / experiment_files.SCORES) for j in ready]
     boots = read_bootstraps([base / j.info.name / boot_file(s) for j, s in zip(ready, scores)])
     finished: list[FinishedJob] = []
     seen: dict[tuple[str, int, str], str] = {}

@@ -3,7 +3,7 @@ training time, the resources asked for and the GPU-hours (jobs with GPUs: wall t
 (wall time x CPUs) spent.
 
 Read from what exists on the login node: the manifest (the grid's description and each launch's
-resources, recorded by camvis.cluster.manifest), each job's scores.json (epochs; `timing.train_s` when the
+resources, recorded by camvis.bookkeeping.manifest), each job's scores.json (epochs; `timing.train_s` when the
 job recorded it) and SLURM's elapsed time of the job's task when there is no recorded timing. Anything
 missing is shown as "-", never guessed. No torch here.
 """
@@ -14,10 +14,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from camvis.cluster import jobfiles
-from camvis.cluster.efficiency_view import job_resources, requested
-from camvis.cluster.usage import duration_s
-from camvis.cluster.monitor import ExperimentStatus, JobStatus
+from camvis.bookkeeping import experiment_files
+from camvis.bookkeeping.status import ExperimentStatus, JobStatus, job_resources, requested
+from camvis.bookkeeping.usage import duration_s
 
 
 def description(manifest: dict[str, Any] | None) -> str:
@@ -63,7 +62,7 @@ def elapsed_seconds(text: str | None) -> float | None:
 def job_facts(job: JobStatus, scores: dict[str, Any] | None) -> tuple[int | None, float | None, str]:
     """(epochs run, training seconds, where the time comes from) of one finished job."""
     scores = scores or {}
-    epochs = jobfiles.as_int(scores.get("epochs"))
+    epochs = experiment_files.as_int(scores.get("epochs"))
     train_s = (scores.get("timing") or {}).get("train_s") if isinstance(scores.get("timing"), dict) else None
     if isinstance(train_s, (int, float)) and math.isfinite(train_s):
         return epochs, float(train_s), "job"
@@ -84,7 +83,7 @@ def compute_hours(job: JobStatus, scores: dict[str, Any] | None,
     cpus, gpus, _ = requested(resources)
     if usage is not None:
         cpus, gpus = usage.cpus or cpus, usage.gpus or gpus
-    cpus = cpus or jobfiles.as_int(scores.get("threads"))
+    cpus = cpus or experiment_files.as_int(scores.get("threads"))
     if not gpus and usage is None and (resources or {}).get("mode") != "slurm" and "peak_device_mem_gb" in scores:
         gpus = 1  # a local run on CUDA: one process, one GPU
     if wall is None or not (gpus or cpus):
@@ -123,7 +122,7 @@ def group_rows(status: ExperimentStatus, manifest: dict[str, Any] | None, output
     for job in status.jobs:
         if job.info.name not in names:
             continue
-        scores = jobfiles.read_json(base / job.info.name / jobfiles.SCORES)
+        scores = experiment_files.read_json(base / job.info.name / experiment_files.SCORES)
         epochs, seconds, source = job_facts(job, scores)
         groups.setdefault(job.info.variant, []).append((epochs, seconds, source, resources_text(
             resources.get(job.info.name))))

@@ -1,7 +1,7 @@
 """camvis.cluster.array_submit: one array's tasks in one file, each task run through submitit's runner.
 
 Through stand-in sbatch/srun commands on PATH (SLURM itself: tests/integration/test_slurm.py). Each
-task is then run by the command of the array's sbatch script (`python -m camvis.cluster.array_submit
+task is then run by the command of the array's sbatch script (`python -m camvis.node.array_task
 FOLDER`, as on a node, with the SLURM variables of that task), which hands over to submitit's runner:
 a task that got another task's arguments returns the wrong name and fold.
 """
@@ -20,7 +20,9 @@ import pytest
 import submitit
 from submitit.core.utils import DelayedSubmission, JobPaths
 
+from camvis.bookkeeping import tasks_file as tasks_file_mod
 from camvis.cluster import array_submit
+from camvis.node import array_task
 from camvis.config import JobConfig, job_config_from_dict
 
 SHIMS = {
@@ -53,7 +55,7 @@ def start_task(folder: Path, array_id: str, index: int) -> subprocess.Popen:
            "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1",
            "SLURM_JOB_NODELIST": "localhost",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}  # run_config
-    return subprocess.Popen([sys.executable, "-u", "-m", "camvis.cluster.array_submit", str(folder)], env=env,
+    return subprocess.Popen([sys.executable, "-u", "-m", "camvis.node.array_task", str(folder)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -75,7 +77,7 @@ def test_each_task_runs_its_own_arguments_through_submitits_runner(shim: Path, t
     assert [t.job_id for t in tasks] == ["100_0", "100_1", "100_2"]
     script = (shim / "script_100.sh").read_text()
     assert "#SBATCH --array=0-2%2\n" in script  # one sbatch, submitit's script, camvis's command
-    assert f"-u -m camvis.cluster.array_submit {folder.absolute()}\n" in script
+    assert f"-u -m camvis.node.array_task {folder.absolute()}\n" in script
     assert (shim / "count").read_text().strip() == "100"
     for i in (2, 0, 1):  # whatever order the tasks start in
         assert run_task(folder, "100", i) == ("success", (f"job{i}", i + 1))
@@ -91,11 +93,11 @@ def test_task_files_are_where_and_what_submitit_writes(shim: Path, tmp_path: Pat
         assert (task.paths.submitted_pickle, task.paths.stdout, task.paths.stderr) == \
             (str(paths.submitted_pickle), str(paths.stdout), str(paths.stderr))
         assert paths.folder.is_dir() and not paths.submitted_pickle.exists()  # SLURM opens the log there
-        delayed = pickle.loads(array_submit.read_task(tasks_file, i))
+        delayed = pickle.loads(tasks_file_mod.read_task(tasks_file, i))
         assert (delayed.function, delayed.args, delayed.kwargs) == (run_config, (cfg, "out"), {})
         assert (delayed._timeout_min, delayed._timeout_countdown) == (7, 4)  # submitit's requeue countdown
         run_task(folder, "100", i)  # on the node, the task's pickle is copied where submitit's runner reads it
-        assert paths.submitted_pickle.read_bytes() == array_submit.read_task(tasks_file, i)
+        assert paths.submitted_pickle.read_bytes() == tasks_file_mod.read_task(tasks_file, i)
     # 100/: the array's sbatch script, where submitit's map_array keeps it too (and its link to it); no temporary
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir() if not p.is_symlink()) == \
         ["100", "100_0", "100_1", "100_tasks.pkl"]
@@ -146,31 +148,31 @@ def test_a_task_started_before_the_launch_committed_waits_for_its_tasks_file(shi
 
 
 def test_without_its_tasks_file_a_task_fails_saying_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(array_submit, "WAIT_S", 0.2)
+    monkeypatch.setattr(array_task, "WAIT_S", 0.2)
     with pytest.raises(RuntimeError, match=r"waited 0.2 s for this array's tasks file .*7_tasks.pkl.*launch the grid again"):
-        array_submit._wait_for(array_submit.tasks_file(tmp_path / "%j", "7"))
+        array_task._wait_for(tasks_file_mod.tasks_file(tmp_path / "%j", "7"))
 
 
 @pytest.mark.parametrize("sizes", [[0, 5], [1], [3, 0, 70000, 12]])
 def test_tasks_file_gives_back_each_pickle(sizes: list[int], tmp_path: Path) -> None:
     pickles = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
     path = tmp_path / "t.pkl"
-    path.write_bytes(array_submit.encode_tasks(pickles))
-    assert [array_submit.read_task(path, i) for i in range(len(sizes))] == pickles
+    path.write_bytes(tasks_file_mod.encode_tasks(pickles))
+    assert [tasks_file_mod.read_task(path, i) for i in range(len(sizes))] == pickles
 
 
 def test_a_bad_tasks_file_is_named_with_what_is_wrong(tmp_path: Path) -> None:
     path = tmp_path / "t.pkl"
-    data = array_submit.encode_tasks([b"abc", b"defg"])
+    data = tasks_file_mod.encode_tasks([b"abc", b"defg"])
     path.write_bytes(data)
     with pytest.raises(ValueError, match=r"t.pkl: holds tasks 0-1, not task 2"):
-        array_submit.read_task(path, 2)
+        tasks_file_mod.read_task(path, 2)
     path.write_bytes(data[:-2])
     with pytest.raises(ValueError, match=r"t.pkl: truncated: task 1 should be bytes 3-7"):
-        array_submit.read_task(path, 1)
+        tasks_file_mod.read_task(path, 1)
     path.write_bytes(b"#!/bin/sh\n" + data)
     with pytest.raises(ValueError, match=r"t.pkl: not a camvis tasks file"):
-        array_submit.read_task(path, 0)
+        tasks_file_mod.read_task(path, 0)
 
 
 def test_one_task_is_submitits_plain_job(shim: Path, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from typing import Sequence
 import pytest
 from rich.console import Console
 
-from camvis.cluster import efficiency_view, monitor, slurm_query
+from camvis.bookkeeping import slurm_query
+from camvis.cluster import efficiency_view, monitor
 
 EXP = "eff"
 FIELDS = slurm_query.SACCT_FIELDS.split(",")

@@ -15,7 +15,7 @@ from camvis.config import config_hash
 from camvis.errors import ConfigError
 from camvis.cluster.grid import job_name, load_grid, select
 from camvis.console import shape_text
-from camvis.jobdir import is_finished
+from camvis.bookkeeping.jobfolder import is_finished
 from camvis.cluster.plan import outputs_status, plan
 from camvis.data.store_info import FORMAT_NAME, FORMAT_VERSION
 
@@ -497,7 +497,7 @@ def test_force_resubmits_finished_but_never_active(tmp_path: Path) -> None:
 
 
 def test_scores_without_hash_is_resubmitted(tmp_path: Path) -> None:
-    # The same rule as camvis-status (jobdir.is_finished): no hash, not this config's scores.
+    # The same rule as camvis-status (jobfolder.is_finished): no hash, not this config's scores.
     outputs = tmp_path / "outputs"
     job = load_grid(write(tmp_path / "g.yaml", small(tmp_path))).jobs[0]
     (outputs / "exp" / job.name).mkdir(parents=True)

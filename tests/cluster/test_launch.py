@@ -75,8 +75,9 @@ def demo_args(tmp_path: Path, *extra: str) -> list[str]:
 
 
 def test_launcher_imports_no_torch() -> None:
-    code = ("import sys, camvis.cluster.launch, camvis.cluster.grid, camvis.cluster.plan, camvis.cluster.slurm_settings, camvis.data.store_info, "
-            "camvis.cluster.manifest, camvis.cluster.sbatch, camvis.cli.launch, camvis.cluster.preflight, camvis.locks; "
+    """The launcher loads neither torch, the job side nor zarr (every login module without torch:
+    tests/test_layers.py)."""
+    code = ("import sys, camvis.cli.launch, camvis.cluster.launch; "
             "bad = [m for m in ('torch', 'camvis.job.task', 'zarr') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -190,7 +191,7 @@ def test_slurm_launch_two_sbatch_calls_and_manifest(fake_slurm: Path, tmp_path: 
     assert (fake_slurm / "count").read_text().strip() == "101"  # exactly two sbatch calls
     array = (fake_slurm / "script_100.sh").read_text()
     assert "#SBATCH --array=0-3%2\n" in array
-    (command,) = [line for line in array.splitlines() if "-u -m camvis.cluster.array_submit " in line]
+    (command,) = [line for line in array.splitlines() if "-u -m camvis.node.array_task " in line]
     assert cli.main([*demo_args(tmp_path, "--only", "fold=1,2"), "--dry-run", "--force"]) == 0
     assert command in capsys.readouterr().out.splitlines()  # the dry run shows the script sbatch was given
     assert "#SBATCH --dependency=afterany:100\n" in (fake_slurm / "script_101.sh").read_text()
@@ -220,7 +221,7 @@ def test_each_task_pickle_holds_its_own_jobs_config(fake_slurm: Path, tmp_path: 
     by camvis.cluster.array_submit): TrainEvalTask with the config the manifest records for that task."""
     import pickle
 
-    from camvis.cluster.array_submit import read_task
+    from camvis.bookkeeping.tasks_file import read_task
     from camvis.config import job_config_from_dict
     from camvis.job.task import TrainEvalTask
 
@@ -246,7 +247,7 @@ def test_a_grid_over_max_array_size_is_split_into_arrays(fake_slurm: Path, tmp_p
                                                           capsys: pytest.CaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     (fake_slurm / "max_array").write_text("3\n")  # arrays of at most 3 tasks (indices 0..2)
-    from camvis.cluster import manifest as manifest_mod
+    from camvis.bookkeeping import manifest as manifest_mod
 
     monkeypatch.setattr(manifest_mod, "INDENT_UP_TO", 4)  # 5 jobs: the compact manifest of big grids
     monkeypatch.setattr(launch_mod, "TABLE_ROWS", 2)  # the job table of a big grid: its first rows
@@ -314,7 +315,7 @@ def test_a_refused_second_array_leaves_the_first_in_the_manifest(fake_slurm: Pat
 
 
 def test_array_ids_of_old_and_new_manifests() -> None:
-    from camvis.cluster.jobfiles import array_ids
+    from camvis.bookkeeping.experiment_files import array_ids
 
     launches = [{"array_id": "7"}, {"array_id": "9", "array_ids": ["9", "10"]}, {"array_id": None}, "bad"]
     assert array_ids({"launches": launches}) == ["7", "9", "10"]
@@ -369,7 +370,7 @@ def test_relaunch_skips_finished_and_queued_and_merges(fake_slurm: Path, tmp_pat
 def test_active_jobs_are_slurm_querys_active_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The launcher and camvis-status agree (slurm_query.is_active): a held SPECIAL_EXIT task is not
     submitted twice; REVOKED and UNKNOWN ones may be."""
-    from camvis.cluster import slurm_query
+    from camvis.bookkeeping import slurm_query
 
     states = {"a": "RUNNING", "b": "SPECIAL_EXIT", "c": "REVOKED", "d": "UNKNOWN", "e": "COMPLETED", "f": "PENDING"}
     jobs = {name: {"mode": "slurm", "job_id": f"7_{i}"} for i, name in enumerate(states)}
@@ -385,7 +386,7 @@ def test_active_jobs_are_slurm_querys_active_ones(tmp_path: Path, monkeypatch: p
 
 
 def test_code_version_asks_git_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from camvis.cluster import manifest
+    from camvis.bookkeeping import manifest
 
     calls: list[list[str]] = []
 

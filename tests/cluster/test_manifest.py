@@ -1,4 +1,4 @@
-"""camvis.cluster.manifest on its own: merging launches, keeping skipped jobs' entries, cancellations."""
+"""camvis.bookkeeping.manifest on its own: merging launches, keeping skipped jobs' entries, cancellations."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from camvis.cluster import manifest
+from camvis.bookkeeping import manifest
 from camvis.cluster.grid import load_grid
-from camvis.cluster.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled
+from camvis.bookkeeping.manifest import LaunchRecord, job_entry, read_manifest, record, record_cancelled
 from camvis.errors import ConfigError
 
 

@@ -7,7 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
-from camvis.cluster import jobfiles, manifest
+from camvis.bookkeeping import experiment_files, manifest
 from camvis.io import write_json
 
 
@@ -33,16 +33,16 @@ def test_logs_are_read_from_the_moved_copy_not_the_old_one(tmp_path: Path) -> No
     _experiment(old, str(old / "jobs" / "e" / "7_0" / "7_0_0_log.out"), "the old copy's log\n")  # as before
     new = Path(shutil.copytree(old, tmp_path / "new"))
     (new / "jobs" / "e" / "7_0" / "7_0_0_log.out").write_text("the moved copy's log\n")
-    [(stream, path, lines), *_] = jobfiles.job_logs("e", "cat_fold1", new / "jobs", new / "outputs")
+    [(stream, path, lines), *_] = experiment_files.job_logs("e", "cat_fold1", new / "jobs", new / "outputs")
     assert (stream, path, lines) == ("stdout", str(new / "jobs/e/7_0/7_0_0_log.out"), ["the moved copy's log"])
     shutil.rmtree(new / "jobs" / "e" / "7_0")  # not in the copy: the recorded path, as it is
-    [(_, path, lines), *_] = jobfiles.job_logs("e", "cat_fold1", new / "jobs", new / "outputs")
+    [(_, path, lines), *_] = experiment_files.job_logs("e", "cat_fold1", new / "jobs", new / "outputs")
     assert (path, lines) == (str(old / "jobs/e/7_0/7_0_0_log.out"), ["the old copy's log"])
 
 
 def test_a_relative_manifest_moves_with_its_project(tmp_path: Path) -> None:
     _experiment(tmp_path / "a", "7_0/7_0_0_log.out", "log\n")
     moved = Path(shutil.move(tmp_path / "a", tmp_path / "b"))
-    [(_, path, lines), *_] = jobfiles.job_logs("e", "7_0", moved / "jobs", moved / "outputs")
+    [(_, path, lines), *_] = experiment_files.job_logs("e", "7_0", moved / "jobs", moved / "outputs")
     assert (path, lines) == (str(moved / "jobs/e/7_0/7_0_0_log.out"), ["log"])
     assert json.loads((moved / "jobs/e/manifest.json").read_text())["jobs"]["cat_fold1"]["stdout"] == "7_0/7_0_0_log.out"

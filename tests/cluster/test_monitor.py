@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -14,9 +15,9 @@ from typing import Sequence
 import pytest
 from rich.console import Console
 
-from camvis.cluster import jobfiles
+from camvis.bookkeeping import experiment_files
 from camvis.cluster import monitor
-from camvis.cluster import slurm_query
+from camvis.bookkeeping import slurm_query
 from camvis.cli import status as cli
 from camvis.errors import ConfigError, SubmissionError
 
@@ -285,6 +286,15 @@ def test_local_runs_take_their_state_from_files(tmp_path: Path) -> None:
     assert "local run" in render(monitor.status_renderable(status))
 
 
+def test_tasks_stuck_behind_a_failed_build_are_said_with_squeues_reason(tmp_path: Path) -> None:
+    make_experiment(tmp_path, mode="local")
+    status = dataclasses.replace(collect(tmp_path, FakeSlurm()), stuck=frozenset({"100_0", "100_1"}),
+                                 store_builds=[("store build failed: see b.err", True)])
+    text = render(monitor.status_renderable(status))
+    assert "store build failed: see b.err" in text
+    assert "2 jobs pending for ever behind it (squeue: DependencyNeverSatisfied)" in text
+
+
 def test_error_txt_and_submitit_result_mark_local_jobs_failed(tmp_path: Path) -> None:
     make_experiment(tmp_path, mode="local")
     out = tmp_path / "outputs" / EXP
@@ -310,7 +320,7 @@ def test_error_txt_and_submitit_result_mark_local_jobs_failed(tmp_path: Path) ->
     (out / "align_fold3" / "error.txt").write_text("Traceback (most recent call last):\nIndexError: index 95\n")
     text = render(monitor.status_renderable(collect(tmp_path)))
     assert text.count("IndexError: index 95") == 1 and "(same last lines as align_fold1)" in text
-    streams = [s for s, _, _ in jobfiles.job_logs(EXP, "align_fold1", tmp_path / "jobs", tmp_path / "outputs")]
+    streams = [s for s, _, _ in experiment_files.job_logs(EXP, "align_fold1", tmp_path / "jobs", tmp_path / "outputs")]
     assert streams == ["stdout", "stderr", "error.txt"]
 
 
@@ -432,10 +442,10 @@ def test_fmt_duration() -> None:
 def test_logs_by_name_or_slurm_id(tmp_path: Path) -> None:
     make_experiment(tmp_path)
     for job in ("cat_fold4", "123_3"):
-        logs = dict((s, body) for s, _, body in jobfiles.job_logs(EXP, job, tmp_path / "jobs", tmp_path / "outputs", 2))
+        logs = dict((s, body) for s, _, body in experiment_files.job_logs(EXP, job, tmp_path / "jobs", tmp_path / "outputs", 2))
         assert logs == {"stdout": ["epoch 1", "epoch 2"], "stderr": ["Traceback (most recent call last):", "RuntimeError: boom"]}
     with pytest.raises(ConfigError, match="no job 'cat_fold9'"):
-        jobfiles.job_logs(EXP, "cat_fold9", tmp_path / "jobs", tmp_path / "outputs")
+        experiment_files.job_logs(EXP, "cat_fold9", tmp_path / "jobs", tmp_path / "outputs")
 
 
 def test_cancel_one_task(tmp_path: Path) -> None:
@@ -645,7 +655,7 @@ def test_query_without_accounting_falls_back_on_the_real_squeue(tmp_path: Path) 
         slurm_query.scancel([array])
 
 def test_status_and_aggregate_never_import_torch() -> None:
-    code = ("import sys, camvis.cluster.jobfiles, camvis.cluster.monitor, camvis.results.aggregate, camvis.results.stats, camvis.cluster.slurm_query, "
+    code = ("import sys, camvis.bookkeeping.experiment_files, camvis.cluster.monitor, camvis.results.aggregate, camvis.results.stats, camvis.bookkeeping.slurm_query, "
             "camvis.plots.aggregate, camvis.cli.status, camvis.cli.aggregate; print('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from typing import Sequence
 
-from camvis.cluster import slurm_query
+from camvis.bookkeeping import slurm_query
 
 # `sacct -X -D -j 44,59,61,70,123 -P -n -o JobID,State,NodeList,Elapsed,ExitCode` as the local 2-node
 # cluster writes it: one row per attempt, oldest first (44: n2 killed, requeued, waiting for n2;

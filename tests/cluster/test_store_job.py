@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from camvis.cli import data as data_cli
+from camvis.bookkeeping import store_builds
 from camvis.cluster import store_job
 from camvis.cluster.grid import load_grid
 from camvis.cluster.launch import launch
-from camvis.cluster.manifest import read_manifest, record_store_build
+from camvis.bookkeeping.manifest import read_manifest, record_store_build
 from camvis.cluster.store_settings import with_dependency
 from camvis.errors import ConfigError, SubmissionError
 
@@ -140,17 +141,17 @@ def test_the_build_is_recorded_in_a_manifest_begun_for_it(tmp_path: Path) -> Non
     record_store_build(exp, "sj", {"job_id": "9", "store": "a.zarr"})
     manifest = read_manifest(exp / "manifest.json")
     assert manifest["experiment"] == "sj" and manifest["jobs"] == {} and manifest["launches"] == []
-    assert store_job.latest_build(manifest, "a.zarr")["job_id"] == "9" and store_job.latest_build(manifest, "b") is None
-    assert [e["job_id"] for e in store_job.latest_per_store(manifest)] == ["9"]
+    assert store_builds.latest_build(manifest, "a.zarr")["job_id"] == "9" and store_builds.latest_build(manifest, "b") is None
+    assert [e["job_id"] for e in store_builds.latest_per_store(manifest)] == ["9"]
 
 
 def test_status_line_says_where_a_failed_build_logged() -> None:
     entry = {"job_id": "7", "store": "s.zarr", "raw": "raw", "stdout": "7_0_log.out", "stderr": "7_0_log.err"}
-    line, failed = store_job.status_line(entry, "FAILED")
+    line, failed = store_builds.status_line(entry, "FAILED")
     assert failed and line.startswith("store build failed: see 7_0_log.err (job 7 FAILED")
-    assert store_job.status_line(entry, "RUNNING") == ("store build job 7 RUNNING: s.zarr from raw (log: 7_0_log.out)",
+    assert store_builds.status_line(entry, "RUNNING") == ("store build job 7 RUNNING: s.zarr from raw (log: 7_0_log.out)",
                                                        False)
-    assert store_job.status_line(entry, "COMPLETED") == ("store build job 7 COMPLETED: s.zarr", False)
+    assert store_builds.status_line(entry, "COMPLETED") == ("store build job 7 COMPLETED: s.zarr", False)
 
 
 def test_build_here_writes_the_store_a_local_launch_needs(tmp_path: Path, synth_raw: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from camvis.cluster import slurm_query
-from camvis.cluster.usage import GIB, Usage, duration_s, gpus, job_usage, memory_bytes, step_memory
+from camvis.bookkeeping import slurm_query
+from camvis.bookkeeping.usage import GIB, Usage, duration_s, gpus, job_usage, memory_bytes, step_memory
 
 # `sacct -D -j 14,111,116,353 -P -n -o <SACCT_FIELDS>` as the local 2-node cluster wrote it: 14_0 polled once
 # (MaxRSS on its steps), 14_1 and 353_0 too short for a poll (no MaxRSS), 111 requeued (its first attempt's

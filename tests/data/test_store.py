@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from camvis.data import raw
-from camvis.data import staging
+from camvis.data import levels, raw
+from camvis import atomic_folder
 from camvis.data import store
 from camvis.data import store_build
 from camvis.errors import StoreError
@@ -66,7 +66,7 @@ def test_build_records_what_raw_says(built: store.PatchStore, synth_raw: Path) -
     level = built.levels[f][0][5].transpose(1, 2, 0).astype(np.float64)
     assert np.abs(level - block_mean).max() <= 1.0
     v = built.views.index(img.view)
-    expected = store_build.log_depth(depth[f // 2 :: f, f // 2 :: f][:hf, :wf])
+    expected = levels.log_depth(depth[f // 2 :: f, f // 2 :: f][:hf, :wf])
     stored = built.levels[f][1][v, 0]
     assert np.array_equal(stored, expected)
     assert np.all(stored[np.isnan(depth[f // 2 :: f, f // 2 :: f][:hf, :wf])] == -1.0)
@@ -242,7 +242,7 @@ def test_leftovers_of_a_killed_build_are_cleaned_or_restored(synth_raw: Path,
     path = tmp_path / "s.zarr"
     store_build.build(synth_raw, path, **BUILD, figure=False)
     before = _identity(path)
-    host = staging.host()
+    host = atomic_folder.host()
     (tmp_path / f".s.zarr.tmp-{host}-{dead}" / "levels").mkdir(parents=True)   # died while writing
     path.rename(tmp_path / f".s.zarr.old-{host}-{dead}")                        # died between renames
     store_build.build(synth_raw, path, **BUILD, figure=False)

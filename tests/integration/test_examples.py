@@ -356,7 +356,7 @@ def test_example_runs(example: Example, folder):
 def test_slurm_example_runs(example: Example, folder):
     if not SLURM:
         pytest.skip("acts on SLURM jobs: runs on the local cluster (CAMVIS_SLURM=1, make test)")
-    from camvis.cluster import jobfiles
+    from camvis.bookkeeping import experiment_files
 
     if any("--cancel" in c for c in example.commands):  # something to cancel: the demo grid, held
         held = _in_process(["camvis-launch", "configs/demo.yaml", "--restart", "slurm.additional.hold=true"], None)
@@ -364,8 +364,8 @@ def test_slurm_example_runs(example: Example, folder):
     try:
         run_example(example, folder)
     finally:  # nothing left in the shared queue
-        manifest = jobfiles.experiment_manifest("jobs", "demo")
-        ids = jobfiles.array_ids(manifest) + jobfiles.aggregate_ids(manifest)
+        manifest = experiment_files.experiment_manifest("jobs", "demo")
+        ids = experiment_files.array_ids(manifest) + experiment_files.aggregate_ids(manifest)
         if ids:
             subprocess.run(["scancel", *ids], capture_output=True, check=False)
 

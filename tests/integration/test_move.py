@@ -1,7 +1,7 @@
 """Projects move: a finished demo project copied elsewhere works there, and never touches the old copy.
 
 The store names its raw data by a digest and a project-relative path, the manifest its logs relative
-to jobs/<experiment>/ (camvis.data.raw_identity, camvis.cluster.manifest). The old folder is renamed
+to jobs/<experiment>/ (camvis.data.raw_identity, camvis.bookkeeping.manifest). The old folder is renamed
 away while the copy runs (a path into it fails) and checksummed before and after.
 """
 

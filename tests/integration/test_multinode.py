@@ -206,7 +206,7 @@ def test_a_killed_node_requeues_the_job_which_resumes_identically(reference: dic
 # --------------------------------------------------------------------------- SIGKILL of one rank
 
 
-RUNNERS = {b"submitit.core._submit", b"camvis.cluster.array_submit"}  # a single job's, an array task's
+RUNNERS = {b"submitit.core._submit", b"camvis.node.array_task"}  # a single job's, an array task's
 
 
 def rank_pids(job_id: str, rank: int) -> list[int]:

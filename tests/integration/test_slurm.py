@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import pytest
 
-from camvis.cluster import slurm_query
+from camvis.bookkeeping import slurm_query
 from camvis.cluster.launch import LaunchResult, launch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -18,7 +18,7 @@ import pytest
 from test_slurm import DEMO, TINY, cluster, wait_for  # noqa: F401 (cluster: the shared fixture)
 
 from camvis.cluster import monitor
-from camvis.cluster import slurm_query
+from camvis.bookkeeping import slurm_query
 from camvis.cluster.launch import LaunchResult, launch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

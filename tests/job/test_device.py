@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from camvis.cluster import monitor
-from camvis.cluster.jobfiles import JobInfo
-from camvis.cluster.slurm_query import QueryResult
+from camvis.bookkeeping.experiment_files import JobInfo
+from camvis.bookkeeping.slurm_query import QueryResult
 from camvis.job import device
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -118,12 +118,12 @@ def test_prediction_keeps_the_first_block_under_the_activation_limit(synth_store
     model = build_model(cfg, synth_store.patch_size).eval()  # shared weights: one encoder
     source = BatchSource(synth_store, cfg.data.factors, "cpu")
     indices = np.arange(64)
-    whole = evaluate.predict(model, source, indices, 64, "cpu", progress=False)
+    whole = evaluate.patch_probabilities(model, source, indices, 64, "cpu", progress=False)
     per_sample = 8 * synth_store.patch_size ** 2
     monkeypatch.setattr(evaluate, "ACTIVATION_LIMIT", 10 * per_sample + 1)
     seen: list[int] = []
     model.encoder.conv_block1.register_forward_hook(lambda m, i, o: seen.append(o.numel()))
-    split = evaluate.predict(model, source, indices, 64, "cpu", progress=False)
+    split = evaluate.patch_probabilities(model, source, indices, 64, "cpu", progress=False)
     assert seen and max(seen) <= 10 * per_sample
     np.testing.assert_array_equal(split["patch"], whole["patch"])
     np.testing.assert_allclose(split["score"], whole["score"], rtol=1e-5, atol=1e-6)

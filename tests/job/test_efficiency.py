@@ -11,7 +11,7 @@ import torch
 from camvis.config import load_job_config
 from camvis.job import efficiency
 from camvis.job.task import run_job
-from camvis.jobdir import PROGRESS
+from camvis.bookkeeping.jobfolder import PROGRESS
 from camvis.model import ARCHITECTURES, MultiMagnificationNet, build_model, flops_per_sample
 
 TINY = ["data.factors=[2,4,8]", "model.size_hidden=8", "train.batch_size=32", "train.epoch_patches=128",

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from camvis import metrics
-from camvis.jobdir import BEST
+from camvis.bookkeeping.jobfolder import BEST
 from camvis.job import evaluate
 from camvis.data import raw
 from camvis.job.batches import BatchSource, fold_split
@@ -146,7 +146,7 @@ def test_predict_matches_the_model_and_restores_its_mode(synth_store):
     model = _model(cfg, synth_store).train()
     source = BatchSource(synth_store, cfg.data.factors)
     idx = np.array([5, 3, 17, 3, 40])  # unsorted, one duplicate
-    out = evaluate.predict(model, source, idx, batch_size=2, device="cpu", progress=False)
+    out = evaluate.patch_probabilities(model, source, idx, batch_size=2, device="cpu", progress=False)
     assert model.training
     assert out["patch"].tolist() == [3, 5, 17, 40]
     x, label, depth = source.batch(torch.tensor([3, 5, 17, 40]))
@@ -241,7 +241,7 @@ def _worker(rank: int, world: int, port: int, store_path: str, out_dir: str) -> 
         store = open_store(store_path)
         cfg = _cfg(store)
         source = BatchSource(store, cfg.data.factors)
-        preds = evaluate.predict(_model(cfg, store), source, _subset(store), 7, "cpu", progress=False)
+        preds = evaluate.patch_probabilities(_model(cfg, store), source, _subset(store), 7, "cpu", progress=False)
         # uneven shards with overlap: rank r holds r + 1 rows, row 0 on both ranks
         rows = {"patch": np.arange(rank + 2)[: rank + 1] * 10, "score": np.full(rank + 1, rank, np.float32)}
         gathered = evaluate.gather_predictions(rows)
@@ -260,7 +260,7 @@ def test_two_ranks_predict_every_held_out_patch_once(synth_store, tmp_path):
     _save_best(cfg, synth_store, tmp_path / "job")
     mp.spawn(_worker, args=(2, _free_port(), str(synth_store.path), str(tmp_path)), nprocs=2, join=True)
     val_idx = _subset(synth_store)
-    single = evaluate.predict(_model(cfg, synth_store), BatchSource(synth_store, cfg.data.factors), val_idx, 7,
+    single = evaluate.patch_probabilities(_model(cfg, synth_store), BatchSource(synth_store, cfg.data.factors), val_idx, 7,
                               "cpu", progress=False)
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from camvis.cluster import jobfiles
+from camvis.bookkeeping import experiment_files
 from camvis.cluster import launch as launch_mod
 from camvis.job import train_log
 from camvis.job.checkpoint import CheckpointError
@@ -82,7 +82,7 @@ def test_config_change_retrains_and_keeps_the_earlier_outputs(synth_store, tmp_p
     assert second["config_hash"] == config_hash(changed) == _scores(job)["config_hash"]
     assert load_job_config(job / "config.yaml").train.lr == 3e-3
     # readers take the job folder, never previous/
-    assert jobfiles.job_dirs(tmp_path, "e") == [job]
+    assert experiment_files.job_dirs(tmp_path, "e") == [job]
 
 
 def test_eval_only_change_reevaluates_without_training(synth_store, tmp_path, capsys):

@@ -59,7 +59,7 @@ def eval_and_predict(store, raw: Path, job: Path, fold: int, **kw):
     image = int(store.table["image"][val_idx[0]])
     idx = np.flatnonzero(store.table["image"] == image)
     source = BatchSource(store, cfg.data.factors, fold=cfg.data.fold)  # as camvis-eval: the job's fold's statistics
-    expected = evaluate.predict(net, source, idx, 64, "cpu", progress=False)
+    expected = evaluate.patch_probabilities(net, source, idx, 64, "cpu", progress=False)
     name = store.images[image]
     centres = (store.table["center_h"][idx], store.table["center_w"][idx])
     result = predict.visibility(raw / "images" / f"{name}.png", raw / "depth_maps" / f"{view}.npy",

@@ -1,4 +1,4 @@
-"""--force replaces only what the same command made (camvis.replace_guard), and one writer per job
+"""--force replaces only what the same command made (camvis.bookkeeping.replace_guard), and one writer per job
 folder: on real job folders, stores, raw folders, bundles and images, through the real CLIs. Every
 refusal is one line, exit 2, and deletes or writes nothing (the whole tree is checksummed)."""
 
@@ -23,7 +23,7 @@ from camvis.errors import CamvisError
 from camvis.cluster.predict_launch import MAPS_MARKER, PREDICTIONS
 from camvis.data.store_build import STORE
 from camvis.job.export import BUNDLE
-from camvis.replace_guard import check_replaceable
+from camvis.bookkeeping.replace_guard import check_replaceable
 from test_predict import _image, make_job  # tests/ is on sys.path (pytest prepend import mode)
 
 ROOT = Path(__file__).resolve().parents[2]

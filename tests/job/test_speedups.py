@@ -16,7 +16,7 @@ from camvis.job import checkpoint
 from camvis.job import train as train_module
 from camvis.job.optimizer import make_optimizer
 from camvis.job.train import train
-from camvis.jobdir import CHECKPOINT
+from camvis.bookkeeping.jobfolder import CHECKPOINT
 from camvis.model import build_model
 
 CUDA = torch.device("cuda")  # constructible without CUDA: choose only reads files for it

@@ -20,7 +20,7 @@ from camvis.config import load_job_config, to_dict
 from camvis.errors import ConfigError, StoreError
 from camvis.job.task import run_job
 from camvis.job.train import train
-from camvis.jobdir import CHECKPOINT, PROGRESS
+from camvis.bookkeeping.jobfolder import CHECKPOINT, PROGRESS
 
 TINY = [
     "data.factors=[2,4,8]",

@@ -13,7 +13,7 @@ from PIL import Image
 from rich.console import Console
 
 from camvis.results import aggregate as agg
-from camvis.cluster import slurm_query
+from camvis.bookkeeping import slurm_query
 from camvis.results import stats
 from camvis.cli import aggregate as cli
 from camvis.errors import CamvisError
@@ -466,7 +466,7 @@ def test_a_bad_bootstrap_in_the_batch_is_left_out_alone(tmp_path: Path) -> None:
     shuffled.to_csv(out / "align_fold1" / "bootstrap.csv", index=False)
     result = run(tmp_path, seed=None)
     assert set(result.missing) == {"cat_fold2"} and "bootstrap.csv" in result.missing["cat_fold2"]
-    align = next(j for j in agg.load_finished(agg.monitor.collect(EXP, tmp_path / "jobs", tmp_path / "outputs"),
+    align = next(j for j in agg.load_finished(agg.status_model.collect(EXP, tmp_path / "jobs", tmp_path / "outputs"),
                                               tmp_path / "outputs")[0] if j.name == "align_fold1")
     np.testing.assert_array_equal(align.boot, shuffled.sort_values("resample")[list(agg.METRICS)].to_numpy())
 

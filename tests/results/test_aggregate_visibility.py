@@ -15,7 +15,7 @@ from rich.console import Console
 
 from camvis.results import aggregate as agg
 from camvis.results import aggregate_visibility as av
-from camvis.cluster import slurm_query
+from camvis.bookkeeping import slurm_query
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # (group, fold) -> per-image |log10 error|, images named i0, i1, ...
@@ -138,7 +138,7 @@ def test_replicates_are_pooled_per_point_and_paired_replicate_by_replicate(tmp_p
                           "true_visibility_m": 1000.0, "abs_log10_error": error, "flag": "ok", "fit_quality": 0.9,
                           "n_patches": 500}).to_csv(folder / "visibility.csv", index=False)
             entries[f"{group}_fold1_rep{r}"] = {"group": group, "replicate": r}
-    # the group label as jobfiles.variant_label makes it today ("a_rep2"), or without the replicate
+    # the group label as experiment_files.variant_label makes it today ("a_rep2"), or without the replicate
     jobs = [SimpleNamespace(name=n, group=e["group"] + (f"_rep{e['replicate']}" if e["replicate"] == 2 else ""), fold=1)
             for n, e in entries.items()]
     tables = av.load(jobs, tmp_path / "outputs" / "exp")

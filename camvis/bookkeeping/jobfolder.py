@@ -1,6 +1,6 @@
 """A job folder's files, named once for the job that writes them and for every reader, and the
-rule that says a job is finished. Base layer: the job side (compute nodes) and the login node's
-bookkeeping (camvis.cluster, camvis.results) both read it; it imports nothing of camvis.
+rule that says a job is finished. camvis.bookkeeping: the job side (compute nodes) and the login
+side (camvis.cluster, camvis.results) both read it; it imports nothing of camvis.
 
 outputs/<experiment>/<job>/ holds checkpoint.pt, best.pt, config.yaml, progress.json, error.txt,
 the evaluation's files and, last, scores.json; earlier outputs are kept under previous/
@@ -16,8 +16,14 @@ from typing import Any
 
 # The files of a job directory, named once for the job that writes them and every reader.
 SCORES, PROGRESS, CHECKPOINT, BEST, ERROR = "scores.json", "progress.json", "checkpoint.pt", "best.pt", "error.txt"
+CONFIG = "config.yaml"  # the job config as run
+# The evaluation's files (camvis.job.evaluate), read back by camvis-aggregate (camvis.results).
+PREDICTIONS, CONFUSION_CSV, CONFUSION_PNG = "predictions.csv", "confusion.csv", "confusion.png"
+BOOTSTRAP, VISIBILITY = "bootstrap.csv", "visibility.csv"
+LEARNING_CURVE = "learning_curve.png"  # the training's curves (camvis.job.train_log)
+# Folders: the evaluation's figures, TensorBoard's events, earlier outputs (camvis.job.identity).
+FIGURES, TENSORBOARD, PREVIOUS = "figures", "tensorboard", "previous"
 JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
-TENSORBOARD, LEARNING_CURVE = "tensorboard", "learning_curve.png"  # the training's logs (job/train_log.py)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from camvis.io import disk_full_as_error, host, pid_alive
+from camvis.host import host, pid_alive
+from camvis.io import disk_full_as_error
 
 __all__ = ["host", "remove_stale", "scratch_dir", "scratch_path", "swap_in"]
 

@@ -2,7 +2,7 @@
 each job's folder (outputs/<experiment>/<job>/: progress.json, scores.json, error.txt), submitit's
 result files and log tails; and a job's state when SLURM has no row for it.
 
-Read by camvis-status (camvis.cluster.monitor joins this with SLURM's view) and camvis-aggregate. A bad
+Read by camvis-status and camvis-aggregate (camvis.bookkeeping.status joins this with SLURM's view). A bad
 job file reads as absent (a monitor must not crash on one); a bad manifest is a ConfigError.
 No torch here: this runs on login nodes.
 """
@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from camvis.cluster import manifest
+from camvis.bookkeeping import manifest
 from camvis.config import name_problem
 from camvis.errors import ConfigError
-from camvis.jobdir import ERROR, JOB_FILES, PROGRESS, SCORES, as_int, read_json
+from camvis.bookkeeping.jobfolder import ERROR, JOB_FILES, PROGRESS, SCORES, as_int, read_json
 
 _FOLD = re.compile(r"_fold(\d+)")
 

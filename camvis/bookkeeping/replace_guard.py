@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camvis.errors import CamvisError
-from camvis.jobdir import JOB_FILES
+from camvis.bookkeeping.jobfolder import JOB_FILES
 
 @dataclass(frozen=True)
 class Marker:

@@ -2,7 +2,7 @@
 
 One `sacct -D` call for every job of an experiment (accounting on: one row per attempt, so a
 requeued job's earlier attempts are known too, each followed by its steps, whose MaxRSS the attempt's
-usage takes: camvis.cluster.usage), else one `squeue -t all` call (which forgets finished jobs after
+usage takes: camvis.bookkeeping.usage), else one `squeue -t all` call (which forgets finished jobs after
 MinJobAge and keeps no attempts). Parsing is kept apart from the
 subprocess calls so that it can be tested on captured output. No torch here: this runs on
 a login node.
@@ -18,12 +18,12 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from camvis.cluster import usage as slurm_usage
+from camvis.bookkeeping import usage as slurm_usage
 from camvis.errors import SubmissionError
 
 Runner = Callable[[Sequence[str]], subprocess.CompletedProcess]
 
-# The first five name the job and its state; the rest are what it used (camvis.cluster.usage).
+# The first five name the job and its state; the rest are what it used (camvis.bookkeeping.usage).
 SACCT_FIELDS = "JobID,State,NodeList,Elapsed,ExitCode,TotalCPU,AllocCPUS,ReqMem,MaxRSS,NNodes,NTasks,AllocTRES"
 SQUEUE_FORMAT = "%i|%T|%N|%M"
 QUERY_TIMEOUT_S = 30.0
@@ -35,7 +35,7 @@ FAILED_STATES = frozenset(
 )
 # REVOKED: a federated sibling job removed because another cluster started it; it never runs here.
 TERMINAL_STATES = DONE_STATES | FAILED_STATES | {"REVOKED"}
-UNKNOWN = "UNKNOWN"  # no state at all (normalize_state of an empty field; jobfiles when files cannot tell)
+UNKNOWN = "UNKNOWN"  # no state at all (normalize_state of an empty field; experiment_files when files cannot tell)
 
 # "123_[4-7%2]", "123_[4,6-9]": the pending remainder of an array, one record for many tasks.
 _PENDING_RANGE = re.compile(r"^(?P<array>\d+)_\[(?P<ranges>[\d,\-]+)(?:%\d+)?\]$")
@@ -61,7 +61,7 @@ class SlurmRow:
 
     @functools.cached_property
     def usage(self) -> slurm_usage.Usage | None:
-        """What the current attempt used against its request (camvis.cluster.usage); None from squeue."""
+        """What the current attempt used against its request (camvis.bookkeeping.usage); None from squeue."""
         if self.accounting is None:
             return None
         return slurm_usage.attempt_usage(dict(self.accounting), self.steps)

@@ -15,15 +15,16 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from camvis import __version__, locks
 from camvis.config import to_dict
 from camvis.errors import ConfigError
-from camvis.io import now_iso, reap_stale_tmp, write_json, write_text
+from camvis.host import now_iso
+from camvis.io import reap_stale_tmp, write_json, write_text
 
-if TYPE_CHECKING:
-    from camvis.cluster.grid import Grid, JobSpec
+# Grid and JobSpec are camvis.cluster.grid's (the login side, a layer up): named here, not imported.
+Grid = JobSpec = Any
 
 
 @dataclass(frozen=True)
