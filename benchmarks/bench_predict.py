@@ -17,6 +17,7 @@ patches per image, 5 levels (factors 2..32), patch 128, hidden 128, shared weigh
 
     python benchmarks/bench_predict.py                         # CPU, threads from the allocation/cores
     python benchmarks/bench_predict.py --device cuda --runtimes torch --images 11
+    python benchmarks/bench_predict.py --variants cat --runtimes onnx --images 3 --cache /tmp/camvis-bench
 
 The load average of the machine is recorded before and after (the development machine is shared).
 """
@@ -141,8 +142,10 @@ def model_for(variant: str, runtime: str, args: argparse.Namespace, device: torc
 
 def end_to_end(args: argparse.Namespace, device: torch.device, folder: Path) -> dict:
     start = time.perf_counter()
-    raw = synthesize(folder / "raw", views=1, images_per_view=args.images, size=tuple(args.size), seed=0,
-                     progress=False)
+    raw = Path(args.cache or folder) / f"raw-{args.size[0]}x{args.size[1]}-{args.images}"
+    if not (raw / "visibility.csv").exists():  # synthesis is slow at paper size: --cache keeps them
+        synthesize(raw, views=1, images_per_view=args.images, size=tuple(args.size), seed=0, progress=False,
+                   force=True)
     synth_s = time.perf_counter() - start
     model = model_for(args.e2e_variant, args.e2e_runtime, args, device, folder)
     items, problems = predict.list_items([], None, str(raw))
@@ -184,7 +187,7 @@ def breakdown(item: predict.Item, model: predict.Model, args: argparse.Namespace
     depth = predict.read_depth(item.depth)
     start = time.perf_counter()
     rows, cols = predict.sampled_centres(depth, model.patch_size, args.patches, 0)
-    t["centres"] = time.perf_counter() - start
+    t["centres"] = time.perf_counter() - start  # camvis-predict draws them once per view, not per image
     start = time.perf_counter()
     source = BatchSource(predict.image_store(rgb, depth, rows, cols, model), model.factors, model.device)
     t["pyramid"] = time.perf_counter() - start
@@ -221,6 +224,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: camvis.job.predict.cpu_threads)")
+    parser.add_argument("--cache", default=None,
+                        help="folder that keeps the synthesized images between runs (default: none, made anew)")
     parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/predict_<device>.json)")
     args = parser.parse_args()
     threads = predict.cpu_threads(args.threads)
