@@ -34,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,14 +131,13 @@ def model_for(variant: str, runtime: str, args: argparse.Namespace, device: torc
     model = predict.torch_model(network(variant, args.hidden, args.patch_size), info, f"bench/{variant}", device)
     if runtime != "onnx" or device.type != "cpu":
         return model
-    path = folder / f"{variant}.onnx"
+    path = Path(args.e2e_graph) if args.e2e_graph else folder / f"{variant}.onnx"
     if not path.exists():
         export.export_onnx(model.network, path, model)
     session = export._session(path, None, predict.cpu_threads(args.threads))
     forward = export.onnx_forward(session, max(1, export.ONNX_ACTIVATION // (args.hidden * args.patch_size ** 2)))
-    from dataclasses import replace
-
-    return replace(model, forward=forward, network=None, runtime="onnxruntime-cpu")
+    return replace(model, forward=forward, network=None,
+                   runtime="onnxruntime-cpu" + (f" ({path.name})" if args.e2e_graph else ""))
 
 
 def end_to_end(args: argparse.Namespace, device: torch.device, folder: Path) -> dict:
@@ -148,6 +148,8 @@ def end_to_end(args: argparse.Namespace, device: torch.device, folder: Path) -> 
                    force=True)
     synth_s = time.perf_counter() - start
     model = model_for(args.e2e_variant, args.e2e_runtime, args, device, folder)
+    if args.e2e_runtime == "none":  # everything but the network: what the per-image path costs around it
+        model = replace(model, forward=lambda x: np.full(len(x), 0.5, np.float32), network=None, runtime="none")
     items, problems = predict.list_items([], None, str(raw))
     assert not problems, problems
     forward, network_s = model.forward, []
@@ -159,8 +161,6 @@ def end_to_end(args: argparse.Namespace, device: torch.device, folder: Path) -> 
         sync(device)
         network_s.append(time.perf_counter() - t0)
         return out
-
-    from dataclasses import replace
 
     model = replace(model, forward=timed)
     predict.predict_items(items[:1], model, patches=args.patches, batch_size=args.batch_size)  # warm-up
@@ -219,7 +219,12 @@ def main() -> int:
     parser.add_argument("--runtimes", nargs="+", default=["eager", "torch", "onnx"],
                         choices=["eager", "torch", "onnx"])
     parser.add_argument("--e2e-variant", default="cat", choices=list(VARIANTS))
-    parser.add_argument("--e2e-runtime", default="onnx", choices=["torch", "onnx"])
+    parser.add_argument("--e2e-runtime", default="onnx", choices=["torch", "onnx", "none"],
+                        help="none: no network (p = 0.5), the time of the rest of the path alone")
+    parser.add_argument("--e2e-graph", default=None,
+                        help="the ONNX graph --e2e-runtime onnx runs, e.g. an int8 one of benchmarks/bench_quantize.py "
+                             "(/tmp/camvis-quantize/paper/cat-int8.onnx; default: the float32 graph exported here)")
+    parser.add_argument("--no-roofline", action="store_true", help="end to end only")
     parser.add_argument("--no-e2e", action="store_true", help="the roofline only")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int, default=None,
@@ -244,7 +249,7 @@ def main() -> int:
         folder = Path(tmp)
         x = torch.randn(args.net_batch, 4 * len(FACTORS), args.patch_size, args.patch_size,
                         generator=torch.Generator().manual_seed(0))
-        for variant in args.variants:
+        for variant in [] if args.no_roofline else args.variants:
             flops = training_flops(network(variant, args.hidden, args.patch_size))[0]
             for name, forward in runtimes(variant, args, device, folder).items():
                 seconds = time_network(forward, x, device, args.repeats)

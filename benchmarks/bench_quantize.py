@@ -5,9 +5,10 @@ int8` only if it is faster AND changes the median |log10 error| on held-out imag
 1. Accuracy (a trained model; demo-sized so it trains in minutes): the demo's synthetic data and
    store (camvis.cli.demo's SYNTH and BUILD), one job per variant (configs/job.yaml: cat, and
    align with model.align_features=true; fold 1) trained with camvis-train, exported with
-   camvis-export; its graph quantized with onnxruntime.quantization.quantize_static (QDQ, uint8
-   activations, int8 per-channel weights, MinMax) calibrated on `--calib-patches` of the job's own
-   training patches (batches of its store, its fold's normalization: what the network saw). Then
+   camvis-export twice: as is, and with --quantize int8 (camvis.job.export.quantize_int8:
+   onnxruntime.quantization.quantize_static, QDQ, uint8 activations, int8 per-channel weights,
+   MinMax, calibrated on 512 of the job's own training patches: batches of its store with its
+   fold's normalization, what the network saw; checked on its held-out view's patches). Then
    camvis-predict's path (predict_items, 500 patches) on held-out images with known truth: new
    synthetic scenes (`--heldout-views` x `--heldout-images`, another seed), through the float32
    graph and the int8 one; the median |log10(predicted / true)| of each and their difference.
@@ -27,7 +28,7 @@ benchmarks/results/quantize_cpu.json.
 
 from __future__ import annotations
 
-NEEDS = """needs: the optional extra camvis[onnx] (onnx, onnxruntime, onnxscript), about 6 GB of memory for the
+NEEDS = """needs: the optional extra camvis[onnx] (onnx, onnxruntime, onnxscript), about 3 GB of memory for the
 paper-size part; makes everything else itself in --work (synthetic data, store, two trained jobs).
 """
 
@@ -37,7 +38,6 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,40 +52,22 @@ import bench_predict as bp  # noqa: E402: the paper networks, the matmul probe, 
 from camvis.cli.demo import BUILD, SYNTH  # noqa: E402
 from camvis.data import store_build  # noqa: E402
 from camvis.data.raw import read_visibility  # noqa: E402
-from camvis.data.store import open_store  # noqa: E402
 from camvis.data.synth import synthesize  # noqa: E402
 from camvis.job import export, predict  # noqa: E402
-from camvis.job.batches import BatchSource, fold_split  # noqa: E402
+from camvis.errors import PredictError  # noqa: E402
+from camvis.job.batches import BatchSource  # noqa: E402
 
 ACCEPT_LOG10 = 0.01  # the issue's bound on the change of the median |log10 error|
 
 
-def quantize(fp32: Path, out: Path, batches) -> dict:
-    """`fp32` quantized to `out` (QDQ, U8S8, per channel, MinMax) calibrated on `batches` (float32
-    arrays); returns what was done, or the error when onnxruntime refuses the graph."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(batches)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {"x": np.ascontiguousarray(x, np.float32)}
-
-    pre = out.with_name(out.stem + "-pre.onnx")
+def quantize(fp32: Path, out: Path, batches: list) -> dict:
+    """camvis's quantization (camvis.job.export.quantize_int8), or the error when it fails."""
     start = time.perf_counter()
     try:
-        quant_pre_process(str(fp32), str(pre))
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax)
-        # not extra_options CalibMaxIntermediateOutputs: onnxruntime 1.32 drops those batches uncounted
-    except Exception as e:  # onnxruntime's own exception types
-        return {"ok": False, "error": f"{type(e).__name__}: {e}"[:500]}
-    return {"ok": True, "seconds": time.perf_counter() - start, "fp32_bytes": fp32.stat().st_size,
+        info = export.quantize_int8(fp32, out, batches)
+    except PredictError as e:
+        return {"ok": False, "error": str(e)[:500]}
+    return {"ok": True, **info, "seconds": time.perf_counter() - start, "fp32_bytes": fp32.stat().st_size,
             "int8_bytes": out.stat().st_size}
 
 
@@ -112,24 +94,9 @@ def trained_job(work: Path, store: Path, variant: str, epochs: int) -> Path:
     return job
 
 
-def store_batches(store_path: Path, job: Path, n: int, batch: int):
-    """Batches of `n` of the job's training patches (seeded), normalized as in training."""
-    from camvis.config import load_job_config
-
-    cfg = load_job_config(job / "config.yaml")
-    store = open_store(store_path)
-    train_idx, _, _ = fold_split(store, cfg.data.fold)
-    idx = np.sort(np.random.default_rng(0).choice(train_idx, min(n, train_idx.size), replace=False))
-    source = BatchSource(store, cfg.data.factors, fold=cfg.data.fold)
-    for part in np.array_split(idx, max(1, -(-idx.size // batch))):
-        yield source.batch(torch.from_numpy(part))[0].numpy()
-
-
-def errors(bundle: Path, graph: Path, raw: Path, threads: int, patches: int) -> tuple[np.ndarray, np.ndarray]:
-    """(log10 error per held-out image, predicted metres) through `graph` on camvis-predict's path."""
+def errors(bundle: Path, raw: Path, threads: int, patches: int) -> tuple[np.ndarray, np.ndarray]:
+    """(log10 error per held-out image, predicted metres) through the bundle's graph (camvis-predict's path)."""
     model = predict.load_model(bundle, device="cpu", runtime="onnx", threads=threads)
-    session = export._session(graph, None, threads)
-    model = replace(model, forward=export.onnx_forward(session, 256), runtime=graph.name)
     items, problems = predict.list_items([], None, str(raw))
     assert not problems, problems
     rows, problems = predict.predict_items(items, model, patches=patches, truth=read_visibility(raw))
@@ -147,16 +114,19 @@ def accuracy(args: argparse.Namespace, work: Path, threads: int) -> list[dict]:
     out = []
     for variant in args.variants:
         job = trained_job(work, store, variant, args.epochs)
-        bundle = work / "bundles" / variant
-        if not (bundle / export.MODEL_JSON).exists():
-            export.export(job, bundle)
-        fp32, int8 = bundle / export.ONNX, work / "bundles" / f"{variant}-int8.onnx"
-        q = quantize(fp32, int8, store_batches(store, job, args.calib_patches, 64))
+        fp32, int8 = work / "bundles" / variant, work / "bundles" / f"{variant}-int8"
+        export.export(job, fp32)
+        start = time.perf_counter()
+        try:  # camvis-export --quantize int8
+            q = {"ok": True, **export.export(job, int8, quantize="int8")["onnx"]["quantization"]}
+        except PredictError as e:
+            q = {"ok": False, "error": str(e)[:500]}
+        q["export_s"] = time.perf_counter() - start
         row = {"variant": variant, "job": str(job), "quantization": q,
                "held_out_images": args.heldout_views * args.heldout_images}
         if q["ok"]:
-            e32, v32 = errors(bundle, fp32, heldout, threads, args.patches)
-            e8, v8 = errors(bundle, int8, heldout, threads, args.patches)
+            e32, v32 = errors(fp32, heldout, threads, args.patches)
+            e8, v8 = errors(int8, heldout, threads, args.patches)
             ok = np.isfinite(e32) & np.isfinite(e8)
             m32, m8 = float(np.median(np.abs(e32[ok]))), float(np.median(np.abs(e8[ok])))
             row.update({"images_with_truth": int(ok.sum()), "median_abs_log10_error_fp32": m32,
@@ -171,8 +141,9 @@ def accuracy(args: argparse.Namespace, work: Path, threads: int) -> list[dict]:
 # --------------------------------------------------------------------------- 2. speed at paper size
 
 
-def paper_batches(work: Path, n: int, batch: int):
-    """`n` depth-balanced patches of a paper-size synthetic image, made as camvis-predict makes them."""
+def paper_batches(work: Path, n: int, batch: int) -> list:
+    """`n` depth-balanced patches of a paper-size synthetic image, made as camvis-predict makes them,
+    in batches (functions, as camvis.job.export.quantize_int8 takes them)."""
     raw = work / "paper-raw"
     if not (raw / "visibility.csv").exists():
         synthesize(raw, views=1, images_per_view=1, size=(4140, 6198), seed=0, progress=False, force=True)
@@ -183,8 +154,7 @@ def paper_batches(work: Path, n: int, batch: int):
     depth = predict.read_depth(items[0].depth)
     rows, cols = predict.sampled_centres(depth, model.patch_size, n, 0)
     source = BatchSource(predict.image_store(rgb, depth, rows, cols, model), model.factors)
-    for part in torch.arange(rows.size).split(batch):
-        yield source.batch(part)[0].numpy()
+    return [lambda part=part: source.batch(part)[0].numpy() for part in torch.arange(rows.size).split(batch)]
 
 
 def speed(args: argparse.Namespace, work: Path, threads: int) -> list[dict]:
@@ -198,7 +168,7 @@ def speed(args: argparse.Namespace, work: Path, threads: int) -> list[dict]:
         if not fp32.exists():
             export.export_onnx(net, fp32, predict.torch_model(net, bp.paper_info(128, 128), variant,
                                                               torch.device("cpu")))
-        q = quantize(fp32, int8, paper_batches(work, args.paper_calib_patches, 4))
+        q = quantize(fp32, int8, paper_batches(work, args.paper_calib_patches, export.CALIBRATION_BATCH))
         row = {"variant": variant, "quantization": q}
         for name, graph in (("fp32", fp32), ("int8", int8)) if q["ok"] else (("fp32", fp32),):
             forward = export.onnx_forward(export._session(graph, None, threads), args.net_batch)
@@ -221,8 +191,8 @@ def main() -> int:
     parser.add_argument("--no-accuracy", action="store_true")
     parser.add_argument("--no-speed", action="store_true")
     parser.add_argument("--epochs", type=int, default=6, help="training epochs of each job (default: 6, the demo's)")
-    parser.add_argument("--calib-patches", type=int, default=1024, help="calibration patches, accuracy part")
-    parser.add_argument("--paper-calib-patches", type=int, default=16, help="calibration patches, speed part")
+    parser.add_argument("--paper-calib-patches", type=int, default=32,
+                        help="calibration patches of the speed part (its graphs are timed, not scored; default: 32)")
     parser.add_argument("--heldout-views", type=int, default=4)
     parser.add_argument("--heldout-images", type=int, default=10, help="held-out images per view")
     parser.add_argument("--patches", type=int, default=500, help="patches per held-out image")
