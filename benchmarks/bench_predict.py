@@ -166,7 +166,7 @@ def end_to_end(args: argparse.Namespace, device: torch.device, folder: Path) -> 
     predict.predict_items(items[:1], model, patches=args.patches, batch_size=args.batch_size)  # warm-up
     network_s.clear()
     start = time.perf_counter()
-    rows, problems = predict.predict_items(items[1:] or items, model, patches=args.patches,
+    rows, problems = predict.predict_items((items[1:] or items) * args.passes, model, patches=args.patches,
                                            batch_size=args.batch_size)
     wall = time.perf_counter() - start
     assert rows and not problems, problems
@@ -224,6 +224,9 @@ def main() -> int:
     parser.add_argument("--e2e-graph", default=None,
                         help="the ONNX graph --e2e-runtime onnx runs, e.g. an int8 one of benchmarks/bench_quantize.py "
                              "(/tmp/camvis-quantize/paper/cat-int8.onnx; default: the float32 graph exported here)")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="the timed images predicted this many times over in one run (an archive: many "
+                             "images per view, read and decoded each time; default: 1)")
     parser.add_argument("--no-roofline", action="store_true", help="end to end only")
     parser.add_argument("--no-e2e", action="store_true", help="the roofline only")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
