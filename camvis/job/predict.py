@@ -434,7 +434,7 @@ def grid_centres(depth: np.ndarray, patch_size: int, stride: int) -> tuple[np.nd
 def image_store(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: Model,
                 depth_levels: dict[int, np.ndarray] | None = None) -> Any:
     """A one-image PatchStore in memory: the model's levels made by the store's own functions.
-    `depth_levels`: those of `depth` (depth_levels()), when already made for another image of its view."""
+    `depth_levels`: those of `depth` (_depth_levels()), when already made for another image of its view."""
     from PIL import Image
 
     from camvis.data import camvis2
@@ -578,7 +578,7 @@ class _Image:
 QUEUE_IMAGES = 1
 """Images read ahead of the network. Memory bound: the image the network scores, QUEUE_IMAGES
 prepared ones and the one being read, each its decoded RGB (dropped unless --map), its view's
-depth map (shared by a view's images) and its pyramid (1/3 of the RGB for factors 2..32), plus one
+depth map, centres and depth levels (shared by a view's images) and its pyramid (1/3 of the RGB for factors 2..32), plus one
 batch (batch_size x 4 L x P x P float32: 335 MB at the paper's 256 x 20 x 128 x 128)."""
 
 
