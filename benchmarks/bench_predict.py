@@ -17,6 +17,7 @@ patches per image, 5 levels (factors 2..32), patch 128, hidden 128, shared weigh
 
     python benchmarks/bench_predict.py                         # CPU, threads from the allocation/cores
     python benchmarks/bench_predict.py --device cuda --runtimes torch --images 11
+    python benchmarks/bench_predict.py --variants cat --runtimes onnx --images 3 --cache /tmp/camvis-bench
 
 The load average of the machine is recorded before and after (the development machine is shared).
 """
@@ -33,6 +34,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -129,22 +131,25 @@ def model_for(variant: str, runtime: str, args: argparse.Namespace, device: torc
     model = loaded_model.torch_model(network(variant, args.hidden, args.patch_size), info, f"bench/{variant}", device)
     if runtime != "onnx" or device.type != "cpu":
         return model
-    path = folder / f"{variant}.onnx"
+    path = Path(args.e2e_graph) if args.e2e_graph else folder / f"{variant}.onnx"
     if not path.exists():
         export.export_onnx(model.network, path, model)
     session = export._session(path, None, predict.cpu_threads(args.threads))
     forward = export.onnx_forward(session, max(1, export.ONNX_ACTIVATION // (args.hidden * args.patch_size ** 2)))
-    from dataclasses import replace
-
-    return replace(model, forward=forward, network=None, runtime="onnxruntime-cpu")
+    return replace(model, forward=forward, network=None,
+                   runtime="onnxruntime-cpu" + (f" ({path.name})" if args.e2e_graph else ""))
 
 
 def end_to_end(args: argparse.Namespace, device: torch.device, folder: Path) -> dict:
     start = time.perf_counter()
-    raw = synthesize(folder / "raw", views=1, images_per_view=args.images, size=tuple(args.size), seed=0,
-                     progress=False)
+    raw = Path(args.cache or folder) / f"raw-{args.size[0]}x{args.size[1]}-{args.images}"
+    if not (raw / "visibility.csv").exists():  # synthesis is slow at paper size: --cache keeps them
+        synthesize(raw, views=1, images_per_view=args.images, size=tuple(args.size), seed=0, progress=False,
+                   force=True)
     synth_s = time.perf_counter() - start
     model = model_for(args.e2e_variant, args.e2e_runtime, args, device, folder)
+    if args.e2e_runtime == "none":  # everything but the network: what the per-image path costs around it
+        model = replace(model, forward=lambda x: np.full(len(x), 0.5, np.float32), network=None, runtime="none")
     items, problems = predict.list_items([], None, str(raw))
     assert not problems, problems
     forward, network_s = model.forward, []
@@ -157,13 +162,11 @@ def end_to_end(args: argparse.Namespace, device: torch.device, folder: Path) -> 
         network_s.append(time.perf_counter() - t0)
         return out
 
-    from dataclasses import replace
-
     model = replace(model, forward=timed)
     predict.predict_items(items[:1], model, patches=args.patches, batch_size=args.batch_size)  # warm-up
     network_s.clear()
     start = time.perf_counter()
-    rows, problems = predict.predict_items(items[1:] or items, model, patches=args.patches,
+    rows, problems = predict.predict_items((items[1:] or items) * args.passes, model, patches=args.patches,
                                            batch_size=args.batch_size)
     wall = time.perf_counter() - start
     assert rows and not problems, problems
@@ -184,7 +187,7 @@ def breakdown(item: predict.Item, model: predict.Model, args: argparse.Namespace
     depth = predict.read_depth(item.depth)
     start = time.perf_counter()
     rows, cols = predict.sampled_centres(depth, model.patch_size, args.patches, 0)
-    t["centres"] = time.perf_counter() - start
+    t["centres"] = time.perf_counter() - start  # camvis-predict draws them once per view, not per image
     start = time.perf_counter()
     source = BatchSource(predict.image_store(rgb, depth, rows, cols, model), model.factors, model.device)
     t["pyramid"] = time.perf_counter() - start
@@ -216,11 +219,21 @@ def main() -> int:
     parser.add_argument("--runtimes", nargs="+", default=["eager", "torch", "onnx"],
                         choices=["eager", "torch", "onnx"])
     parser.add_argument("--e2e-variant", default="cat", choices=list(VARIANTS))
-    parser.add_argument("--e2e-runtime", default="onnx", choices=["torch", "onnx"])
+    parser.add_argument("--e2e-runtime", default="onnx", choices=["torch", "onnx", "none"],
+                        help="none: no network (p = 0.5), the time of the rest of the path alone")
+    parser.add_argument("--e2e-graph", default=None,
+                        help="the ONNX graph --e2e-runtime onnx runs, e.g. an int8 one of benchmarks/bench_quantize.py "
+                             "(/tmp/camvis-quantize/paper/cat-int8.onnx; default: the float32 graph exported here)")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="the timed images predicted this many times over in one run (an archive: many "
+                             "images per view, read and decoded each time; default: 1)")
+    parser.add_argument("--no-roofline", action="store_true", help="end to end only")
     parser.add_argument("--no-e2e", action="store_true", help="the roofline only")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads (default: camvis.job.predict.cpu_threads)")
+    parser.add_argument("--cache", default=None,
+                        help="folder that keeps the synthesized images between runs (default: none, made anew)")
     parser.add_argument("--out", default=None, help="JSON results (default: benchmarks/results/predict_<device>.json)")
     args = parser.parse_args()
     threads = predict.cpu_threads(args.threads)
@@ -239,7 +252,7 @@ def main() -> int:
         folder = Path(tmp)
         x = torch.randn(args.net_batch, 4 * len(FACTORS), args.patch_size, args.patch_size,
                         generator=torch.Generator().manual_seed(0))
-        for variant in args.variants:
+        for variant in [] if args.no_roofline else args.variants:
             flops = training_flops(network(variant, args.hidden, args.patch_size))[0]
             for name, forward in runtimes(variant, args, device, folder).items():
                 seconds = time_network(forward, x, device, args.repeats)

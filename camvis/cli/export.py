@@ -9,6 +9,7 @@ from camvis.cli import ERRORS, fail, new_parser
 EPILOG = """examples:
   camvis-export outputs/demo/cat_fold1 models/cat_fold1
   camvis-export outputs/demo/cat_fold1 models/cat_fold1 --no-onnx     # without the optional onnx extra
+  camvis-export outputs/demo/cat_fold1 models/cat_fold1_int8 --quantize int8   # int8 graph: faster on the CPU
   camvis-predict models/demo_cat --raw data/raw/demo data/raw/demo/images/1148_3_2020-*.png --runtime onnx
                                     # make demo's bundle (its best cat job) through its ONNX graph
 
@@ -26,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_dir", help="a job folder: best.pt and config.yaml")
     parser.add_argument("out", help="the bundle folder to write (an earlier bundle there is replaced)")
     parser.add_argument("--no-onnx", action="store_true", help="no ONNX graph (needs no onnx packages)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="int8: quantize the ONNX graph statically (QDQ, calibrated on the job's training "
+                             "patches, checked on its held-out view's): 3.3x (cat) and 4.3x (align) faster on 2 "
+                             "AVX-512 VNNI cores, the median |log10 error| of held-out images moved by <= 0.007 "
+                             "(benchmarks/results/quantize_cpu.json); --runtime torch still runs float32")
     parser.add_argument("--force", action="store_true",
                         help="accepted for scripts: OUT is replaced only when it is an earlier bundle or an empty "
                              "folder, never a job, experiment, store or raw folder or the job itself")
@@ -33,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from camvis.job.export import export
 
-        info = export(args.job_dir, args.out, onnx=not args.no_onnx, force=args.force)
+        info = export(args.job_dir, args.out, onnx=not args.no_onnx, force=args.force, quantize=args.quantize)
     except ERRORS as e:  # OSError: one line for a path (camvis.io.os_error)
         return fail(e)
     onnx = info.get("onnx")
     graph = f", ONNX opset {onnx['opset']}" if onnx else ", no ONNX graph"
+    graph += f" {onnx['quantization']['type']}" if onnx and onnx.get("quantization") else ""
     print(f"wrote {args.out}: model {info['model_id']} ({info['architecture_name']}, factors "
           f"{info['factors']}, patch {info['patch_size']}{graph})")
     return 0

@@ -4,7 +4,9 @@
     OUT/model.json    architecture, factors, patch size, preprocessing, normalization statistics,
                       training config and its hash, camvis version, held-out scores, the ONNX check
     OUT/model.onnx    the network with a sigmoid: input "x" (B, L*4, P, P) float32, output
-                      "p_visible" (B,); checked against torch with onnxruntime at export
+                      "p_visible" (B,); checked against torch with onnxruntime at export;
+                      with `--quantize int8` that graph statically quantized (QDQ, calibrated on
+                      the job's own training patches), model.json's onnx.quantization says how
 
 Weights are a weights_only state_dict rather than safetensors: torch's own restricted unpickler
 reads it without running code, and safetensors would be a new dependency for no gain here.
@@ -39,18 +41,30 @@ ONNX_TOLERANCE = 1e-4  # max |p_onnx - p_torch| accepted at export
 CHECK_BATCH = 8
 ONNX_ACTIVATION = 1 << 27  # elements of a first-block activation per onnxruntime call (512 MB float32):
                            # 64 patches of the paper's model (hidden 128, patch 128)
+QUANTIZE = ("int8",)
+CALIBRATION_PATCHES = 512  # a seeded sample of the job's training patches sets the int8 activation ranges
+CALIBRATION_BATCH = 8      # patches per calibration run: onnxruntime holds every activation of a run
+                           # (~150 MB a patch for the paper's model), merging the ranges run by run
+INT8_CHECK_PATCHES = 128   # held-out view patches on which the int8 graph is compared with float32
+INT8_TOLERANCE = 0.1       # max |p_int8 - p_float32| accepted there: catches a broken quantization (the
+                           # trial's: <= 0.005, its visibilities <= 0.023 in log10: benchmarks/bench_quantize.py)
 FORMAT = "camvis-model-bundle"
 FORMAT_VERSION = 2  # 2: SHA-256 of every file and of model.json itself (camvis.job.bundle)
 BUNDLE = Marker("a camvis model bundle", "camvis-export", True, MODEL_JSON,
                 lambda path: json_object(path / MODEL_JSON).get("format") == FORMAT)
 
 
-def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = True, force: bool = False
-           ) -> dict[str, Any]:
+def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = True, force: bool = False,
+           quantize: str | None = None) -> dict[str, Any]:
     """Write the bundle of the job in `job_dir` to `out`; returns its model.json content. An existing
-    `out` is replaced only when it is a bundle or empty (camvis.bookkeeping.replace_guard), with `force` or not."""
+    `out` is replaced only when it is a bundle or empty (camvis.bookkeeping.replace_guard), with `force` or not.
+    `quantize="int8"`: the ONNX graph is quantized (quantize_int8)."""
     import torch
 
+    if quantize is not None and quantize not in QUANTIZE:
+        raise PredictError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    if quantize and not onnx:
+        raise PredictError(f"--quantize {quantize} quantizes the ONNX graph: it cannot go with --no-onnx")
     final = Path(out).resolve()
     check_replaceable(final, kind=BUNDLE, inputs=(job_dir,), error=PredictError)  # only a bundle, --force or not
     job = Path(job_dir)
@@ -66,6 +80,8 @@ def export(job_dir: str | os.PathLike, out: str | os.PathLike, *, onnx: bool = T
     try:
         torch.save({k: v.detach().cpu().contiguous() for k, v in model.network.state_dict().items()}, tmp / WEIGHTS)
         info["onnx"] = export_onnx(model.network, tmp / ONNX, model) if onnx else None
+        if quantize:
+            info["onnx"]["quantization"] = quantize_job(tmp / ONNX, Path(job_dir))
         info = _sealed(info, tmp)
         write_json(tmp / MODEL_JSON, info)
         atomic_folder.swap_in(tmp, final)
@@ -125,6 +141,79 @@ def export_onnx(net: Any, path: Path, model: Any) -> dict[str, Any]:
                            f"(opset {OPSET}); the bundle is not written")
     return {"file": ONNX, "opset": OPSET, "input": "x", "output": "p_visible",
             "check": {"batch": len(x), "max_abs_diff": diff, "tolerance": ONNX_TOLERANCE}}
+
+
+def quantize_job(graph: Path, job: Path) -> dict[str, Any]:
+    """The job's float32 `graph` replaced by its int8 one, calibrated on CALIBRATION_PATCHES of the
+    job's training patches and checked against float32 on INT8_CHECK_PATCHES of its held-out view
+    (batches of its store with its fold's statistics: what the network saw); returns what was done."""
+    from camvis.config import load_job_config
+    from camvis.data.store import open_store
+    from camvis.job.batches import BatchSource, fold_split
+
+    cfg = load_job_config(job / CONFIG)
+    store = open_store(cfg.data.store)
+    source = BatchSource(store, cfg.data.factors, fold=cfg.data.fold)
+    train_idx, val_idx, view = fold_split(store, cfg.data.fold)
+    rng = np.random.default_rng(0)
+    calibration = np.sort(rng.choice(train_idx, min(CALIBRATION_PATCHES, train_idx.size), replace=False))
+    check = np.sort(rng.choice(val_idx, min(INT8_CHECK_PATCHES, val_idx.size), replace=False))
+    int8 = graph.with_name("int8-" + graph.name)
+    parts = np.array_split(calibration, max(1, -(-calibration.size // CALIBRATION_BATCH)))
+    info = quantize_int8(graph, int8, [lambda part=part: source.batch(part)[0].numpy() for part in parts])
+    x = source.batch(check if check.size else calibration)[0].numpy()
+    p8, p32 = (onnx_forward(_session(g), CALIBRATION_BATCH)(x) for g in (int8, graph))
+    diff = np.abs(p8 - p32)
+    print(f"int8 check: max |p_int8 - p_float32| = {diff.max():.3g} over {len(x)} patches of the held-out view "
+          f"{view} (tolerance {INT8_TOLERANCE:g})")
+    if not diff.max() <= INT8_TOLERANCE:
+        raise PredictError(f"{job}: the int8 graph differs from float32 by {diff.max():.3g} > {INT8_TOLERANCE:g} "
+                           f"on the held-out view's patches; the bundle is not written (export without --quantize)")
+    os.replace(int8, graph)
+    info["calibration"].update(patches=int(calibration.size), of="the job's training patches (seeded sample)")
+    info["check"] = {"patches": int(len(x)), "of": f"held-out view {view}", "max_abs_diff": float(diff.max()),
+                     "mean_abs_diff": float(diff.mean()), "tolerance": INT8_TOLERANCE}
+    return info
+
+
+def quantize_int8(fp32: Path, out: Path, batches: list[Any]) -> dict[str, Any]:
+    """onnxruntime's static int8 quantization of `fp32` to `out`: QDQ, uint8 activations, int8
+    per-channel weights (U8S8: onnxruntime's fast path on x86), MinMax ranges over `batches`
+    (functions that return a float32 input batch each, called one at a time)."""
+    import onnxruntime
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):  # onnxruntime's strided protocol: ranges merged window by window
+        def __init__(self) -> None:
+            self.window: Iterator[Any] = iter(())
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.window = iter(batches[start_index:end_index])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            make = next(self.window, None)
+            return None if make is None else {"x": np.ascontiguousarray(make(), np.float32)}
+
+    pre = out.with_name("pre-" + out.name)
+    try:
+        with _quiet_exporter():
+            quant_pre_process(str(fp32), str(pre))  # shapes and graph optimizations: BatchNorm into the convs
+            quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax, extra_options={"CalibStridedMinMax": 1})
+    except Exception as e:  # onnxruntime raises many kinds; nothing is written then
+        out.unlink(missing_ok=True)
+        raise PredictError(f"{fp32}: int8 quantization failed: {type(e).__name__}: {e}") from e
+    finally:
+        pre.unlink(missing_ok=True)
+    return {"type": "int8", "format": "QDQ", "activations": "uint8", "weights": "int8, per channel",
+            "tool": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}",
+            "calibration": {"method": "MinMax", "batches": len(batches)}}
 
 
 @contextlib.contextmanager
@@ -232,10 +321,11 @@ def _onnx_model(folder: Path, info: dict[str, Any], threads: int | None = None) 
     _check_graph(session, path, info)
 
     rows = max(1, ONNX_ACTIVATION // (info["architecture"]["size_hidden"] * info["patch_size"] ** 2))
+    int8 = "-int8" if info["onnx"].get("quantization") else ""  # the output's runtime column says so
     return loaded_model.Model(model_id=info["model_id"], factors=tuple(int(f) for f in info["factors"]),
                  patch_size=int(info["patch_size"]), norm_mean=np.asarray(info["norm_mean"], np.float32),
                  norm_std=np.asarray(info["norm_std"], np.float32), device=torch.device("cpu"),
-                 forward=onnx_forward(session, rows), info=info, runtime="onnxruntime-cpu")
+                 forward=onnx_forward(session, rows), info=info, runtime="onnxruntime-cpu" + int8)
 
 
 def onnx_forward(session: Any, rows: int) -> Any:

@@ -251,22 +251,23 @@ def grid_centres(depth: np.ndarray, patch_size: int, stride: int) -> tuple[np.nd
     return rows.astype(np.int64), cols.astype(np.int64)
 
 
-def image_store(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: Model) -> Any:
-    """A one-image PatchStore in memory: the model's levels made by the store's own functions."""
+def image_store(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: Model,
+                depth_levels: dict[int, np.ndarray] | None = None) -> Any:
+    """A one-image PatchStore in memory: the model's levels made by the store's own functions.
+    `depth_levels`: those of `depth` (_depth_levels()), when already made for another image of its view."""
     from PIL import Image
 
     from camvis.data import camvis2
     from camvis.data.store import PatchStore
-    from camvis.data.store_build import depth_level, rgb_level
+    from camvis.data.store_build import rgb_level
 
     mode = model.preprocessing
+    depth_levels = depth_levels or _depth_levels(depth, model)
     if mode == camvis2.CAMVIS2:  # the model saw camvis2's levels: make the same
-        levels = {f: (camvis2.rgb_level(rgb, f).transpose(2, 0, 1)[None], camvis2.depth_level(depth, f)[None, None])
-                  for f in model.factors}
+        levels = {f: (camvis2.rgb_level(rgb, f).transpose(2, 0, 1)[None], depth_levels[f]) for f in model.factors}
     else:
         pil = Image.fromarray(rgb)
-        levels = {f: (np.array(rgb_level(pil, f).transpose(2, 0, 1)[None]), depth_level(depth, f)[None, None])
-                  for f in model.factors}
+        levels = {f: (np.array(rgb_level(pil, f).transpose(2, 0, 1)[None]), depth_levels[f]) for f in model.factors}
     n = rows.size
     table = {"center_h": rows.astype(np.int32), "center_w": cols.astype(np.int32),
              "label": np.zeros(n, np.uint8), "depth": depth[rows, cols].astype(np.float32),
@@ -275,6 +276,15 @@ def image_store(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.n
                       views=("view",), images=("image",), image_view=np.zeros(1, np.int32), table=table,
                       norm_mean=model.norm_mean, norm_std=model.norm_std, levels=levels,
                       attrs={"preprocessing": mode})  # BatchSource's crop-centre rule
+
+
+def _depth_levels(depth: np.ndarray, model: Model) -> dict[int, np.ndarray]:
+    """The model's depth levels of a depth map, (1, 1, H / f, W / f) each, by its store's rules."""
+    from camvis.data import camvis2
+    from camvis.data.store_build import depth_level
+
+    level = camvis2.depth_level if model.preprocessing == camvis2.CAMVIS2 else depth_level
+    return {f: level(depth, f)[None, None] for f in model.factors}
 
 
 def predict_patches(rgb: np.ndarray, depth: np.ndarray, rows: np.ndarray, cols: np.ndarray, model: Model,
@@ -388,7 +398,7 @@ class _Image:
 QUEUE_IMAGES = 1
 """Images read ahead of the network. Memory bound: the image the network scores, QUEUE_IMAGES
 prepared ones and the one being read, each its decoded RGB (dropped unless --map), its view's
-depth map (shared by a view's images) and its pyramid (1/3 of the RGB for factors 2..32), plus one
+depth map, centres and depth levels (shared by a view's images) and its pyramid (1/3 of the RGB for factors 2..32), plus one
 batch (batch_size x 4 L x P x P float32: 335 MB at the paper's 256 x 20 x 128 x 128)."""
 
 
@@ -420,7 +430,7 @@ def predict_items(items: Sequence[Item], model: Model, *, patches: int = DEFAULT
     def prepare(item: Item) -> _Image:
         return _prepare(item, model, depths, patches, stride, seed, max_pixels, keep=map_dir is not None)
 
-    depths: dict[Path, np.ndarray | PredictError] = {}
+    depths: dict[Path, _View | PredictError] = {}
     stems = [item.image.stem for item in items]  # two images of one name: their maps carry the digest too
     batcher = _Batcher(model, batch_size, finish)
     for got in _read_ahead(items, prepare):
@@ -442,21 +452,36 @@ def _prepare(item: Item, model: Model, depths: dict[Path, Any], patches: int, st
     if item.depth not in depths:  # an archive has thousands of images per depth map: keep the last
         depths.clear()
         try:
-            depths[item.depth] = read_depth(item.depth)
+            depths[item.depth] = _View(read_depth(item.depth))
         except PredictError as e:
             depths[item.depth] = e
-    depth = depths[item.depth]
-    if isinstance(depth, PredictError):
-        raise PredictError(f"{inputs.shown(item.image)}: its depth map: {depth}")
+    view = depths[item.depth]
+    if isinstance(view, PredictError):
+        raise PredictError(f"{inputs.shown(item.image)}: its depth map: {view}")
+    depth = view.depth
     check_inputs(rgb, depth, model, inputs.shown(item.image), inputs.shown(item.depth))
-    if stride is not None:
-        rows, cols = grid_centres(depth, model.patch_size, stride)
-    else:
-        rows, cols = sampled_centres(depth, model.patch_size, patches, seed)
-    source = (BatchSource(image_store(rgb, depth, rows, cols, model), model.factors, model.device)
+    if view.centres is None:  # drawn once per view: they depend on its depth map and the seed alone
+        view.centres = (grid_centres(depth, model.patch_size, stride) if stride is not None
+                        else sampled_centres(depth, model.patch_size, patches, seed))
+        for a in view.centres:
+            a.setflags(write=False)  # shared by the view's images
+    rows, cols = view.centres
+    if rows.size and view.levels is None:
+        view.levels = _depth_levels(depth, model)
+    source = (BatchSource(image_store(rgb, depth, rows, cols, model, view.levels), model.factors, model.device)
               if rows.size else None)
     return _Image(item, digest, rows, cols, depth[rows, cols].astype(np.float32), source,
                   rgb if keep else None, depth if keep else None, np.zeros(rows.size, np.float32), int(rows.size))
+
+
+@dataclass(eq=False)
+class _View:
+    """A view's depth map and what each of its images shares: its patch centres (2.6 s of a
+    paper-size image's path when drawn per image) and its depth levels."""
+
+    depth: np.ndarray
+    centres: tuple[np.ndarray, np.ndarray] | None = None
+    levels: dict[int, np.ndarray] | None = None
 
 
 def _read_ahead(items: Sequence[Item], prepare: Callable[[Item], _Image]) -> Any:

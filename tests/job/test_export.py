@@ -112,3 +112,40 @@ def test_cli_errors_are_one_line(synth_store, tmp_path, capsys):
     assert json.loads((tmp_path / "b" / "model.json").read_text())["onnx"] is None
     assert predict_main([str(tmp_path / "b"), "x.png", "--depth", "d.npy", "--runtime", "onnx"]) == 2
     assert "has no ONNX graph" in capsys.readouterr().err
+
+
+def test_int8_bundle_is_quantized_checked_and_labelled(synth_store, synth_raw, tmp_path, capsys):
+    import onnx
+
+    job = make_job(synth_store, tmp_path / "job", seed=1)
+    assert export_main([str(job), str(tmp_path / "q"), "--quantize", "int8"]) == 0
+    assert "ONNX opset 18 int8" in capsys.readouterr().out
+    bundle = tmp_path / "q"
+    assert sorted(p.name for p in bundle.iterdir()) == ["model.json", "model.onnx", "weights.pt"]  # no scratch left
+    q = json.loads((bundle / "model.json").read_text())["onnx"]["quantization"]
+    assert q["type"] == "int8" and q["format"] == "QDQ" and q["calibration"]["patches"] > 0
+    assert q["check"]["patches"] > 0 and q["check"]["max_abs_diff"] <= export.INT8_TOLERANCE
+    ops = {node.op_type for node in onnx.load(bundle / "model.onnx").graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    image, depth = _image(synth_raw, "1148_2"), synth_raw / "depth_maps" / "1148_2.npy"
+    float32 = predict.visibility(image, depth, predict.load_model(job, device="cpu"), patches=80)
+    model = predict.load_model(bundle)  # auto on the CPU: the int8 graph, and the rows say so
+    assert model.runtime == "onnxruntime-cpu-int8"
+    int8 = predict.visibility(image, depth, model, patches=80)
+    diff = np.abs(int8.patches["p_visible"] - float32.patches["p_visible"]).max()
+    assert 0 < diff <= export.INT8_TOLERANCE  # quantized (not the float32 graph), and close to it
+    torch_run = predict.visibility(image, depth, predict.load_model(bundle, runtime="torch"), patches=80)
+    np.testing.assert_array_equal(torch_run.patches["p_visible"], float32.patches["p_visible"])  # weights stay float32
+
+
+def test_int8_errors_leave_no_bundle(synth_store, tmp_path, capsys, monkeypatch):
+    job = make_job(synth_store, tmp_path / "job")
+    assert export_main([str(job), str(tmp_path / "b"), "--quantize", "int8", "--no-onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "--quantize int8 quantizes the ONNX graph: it cannot go with --no-onnx" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        export_main([str(job), str(tmp_path / "b"), "--quantize", "int4"])
+    monkeypatch.setattr(export, "INT8_TOLERANCE", -1.0)  # any difference is now too much
+    with pytest.raises(PredictError, match="int8 graph differs from float32 by .* the bundle is not written"):
+        export.export(job, tmp_path / "b", quantize="int8")
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b*"))

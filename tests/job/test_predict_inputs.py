@@ -202,6 +202,20 @@ def test_several_images_at_once_give_the_rows_of_one_at_a_time(synth_raw, job):
     assert_same_rows(pd.DataFrame(together), pd.DataFrame(alone))
 
 
+def test_centres_are_drawn_once_per_view(synth_raw, job, monkeypatch):
+    """A view's images share its centres (same depth map, same seed): drawn once, not per image;
+    that they are each image's own draw is test_several_images_at_once_give_the_rows_of_one_at_a_time."""
+    items, _ = predict.list_items([], None, str(synth_raw))
+    items = items[:6]  # 4 images of one view, 2 of the next
+    assert len({i.depth for i in items}) == 2
+    model = predict.load_model(job, device="cpu")
+    for name, kw in (("sampled_centres", {"patches": 30}), ("grid_centres", {"stride": 9})):
+        calls, draw = [], getattr(predict, name)
+        monkeypatch.setattr(predict, name, lambda *a, draw=draw, calls=calls: calls.append(1) or draw(*a))
+        rows, problems = predict.predict_items(items, model, **kw)
+        assert not problems and len(rows) == 6 and len(calls) == 2, name
+
+
 def test_a_producer_crash_is_raised_not_hung(synth_raw, job, monkeypatch):
     items, _ = predict.list_items([], None, str(synth_raw))
 
