@@ -17,6 +17,9 @@ from typing import Any
 # The files of a job directory, named once for the job that writes them and every reader.
 SCORES, PROGRESS, CHECKPOINT, BEST, ERROR = "scores.json", "progress.json", "checkpoint.pt", "best.pt", "error.txt"
 JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
+# Beside the job folders, in outputs/<experiment>/: camvis-aggregate's per-image visibility calibration
+# (camvis.results.aggregate_visibility.calibrate), carried into a job's bundle (camvis.job.predict.describe).
+VISIBILITY_CALIBRATION = "visibility_calibration.json"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

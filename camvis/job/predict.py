@@ -254,6 +254,7 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
 
     m = cfg.model
     scores = read_json(job / SCORES) or {}
+    calibration = _calibration(job, scores)
     return {
         "model_id": f"{cfg.experiment}/{cfg.name}@{config_hash(cfg)}",
         "architecture": net.hparams(),
@@ -264,7 +265,33 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
         "normalization": normalization, "config_hash": config_hash(cfg), "train_hash": scores.get("train_hash"),
         "camvis_version": __version__, "config": to_dict(cfg),
         "held_out": {k: scores.get(k) for k in ("view", "metrics", "ci", "visibility", "n_val")} if scores else None,
+        **({"visibility_calibration": calibration} if calibration else {}),
     }
+
+
+def _calibration(job: Path, scores: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's entry of camvis-aggregate's visibility calibration (its group and fold: q from the group's
+    other views), with the level; None where the experiment was not aggregated (patch-only intervals)."""
+    from camvis.jobdir import VISIBILITY_CALIBRATION, read_json
+
+    found = read_json(job.parent / VISIBILITY_CALIBRATION) or {}
+    entry = ((found.get("groups") or {}).get(scores.get("group")) or {}).get(str(scores.get("fold")))
+    if not isinstance(entry, dict):
+        return None
+    return {"log10_factor": entry.get("log10_factor"), "n_images": entry.get("n_images"),
+            "confidence": found.get("confidence"), "statistic": found.get("statistic"), "rule": found.get("rule")}
+
+
+def calibrated_fit(fit: vis.VisibilityFit, info: dict[str, Any]) -> vis.VisibilityFit:
+    """The fit with its interval widened by the model's calibration (model.json's visibility_calibration:
+    a factor 10 ** q either side, q None meaning too few calibration images: unbounded); unchanged
+    without one. The flag stays the patch interval's (camvis.job.visibility: `uncertain`)."""
+    calibration = info.get("visibility_calibration")
+    if not calibration:
+        return fit
+    q = calibration.get("log10_factor")
+    low, high = vis.calibrated(fit.visibility_m, fit.low_m, fit.high_m, math.inf if q is None else float(q))
+    return replace(fit, low_m=float(low), high_m=float(high))
 
 
 def torch_model(net: Any, info: dict[str, Any], model_id: str, device: Any) -> Model:
@@ -354,7 +381,7 @@ def visibility(image: str | os.PathLike | np.ndarray, depth_map: str | os.PathLi
     if not rows.size:
         return ImageResult(name, view, timestamp_of(name), math.nan, "no_patches", math.nan, 0, model.model_id,
                            None, table)
-    fit = vis.estimate(depth_m, scores)
+    fit = calibrated_fit(vis.estimate(depth_m, scores), model.info)
     return ImageResult(name, view, timestamp_of(name), float(fit.visibility_m), fit.flag, fit.quality,
                        int(rows.size), model.model_id, fit, table)
 
@@ -746,7 +773,7 @@ def _result(img: _Image, model: Model) -> ImageResult:
     if not img.rows.size:
         return ImageResult(name, view, timestamp_of(name), math.nan, "no_patches", math.nan, 0, model.model_id,
                            None, table)
-    fit = vis.estimate(img.depth_m, img.scores)
+    fit = calibrated_fit(vis.estimate(img.depth_m, img.scores), model.info)
     return ImageResult(name, view, timestamp_of(name), float(fit.visibility_m), fit.flag, fit.quality,
                        int(img.rows.size), model.model_id, fit, table)
 

@@ -116,20 +116,39 @@ def _csv_field(value: object) -> str:
     return text.replace("%", "%%")
 
 
-def camvis2_csv_text(jobs: Sequence[FinishedJob]) -> str:
+def camvis2_csv_text(jobs: Sequence[FinishedJob], headline: pd.DataFrame | None = None) -> str:
     """camvis2_csv_bytes as text."""
-    return camvis2_csv_bytes(jobs).decode()
+    return camvis2_csv_bytes(jobs, headline).decode()
+
+
+HEADLINE_COLUMNS = [f"group_{m}_{end}" for m in METRICS for end in ("ci_low", "ci_high")]
+"""scores_per_fold.csv's columns after camvis2's: the row's group's headline interval (summary.csv's
+ci_low/ci_high, the mean over folds), so the file's only interval is the headline one; the rows themselves
+stay camvis2's test-only resamples."""
+
+
+def headline_fields(summary: pd.DataFrame) -> dict[str, str]:
+    """Per group, the HEADLINE_COLUMNS as CSV text (',low,high' per metric, 4 decimals; empty for NaN)."""
+    by = summary.set_index(["group", "metric"])
+    return {g: "".join(f",{_csv_number(by.loc[(g, m), end])}" for m in METRICS for end in ("ci_low", "ci_high"))
+            for g in summary["group"].unique()}
+
+
+def _csv_number(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.4f}"
 
 
 CSV_CHUNK_ROWS = 200_000  # rows laid out at once: bounds the temporaries (about 50 bytes a row)
 
 
-def camvis2_csv_bytes(jobs: Sequence[FinishedJob]) -> bytes:
+def camvis2_csv_bytes(jobs: Sequence[FinishedJob], headline: pd.DataFrame | None = None) -> bytes:
     """camvis2's per-fold scores CSV (model_name,fold,view,loss,acc,f1,group; 4 decimals): one row per
-    bootstrap resample per job, what its visualize_scores.py reads. The numbers are laid out as bytes
+    bootstrap resample per job, what its visualize_scores.py reads; with `headline` (the summary frame)
+    the HEADLINE_COLUMNS follow, the same on every row of a group. The numbers are laid out as bytes
     (_fixed_numbers), a chunk of jobs at a time; a job with a value that layout cannot write exactly as
     '%.4f' would is formatted by Python, one format operation per job."""
-    parts = [(",".join(CAMVIS2_COLUMNS) + "\n").encode()]
+    extra = headline_fields(headline) if headline is not None else {}
+    parts = [(",".join(CAMVIS2_COLUMNS + (HEADLINE_COLUMNS if extra else [])) + "\n").encode()]
     start = 0
     while start < len(jobs):
         stop, rows = start, 0
@@ -142,13 +161,14 @@ def camvis2_csv_bytes(jobs: Sequence[FinishedJob]) -> bytes:
         for j, ok in zip(chunk, exact):
             n = len(j.boot)
             fields = [_csv_field(v) for v in (j.model_name, j.fold, j.view)]
+            group = _csv_field(j.group) + extra.get(j.group, "")
             if ok:
                 head = np.frombuffer((",".join(fields) + ",").replace("%%", "%").encode(), np.uint8)
-                tail = np.frombuffer(("," + _csv_field(j.group) + "\n").replace("%%", "%").encode(), np.uint8)
+                tail = np.frombuffer(("," + group + "\n").replace("%%", "%").encode(), np.uint8)
                 parts.append(np.concatenate([np.broadcast_to(head, (n, len(head))), numbers[at:at + n],
                                              np.broadcast_to(tail, (n, len(tail)))], axis=1).tobytes())
             else:
-                row = f"{','.join(fields)},%.4f,%.4f,%.4f,{_csv_field(j.group)}\n"
+                row = f"{','.join(fields)},%.4f,%.4f,%.4f,{group}\n"
                 parts.append(((row * n) % tuple(j.boot.ravel().tolist())).encode())
             at += n
         start = stop
@@ -247,7 +267,8 @@ SUMMARY_NOTE = (
     "(sqrt((1/k + n_test/n_train) var), k-1 dof), never narrower than the test-only interval. "
     "Replicates (training seeds) are averaged per fold first. The test-images-only interval (bootstrap over "
     "each fold's held-out patches, given the trained models) is in summary.csv (test_ci_low, test_ci_high) "
-    "and below; scores_per_fold.csv keeps camvis2's format, one row per test-only resample.")
+    "and below; scores_per_fold.csv keeps camvis2's columns, one row per test-only resample, followed by "
+    "its group's headline interval (group_<metric>_ci_low, group_<metric>_ci_high).")
 COMPARISON_NOTE = (
     "Difference and interval: over the per-fold differences d (replicate means), mean(d) +- t_(k-1) "
     "sqrt((1/k + n_test/n_train) var(d)): the corrected resampled t-test (Nadeau & Bengio 2003) and its "
@@ -372,7 +393,7 @@ def aggregate(
     write_csv(result.summary, result.summary_csv)
     write_csv(result.comparisons, result.comparisons_csv)
     write_csv(per_fold, result.point_estimates_csv)
-    write_bytes(result.camvis2_csv, camvis2_csv_bytes(finished))
+    write_bytes(result.camvis2_csv, camvis2_csv_bytes(finished, result.summary))
     order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
     result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment,
                                                    formats, order)

@@ -224,13 +224,29 @@ def test_camvis2_csv_has_one_row_per_resample_per_job(tmp_path: Path) -> None:
     fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3)
     result = run(tmp_path)
     df = pd.read_csv(result.camvis2_csv)
-    assert list(df.columns) == ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
+    assert list(df.columns[:7]) == ["model_name", "fold", "view", "loss", "acc", "f1", "group"]  # camvis2's, first
     assert len(df) == 2 * 3 * N_BOOT
     assert df.groupby(["group", "fold"]).size().eq(N_BOOT).all()
     one = df[(df.group == "cat") & (df.fold == 2)]
     boot = pd.read_csv(tmp_path / "outputs" / EXP / "cat_fold2" / "bootstrap.csv")
     np.testing.assert_allclose(one.acc.to_numpy(), boot.acc.round(4).to_numpy(), atol=1e-9)
     assert set(one.model_name) == {f"{EXP}_cat_fold2"} and set(one.view) == {"cam2_1"}
+
+
+def test_camvis2_csv_carries_the_groups_headline_interval_not_a_test_only_one(tmp_path: Path) -> None:
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3, sd=0.002)
+    result = run(tmp_path)
+    df = pd.read_csv(result.camvis2_csv)
+    assert list(df.columns[7:]) == [f"group_{m}_{e}" for m in agg.METRICS for e in ("ci_low", "ci_high")]
+    summary = result.summary.set_index(["group", "metric"])
+    for group, rows in df.groupby("group"):
+        for m in agg.METRICS:
+            low, high = summary.loc[(group, m), "ci_low"], summary.loc[(group, m), "ci_high"]
+            test_low = summary.loc[(group, m), "test_ci_low"]
+            assert rows[f"group_{m}_ci_low"].nunique() == 1 and rows[f"group_{m}_ci_high"].nunique() == 1
+            assert rows[f"group_{m}_ci_low"].iloc[0] == pytest.approx(low, abs=5e-5)
+            assert rows[f"group_{m}_ci_high"].iloc[0] == pytest.approx(high, abs=5e-5)
+            assert abs(low - test_low) > 1e-3  # folds spread apart: the headline is not the test-only interval
 
 
 def test_missing_failed_and_stale_jobs_are_listed_not_fatal(tmp_path: Path) -> None:
