@@ -118,7 +118,7 @@ def _csv_field(value: object) -> str:
 
 def camvis2_csv_text(jobs: Sequence[FinishedJob], headline: pd.DataFrame | None = None) -> str:
     """camvis2_csv_bytes as text."""
-    return camvis2_csv_bytes(jobs, headline).decode()
+    return bytes(camvis2_csv_bytes(jobs, headline)).decode()
 
 
 HEADLINE_COLUMNS = [f"group_{m}_{end}" for m in METRICS for end in ("ci_low", "ci_high")]
@@ -141,38 +141,65 @@ def _csv_number(value: float) -> str:
 CSV_CHUNK_ROWS = 200_000  # rows laid out at once: bounds the temporaries (about 50 bytes a row)
 
 
-def camvis2_csv_bytes(jobs: Sequence[FinishedJob], headline: pd.DataFrame | None = None) -> bytes:
+def camvis2_csv_bytes(jobs: Sequence[FinishedJob], headline: pd.DataFrame | None = None) -> memoryview:
     """camvis2's per-fold scores CSV (model_name,fold,view,loss,acc,f1,group; 4 decimals): one row per
     bootstrap resample per job, what its visualize_scores.py reads; with `headline` (the summary frame)
-    the HEADLINE_COLUMNS follow, the same on every row of a group. The numbers are laid out as bytes
-    (_fixed_numbers), a chunk of jobs at a time; a job with a value that layout cannot write exactly as
+    the HEADLINE_COLUMNS follow, the same on every row of a group. Laid out in one preallocated buffer
+    (no copy of the whole text is ever joined): the numbers as bytes (_fixed_numbers), a chunk of jobs at a
+    time, each job's rows one fixed-width block; a job with a value that layout cannot write exactly as
     '%.4f' would is formatted by Python, one format operation per job."""
     extra = headline_fields(headline) if headline is not None else {}
-    parts = [(",".join(CAMVIS2_COLUMNS + (HEADLINE_COLUMNS if extra else [])) + "\n").encode()]
-    start = 0
-    while start < len(jobs):
-        stop, rows = start, 0
-        while stop < len(jobs) and (rows == 0 or rows + len(jobs[stop].boot) <= CSV_CHUNK_ROWS):
-            rows += len(jobs[stop].boot)
-            stop += 1
-        chunk = jobs[start:stop]
-        numbers, exact = _fixed_numbers([j.boot for j in chunk])
+    header = (",".join(CAMVIS2_COLUMNS + (HEADLINE_COLUMNS if extra else [])) + "\n").encode()
+    ends = [_row_ends(j, extra.get(j.group, "")) for j in jobs]
+    chunks = list(_chunks([len(j.boot) for j in jobs]))
+    exact = np.concatenate([_fixed_numbers([j.boot for j in jobs[a:b]], digits=False)[1] for a, b in chunks] or
+                           [np.zeros(0, bool)])
+    texts = {i: _python_rows(jobs[i], h, t) for i, (h, t) in enumerate(ends) if not exact[i]}
+    sizes = [len(texts[i]) if i in texts else len(j.boot) * (len(h) + 20 + len(t)) for i, (j, (h, t)) in
+             enumerate(zip(jobs, ends))]
+    offsets = np.cumsum([len(header), *sizes])
+    out = np.empty(int(offsets[-1]), np.uint8)
+    out[:len(header)] = np.frombuffer(header, np.uint8)
+    for a, b in chunks:
+        numbers, _ = _fixed_numbers([j.boot for j in jobs[a:b]])
         at = 0
-        for j, ok in zip(chunk, exact):
-            n = len(j.boot)
-            fields = [_csv_field(v) for v in (j.model_name, j.fold, j.view)]
-            group = _csv_field(j.group) + extra.get(j.group, "")
-            if ok:
-                head = np.frombuffer((",".join(fields) + ",").replace("%%", "%").encode(), np.uint8)
-                tail = np.frombuffer(("," + group + "\n").replace("%%", "%").encode(), np.uint8)
-                parts.append(np.concatenate([np.broadcast_to(head, (n, len(head))), numbers[at:at + n],
-                                             np.broadcast_to(tail, (n, len(tail)))], axis=1).tobytes())
+        for i in range(a, b):
+            n, (head, tail) = len(jobs[i].boot), ends[i]
+            block = out[offsets[i]:offsets[i + 1]]
+            if i in texts:
+                block[:] = np.frombuffer(texts[i], np.uint8)
             else:
-                row = f"{','.join(fields)},%.4f,%.4f,%.4f,{group}\n"
-                parts.append(((row * n) % tuple(j.boot.ravel().tolist())).encode())
+                rows = block.reshape(n, -1)
+                rows[:, :len(head)] = np.frombuffer(head, np.uint8)
+                rows[:, len(head):len(head) + 20] = numbers[at:at + n]
+                rows[:, len(head) + 20:] = np.frombuffer(tail, np.uint8)
             at += n
+    return memoryview(out)
+
+
+def _row_ends(job: FinishedJob, extra: str) -> tuple[bytes, bytes]:
+    """The bytes before and after a job's three numbers on each of its rows."""
+    fields = [_csv_field(v) for v in (job.model_name, job.fold, job.view)]
+    return ((",".join(fields) + ",").replace("%%", "%").encode(),
+            ("," + _csv_field(job.group) + extra + "\n").replace("%%", "%").encode())
+
+
+def _python_rows(job: FinishedJob, head: bytes, tail: bytes) -> bytes:
+    """A job's rows formatted by Python's '%.4f' (values the byte layout cannot write exactly)."""
+    row = head.decode().replace("%", "%%") + "%.4f,%.4f,%.4f" + tail.decode().replace("%", "%%")
+    return ((row * len(job.boot)) % tuple(job.boot.ravel().tolist())).encode()
+
+
+def _chunks(rows: list[int]) -> Any:
+    """(start, stop) of consecutive jobs with at most CSV_CHUNK_ROWS rows together (at least one job)."""
+    start = 0
+    while start < len(rows):
+        stop, total = start, 0
+        while stop < len(rows) and (total == 0 or total + rows[stop] <= CSV_CHUNK_ROWS):
+            total += rows[stop]
+            stop += 1
+        yield start, stop
         start = stop
-    return b"".join(parts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -186,7 +213,7 @@ def _digits_table() -> np.ndarray:
     return table
 
 
-def _fixed_numbers(boots: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _fixed_numbers(boots: list[np.ndarray], digits: bool = True) -> tuple[np.ndarray | None, np.ndarray]:
     """Every job's rows as "d.dddd,d.dddd,d.dddd" bytes (all rows, (N, 20) uint8) and, per job, whether
     they equal '%.4f' exactly: values in [0, 9.99995) and none within 1e-6 of a rounding tie (x.5 after
     scaling by 1e4, where the product's own rounding could decide), else Python formats that job."""
@@ -196,6 +223,8 @@ def _fixed_numbers(boots: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     bad = (values < 0) | (k > 99999) | (np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6)
     starts = np.cumsum([0, *map(len, boots)])[:-1]
     exact = ~np.logical_or.reduceat(bad.any(axis=1), starts)
+    if not digits:  # only which jobs the layout writes exactly
+        return None, exact
     k = np.where(bad, 0, k).astype(np.int32)
     table = _digits_table()
     out = np.full((len(values), 20), ord(","), np.uint8)

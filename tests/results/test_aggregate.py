@@ -506,6 +506,14 @@ def test_camvis2_csv_text_is_exactly_percent_4f(monkeypatch: pytest.MonkeyPatch)
     assert agg.camvis2_csv_text(jobs) == "".join(expected)
     monkeypatch.setattr(agg, "CSV_CHUNK_ROWS", 100)  # jobs laid out a few at a time: the same text
     assert agg.camvis2_csv_text(jobs) == "".join(expected)
+    # with the groups' headline intervals: the same rows, each followed by its group's six numbers
+    summary = pd.DataFrame([{"group": j.group, "metric": m, "ci_low": 0.1 * k + j.fold / 100, "ci_high": math.nan}
+                            for j in jobs for k, m in enumerate(agg.METRICS)])
+    extra = {j.group: "".join(f",{0.1 * k + j.fold / 100:.4f}," for k in range(3)) for j in jobs}
+    lines = agg.camvis2_csv_text(jobs, summary).splitlines(keepends=True)
+    assert lines[0] == ",".join(agg.CAMVIS2_COLUMNS + agg.HEADLINE_COLUMNS) + "\n"
+    groups = [j.group for j in jobs for _ in j.boot]
+    assert lines[1:] == [e[:-1] + extra[g] + "\n" for e, g in zip(expected[1:], groups)]
 
 
 def test_replicates_from_files_are_one_fold_each_with_seed_spread(tmp_path: Path) -> None:
