@@ -128,3 +128,28 @@ def test_calibrated_intervals_cover_held_out_views_where_patch_intervals_do_not(
     ok = rows["flag"].isin(["ok", "uncertain"])
     np.testing.assert_allclose(rows.loc[ok, "calibrated_high_m"],
                                np.fmax(rows.loc[ok, "visibility_high_m"], rows.loc[ok, "predicted_visibility_m"] * 10**q))
+
+
+def test_a_bundle_carries_its_folds_calibration_and_predictions_widen_with_it(tmp_path):
+    """camvis-aggregate's visibility_calibration.json -> model.json (describe's _calibration) -> each
+    prediction's interval (calibrated_fit); without one (not aggregated) the patch interval stays."""
+    import json
+
+    from camvis.job import predict
+
+    job = tmp_path / "exp" / "cat_fold2"
+    job.mkdir(parents=True)
+    (tmp_path / "exp" / "visibility_calibration.json").write_text(json.dumps(
+        {"confidence": 0.9, "groups": {"cat": {"1": {"log10_factor": 0.1, "n_images": 18},
+                                               "2": {"log10_factor": 0.5, "n_images": 18}}}}))
+    info = predict._calibration(job, {"group": "cat", "fold": 2})
+    assert info["log10_factor"] == 0.5 and info["n_images"] == 18 and info["confidence"] == 0.9
+    assert predict._calibration(job, {"group": "align", "fold": 2}) is None
+    fit = visibility.estimate(*synthetic_image(np.random.default_rng(0), 1000.0, 400, 0.1), seed=0)
+    wide = predict.calibrated_fit(fit, {"visibility_calibration": info})
+    assert wide.low_m == pytest.approx(min(fit.low_m, fit.visibility_m / 10**0.5))
+    assert wide.high_m == pytest.approx(max(fit.high_m, fit.visibility_m * 10**0.5))
+    assert wide.flag == fit.flag and wide.visibility_m == fit.visibility_m  # the flag judges the patches alone
+    assert predict.calibrated_fit(fit, {}) is fit
+    unbounded = predict.calibrated_fit(fit, {"visibility_calibration": {"log10_factor": None}})  # too few images
+    assert (unbounded.low_m, unbounded.high_m) == (0.0, math.inf)
