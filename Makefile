@@ -24,6 +24,8 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m camvis.cli.demo
+	@# the README quotes this run's numbers: a difference is one line per row (exit 1)
+	$(BIN)/python -m camvis.cli.demo --check-readme
 
 # The full suite, SLURM integration tests included: the local cluster is
 # installed and started first (slurm/cluster.sh, needs root and apt), with the

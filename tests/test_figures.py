@@ -43,7 +43,7 @@ def test_strip_points_mean_and_interval_in_grid_order_without_boxes_below_8_fold
     points = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)]
     assert len(points) == 1 and len(points[0].get_offsets()) == 9  # one strip point per job
     assert np.allclose(points[0].get_edgecolor()[:, :3], 0)  # outlined in black
-    assert not ax.patches  # 3 folds: no boxes
+    assert not ax.patches and not [c for c in ax.collections if c.get_label() == "boxes"]  # 3 folds: no boxes
     texts = legend_texts(fig)
     assert texts[:3] == ["fold 1 (cam1_1)", "fold 2 (cam2_1)", "fold 3 (cam3_1)"]
     assert "mean over folds,\n90% interval over folds" in texts and "test images only" in texts
@@ -56,7 +56,11 @@ def test_boxes_from_8_folds_and_no_bracket_without_a_significant_pair() -> None:
     per_fold, summary, comparisons = frames({"cat": 0.80, "align": 0.79}, folds=BOX_MIN_FOLDS)
     fig = draw_metric(per_fold, summary, "acc", comparisons=comparisons)
     ax = fig.axes[0]
-    assert len(ax.patches) == 2  # one box per group
+    boxes = [c for c in ax.collections if c.get_label() == "boxes"]
+    assert len(boxes) == 1 and len(boxes[0].get_paths()) == 2  # one box per group
+    d = per_fold[per_fold.group == "align"]["acc"].to_numpy()  # sorted: align first
+    q1, q3 = np.percentile(d, [25, 75])
+    assert np.allclose(sorted(set(boxes[0].get_paths()[0].vertices[:, 1].round(12))), [q1, q3])  # matplotlib's quartiles
     assert not ax.texts and "box: quartiles over folds" in legend_texts(fig)
     assert any(t.startswith("no pair differs at p < 0.05") for t in legend_texts(fig))
 

@@ -24,6 +24,9 @@ LEARNING_CURVE = "learning_curve.png"  # the training's curves (camvis.job.train
 # Folders: the evaluation's figures, TensorBoard's events, earlier outputs (camvis.job.identity).
 FIGURES, TENSORBOARD, PREVIOUS = "figures", "tensorboard", "previous"
 JOB_FILES = (SCORES, PROGRESS, CHECKPOINT, BEST)
+# Beside the job folders, in outputs/<experiment>/: camvis-aggregate's per-image visibility calibration
+# (camvis.results.aggregate_visibility.calibrate), carried into a job's bundle (camvis.job.predict.describe).
+VISIBILITY_CALIBRATION = "visibility_calibration.json"
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -18,8 +18,9 @@ writes under outputs/<experiment>/: summary.md (all tables), summary.csv (per gr
 headline interval over folds, test-images-only interval, sd across folds and training seeds), comparisons.csv
 (paired per-fold differences, corrected resampled t-test with its interval, Holm-adjusted p, test-only interval,
 P(a better) / P(equivalent) / P(b better) of the correlated Bayesian t-test), posterior.png (its posteriors),
-point_estimates.csv (one row per job), scores_per_fold.csv (camvis2's format: one row per bootstrap
-resample), loss.png, acc.png, f1.png (per-fold points, mean and CI, significant pairs starred). Missing or failed jobs are listed, not fatal.
+point_estimates.csv (one row per job), scores_per_fold.csv (camvis2's columns: one row per bootstrap
+resample, then the group's headline interval), visibility_calibration.json (per group and fold: the model-error
+factor of the per-image visibility intervals, carried into bundles), loss.png, acc.png, f1.png (per-fold points, mean and CI, significant pairs starred). Missing or failed jobs are listed, not fatal.
 """
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from camvis.bookkeeping.jobfolder import CONFUSION_PNG, LEARNING_CURVE
 from camvis.cli import ERRORS, fail, new_parser
+from camvis.errors import CamvisError
 
 RAW = Path("data/raw/demo")
 STORE = Path("data/processed/demo.zarr")
@@ -72,6 +73,28 @@ def quoted_table(readme: str) -> list[str]:
     """The lines between the README's demo-numbers markers."""
     start, end = readme.index(README_MARKERS[0]), readme.index(README_MARKERS[1])
     return readme[start + len(README_MARKERS[0]):end].strip().splitlines()
+
+
+def readme_mismatches(summary_csv: Path, readme_path: Path = ROOT / "README.md") -> list[str]:
+    """One line per row where the README's quoted demo table (between README_MARKERS) differs from the
+    table `summary_csv` gives at the printed precision (readme_table); [] when they agree."""
+    import pandas as pd
+
+    from camvis.errors import ConfigError
+
+    if not summary_csv.is_file():
+        raise ConfigError(f"{summary_csv}: no such file; run `make demo` (or python -m camvis.cli.demo) first")
+    readme = readme_path.read_text()
+    if not all(marker in readme for marker in README_MARKERS):
+        raise ConfigError(f"{readme_path}: the demo-numbers markers are missing ({README_MARKERS[0]})")
+    quoted, actual = quoted_table(readme), readme_table(pd.read_csv(summary_csv))
+    lines = []
+    for i in range(max(len(quoted), len(actual))):
+        old = quoted[i] if i < len(quoted) else "(no line)"
+        new = actual[i] if i < len(actual) else "(no line)"
+        if old.strip() != new.strip():
+            lines.append(f"README line {i + 1} of the demo table: {old.strip()}  ->  {summary_csv}: {new.strip()}")
+    return lines
 
 
 def write_doc_figures(out: Path, console) -> None:
@@ -185,7 +208,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc-figures", action="store_true",
                         help="then re-evaluate every job and regenerate the checkout's docs/figures/ and the "
                              "README's demo table from this run (no overrides allowed)")
+    parser.add_argument("--check-readme", action="store_true",
+                        help="only compare the README's demo table with outputs/demo/summary.csv at the printed "
+                             "precision (run nothing): exit 1 with one line per mismatch, 0 when they agree")
     args = parser.parse_args(argv)
+    if args.check_readme:
+        if args.overrides or args.doc_figures:
+            return fail(CamvisError("--check-readme checks the demo as shipped: give no overrides, no --doc-figures"))
+        try:
+            mismatches = readme_mismatches(Path("outputs") / "demo" / "summary.csv")
+        except ERRORS as e:
+            return fail(e)
+        print("\n".join(mismatches) if mismatches else "README's demo table matches outputs/demo/summary.csv")
+        return 1 if mismatches else 0
     if args.doc_figures and args.overrides:
         return fail(CamvisError("--doc-figures documents the demo as shipped: give no key=value overrides"))
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from camvis.bookkeeping.jobfolder import BEST, CONFIG, SCORES, read_json
+from camvis.bookkeeping.jobfolder import BEST, CONFIG, SCORES, VISIBILITY_CALIBRATION, read_json
 from camvis.errors import CamvisError, PredictError
 
 if TYPE_CHECKING:
@@ -161,6 +161,7 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
 
     m = cfg.model
     scores = read_json(job / SCORES) or {}
+    calibration = _calibration(job, scores)
     return {
         "model_id": f"{cfg.experiment}/{cfg.name}@{config_hash(cfg)}",
         "architecture": net.hparams(),
@@ -171,7 +172,19 @@ def describe(cfg: Any, net: Any, mean: np.ndarray, std: np.ndarray, job: Path,
         "normalization": normalization, "config_hash": config_hash(cfg), "train_hash": scores.get("train_hash"),
         "camvis_version": __version__, "config": to_dict(cfg),
         "held_out": {k: scores.get(k) for k in ("view", "metrics", "ci", "visibility", "n_val")} if scores else None,
+        **({"visibility_calibration": calibration} if calibration else {}),
     }
+
+
+def _calibration(job: Path, scores: dict[str, Any]) -> dict[str, Any] | None:
+    """The job's entry of camvis-aggregate's visibility calibration (its group and fold: q from the group's
+    other views), with the level; None where the experiment was not aggregated (patch-only intervals)."""
+    found = read_json(job.parent / VISIBILITY_CALIBRATION) or {}
+    entry = ((found.get("groups") or {}).get(scores.get("group")) or {}).get(str(scores.get("fold")))
+    if not isinstance(entry, dict):
+        return None
+    return {"log10_factor": entry.get("log10_factor"), "n_images": entry.get("n_images"),
+            "confidence": found.get("confidence"), "statistic": found.get("statistic"), "rule": found.get("rule")}
 
 
 def torch_model(net: Any, info: dict[str, Any], model_id: str, device: Any) -> Model:

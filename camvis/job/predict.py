@@ -144,6 +144,18 @@ log10(predicted / true) where --raw's visibility.csv has the image (else empty);
 the image's real path and content digest (the key a rerun skips on)."""
 
 
+def calibrated_fit(fit: vis.VisibilityFit, info: dict[str, Any]) -> vis.VisibilityFit:
+    """The fit with its interval widened by the model's calibration (model.json's visibility_calibration:
+    a factor 10 ** q either side, q None meaning too few calibration images: unbounded); unchanged
+    without one. The flag stays the patch interval's (camvis.job.visibility: `uncertain`)."""
+    calibration = info.get("visibility_calibration")
+    if not calibration:
+        return fit
+    q = calibration.get("log10_factor")
+    low, high = vis.calibrated(fit.visibility_m, fit.low_m, fit.high_m, math.inf if q is None else float(q))
+    return replace(fit, low_m=float(low), high_m=float(high))
+
+
 def visibility(image: str | os.PathLike | np.ndarray, depth_map: str | os.PathLike | np.ndarray,
                model: str | os.PathLike | Model, *, patches: int = DEFAULT_PATCHES, stride: int | None = None,
                seed: int = 0, centres: tuple[np.ndarray, np.ndarray] | None = None,
@@ -174,7 +186,7 @@ def visibility(image: str | os.PathLike | np.ndarray, depth_map: str | os.PathLi
     if not rows.size:
         return ImageResult(name, view, timestamp_of(name), math.nan, "no_patches", math.nan, 0, model.model_id,
                            None, table)
-    fit = vis.estimate(depth_m, scores)
+    fit = calibrated_fit(vis.estimate(depth_m, scores), model.info)
     return ImageResult(name, view, timestamp_of(name), float(fit.visibility_m), fit.flag, fit.quality,
                        int(rows.size), model.model_id, fit, table)
 
@@ -591,7 +603,7 @@ def _result(img: _Image, model: Model) -> ImageResult:
     if not img.rows.size:
         return ImageResult(name, view, timestamp_of(name), math.nan, "no_patches", math.nan, 0, model.model_id,
                            None, table)
-    fit = vis.estimate(img.depth_m, img.scores)
+    fit = calibrated_fit(vis.estimate(img.depth_m, img.scores), model.info)
     return ImageResult(name, view, timestamp_of(name), float(fit.visibility_m), fit.flag, fit.quality,
                        int(img.rows.size), model.model_id, fit, table)
 

@@ -240,6 +240,29 @@ def in_interval(fit: VisibilityFit, true: float | None) -> float:
     return float(fit.low_m <= true <= fit.high_m)
 
 
+def calibration_quantile(abs_errors: np.ndarray, confidence: float = CONFIDENCE) -> float:
+    """Split-conformal model-error term: the ceil((n + 1) confidence)-th smallest of n held-out
+    |log10 V_pred - log10 V_true| (other images, other views). For a new image exchangeable with those,
+    its true V lies within a factor 10 ** q of its prediction with probability >= `confidence`; inf when
+    n is too small for that (n < confidence / (1 - confidence): 9 images at 90 %)."""
+    e = np.sort(np.asarray(abs_errors, dtype=np.float64)[np.isfinite(abs_errors)])
+    k = math.ceil((e.size + 1) * confidence)
+    return float(e[k - 1]) if 1 <= k <= e.size else math.inf
+
+
+def calibrated(predicted: np.ndarray, low: np.ndarray, high: np.ndarray,
+               q: float | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The per-image interval that counts the model's error: the hull of the patch bootstrap interval
+    [low, high] and [V / 10 ** q, V * 10 ** q] (calibration_quantile). No estimate (NaN V): (NaN, NaN);
+    a one-sided interval (beyond_max, below_min) keeps its open side."""
+    v, lo, hi = (np.asarray(x, dtype=np.float64) for x in (predicted, low, high))
+    factor = np.power(10.0, np.asarray(q, dtype=np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        new_lo = np.where(np.isnan(v) | np.isnan(lo), np.nan, np.fmin(lo, v / factor))
+        new_hi = np.where(np.isnan(v) | np.isnan(hi), np.nan, np.fmax(hi, v * factor))
+    return new_lo, new_hi
+
+
 def interval_columns(fit: VisibilityFit | None) -> dict[str, float]:
     """The interval's columns of a prediction row (camvis-predict's rows, visibility.csv)."""
     return dict(zip(INTERVAL_COLUMNS, (math.nan, math.nan) if fit is None else (fit.low_m, fit.high_m)))

@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.collections import PolyCollection
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -91,12 +91,11 @@ def draw_metric(
     data = [by_group[g].to_numpy(dtype=float) for g in groups]
     boxes = min((len(d) for d in data), default=0) >= BOX_MIN_FOLDS
     if boxes:
-        grey = {"color": "0.6"}
-        ax.boxplot(data, positions=range(len(groups)), widths=0.55, showfliers=False, patch_artist=True, zorder=1,
-                   boxprops={"facecolor": "0.93", "edgecolor": "0.6"}, medianprops={"color": "0.35"},
-                   whiskerprops=grey, capprops=grey)  # fmt: skip
+        _draw_boxes(ax, data)
     offsets = dict(zip(folds, np.linspace(-0.2, 0.2, len(folds)) if len(folds) > 1 else [0.0]))
-    _draw_folds(ax, per_fold, groups, metric, colors, offsets)
+    # each fold's own test-only interval only while the folds have colours of their own: past that, one
+    # group's dozens of thin lines read as a smear (and cost seconds to draw at thousands of jobs)
+    _draw_folds(ax, per_fold, groups, metric, colors, offsets, fold_intervals=len(folds) <= len(FOLD_PALETTE))
     _draw_means(ax, summary, groups, metric)
     ax.set_xticks(range(len(groups)), groups, rotation=35 if rotate else 0, ha="right" if rotate else "center",
                   rotation_mode="anchor")  # fmt: skip
@@ -125,17 +124,36 @@ def draw_metric(
     return fig
 
 
+def _draw_boxes(ax: Axes, data: list[np.ndarray], width: float = 0.55) -> None:
+    """matplotlib's boxplot without fliers (quartiles; whiskers to the farthest point within 1.5 IQR; caps
+    half the box wide), drawn as one polygon collection and two line collections: three artists however
+    many groups, where boxplot makes six per group."""
+    boxes, whiskers, medians = [], [], []
+    half, cap = width / 2, width / 4
+    for i, d in enumerate(data):
+        q1, median, q3 = np.percentile(d, [25, 50, 75])
+        low, high = d[d >= q1 - 1.5 * (q3 - q1)].min(), d[d <= q3 + 1.5 * (q3 - q1)].max()
+        boxes.append([(i - half, q1), (i + half, q1), (i + half, q3), (i - half, q3)])
+        medians.append([(i - half, median), (i + half, median)])
+        whiskers += [[(i, low), (i, q1)], [(i, q3), (i, high)], [(i - cap, low), (i + cap, low)],
+                     [(i - cap, high), (i + cap, high)]]
+    ax.add_collection(PolyCollection(boxes, facecolors="0.93", edgecolors="0.6", zorder=1, label="boxes"))
+    ax.add_collection(LineCollection(whiskers, colors="0.6", linewidths=1, zorder=1))
+    ax.add_collection(LineCollection(medians, colors="0.35", linewidths=1, zorder=1))
+
+
 def _draw_folds(
     ax: Axes, per_fold: pd.DataFrame, groups: list[str], metric: str,
-    colors: dict[int, tuple[float, ...]], offsets: dict[int, float],
+    colors: dict[int, tuple[float, ...]], offsets: dict[int, float], fold_intervals: bool = True,
 ) -> None:  # fmt: skip
-    """Every fold's point (and its own CI as a thin line) in two artists: one collection each."""
+    """Every fold's point (and, with fold_intervals, its own test-only CI as a thin line) in two artists:
+    one collection each."""
     x = per_fold["group"].map({g: i for i, g in enumerate(groups)}).to_numpy(float)
     x = x + per_fold["fold"].map(offsets).to_numpy(float)
     y = per_fold[metric].to_numpy(float)
     rgba = [colors[int(f)] for f in per_fold["fold"]]
     low, high = f"{metric}_ci_low", f"{metric}_ci_high"
-    if low in per_fold and high in per_fold:
+    if fold_intervals and low in per_fold and high in per_fold:
         known = per_fold[[low, high]].notna().all(axis=1).to_numpy()
         ax.vlines(x[known], per_fold[low].to_numpy(float)[known], per_fold[high].to_numpy(float)[known],
                   colors=[c for c, k in zip(rgba, known) if k], linewidths=0.8, alpha=0.7, zorder=2)  # fmt: skip

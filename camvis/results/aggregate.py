@@ -117,43 +117,89 @@ def _csv_field(value: object) -> str:
     return text.replace("%", "%%")
 
 
-def camvis2_csv_text(jobs: Sequence[FinishedJob]) -> str:
+def camvis2_csv_text(jobs: Sequence[FinishedJob], headline: pd.DataFrame | None = None) -> str:
     """camvis2_csv_bytes as text."""
-    return camvis2_csv_bytes(jobs).decode()
+    return bytes(camvis2_csv_bytes(jobs, headline)).decode()
+
+
+HEADLINE_COLUMNS = [f"group_{m}_{end}" for m in METRICS for end in ("ci_low", "ci_high")]
+"""scores_per_fold.csv's columns after camvis2's: the row's group's headline interval (summary.csv's
+ci_low/ci_high, the mean over folds), so the file's only interval is the headline one; the rows themselves
+stay camvis2's test-only resamples."""
+
+
+def headline_fields(summary: pd.DataFrame) -> dict[str, str]:
+    """Per group, the HEADLINE_COLUMNS as CSV text (',low,high' per metric, 4 decimals; empty for NaN)."""
+    by = summary.set_index(["group", "metric"])
+    return {g: "".join(f",{_csv_number(by.loc[(g, m), end])}" for m in METRICS for end in ("ci_low", "ci_high"))
+            for g in summary["group"].unique()}
+
+
+def _csv_number(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.4f}"
 
 
 CSV_CHUNK_ROWS = 200_000  # rows laid out at once: bounds the temporaries (about 50 bytes a row)
 
 
-def camvis2_csv_bytes(jobs: Sequence[FinishedJob]) -> bytes:
+def camvis2_csv_bytes(jobs: Sequence[FinishedJob], headline: pd.DataFrame | None = None) -> memoryview:
     """camvis2's per-fold scores CSV (model_name,fold,view,loss,acc,f1,group; 4 decimals): one row per
-    bootstrap resample per job, what its visualize_scores.py reads. The numbers are laid out as bytes
-    (_fixed_numbers), a chunk of jobs at a time; a job with a value that layout cannot write exactly as
+    bootstrap resample per job, what its visualize_scores.py reads; with `headline` (the summary frame)
+    the HEADLINE_COLUMNS follow, the same on every row of a group. Laid out in one preallocated buffer
+    (no copy of the whole text is ever joined): the numbers as bytes (_fixed_numbers), a chunk of jobs at a
+    time, each job's rows one fixed-width block; a job with a value that layout cannot write exactly as
     '%.4f' would is formatted by Python, one format operation per job."""
-    parts = [(",".join(CAMVIS2_COLUMNS) + "\n").encode()]
-    start = 0
-    while start < len(jobs):
-        stop, rows = start, 0
-        while stop < len(jobs) and (rows == 0 or rows + len(jobs[stop].boot) <= CSV_CHUNK_ROWS):
-            rows += len(jobs[stop].boot)
-            stop += 1
-        chunk = jobs[start:stop]
-        numbers, exact = _fixed_numbers([j.boot for j in chunk])
+    extra = headline_fields(headline) if headline is not None else {}
+    header = (",".join(CAMVIS2_COLUMNS + (HEADLINE_COLUMNS if extra else [])) + "\n").encode()
+    ends = [_row_ends(j, extra.get(j.group, "")) for j in jobs]
+    chunks = list(_chunks([len(j.boot) for j in jobs]))
+    laid = [_fixed_numbers([j.boot for j in jobs[a:b]]) for a, b in chunks]  # 20 bytes a row: 100 MB for 5M rows
+    exact = np.concatenate([ok for _, ok in laid] or [np.zeros(0, bool)])
+    texts = {i: _python_rows(jobs[i], h, t) for i, (h, t) in enumerate(ends) if not exact[i]}
+    sizes = [len(texts[i]) if i in texts else len(j.boot) * (len(h) + 20 + len(t)) for i, (j, (h, t)) in
+             enumerate(zip(jobs, ends))]
+    offsets = np.cumsum([len(header), *sizes])
+    out = np.empty(int(offsets[-1]), np.uint8)
+    out[:len(header)] = np.frombuffer(header, np.uint8)
+    for (a, b), (numbers, _) in zip(chunks, laid):
         at = 0
-        for j, ok in zip(chunk, exact):
-            n = len(j.boot)
-            fields = [_csv_field(v) for v in (j.model_name, j.fold, j.view)]
-            if ok:
-                head = np.frombuffer((",".join(fields) + ",").replace("%%", "%").encode(), np.uint8)
-                tail = np.frombuffer(("," + _csv_field(j.group) + "\n").replace("%%", "%").encode(), np.uint8)
-                parts.append(np.concatenate([np.broadcast_to(head, (n, len(head))), numbers[at:at + n],
-                                             np.broadcast_to(tail, (n, len(tail)))], axis=1).tobytes())
+        for i in range(a, b):
+            n, (head, tail) = len(jobs[i].boot), ends[i]
+            block = out[offsets[i]:offsets[i + 1]]
+            if i in texts:
+                block[:] = np.frombuffer(texts[i], np.uint8)
             else:
-                row = f"{','.join(fields)},%.4f,%.4f,%.4f,{_csv_field(j.group)}\n"
-                parts.append(((row * n) % tuple(j.boot.ravel().tolist())).encode())
+                rows = block.reshape(n, -1)
+                rows[:, :len(head)] = np.frombuffer(head, np.uint8)
+                rows[:, len(head):len(head) + 20] = numbers[at:at + n]
+                rows[:, len(head) + 20:] = np.frombuffer(tail, np.uint8)
             at += n
+    return memoryview(out)
+
+
+def _row_ends(job: FinishedJob, extra: str) -> tuple[bytes, bytes]:
+    """The bytes before and after a job's three numbers on each of its rows."""
+    fields = [_csv_field(v) for v in (job.model_name, job.fold, job.view)]
+    return ((",".join(fields) + ",").replace("%%", "%").encode(),
+            ("," + _csv_field(job.group) + extra + "\n").replace("%%", "%").encode())
+
+
+def _python_rows(job: FinishedJob, head: bytes, tail: bytes) -> bytes:
+    """A job's rows formatted by Python's '%.4f' (values the byte layout cannot write exactly)."""
+    row = head.decode().replace("%", "%%") + "%.4f,%.4f,%.4f" + tail.decode().replace("%", "%%")
+    return ((row * len(job.boot)) % tuple(job.boot.ravel().tolist())).encode()
+
+
+def _chunks(rows: list[int]) -> Any:
+    """(start, stop) of consecutive jobs with at most CSV_CHUNK_ROWS rows together (at least one job)."""
+    start = 0
+    while start < len(rows):
+        stop, total = start, 0
+        while stop < len(rows) and (total == 0 or total + rows[stop] <= CSV_CHUNK_ROWS):
+            total += rows[stop]
+            stop += 1
+        yield start, stop
         start = stop
-    return b"".join(parts)
 
 
 @functools.lru_cache(maxsize=1)
@@ -234,7 +280,8 @@ SUMMARY_NOTE = (
     "(sqrt((1/k + n_test/n_train) var), k-1 dof), never narrower than the test-only interval. "
     "Replicates (training seeds) are averaged per fold first. The test-images-only interval (bootstrap over "
     "each fold's held-out patches, given the trained models) is in summary.csv (test_ci_low, test_ci_high) "
-    "and below; scores_per_fold.csv keeps camvis2's format, one row per test-only resample.")
+    "and below; scores_per_fold.csv keeps camvis2's columns, one row per test-only resample, followed by "
+    "its group's headline interval (group_<metric>_ci_low, group_<metric>_ci_high).")
 COMPARISON_NOTE = (
     "Difference and interval: over the per-fold differences d (replicate means), mean(d) +- t_(k-1) "
     "sqrt((1/k + n_test/n_train) var(d)): the corrected resampled t-test (Nadeau & Bengio 2003) and its "
@@ -359,7 +406,7 @@ def aggregate(
     write_csv(result.summary, result.summary_csv)
     write_csv(result.comparisons, result.comparisons_csv)
     write_csv(per_fold, result.point_estimates_csv)
-    write_bytes(result.camvis2_csv, camvis2_csv_bytes(finished))
+    write_bytes(result.camvis2_csv, camvis2_csv_bytes(finished, result.summary))
     order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
     result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment,
                                                    formats, order)

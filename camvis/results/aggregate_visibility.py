@@ -10,7 +10,13 @@ images pooled; a grid point's replicate seeds pooled too):
 - percentile bootstrap intervals of all three over images (`n_boot` resamples; "all" resamples
   within each fold, so every fold keeps its number of images);
 - the coverage of the per-image intervals: the share of images whose true V lies inside its interval
-  (nominal camvis.job.visibility.CONFIDENCE), over the images that have one.
+  (nominal camvis.job.visibility.CONFIDENCE), over the images that have one: the job's patch bootstrap
+  interval (interval_coverage: how well the patches pin the crossing down, not the model's error), and the
+  calibrated interval (calibrated_coverage), which adds the model's error: per group and fold k, the
+  split-conformal quantile q of |log10 error| over the group's held-out images of its other folds (other
+  views: leave-one-view-out, camvis.job.visibility.calibration_quantile), the interval widened to at least
+  [V / 10 ** q, V * 10 ** q]. visibility_calibration.json keeps q per group and fold: what a bundle of
+  that job carries (camvis.job.predict widens its predictions' intervals with it).
 Per pair of groups, over the images both predicted (same fold, same image): the difference a - b of
 both statistics, a paired bootstrap interval (the same resampled images for a and b) and a
 two-sided bootstrap p-value, 2 min(P*(d <= 0), P*(d >= 0)), Holm-adjusted over the pairs of each
@@ -30,7 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from camvis.io import write_csv
+from camvis.io import write_csv, write_json
+from camvis.bookkeeping.jobfolder import VISIBILITY_CALIBRATION
 from camvis.results.finished import FinishedJob
 from camvis.bookkeeping.jobfolder import VISIBILITY as VISIBILITY_CSV
 from camvis.results.markdown import markdown_table
@@ -43,7 +50,9 @@ SUMMARY_COLUMNS = ["group", "fold", "n_images", "n_unscored", "n_flagged", "n_po
                    "median_abs_log10_error", "median_ci_low", "median_ci_high",
                    "within_factor2", "within_factor2_ci_low", "within_factor2_ci_high",
                    "median_signed_log10_error", "signed_ci_low", "signed_ci_high",
-                   "n_intervals", "interval_coverage"]
+                   "n_intervals", "interval_coverage", "calibration_log10_factor", "n_calibration",
+                   "calibrated_coverage"]
+CALIBRATION_JSON = VISIBILITY_CALIBRATION
 _REPLICATE = re.compile(r"_rep(\d+)$")
 COMPARISON_COLUMNS = ["statistic", "group_a", "group_b", "n_folds", "n_images", "value_a", "value_b", "diff",
                       "ci_low", "ci_high", "p_value", "p_holm"]
@@ -111,17 +120,50 @@ def _scored(frame: pd.DataFrame) -> np.ndarray:
     return errors[np.isfinite(errors)]
 
 
-def _coverage(frames: list[pd.DataFrame]) -> tuple[float, int]:
+def _coverage(frames: list[pd.DataFrame], prefix: str = "visibility") -> tuple[float, int]:
     from camvis.job.visibility import coverage  # numpy only; named here: the login side loads no camvis.job
 
     rows = pd.concat(frames, ignore_index=True)
-    return coverage(rows["visibility_low_m"], rows["visibility_high_m"],
+    return coverage(rows[f"{prefix}_low_m"], rows[f"{prefix}_high_m"],
                     pd.to_numeric(rows["true_visibility_m"], errors="coerce"))
 
 
+def calibrate(tables: dict[tuple[str, int], pd.DataFrame]) -> dict[tuple[str, int | str], tuple[float, int]]:
+    """(group, fold) -> (q, n): the conformal log10 factor of fold k from the |errors| of the group's other
+    folds (n images), and (group, "all") from every fold (a model of the group on a new view). Each table
+    gains calibrated_low_m / calibrated_high_m: its interval widened by its fold's q."""
+    from camvis.job.visibility import calibrated, calibration_quantile  # numpy only, as _coverage
+
+    out: dict[tuple[str, int | str], tuple[float, int]] = {}
+    for group in sorted({g for g, _ in tables}):
+        folds = sorted(f for g, f in tables if g == group)
+        errors = {f: np.abs(_scored(tables[group, f])) for f in folds}
+        for fold in [*folds, "all"]:
+            pool = np.concatenate([errors[f] for f in folds if f != fold] or [np.zeros(0)])
+            out[group, fold] = (calibration_quantile(pool), int(pool.size))
+            if fold != "all":
+                t = tables[group, fold]
+                v = pd.to_numeric(t["predicted_visibility_m"], errors="coerce")
+                t["calibrated_low_m"], t["calibrated_high_m"] = calibrated(v, t["visibility_low_m"],
+                                                                           t["visibility_high_m"], out[group, fold][0])
+    return out
+
+
+def calibration_json(calibration: dict[tuple[str, int | str], tuple[float, int]]) -> dict[str, Any]:
+    """visibility_calibration.json's content (None for an infinite q: too few images)."""
+    from camvis.job.visibility import CONFIDENCE
+
+    groups: dict[str, Any] = {}
+    for (group, fold), (q, n) in calibration.items():
+        groups.setdefault(group, {})[str(fold)] = {"log10_factor": q if math.isfinite(q) else None, "n_images": n}
+    return {"confidence": CONFIDENCE, "statistic": "abs_log10_error", "rule": "split conformal, leave one view out: "
+            "fold k's q from the group's other folds' held-out images; 'all' from every fold", "groups": groups}
+
+
 def summarize(tables: dict[tuple[str, int], pd.DataFrame], confidence: float, n_boot: int = 1000,
-              seed: int = 0) -> pd.DataFrame:
+              seed: int = 0, calibration: dict[tuple[str, int | str], tuple[float, int]] | None = None) -> pd.DataFrame:
     """Per group and fold, then per group over all folds ("all"): the two statistics with intervals."""
+    calibration = calibrate(tables) if calibration is None else calibration
     rows = []
     for group in sorted({g for g, _ in tables}):
         folds = sorted(f for g, f in tables if g == group)
@@ -136,7 +178,10 @@ def summarize(tables: dict[tuple[str, int], pd.DataFrame], confidence: float, n_
                                    "n_unscored": sum(len(t) for t in frames) - n,
                                    "n_flagged": int((flags != "ok").sum()), "n_poor_fit": int((flags == "poor_fit").sum()),
                                    "n_uncertain": int((flags == "uncertain").sum()),
-                                   "n_intervals": covered, "interval_coverage": share}
+                                   "n_intervals": covered, "interval_coverage": share,
+                                   "calibration_log10_factor": calibration[group, fold][0],
+                                   "n_calibration": calibration[group, fold][1],
+                                   "calibrated_coverage": _coverage(frames, "calibrated")[0]}
             if n:
                 point = _statistics(np.concatenate(errors))
                 rng = np.random.default_rng([seed, *map(ord, group), 0 if fold == "all" else int(fold)])
@@ -205,6 +250,8 @@ def points(tables: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
         return pd.DataFrame(columns=POINT_COLUMNS)
     frame = pd.concat(frames, ignore_index=True)
     keep = np.isfinite(pd.to_numeric(frame["abs_log10_error"], errors="coerce"))
+    if "calibrated_low_m" in frame:  # the interval that counts the model's error (calibrate)
+        frame["visibility_low_m"], frame["visibility_high_m"] = frame["calibrated_low_m"], frame["calibrated_high_m"]
     return frame.loc[keep, POINT_COLUMNS]
 
 
@@ -216,9 +263,12 @@ def write(jobs: Sequence[FinishedJob], directory: Path, confidence: float, seed:
     tables = load(jobs, directory)
     if not tables:
         return None
-    summary = summarize(tables, confidence, seed=seed or 0)
+    calibration = calibrate(tables)
+    summary = summarize(tables, confidence, seed=seed or 0, calibration=calibration)
     comparisons = compare(tables, confidence, seed=seed or 0)
-    paths = {"summary": directory / "visibility_summary.csv", "comparisons": directory / "visibility_comparisons.csv"}
+    paths = {"summary": directory / "visibility_summary.csv", "comparisons": directory / "visibility_comparisons.csv",
+             "calibration": directory / CALIBRATION_JSON}
+    write_json(paths["calibration"], calibration_json(calibration))
     write_csv(summary, paths["summary"])
     write_csv(comparisons, paths["comparisons"])
     if figures:
@@ -236,7 +286,8 @@ def console_lines(result: dict[str, Any]) -> list[str]:
     return [f"visibility {r.group}: median |log10 error| {r.median_abs_log10_error:.3f} "
             f"[{r.median_ci_low:.3f}, {r.median_ci_high:.3f}], {r.within_factor2:.0%} within a factor 2, "
             f"bias {r.median_signed_log10_error:+.3f} [{r.signed_ci_low:+.3f}, {r.signed_ci_high:+.3f}], "
-            f"intervals cover {_share(r.interval_coverage)} of {r.n_intervals}, over {r.n_images} images"
+            f"intervals cover {_share(r.calibrated_coverage)} (patches only: {_share(r.interval_coverage)}) of "
+            f"{r.n_intervals}, over {r.n_images} images"
             for r in overall.itertuples(index=False)]
 
 
@@ -262,15 +313,19 @@ def markdown(result: dict[str, Any], confidence: float) -> list[str]:
             f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in
             zip(overall["median_signed_log10_error"], overall["signed_ci_low"], overall["signed_ci_high"])],
         f"interval coverage (nominal {CONFIDENCE:.0%})": [
-            f"{_share(c)} of {n}" for c, n in zip(overall["interval_coverage"], overall["n_intervals"])],
+            f"{_share(c)} of {n}" for c, n in zip(overall["calibrated_coverage"], overall["n_intervals"])],
+        "patches only": [_share(c) for c in overall["interval_coverage"]],
         "flagged": overall["n_flagged"], "uncertain": overall["n_uncertain"], "poor fits": overall["n_poor_fit"]})
     lines = ["## Visibility in metres (held-out images)", "",
              "Per image e = abs(log10 V_pred - log10 V_true); bias: the median of the signed error (negative: "
              "underestimated, by a factor 10^-bias); intervals: bootstrap over images (within each fold). "
-             "Interval coverage: the share of images whose true visibility lies in its own interval (a "
-             "bootstrap over the image's patches, refitting the crossing); well below the nominal level, the "
-             "per-image intervals are too narrow for this model. Flagged: any flag but ok (poor_fit: pseudo-R2 "
-             f"of the fit under 0.5, or its crossing outside the patches' depths; uncertain: an interval wider "
+             "Interval coverage: the share of images whose true visibility lies in its own interval: the "
+             "bootstrap over the image's patches (refitting the crossing) widened to at least a factor 10^q "
+             "either side of the prediction, q the conformal quantile of abs log10 error over the group's "
+             "other folds' held-out images (leave one view out; q per fold in visibility_summary.csv and "
+             "visibility_calibration.json). Patches only: the bootstrap interval alone, which leaves out the "
+             "model's error. Flagged: any flag but ok (poor_fit: pseudo-R2 "
+             f"of the fit under 0.5, or its crossing outside the patches' depths; uncertain: a patch interval wider "
              f"than a factor {UNCERTAIN_FACTOR:g}). Per fold in visibility_summary.csv.", "",
              markdown_table(table), ""]
     c = result["comparisons"]

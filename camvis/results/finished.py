@@ -202,7 +202,7 @@ def load_finished(
             problems[name] = "stale scores.json (written for another config hash)" if stale else _unfinished_reason(job)
             continue
         ready.append(job)
-    scores = [experiment_files.read_json(base / j.info.name / experiment_files.SCORES) for j in ready]
+    scores = [j.scores or experiment_files.read_json(base / j.info.name / experiment_files.SCORES) for j in ready]  # read by collect
     boots = read_bootstraps([base / j.info.name / boot_file(s) for j, s in zip(ready, scores)])
     finished: list[FinishedJob] = []
     seen: dict[tuple[str, int, str], str] = {}

@@ -122,7 +122,7 @@ def group_rows(status: ExperimentStatus, manifest: dict[str, Any] | None, output
     for job in status.jobs:
         if job.info.name not in names:
             continue
-        scores = experiment_files.read_json(base / job.info.name / experiment_files.SCORES)
+        scores = job.scores or experiment_files.read_json(base / job.info.name / experiment_files.SCORES)  # read by collect
         epochs, seconds, source = job_facts(job, scores)
         groups.setdefault(job.info.variant, []).append((epochs, seconds, source, resources_text(
             resources.get(job.info.name))))

@@ -20,7 +20,8 @@ def test_demo_path_end_to_end(demo_run, after_demo):
     assert (tmp_path / "data/raw/demo/visibility.csv").exists()
     assert (tmp_path / "data/processed/demo.zarr.sampling.png").stat().st_size > 0
     per_fold = pd.read_csv(tmp_path / "outputs/demo/scores_per_fold.csv")
-    assert list(per_fold.columns) == ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
+    assert list(per_fold.columns[:7]) == ["model_name", "fold", "view", "loss", "acc", "f1", "group"]  # camvis2's
+    assert list(per_fold.columns[7:]) == [f"group_{m}_{e}" for m in ("loss", "acc", "f1") for e in ("ci_low", "ci_high")]
     # camvis2's format: one row per bootstrap resample of each of the 2 x 4 jobs
     assert sorted(set(per_fold["group"])) == ["align", "cat"] and len(per_fold) == 8 * 10
     assert per_fold.groupby(["group", "fold"]).size().eq(10).all()

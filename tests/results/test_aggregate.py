@@ -224,13 +224,29 @@ def test_camvis2_csv_has_one_row_per_resample_per_job(tmp_path: Path) -> None:
     fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3)
     result = run(tmp_path)
     df = pd.read_csv(result.camvis2_csv)
-    assert list(df.columns) == ["model_name", "fold", "view", "loss", "acc", "f1", "group"]
+    assert list(df.columns[:7]) == ["model_name", "fold", "view", "loss", "acc", "f1", "group"]  # camvis2's, first
     assert len(df) == 2 * 3 * N_BOOT
     assert df.groupby(["group", "fold"]).size().eq(N_BOOT).all()
     one = df[(df.group == "cat") & (df.fold == 2)]
     boot = pd.read_csv(tmp_path / "outputs" / EXP / "cat_fold2" / "bootstrap.csv")
     np.testing.assert_allclose(one.acc.to_numpy(), boot.acc.round(4).to_numpy(), atol=1e-9)
     assert set(one.model_name) == {f"{EXP}_cat_fold2"} and set(one.view) == {"cam2_1"}
+
+
+def test_camvis2_csv_carries_the_groups_headline_interval_not_a_test_only_one(tmp_path: Path) -> None:
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3, sd=0.002)
+    result = run(tmp_path)
+    df = pd.read_csv(result.camvis2_csv)
+    assert list(df.columns[7:]) == [f"group_{m}_{e}" for m in agg.METRICS for e in ("ci_low", "ci_high")]
+    summary = result.summary.set_index(["group", "metric"])
+    for group, rows in df.groupby("group"):
+        for m in agg.METRICS:
+            low, high = summary.loc[(group, m), "ci_low"], summary.loc[(group, m), "ci_high"]
+            test_low = summary.loc[(group, m), "test_ci_low"]
+            assert rows[f"group_{m}_ci_low"].nunique() == 1 and rows[f"group_{m}_ci_high"].nunique() == 1
+            assert rows[f"group_{m}_ci_low"].iloc[0] == pytest.approx(low, abs=5e-5)
+            assert rows[f"group_{m}_ci_high"].iloc[0] == pytest.approx(high, abs=5e-5)
+            assert abs(low - test_low) > 1e-3  # folds spread apart: the headline is not the test-only interval
 
 
 def test_missing_failed_and_stale_jobs_are_listed_not_fatal(tmp_path: Path) -> None:
@@ -490,6 +506,14 @@ def test_camvis2_csv_text_is_exactly_percent_4f(monkeypatch: pytest.MonkeyPatch)
     assert agg.camvis2_csv_text(jobs) == "".join(expected)
     monkeypatch.setattr(agg, "CSV_CHUNK_ROWS", 100)  # jobs laid out a few at a time: the same text
     assert agg.camvis2_csv_text(jobs) == "".join(expected)
+    # with the groups' headline intervals: the same rows, each followed by its group's six numbers
+    summary = pd.DataFrame([{"group": j.group, "metric": m, "ci_low": 0.1 * k + j.fold / 100, "ci_high": math.nan}
+                            for j in jobs for k, m in enumerate(agg.METRICS)])
+    extra = {j.group: "".join(f",{0.1 * k + j.fold / 100:.4f}," for k in range(3)) for j in jobs}
+    lines = agg.camvis2_csv_text(jobs, summary).splitlines(keepends=True)
+    assert lines[0] == ",".join(agg.CAMVIS2_COLUMNS + agg.HEADLINE_COLUMNS) + "\n"
+    groups = [j.group for j in jobs for _ in j.boot]
+    assert lines[1:] == [e[:-1] + extra[g] + "\n" for e, g in zip(expected[1:], groups)]
 
 
 def test_replicates_from_files_are_one_fold_each_with_seed_spread(tmp_path: Path) -> None:

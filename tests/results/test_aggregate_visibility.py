@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -88,9 +89,14 @@ def test_visibility_columns_match_a_hand_computation(tmp_path: Path) -> None:
     assert (tmp_path / "outputs" / "exp" / "visibility.pdf").read_bytes()[:5] == b"%PDF-"  # --format
     printed = console.export_text()
     assert "visibility a: median |log10 error| 0.200 [" in printed and "bias +0.200 [" in printed
-    assert "intervals cover 60% of 5" in printed and "visibility b:" in printed and "bias -0.200" in printed
+    # calibrated: each fold's q from the other fold's 2-3 images, too few for a finite 90 % bound: unbounded
+    assert "intervals cover 100% (patches only: 60%) of 5" in printed and "visibility b:" in printed
+    assert "bias -0.200" in printed
+    assert row.loc[("a", "1"), "calibration_log10_factor"] == math.inf and row.loc[("a", "1"), "n_calibration"] == 2
+    calibration = json.loads((tmp_path / "outputs" / "exp" / "visibility_calibration.json").read_text())
+    assert calibration["groups"]["a"]["1"] == {"log10_factor": None, "n_images": 2} and calibration["confidence"] == 0.9
     text = result.markdown.read_text()
-    assert "## Visibility in metres" in text and "60.0% [" in text and "+0.200 [" in text and "60% of 5" in text
+    assert "## Visibility in metres" in text and "60.0% [" in text and "+0.200 [" in text and "| 100% of 5 | 60% |" in text
 
 
 def test_jobs_without_visibility_csv_add_no_section(tmp_path: Path) -> None:
