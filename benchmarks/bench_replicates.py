@@ -97,8 +97,8 @@ def visibility_coverage(out: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=NEEDS)
+    parser = argparse.ArgumentParser(epilog=NEEDS, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/camvis-replicates"),
                         help="where the data, store, jobs and outputs go (default %(default)s)")
     parser.add_argument("--replicates", type=int, default=3, help="training seeds per group and fold (default 3)")

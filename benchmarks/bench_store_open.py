@@ -88,7 +88,7 @@ def time_opens(path: Path, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, epilog=NEEDS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(epilog=NEEDS, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, required=True)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--json", type=Path)

@@ -35,7 +35,7 @@ from camvis.cluster.launch import LaunchResult, launch
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.slow]
 
 CLUSTER_SH = Path(__file__).resolve().parents[2] / "slurm" / "cluster.sh"
-EPOCHS = 8
+EPOCHS = 24  # long enough that a poll every 0.2 s sees the job mid-training, even after a slow launch
 JOB = [*TINY, f"train.max_epochs={EPOCHS}", "train.epoch_patches=128", "train.min_lr=0",
        "train.plateau_patience=100000", "slurm.max_requeues=3", "slurm.time=10"]
 TWO_NODES = ["slurm.nodes=2", "slurm.tasks_per_node=1"]
@@ -116,7 +116,9 @@ def progress(root: Path, experiment: str) -> dict[str, Any] | None:
 
 def mid_training(root: Path, experiment: str) -> dict[str, Any] | None:
     p = progress(root, experiment)
-    return p if p and 2 <= int(p.get("epoch", 0)) < EPOCHS and p.get("state") != "done" else None
+    if p and (int(p.get("epoch", 0)) >= EPOCHS or p.get("state") == "done"):
+        pytest.fail(f"{experiment}'s job finished before it was seen mid-training: raise EPOCHS")
+    return p if p and 2 <= int(p.get("epoch", 0)) < EPOCHS else None
 
 
 def assert_identical(a: Path, b: Path) -> None:
@@ -173,7 +175,7 @@ def test_a_killed_node_requeues_the_job_which_resumes_identically(reference: dic
     job_id = run.job_ids[NAME]
     revived = False
     try:
-        at = wait_for("the 2-node job mid-training", lambda: mid_training(root, "mn-kill"), timeout=600, every=0.5)
+        at = wait_for("the 2-node job mid-training", lambda: mid_training(root, "mn-kill"), timeout=600, every=0.2)
         cluster_sh("kill-node", "n2")
         wait_for("NODE_FAIL of the first attempt",
                  lambda: any(r["state"] == "NODE_FAIL" for r in sacct(job_id, attempts=True)), timeout=120)
@@ -231,7 +233,7 @@ def test_a_rank_killed_fails_the_job_and_a_relaunch_resumes_identically(referenc
                                                                         synth_store: Any, root: Path) -> None:
     run = go(root, synth_store, "mn-sigkill", TWO_NODES)
     job_id = run.job_ids[NAME]
-    wait_for("the 2-node job mid-training", lambda: mid_training(root, "mn-sigkill"), timeout=600, every=0.5)
+    wait_for("the 2-node job mid-training", lambda: mid_training(root, "mn-sigkill"), timeout=600, every=0.2)
     pids = wait_for("rank 1's process", lambda: rank_pids(job_id, 1), timeout=60, every=0.5)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -252,7 +254,7 @@ def test_a_preempted_multi_node_job_resumes_identically(reference: dict[str, Any
                                                         root: Path) -> None:
     run = go(root, synth_store, "mn-preempt", TWO_NODES)
     job_id = run.job_ids[NAME]
-    wait_for("the 2-node job mid-training", lambda: mid_training(root, "mn-preempt"), timeout=600, every=0.5)
+    wait_for("the 2-node job mid-training", lambda: mid_training(root, "mn-preempt"), timeout=600, every=0.2)
     subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
     completed(run, job_id)
     attempts = sacct(job_id, attempts=True)

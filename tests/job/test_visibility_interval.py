@@ -135,16 +135,16 @@ def test_a_bundle_carries_its_folds_calibration_and_predictions_widen_with_it(tm
     prediction's interval (calibrated_fit); without one (not aggregated) the patch interval stays."""
     import json
 
-    from camvis.job import predict
+    from camvis.job import loaded_model, predict
 
     job = tmp_path / "exp" / "cat_fold2"
     job.mkdir(parents=True)
     (tmp_path / "exp" / "visibility_calibration.json").write_text(json.dumps(
         {"confidence": 0.9, "groups": {"cat": {"1": {"log10_factor": 0.1, "n_images": 18},
                                                "2": {"log10_factor": 0.5, "n_images": 18}}}}))
-    info = predict._calibration(job, {"group": "cat", "fold": 2})
+    info = loaded_model._calibration(job, {"group": "cat", "fold": 2})
     assert info["log10_factor"] == 0.5 and info["n_images"] == 18 and info["confidence"] == 0.9
-    assert predict._calibration(job, {"group": "align", "fold": 2}) is None
+    assert loaded_model._calibration(job, {"group": "align", "fold": 2}) is None
     fit = visibility.estimate(*synthetic_image(np.random.default_rng(0), 1000.0, 400, 0.1), seed=0)
     wide = predict.calibrated_fit(fit, {"visibility_calibration": info})
     assert wide.low_m == pytest.approx(min(fit.low_m, fit.visibility_m / 10**0.5))
