@@ -100,7 +100,7 @@ def completed(result: LaunchResult, job_id: str, timeout: float = 900) -> dict[s
 def log_tail(result: LaunchResult) -> str:
     manifest = json.loads(result.manifest.read_text())
     path = result.manifest.parent / manifest["jobs"][NAME]["stdout"]
-    return path.read_text()[-3000:] if path.exists() else ""
+    return path.read_text()[-20000:] if path.exists() else ""  # a resumed run's whole log: its "resuming" line
 
 
 def job_dir(root: Path, experiment: str, name: str = NAME) -> Path:
