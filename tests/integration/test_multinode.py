@@ -91,6 +91,16 @@ def ended(job_id: str) -> dict[str, str] | None:
         else None
 
 
+def running_on(job_id: str) -> str | None:
+    """The node of a running job, from the controller itself (sacct's database may lag a short job by seconds)."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%N"], capture_output=True, text=True).stdout.split()
+    if out and out[0].startswith("RUNNING|"):
+        return out[0].split("|", 1)[1]
+    if not out and ended(job_id):
+        pytest.fail(f"{job_id} ended before it was seen running: give it more epochs")
+    return None
+
+
 def completed(result: LaunchResult, job_id: str, timeout: float = 900) -> dict[str, str]:
     row = wait_for(f"{job_id} to end", lambda: ended(job_id), timeout=timeout)
     assert row["state"] == "COMPLETED", (row, log_tail(result))
@@ -270,11 +280,10 @@ def test_a_preempted_multi_node_job_resumes_identically(reference: dict[str, Any
 def test_a_drained_node_leaves_the_remaining_tasks_to_the_other(two_nodes: list[str], synth_store: Any,
                                                                 root: Path) -> None:
     names = ["cat_fold1", "cat_fold2", "cat_fold3"]
-    run = go(root, synth_store, "mn-drain", ["slurm.nodes=1", "slurm.tasks_per_node=1", "train.max_epochs=2",
+    run = go(root, synth_store, "mn-drain", ["slurm.nodes=1", "slurm.tasks_per_node=1", "train.max_epochs=8",
                                              "slurm.array_parallelism=1"], only=[f"name={','.join(names)}"])
     ids = [run.job_ids[n] for n in names]
-    first = wait_for("the first task to run", lambda: (r := sacct(ids[0])) and r[-1]["state"] == "RUNNING" and r[-1])
-    drained = first["nodes"]
+    drained = wait_for("the first task to run", lambda: running_on(ids[0]), timeout=600, every=0.2)
     other = next(n for n in two_nodes if n != drained)
     try:
         subprocess.run(["scontrol", "update", f"nodename={drained}", "state=drain", "reason=camvis-test"],
