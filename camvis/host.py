@@ -25,6 +25,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on: its affinity (a SLURM allocation's or taskset's share), not the node's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def now_iso() -> str:
     """This moment as ISO 8601 with the local UTC offset, to the second (every camvis timestamp)."""
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from typing import TYPE_CHECKING
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 from camvis.bounds import SEED_MAX, patch_size_problem
 from camvis.cli import ERRORS, bounded, fail, new_parser
 from camvis.errors import ConfigError, StoreError
+from camvis.host import usable_cpus
 
 if TYPE_CHECKING:
     from camvis.data.store import PatchStore
@@ -243,7 +243,7 @@ def _build_on_slurm(args: argparse.Namespace) -> int:
 
 def _cpus() -> int:
     """The CPUs this process may run on (a SLURM allocation's, not the node's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from camvis.job.loaded_model import Model, device_for, load_job
 from camvis.job import visibility as vis
 from camvis.job.inputs import DEFAULT_MAX_PIXELS
 from camvis.errors import PredictError
+from camvis.host import usable_cpus
 from camvis.data.raw import NAME_PATTERN, depth_metres, view_of
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def cpu_threads(threads: int | None = None) -> int:
     for value in (threads, os.environ.get("SLURM_CPUS_PER_TASK"), num_threads()):
         if value is not None and str(value).strip().isdigit() and int(value) > 0:
             return int(value)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return usable_cpus()
 
 
 # --------------------------------------------------------------------------- one image

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
+
+from camvis.host import usable_cpus
 
 
 def run_build(raw_dir: str, store: str, params: dict[str, Any], workers: int | None) -> str:
@@ -11,7 +12,7 @@ def run_build(raw_dir: str, store: str, params: dict[str, Any], workers: int | N
     from camvis.data import store as store_mod  # numpy and zarr: on the node only, not at the launcher
     from camvis.data import store_build
 
-    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = workers or usable_cpus()
     print(f"building {store} from {raw_dir} with {workers} workers: {params}", flush=True)
     built = store_build.build(raw_dir, store, factors=tuple(params["factors"]), patch_size=params["patch_size"],
                               patches_per_image=params["patches_per_image"], seed=params["seed"],

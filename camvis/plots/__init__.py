@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from camvis.figure_formats import FORMATS, parse_formats  # noqa: E402, F401 - camvis.plots' own names too
 from camvis.io import write_bytes  # noqa: E402
 
 # camvis2's annotation colours: green in front of the visibility limit, magenta behind it.
@@ -29,17 +30,7 @@ CB_VISIBLE, CB_NONVISIBLE = (0.0, 0.447, 0.698), (0.835, 0.369, 0.0)
 CB_LABEL_COLOURS = np.array([CB_NONVISIBLE, CB_VISIBLE])
 CB_SCORE_CMAP = "cividis"  # sequential, colour-blind safe and monotone in lightness (prints in grey)
 
-FORMATS = ("png", "pdf", "svg")
 PAPER_DPI = 200
-
-
-def parse_formats(text: str) -> tuple[str, ...]:
-    """`png,pdf,svg` -> ("png", "pdf", "svg"); ValueError naming what is accepted."""
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ValueError(f"expected a comma-separated list of {', '.join(FORMATS)}, got {text!r}")
-    return formats
 
 
 def save_figure(fig: Figure, path: str | Path, formats: tuple[str, ...] = ("png",), dpi: int = PAPER_DPI,

@@ -36,6 +36,7 @@ from camvis.results.finished import FinishedJob, load_finished
 from camvis.config import experiment_dir
 from camvis.console import default_console, plural
 from camvis.errors import CamvisError
+from camvis.forked import Prefork, run_named
 from camvis.io import write_bytes, write_csv, write_text
 from camvis.metrics import METRIC_HIGH, METRIC_LOW, METRICS
 from camvis.results.rope import DEFAULT_ROPE
@@ -377,9 +378,11 @@ def aggregate(
     figures: bool = True,
     formats: tuple[str, ...] = ("png",),
     console: Console | None = None,
+    prefork: Prefork | None = None,
 ) -> AggregateResult:
     """Aggregate every finished job of `experiment`; write CSV, Markdown and figures under
-    outputs/<experiment>/ (atomically); list missing or failed jobs without failing."""
+    outputs/<experiment>/ (atomically); list missing or failed jobs without failing. `prefork`: a
+    camvis.forked.Prefork started before the imports, which draws the figures."""
     if not 0.0 < confidence < 1.0:
         raise CamvisError(f"confidence must be in (0, 1), got {confidence}")
     console = console or default_console()
@@ -408,28 +411,37 @@ def aggregate(
     write_csv(per_fold, result.point_estimates_csv)
     write_bytes(result.camvis2_csv, camvis2_csv_bytes(finished, result.summary))
     order = run_facts.group_order(manifest, [(j.name, j.group) for j in finished])
-    result.visibility = aggregate_visibility.write(finished, directory, confidence, seed, figures, experiment,
-                                                   formats, order)
-    if result.visibility is not None:
-        result.figure_files += result.visibility["paths"].get("figure_files", [])
+    result.visibility = aggregate_visibility.write(finished, directory, confidence, seed)
     if figures:
-        from camvis.plots.aggregate import metric_figure  # matplotlib only when drawing
-
-        for metric in METRICS:
-            path = directory / f"{metric}.png"  # beside the tables, as camvis2's <name>/<metric>.png
-            written = metric_figure(per_fold, result.summary, metric, path, experiment, order=order,
-                                    comparisons=result.comparisons, confidence=confidence, formats=formats)
-            result.figures[metric] = written[0]
-            result.figure_files += written
-        if len(result.comparisons) and result.comparisons["se"].notna().any():
-            from camvis.plots.aggregate import posterior_figure
-
-            written = posterior_figure(result.comparisons, directory / "posterior.png", experiment, formats=formats)
-            result.figures["posterior"] = written[0]
-            result.figure_files += written
+        draw_figures(result, per_fold, order, formats, prefork)
     write_text(result.markdown, report_markdown(result, per_fold))
     print_summary(result, console)
     return result
+
+
+def draw_figures(result: AggregateResult, per_fold: pd.DataFrame, order: Sequence[str], formats: tuple[str, ...],
+                 prefork: Prefork | None = None) -> None:
+    """Every figure of the aggregate, side by side in forked processes (drawing is most of the time); in
+    `prefork`'s child when given, which imported matplotlib while this process computed."""
+    directory, style = result.directory, {"formats": formats}
+    calls = {metric: ("camvis.plots.aggregate", "metric_figure",  # beside the tables, as camvis2's <metric>.png
+                      (per_fold, result.summary, metric, directory / f"{metric}.png", result.experiment),
+                      {"order": order, "comparisons": result.comparisons, "confidence": result.confidence, **style})
+             for metric in METRICS}
+    if len(result.comparisons) and result.comparisons["se"].notna().any():
+        calls["posterior"] = ("camvis.plots.aggregate", "posterior_figure",
+                              (result.comparisons, directory / "posterior.png", result.experiment), style)
+    if result.visibility is not None:
+        calls["visibility"] = ("camvis.plots.prediction", "visibility_figure",
+                               (result.visibility["points"], result.visibility["summary"], directory / "visibility.png",
+                                result.experiment), {"order": order, **style})
+    drawn = run_named(list(calls.values()), [f"figure {name}" for name in calls], prefork)
+    for name, written in zip(calls, drawn):
+        if name == "visibility":
+            result.visibility["paths"]["figure"], result.visibility["paths"]["figure_files"] = written[0], written
+        else:
+            result.figures[name] = written[0]
+        result.figure_files += written
 
 
 def print_summary(result: AggregateResult, console: Console) -> None:

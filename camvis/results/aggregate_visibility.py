@@ -255,11 +255,10 @@ def points(tables: dict[tuple[str, int], pd.DataFrame]) -> pd.DataFrame:
     return frame.loc[keep, POINT_COLUMNS]
 
 
-def write(jobs: Sequence[FinishedJob], directory: Path, confidence: float, seed: int | None,
-          figures: bool, experiment: str, formats: tuple[str, ...] = ("png",),
-          order: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """visibility_summary.csv, visibility_comparisons.csv and visibility.png (and each other of `formats`)
-    under `directory`, panels in `order` (the grid's groups); None when no finished job has a visibility.csv."""
+def write(jobs: Sequence[FinishedJob], directory: Path, confidence: float, seed: int | None) -> dict[str, Any] | None:
+    """visibility_summary.csv, visibility_comparisons.csv and the calibration under `directory`; None when no
+    finished job has a visibility.csv. Its "points" are what visibility.png shows (drawn by the caller, with
+    every other figure at once: camvis.plots.prediction.visibility_figure)."""
     tables = load(jobs, directory)
     if not tables:
         return None
@@ -271,13 +270,7 @@ def write(jobs: Sequence[FinishedJob], directory: Path, confidence: float, seed:
     write_json(paths["calibration"], calibration_json(calibration))
     write_csv(summary, paths["summary"])
     write_csv(comparisons, paths["comparisons"])
-    if figures:
-        from camvis.plots.prediction import visibility_figure
-
-        written = visibility_figure(points(tables), summary, directory / "visibility.png", experiment,
-                                    order=order, formats=formats)
-        paths["figure"], paths["figure_files"] = written[0], written
-    return {"summary": summary, "comparisons": comparisons, "paths": paths}
+    return {"summary": summary, "comparisons": comparisons, "paths": paths, "points": points(tables)}
 
 
 def console_lines(result: dict[str, Any]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from camvis.results import aggregate as agg
 from camvis.bookkeeping import slurm_query
 from camvis.results import stats
 from camvis.cli import aggregate as cli
-from camvis.errors import CamvisError
+from camvis.errors import CamvisError, DiskFullError
 
 EXP = "exp"
 N_BOOT = 1000
@@ -540,3 +541,33 @@ def test_replicates_from_files_are_one_fold_each_with_seed_spread(tmp_path: Path
     row = result.comparisons.set_index("metric").loc["acc"]
     assert row.n_folds == 3 and row.mean_diff == pytest.approx(-0.05)  # align - cat
     assert "sd across training seeds" in result.markdown.read_text()
+
+
+def test_figures_are_drawn_in_parallel_processes_and_a_failed_one_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import camvis.forked
+    import camvis.plots as plots
+
+    fabricate_grid(tmp_path, {"cat": 0.8, "align": 0.75}, folds=3)
+    real = plots.write_bytes
+
+    def recording(path: Path, data: object) -> None:  # runs in the drawing process: its pid is in the file
+        real(path, data)
+        (tmp_path / f"drawn-{path.name}-{os.getpid()}").touch()
+
+    monkeypatch.setattr(camvis.forked, "usable_cpus", lambda: 2)  # as on any machine with 2 cores or more
+    monkeypatch.setattr(plots, "write_bytes", recording)
+    run(tmp_path, figures=True)
+    writers = {p.name.rsplit("-", 1)[1] for p in tmp_path.glob("drawn-*")}
+    assert len(list(tmp_path.glob("drawn-*"))) == 4 and str(os.getpid()) not in writers and len(writers) == 4
+
+    def full(path: Path, data: object) -> None:
+        if path.name == "posterior.png":
+            raise DiskFullError(f"{path}: no space left on the device for 300 kB")
+        real(path, data)
+
+    monkeypatch.setattr(plots, "write_bytes", full)
+    argv = [EXP, "--outputs", str(tmp_path / "outputs"), "--jobs-dir", str(tmp_path / "jobs")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "posterior.png: no space left" in err and len(err.splitlines()) == 1
