@@ -73,15 +73,21 @@ class Prefork:
 
     def run(self, calls: Sequence[NamedCall], labels: Sequence[str]) -> list[Any]:
         assert self.pid is not None, "Prefork.run: not forked (run_named runs the calls here)"
+        pid, self.pid = self.pid, None  # from here on run, not close, owns the child and the pipes
+        answers = os.fdopen(self._answers, "rb")
         try:
-            with os.fdopen(self._requests, "wb") as out:
-                out.write(pickle.dumps((list(calls), min(usable_cpus(), len(calls)))))
-        except BrokenPipeError:
-            pass  # the child is gone: its wait status below says how
-        with os.fdopen(self._answers, "rb") as answers:
+            try:
+                with os.fdopen(self._requests, "wb") as out:
+                    out.write(pickle.dumps((list(calls), min(usable_cpus(), len(calls)))))
+            except BrokenPipeError:
+                pass  # the child is gone: its wait status below says how
             data = answers.read()
-        status = os.waitpid(self.pid, 0)[1]
-        self.pid = None
+        except BaseException:
+            os.kill(pid, signal.SIGINT)  # interrupted: the child stops its own drawing children, then exits
+            raise
+        finally:
+            answers.close()
+            status = os.waitpid(pid, 0)[1]
         raw = _decode(data, status, "the drawing process")
         return [_answer(part, code, label) for (part, code), label in zip(raw, labels)]
 

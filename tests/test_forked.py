@@ -140,3 +140,32 @@ def test_on_one_core_a_prefork_does_not_fork_and_the_calls_run_here(monkeypatch:
     with Prefork(["json"]) as prefork:
         assert prefork.pid is None
         assert run_named([("os", "getpid", (), {})], ["pid"], prefork) == [os.getpid()]
+
+
+def test_an_interrupted_prefork_run_stops_its_child_and_the_childs_children(tmp_path: Path) -> None:
+    """Ctrl-C while the figures are drawn: no process is left drawing."""
+    script = f"""
+import os, sys, time
+from camvis.forked import Prefork, run_named
+def slow(path):
+    open(path + "." + str(os.getpid()), "w").close()
+    time.sleep(60)
+with Prefork(["json"]) as prefork:
+    print(prefork.pid, flush=True)
+    run_named([("__main__", "slow", ({str(tmp_path / 'drawer')!r},), {{}})] * 2, ["a", "b"], prefork)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    end = time.monotonic() + 30
+    while len(list(tmp_path.glob("drawer.*"))) < 2 and time.monotonic() < end:
+        time.sleep(0.05)
+    drawers = [int(p.suffix[1:]) for p in tmp_path.glob("drawer.*")]
+    assert len(drawers) == 2
+    proc.send_signal(signal.SIGINT)  # the parent only, as `kill -INT`: it must pass the interrupt on
+    assert proc.wait(timeout=30) != 0 and "KeyboardInterrupt" in proc.stderr.read()
+    from camvis.host import pid_alive
+
+    end = time.monotonic() + 10
+    while any(pid_alive(p) for p in (child, *drawers)) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert not any(pid_alive(p) for p in (child, *drawers))
