@@ -11,8 +11,33 @@ from pathlib import Path
 
 import pytest
 
+import camvis.forked
 from camvis.errors import CamvisError, DiskFullError
 from camvis.forked import run_forked
+
+TEST_PROCESS = os.getpid()
+CAN_FORK = camvis.forked._can_fork
+
+
+@pytest.fixture(autouse=True)
+def _fork_despite_the_suites_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier tests leave threads in this process (zarr's I/O loop), where camvis stays serial (see
+    test_other_threads_keep_the_calls_here): these tests are about the forked path itself."""
+    monkeypatch.setattr(camvis.forked, "_can_fork", lambda workers: workers > 1)
+
+
+def test_other_threads_keep_the_calls_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(camvis.forked, "_can_fork", CAN_FORK)
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    try:
+        assert run_forked([os.getpid, os.getpid], workers=2) == [TEST_PROCESS] * 2
+    finally:
+        release.set()
+        thread.join()
 
 
 def test_results_come_back_in_call_order_from_other_processes() -> None:
@@ -76,6 +101,7 @@ def test_an_exception_that_cannot_travel_sends_its_text_with_the_label() -> None
 
 def test_a_child_killed_without_an_answer_is_named_with_its_signal() -> None:
     def killed() -> None:
+        assert os.getpid() != TEST_PROCESS, "ran in the test process itself"
         os.kill(os.getpid(), signal.SIGKILL)
 
     with pytest.raises(CamvisError, match=r"figure posterior: its process ended \(signal 9\) without a result"):

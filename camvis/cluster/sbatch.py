@@ -78,6 +78,8 @@ def executor_parameters(grid: Grid, n_jobs: int, parallelism: int | None = None)
     }
     if s.gpus_per_node:
         params["gpus_per_node"] = s.gpus_per_node
+    if s.nodes * s.ntasks > 1:  # one rank that fails ends the others: a rank 0 lost before the rendezvous
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]  # would leave them waiting out the time limit
     return checked_parameters({**params, **site_parameters(s)})
 
 

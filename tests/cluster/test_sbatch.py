@@ -50,6 +50,16 @@ def test_the_aggregate_job_waits_for_the_array_on_one_cpu(tmp_path: Path) -> Non
     assert not any(line.startswith("#SBATCH --array") for line in lines)
 
 
+@pytest.mark.parametrize("slurm, kills", [({"nodes": 2}, True), ({"tasks_per_node": 2}, True),
+                                          ({"gpus_per_node": 4}, True), ({}, False)])
+def test_a_rank_that_fails_ends_the_others_of_a_multi_task_job(tmp_path: Path, slurm: dict, kills: bool) -> None:
+    """srun --kill-on-bad-exit: else the other ranks of a rank 0 lost before the rendezvous wait out the time limit."""
+    grid = grid_of(tmp_path, **slurm)
+    srun = next(line for line in dry_run_scripts(grid, list(grid.jobs), tmp_path)["array"].splitlines()
+                if line.startswith("srun "))
+    assert ("--kill-on-bad-exit=1" in srun.split()) is kills, srun
+
+
 @pytest.mark.parametrize("n, max_size, sizes", [(5, 3, [3, 2]), (3, 3, [3]), (1152, 1001, [1001, 151]),
                                                 (5000, 1001, [1001] * 4 + [996]), (1, 1001, [1])])
 def test_jobs_are_cut_into_arrays_of_at_most_max_array_size(n: int, max_size: int, sizes: list[int]) -> None:

@@ -8,7 +8,8 @@ with every other one, bit for bit:
   the job, it waits for n2, resumes from its checkpoint and ends identical to the reference;
   the aggregate job (afterany on the array) waits for the requeued run;
 - SIGKILL of one rank: the job FAILS (SLURM requeues node failures, not lost tasks); the
-  next camvis-launch resubmits it and it resumes identically;
+  next camvis-launch resubmits it and it resumes identically; rank 0 lost before the rendezvous
+  ends the job at once (srun --kill-on-bad-exit), not at its time limit;
 - preemption: `scontrol requeue` of the running 2-node job: resumes identically;
 - drain: a node drained while an array runs: the remaining tasks run on the other node.
 The faults run one after the other (a node death would kill any job sharing the node).
@@ -255,6 +256,20 @@ def test_a_rank_killed_fails_the_job_and_a_relaunch_resumes_identically(referenc
     assert "resuming" in log_tail(again)
     assert_identical(job_dir(root, "mn-2x1"), job_dir(root, "mn-sigkill"))
     subprocess.run(["scancel", *(r.aggregate_id for r in (run, again) if r.aggregate_id)], capture_output=True)
+
+
+def test_rank_0_lost_before_the_rendezvous_ends_the_job_at_once(reference: dict[str, Any], synth_store: Any,
+                                                                root: Path) -> None:
+    """srun --kill-on-bad-exit: without it rank 1 waits for rank 0's rendezvous until the time limit (10 min)."""
+    run = go(root, synth_store, "mn-rank0", TWO_NODES)
+    job_id = run.job_ids[NAME]
+    pids = wait_for("rank 0's process", lambda: rank_pids(job_id, 0), timeout=600, every=0.05)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    row = wait_for(f"{job_id} to end", lambda: ended(job_id), timeout=180)
+    assert row["state"] == "FAILED", row
+    assert progress(root, "mn-rank0") is None  # killed before training began: before the rendezvous
+    subprocess.run(["scancel", run.aggregate_id], capture_output=True)
 
 
 # --------------------------------------------------------------------------- preemption
