@@ -52,8 +52,8 @@ def run_named(calls: Sequence[NamedCall], labels: Sequence[str], prefork: Prefor
 class Prefork:
     """A child forked now that imports `modules` while the parent goes on; `run` then hands it named calls.
 
-    Use as a context manager: a parent that fails before `run` closes the pipe, and the child, reading
-    no request, exits. Not forked (`pid` None) where run_forked would not fork either."""
+    Use as a context manager: a parent that fails before `run` ends the child at once. A parent killed
+    outright closes the pipe, and the child, reading no request, exits. Not forked (`pid` None) where run_forked would not fork either."""
 
     def __init__(self, modules: Sequence[str]) -> None:
         self.pid: int | None = None
@@ -92,7 +92,8 @@ class Prefork:
         return [_answer(part, code, label) for (part, code), label in zip(raw, labels)]
 
     def close(self) -> None:
-        if self.pid is not None:  # unused: no request, the child exits on the closed pipe
+        if self.pid is not None:  # unused (the command failed first): no need to wait for its imports
+            os.kill(self.pid, signal.SIGTERM)
             os.close(self._requests)
             os.close(self._answers)
             os.waitpid(self.pid, 0)

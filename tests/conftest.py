@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,3 +132,19 @@ def camvis2_store(camvis2_ref: dict[str, Any], camvis2_raw_dir: Path, tmp_path_f
                              factors=tuple(int(f) for f in ref["factors"]), patch_size=int(ref["patch_size"]),
                              patches_per_image=int(ref["patch_number"]), seed=int(ref["seed"]), progress=False,
                              figure=False, preprocessing="camvis2")
+
+
+@pytest.fixture
+def rendezvous_port() -> int:
+    """A free port for a test's gloo rendezvous, below Linux's ephemeral range (32768-60999), as camvis
+    picks its jobs' (distributed.master_port): an ephemeral port found free can be taken by any outgoing
+    connection (a SLURM daemon's, on a busy CI machine) before rank 0 binds it."""
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    pytest.fail("no free port in 20000-32767 for the rendezvous")

@@ -171,8 +171,9 @@ def test_on_one_core_a_prefork_does_not_fork_and_the_calls_run_here(monkeypatch:
 def test_an_interrupted_prefork_run_stops_its_child_and_the_childs_children(tmp_path: Path) -> None:
     """Ctrl-C while the figures are drawn: no process is left drawing."""
     script = f"""
-import os, sys, time
+import os, signal, sys, time
 from camvis.forked import Prefork, run_named
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
 def slow(path):
     open(path + "." + str(os.getpid()), "w").close()
     time.sleep(60)

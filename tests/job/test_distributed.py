@@ -18,11 +18,6 @@ PATCH = 16
 LEVELS = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _model() -> torch.nn.Module:
     cfg = load_job_config(None, ["data.factors=[1,2]", "model.size_hidden=8"])
@@ -60,9 +55,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_match_one_rank_on_the_combined_batch(tmp_path):
+def test_two_gloo_ranks_match_one_rank_on_the_combined_batch(tmp_path, rendezvous_port):
     out = str(tmp_path / "grads.pt")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, rendezvous_port, out), nprocs=2, join=True)
     ddp_grads = torch.load(out)
 
     model = _model()
@@ -113,9 +108,9 @@ def _rank_in_submitit_job(rank: int, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_submitit_export_overwrites_a_sites_preset_variables(tmp_path):
+def test_submitit_export_overwrites_a_sites_preset_variables(tmp_path, rendezvous_port):
     out = str(tmp_path / "rank0.pt")
-    port = _free_port()
+    port = rendezvous_port
     mp.spawn(_rank_in_submitit_job, args=(port, out), nprocs=2, join=True)
     got = torch.load(out)
     assert got["total"] == 3.0 and got["env"] == (0, 2, 0)

@@ -4,7 +4,6 @@ CUDA RNG state in checkpoints, the evaluation's activation bound."""
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -24,11 +23,6 @@ TINY = ["data.factors=[2,4,8]", "model.size_hidden=8", "train.batch_size=16", "e
 def _cfg(store_path, *extra):
     return load_job_config(None, [f"data.store={store_path}", *TINY, *extra])
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model(cfg, patch_size: int) -> torch.nn.Module:
@@ -59,9 +53,9 @@ def _validate_worker(rank: int, world: int, port: int, store_path: str, out: str
 
 
 @pytest.mark.slow
-def test_validation_uses_rank_zeros_batchnorm_statistics(synth_store, tmp_path):
+def test_validation_uses_rank_zeros_batchnorm_statistics(synth_store, tmp_path, rendezvous_port):
     out = str(tmp_path / "scores.pt")
-    mp.spawn(_validate_worker, args=(2, _free_port(), str(synth_store.path), out), nprocs=2, join=True)
+    mp.spawn(_validate_worker, args=(2, rendezvous_port, str(synth_store.path), out), nprocs=2, join=True)
     ddp = torch.load(out)
 
     cfg = _cfg(synth_store.path)

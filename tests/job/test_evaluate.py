@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -220,11 +219,6 @@ def test_bare_state_dict_from_ddp_loads(synth_store, tmp_path):
 # --------------------------------------------------------------------------- two ranks
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _subset(store) -> np.ndarray:
     """45 held-out patches: 7 batches of at most 7 split over 2 ranks, one rank a row short."""
@@ -255,10 +249,10 @@ def _worker(rank: int, world: int, port: int, store_path: str, out_dir: str) -> 
 
 
 @pytest.mark.slow
-def test_two_ranks_predict_every_held_out_patch_once(synth_store, tmp_path):
+def test_two_ranks_predict_every_held_out_patch_once(synth_store, tmp_path, rendezvous_port):
     cfg = _cfg(synth_store)
     _save_best(cfg, synth_store, tmp_path / "job")
-    mp.spawn(_worker, args=(2, _free_port(), str(synth_store.path), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, rendezvous_port, str(synth_store.path), str(tmp_path)), nprocs=2, join=True)
     val_idx = _subset(synth_store)
     single = evaluate.patch_probabilities(_model(cfg, synth_store), BatchSource(synth_store, cfg.data.factors), val_idx, 7,
                               "cpu", progress=False)

@@ -223,8 +223,7 @@ def _rank(rank: int, port: int, store_path: str, outputs: str) -> None:
 
 
 @pytest.mark.slow
-def test_a_refused_checkpoint_fails_every_rank_none_waits(synth_store, tmp_path):
-    import socket
+def test_a_refused_checkpoint_fails_every_rank_none_waits(synth_store, tmp_path, rendezvous_port):
     import time
 
     import torch.multiprocessing as mp
@@ -232,10 +231,7 @@ def test_a_refused_checkpoint_fails_every_rank_none_waits(synth_store, tmp_path)
     marker, job = tmp_path / "PWNED", tmp_path / "e" / "j"
     job.mkdir(parents=True)
     torch.save({"model": _Plant(marker)}, job / "checkpoint.pt")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ranks = mp.spawn(_rank, args=(port, str(synth_store.path), str(tmp_path)), nprocs=2, join=False)
+    ranks = mp.spawn(_rank, args=(rendezvous_port, str(synth_store.path), str(tmp_path)), nprocs=2, join=False)
     deadline = time.monotonic() + 300
     while not ranks.join(timeout=1):
         if time.monotonic() > deadline:
