@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from camvis.errors import CamvisError
 from camvis.host import usable_cpus
@@ -53,7 +53,8 @@ class Prefork:
     """A child forked now that imports `modules` while the parent goes on; `run` then hands it named calls.
 
     Use as a context manager: a parent that fails before `run` ends the child at once. A parent killed
-    outright closes the pipe, and the child, reading no request, exits. Not forked (`pid` None) where run_forked would not fork either."""
+    outright closes the pipe, and the child, reading no request, exits. Not forked (`pid` None) where
+    run_forked would not fork either."""
 
     def __init__(self, modules: Sequence[str]) -> None:
         self.pid: int | None = None
@@ -106,9 +107,8 @@ class Prefork:
         self.close()
 
 
-def _serve(modules: Sequence[str], requests: int, answers: int) -> None:
+def _serve(modules: Sequence[str], requests: int, answers: int) -> NoReturn:
     """The prefork child: import, wait for the calls, run them in children of its own, send the raw answers."""
-    code = 0
     try:
         for module in modules:
             try:
@@ -117,14 +117,13 @@ def _serve(modules: Sequence[str], requests: int, answers: int) -> None:
                 pass
         with os.fdopen(requests, "rb") as incoming:
             request = incoming.read()
-        if request:
-            calls, workers = pickle.loads(request)  # our parent's bytes, through a pipe only it and we hold
-            payload = pickle.dumps(_run_raw([_resolve(call) for call in calls], max(workers, 1)))
-            with os.fdopen(answers, "wb") as out:
-                out.write(payload)
+        if not request:
+            os._exit(0)
+        calls, workers = pickle.loads(request)  # our parent's bytes, through a pipe only it and we hold
+        payload = pickle.dumps(_run_raw([_resolve(call) for call in calls], max(workers, 1)))
     except BaseException:  # noqa: BLE001 - the parent sees no answer and reports how this process ended
-        code = 1
-    os._exit(code)
+        os._exit(1)
+    _reply(answers, payload)
 
 
 def _resolve(call: NamedCall) -> Callable[[], Any]:
@@ -181,17 +180,23 @@ def _start(call: Callable[[], Any]) -> tuple[int, int]:
         os.close(write)
         return pid, read
     os.close(read)
-    code = 0
     try:
         payload = pickle.dumps(("ok", call()))
     except BaseException as err:  # noqa: BLE001 - every failure goes back to the parent, which raises it
         payload = _failure(err)
+    _reply(write, payload)
+
+
+def _reply(fd: int, payload: bytes) -> NoReturn:
+    """A forked child's last act: its answer into the pipe, then out, without atexit handlers or flushes of
+    the parent's buffers. A failed write exits 1: the parent sees no answer and reports the exit status."""
+    code = 0
     try:
-        with os.fdopen(write, "wb") as out:
+        with os.fdopen(fd, "wb") as out:
             out.write(payload)
-    except BaseException:  # noqa: BLE001 - the parent sees no answer and reports the exit code
+    except BaseException:  # noqa: BLE001
         code = 1
-    os._exit(code)  # no atexit handlers or buffer flushes of the parent's state
+    os._exit(code)
 
 
 def _failure(err: BaseException) -> bytes:

@@ -203,7 +203,7 @@ def _build(args: argparse.Namespace) -> int:
     built = store_build.build(args.raw_dir, args.store, factors=tuple(args.factors), patch_size=args.patch_size,
                               patches_per_image=args.patches_per_image, seed=args.seed, force=args.force,
                               progress=sys.stderr.isatty(), figure_image=args.figure,
-                              workers=args.workers if args.workers is not None else _cpus(),
+                              workers=args.workers if args.workers is not None else usable_cpus(),
                               preprocessing=args.preprocessing, compress=args.compress)
     print(store.format_summary(built))
     figure = built.path.with_name(built.path.name + ".sampling.png") if built.path else None
@@ -239,11 +239,6 @@ def _build_on_slurm(args: argparse.Namespace) -> int:
         return 0
     print(store_job.wait(job))
     return 0
-
-
-def _cpus() -> int:
-    """The CPUs this process may run on (a SLURM allocation's, not the node's)."""
-    return usable_cpus()
 
 
 def _info(args: argparse.Namespace) -> int:
